@@ -1,0 +1,116 @@
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::CommonStatus;
+use crate::Duration;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CacheMode {
+    /// Keep a cacheable response for `ttl`, whatever the origin's headers say.
+    Fixed,
+    /// Follow the origin's freshness (Cache-Control, Expires, ETag / Last-Modified).
+    Auto,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CacheMethod {
+    Get,
+    Head,
+}
+
+/// How responses of the rules that reference this policy are cached.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "parapet.dev",
+    version = "v1alpha1",
+    kind = "CachePolicy",
+    namespaced,
+    status = "CommonStatus",
+    shortname = "cp",
+    category = "parapet",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.mode != 'Fixed' || has(self.ttl)").message("mode Fixed requires ttl"))]
+#[x_kube(validation = Rule::new("!has(self.cacheAuthorized) || !self.cacheAuthorized || (has(self.key) && has(self.key.headers) && self.key.headers.exists(h, h.lowerAscii() == 'authorization' || h.lowerAscii() == 'cookie'))").message("cacheAuthorized needs key.headers to include Authorization or Cookie, so one client's response is never served to another"))]
+#[serde(rename_all = "camelCase")]
+pub struct CachePolicySpec {
+    pub mode: CacheMode,
+    /// Fixed: how long an entry is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// Auto: freshness when the origin says nothing. Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ttl: Option<Duration>,
+    /// Auto: adaptive TTL lower bound. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ttl: Option<Duration>,
+    /// Auto: adaptive TTL upper bound. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<Duration>,
+    /// Auto: lengthen an entry's TTL each time a refresh finds it unchanged, shorten it when
+    /// it changed. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_ttl: Option<bool>,
+    /// Revalidate hot entries in the background shortly before they expire. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_ahead: Option<bool>,
+    /// Serve a stale entry this long past expiry while it is refreshed in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate: Option<Duration>,
+    /// Serve a stale entry this long past expiry when the origin fails (5xx or unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_if_error: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<CacheKey>,
+    /// Default [GET, HEAD].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2))]
+    pub methods: Option<Vec<CacheMethod>>,
+    /// Default [200, 203, 204, 300, 301, 404, 410].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[schemars(inner(range(min = 100, max = 599)))]
+    pub statuses: Option<Vec<i32>>,
+    /// Larger responses are passed through uncached. Default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_entry_bytes: Option<i64>,
+    /// Fixed mode: cache even when the origin says `no-store` or `private`. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_origin_no_store: Option<bool>,
+    /// Cache requests with Authorization or cookies. Needs the header in `key.headers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_authorized: Option<bool>,
+    /// Longest a request waits for another's fetch of the same key before going to the
+    /// origin itself. Default 5s; "0s" turns coalescing off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce_timeout: Option<Duration>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheKey {
+    /// Include the (sorted) query string. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_query: Option<bool>,
+    /// Only these query parameters count (after sorting). Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub query_params: Option<Vec<String>>,
+    /// These query parameters never count (tracking parameters, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub exclude_query_params: Option<Vec<String>>,
+    /// Request headers whose values are part of the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[schemars(inner(length(min = 1, max = 256)))]
+    pub headers: Option<Vec<String>>,
+}

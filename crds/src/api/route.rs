@@ -1,0 +1,324 @@
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{CommonStatus, HttpMethod, LocalObjectReference};
+use crate::Duration;
+
+/// What traffic matches and what happens to it: hosts, rules of matches, weighted backends
+/// (UpstreamPools in the same namespace), and per-rule timeouts, retries, caching, rate
+/// limits and API keys.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "parapet.dev",
+    version = "v1alpha1",
+    kind = "ApiRoute",
+    namespaced,
+    status = "CommonStatus",
+    shortname = "ar",
+    category = "parapet",
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"ResolvedRefs","type":"string","jsonPath":".status.conditions[?(@.type==\"ResolvedRefs\")].status","priority":1}"#,
+    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiRouteSpec {
+    /// Host names this route serves: exact (`api.bank.example`) or one leading wildcard
+    /// label (`*.bank.example`). `*` alone matches every host.
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(inner(regex(
+        pattern = r"^(\*|(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*)$"
+    )))]
+    #[schemars(inner(length(max = 253)))]
+    pub hosts: Vec<String>,
+    /// TLS termination for these hosts, with a `kubernetes.io/tls` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
+    #[schemars(length(min = 1, max = 64))]
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTls {
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.backends.exists(b, !has(b.weight) || b.weight > 0)").message("at least one backend needs a weight above 0"))]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRule {
+    /// Optional name, used in metrics and status messages. Default: the rule's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    #[schemars(length(max = 63))]
+    pub name: Option<String>,
+    /// Any one match selects the rule. Default: every request (`PathPrefix /`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub matches: Vec<RouteMatch>,
+    /// UpstreamPools in this namespace and their share of traffic (canary, blue-green).
+    #[schemars(length(min = 1, max = 16))]
+    pub backends: Vec<BackendRef>,
+    /// Bound on the whole exchange, retries included. Default 15s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+    /// A CachePolicy in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_policy_ref: Option<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RouteAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Match only these methods. Default: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
+    pub methods: Vec<HttpMethod>,
+    /// All of these must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<ValueMatch>,
+    /// All of these must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub query_params: Vec<ValueMatch>,
+}
+
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
+pub enum PathMatchType {
+    /// The whole path, exactly.
+    Exact,
+    /// Whole segments: `/accounts` matches `/accounts` and `/accounts/1`, not `/accountsx`.
+    #[default]
+    PathPrefix,
+    /// A regular expression (Rust `regex` syntax) that must match the whole path.
+    RegularExpression,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("(has(self.type) && self.type == 'RegularExpression') || self.value.startsWith('/')").message("an Exact or PathPrefix path must start with /"))]
+#[x_kube(validation = Rule::new("(has(self.type) && self.type == 'RegularExpression') || !self.value.matches('[?#]|//')").message("a path must not contain '?', '#' or '//'"))]
+pub struct PathMatch {
+    /// Default PathPrefix.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<PathMatchType>,
+    #[schemars(length(min = 1, max = 1024))]
+    pub value: String,
+}
+
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    JsonSchema,
+)]
+pub enum ValueMatchType {
+    #[default]
+    Exact,
+    RegularExpression,
+}
+
+/// A header or query parameter that must be present with a value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ValueMatch {
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    #[schemars(length(max = 4096))]
+    pub value: String,
+    /// Default Exact.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ValueMatchType>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct BackendRef {
+    /// An UpstreamPool in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub pool: String,
+    /// Relative share of the rule's traffic. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub weight: Option<i32>,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum RetryOn {
+    /// The connection to the endpoint could not be made (always safe to retry).
+    ConnectFailure,
+    /// The connection was reset before a response arrived.
+    Reset,
+    /// Any 5xx answer.
+    ServerError,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// One of `retriableStatuses`.
+    RetriableStatus,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.on) || !self.on.exists(c, c == 'RetriableStatus') || (has(self.retriableStatuses) && size(self.retriableStatuses) > 0)").message("retry on RetriableStatus needs retriableStatuses"))]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Total tries including the first. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: Option<i32>,
+    /// Default [ConnectFailure, Reset, GatewayError].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 5))]
+    pub on: Option<Vec<RetryOn>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[schemars(inner(range(min = 100, max = 599)))]
+    pub retriable_statuses: Option<Vec<i32>>,
+    /// Default: the route timeout split between attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// First backoff (doubling, full jitter). Default 25ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_base: Option<Duration>,
+    /// Default 250ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max: Option<Duration>,
+    /// Retries stay below this share of requests over a 10s window. Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub budget_percent: Option<i32>,
+    /// ...plus this many retries per second regardless. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub budget_min_per_second: Option<i32>,
+    /// Retry non-idempotent methods (POST, PATCH) after the request was sent. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_idempotent: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RateLimitKeyType {
+    /// The client address (the trusted X-Forwarded-For hop when configured).
+    #[default]
+    ClientIP,
+    /// The identity of the API key that authenticated the request.
+    ApiKey,
+    /// The value of a request header.
+    Header,
+    /// One bucket for the whole rule.
+    Route,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RateLimitMode {
+    /// Answer 429 when the bucket is empty.
+    #[default]
+    Reject,
+    /// Queue (leaky bucket) up to `queueSize` requests for at most `maxDelay`, then 429.
+    Shape,
+}
+
+/// A token bucket: `requests` per `period`, with bursts up to `burst`. The limit is for the
+/// whole fleet; each data-plane pod enforces its share.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.key) || self.key != 'Header' || has(self.header)").message("rateLimit.key Header needs rateLimit.header"))]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    #[schemars(range(min = 1))]
+    pub requests: i32,
+    /// Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Duration>,
+    /// Default: `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<i32>,
+    /// Default ClientIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<RateLimitKeyType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: Option<String>,
+    /// Default Reject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RateLimitMode>,
+    /// Shape mode: most requests waiting per key. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub queue_size: Option<i32>,
+    /// Shape mode: longest wait before a 429. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<Duration>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteAuth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<ApiKeyAuth>,
+}
+
+/// API keys: each key of each Secret's data is one key; the data key is its identity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!(has(self.header) && has(self.queryParam))").message("apiKeys reads the key from a header or a queryParam, not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyAuth {
+    #[schemars(length(min = 1, max = 16))]
+    pub secret_refs: Vec<LocalObjectReference>,
+    /// Header carrying the key. Default `x-api-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: Option<String>,
+    /// Query parameter carrying the key, instead of a header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub query_param: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!has(self.pathPrefix) || self.pathPrefix.startsWith('/')").message("rewrite.pathPrefix must start with /"))]
+#[serde(rename_all = "camelCase")]
+pub struct Rewrite {
+    /// Replace the matched PathPrefix with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub path_prefix: Option<String>,
+    /// Send this Host upstream instead of the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub hostname: Option<String>,
+}

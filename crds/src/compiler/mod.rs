@@ -1,0 +1,149 @@
+//! The compiler: a pure function from resources to a routing table.
+//!
+//! Reference rules (documented in the README's CRD reference):
+//! - Every reference (rule → UpstreamPool, rule → CachePolicy, rule → Secret, pool →
+//!   backup pool, pool → Service, pool → Secret) resolves in the referrer's own namespace.
+//!   There is no cross-namespace reference, so a namespace's owner cannot route into or read
+//!   secrets of another namespace (Gateway API without ReferenceGrant).
+//! - A rule whose backends all fail to resolve answers 500 rather than disappearing, so its
+//!   traffic never falls through to a less specific rule.
+//! - A missing CachePolicy leaves the rule uncached; a missing API-key Secret leaves the rule
+//!   closed (every request refused), never open.
+//! - Several ApiRoutes may share a host: their rules merge into one virtual host, ordered by
+//!   precedence. When two rules have identical matches, the older object (then namespace/name)
+//!   wins and the other is reported as `RuleConflict`.
+
+mod cache;
+mod clusters;
+mod diagnostics;
+mod routes;
+
+use std::collections::BTreeMap;
+
+pub use diagnostics::{
+    ConditionKind, Diagnostic, Diagnostics, MAX_MESSAGE, ObjectKey, Reason, Severity,
+};
+
+use crate::{
+    api::{ApiRoute, CachePolicy, UpstreamPool},
+    snapshot::{Endpoint, FORMAT_VERSION, SourceRef, Table},
+};
+
+pub const KIND_ROUTE: &str = "ApiRoute";
+pub const KIND_POOL: &str = "UpstreamPool";
+pub const KIND_CACHE_POLICY: &str = "CachePolicy";
+
+/// A Service port as a pool references it: namespace, Service name, Service port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortKey {
+    pub namespace: String,
+    pub service: String,
+    pub port: i32,
+}
+
+/// Secret data by (namespace, name).
+pub type SecretData = BTreeMap<String, Vec<u8>>;
+
+/// Everything a table is compiled from. The operator fills it from its caches; standalone
+/// mode from a file.
+#[derive(Default)]
+pub struct Inputs<'a> {
+    pub routes: Vec<&'a ApiRoute>,
+    pub pools: Vec<&'a UpstreamPool>,
+    pub cache_policies: Vec<&'a CachePolicy>,
+    /// Endpoints of each Service port that pools reference, already resolved to the
+    /// target port. A key present with no endpoints: the Service exists but has none.
+    pub service_endpoints: BTreeMap<ServicePortKey, Vec<Endpoint>>,
+    /// Secrets by (namespace, name), for API keys and certificates.
+    pub secrets: BTreeMap<(String, String), SecretData>,
+    /// Mixed into API-key salts so that hashes differ between installations.
+    pub key_salt_seed: Vec<u8>,
+}
+
+/// A compiled table and what was wrong with the inputs.
+#[derive(Debug)]
+pub struct Output {
+    pub table: Table,
+    pub diagnostics: Diagnostics,
+}
+
+/// Compiles the inputs. Never panics; the same inputs give a byte-identical table.
+pub fn compile(inputs: &Inputs<'_>) -> Output {
+    let mut diags = Diagnostics::default();
+    let pools = index(&inputs.pools);
+    let policies = index(&inputs.cache_policies);
+
+    let compiled_policies = cache::compile_policies(&inputs.cache_policies);
+    let routes = routes::compile_routes(inputs, &pools, &policies, &mut diags);
+    let clusters = clusters::compile_clusters(inputs, &pools, &routes.referenced_pools, &mut diags);
+    let cache_policies = compiled_policies
+        .into_iter()
+        .filter(|p| routes.referenced_policies.contains(&p.name))
+        .collect();
+
+    let mut sources: Vec<SourceRef> = Vec::new();
+    sources.extend(
+        inputs
+            .routes
+            .iter()
+            .map(|o| source(KIND_ROUTE, &o.metadata)),
+    );
+    sources.extend(inputs.pools.iter().map(|o| source(KIND_POOL, &o.metadata)));
+    sources.extend(
+        inputs
+            .cache_policies
+            .iter()
+            .map(|o| source(KIND_CACHE_POLICY, &o.metadata)),
+    );
+    sources.sort();
+    sources.dedup();
+
+    diags.finish();
+    Output {
+        table: Table {
+            format: FORMAT_VERSION,
+            virtual_hosts: routes.virtual_hosts,
+            clusters,
+            cache_policies,
+            sources,
+        },
+        diagnostics: diags,
+    }
+}
+
+fn source(
+    kind: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> SourceRef {
+    SourceRef {
+        kind: kind.to_string(),
+        namespace: ns(meta).to_string(),
+        name: name(meta).to_string(),
+        generation: meta.generation.unwrap_or(0),
+    }
+}
+
+pub(crate) fn ns(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+pub(crate) fn name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or("")
+}
+
+/// Qualified name used in the table: `namespace/name`.
+pub(crate) fn qualified(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Objects by (namespace, name). With duplicates (impossible from an API server, possible
+/// from a file), the first wins.
+fn index<'a, T: kube::Resource>(objs: &[&'a T]) -> BTreeMap<(String, String), &'a T> {
+    let mut map = BTreeMap::new();
+    for o in objs {
+        let m = o.meta();
+        map.entry((ns(m).to_string(), name(m).to_string()))
+            .or_insert(*o);
+    }
+    map
+}

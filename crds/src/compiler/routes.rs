@@ -1,0 +1,593 @@
+//! ApiRoute → virtual hosts with routes in match-priority order.
+//!
+//! Precedence inside a host (first match wins), as Gateway API orders HTTPRoute rules:
+//! Exact paths, then regular expressions, then prefixes; longer paths first within each;
+//! then rules that name methods, then more header matches, then more query matches; ties
+//! go to the older object, then namespace/name, then rule and match order.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet, btree_map::Entry},
+};
+
+use sha2::{Digest, Sha256};
+
+use super::{
+    Diagnostics, Inputs, KIND_ROUTE, ObjectKey, Reason,
+    clusters::{certificate_pair, secret},
+    name, ns, qualified,
+};
+use crate::{
+    Duration,
+    api::{self, ApiRoute, CachePolicy, PathMatchType, UpstreamPool, ValueMatchType},
+    snapshot::{
+        ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, KeySource,
+        PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy, Rewrite,
+        Route, RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost, WeightedCluster,
+    },
+};
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub(super) struct CompiledRoutes {
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub referenced_pools: BTreeSet<(String, String)>,
+    pub referenced_policies: BTreeSet<String>,
+}
+
+type Key = (String, String);
+
+/// Orders routes inside a host; see the module docs.
+type SortKey = (
+    u8,
+    Reverse<usize>,
+    bool,
+    Reverse<usize>,
+    Reverse<usize>,
+    Option<String>,
+    String,
+    String,
+    usize,
+    usize,
+);
+
+struct Candidate {
+    sort: SortKey,
+    owner: ObjectKey,
+    route: Route,
+}
+
+pub(super) fn compile_routes(
+    inputs: &Inputs<'_>,
+    pools: &BTreeMap<Key, &UpstreamPool>,
+    policies: &BTreeMap<Key, &CachePolicy>,
+    diags: &mut Diagnostics,
+) -> CompiledRoutes {
+    let mut routes: Vec<&ApiRoute> = inputs.routes.clone();
+    routes.sort_by_key(|r| {
+        (
+            created(r),
+            ns(&r.metadata).to_string(),
+            name(&r.metadata).to_string(),
+        )
+    });
+    routes.dedup_by(|a, b| {
+        ns(&a.metadata) == ns(&b.metadata) && name(&a.metadata) == name(&b.metadata)
+    });
+
+    let mut by_host: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    let mut certs: BTreeMap<String, (ObjectKey, CertificatePair)> = BTreeMap::new();
+    let mut referenced_pools = BTreeSet::new();
+    let mut referenced_policies = BTreeSet::new();
+
+    for route in routes {
+        let (namespace, route_name) = (ns(&route.metadata), name(&route.metadata));
+        let me = ObjectKey::new(KIND_ROUTE, namespace, route_name);
+        let hosts = hosts(&route.spec.hosts, &me, diags);
+
+        if let Some(tls) = &route.spec.tls
+            && let Some(pair) = certificate_pair(
+                inputs,
+                namespace,
+                &tls.secret_name,
+                "spec.tls.secretName",
+                &me,
+                diags,
+            )
+        {
+            for h in &hosts {
+                match certs.entry(h.clone()) {
+                    Entry::Vacant(v) => {
+                        v.insert((me.clone(), pair.clone()));
+                    }
+                    Entry::Occupied(o) if o.get().0 != me && o.get().1 != pair => diags.warning(
+                        &me,
+                        Reason::RuleConflict,
+                        format!("host {h} already has a certificate from {}; this route's certificate is not used for it", o.get().0),
+                    ),
+                    Entry::Occupied(_) => {}
+                }
+            }
+        }
+
+        for (ri, rule) in route.spec.rules.iter().enumerate() {
+            let rule_name = rule.name.clone().unwrap_or_else(|| ri.to_string());
+            let full_name = format!("{namespace}/{route_name}/{rule_name}");
+            let action = action(
+                inputs, pools, policies, namespace, rule, &rule_name, &me, diags,
+            );
+            if let RouteAction::Forward(f) = &action {
+                for b in &f.backends {
+                    if let Some((n, p)) = b.cluster.split_once('/') {
+                        referenced_pools.insert((n.to_string(), p.to_string()));
+                    }
+                }
+                if let Some(p) = &f.cache_policy {
+                    referenced_policies.insert(p.clone());
+                }
+            }
+            let default_match = [api::RouteMatch::default()];
+            let matches: &[api::RouteMatch] = if rule.matches.is_empty() {
+                &default_match
+            } else {
+                &rule.matches
+            };
+            for (mi, m) in matches.iter().enumerate() {
+                let Some(matcher) = matcher(m, rule, &rule_name, &me, diags) else {
+                    continue;
+                };
+                let sort = (
+                    match matcher.path {
+                        PathMatch::Exact(_) => 0,
+                        PathMatch::Regex(_) => 1,
+                        PathMatch::Prefix(_) => 2,
+                    },
+                    Reverse(match &matcher.path {
+                        PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::Regex(p) => p.len(),
+                    }),
+                    matcher.methods.is_empty(),
+                    Reverse(matcher.headers.len()),
+                    Reverse(matcher.query_params.len()),
+                    created(route),
+                    namespace.to_string(),
+                    route_name.to_string(),
+                    ri,
+                    mi,
+                );
+                for h in &hosts {
+                    by_host.entry(h.clone()).or_default().push(Candidate {
+                        sort: sort.clone(),
+                        owner: me.clone(),
+                        route: Route {
+                            name: full_name.clone(),
+                            matcher: matcher.clone(),
+                            action: action.clone(),
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    let mut virtual_hosts: Vec<VirtualHost> = by_host
+        .into_iter()
+        .map(|(domain, mut candidates)| {
+            candidates.sort_by(|a, b| a.sort.cmp(&b.sort));
+            let mut seen: BTreeMap<&RouteMatcher, &str> = BTreeMap::new();
+            let mut routes = Vec::with_capacity(candidates.len());
+            for c in &candidates {
+                match seen.entry(&c.route.matcher) {
+                    Entry::Vacant(v) => {
+                        v.insert(&c.route.name);
+                        routes.push(c.route.clone());
+                    }
+                    Entry::Occupied(o) => diags.warning(
+                        &c.owner,
+                        Reason::RuleConflict,
+                        format!(
+                            "rule {} matches exactly what rule {} (older) matches on host {domain}; it never serves there. Change its matches or remove it",
+                            c.route.name,
+                            o.get()
+                        ),
+                    ),
+                }
+            }
+            let tls = certs.get(&domain).map(|(_, p)| p.clone());
+            VirtualHost { domain, tls, routes }
+        })
+        .collect();
+    virtual_hosts.sort_by(|a, b| host_order(&a.domain).cmp(&host_order(&b.domain)));
+
+    CompiledRoutes {
+        virtual_hosts,
+        referenced_pools,
+        referenced_policies,
+    }
+}
+
+/// Exact names first (alphabetically), then wildcards with more labels first, then `*`.
+fn host_order(domain: &str) -> (u8, Reverse<usize>, &str) {
+    if domain == "*" {
+        (2, Reverse(0), domain)
+    } else if let Some(rest) = domain.strip_prefix("*.") {
+        (1, Reverse(rest.split('.').count()), domain)
+    } else {
+        (0, Reverse(0), domain)
+    }
+}
+
+fn created(r: &ApiRoute) -> Option<String> {
+    // RFC 3339 in UTC at second precision sorts correctly as text.
+    r.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| format!("{:?}", t.0))
+}
+
+fn hosts(raw: &[String], me: &ObjectKey, diags: &mut Diagnostics) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for h in raw {
+        let h = h.trim().to_ascii_lowercase();
+        if valid_host(&h) {
+            out.push(h);
+        } else {
+            diags.error(
+                me,
+                Reason::InvalidHost,
+                format!("host {h:?} is not a DNS name, a *.wildcard name or *; fix spec.hosts"),
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn valid_host(h: &str) -> bool {
+    if h == "*" {
+        return true;
+    }
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Anchors a user's regex so it must match the whole value, and checks that it compiles.
+fn anchored(re: &str) -> Result<String, regex::Error> {
+    let anchored = format!("^(?:{re})$");
+    regex::RegexBuilder::new(&anchored)
+        .size_limit(1 << 20)
+        .build()
+        .map(|_| anchored)
+}
+
+fn matcher(
+    m: &api::RouteMatch,
+    rule: &api::RouteRule,
+    rule_name: &str,
+    me: &ObjectKey,
+    diags: &mut Diagnostics,
+) -> Option<RouteMatcher> {
+    let (kind, value) = m
+        .path
+        .as_ref()
+        .map(|p| (p.kind.unwrap_or_default(), p.value.as_str()))
+        .unwrap_or((PathMatchType::PathPrefix, "/"));
+    let path = match kind {
+        PathMatchType::Exact => PathMatch::Exact(value.to_string()),
+        PathMatchType::PathPrefix => {
+            let trimmed = value.trim_end_matches('/');
+            PathMatch::Prefix(if trimmed.is_empty() {
+                "/".to_string()
+            } else {
+                trimmed.to_string()
+            })
+        }
+        PathMatchType::RegularExpression => match anchored(value) {
+            Ok(re) => PathMatch::Regex(re),
+            Err(e) => {
+                diags.error(
+                    me,
+                    Reason::InvalidRegex,
+                    format!("rule {rule_name}: path regex {value:?} does not compile ({}); the match is left out", first_line(&e)),
+                );
+                return None;
+            }
+        },
+    };
+    if rule
+        .rewrite
+        .as_ref()
+        .is_some_and(|r| r.path_prefix.is_some())
+        && !matches!(path, PathMatch::Prefix(_))
+    {
+        diags.error(
+            me,
+            Reason::InvalidRewrite,
+            format!("rule {rule_name}: rewrite.pathPrefix only works with PathPrefix matches; the match is left out"),
+        );
+        return None;
+    }
+    let mut methods: Vec<String> = m.methods.iter().map(|m| m.as_str().to_string()).collect();
+    methods.sort();
+    methods.dedup();
+    let values = |list: &[api::ValueMatch],
+                  lower: bool,
+                  what: &str,
+                  diags: &mut Diagnostics|
+     -> Option<Vec<ValueMatcher>> {
+        let mut out = Vec::with_capacity(list.len());
+        for v in list {
+            let value = match v.kind.unwrap_or_default() {
+                ValueMatchType::Exact => StringMatch::Exact(v.value.clone()),
+                ValueMatchType::RegularExpression => match anchored(&v.value) {
+                    Ok(re) => StringMatch::Regex(re),
+                    Err(e) => {
+                        diags.error(
+                            me,
+                            Reason::InvalidRegex,
+                            format!("rule {rule_name}: {what} {} regex {:?} does not compile ({}); the match is left out", v.name, v.value, first_line(&e)),
+                        );
+                        return None;
+                    }
+                },
+            };
+            let name = if lower {
+                v.name.to_ascii_lowercase()
+            } else {
+                v.name.clone()
+            };
+            out.push(ValueMatcher { name, value });
+        }
+        out.sort();
+        out.dedup();
+        Some(out)
+    };
+    let headers = values(&m.headers, true, "header", diags)?;
+    let query_params = values(&m.query_params, false, "query parameter", diags)?;
+    Some(RouteMatcher {
+        path,
+        methods,
+        headers,
+        query_params,
+    })
+}
+
+fn first_line(e: &regex::Error) -> String {
+    e.to_string()
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn action(
+    inputs: &Inputs<'_>,
+    pools: &BTreeMap<Key, &UpstreamPool>,
+    policies: &BTreeMap<Key, &CachePolicy>,
+    namespace: &str,
+    rule: &api::RouteRule,
+    rule_name: &str,
+    me: &ObjectKey,
+    diags: &mut Diagnostics,
+) -> RouteAction {
+    let mut backends = Vec::new();
+    for b in &rule.backends {
+        if pools.contains_key(&(namespace.to_string(), b.pool.clone())) {
+            backends.push(WeightedCluster {
+                cluster: qualified(namespace, &b.pool),
+                weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
+            });
+        } else {
+            diags.error(
+                me,
+                Reason::PoolNotFound,
+                format!(
+                    "rule {rule_name}: UpstreamPool {namespace}/{} does not exist; create it or fix backends[].pool",
+                    b.pool
+                ),
+            );
+        }
+    }
+    // Merge repeated pools so weights stay what the user meant.
+    backends.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    backends.dedup_by(|a, b| {
+        if a.cluster == b.cluster {
+            b.weight = b.weight.saturating_add(a.weight);
+            true
+        } else {
+            false
+        }
+    });
+    if !backends.iter().any(|b| b.weight > 0) {
+        return RouteAction::DirectResponse(DirectResponse {
+            status: 500,
+            body: "no backend of this route could be resolved".to_string(),
+        });
+    }
+
+    let timeout_ms = rule.timeout.unwrap_or(DEFAULT_TIMEOUT).as_millis();
+    let cache_policy = rule.cache_policy_ref.as_ref().and_then(|r| {
+        if policies.contains_key(&(namespace.to_string(), r.name.clone())) {
+            Some(qualified(namespace, &r.name))
+        } else {
+            diags.error(
+                me,
+                Reason::CachePolicyNotFound,
+                format!(
+                    "rule {rule_name}: CachePolicy {namespace}/{} does not exist, so the rule is served uncached; create it or fix cachePolicyRef",
+                    r.name
+                ),
+            );
+            None
+        }
+    });
+    RouteAction::Forward(Box::new(ForwardAction {
+        backends,
+        timeout_ms,
+        retry: rule.retries.as_ref().map(|r| retry(r, timeout_ms)),
+        rewrite: rule.rewrite.as_ref().map(|r| Rewrite {
+            path_prefix: r.path_prefix.clone(),
+            hostname: r.hostname.clone(),
+        }),
+        cache_policy,
+        rate_limit: rule.rate_limit.as_ref().map(rate_limit),
+        api_keys: rule
+            .auth
+            .as_ref()
+            .and_then(|a| a.api_keys.as_ref())
+            .map(|k| api_keys(inputs, namespace, k, rule_name, me, diags)),
+    }))
+}
+
+fn retry(r: &api::RetryPolicy, timeout_ms: u64) -> RetryPolicy {
+    let mut on: Vec<RetryCondition> =
+        r.on.clone()
+            .unwrap_or_else(|| {
+                vec![
+                    api::RetryOn::ConnectFailure,
+                    api::RetryOn::Reset,
+                    api::RetryOn::GatewayError,
+                ]
+            })
+            .into_iter()
+            .map(|c| match c {
+                api::RetryOn::ConnectFailure => RetryCondition::ConnectFailure,
+                api::RetryOn::Reset => RetryCondition::Reset,
+                api::RetryOn::ServerError => RetryCondition::ServerError,
+                api::RetryOn::GatewayError => RetryCondition::GatewayError,
+                api::RetryOn::RetriableStatus => RetryCondition::RetriableStatus,
+            })
+            .collect();
+    on.sort();
+    on.dedup();
+    let mut statuses: Vec<u16> = r
+        .retriable_statuses
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|s| u16::try_from(s).ok())
+        .collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    let base = r
+        .backoff_base
+        .unwrap_or(Duration::from_millis(25))
+        .as_millis();
+    RetryPolicy {
+        attempts: u32::try_from(r.attempts.unwrap_or(2))
+            .unwrap_or(2)
+            .clamp(1, 10),
+        on,
+        retriable_statuses: statuses,
+        per_try_timeout_ms: r
+            .per_try_timeout
+            .map(|d| d.as_millis())
+            .unwrap_or(timeout_ms)
+            .min(timeout_ms),
+        backoff_base_ms: base,
+        backoff_max_ms: r
+            .backoff_max
+            .unwrap_or(Duration::from_millis(250))
+            .as_millis()
+            .max(base),
+        budget_percent: u32::try_from(r.budget_percent.unwrap_or(20)).unwrap_or(20),
+        budget_min_per_second: u32::try_from(r.budget_min_per_second.unwrap_or(10)).unwrap_or(10),
+        non_idempotent: r.non_idempotent.unwrap_or(false),
+    }
+}
+
+fn rate_limit(r: &api::RateLimit) -> RateLimit {
+    let requests = u32::try_from(r.requests).unwrap_or(1).max(1);
+    RateLimit {
+        requests,
+        period_ms: r
+            .period
+            .unwrap_or(Duration::from_secs(1))
+            .as_millis()
+            .max(1),
+        burst: r
+            .burst
+            .and_then(|b| u32::try_from(b).ok())
+            .filter(|b| *b > 0)
+            .unwrap_or(requests),
+        key: match r.key.unwrap_or_default() {
+            api::RateLimitKeyType::ClientIP => RateLimitKey::ClientIp,
+            api::RateLimitKeyType::ApiKey => RateLimitKey::ApiKey,
+            api::RateLimitKeyType::Route => RateLimitKey::Route,
+            api::RateLimitKeyType::Header => match &r.header {
+                Some(h) => RateLimitKey::Header(h.to_ascii_lowercase()),
+                None => RateLimitKey::Route,
+            },
+        },
+        mode: match r.mode.unwrap_or_default() {
+            api::RateLimitMode::Reject => RateLimitMode::Reject,
+            api::RateLimitMode::Shape => RateLimitMode::Shape,
+        },
+        queue_size: r
+            .queue_size
+            .and_then(|q| u32::try_from(q).ok())
+            .unwrap_or(100),
+        max_delay_ms: r.max_delay.unwrap_or(Duration::from_secs(1)).as_millis(),
+    }
+}
+
+fn api_keys(
+    inputs: &Inputs<'_>,
+    namespace: &str,
+    k: &api::ApiKeyAuth,
+    rule_name: &str,
+    me: &ObjectKey,
+    diags: &mut Diagnostics,
+) -> ApiKeyCheck {
+    let source = match (&k.query_param, &k.header) {
+        (Some(q), _) => KeySource::QueryParam(q.clone()),
+        (None, Some(h)) => KeySource::Header(h.to_ascii_lowercase()),
+        (None, None) => KeySource::Header("x-api-key".to_string()),
+    };
+    let mut keys = Vec::new();
+    for r in &k.secret_refs {
+        let field = format!("rule {rule_name}: auth.apiKeys.secretRefs");
+        let Some(data) = secret(inputs, namespace, &r.name, &field, me, diags) else {
+            continue;
+        };
+        let before = keys.len();
+        for (data_key, value) in data {
+            let key = value.trim_ascii();
+            if key.is_empty() {
+                continue;
+            }
+            let id = format!("{}/{data_key}", r.name);
+            let mut salt_hash = Sha256::new();
+            salt_hash.update(&inputs.key_salt_seed);
+            salt_hash.update(format!("{namespace}/{id}").as_bytes());
+            let salt = &salt_hash.finalize()[..16];
+            keys.push(HashedApiKey {
+                id,
+                salt: hex::encode(salt),
+                sha256: hex::encode(HashedApiKey::hash_key(salt, key)),
+            });
+        }
+        if keys.len() == before {
+            diags.error(
+                me,
+                Reason::InvalidSecret,
+                format!(
+                    "Secret {namespace}/{} holds no API keys; add one key per data entry",
+                    r.name
+                ),
+            );
+        }
+    }
+    keys.sort_by(|a, b| a.id.cmp(&b.id));
+    ApiKeyCheck { source, keys }
+}

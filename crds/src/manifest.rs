@@ -1,0 +1,172 @@
+//! Multi-document YAML of Parapet resources (plus Secrets), as standalone mode and the
+//! examples use them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use serde::Deserialize;
+
+use crate::{
+    api::{ApiRoute, CachePolicy, UpstreamPool},
+    compiler::Inputs,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("document {doc}: not valid YAML: {source}")]
+    Yaml {
+        doc: usize,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("document {doc} ({kind} {name:?}): {message}")]
+    Invalid {
+        doc: usize,
+        kind: String,
+        name: String,
+        message: String,
+    },
+    #[error(
+        "document {doc}: kind {kind:?} is not one of ApiRoute, UpstreamPool, CachePolicy or Secret"
+    )]
+    UnknownKind { doc: usize, kind: String },
+    #[error("document {doc}: apiVersion {api_version:?} is not {expected}")]
+    WrongVersion {
+        doc: usize,
+        api_version: String,
+        expected: &'static str,
+    },
+}
+
+/// The resources of one file.
+#[derive(Debug, Default, Clone)]
+pub struct Manifest {
+    pub routes: Vec<ApiRoute>,
+    pub pools: Vec<UpstreamPool>,
+    pub cache_policies: Vec<CachePolicy>,
+    pub secrets: Vec<Secret>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: Option<NameOnly>,
+}
+
+#[derive(Deserialize)]
+struct NameOnly {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+const PARAPET_API: &str = "parapet.dev/v1alpha1";
+
+impl Manifest {
+    /// Parses every document; objects without a namespace go to `default`.
+    pub fn parse(yaml: &str) -> Result<Self, ManifestError> {
+        let mut m = Manifest::default();
+        for (i, doc) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
+            let doc_no = i + 1;
+            let value =
+                serde_yaml_ng::Value::deserialize(doc).map_err(|source| ManifestError::Yaml {
+                    doc: doc_no,
+                    source,
+                })?;
+            if value.is_null() {
+                continue;
+            }
+            let tm: TypeMeta =
+                serde_yaml_ng::from_value(value.clone()).map_err(|source| ManifestError::Yaml {
+                    doc: doc_no,
+                    source,
+                })?;
+            let name = tm.metadata.and_then(|m| m.name).unwrap_or_default();
+            let invalid = |e: serde_yaml_ng::Error| ManifestError::Invalid {
+                doc: doc_no,
+                kind: tm.kind.clone(),
+                name: name.clone(),
+                message: e.to_string(),
+            };
+            let expect = |expected: &'static str| {
+                if tm.api_version == expected {
+                    Ok(())
+                } else {
+                    Err(ManifestError::WrongVersion {
+                        doc: doc_no,
+                        api_version: tm.api_version.clone(),
+                        expected,
+                    })
+                }
+            };
+            match tm.kind.as_str() {
+                "ApiRoute" => {
+                    expect(PARAPET_API)?;
+                    let mut o: ApiRoute = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    o.metadata.namespace.get_or_insert_with(|| "default".into());
+                    m.routes.push(o);
+                }
+                "UpstreamPool" => {
+                    expect(PARAPET_API)?;
+                    let mut o: UpstreamPool = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    o.metadata.namespace.get_or_insert_with(|| "default".into());
+                    m.pools.push(o);
+                }
+                "CachePolicy" => {
+                    expect(PARAPET_API)?;
+                    let mut o: CachePolicy = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    o.metadata.namespace.get_or_insert_with(|| "default".into());
+                    m.cache_policies.push(o);
+                }
+                "Secret" => {
+                    expect("v1")?;
+                    let mut o: Secret = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    o.metadata.namespace.get_or_insert_with(|| "default".into());
+                    m.secrets.push(o);
+                }
+                other => {
+                    return Err(ManifestError::UnknownKind {
+                        doc: doc_no,
+                        kind: other.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Compiler inputs that borrow from this manifest. Standalone pools use `static`
+    /// endpoints, so no Service endpoints are given.
+    pub fn inputs(&self) -> Inputs<'_> {
+        let mut secrets = BTreeMap::new();
+        for s in &self.secrets {
+            let mut data: BTreeMap<String, Vec<u8>> = s
+                .data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            for (k, v) in s.string_data.clone().unwrap_or_default() {
+                data.insert(k, v.into_bytes());
+            }
+            secrets.insert(
+                (
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone().unwrap_or_default(),
+                ),
+                data,
+            );
+        }
+        Inputs {
+            routes: self.routes.iter().collect(),
+            pools: self.pools.iter().collect(),
+            cache_policies: self.cache_policies.iter().collect(),
+            secrets,
+            ..Inputs::default()
+        }
+    }
+}

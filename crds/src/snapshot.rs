@@ -1,0 +1,555 @@
+//! The compiled routing table: what `PUT /v1/snapshot` carries and the data plane serves.
+//!
+//! Every reference is resolved and every default applied: the data plane never looks
+//! anything up. Durations are plain milliseconds. Collections are ordered deterministically,
+//! so the same inputs always give the same bytes and the same [`Snapshot::hash`].
+//! See `crds/SNAPSHOT.md` for the format with an example.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Bumped when the wire format changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A versioned routing table.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Strictly increasing across pushes; the data plane refuses a version below its own.
+    pub version: u64,
+    /// Hex SHA-256 of the canonical JSON of `table`.
+    pub hash: String,
+    /// Set by the pusher when an empty table is intended; a table with no routes is refused
+    /// otherwise (guards against an operator with empty caches wiping the fleet).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_empty: bool,
+    pub table: Table,
+}
+
+impl Snapshot {
+    /// Wraps a table with its content hash.
+    pub fn new(version: u64, table: Table) -> Self {
+        let hash = table.content_hash();
+        Self {
+            version,
+            hash,
+            allow_empty: false,
+            table,
+        }
+    }
+
+    /// Checks what a receiver must check before serving the table; the reasons read as
+    /// sentences for the pusher's logs.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if self.table.format != FORMAT_VERSION {
+            reasons.push(format!(
+                "snapshot format {} is not supported; this data plane reads format {FORMAT_VERSION}",
+                self.table.format
+            ));
+        }
+        let actual = self.table.content_hash();
+        if actual != self.hash {
+            reasons.push(format!(
+                "hash {} does not match the table's content (expected {actual})",
+                self.hash
+            ));
+        }
+        let clusters: std::collections::BTreeSet<&str> = self
+            .table
+            .clusters
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        if clusters.len() != self.table.clusters.len() {
+            reasons.push("cluster names are not unique".to_string());
+        }
+        let policies: std::collections::BTreeSet<&str> = self
+            .table
+            .cache_policies
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        for vh in &self.table.virtual_hosts {
+            for r in &vh.routes {
+                if let RouteAction::Forward(f) = &r.action {
+                    for b in &f.backends {
+                        if !clusters.contains(b.cluster.as_str()) {
+                            reasons.push(format!(
+                                "route {} names cluster {} which the table does not define",
+                                r.name, b.cluster
+                            ));
+                        }
+                    }
+                    if let Some(p) = &f.cache_policy
+                        && !policies.contains(p.as_str())
+                    {
+                        reasons.push(format!(
+                            "route {} names cache policy {p} which the table does not define",
+                            r.name
+                        ));
+                    }
+                }
+                if let PathMatch::Regex(re) = &r.matcher.path
+                    && let Err(e) = regex::Regex::new(re)
+                {
+                    reasons.push(format!("route {} has an invalid regex: {e}", r.name));
+                }
+            }
+        }
+        for c in &self.table.clusters {
+            if let Some(f) = &c.failover
+                && let Some(b) = &f.backup_cluster
+                && !clusters.contains(b.as_str())
+            {
+                reasons.push(format!(
+                    "cluster {} names backup cluster {b} which the table does not define",
+                    c.name
+                ));
+            }
+        }
+        if self.table.route_count() == 0 && !self.allow_empty {
+            reasons.push(
+                "the table has no routes; a pusher that means to empty the fleet must set allowEmpty"
+                    .to_string(),
+            );
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+}
+
+/// The content of a snapshot: everything but its version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Table {
+    pub format: u32,
+    /// Ordered by domain: exact names first, then wildcards by decreasing specificity, then `*`.
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Ordered by name.
+    pub clusters: Vec<Cluster>,
+    /// Ordered by name.
+    pub cache_policies: Vec<CachePolicy>,
+    /// The source objects and generations this table was compiled from, ordered; the
+    /// operator marks exactly these `Programmed` once the fleet acknowledges the table.
+    pub sources: Vec<SourceRef>,
+}
+
+impl Table {
+    pub fn content_hash(&self) -> String {
+        // Serialising our own plain types to JSON cannot fail.
+        let bytes = serde_json::to_vec(self).expect("table serialises");
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.virtual_hosts.iter().map(|v| v.routes.len()).sum()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+}
+
+/// One host name (`api.example.com`, `*.example.com` or `*`) and its routes in match order.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualHost {
+    pub domain: String,
+    /// TLS certificate for this host, when it terminates TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<CertificatePair>,
+    /// First match wins.
+    pub routes: Vec<Route>,
+}
+
+/// PEM-encoded certificate chain and private key.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificatePair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertificatePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print private keys into logs.
+        f.debug_struct("CertificatePair").finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// `namespace/apiroute/rule`, unique in the table; the label in metrics.
+    pub name: String,
+    pub matcher: RouteMatcher,
+    pub action: RouteAction,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatcher {
+    pub path: PathMatch,
+    /// Empty: any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ValueMatcher>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<ValueMatcher>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum PathMatch {
+    Exact(String),
+    /// Segment-wise prefix, stored without a trailing slash (`/` stays `/`).
+    Prefix(String),
+    /// Anchored: must match the whole path.
+    Regex(String),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueMatcher {
+    /// Lower-case for headers.
+    pub name: String,
+    pub value: StringMatch,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum StringMatch {
+    Exact(String),
+    /// Anchored.
+    Regex(String),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum RouteAction {
+    Forward(Box<ForwardAction>),
+    /// Answer directly, e.g. 500 for a rule none of whose backends could be resolved
+    /// (as Gateway API prescribes), so its traffic never falls through to another rule.
+    DirectResponse(DirectResponse),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ForwardAction {
+    /// Weighted clusters; weights are relative, at least one is above zero.
+    pub backends: Vec<WeightedCluster>,
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+    /// Name of a [`CachePolicy`] in the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<ApiKeyCheck>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Total tries including the first.
+    pub attempts: u32,
+    pub on: Vec<RetryCondition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_statuses: Vec<u16>,
+    pub per_try_timeout_ms: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub budget_percent: u32,
+    pub budget_min_per_second: u32,
+    pub non_idempotent: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum RetryCondition {
+    ConnectFailure,
+    Reset,
+    ServerError,
+    GatewayError,
+    RetriableStatus,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rewrite {
+    /// Replaces the matched prefix (Prefix routes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Tokens per `period_ms` for the whole fleet.
+    pub requests: u32,
+    pub period_ms: u64,
+    pub burst: u32,
+    pub key: RateLimitKey,
+    pub mode: RateLimitMode,
+    pub queue_size: u32,
+    pub max_delay_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RateLimitKey {
+    ClientIp,
+    ApiKey,
+    Header(String),
+    Route,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RateLimitMode {
+    Reject,
+    Shape,
+}
+
+/// API keys as salted SHA-256 hashes: the table never carries a key in plain text.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum KeySource {
+    Header(String),
+    QueryParam(String),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyCheck {
+    pub source: KeySource,
+    /// Ordered by id.
+    pub keys: Vec<HashedApiKey>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HashedApiKey {
+    /// `secret/dataKey`: logged and used as a rate-limit key, never the key itself.
+    pub id: String,
+    /// Hex salt.
+    pub salt: String,
+    /// Hex SHA-256 of salt bytes followed by the key bytes.
+    pub sha256: String,
+}
+
+impl HashedApiKey {
+    pub fn hash_key(salt: &[u8], key: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(salt);
+        h.update(key);
+        h.finalize().into()
+    }
+}
+
+/// An upstream pool, resolved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    /// `namespace/pool`.
+    pub name: String,
+    /// Ordered by (address, port).
+    pub endpoints: Vec<Endpoint>,
+    pub load_balancing: LoadBalancing,
+    pub connect_timeout_ms: u64,
+    pub protocol: UpstreamProtocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub address: String,
+    pub port: u16,
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// EndpointSlice conditions; static endpoints are always ready and serving.
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Endpoint {
+    /// Whether new requests may go to this endpoint.
+    pub fn routable(&self) -> bool {
+        self.weight > 0 && (self.ready || (self.serving && !self.terminating))
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancing {
+    pub algorithm: Algorithm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Algorithm {
+    RoundRobin,
+    LeastRequest,
+    RingHash,
+    Maglev,
+    Random,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum HashOn {
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+    SourceIp,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Inclusive ranges.
+    pub expected_statuses: Vec<(u16, u16)>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    pub interval_ms: u64,
+    pub base_ejection_time_ms: u64,
+    pub max_ejection_percent: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<SuccessRate>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessRate {
+    pub request_volume: u32,
+    pub minimum_hosts: u32,
+    pub stdev_factor_milli: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_requests: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failover {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_cluster: Option<String>,
+    pub min_healthy_percent: u32,
+    pub prefer_local_zone: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM bundle; `None`: the platform's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<CertificatePair>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CacheMode {
+    Fixed,
+    Auto,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CachePolicy {
+    /// `namespace/policy`.
+    pub name: String,
+    pub mode: CacheMode,
+    /// Fixed: the TTL; Auto: the heuristic TTL when the origin says nothing.
+    pub ttl_ms: u64,
+    pub min_ttl_ms: u64,
+    pub max_ttl_ms: u64,
+    pub adaptive_ttl: bool,
+    pub refresh_ahead: bool,
+    pub stale_while_revalidate_ms: u64,
+    pub stale_if_error_ms: u64,
+    pub include_query: bool,
+    /// Empty: every parameter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_query_params: Vec<String>,
+    /// Lower-case request header names that are part of the key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_headers: Vec<String>,
+    pub methods: Vec<String>,
+    pub statuses: Vec<u16>,
+    pub max_entry_bytes: u64,
+    pub ignore_origin_no_store: bool,
+    pub cache_authorized: bool,
+    pub coalesce_timeout_ms: u64,
+}
