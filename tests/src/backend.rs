@@ -1,0 +1,142 @@
+//! In-process HTTP backends on 127.0.0.1:0 that say who they are and count what they get.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, sync::watch};
+
+/// What a backend does with each request; changeable while it runs.
+#[derive(Clone, Debug, Default)]
+pub struct Behaviour {
+    /// Answer with this status (default 200).
+    pub status: Option<u16>,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    /// Answer with this body instead of the backend's name.
+    pub body: Option<Bytes>,
+}
+
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    last_headers: Arc<Mutex<Option<http::HeaderMap>>>,
+    last_uri: Arc<Mutex<Option<String>>>,
+    body_bytes: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Self::start_on(name, "127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// Starts on a given address (to bring a stopped backend back on its port).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind a backend on 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let behaviour = Arc::new(Mutex::new(Behaviour::default()));
+        let last_headers = Arc::new(Mutex::new(None));
+        let last_uri = Arc::new(Mutex::new(None));
+        let body_bytes = Arc::new(AtomicU64::new(0));
+        let (stop, mut stopped) = watch::channel(false);
+        let (n, h, b, lh, lu, bb) = (
+            name.to_string(),
+            hits.clone(),
+            behaviour.clone(),
+            last_headers.clone(),
+            last_uri.clone(),
+            body_bytes.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = stopped.changed() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let (n, h, b, lh, lu, bb) = (n.clone(), h.clone(), b.clone(), lh.clone(), lu.clone(), bb.clone());
+                let mut conn_stop = stopped.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (n, h, b, lh, lu, bb) = (n.clone(), h.clone(), b.clone(), lh.clone(), lu.clone(), bb.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            *lh.lock().unwrap() = Some(req.headers().clone());
+                            *lu.lock().unwrap() = Some(req.uri().to_string());
+                            let beh = b.lock().unwrap().clone();
+                            let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            bb.fetch_add(body.len() as u64, Ordering::SeqCst);
+                            if !beh.delay.is_zero() {
+                                tokio::time::sleep(beh.delay).await;
+                            }
+                            let body = beh.body.clone().unwrap_or_else(|| Bytes::from(n.clone()));
+                            let mut resp = Response::new(Full::new(body));
+                            *resp.status_mut() = StatusCode::from_u16(beh.status.unwrap_or(200)).unwrap();
+                            resp.headers_mut().insert("x-backend", n.parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = conn_stop.changed() => {}
+                    }
+                });
+            }
+        });
+        Backend { name: name.to_string(), addr, hits, behaviour, last_headers, last_uri, body_bytes, stop }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(Ordering::SeqCst)
+    }
+
+    pub fn set(&self, b: Behaviour) {
+        *self.behaviour.lock().unwrap() = b;
+    }
+
+    pub fn last_headers(&self) -> Option<http::HeaderMap> {
+        self.last_headers.lock().unwrap().clone()
+    }
+
+    pub fn last_uri(&self) -> Option<String> {
+        self.last_uri.lock().unwrap().clone()
+    }
+
+    /// Stops accepting and closes open connections.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
