@@ -1,0 +1,252 @@
+//! The admin listener: the snapshot API (`PUT /v1/snapshot`, `GET /v1/snapshot/status`),
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use std::{
+    convert::Infallible,
+    io::Read,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::UNIX_EPOCH,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use parapet_crds::snapshot::Snapshot;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use crate::{
+    metrics::Metrics,
+    proxy::problem::{full, problem},
+    snapshot::{ApplyOutcome, SnapshotStore},
+    upstream::ProxyBody,
+};
+
+pub struct Admin {
+    pub store: Arc<SnapshotStore>,
+    pub metrics: Arc<Metrics>,
+    /// Bearer token for pushes; `None` refuses every push.
+    pub token: Option<Vec<u8>>,
+    pub max_snapshot_bytes: usize,
+    pub draining: AtomicBool,
+}
+
+impl Admin {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let builder = crate::listener::builder(&Default::default());
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let admin = self.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if self.draining.load(Ordering::Relaxed) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if self.store.is_ready() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no snapshot in force yet\n",
+                    )
+                }
+            }
+            (&Method::GET, "/metrics") => {
+                let mut r = Response::new(full(self.metrics.encode()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            (&Method::GET, "/v1/snapshot/status") => self.status(),
+            (&Method::PUT, "/v1/snapshot") => self.push(req).await,
+            (_, "/v1/snapshot") => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use PUT to push a snapshot",
+                None,
+            ),
+            _ => problem(
+                StatusCode::NOT_FOUND,
+                "unknown admin path; try /v1/snapshot/status, /healthz, /readyz or /metrics",
+                None,
+            ),
+        }
+    }
+
+    fn status(&self) -> Response<ProxyBody> {
+        let body = match self.store.load() {
+            Some(rt) => serde_json::json!({
+                "version": rt.version(),
+                "hash": rt.hash(),
+                "appliedAt": rt.applied_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default(),
+                "routes": rt.snapshot.table.route_count(),
+                "clusters": rt.snapshot.table.clusters.len(),
+            }),
+            None => serde_json::json!({"version": null, "hash": null}),
+        };
+        json(StatusCode::OK, &body)
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or(b"");
+        // Constant time in the token's content (length differences are not secret).
+        presented.len() == token.len() && bool::from(presented.ct_eq(token))
+    }
+
+    async fn push(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if !self.authorized(&req) {
+            self.metrics.push("unauthorized");
+            let detail = if self.token.is_none() {
+                "snapshot pushes are disabled: start the data plane with --snapshot-token-file to accept them"
+            } else {
+                "a valid bearer token is required to push snapshots"
+            };
+            let mut r = problem(StatusCode::UNAUTHORIZED, detail, None);
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        let gzip = req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        let body = match Limited::new(req.into_body(), self.max_snapshot_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                self.metrics.push("too_large");
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!(
+                        "the snapshot is larger than {} bytes; raise --max-snapshot-bytes or compress it",
+                        self.max_snapshot_bytes
+                    ),
+                    None,
+                );
+            }
+            Err(e) => {
+                self.metrics.push("invalid");
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    &format!("could not read the snapshot body: {e}"),
+                    None,
+                );
+            }
+        };
+        let body = if gzip {
+            match gunzip(&body, self.max_snapshot_bytes) {
+                Ok(b) => b,
+                Err(msg) => {
+                    self.metrics.push("invalid");
+                    return problem(StatusCode::BAD_REQUEST, &msg, None);
+                }
+            }
+        } else {
+            body
+        };
+        let snapshot: Snapshot = match serde_json::from_slice(&body) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.push("invalid");
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"result": "invalid", "reasons": [format!("the body is not a snapshot: {e}")]}),
+                );
+            }
+        };
+        let (version, hash) = (snapshot.version, snapshot.hash.clone());
+        match self.store.apply(snapshot).await {
+            Ok(outcome) => {
+                let result = match outcome {
+                    ApplyOutcome::Applied => "applied",
+                    ApplyOutcome::Unchanged => "unchanged",
+                };
+                self.metrics.push(result);
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"result": result, "version": version, "hash": hash}),
+                )
+            }
+            Err(e) => {
+                self.metrics.push(e.metric_reason());
+                let (status, reasons) = match &e {
+                    crate::snapshot::ApplyError::Invalid(r) => (StatusCode::BAD_REQUEST, r.clone()),
+                    _ => (StatusCode::CONFLICT, vec![e.to_string()]),
+                };
+                let current = self.store.load().map(|r| r.version());
+                tracing::warn!(version, error = %e, "snapshot refused");
+                json(
+                    status,
+                    &serde_json::json!({"result": e.metric_reason(), "reasons": reasons, "currentVersion": current}),
+                )
+            }
+        }
+    }
+}
+
+fn gunzip(body: &[u8], max: usize) -> Result<Bytes, String> {
+    let mut out = Vec::new();
+    let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|e| format!("the gzip body could not be decompressed: {e}"))?;
+    if out.len() > max {
+        return Err(format!(
+            "the decompressed snapshot is larger than {max} bytes"
+        ));
+    }
+    Ok(out.into())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
+    let mut r = Response::new(full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    crate::listener::bind(addr).await
+}

@@ -1,0 +1,225 @@
+//! Flags and wiring: build the store, start the listeners, load the table, drain on SIGTERM.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::{
+    admin::Admin,
+    listener::{self, ListenerConfig},
+    metrics::Metrics,
+    proxy::{Limits, Proxy},
+    snapshot::{SnapshotStore, load_persisted},
+    standalone,
+    upstream::ClientPool,
+};
+
+/// Parapet data plane: a reverse proxy that serves the routing table compiled from
+/// ApiRoute, UpstreamPool and CachePolicy resources.
+///
+/// Standalone: `dataplane --config examples/standalone.yaml`. In a cluster, without
+/// --config, it waits for the operator to push tables to the admin port.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "dataplane", version)]
+pub struct Args {
+    /// YAML file of ApiRoute / UpstreamPool / CachePolicy (and Secret) documents; watched
+    /// and reloaded on change. Without it, tables come from `PUT /v1/snapshot`.
+    #[arg(long, env = "PARAPET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address for client traffic.
+    #[arg(long, env = "PARAPET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the admin API (snapshot, health, metrics). Use 0.0.0.0:9901 in a cluster.
+    #[arg(long, env = "PARAPET_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    pub admin_listen: SocketAddr,
+    /// File holding the bearer token the operator must present to push snapshots.
+    #[arg(long, env = "PARAPET_SNAPSHOT_TOKEN_FILE")]
+    pub snapshot_token_file: Option<PathBuf>,
+    /// Directory where the last good snapshot is kept, and loaded from at start.
+    #[arg(long, env = "PARAPET_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// This pod's topology zone, for zone-aware routing.
+    #[arg(long, env = "PARAPET_ZONE")]
+    pub zone: Option<String>,
+    /// TLS certificate chain (PEM) for the traffic listener; with --tls-key, serves HTTPS
+    /// with ALPN h2 / http/1.1.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// How long in-flight requests get to finish after SIGTERM.
+    #[arg(long, default_value = "25s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Time between readiness going false and the listener closing, so load balancers stop
+    /// sending new connections first.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+    /// Time a client has to send a complete request head (slowloris guard).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes (431 above).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most request headers (431 above).
+    #[arg(long, default_value_t = 100)]
+    pub max_headers: usize,
+    /// Longest request URI in bytes (414 above).
+    #[arg(long, default_value_t = 8 * 1024)]
+    pub max_uri_bytes: usize,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+    /// Largest pushed snapshot in bytes (after decompression).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_snapshot_bytes: usize,
+    /// How often the --config file is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub reload_interval: Duration,
+    /// Log format.
+    #[arg(long, env = "PARAPET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "PARAPET_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parapet_crds::Duration::parse(s)
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
+}
+
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARAPET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let store = SnapshotStore::new(
+        metrics.clone(),
+        ClientPool::default(),
+        args.state_dir.clone(),
+    );
+
+    // Static stability: serve the last good table before anyone pushes.
+    if args.config.is_none()
+        && let Some(dir) = &args.state_dir
+    {
+        match load_persisted(dir) {
+            Ok(Some(s)) => {
+                let v = s.version;
+                match store.apply(s).await {
+                    Ok(_) => tracing::info!(
+                        version = v,
+                        "serving the persisted snapshot until the operator pushes"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "the persisted snapshot was not applied"),
+                }
+            }
+            Ok(None) => tracing::info!("no persisted snapshot; not ready until the first push"),
+            Err(e) => tracing::warn!(error = %e, "ignoring the persisted snapshot"),
+        }
+    }
+
+    let token = match &args.snapshot_token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the snapshot token file {}", p.display()))?;
+            let t = t.trim().as_bytes().to_vec();
+            anyhow::ensure!(
+                !t.is_empty(),
+                "the snapshot token file {} is empty",
+                p.display()
+            );
+            Some(t)
+        }
+        None => None,
+    };
+
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => {
+            let cert = std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?;
+            let key = std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?;
+            Some(listener::tls_acceptor(&cert, &key)?)
+        }
+        _ => None,
+    };
+
+    let admin = Arc::new(Admin {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        token,
+        max_snapshot_bytes: args.max_snapshot_bytes,
+        draining: Default::default(),
+    });
+    let admin_listener = listener::bind(args.admin_listen).await?;
+    let traffic = listener::bind(args.listen).await?;
+    let (proxy_addr, admin_addr) = (traffic.local_addr()?, admin_listener.local_addr()?);
+    // A stable line on stdout that scripts and tests read to find the ports.
+    println!("parapet-dataplane listening proxy={proxy_addr} admin={admin_addr}");
+    tracing::info!(%proxy_addr, %admin_addr, tls = tls.is_some(), "listening");
+    tokio::spawn(admin.clone().serve(admin_listener));
+
+    if let Some(path) = args.config.clone() {
+        // First load before serving, so a newcomer sees errors at once.
+        match standalone::load(&path, standalone::next_version(0)) {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "configuration not loaded; fix the file and it is reloaded")
+            }
+        }
+        tokio::spawn(standalone::watch(path, store.clone(), args.reload_interval));
+    }
+
+    let proxy = Arc::new(Proxy {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        limits: Limits {
+            max_uri_bytes: args.max_uri_bytes,
+            max_body_bytes: args.max_body_bytes,
+        },
+    });
+    let cfg = ListenerConfig {
+        max_header_bytes: args.max_header_bytes,
+        max_headers: args.max_headers,
+        header_read_timeout: args.header_read_timeout,
+        ..ListenerConfig::default()
+    };
+    let admin_for_signal = admin.clone();
+    let shutdown_delay = args.shutdown_delay;
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: readiness is now false");
+        admin_for_signal
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(shutdown_delay).await;
+    };
+    listener::serve(traffic, tls, proxy, cfg, shutdown, args.drain_timeout).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Accepts downstream connections (HTTP/1.1, h2c, and TLS with ALPN when a certificate is
+//! given) and hands each request to the proxy. Stops accepting on shutdown and lets
+//! in-flight requests finish.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::proxy::{ConnInfo, Proxy};
+
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head (slowloris guard).
+    pub header_read_timeout: Duration,
+    /// HTTP/2 keep-alive pings to detect dead peers.
+    pub h2_keepalive: Duration,
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            h2_keepalive: Duration::from_secs(30),
+            max_concurrent_streams: 1000,
+        }
+    }
+}
+
+pub fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .max_headers(cfg.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(cfg.h2_keepalive)
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+/// Serves until `shutdown` resolves, then waits up to `drain` for open connections.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    cfg: ListenerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) {
+    let builder = Arc::new(builder(&cfg));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let info = ConnInfo {
+                peer,
+                tls: tls.is_some(),
+            };
+            let svc = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+            });
+            match tls {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::trace!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        cfg.header_read_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::trace!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        drain_secs = drain.as_secs_f64(),
+        "listener closed; draining open connections"
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}
+
+/// A TLS acceptor for one certificate and key (PEM files), TLS 1.2+ with ALPN h2 and
+/// http/1.1.
+pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .context("the TLS certificate file is not valid PEM")?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "the TLS certificate file holds no certificate"
+    );
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .context("the TLS key file is not valid PEM")?
+        .context("the TLS key file holds no private key")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS 1.2 and 1.3 are supported")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS key does not match the certificate")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {addr}: {e}; is another process using the port?")
+    })
+}
