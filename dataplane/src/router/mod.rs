@@ -22,8 +22,10 @@
 //! - Methods: any listed method, or any method when none is listed.
 //! - Headers: every listed header must have a field line whose value matches exactly or
 //!   by regex; a value that is not UTF-8 never matches a regex.
-//! - Query parameters: every listed parameter must occur with a matching value; see
-//!   [`query`](self::query) for how the query string is decoded.
+//! - Query parameters: every listed parameter must occur with a matching value (any
+//!   occurrence may match). Pairs split on `&`, a name ends at the first `=` (no `=`: empty
+//!   value), names and values are percent-decoded with `+` read as a space, as HTML forms
+//!   encode them; names are case-sensitive.
 
 mod host;
 mod matcher;
