@@ -3,23 +3,13 @@
 
 #![forbid(unsafe_code)]
 
-pub mod balancer;
-pub mod router;
-
-// Wired in once the balancer API lands (the feature only exists during that work).
-#[cfg(feature = "proxy")]
 pub mod admin;
-#[cfg(feature = "proxy")]
 pub mod app;
-#[cfg(feature = "proxy")]
+pub mod balancer;
 pub mod listener;
-#[cfg(feature = "proxy")]
 pub mod metrics;
-#[cfg(feature = "proxy")]
 pub mod proxy;
-#[cfg(feature = "proxy")]
+pub mod router;
 pub mod snapshot;
-#[cfg(feature = "proxy")]
 pub mod standalone;
-#[cfg(feature = "proxy")]
 pub mod upstream;

@@ -49,7 +49,9 @@ impl Backend {
 
     /// Starts on a given address (to bring a stopped backend back on its port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
-        let listener = TcpListener::bind(addr).await.expect("bind a backend on 127.0.0.1");
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("bind a backend on 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
@@ -71,24 +73,44 @@ impl Backend {
                     _ = stopped.changed() => return,
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
-                let (n, h, b, lh, lu, bb) = (n.clone(), h.clone(), b.clone(), lh.clone(), lu.clone(), bb.clone());
+                let (n, h, b, lh, lu, bb) = (
+                    n.clone(),
+                    h.clone(),
+                    b.clone(),
+                    lh.clone(),
+                    lu.clone(),
+                    bb.clone(),
+                );
                 let mut conn_stop = stopped.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (n, h, b, lh, lu, bb) = (n.clone(), h.clone(), b.clone(), lh.clone(), lu.clone(), bb.clone());
+                        let (n, h, b, lh, lu, bb) = (
+                            n.clone(),
+                            h.clone(),
+                            b.clone(),
+                            lh.clone(),
+                            lu.clone(),
+                            bb.clone(),
+                        );
                         async move {
                             h.fetch_add(1, Ordering::SeqCst);
                             *lh.lock().unwrap() = Some(req.headers().clone());
                             *lu.lock().unwrap() = Some(req.uri().to_string());
                             let beh = b.lock().unwrap().clone();
-                            let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             bb.fetch_add(body.len() as u64, Ordering::SeqCst);
                             if !beh.delay.is_zero() {
                                 tokio::time::sleep(beh.delay).await;
                             }
                             let body = beh.body.clone().unwrap_or_else(|| Bytes::from(n.clone()));
                             let mut resp = Response::new(Full::new(body));
-                            *resp.status_mut() = StatusCode::from_u16(beh.status.unwrap_or(200)).unwrap();
+                            *resp.status_mut() =
+                                StatusCode::from_u16(beh.status.unwrap_or(200)).unwrap();
                             resp.headers_mut().insert("x-backend", n.parse().unwrap());
                             Ok::<_, Infallible>(resp)
                         }
@@ -102,7 +124,16 @@ impl Backend {
                 });
             }
         });
-        Backend { name: name.to_string(), addr, hits, behaviour, last_headers, last_uri, body_bytes, stop }
+        Backend {
+            name: name.to_string(),
+            addr,
+            hits,
+            behaviour,
+            last_headers,
+            last_uri,
+            body_bytes,
+            stop,
+        }
     }
 
     pub fn port(&self) -> u16 {

@@ -70,6 +70,7 @@ impl Client {
     }
 
     pub async fn get(&self, to: SocketAddr, host: &str, path: &str) -> anyhow::Result<Reply> {
-        self.send(to, Method::GET, host, path, &[], Bytes::new()).await
+        self.send(to, Method::GET, host, path, &[], Bytes::new())
+            .await
     }
 }

@@ -41,7 +41,10 @@ impl Dataplane {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);
         }
         cmd.args(args)
-            .env("PARAPET_LOG", std::env::var("PARAPET_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "PARAPET_LOG",
+                std::env::var("PARAPET_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start the dataplane binary");
@@ -83,7 +86,9 @@ impl Dataplane {
 
     /// Sends SIGTERM (through the `kill` command: the tests forbid unsafe code).
     pub fn terminate(&self) {
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
     }
 
     /// Waits for the process to exit, up to `deadline`.

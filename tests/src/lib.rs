@@ -1,9 +1,10 @@
 //! Support for tests that run real processes on 127.0.0.1: sample backends, the data-plane
 //! binary on port 0, and an HTTP client. Every wait has a deadline.
 
+pub mod admin;
 pub mod backend;
-pub mod dataplane;
 pub mod client;
+pub mod dataplane;
 
 use std::time::{Duration, Instant};
 
@@ -23,4 +24,33 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// YAML for an UpstreamPool named `name` over static endpoints on 127.0.0.1.
+pub fn pool_yaml(name: &str, ports: &[u16], extra: &str) -> String {
+    let eps: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{{address: 127.0.0.1, port: {p}}}"))
+        .collect();
+    format!(
+        "---\napiVersion: parapet.dev/v1alpha1\nkind: UpstreamPool\nmetadata: {{name: {name}}}\nspec:\n  static: [{}]\n{extra}\n",
+        eps.join(", ")
+    )
+}
+
+/// YAML for an ApiRoute with the given hosts and rules (rules indented as a list under
+/// `rules:`).
+pub fn route_yaml(name: &str, hosts: &str, rules: &str) -> String {
+    format!(
+        "---\napiVersion: parapet.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: {name}}}\nspec:\n  hosts: {hosts}\n  rules:\n{rules}\n"
+    )
+}
+
+/// Compiles YAML into a snapshot with the given version, failing the test on diagnostics.
+pub fn snapshot(yaml: &str, version: u64) -> parapet_crds::snapshot::Snapshot {
+    let m = parapet_crds::manifest::Manifest::parse(yaml).expect("test YAML parses");
+    let out = parapet_crds::compiler::compile(&m.inputs());
+    let errors: Vec<String> = out.diagnostics.errors().map(|d| d.to_string()).collect();
+    assert!(errors.is_empty(), "test YAML compiles cleanly: {errors:?}");
+    parapet_crds::snapshot::Snapshot::new(version, out.table)
 }

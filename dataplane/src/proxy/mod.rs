@@ -275,7 +275,8 @@ impl Proxy {
                     break Ok(resp);
                 }
                 Ok(Err(e)) => {
-                    drop(guard);
+                    // A fast failure is no latency sample: it would make the endpoint look fast.
+                    guard.cancel();
                     if e.is_connect() {
                         cluster.metrics.connect_errors.inc();
                         tracing::debug!(cluster = %cluster.spec.name, endpoint = %ep.address, port = ep.port, error = %e, "connect failed");
