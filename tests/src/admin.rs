@@ -8,11 +8,27 @@ use parapet_crds::snapshot::Snapshot;
 
 use crate::client::{Client, Reply};
 
-pub async fn push(client: &Client, admin: SocketAddr, token: Option<&str>, snapshot: &Snapshot) -> Reply {
-    push_raw(client, admin, token, Bytes::from(serde_json::to_vec(snapshot).unwrap())).await
+pub async fn push(
+    client: &Client,
+    admin: SocketAddr,
+    token: Option<&str>,
+    snapshot: &Snapshot,
+) -> Reply {
+    push_raw(
+        client,
+        admin,
+        token,
+        Bytes::from(serde_json::to_vec(snapshot).unwrap()),
+    )
+    .await
 }
 
-pub async fn push_raw(client: &Client, admin: SocketAddr, token: Option<&str>, body: Bytes) -> Reply {
+pub async fn push_raw(
+    client: &Client,
+    admin: SocketAddr,
+    token: Option<&str>,
+    body: Bytes,
+) -> Reply {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("content-type", "application/json")];
     if let Some(a) = &auth {
@@ -32,7 +48,10 @@ pub async fn ready(client: &Client, admin: SocketAddr) -> bool {
 }
 
 pub async fn metric(client: &Client, admin: SocketAddr, line_prefix: &str) -> f64 {
-    let r = client.get(admin, "admin", "/metrics").await.expect("metrics");
+    let r = client
+        .get(admin, "admin", "/metrics")
+        .await
+        .expect("metrics");
     r.text()
         .lines()
         .find(|l| l.starts_with(line_prefix))

@@ -34,10 +34,10 @@ impl Dataplane {
     /// and waits for it to print its addresses.
     pub fn start(args: &[&str]) -> Dataplane {
         let mut cmd = Command::new(binary("dataplane"));
-        if !args.iter().any(|a| *a == "--listen") {
+        if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        if !args.iter().any(|a| *a == "--admin-listen") {
+        if !args.contains(&"--admin-listen") {
             cmd.args(["--admin-listen", "127.0.0.1:0"]);
         }
         cmd.args(args)

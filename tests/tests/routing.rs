@@ -12,23 +12,47 @@ use parapet_tests::{
     pool_yaml, route_yaml, wait_for,
 };
 
+/// Method, host, path, headers, the backend that must answer (`None`: 404).
+type Case<'a> = (
+    Method,
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Option<&'a str>,
+);
+
 async fn standalone(yaml: &str) -> (Dataplane, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
     let dp = Dataplane::start(&["--config", path.to_str().unwrap()]);
     let c = Client::new();
-    wait_for("the data plane to be ready", Duration::from_secs(10), || {
-        let c = c.clone();
-        async move { admin::ready(&c, dp.admin).await.then_some(()) }
-    })
+    wait_for(
+        "the data plane to be ready",
+        Duration::from_secs(10),
+        || {
+            let c = c.clone();
+            async move { admin::ready(&c, dp.admin).await.then_some(()) }
+        },
+    )
     .await;
     (dp, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_precedence() {
-    let names = ["exact", "regex", "long-prefix", "prefix", "get-only", "header", "query", "wild", "star", "other-host"];
+    let names = [
+        "exact",
+        "regex",
+        "long-prefix",
+        "prefix",
+        "get-only",
+        "header",
+        "query",
+        "wild",
+        "star",
+        "other-host",
+    ];
     let mut backends = HashMap::new();
     let mut yaml = String::new();
     for n in names {
@@ -56,34 +80,99 @@ async fn routing_precedence() {
       backends: [{pool: query}]
 "#,
     ));
-    yaml.push_str(&route_yaml("wild", "['*.example']", "    - backends: [{pool: wild}]"));
-    yaml.push_str(&route_yaml("star", "['*']", "    - backends: [{pool: star}]"));
+    yaml.push_str(&route_yaml(
+        "wild",
+        "['*.example']",
+        "    - backends: [{pool: wild}]",
+    ));
+    yaml.push_str(&route_yaml(
+        "star",
+        "['*']",
+        "    - backends: [{pool: star}]",
+    ));
     yaml.push_str(&route_yaml("other", "[other.example]", "    - matches: [{path: {type: Exact, value: /only}}]\n      backends: [{pool: other-host}]"));
     let (dp, _dir) = standalone(&yaml).await;
     let c = Client::new();
 
-    let cases: &[(Method, &str, &str, &[(&str, &str)], Option<&str>)] = &[
-        (Method::GET, "api.example", "/accounts/1", &[], Some("exact")),
-        (Method::GET, "API.Example:8080", "/accounts/1", &[], Some("exact")),
-        (Method::GET, "api.example", "/accounts/2", &[], Some("regex")),
-        (Method::GET, "api.example", "/accounts/7", &[], Some("regex")),
-        (Method::GET, "api.example", "/accounts/7/x", &[], Some("long-prefix")),
-        (Method::GET, "api.example", "/accounts/77x", &[], Some("prefix")),
+    let cases: &[Case] = &[
+        (
+            Method::GET,
+            "api.example",
+            "/accounts/1",
+            &[],
+            Some("exact"),
+        ),
+        (
+            Method::GET,
+            "API.Example:8080",
+            "/accounts/1",
+            &[],
+            Some("exact"),
+        ),
+        (
+            Method::GET,
+            "api.example",
+            "/accounts/2",
+            &[],
+            Some("regex"),
+        ),
+        (
+            Method::GET,
+            "api.example",
+            "/accounts/7",
+            &[],
+            Some("regex"),
+        ),
+        (
+            Method::GET,
+            "api.example",
+            "/accounts/7/x",
+            &[],
+            Some("long-prefix"),
+        ),
+        (
+            Method::GET,
+            "api.example",
+            "/accounts/77x",
+            &[],
+            Some("prefix"),
+        ),
         (Method::GET, "api.example", "/m", &[], Some("get-only")),
         (Method::POST, "api.example", "/m", &[], Some("prefix")),
-        (Method::GET, "api.example", "/h", &[("x-tier", "gold")], Some("header")),
-        (Method::GET, "api.example", "/h", &[("x-tier", "silver")], Some("prefix")),
+        (
+            Method::GET,
+            "api.example",
+            "/h",
+            &[("x-tier", "gold")],
+            Some("header"),
+        ),
+        (
+            Method::GET,
+            "api.example",
+            "/h",
+            &[("x-tier", "silver")],
+            Some("prefix"),
+        ),
         (Method::GET, "api.example", "/q?v=2&w=1", &[], Some("query")),
         (Method::GET, "api.example", "/q?v=3", &[], Some("prefix")),
         (Method::GET, "x.example", "/anything", &[], Some("wild")),
         (Method::GET, "a.b.example", "/anything", &[], Some("wild")),
         (Method::GET, "elsewhere.test", "/", &[], Some("star")),
-        (Method::GET, "other.example", "/only", &[], Some("other-host")),
+        (
+            Method::GET,
+            "other.example",
+            "/only",
+            &[],
+            Some("other-host"),
+        ),
         // An exact host that matched has no fall-through to wildcards.
         (Method::GET, "other.example", "/not-there", &[], None),
     ];
     for (method, host, path, headers, want) in cases {
-        let r = c.send(dp.proxy, method.clone(), host, path, headers, Bytes::new()).await.unwrap();
+        let r = c
+            .send(dp.proxy, method.clone(), host, path, headers, Bytes::new())
+            .await
+            .unwrap();
         match want {
             Some(w) => {
                 assert_eq!(r.status, StatusCode::OK, "{method} {host}{path}");
@@ -102,7 +191,11 @@ async fn routing_precedence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_round_robin_is_exact() {
-    let (a, b, d) = (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await);
+    let (a, b, d) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
     let yaml = format!(
         "---\napiVersion: parapet.dev/v1alpha1\nkind: UpstreamPool\nmetadata: {{name: p}}\nspec:\n  static:\n    - {{address: 127.0.0.1, port: {}, weight: 5}}\n    - {{address: 127.0.0.1, port: {}, weight: 1}}\n    - {{address: 127.0.0.1, port: {}, weight: 1}}\n{}",
         a.port(),
@@ -124,17 +217,27 @@ async fn weighted_round_robin_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_split_follows_backend_weights() {
-    let (stable, canary) = (Backend::start("stable").await, Backend::start("canary").await);
+    let (stable, canary) = (
+        Backend::start("stable").await,
+        Backend::start("canary").await,
+    );
     let yaml = format!(
         "{}{}{}",
         pool_yaml("stable", &[stable.port()], ""),
         pool_yaml("canary", &[canary.port()], ""),
-        route_yaml("r", "['*']", "    - backends: [{pool: stable, weight: 80}, {pool: canary, weight: 20}]")
+        route_yaml(
+            "r",
+            "['*']",
+            "    - backends: [{pool: stable, weight: 80}, {pool: canary, weight: 20}]"
+        )
     );
     let (dp, _dir) = standalone(&yaml).await;
     let c = Client::new();
     for _ in 0..1000 {
-        assert_eq!(c.get(dp.proxy, "x", "/").await.unwrap().status, StatusCode::OK);
+        assert_eq!(
+            c.get(dp.proxy, "x", "/").await.unwrap().status,
+            StatusCode::OK
+        );
     }
     // Binomial(1000, 0.2): mean 200, sd ~12.6; ±6 sd.
     let n = canary.hits();
@@ -151,7 +254,11 @@ async fn least_request_prefers_the_faster_endpoint() {
     });
     let yaml = format!(
         "{}{}",
-        pool_yaml("p", &[fast.port(), slow.port()], "  loadBalancing: {algorithm: LeastRequest}"),
+        pool_yaml(
+            "p",
+            &[fast.port(), slow.port()],
+            "  loadBalancing: {algorithm: LeastRequest}"
+        ),
         route_yaml("r", "['*']", "    - backends: [{pool: p}]")
     );
     let (dp, _dir) = standalone(&yaml).await;
@@ -162,7 +269,9 @@ async fn least_request_prefers_the_faster_endpoint() {
         for _ in 0..20 {
             let c = c.clone();
             let to = dp.proxy;
-            tasks.push(tokio::spawn(async move { c.get(to, "x", "/").await.unwrap().status }));
+            tasks.push(tokio::spawn(async move {
+                c.get(to, "x", "/").await.unwrap().status
+            }));
         }
         for t in tasks {
             assert_eq!(t.await.unwrap(), StatusCode::OK);
@@ -170,17 +279,28 @@ async fn least_request_prefers_the_faster_endpoint() {
     }
     let (f, s) = (fast.hits(), slow.hits());
     assert_eq!(f + s, 200);
-    assert!(f > 3 * s, "fast got {f}, slow got {s}: P2C should avoid the slow endpoint");
+    assert!(
+        f > 3 * s,
+        "fast got {f}, slow got {s}: P2C should avoid the slow endpoint"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistent_hashing_keeps_a_key_on_one_endpoint() {
-    let bs = [Backend::start("h1").await, Backend::start("h2").await, Backend::start("h3").await];
+    let bs = [
+        Backend::start("h1").await,
+        Backend::start("h2").await,
+        Backend::start("h3").await,
+    ];
     for algorithm in ["RingHash", "Maglev"] {
         let ports: Vec<u16> = bs.iter().map(|b| b.port()).collect();
         let yaml = format!(
             "{}{}",
-            pool_yaml("p", &ports, &format!("  loadBalancing: {{algorithm: {algorithm}, hashOn: {{header: x-user}}}}")),
+            pool_yaml(
+                "p",
+                &ports,
+                &format!("  loadBalancing: {{algorithm: {algorithm}, hashOn: {{header: x-user}}}}")
+            ),
             route_yaml("r", "['*']", "    - backends: [{pool: p}]")
         );
         let (dp, _dir) = standalone(&yaml).await;
@@ -190,13 +310,26 @@ async fn consistent_hashing_keeps_a_key_on_one_endpoint() {
             let u = format!("user-{user}");
             let mut first = None;
             for _ in 0..5 {
-                let r = c.send(dp.proxy, Method::GET, "x", "/", &[("x-user", u.as_str())], Bytes::new()).await.unwrap();
+                let r = c
+                    .send(
+                        dp.proxy,
+                        Method::GET,
+                        "x",
+                        "/",
+                        &[("x-user", u.as_str())],
+                        Bytes::new(),
+                    )
+                    .await
+                    .unwrap();
                 let b = r.backend().unwrap().to_string();
                 assert_eq!(first.get_or_insert(b.clone()), &b, "{algorithm}: {u} moved");
             }
             *owners.entry(first.unwrap()).or_insert(0) += 1;
         }
-        assert!(owners.len() >= 2, "{algorithm}: 30 keys all on one endpoint: {owners:?}");
+        assert!(
+            owners.len() >= 2,
+            "{algorithm}: 30 keys all on one endpoint: {owners:?}"
+        );
     }
 }
 
@@ -215,7 +348,18 @@ async fn proxy_headers_are_set_and_hop_by_hop_stripped() {
     let (dp, _dir) = standalone(&yaml).await;
     let c = Client::new();
     let r = c
-        .send(dp.proxy, Method::GET, "api.example", "/v1/accounts?x=1", &[("connection", "x-drop"), ("x-drop", "1"), ("x-request-id", "given-id")], Bytes::new())
+        .send(
+            dp.proxy,
+            Method::GET,
+            "api.example",
+            "/v1/accounts?x=1",
+            &[
+                ("connection", "x-drop"),
+                ("x-drop", "1"),
+                ("x-request-id", "given-id"),
+            ],
+            Bytes::new(),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
@@ -229,7 +373,10 @@ async fn proxy_headers_are_set_and_hop_by_hop_stripped() {
     assert_eq!(h["x-forwarded-host"], "api.example");
     assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=api.example");
     assert_eq!(h["x-request-id"], "given-id");
-    assert!(!h.contains_key("x-drop"), "Connection-named header forwarded");
+    assert!(
+        !h.contains_key("x-drop"),
+        "Connection-named header forwarded"
+    );
     // Generated when absent.
     let r = c.get(dp.proxy, "api.example", "/v1").await.unwrap();
     assert_eq!(r.headers["x-request-id"].len(), 32);
@@ -238,21 +385,45 @@ async fn proxy_headers_are_set_and_hop_by_hop_stripped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_reload_keeps_serving_through_a_broken_file() {
     let (one, two) = (Backend::start("one").await, Backend::start("two").await);
-    let yaml = |port| format!("{}{}", pool_yaml("p", &[port], ""), route_yaml("r", "['*']", "    - backends: [{pool: p}]"));
+    let yaml = |port| {
+        format!(
+            "{}{}",
+            pool_yaml("p", &[port], ""),
+            route_yaml("r", "['*']", "    - backends: [{pool: p}]")
+        )
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, yaml(one.port())).unwrap();
-    let dp = Dataplane::start(&["--config", path.to_str().unwrap(), "--reload-interval", "100ms"]);
+    let dp = Dataplane::start(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--reload-interval",
+        "100ms",
+    ]);
     let c = Client::new();
     let to = dp.proxy;
     let serving = |want: &'static str| {
         let c = c.clone();
-        async move { c.get(to, "x", "/").await.ok().filter(|r| r.backend() == Some(want)).map(|_| ()) }
+        async move {
+            c.get(to, "x", "/")
+                .await
+                .ok()
+                .filter(|r| r.backend() == Some(want))
+                .map(|_| ())
+        }
     };
     wait_for("backend one", Duration::from_secs(10), || serving("one")).await;
     std::fs::write(&path, yaml(two.port())).unwrap();
-    wait_for("the reload to backend two", Duration::from_secs(10), || serving("two")).await;
-    std::fs::write(&path, "apiVersion: parapet.dev/v1alpha1\nkind: ApiRoute\nspec: [not, a, spec\n").unwrap();
+    wait_for("the reload to backend two", Duration::from_secs(10), || {
+        serving("two")
+    })
+    .await;
+    std::fs::write(
+        &path,
+        "apiVersion: parapet.dev/v1alpha1\nkind: ApiRoute\nspec: [not, a, spec\n",
+    )
+    .unwrap();
     // Give the watcher several polls at the broken file; the old table must keep serving.
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -260,5 +431,8 @@ async fn standalone_reload_keeps_serving_through_a_broken_file() {
         assert_eq!(r.backend(), Some("two"));
     }
     std::fs::write(&path, yaml(one.port())).unwrap();
-    wait_for("the fixed file to load", Duration::from_secs(10), || serving("one")).await;
+    wait_for("the fixed file to load", Duration::from_secs(10), || {
+        serving("one")
+    })
+    .await;
 }

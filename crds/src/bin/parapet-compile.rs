@@ -36,6 +36,13 @@ fn main() -> ExitCode {
         eprintln!("{:?}: {d}", d.severity);
     }
     let snapshot = Snapshot::new(1, out.table);
-    println!("{}", serde_json::to_string_pretty(&snapshot).expect("snapshot serialises"));
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&snapshot).expect("snapshot serialises")
+    );
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

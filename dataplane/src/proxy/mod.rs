@@ -113,8 +113,10 @@ impl Proxy {
                 rid,
             );
         };
-        let host_raw = host_of(&req);
-        let host = host_raw.as_deref().unwrap_or("");
+        // As the client wrote it (for Host upstream), and normalised (for routing).
+        let authority = authority_of(&req).map(str::to_owned);
+        let host_norm = authority.as_deref().map(normalise_host);
+        let host = host_norm.as_deref().unwrap_or("");
         let Some(matched) = table.router.route(&RequestInfo {
             host,
             path: req.uri().path(),
@@ -202,14 +204,14 @@ impl Proxy {
             &mut parts.headers,
             conn.peer.ip(),
             proto,
-            host_raw.as_deref(),
+            authority.as_deref(),
         );
         if let Some(h) = forward.rewrite.as_ref().and_then(|r| r.hostname.as_deref())
             && let Ok(v) = HeaderValue::from_str(h)
         {
             parts.headers.insert(header::HOST, v);
         } else if !parts.headers.contains_key(header::HOST)
-            && let Some(h) = host_raw
+            && let Some(h) = authority
                 .as_deref()
                 .and_then(|h| HeaderValue::from_str(h).ok())
         {
@@ -399,14 +401,18 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// The request's host, lower-case, without port: from the URI (HTTP/2 :authority,
-/// absolute-form) or the Host header.
-fn host_of<B>(req: &Request<B>) -> Option<String> {
-    let raw = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+/// The request's authority as sent: from the URI (HTTP/2 :authority, absolute-form) or the
+/// Host header.
+fn authority_of<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-    })?;
+    })
+}
+
+/// Lower-case, without port.
+fn normalise_host(raw: &str) -> String {
     let without_port = if raw.starts_with('[') {
         raw.split(']')
             .next()
@@ -421,7 +427,7 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
             }
         })
     };
-    Some(without_port.to_ascii_lowercase())
+    without_port.to_ascii_lowercase()
 }
 
 fn bracket(addr: &str) -> std::borrow::Cow<'_, str> {
@@ -480,17 +486,13 @@ mod tests {
             .header("host", "API.Example:8080")
             .body(())
             .unwrap();
-        assert_eq!(host_of(&r).as_deref(), Some("api.example"));
-        let r = Request::builder()
-            .uri("/x")
-            .header("host", "[::1]:80")
-            .body(())
-            .unwrap();
-        assert_eq!(host_of(&r).as_deref(), Some("[::1]"));
+        assert_eq!(authority_of(&r), Some("API.Example:8080"));
+        assert_eq!(normalise_host("API.Example:8080"), "api.example");
+        assert_eq!(normalise_host("[::1]:80"), "[::1]");
         let r = Request::builder()
             .uri("http://h2.example/x")
             .body(())
             .unwrap();
-        assert_eq!(host_of(&r).as_deref(), Some("h2.example"));
+        assert_eq!(authority_of(&r), Some("h2.example"));
     }
 }

@@ -1,0 +1,243 @@
+//! Limits (431, 413, 414, slow clients), protocol pass-through (h2c, upgrades) and graceful
+//! shutdown on SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use parapet_tests::{
+    admin,
+    backend::{Backend, Behaviour},
+    client::Client,
+    dataplane::Dataplane,
+    pool_yaml, route_yaml, wait_for,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+async fn standalone(port: u16, extra: &[&str]) -> (Dataplane, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let yaml = format!(
+        "{}{}",
+        pool_yaml("p", &[port], ""),
+        route_yaml("r", "['*']", "    - backends: [{pool: p}]")
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let mut args = vec!["--config", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let dp = Dataplane::start(&args);
+    let c = Client::new();
+    wait_for("ready", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { admin::ready(&c, dp.admin).await.then_some(()) }
+    })
+    .await;
+    (dp, dir)
+}
+
+/// Sends raw bytes and returns what the server answered before closing (bounded by 5s).
+async fn raw(to: std::net::SocketAddr, req: &[u8]) -> String {
+    let mut s = TcpStream::connect(to).await.unwrap();
+    s.write_all(req).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_get_the_right_status() {
+    let b = Backend::start("b").await;
+    let (dp, _d) = standalone(
+        b.port(),
+        &[
+            "--max-header-bytes",
+            "16384",
+            "--max-body-bytes",
+            "1000",
+            "--max-uri-bytes",
+            "2048",
+        ],
+    )
+    .await;
+    let c = Client::new();
+
+    let big = "v".repeat(20_000);
+    let r = raw(
+        dp.proxy,
+        format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{}", &r[..r.len().min(200)]);
+
+    let many: String = (0..150).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    let r = raw(
+        dp.proxy,
+        format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 431"),
+        "too many headers: {}",
+        &r[..r.len().min(200)]
+    );
+
+    let long = format!("/{}", "a".repeat(3000));
+    let r = c.get(dp.proxy, "x", &long).await.unwrap();
+    assert_eq!(r.status, StatusCode::URI_TOO_LONG);
+
+    let r = c
+        .send(
+            dp.proxy,
+            Method::POST,
+            "x",
+            "/",
+            &[],
+            Bytes::from(vec![0u8; 5000]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.text().contains("1000 bytes"), "{}", r.text());
+    // A chunked body with no length that grows past the limit is refused too.
+    let chunk = "x".repeat(800);
+    let r = raw(
+        dp.proxy,
+        format!("POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 413"),
+        "chunked: {}",
+        &r[..r.len().min(200)]
+    );
+    assert!(
+        b.body_bytes() <= 1000,
+        "the upstream got {} bytes past the limit",
+        b.body_bytes()
+    );
+
+    let r = c
+        .send(
+            dp.proxy,
+            Method::POST,
+            "x",
+            "/",
+            &[],
+            Bytes::from(vec![0u8; 900]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let b = Backend::start("b").await;
+    let (dp, _d) = standalone(b.port(), &["--header-read-timeout", "500ms"]).await;
+    let mut s = TcpStream::connect(dp.proxy).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    // The proxy closes the connection (with a 408 or silently) once the timeout passes.
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "connection still open after 5s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_and_websocket_upgrades_pass_through() {
+    let b = Backend::start("b").await;
+    let (dp, _d) = standalone(b.port(), &[]).await;
+    // HTTP/2 with prior knowledge.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let resp = h2
+        .request(
+            http::Request::get(format!("http://{}/h2", dp.proxy))
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-backend"], "b");
+    assert_eq!(
+        b.last_headers().unwrap()["host"].to_str().unwrap(),
+        dp.proxy.to_string()
+    );
+
+    // Upgrade: the sample backend does not switch protocols, so the proxy must pass the
+    // request with its Upgrade header and return the backend's plain answer.
+    let r = raw(
+        dp.proxy,
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(b.last_headers().unwrap()["upgrade"], "websocket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let b = Backend::start("slow").await;
+    b.set(Behaviour {
+        delay: Duration::from_millis(800),
+        ..Default::default()
+    });
+    let (mut dp, _d) = standalone(
+        b.port(),
+        &["--drain-timeout", "10s", "--shutdown-delay", "300ms"],
+    )
+    .await;
+    let c = Client::new();
+    let (to, admin_addr) = (dp.proxy, dp.admin);
+    let in_flight: Vec<_> = (0..5)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(to, "x", "/").await.map(|r| r.status) })
+        })
+        .collect();
+    wait_for(
+        "requests to reach the backend",
+        Duration::from_secs(5),
+        || async { (b.hits() == 5).then_some(()) },
+    )
+    .await;
+    dp.terminate();
+    // Readiness goes false while requests are still in flight.
+    wait_for("readiness to turn false", Duration::from_secs(5), || {
+        let c = c.clone();
+        async move { (!admin::ready(&c, admin_addr).await).then_some(()) }
+    })
+    .await;
+    for t in in_flight {
+        assert_eq!(
+            t.await.unwrap().expect("in-flight request completed"),
+            StatusCode::OK
+        );
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let s = dp.wait_exit(Duration::from_secs(10));
+        (s, dp)
+    })
+    .await
+    .unwrap();
+    let exit = status
+        .0
+        .expect("the data plane exited within the drain timeout");
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(
+        TcpStream::connect(to).await.is_err(),
+        "listener closed after shutdown"
+    );
+}

@@ -1,0 +1,290 @@
+//! The snapshot API: authentication, stale and invalid pushes, live swaps under load,
+//! persistence across restarts.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::StatusCode;
+use parapet_tests::{
+    admin::{self, metric, push, push_raw},
+    backend::Backend,
+    client::Client,
+    dataplane::Dataplane,
+    pool_yaml, route_yaml, snapshot,
+};
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn token_file(dir: &tempfile::TempDir) -> String {
+    let p = dir.path().join("token");
+    std::fs::write(&p, format!("{TOKEN}\n")).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn table_to(port: u16) -> String {
+    format!(
+        "{}{}",
+        pool_yaml("p", &[port], ""),
+        route_yaml("r", "['*']", "    - backends: [{pool: p}]")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_are_authenticated_versioned_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let dp = Dataplane::start(&[
+        "--snapshot-token-file",
+        &token_file(&dir),
+        "--max-snapshot-bytes",
+        "200000",
+    ]);
+    let c = Client::new();
+    let b = Backend::start("b").await;
+    let v5 = snapshot(&table_to(b.port()), 5);
+
+    // Not ready, and traffic gets 503, before the first table.
+    assert!(!admin::ready(&c, dp.admin).await);
+    assert_eq!(
+        c.get(dp.proxy, "x", "/").await.unwrap().status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    assert_eq!(
+        push(&c, dp.admin, None, &v5).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        push(&c, dp.admin, Some("wrong-token-0123456789"), &v5)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        push(&c, dp.admin, Some("short"), &v5).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        !admin::ready(&c, dp.admin).await,
+        "refused pushes must not make the pod ready"
+    );
+
+    let r = push(&c, dp.admin, Some(TOKEN), &v5).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.text().contains("\"applied\""));
+    assert!(admin::ready(&c, dp.admin).await);
+    assert_eq!(
+        c.get(dp.proxy, "x", "/").await.unwrap().backend(),
+        Some("b")
+    );
+
+    let r = push(&c, dp.admin, Some(TOKEN), &v5).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("\"unchanged\""));
+
+    let other = Backend::start("other").await;
+    let stale = snapshot(&table_to(other.port()), 4);
+    let r = push(&c, dp.admin, Some(TOKEN), &stale).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("\"currentVersion\":5"), "{}", r.text());
+    let same_version_other_table = snapshot(&table_to(other.port()), 5);
+    assert_eq!(
+        push(&c, dp.admin, Some(TOKEN), &same_version_other_table)
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+
+    let r = push_raw(&c, dp.admin, Some(TOKEN), Bytes::from_static(b"{not json")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let mut bad_hash = snapshot(&table_to(other.port()), 6);
+    bad_hash.hash = "0".repeat(64);
+    let r = push(&c, dp.admin, Some(TOKEN), &bad_hash).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("does not match"), "{}", r.text());
+    let mut empty = snapshot(&table_to(other.port()), 7);
+    empty.table.virtual_hosts.clear();
+    empty.hash = empty.table.content_hash();
+    let r = push(&c, dp.admin, Some(TOKEN), &empty).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("allowEmpty"), "{}", r.text());
+    let r = push_raw(&c, dp.admin, Some(TOKEN), Bytes::from(vec![b' '; 300_000])).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // The old table stayed in force through every refusal.
+    assert_eq!(
+        c.get(dp.proxy, "x", "/").await.unwrap().backend(),
+        Some("b")
+    );
+    let status = c
+        .get(dp.admin, "admin", "/v1/snapshot/status")
+        .await
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(s["version"], 5);
+    assert_eq!(s["hash"], v5.hash);
+
+    // Every refusal is counted by reason.
+    for (reason, n) in [
+        ("unauthorized", 3.0),
+        ("applied", 1.0),
+        ("unchanged", 1.0),
+        ("stale", 2.0),
+        ("invalid", 3.0),
+        ("too_large", 1.0),
+    ] {
+        let got = metric(
+            &c,
+            dp.admin,
+            &format!("parapet_snapshot_pushes_total{{reason=\"{reason}\"}}"),
+        )
+        .await;
+        assert_eq!(got, n, "pushes with reason {reason}");
+    }
+    assert_eq!(metric(&c, dp.admin, "parapet_snapshot_version ").await, 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_without_a_configured_token_are_refused() {
+    let dp = Dataplane::start(&[]);
+    let c = Client::new();
+    let b = Backend::start("b").await;
+    let r = push(
+        &c,
+        dp.admin,
+        Some("anything"),
+        &snapshot(&table_to(b.port()), 1),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.text().contains("--snapshot-token-file"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_swaps_under_load_drop_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dp = Dataplane::start(&["--snapshot-token-file", &token_file(&dir)]);
+    let c = Client::new();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    // Each table sends /x to one backend and /y to the same one: a request that saw half a
+    // table could not tell, but a request that saw no table would fail.
+    let table = |port: u16, v: u64| snapshot(&table_to(port), v);
+    assert_eq!(
+        push(&c, dp.admin, Some(TOKEN), &table(a.port(), 1))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (c, stop, ok, failed, to) = (
+            c.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            dp.proxy,
+        );
+        load.push(tokio::spawn(async move {
+            // Bounded: at most 2000 requests per task, and stops when told.
+            for _ in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match c.get(to, "x", "/x").await {
+                    Ok(r)
+                        if r.status == StatusCode::OK && matches!(r.backend(), Some("a" | "b")) =>
+                    {
+                        ok.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for v in 2..=21u64 {
+        let port = if v % 2 == 0 { b.port() } else { a.port() };
+        let r = push(&c, dp.admin, Some(TOKEN), &table(port, v)).await;
+        assert_eq!(r.status, StatusCode::OK, "push {v}: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed across 20 swaps",
+        ok + failed
+    );
+    assert!(ok > 100, "the load loop ran ({ok} requests)");
+    assert!(
+        a.hits() > 0 && b.hits() > 0,
+        "both tables served: a={} b={}",
+        a.hits(),
+        b.hits()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_pod_serves_its_persisted_table_without_a_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let token = token_file(&dir);
+    let b = Backend::start("persisted").await;
+    let c = Client::new();
+    {
+        let dp = Dataplane::start(&[
+            "--snapshot-token-file",
+            &token,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            push(
+                &c,
+                dp.admin,
+                Some(TOKEN),
+                &snapshot(&table_to(b.port()), 42)
+            )
+            .await
+            .status,
+            StatusCode::OK
+        );
+        // Dropped: killed with SIGKILL, no chance to write anything on the way out.
+    }
+    assert!(state.join("snapshot.json").exists());
+    let dp = Dataplane::start(&[
+        "--snapshot-token-file",
+        &token,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        admin::ready(&c, dp.admin).await,
+        "ready from the persisted table"
+    );
+    let r = c.get(dp.proxy, "x", "/").await.unwrap();
+    assert_eq!(r.backend(), Some("persisted"));
+    // And it still refuses to go back in time.
+    assert_eq!(
+        push(
+            &c,
+            dp.admin,
+            Some(TOKEN),
+            &snapshot(&table_to(b.port()), 41)
+        )
+        .await
+        .status,
+        StatusCode::CONFLICT
+    );
+}
