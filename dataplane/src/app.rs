@@ -76,6 +76,9 @@ pub struct Args {
     /// How often the --config file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub reload_interval: Duration,
+    /// Log one line per request (client, method, path, status, duration, request id).
+    #[arg(long, env = "PARAPET_ACCESS_LOG")]
+    pub access_log: bool,
     /// Log format.
     #[arg(long, env = "PARAPET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -188,6 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             max_uri_bytes: args.max_uri_bytes,
             max_body_bytes: args.max_body_bytes,
         },
+        access_log: args.access_log,
     });
     let cfg = ListenerConfig {
         max_header_bytes: args.max_header_bytes,

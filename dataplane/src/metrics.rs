@@ -82,6 +82,8 @@ pub struct Metrics {
     pub no_route: Counter,
     pub in_flight: Gauge,
     pub bytes: Family<DirectionLabel, Counter>,
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
     pub snapshot_version: Gauge,
     pub snapshot_applied_timestamp: Gauge<f64, AtomicU64>,
     pub snapshot_apply_duration: Histogram,
@@ -148,6 +150,16 @@ impl Metrics {
             "Body bytes proxied, by direction",
             bytes.clone(),
         );
+        let request_bytes = bytes
+            .get_or_create(&DirectionLabel {
+                direction: "request",
+            })
+            .clone();
+        let response_bytes = bytes
+            .get_or_create(&DirectionLabel {
+                direction: "response",
+            })
+            .clone();
         let snapshot_version = Gauge::default();
         registry.register(
             "snapshot_version",
@@ -189,6 +201,8 @@ impl Metrics {
             no_route,
             in_flight,
             bytes,
+            request_bytes,
+            response_bytes,
             snapshot_version,
             snapshot_applied_timestamp,
             snapshot_apply_duration,

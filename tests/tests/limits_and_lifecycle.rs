@@ -241,3 +241,58 @@ async fn sigterm_drains_in_flight_requests() {
         "listener closed after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_before_the_body() {
+    let b = Backend::start("b").await;
+    let (dp, _d) = standalone(b.port(), &["--access-log"]).await;
+    let mut s = TcpStream::connect(dp.proxy).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an interim answer within 5s")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    let mut chunk = [0u8; 1024];
+    // Read until the final response has arrived (bounded by a deadline).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&rest).contains("\r\n\r\nb") && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => rest.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(b.body_bytes(), 5);
+    let c = Client::new();
+    assert!(
+        parapet_tests::admin::metric(
+            &c,
+            dp.admin,
+            "parapet_body_bytes_total{direction=\"request\"}"
+        )
+        .await
+            >= 5.0
+    );
+    assert!(
+        parapet_tests::admin::metric(
+            &c,
+            dp.admin,
+            "parapet_body_bytes_total{direction=\"response\"}"
+        )
+        .await
+            >= 1.0
+    );
+}

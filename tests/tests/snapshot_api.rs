@@ -288,3 +288,39 @@ async fn a_restarted_pod_serves_its_persisted_table_without_a_push() {
         StatusCode::CONFLICT
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_and_terminating_endpoints_get_no_new_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let dp = Dataplane::start(&["--snapshot-token-file", &token_file(&dir)]);
+    let c = Client::new();
+    let (live, gone) = (Backend::start("live").await, Backend::start("gone").await);
+    let yaml = format!(
+        "{}{}",
+        pool_yaml("p", &[live.port(), gone.port()], ""),
+        route_yaml("r", "['*']", "    - backends: [{pool: p}]")
+    );
+    for (v, (ready, serving, terminating)) in
+        [(1u64, (false, false, false)), (2, (false, true, true))]
+    {
+        let mut s = snapshot(&yaml, v);
+        for e in &mut s.table.clusters[0].endpoints {
+            if e.port == gone.port() {
+                (e.ready, e.serving, e.terminating) = (ready, serving, terminating);
+            }
+        }
+        s.hash = s.table.content_hash();
+        assert_eq!(
+            push(&c, dp.admin, Some(TOKEN), &s).await.status,
+            StatusCode::OK
+        );
+        for _ in 0..30 {
+            assert_eq!(
+                c.get(dp.proxy, "x", "/").await.unwrap().backend(),
+                Some("live")
+            );
+        }
+    }
+    assert_eq!(gone.hits(), 0);
+    assert_eq!(live.hits(), 60);
+}

@@ -1,6 +1,7 @@
 //! One request's life: limits → route → (direct answer | pick cluster → pick endpoint →
 //! forward, retrying connect failures on another endpoint) → response.
 
+pub mod body;
 pub mod headers;
 pub mod problem;
 
@@ -50,6 +51,8 @@ pub struct Proxy {
     pub store: Arc<SnapshotStore>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Log one line per request (target `parapet::access`).
+    pub access_log: bool,
 }
 
 /// What the listener knows about the connection a request came on.
@@ -66,8 +69,26 @@ impl Proxy {
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         self.metrics.in_flight.inc();
+        let logged = self.access_log.then(|| {
+            (
+                req.method().clone(),
+                req.uri().path().to_owned(),
+                Instant::now(),
+            )
+        });
         let resp = self.serve(req, conn).await;
         self.metrics.in_flight.dec();
+        if let Some((method, path, started)) = logged {
+            tracing::info!(
+                target: "parapet::access",
+                client = %conn.peer.ip(),
+                %method,
+                %path,
+                status = resp.status().as_u16(),
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id = resp.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
+            );
+        }
         resp
     }
 
@@ -227,7 +248,13 @@ impl Proxy {
         // A body-less request can be replayed on another endpoint after a connect failure.
         let replayable = body.is_end_stream();
         let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let mut body: Option<ProxyBody> = Some(Limited::new(body, limit).boxed());
+        let mut body: Option<ProxyBody> = Some(
+            Limited::new(
+                body::Counted::new(body, self.metrics.request_bytes.clone()),
+                limit,
+            )
+            .boxed(),
+        );
         let retry_connect = forward
             .retry
             .as_ref()
@@ -297,7 +324,12 @@ impl Proxy {
         };
 
         let resp = match result {
-            Ok(resp) => finish_response(resp, &request_id, downstream_upgrade),
+            Ok(resp) => finish_response(
+                resp,
+                &request_id,
+                downstream_upgrade,
+                &self.metrics.response_bytes,
+            ),
             Err(outcome) => outcome.response(&cluster, rid),
         };
         route_rt
@@ -355,6 +387,7 @@ fn finish_response(
     resp: Response<Incoming>,
     request_id: &HeaderValue,
     downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    counter: &prometheus_client::metrics::counter::Counter,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(down) = downstream_upgrade {
@@ -378,6 +411,7 @@ fn finish_response(
     strip_hop_by_hop(&mut parts.headers, false);
     append_via(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    let body = body::Counted::new(body, counter.clone());
     Response::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
 }
 
