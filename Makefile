@@ -9,7 +9,7 @@ export CARGO_TERM_COLOR ?= never
 all: build
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
 deps: ## Install the Debian packages tests need (openssl for test certificates)
 	@missing=""; for p in openssl curl; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \

@@ -553,7 +553,7 @@ fn arb_rule() -> impl Strategy<Value = serde_json::Value> {
                     m
                 }).collect::<Vec<_>>(),
                 "backends": backends.into_iter().map(|(p, w)| serde_json::json!({"pool": p, "weight": w})).collect::<Vec<_>>(),
-                "retries": {"attempts": 3, "on": ["RetriableStatus"], "retriableStatuses": [503]},
+                "retries": {"attempts": 3, "retryOn": ["RetriableStatus"], "retriableStatuses": [503]},
                 "rateLimit": {"requests": 5, "key": "Header"},
             });
             if let Some(c) = cache {

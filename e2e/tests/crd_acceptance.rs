@@ -468,7 +468,7 @@ fn rejections() -> Vec<Reject> {
         reject(
             "retry on RetriableStatus without retriableStatuses",
             "ApiRoute",
-            json!({"spec": {"rules": [rule(json!({"retries": {"on": ["RetriableStatus"]}}))]}}),
+            json!({"spec": {"rules": [rule(json!({"retries": {"retryOn": ["RetriableStatus"]}}))]}}),
             &[
                 "spec.rules[0].retries",
                 "retry on RetriableStatus needs retriableStatuses",
@@ -689,7 +689,7 @@ fn acceptances() -> Vec<(&'static str, &'static str, Value)> {
             "RetriableStatus with statuses, compound durations",
             "ApiRoute",
             json!({"spec": {"rules": [rule(json!({"timeout": "1m30s", "retries": {
-                "on": ["RetriableStatus", "Reset"], "retriableStatuses": [503], "perTryTimeout": "250ms"}}))]}}),
+                "retryOn": ["RetriableStatus", "Reset"], "retriableStatuses": [503], "perTryTimeout": "250ms"}}))]}}),
         ),
         (
             "rateLimit key Header with header",

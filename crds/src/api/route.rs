@@ -193,7 +193,7 @@ pub enum RetryOn {
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("!has(self.on) || !self.on.exists(c, c == 'RetriableStatus') || (has(self.retriableStatuses) && size(self.retriableStatuses) > 0)").message("retry on RetriableStatus needs retriableStatuses"))]
+#[x_kube(validation = Rule::new("!has(self.retryOn) || !self.retryOn.exists(c, c == 'RetriableStatus') || (has(self.retriableStatuses) && size(self.retriableStatuses) > 0)").message("retry on RetriableStatus needs retriableStatuses"))]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     /// Total tries including the first. Default 2.
@@ -203,7 +203,7 @@ pub struct RetryPolicy {
     /// Default [ConnectFailure, Reset, GatewayError].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 5))]
-    pub on: Option<Vec<RetryOn>>,
+    pub retry_on: Option<Vec<RetryOn>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     #[schemars(inner(range(min = 100, max = 599)))]

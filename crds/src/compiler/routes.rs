@@ -451,7 +451,7 @@ fn action(
 
 fn retry(r: &api::RetryPolicy, timeout_ms: u64) -> RetryPolicy {
     let mut on: Vec<RetryCondition> =
-        r.on.clone()
+        r.retry_on.clone()
             .unwrap_or_else(|| {
                 vec![
                     api::RetryOn::ConnectFailure,
