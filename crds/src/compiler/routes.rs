@@ -450,24 +450,25 @@ fn action(
 }
 
 fn retry(r: &api::RetryPolicy, timeout_ms: u64) -> RetryPolicy {
-    let mut on: Vec<RetryCondition> =
-        r.retry_on.clone()
-            .unwrap_or_else(|| {
-                vec![
-                    api::RetryOn::ConnectFailure,
-                    api::RetryOn::Reset,
-                    api::RetryOn::GatewayError,
-                ]
-            })
-            .into_iter()
-            .map(|c| match c {
-                api::RetryOn::ConnectFailure => RetryCondition::ConnectFailure,
-                api::RetryOn::Reset => RetryCondition::Reset,
-                api::RetryOn::ServerError => RetryCondition::ServerError,
-                api::RetryOn::GatewayError => RetryCondition::GatewayError,
-                api::RetryOn::RetriableStatus => RetryCondition::RetriableStatus,
-            })
-            .collect();
+    let mut on: Vec<RetryCondition> = r
+        .retry_on
+        .clone()
+        .unwrap_or_else(|| {
+            vec![
+                api::RetryOn::ConnectFailure,
+                api::RetryOn::Reset,
+                api::RetryOn::GatewayError,
+            ]
+        })
+        .into_iter()
+        .map(|c| match c {
+            api::RetryOn::ConnectFailure => RetryCondition::ConnectFailure,
+            api::RetryOn::Reset => RetryCondition::Reset,
+            api::RetryOn::ServerError => RetryCondition::ServerError,
+            api::RetryOn::GatewayError => RetryCondition::GatewayError,
+            api::RetryOn::RetriableStatus => RetryCondition::RetriableStatus,
+        })
+        .collect();
     on.sort();
     on.dedup();
     let mut statuses: Vec<u16> = r

@@ -1,0 +1,69 @@
+//! Flags (and their environment variables).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// Parapet operator: watches ApiRoutes, UpstreamPools, CachePolicies and EndpointSlices,
+/// compiles one routing table and pushes it to every data-plane pod.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "operator", version)]
+pub struct Args {
+    /// Namespaces to watch (comma-separated). Empty: all namespaces.
+    #[arg(long, env = "PARAPET_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// The data plane's admin Service; its EndpointSlices (not-ready addresses included)
+    /// list the pods to push to.
+    #[arg(
+        long,
+        env = "PARAPET_DATAPLANE_SERVICE",
+        default_value = "parapet-dataplane-admin"
+    )]
+    pub dataplane_service: String,
+    #[arg(long, env = "PARAPET_DATAPLANE_NAMESPACE", default_value = "parapet")]
+    pub dataplane_namespace: String,
+    /// Name of the admin port in those EndpointSlices (a slice with one port uses it).
+    #[arg(long, env = "PARAPET_DATAPLANE_PORT_NAME", default_value = "admin")]
+    pub dataplane_port_name: String,
+    /// File holding the bearer token for `PUT /v1/snapshot` (the chart mounts the Secret).
+    #[arg(long, env = "PARAPET_SNAPSHOT_TOKEN_FILE")]
+    pub snapshot_token_file: Option<PathBuf>,
+    /// Quiet time after a change before recompiling.
+    #[arg(long, env = "PARAPET_DEBOUNCE", default_value = "200ms", value_parser = duration)]
+    pub debounce: Duration,
+    /// Longest a change waits for a recompile under constant churn.
+    #[arg(long, env = "PARAPET_MAX_WAIT", default_value = "1s", value_parser = duration)]
+    pub max_wait: Duration,
+    /// Pushes in flight at once.
+    #[arg(long, env = "PARAPET_PUSH_CONCURRENCY", default_value_t = 16)]
+    pub push_concurrency: usize,
+    /// How often pods are checked and re-pushed when behind (a restarted pod).
+    #[arg(long, env = "PARAPET_RESYNC_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub resync_interval: Duration,
+    /// Timeout of one push.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub push_timeout: Duration,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "PARAPET_METRICS_LISTEN", default_value = "127.0.0.1:9902")]
+    pub metrics_listen: SocketAddr,
+    /// Namespace and name of the Lease used for leader election.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "parapet")]
+    pub lease_namespace: String,
+    #[arg(long, env = "PARAPET_LEASE_NAME", default_value = "parapet-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a leader holds the Lease without renewing it.
+    #[arg(long, default_value_t = 10)]
+    pub lease_duration_secs: u64,
+    /// Log format.
+    #[arg(long, env = "PARAPET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parapet_crds::Duration::parse(s)
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,208 @@
+//! In-memory indexes fed by watches (kube-runtime reflectors). Every replica indexes; only
+//! the leader acts on what it sees.
+//!
+//! The three CRDs are watched as untyped objects and converted one by one when compiling,
+//! so one object that no longer fits the types cannot break the watch for all the others.
+
+use std::{fmt::Debug, hash::Hash, sync::Arc};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{Secret, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource,
+    api::{ApiResource, DynamicObject},
+    runtime::{
+        WatchStreamExt,
+        reflector::{Store, store::Writer},
+        watcher,
+    },
+};
+use parapet_crds::api::{ApiRoute, CachePolicy, UpstreamPool};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::args::Args;
+
+/// Stores for one kind: one per watched namespace, or one for all namespaces.
+pub struct Stores<K: Resource + 'static>(pub Vec<Store<K>>)
+where
+    K::DynamicType: Eq + Hash + Clone;
+
+impl<K: Resource + Clone + 'static> Stores<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    pub fn all(&self) -> impl Iterator<Item = Arc<K>> + '_ {
+        self.0.iter().flat_map(|s| s.state())
+    }
+
+    async fn wait_ready(&self) {
+        for s in &self.0 {
+            let _ = s.wait_until_ready().await;
+        }
+    }
+}
+
+pub struct Index {
+    pub routes: Stores<DynamicObject>,
+    pub pools: Stores<DynamicObject>,
+    pub cache_policies: Stores<DynamicObject>,
+    pub services: Stores<Service>,
+    pub slices: Stores<EndpointSlice>,
+    pub secrets: Stores<Secret>,
+    /// The data plane's own admin Service's EndpointSlices: where to push.
+    pub dataplane: Store<EndpointSlice>,
+    /// Signalled on any change that can change the table.
+    pub changed: Arc<Notify>,
+    /// Signalled when the set of data-plane pods changes.
+    pub dataplane_changed: Arc<Notify>,
+}
+
+impl Index {
+    pub fn start(client: &Client, args: &Args) -> Index {
+        let changed = Arc::new(Notify::new());
+        let dataplane_changed = Arc::new(Notify::new());
+        let namespaces: Vec<Option<&str>> = if args.watch_namespaces.is_empty() {
+            vec![None]
+        } else {
+            args.watch_namespaces
+                .iter()
+                .map(|n| Some(n.as_str()))
+                .collect()
+        };
+        let cr = |ar: ApiResource| -> Stores<DynamicObject> {
+            Stores(
+                namespaces
+                    .iter()
+                    .map(|ns| {
+                        let api: Api<DynamicObject> = match ns {
+                            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                            None => Api::all_with(client.clone(), &ar),
+                        };
+                        watch(
+                            api,
+                            watcher::Config::default(),
+                            Writer::new(ar.clone()),
+                            changed.clone(),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        let routes = cr(ApiResource::erase::<ApiRoute>(&()));
+        let pools = cr(ApiResource::erase::<UpstreamPool>(&()));
+        let cache_policies = cr(ApiResource::erase::<CachePolicy>(&()));
+        let services = Stores(
+            namespaces
+                .iter()
+                .map(|ns| {
+                    watch(
+                        api::<Service>(client, *ns),
+                        watcher::Config::default(),
+                        Writer::default(),
+                        changed.clone(),
+                    )
+                })
+                .collect(),
+        );
+        let slices = Stores(
+            namespaces
+                .iter()
+                .map(|ns| {
+                    watch(
+                        api::<EndpointSlice>(client, *ns),
+                        watcher::Config::default().labels("kubernetes.io/service-name"),
+                        Writer::default(),
+                        changed.clone(),
+                    )
+                })
+                .collect(),
+        );
+        // Service-account tokens are never API keys or certificates; leave them out.
+        let secrets = Stores(
+            namespaces
+                .iter()
+                .map(|ns| {
+                    watch(
+                        api::<Secret>(client, *ns),
+                        watcher::Config::default()
+                            .fields("type!=kubernetes.io/service-account-token"),
+                        Writer::default(),
+                        changed.clone(),
+                    )
+                })
+                .collect(),
+        );
+        let dataplane = watch(
+            Api::<EndpointSlice>::namespaced(client.clone(), &args.dataplane_namespace),
+            watcher::Config::default().labels(&format!(
+                "kubernetes.io/service-name={}",
+                args.dataplane_service
+            )),
+            Writer::default(),
+            dataplane_changed.clone(),
+        );
+        Index {
+            routes,
+            pools,
+            cache_policies,
+            services,
+            slices,
+            secrets,
+            dataplane,
+            changed,
+            dataplane_changed,
+        }
+    }
+
+    /// Resolves once every watch has listed its objects: until then a table would be
+    /// missing objects, and pushing it could wipe routes from the fleet.
+    pub async fn wait_ready(&self) {
+        self.routes.wait_ready().await;
+        self.pools.wait_ready().await;
+        self.cache_policies.wait_ready().await;
+        self.services.wait_ready().await;
+        self.slices.wait_ready().await;
+        self.secrets.wait_ready().await;
+        let _ = self.dataplane.wait_until_ready().await;
+    }
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs a reflector in the background and signals `changed` on every event.
+fn watch<K>(api: Api<K>, cfg: watcher::Config, writer: Writer<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    let reader = writer.as_reader();
+    let kind = std::any::type_name::<K>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("object")
+        .to_string();
+    tokio::spawn(async move {
+        let mut events = watcher(api, cfg).default_backoff().reflect(writer).boxed();
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(%kind, error = %e, "watch error; retrying with backoff"),
+            }
+        }
+    });
+    reader
+}

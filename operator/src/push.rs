@@ -1,0 +1,421 @@
+//! Pushing the table to every data-plane pod: concurrently (bounded), with per-pod
+//! exponential backoff, and a periodic resync that re-pushes to pods whose acknowledged
+//! table is not the current one (a restarted pod, a pod the HPA just added).
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::Store;
+use tokio::{
+    sync::{Notify, Semaphore, watch},
+    task::JoinSet,
+};
+
+use crate::{
+    compile::{Compiled, VersionClock},
+    metrics::Metrics,
+};
+
+/// Tables above this size are sent gzip-compressed.
+const GZIP_ABOVE: usize = 64 * 1024;
+
+/// A data-plane pod's admin endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// Pod name from the EndpointSlice's targetRef, else the address.
+    pub name: String,
+    pub ready: bool,
+}
+
+/// What each pod has acknowledged, for status and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct PodState {
+    pub acked_version: u64,
+    pub acked_hash: String,
+    pub failures: u32,
+    pub next_attempt: Option<Instant>,
+    pub last_error: Option<String>,
+    pub in_flight: bool,
+}
+
+/// Shared view of the fleet: the targets and what each acknowledged.
+#[derive(Default)]
+pub struct Fleet {
+    pub pods: Mutex<BTreeMap<SocketAddr, (Target, PodState)>>,
+    /// Signalled when an acknowledgement changes (the status writer listens).
+    pub acked: Notify,
+}
+
+impl Fleet {
+    /// (pods that acknowledged `hash`, all pods).
+    pub fn in_sync(&self, hash: &str) -> (usize, usize) {
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            pods.values().filter(|(_, s)| s.acked_hash == hash).count(),
+            pods.len(),
+        )
+    }
+}
+
+pub fn targets(store: &Store<EndpointSlice>, port_name: &str) -> Vec<Target> {
+    let mut out = Vec::new();
+    for slice in store.state() {
+        let Some(ports) = slice.ports.as_ref() else {
+            continue;
+        };
+        let port = if ports.len() == 1 {
+            ports[0].port
+        } else {
+            ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(port_name))
+                .and_then(|p| p.port)
+        };
+        let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for e in slice.endpoints.iter().flatten() {
+            // Not-ready pods included: a fresh pod becomes ready only after its first table.
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let terminating = e
+                .conditions
+                .as_ref()
+                .and_then(|c| c.terminating)
+                .unwrap_or(false);
+            if terminating {
+                continue;
+            }
+            for a in &e.addresses {
+                let Ok(ip) = a.parse() else { continue };
+                let addr = SocketAddr::new(ip, port);
+                let name = e
+                    .target_ref
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_else(|| addr.to_string());
+                out.push(Target { addr, name, ready });
+            }
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.addr == b.addr);
+    out
+}
+
+pub struct Pusher {
+    pub fleet: Arc<Fleet>,
+    pub token: Option<String>,
+    pub concurrency: usize,
+    pub resync: Duration,
+    pub timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<VersionClock>,
+    /// Asks the compiler to publish the current table again under a new version.
+    pub republish: Arc<Notify>,
+}
+
+struct Outcome {
+    addr: SocketAddr,
+    version: u64,
+    hash: String,
+    result: Result<(), PushError>,
+    seconds: f64,
+}
+
+#[derive(Debug)]
+enum PushError {
+    /// The pod holds a version at or above ours.
+    Behind {
+        current: u64,
+    },
+    Refused {
+        status: StatusCode,
+        body: String,
+    },
+    Transport(String),
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Behind { current } => {
+                write!(f, "the pod holds version {current}, newer than ours")
+            }
+            Self::Refused { status, body } => write!(f, "refused with {status}: {body}"),
+            Self::Transport(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl Pusher {
+    /// Pushes while `leader` is true. Targets come from `store`.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Store<EndpointSlice>,
+        port_name: String,
+        targets_changed: Arc<Notify>,
+        mut tables: watch::Receiver<Option<Arc<Compiled>>>,
+        mut leader: watch::Receiver<bool>,
+    ) {
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let sem = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let mut running: JoinSet<Outcome> = JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut checks: JoinSet<(SocketAddr, Option<(u64, String)>)> = JoinSet::new();
+        let mut last_check = Instant::now();
+        // The body for the current table, encoded once per (version, hash).
+        let mut encoded: Option<(u64, String, Bytes, bool)> = None;
+        loop {
+            // Refresh the target list.
+            {
+                let now = targets(&store, &port_name);
+                let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+                pods.retain(|addr, _| now.iter().any(|t| t.addr == *addr));
+                for t in now {
+                    pods.entry(t.addr)
+                        .and_modify(|(old, _)| *old = t.clone())
+                        .or_insert((t, PodState::default()));
+                }
+                self.metrics.dataplane_pods.set(pods.len() as i64);
+            }
+            let current = tables.borrow().clone();
+            let is_leader = *leader.borrow();
+            if is_leader && let Some(c) = &current {
+                if encoded
+                    .as_ref()
+                    .is_none_or(|(v, h, _, _)| *v != c.snapshot.version || *h != c.snapshot.hash)
+                {
+                    let (body, gzip) = encode(&c.snapshot);
+                    encoded = Some((c.snapshot.version, c.snapshot.hash.clone(), body, gzip));
+                }
+                let (_, hash, body, gzip) = encoded.clone().expect("encoded above");
+                let now = Instant::now();
+                let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+                for (addr, (_, st)) in pods.iter_mut() {
+                    let behind = st.acked_hash != hash || st.acked_version != c.snapshot.version;
+                    let due = st.next_attempt.is_none_or(|t| now >= t);
+                    if st.in_flight || !(behind && due) {
+                        continue;
+                    }
+                    st.in_flight = true;
+                    let (client, sem, addr, token, timeout) = (
+                        client.clone(),
+                        sem.clone(),
+                        *addr,
+                        self.token.clone(),
+                        self.timeout,
+                    );
+                    let (body, hash, version) = (body.clone(), hash.clone(), c.snapshot.version);
+                    running.spawn(async move {
+                        let _permit = sem.acquire_owned().await;
+                        let started = Instant::now();
+                        let result =
+                            push_one(&client, addr, token.as_deref(), body, gzip, timeout).await;
+                        Outcome {
+                            addr,
+                            version,
+                            hash,
+                            result,
+                            seconds: started.elapsed().as_secs_f64(),
+                        }
+                    });
+                }
+            }
+            // Resync: ask every pod what it holds; a pod that restarted without its table (or
+            // with an older one) is then behind and gets pushed to above.
+            if is_leader && last_check.elapsed() >= self.resync && checks.is_empty() {
+                last_check = Instant::now();
+                let pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+                for addr in pods.keys() {
+                    let (client, addr, timeout) = (client.clone(), *addr, self.timeout);
+                    checks.spawn(async move { (addr, status_of(&client, addr, timeout).await) });
+                }
+            }
+            tokio::select! {
+                Some(Ok((addr, held))) = checks.join_next(), if !checks.is_empty() => {
+                    let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some((t, st)) = pods.get_mut(&addr)
+                        && !st.in_flight
+                    {
+                        let (v, h) = held.unwrap_or_default();
+                        if (v, h.as_str()) != (st.acked_version, st.acked_hash.as_str()) {
+                            tracing::info!(pod = %t.name, held = v, acked = st.acked_version, "pod does not hold the acknowledged table; re-pushing");
+                            st.acked_version = v;
+                            st.acked_hash = h;
+                            st.next_attempt = None;
+                        }
+                    }
+                }
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(o) = done {
+                        self.record(o);
+                    }
+                }
+                _ = targets_changed.notified() => {}
+                r = tables.changed() => if r.is_err() { return },
+                r = leader.changed() => if r.is_err() { return },
+                _ = tick.tick() => {}
+            }
+        }
+    }
+
+    fn record(&self, o: Outcome) {
+        let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((target, st)) = pods.get_mut(&o.addr) else {
+            return;
+        };
+        st.in_flight = false;
+        self.metrics.push_duration(&target.name).observe(o.seconds);
+        match o.result {
+            Ok(()) => {
+                st.acked_version = o.version;
+                st.acked_hash = o.hash;
+                st.failures = 0;
+                st.next_attempt = None;
+                st.last_error = None;
+                self.metrics
+                    .acked_version(&target.name)
+                    .set(o.version as i64);
+                self.metrics.pushes_ok.inc();
+                tracing::debug!(pod = %target.name, version = o.version, "table acknowledged");
+                drop(pods);
+                self.fleet.acked.notify_one();
+                self.update_sync_gauge();
+            }
+            Err(PushError::Behind { current }) => {
+                // A newer version is in force there (clock skew after a leader change, or
+                // a restart). Publish the current table again above it.
+                tracing::info!(pod = %target.name, current, ours = o.version, "pod holds a newer version; re-versioning the table");
+                self.clock.observe(current);
+                st.next_attempt = None;
+                drop(pods);
+                self.republish.notify_one();
+            }
+            Err(e) => {
+                st.failures += 1;
+                let backoff = backoff(st.failures);
+                st.next_attempt = Some(Instant::now() + backoff);
+                st.last_error = Some(e.to_string());
+                self.metrics.pushes_failed.inc();
+                if st.failures >= 3 {
+                    tracing::warn!(pod = %target.name, failures = st.failures, retry_in_ms = backoff.as_millis() as u64, error = %e, "push keeps failing");
+                } else {
+                    tracing::debug!(pod = %target.name, error = %e, "push failed; retrying");
+                }
+            }
+        }
+    }
+
+    fn update_sync_gauge(&self) {
+        let pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let newest = pods
+            .values()
+            .map(|(_, s)| s.acked_version)
+            .max()
+            .unwrap_or(0);
+        self.metrics.pods_in_sync.set(
+            pods.values()
+                .filter(|(_, s)| s.acked_version == newest && newest > 0)
+                .count() as i64,
+        );
+    }
+}
+
+fn encode(s: &parapet_crds::snapshot::Snapshot) -> (Bytes, bool) {
+    let json = serde_json::to_vec(s).expect("snapshot serialises");
+    if json.len() > GZIP_ABOVE {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        if enc.write_all(&json).is_ok()
+            && let Ok(gz) = enc.finish()
+        {
+            return (Bytes::from(gz), true);
+        }
+    }
+    (Bytes::from(json), false)
+}
+
+/// The (version, hash) a pod serves, or `None` when it has no table or cannot be asked.
+async fn status_of(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Option<(u64, String)> {
+    let req = Request::get(format!("http://{addr}/v1/snapshot/status"))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    Some((
+        v.get("version")?.as_u64()?,
+        v.get("hash")?.as_str()?.to_string(),
+    ))
+}
+
+fn backoff(failures: u32) -> Duration {
+    // 250ms doubling up to 30s, with jitter so a fleet that failed together retries apart.
+    let base = 250u64.saturating_mul(1 << failures.min(7)).min(30_000);
+    Duration::from_millis(base / 2 + rand::random_range(0..=base / 2))
+}
+
+async fn push_one(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    token: Option<&str>,
+    body: Bytes,
+    gzip: bool,
+    timeout: Duration,
+) -> Result<(), PushError> {
+    let mut req = Request::put(format!("http://{addr}/v1/snapshot"))
+        .header(header::CONTENT_TYPE, "application/json");
+    if gzip {
+        req = req.header(header::CONTENT_ENCODING, "gzip");
+    }
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(body))
+        .map_err(|e| PushError::Transport(e.to_string()))?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .map_err(|_| PushError::Transport(format!("no answer within {timeout:?}")))?
+        .map_err(|e| PushError::Transport(e.to_string()))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if status == StatusCode::OK {
+        return Ok(());
+    }
+    if status == StatusCode::CONFLICT
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
+        && let Some(current) = v.get("currentVersion").and_then(|c| c.as_u64())
+    {
+        return Err(PushError::Behind { current });
+    }
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    text.truncate(512);
+    Err(PushError::Refused { status, body: text })
+}
