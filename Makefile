@@ -11,7 +11,15 @@ all: build
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-deps: ## Install the Debian packages tests need (openssl for test certificates)
+# The API server refuses loopback IPs in EndpointSlices, so e2e tests list their local
+# processes in FQDN slices under this name, which must resolve to 127.0.0.1.
+E2E_HOST ?= parapet-e2e.localhost
+
+deps: ## Install what tests need: openssl/curl (apt-get) and a hosts entry for $(E2E_HOST)
+	@if ! getent hosts $(E2E_HOST) | grep -q '^127\.0\.0\.1'; then \
+	  if [ -w /etc/hosts ]; then echo "127.0.0.1 $(E2E_HOST)" >> /etc/hosts && echo "==> added $(E2E_HOST) to /etc/hosts"; \
+	  else echo "warning: $(E2E_HOST) must resolve to 127.0.0.1 for the operator e2e tests: echo '127.0.0.1 $(E2E_HOST)' | sudo tee -a /etc/hosts" >&2; fi; \
+	fi
 	@missing=""; for p in openssl curl; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing$$missing"; \

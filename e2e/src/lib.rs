@@ -13,6 +13,8 @@
 //! runtime that built it, and every `#[tokio::test]` has its own) and its own
 //! [`TestNamespace`], so tests run in parallel. Every wait has a deadline.
 
+pub mod fleet;
+
 use std::{
     ffi::OsString,
     future::Future,

@@ -234,9 +234,6 @@ fn service_endpoints(
             .into_iter()
             .flatten()
         {
-            if slice.address_type == "FQDN" {
-                continue;
-            }
             let Some(target) = slice
                 .ports
                 .as_ref()

@@ -35,7 +35,8 @@ const GZIP_ABOVE: usize = 64 * 1024;
 /// A data-plane pod's admin endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Target {
-    pub addr: SocketAddr,
+    /// `host:port`: an IP (IPv6 in brackets) or, from FQDN slices, a DNS name.
+    pub addr: String,
     /// Pod name from the EndpointSlice's targetRef, else the address.
     pub name: String,
     pub ready: bool,
@@ -55,7 +56,7 @@ pub struct PodState {
 /// Shared view of the fleet: the targets and what each acknowledged.
 #[derive(Default)]
 pub struct Fleet {
-    pub pods: Mutex<BTreeMap<SocketAddr, (Target, PodState)>>,
+    pub pods: Mutex<BTreeMap<String, (Target, PodState)>>,
     /// Signalled when an acknowledgement changes (the status writer listens).
     pub acked: Notify,
 }
@@ -100,13 +101,16 @@ pub fn targets(store: &Store<EndpointSlice>, port_name: &str) -> Vec<Target> {
                 continue;
             }
             for a in &e.addresses {
-                let Ok(ip) = a.parse() else { continue };
-                let addr = SocketAddr::new(ip, port);
+                let addr = match a.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, port).to_string(),
+                    Err(_) if slice.address_type == "FQDN" => format!("{a}:{port}"),
+                    Err(_) => continue,
+                };
                 let name = e
                     .target_ref
                     .as_ref()
                     .and_then(|r| r.name.clone())
-                    .unwrap_or_else(|| addr.to_string());
+                    .unwrap_or_else(|| addr.clone());
                 out.push(Target { addr, name, ready });
             }
         }
@@ -129,7 +133,7 @@ pub struct Pusher {
 }
 
 struct Outcome {
-    addr: SocketAddr,
+    addr: String,
     version: u64,
     hash: String,
     result: Result<(), PushError>,
@@ -176,7 +180,7 @@ impl Pusher {
         let sem = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut running: JoinSet<Outcome> = JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        let mut checks: JoinSet<(SocketAddr, Option<(u64, String)>)> = JoinSet::new();
+        let mut checks: JoinSet<(String, Option<(u64, String)>)> = JoinSet::new();
         let mut last_check = Instant::now();
         // The body for the current table, encoded once per (version, hash).
         let mut encoded: Option<(u64, String, Bytes, bool)> = None;
@@ -187,7 +191,7 @@ impl Pusher {
                 let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
                 pods.retain(|addr, _| now.iter().any(|t| t.addr == *addr));
                 for t in now {
-                    pods.entry(t.addr)
+                    pods.entry(t.addr.clone())
                         .and_modify(|(old, _)| *old = t.clone())
                         .or_insert((t, PodState::default()));
                 }
@@ -216,7 +220,7 @@ impl Pusher {
                     let (client, sem, addr, token, timeout) = (
                         client.clone(),
                         sem.clone(),
-                        *addr,
+                        addr.clone(),
                         self.token.clone(),
                         self.timeout,
                     );
@@ -225,7 +229,7 @@ impl Pusher {
                         let _permit = sem.acquire_owned().await;
                         let started = Instant::now();
                         let result =
-                            push_one(&client, addr, token.as_deref(), body, gzip, timeout).await;
+                            push_one(&client, &addr, token.as_deref(), body, gzip, timeout).await;
                         Outcome {
                             addr,
                             version,
@@ -242,8 +246,11 @@ impl Pusher {
                 last_check = Instant::now();
                 let pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
                 for addr in pods.keys() {
-                    let (client, addr, timeout) = (client.clone(), *addr, self.timeout);
-                    checks.spawn(async move { (addr, status_of(&client, addr, timeout).await) });
+                    let (client, addr, timeout) = (client.clone(), addr.clone(), self.timeout);
+                    checks.spawn(async move {
+                        let held = status_of(&client, &addr, timeout).await;
+                        (addr, held)
+                    });
                 }
             }
             tokio::select! {
@@ -352,7 +359,7 @@ fn encode(s: &parapet_crds::snapshot::Snapshot) -> (Bytes, bool) {
 /// The (version, hash) a pod serves, or `None` when it has no table or cannot be asked.
 async fn status_of(
     client: &Client<HttpConnector, Full<Bytes>>,
-    addr: SocketAddr,
+    addr: &str,
     timeout: Duration,
 ) -> Option<(u64, String)> {
     let req = Request::get(format!("http://{addr}/v1/snapshot/status"))
@@ -378,7 +385,7 @@ fn backoff(failures: u32) -> Duration {
 
 async fn push_one(
     client: &Client<HttpConnector, Full<Bytes>>,
-    addr: SocketAddr,
+    addr: &str,
     token: Option<&str>,
     body: Bytes,
     gzip: bool,

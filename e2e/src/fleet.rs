@@ -1,0 +1,219 @@
+//! A Parapet fleet on loopback for operator tests: selector-less Services and
+//! EndpointSlices that point at processes on 127.0.0.1, and the operator as a process.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::{
+    core::v1::{Service, ServicePort, ServiceSpec},
+    discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, Patch, PatchParams},
+};
+
+use crate::cluster;
+
+/// A name for 127.0.0.1 that EndpointSlices accept.
+pub const LOCAL_NAME: &str = "parapet-e2e.localhost";
+
+/// Fails with the fix when [`LOCAL_NAME`] does not resolve to this machine.
+pub async fn check_local_name() -> Result<()> {
+    let ok = tokio::net::lookup_host((LOCAL_NAME, 80))
+        .await
+        .map(|mut a| a.any(|a| a.ip().is_loopback()))
+        .unwrap_or(false);
+    anyhow::ensure!(
+        ok,
+        "{LOCAL_NAME} does not resolve to 127.0.0.1; run `make deps` (as root) or add \"127.0.0.1 {LOCAL_NAME}\" to /etc/hosts"
+    );
+    Ok(())
+}
+
+/// Creates (or updates) a selector-less Service with one named port.
+pub async fn service(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    port: i32,
+) -> Result<()> {
+    let svc = Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.into()),
+                port,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<Service>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("parapet-e2e").force(),
+            &Patch::Apply(&svc),
+        )
+        .await
+        .with_context(|| format!("apply Service {ns}/{name}"))?;
+    Ok(())
+}
+
+/// One EndpointSlice of `service` listing this machine on `port` (one slice per port, since
+/// every process here shares the address). The API server refuses loopback IPs (and
+/// one-label names like `localhost`) in EndpointSlices, so the slice is of type FQDN with
+/// [`LOCAL_NAME`], which `make deps` maps to 127.0.0.1 in /etc/hosts.
+pub async fn slice(
+    client: &Client,
+    ns: &str,
+    service: &str,
+    slice_name: &str,
+    port_name: &str,
+    port: u16,
+    ready: bool,
+    zone: Option<&str>,
+) -> Result<()> {
+    let s = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(slice_name.into()),
+            labels: Some(
+                [(
+                    "kubernetes.io/service-name".to_string(),
+                    service.to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        address_type: "FQDN".into(),
+        endpoints: Some(vec![Endpoint {
+            addresses: vec![LOCAL_NAME.into()],
+            conditions: Some(EndpointConditions {
+                ready: Some(ready),
+                serving: Some(ready),
+                terminating: Some(false),
+            }),
+            zone: zone.map(str::to_string),
+            ..Default::default()
+        }]),
+        ports: Some(vec![EndpointPort {
+            name: Some(port_name.into()),
+            port: Some(i32::from(port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    };
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .patch(
+            slice_name,
+            &PatchParams::apply("parapet-e2e").force(),
+            &Patch::Apply(&s),
+        )
+        .await
+        .with_context(|| format!("apply EndpointSlice {ns}/{slice_name}"))?;
+    Ok(())
+}
+
+pub async fn delete_slice(client: &Client, ns: &str, slice_name: &str) -> Result<()> {
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .delete(slice_name, &Default::default())
+        .await
+        .with_context(|| format!("delete EndpointSlice {ns}/{slice_name}"))?;
+    Ok(())
+}
+
+/// The operator binary, killed when dropped.
+pub struct Operator {
+    child: Child,
+    pub metrics: SocketAddr,
+}
+
+impl Operator {
+    /// Starts the operator for the data-plane Service `dataplane_service` in `ns`, watching
+    /// only `ns`, with the Lease in `ns` too.
+    pub fn start(
+        ns: &str,
+        dataplane_service: &str,
+        token_file: &str,
+        identity: &str,
+    ) -> Result<Operator> {
+        let kubeconfig = cluster()?.kubeconfig().clone();
+        let mut child = Command::new(parapet_tests::dataplane::binary("operator"))
+            .args([
+                "--watch-namespaces",
+                ns,
+                "--dataplane-service",
+                dataplane_service,
+                "--dataplane-namespace",
+                ns,
+                "--lease-namespace",
+                ns,
+                "--snapshot-token-file",
+                token_file,
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--identity",
+                identity,
+                "--debounce",
+                "50ms",
+                "--max-wait",
+                "300ms",
+                "--resync-interval",
+                "2s",
+                "--lease-duration-secs",
+                "6",
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env(
+                "PARAPET_LOG",
+                std::env::var("PARAPET_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start the operator binary")?;
+        let stderr = child.stderr.take().expect("stderr");
+        let id = identity.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{id}] {line}");
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("parapet-operator listening metrics=") {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let metrics = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("the operator printed its metrics address within 30s")?
+            .parse()?;
+        Ok(Operator { child, metrics })
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
