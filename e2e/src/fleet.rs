@@ -74,16 +74,26 @@ pub async fn service(
 /// every process here shares the address). The API server refuses loopback IPs (and
 /// one-label names like `localhost`) in EndpointSlices, so the slice is of type FQDN with
 /// [`LOCAL_NAME`], which `make deps` maps to 127.0.0.1 in /etc/hosts.
-pub async fn slice(
-    client: &Client,
-    ns: &str,
-    service: &str,
-    slice_name: &str,
-    port_name: &str,
-    port: u16,
-    ready: bool,
-    zone: Option<&str>,
-) -> Result<()> {
+/// An EndpointSlice to publish: `service`'s endpoint `name` on `port`.
+#[derive(Clone, Copy, Debug)]
+pub struct Slice<'a> {
+    pub service: &'a str,
+    pub name: &'a str,
+    pub port_name: &'a str,
+    pub port: u16,
+    pub ready: bool,
+    pub zone: Option<&'a str>,
+}
+
+pub async fn slice(client: &Client, ns: &str, sl: Slice<'_>) -> Result<()> {
+    let Slice {
+        service,
+        name: slice_name,
+        port_name,
+        port,
+        ready,
+        zone,
+    } = sl;
     let s = EndpointSlice {
         metadata: ObjectMeta {
             name: Some(slice_name.into()),

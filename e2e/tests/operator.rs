@@ -11,7 +11,7 @@ use kube::{
 use parapet_crds::api::{ApiRoute, UpstreamPool};
 use parapet_e2e::{
     TestNamespace, apply_crds, client,
-    fleet::{self, Operator},
+    fleet::{self, Operator, Slice},
     wait_for,
 };
 use parapet_tests::{backend::Backend, client::Client as Http, dataplane::Dataplane};
@@ -54,12 +54,14 @@ impl Setup {
         fleet::slice(
             &self.client,
             self.ns(),
-            "dp-admin",
-            name,
-            "admin",
-            dp.admin.port(),
-            ready,
-            None,
+            Slice {
+                service: "dp-admin",
+                name,
+                port_name: "admin",
+                port: dp.admin.port(),
+                ready,
+                zone: None,
+            },
         )
         .await?;
         Ok(dp)
@@ -71,12 +73,14 @@ impl Setup {
         fleet::slice(
             &self.client,
             self.ns(),
-            service,
-            name,
-            "http",
-            b.port(),
-            true,
-            None,
+            Slice {
+                service,
+                name,
+                port_name: "http",
+                port: b.port(),
+                ready: true,
+                zone: None,
+            },
         )
         .await?;
         Ok(b)
