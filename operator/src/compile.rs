@@ -36,6 +36,8 @@ pub struct Compiled {
     pub pool_endpoints: BTreeMap<(String, String), (usize, usize)>,
     /// JSON bytes of the snapshot (as pushed, before compression).
     pub bytes: usize,
+    /// The pools as read, for the endpoint-only fast path.
+    pub pools: Arc<Vec<UpstreamPool>>,
 }
 
 /// Versions are milliseconds since the epoch, kept strictly increasing, and raised above
@@ -128,35 +130,17 @@ pub fn compile_index(
         key_salt_seed: Vec::new(),
     };
     let out = compiler::compile(&inputs);
-    let mut pool_endpoints = BTreeMap::new();
-    for p in &pools {
-        let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
-        let eps: Vec<&Endpoint> = match (&p.spec.service, &p.spec.static_endpoints) {
-            (Some(s), _) => inputs
-                .service_endpoints
-                .get(&ServicePortKey {
-                    namespace: ns.clone(),
-                    service: s.name.clone(),
-                    port: s.port,
-                })
-                .map(|v| v.iter().collect())
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        let (total, ready) = match &p.spec.static_endpoints {
-            Some(st) => (st.len(), st.len()),
-            None => (eps.len(), eps.iter().filter(|e| e.routable()).count()),
-        };
-        pool_endpoints.insert((ns, name), (total, ready));
-    }
-
+    let pool_endpoints = pool_endpoints(&pools, &inputs.service_endpoints);
     if let Some(prev) = previous
         && prev.snapshot.table == out.table
         && prev.malformed == malformed
     {
         return None;
     }
-    let snapshot = Snapshot::new(clock.next(), out.table);
+    let mut snapshot = Snapshot::new(clock.next(), out.table);
+    // Compiles run only after every watch has listed its objects, so an empty table here
+    // is what the cluster says, not an empty cache: say so to the data planes' wipe guard.
+    snapshot.allow_empty = snapshot.table.route_count() == 0;
     let bytes = serde_json::to_vec(&snapshot)
         .map(|v| v.len())
         .unwrap_or_default();
@@ -167,7 +151,64 @@ pub fn compile_index(
         objects,
         pool_endpoints,
         bytes,
+        pools: Arc::new(pools),
     })
+}
+
+/// The endpoint-only fast path: only EndpointSlices changed since `prev`, so routes,
+/// policies and pool settings are reused and only endpoints are read again.
+pub fn refresh_index(index: &Index, clock: &VersionClock, prev: &Compiled) -> Option<Compiled> {
+    let service_endpoints = service_endpoints(index, &prev.pools);
+    let inputs = Inputs {
+        pools: prev.pools.iter().collect(),
+        service_endpoints,
+        ..Inputs::default()
+    };
+    let table = compiler::refresh_endpoints(&prev.snapshot.table, &inputs);
+    if table == prev.snapshot.table {
+        return None;
+    }
+    let mut snapshot = Snapshot::new(clock.next(), table);
+    snapshot.allow_empty = prev.snapshot.allow_empty;
+    let bytes = serde_json::to_vec(&snapshot)
+        .map(|v| v.len())
+        .unwrap_or_default();
+    Some(Compiled {
+        snapshot: Arc::new(snapshot),
+        diagnostics: prev.diagnostics.clone(),
+        malformed: prev.malformed.clone(),
+        objects: prev.objects.clone(),
+        pool_endpoints: pool_endpoints(&prev.pools, &inputs.service_endpoints),
+        bytes,
+        pools: prev.pools.clone(),
+    })
+}
+
+fn pool_endpoints(
+    pools: &[UpstreamPool],
+    service_endpoints: &BTreeMap<ServicePortKey, Vec<Endpoint>>,
+) -> BTreeMap<(String, String), (usize, usize)> {
+    let mut out = BTreeMap::new();
+    for p in pools {
+        let ns = p.namespace().unwrap_or_default();
+        let counts = match (&p.spec.static_endpoints, &p.spec.service) {
+            (Some(st), _) => (st.len(), st.len()),
+            (None, Some(s)) => {
+                let eps = service_endpoints
+                    .get(&ServicePortKey {
+                        namespace: ns.clone(),
+                        service: s.name.clone(),
+                        port: s.port,
+                    })
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                (eps.len(), eps.iter().filter(|e| e.routable()).count())
+            }
+            (None, None) => (0, 0),
+        };
+        out.insert((ns, p.name_any()), counts);
+    }
+    out
 }
 
 /// Endpoints of each (Service, port) that a pool references, from EndpointSlices, with the
@@ -358,9 +399,15 @@ pub async fn run(
         }
         let started = Instant::now();
         let previous = tx.borrow().clone();
-        let result = {
-            let prev = if force { None } else { previous.as_deref() };
-            compile_index(&index, &clock, prev)
+        let config = index.config_dirty.swap(false, Ordering::SeqCst);
+        let endpoints = index.endpoints_dirty.swap(false, Ordering::SeqCst);
+        let result = match previous.as_deref() {
+            Some(prev) if !force && !config && endpoints => {
+                metrics.fast_path_compiles.inc();
+                refresh_index(&index, &clock, prev)
+            }
+            Some(_) if !force && !config && !endpoints => None,
+            prev => compile_index(&index, &clock, if force { None } else { prev }),
         };
         force = false;
         metrics.compiles.inc();

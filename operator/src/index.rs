@@ -4,7 +4,14 @@
 //! The three CRDs are watched as untyped objects and converted one by one when compiling,
 //! so one object that no longer fits the types cannot break the watch for all the others.
 
-use std::{fmt::Debug, hash::Hash, sync::Arc};
+use std::{
+    fmt::Debug,
+    hash::Hash,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -59,11 +66,17 @@ pub struct Index {
     pub changed: Arc<Notify>,
     /// Signalled when the set of data-plane pods changes.
     pub dataplane_changed: Arc<Notify>,
+    /// Set by changes to the CRDs, Services or Secrets: a full compile is needed.
+    pub config_dirty: Arc<AtomicBool>,
+    /// Set by EndpointSlice changes: the endpoint-only fast path may do.
+    pub endpoints_dirty: Arc<AtomicBool>,
 }
 
 impl Index {
     pub fn start(client: &Client, args: &Args) -> Index {
         let changed = Arc::new(Notify::new());
+        let config_dirty = Arc::new(AtomicBool::new(true));
+        let endpoints_dirty = Arc::new(AtomicBool::new(true));
         let dataplane_changed = Arc::new(Notify::new());
         let namespaces: Vec<Option<&str>> = if args.watch_namespaces.is_empty() {
             vec![None]
@@ -87,6 +100,7 @@ impl Index {
                             watcher::Config::default(),
                             Writer::new(ar.clone()),
                             changed.clone(),
+                            config_dirty.clone(),
                         )
                     })
                     .collect(),
@@ -104,6 +118,7 @@ impl Index {
                         watcher::Config::default(),
                         Writer::default(),
                         changed.clone(),
+                        config_dirty.clone(),
                     )
                 })
                 .collect(),
@@ -117,6 +132,7 @@ impl Index {
                         watcher::Config::default().labels("kubernetes.io/service-name"),
                         Writer::default(),
                         changed.clone(),
+                        endpoints_dirty.clone(),
                     )
                 })
                 .collect(),
@@ -132,6 +148,7 @@ impl Index {
                             .fields("type!=kubernetes.io/service-account-token"),
                         Writer::default(),
                         changed.clone(),
+                        config_dirty.clone(),
                     )
                 })
                 .collect(),
@@ -144,6 +161,7 @@ impl Index {
             )),
             Writer::default(),
             dataplane_changed.clone(),
+            Arc::new(AtomicBool::new(false)),
         );
         Index {
             routes,
@@ -155,6 +173,8 @@ impl Index {
             dataplane,
             changed,
             dataplane_changed,
+            config_dirty,
+            endpoints_dirty,
         }
     }
 
@@ -183,7 +203,13 @@ where
 }
 
 /// Runs a reflector in the background and signals `changed` on every event.
-fn watch<K>(api: Api<K>, cfg: watcher::Config, writer: Writer<K>, changed: Arc<Notify>) -> Store<K>
+fn watch<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    writer: Writer<K>,
+    changed: Arc<Notify>,
+    dirty: Arc<AtomicBool>,
+) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
@@ -199,7 +225,10 @@ where
         while let Some(ev) = events.next().await {
             match ev {
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => changed.notify_one(),
+                Ok(_) => {
+                    dirty.store(true, Ordering::SeqCst);
+                    changed.notify_one();
+                }
                 Err(e) => tracing::warn!(%kind, error = %e, "watch error; retrying with backoff"),
             }
         }

@@ -9,16 +9,21 @@ use tokio::sync::watch;
 
 use crate::{args::Args, metrics::Metrics};
 
+/// This replica's name in the Lease and in Events.
+pub fn identity(args: &Args) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
 /// Starts competing for the Lease; the receiver says whether this replica leads.
 pub async fn start(
     client: kube::Client,
     args: &Args,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<watch::Receiver<bool>> {
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!("{}-{}", host.trim(), std::process::id())
-    });
+    let identity = identity(args);
     let duration = args.lease_duration_secs.max(2);
     let manager = LeaseManagerBuilder::new(client, &args.lease_name)
         .with_namespace(&args.lease_namespace)

@@ -15,6 +15,8 @@ pub mod status;
 use std::sync::Arc;
 
 use anyhow::Context;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{Notify, watch};
 
 use crate::{
@@ -85,6 +87,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let republish = Arc::new(Notify::new());
     let (tables_tx, tables_rx) = watch::channel(None);
     let fleet = Arc::new(Fleet::default());
+    let identity = lease::identity(&args);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "parapet-operator".into(),
+            instance: Some(identity),
+        },
+    );
+    let dataplane_ref = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: Some(args.dataplane_service.clone()),
+        namespace: Some(args.dataplane_namespace.clone()),
+        ..Default::default()
+    };
     let pusher = Arc::new(Pusher {
         fleet: fleet.clone(),
         token,
@@ -94,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         clock: clock.clone(),
         republish: republish.clone(),
+        events: Some((recorder.clone(), dataplane_ref)),
     });
     tokio::spawn(pusher.run(
         index.dataplane.clone(),
@@ -109,6 +127,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tables_rx,
         leader,
         metrics.clone(),
+        Some(recorder),
     ));
     let compiler = tokio::spawn(compile::run(
         index,

@@ -35,6 +35,7 @@ pub struct Metrics {
     registry: Registry,
     pub compiles: Counter,
     pub compiles_unchanged: Counter,
+    pub fast_path_compiles: Counter,
     pub compile_duration: Histogram,
     pub snapshot_bytes: Gauge,
     pub snapshot_version: Gauge,
@@ -74,6 +75,11 @@ impl Metrics {
         let compiles_unchanged = reg!(
             "compiles_unchanged",
             "Compilations whose table was unchanged (not pushed)",
+            Counter::default()
+        );
+        let fast_path_compiles = reg!(
+            "endpoint_refreshes",
+            "Compilations that took the endpoint-only fast path",
             Counter::default()
         );
         let compile_duration = reg!(
@@ -140,6 +146,7 @@ impl Metrics {
             registry: r,
             compiles,
             compiles_unchanged,
+            fast_path_compiles,
             compile_duration,
             snapshot_bytes,
             snapshot_version,

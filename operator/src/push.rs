@@ -17,8 +17,12 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::Store;
+use kube::runtime::{
+    events::{Event, EventType, Recorder},
+    reflector::Store,
+};
 use tokio::{
     sync::{Notify, Semaphore, watch},
     task::JoinSet,
@@ -130,6 +134,8 @@ pub struct Pusher {
     pub clock: Arc<VersionClock>,
     /// Asks the compiler to publish the current table again under a new version.
     pub republish: Arc<Notify>,
+    /// Where to report pushes that keep failing: a recorder and the data-plane Service.
+    pub events: Option<(Recorder, ObjectReference)>,
 }
 
 struct Outcome {
@@ -319,6 +325,23 @@ impl Pusher {
                 st.next_attempt = Some(Instant::now() + backoff);
                 st.last_error = Some(e.to_string());
                 self.metrics.pushes_failed.inc();
+                if st.failures == 3
+                    && let Some((recorder, reference)) = self.events.clone()
+                {
+                    let note = format!("pushing the table to {} keeps failing: {e}", target.name);
+                    tokio::spawn(async move {
+                        let ev = Event {
+                            type_: EventType::Warning,
+                            reason: "PushFailing".into(),
+                            note: Some(note.chars().take(1000).collect()),
+                            action: "PushSnapshot".into(),
+                            secondary: None,
+                        };
+                        if let Err(e) = recorder.publish(&ev, &reference).await {
+                            tracing::debug!(error = %e, "could not publish an event");
+                        }
+                    });
+                }
                 if st.failures >= 3 {
                     tracing::warn!(pod = %target.name, failures = st.failures, retry_in_ms = backoff.as_millis() as u64, error = %e, "push keeps failing");
                 } else {

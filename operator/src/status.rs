@@ -9,8 +9,9 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder},
 };
 use parapet_crds::{
     api::{ApiRoute, CachePolicy, UpstreamPool, conditions},
@@ -126,6 +127,39 @@ fn build(want: &[Want], have: &[Condition], generation: i64) -> Option<Vec<Condi
     changed.then_some(conds)
 }
 
+/// Publishes a Warning Event on an object whose condition just turned False.
+fn report(
+    recorder: &Option<Recorder>,
+    obj: &DynamicObject,
+    ar: &ApiResource,
+    want: &[Want],
+    have: &[Condition],
+) {
+    let Some(recorder) = recorder else { return };
+    for (t, ok, reason, message) in want {
+        let was_false = have
+            .iter()
+            .any(|c| c.type_ == *t && c.status == "False" && c.reason == *reason);
+        if *ok || was_false || *t == conditions::PROGRAMMED {
+            continue;
+        }
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.clone(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        let reference = obj.object_ref(ar);
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::debug!(error = %e, "could not publish an event");
+            }
+        });
+    }
+}
+
 pub async fn run(
     client: Client,
     index: Arc<Index>,
@@ -133,6 +167,7 @@ pub async fn run(
     mut tables: watch::Receiver<Option<Arc<Compiled>>>,
     mut leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    recorder: Option<Recorder>,
 ) {
     let pp = PatchParams::default();
     loop {
@@ -198,7 +233,11 @@ pub async fn run(
                         extra.insert("readyEndpoints".into(), json!(ready));
                     }
                 }
-                let conds = build(&want, &existing(&obj), generation);
+                let have = existing(&obj);
+                let conds = build(&want, &have, generation);
+                if conds.is_some() {
+                    report(&recorder, &obj, &ar, &want, &have);
+                }
                 if conds.is_none() && extra.is_empty() {
                     continue;
                 }

@@ -64,9 +64,7 @@ fn compile_pool(
     let me = ObjectKey::new(KIND_POOL, namespace, pool_name);
     let s = &pool.spec;
 
-    let mut endpoints = endpoints(inputs, namespace, s, &me, diags);
-    endpoints.sort();
-    endpoints.dedup_by(|a, b| a.address == b.address && a.port == b.port);
+    let endpoints = normalise(endpoints(inputs, namespace, s, &me, diags));
 
     let algorithm = s
         .load_balancing
@@ -157,6 +155,37 @@ fn compile_pool(
             .as_ref()
             .map(|t| upstream_tls(inputs, namespace, t, &me, diags)),
     }
+}
+
+/// Endpoints in table order: by address and port, each once.
+pub(super) fn normalise(mut endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+    endpoints.sort();
+    endpoints.dedup_by(|a, b| a.address == b.address && a.port == b.port);
+    endpoints
+}
+
+/// The endpoints of a Service-backed pool, `None` for static pools.
+pub(super) fn service_endpoints(
+    inputs: &Inputs<'_>,
+    namespace: &str,
+    s: &api::UpstreamPoolSpec,
+) -> Option<Vec<Endpoint>> {
+    let svc = s
+        .service
+        .as_ref()
+        .filter(|_| s.static_endpoints.is_none())?;
+    let key = ServicePortKey {
+        namespace: namespace.to_string(),
+        service: svc.name.clone(),
+        port: svc.port,
+    };
+    Some(
+        inputs
+            .service_endpoints
+            .get(&key)
+            .cloned()
+            .unwrap_or_default(),
+    )
 }
 
 fn endpoints(

@@ -111,6 +111,27 @@ pub fn compile(inputs: &Inputs<'_>) -> Output {
     }
 }
 
+/// The endpoint-only fast path: `previous` with the endpoints of its Service-backed
+/// clusters replaced from `inputs`, everything else (routes, policies, settings) kept.
+/// Equal to a full [`compile`] when only Service endpoints changed since `previous` was
+/// compiled; the caller must fall back to `compile` for any other change.
+pub fn refresh_endpoints(previous: &Table, inputs: &Inputs<'_>) -> Table {
+    let pools = index(&inputs.pools);
+    let mut table = previous.clone();
+    for c in &mut table.clusters {
+        let Some((namespace, name)) = c.name.split_once('/') else {
+            continue;
+        };
+        let Some(pool) = pools.get(&(namespace.to_string(), name.to_string())) else {
+            continue;
+        };
+        if let Some(eps) = clusters::service_endpoints(inputs, namespace, &pool.spec) {
+            c.endpoints = clusters::normalise(eps);
+        }
+    }
+    table
+}
+
 fn source(
     kind: &str,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
