@@ -143,6 +143,20 @@ pub async fn delete_slice(client: &Client, ns: &str, slice_name: &str) -> Result
     Ok(())
 }
 
+/// The `ready` condition of the first endpoint of an EndpointSlice, as the API server has it
+/// (`None` when the slice has no endpoint or the condition is unset).
+pub async fn slice_ready(client: &Client, ns: &str, slice_name: &str) -> Result<Option<bool>> {
+    let s = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .get(slice_name)
+        .await
+        .with_context(|| format!("get EndpointSlice {ns}/{slice_name}"))?;
+    Ok(s.endpoints
+        .unwrap_or_default()
+        .first()
+        .and_then(|e| e.conditions.as_ref())
+        .and_then(|c| c.ready))
+}
+
 /// The operator binary, killed when dropped.
 pub struct Operator {
     child: Child,
