@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod app;
 pub mod balancer;
+pub mod cache;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;

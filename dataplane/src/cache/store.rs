@@ -1,0 +1,291 @@
+//! The bounded store (moka: TinyLFU admission, LRU eviction, a byte budget) and request
+//! coalescing: one origin fetch per key at a time, others wait for it (bounded).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::HeaderMap;
+use moka::{Expiry, sync::Cache};
+use tokio::sync::watch;
+
+use super::{entry::Entry, key};
+
+struct KeepFor;
+
+impl Expiry<String, Arc<Entry>> for KeepFor {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        e: &Arc<Entry>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(e.keep_for())
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        e: &Arc<Entry>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(e.keep_for())
+    }
+}
+
+pub struct Store {
+    entries: Cache<String, Arc<Entry>>,
+    /// Primary key → the fields its responses vary on.
+    vary: Cache<String, Arc<Vec<String>>>,
+    /// Keys being fetched; waiters watch for the fetch to end.
+    inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+}
+
+/// Who fetches a missing key.
+pub enum Fill {
+    /// This request fetches; others wait until the guard drops.
+    Leader(FillGuard),
+    /// Another request fetched meanwhile; look again.
+    Done,
+    /// Waited the coalescing bound; go to the origin alone.
+    TimedOut,
+}
+
+pub struct FillGuard {
+    store: Arc<Store>,
+    key: String,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        let _ = self.done.send(true);
+        let mut inflight = self
+            .store
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        inflight.remove(&self.key);
+    }
+}
+
+impl Store {
+    pub fn new(max_bytes: u64) -> Arc<Self> {
+        Arc::new(Self {
+            entries: Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_k: &String, e: &Arc<Entry>| e.weight())
+                .expire_after(KeepFor)
+                .build(),
+            vary: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The key under which a response for this request is stored: the primary key, or a
+    /// variant of it when earlier responses said `Vary`.
+    pub fn storage_key(&self, primary: &str, request_headers: &HeaderMap) -> String {
+        match self.vary.get(primary) {
+            Some(fields) if !fields.is_empty() => {
+                key::variant_key(primary, &fields, request_headers)
+            }
+            _ => primary.to_string(),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.entries.get(key)
+    }
+
+    /// Stores a response; `vary` are the response's Vary fields.
+    pub fn insert(
+        &self,
+        primary: &str,
+        request_headers: &HeaderMap,
+        vary: Vec<String>,
+        entry: Entry,
+    ) -> Arc<Entry> {
+        let key = if vary.is_empty() {
+            self.vary.invalidate(primary);
+            primary.to_string()
+        } else {
+            let k = key::variant_key(primary, &vary, request_headers);
+            self.vary.insert(primary.to_string(), Arc::new(vary));
+            k
+        };
+        let e = Arc::new(entry);
+        self.entries.insert(key, e.clone());
+        e
+    }
+
+    pub fn replace(&self, key: &str, entry: Entry) -> Arc<Entry> {
+        let e = Arc::new(entry);
+        self.entries.insert(key.to_string(), e.clone());
+        e
+    }
+
+    /// Removes every entry whose key starts with `prefix`; returns how many.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        let keys: Vec<Arc<String>> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            self.entries.invalidate(k.as_str());
+        }
+        keys.len()
+    }
+
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Becomes the one fetcher of `key`, or waits (at most `wait`) for the current one.
+    pub async fn fill(self: &Arc<Self>, key: &str, wait: Duration) -> Fill {
+        let mut rx = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            match inflight.get(key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(false);
+                    inflight.insert(key.to_string(), rx);
+                    return Fill::Leader(FillGuard {
+                        store: self.clone(),
+                        key: key.to_string(),
+                        done: tx,
+                    });
+                }
+            }
+        };
+        if wait.is_zero() {
+            return Fill::TimedOut;
+        }
+        match tokio::time::timeout(wait, rx.wait_for(|done| *done)).await {
+            Ok(_) => Fill::Done,
+            Err(_) => Fill::TimedOut,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http::StatusCode;
+
+    use super::*;
+    use crate::cache::freshness::Lifetime;
+
+    fn entry(body: usize) -> Entry {
+        Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from(vec![b'x'; body]),
+            Lifetime {
+                fresh_for: Duration::from_secs(60),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+            },
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn the_byte_budget_holds_under_a_stream_of_distinct_large_bodies() {
+        let store = Store::new(1 << 20);
+        let h = HeaderMap::new();
+        for i in 0..2000 {
+            store.insert(&format!("k{i}"), &h, vec![], entry(10_000));
+        }
+        let size = store.weighted_size();
+        assert!(size <= 1 << 20, "{size} bytes held for a 1 MiB budget");
+        assert!(
+            size > 500_000,
+            "the cache still holds a useful amount: {size}"
+        );
+    }
+
+    #[test]
+    fn vary_selects_the_variant() {
+        let store = Store::new(1 << 20);
+        let mut gzip = HeaderMap::new();
+        gzip.insert("accept-encoding", "gzip".parse().unwrap());
+        let plain = HeaderMap::new();
+        store.insert("p", &gzip, vec!["accept-encoding".into()], entry(1));
+        assert!(store.get(&store.storage_key("p", &gzip)).is_some());
+        assert!(store.get(&store.storage_key("p", &plain)).is_none());
+    }
+
+    #[tokio::test]
+    async fn one_fetch_per_key_others_wait() {
+        let store = Store::new(1 << 20);
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (store, fetches) = (store.clone(), fetches.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    if store.get("k").is_some() {
+                        return;
+                    }
+                    match store.fill("k", Duration::from_secs(5)).await {
+                        Fill::Leader(_guard) => {
+                            fetches.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            store.insert("k", &HeaderMap::new(), vec![], entry(1));
+                            return;
+                        }
+                        Fill::Done => continue,
+                        Fill::TimedOut => panic!("timed out"),
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_is_bounded() {
+        let store = Store::new(1 << 20);
+        let Fill::Leader(guard) = store.fill("k", Duration::from_millis(100)).await else {
+            panic!("first caller leads")
+        };
+        assert!(matches!(
+            store.fill("k", Duration::from_millis(100)).await,
+            Fill::TimedOut
+        ));
+        drop(guard);
+        assert!(matches!(
+            store.fill("k", Duration::from_millis(100)).await,
+            Fill::Leader(_)
+        ));
+    }
+
+    #[test]
+    fn purge_by_prefix() {
+        let store = Store::new(1 << 20);
+        let h = HeaderMap::new();
+        store.insert("a/1", &h, vec![], entry(1));
+        store.insert("a/2", &h, vec![], entry(1));
+        store.insert("b/1", &h, vec![], entry(1));
+        assert_eq!(store.purge_prefix("a/"), 2);
+        assert!(store.get("b/1").is_some());
+    }
+}
