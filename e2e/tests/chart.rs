@@ -1,0 +1,1434 @@
+//! The Helm chart (`charts/parapet`) against a real kube-apiserver.
+//!
+//! - `helm lint --strict` passes on the defaults and every `ci/*-values.yaml` set;
+//! - `helm template` over several values sets renders what each set promises, and every
+//!   rendered document is accepted by `kubectl apply --dry-run=server --validate=strict`;
+//! - `helm install` creates every object, the operator's ServiceAccount can do what it must
+//!   and nothing more, `helm upgrade` keeps the snapshot token, `helm uninstall` removes
+//!   everything but the CRDs;
+//! - a wrong value is refused by `values.schema.json` with a message naming the value;
+//! - the README's values table matches `values.yaml`, and the alerts and the dashboard only
+//!   query metrics the binaries export (or the few that are announced, see `FUTURE_METRICS`).
+//!
+//! helm is built once from the Go module proxy by `e2e/scripts/build-helm.sh` (or taken from
+//! `PARAPET_HELM`), stamped with the test control plane's Kubernetes version, and run with
+//! empty config/cache/data homes: it never reaches a repository.
+//!
+//! The cluster has no Prometheus Operator, so its CRDs are stood in for by minimal ones of
+//! our own (`MONITORING_CRDS`): real group, kinds and field names, structural schemas for
+//! the fields the chart uses, so the API server's strict field validation still catches a
+//! misspelt or misplaced field; the alerts' PromQL is checked here for the metric names only.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use parapet_e2e::{
+    TestNamespace, apply_crds, client, cluster, kubectl, kubectl_ok, kubectl_stdin, repo_root,
+    wait_for,
+};
+use serde::Deserialize as _;
+use serde_json::Value;
+
+/// How long one helm run may take.
+const HELM_DEADLINE: Duration = Duration::from_secs(120);
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/parapet")
+}
+
+// ---------------------------------------------------------------------------------------
+// helm
+
+static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// The helm binary: `PARAPET_HELM`, else the cached build (built on first use).
+fn helm_bin() -> Result<PathBuf> {
+    HELM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("PARAPET_HELM") {
+            return Ok(PathBuf::from(path));
+        }
+        let script = repo_root().join("e2e/scripts/build-helm.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("path")
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{} failed ({}); see its output above",
+                script.display(),
+                out.status
+            ));
+        }
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(PathBuf::from(path))
+    })
+    .clone()
+    .map_err(|e| anyhow!("helm is not available: {e}"))
+}
+
+#[derive(Debug)]
+struct HelmOutput {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs helm against the test cluster with empty homes (no repositories, no plugins) and a
+/// deadline. Returns its output whatever the exit status.
+async fn helm(args: &[&str]) -> Result<HelmOutput> {
+    let bin = helm_bin()?;
+    let cluster = cluster()?;
+    let home = tempfile::tempdir()?;
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.args(args)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .env("HELM_NO_PLUGINS", "1")
+        .env_remove("HELM_DRIVER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let out = tokio::time::timeout(HELM_DEADLINE, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "`helm {}` did not finish within {HELM_DEADLINE:?}",
+                args.join(" ")
+            )
+        })??;
+    Ok(HelmOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs helm and returns its stdout; a failure is an error carrying its stderr.
+async fn helm_ok(args: &[&str]) -> Result<String> {
+    let out = helm(args).await?;
+    if !out.success {
+        bail!("`helm {}` failed: {}", args.join(" "), out.stderr.trim());
+    }
+    Ok(out.stdout)
+}
+
+/// Every non-empty YAML document of a stream.
+fn documents(yaml: &str) -> Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
+        let value = Value::deserialize(doc)
+            .with_context(|| format!("rendered document {} is not valid YAML", i + 1))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn kind_name(doc: &Value) -> String {
+    format!(
+        "{}/{}",
+        doc["kind"].as_str().unwrap_or("?"),
+        doc["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str, name: &str) -> Result<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .ok_or_else(|| {
+            anyhow!(
+                "no {kind}/{name} among the rendered objects: {:?}",
+                docs.iter().map(kind_name).collect::<Vec<_>>()
+            )
+        })
+}
+
+/// `helm template` of the chart into `ns` with a values file (relative to the chart) and
+/// extra `--set`s.
+async fn template(ns: &str, values: Option<&str>, sets: &[&str]) -> Result<(String, Vec<Value>)> {
+    let chart = chart_dir();
+    let chart = chart.to_string_lossy();
+    let mut args = vec!["template", "parapet", &chart, "--namespace", ns];
+    let values_path;
+    if let Some(v) = values {
+        values_path = chart_dir().join(v).to_string_lossy().into_owned();
+        args.extend(["--values", &values_path]);
+    }
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let yaml = helm_ok(&args).await?;
+    let docs = documents(&yaml)?;
+    Ok((yaml, docs))
+}
+
+/// Validates every document with the real API server (`--dry-run=server`, strict field
+/// validation) and checks that kubectl reported each one. Every namespaced object must name
+/// its namespace (`ns`, or a watched one): kubectl is given none.
+async fn server_dry_run(ns: &str, yaml: &str, docs: &[Value]) -> Result<()> {
+    const CLUSTER_SCOPED: [&str; 2] = ["ClusterRole", "ClusterRoleBinding"];
+    for doc in docs {
+        let scoped = CLUSTER_SCOPED.contains(&doc["kind"].as_str().unwrap_or_default());
+        let has_ns = doc["metadata"]["namespace"].is_string();
+        ensure!(
+            scoped != has_ns,
+            "{} in {ns}: metadata.namespace is {}",
+            kind_name(doc),
+            doc["metadata"]["namespace"]
+        );
+    }
+    let out = kubectl_stdin(
+        &[
+            "apply",
+            "--dry-run=server",
+            "--validate=strict",
+            "-o",
+            "name",
+            "-f",
+            "-",
+        ],
+        yaml,
+    )
+    .await?;
+    ensure!(
+        out.success(),
+        "the API server refused rendered objects:\n{}",
+        out.stderr.trim()
+    );
+    let accepted = out.stdout.lines().filter(|l| !l.trim().is_empty()).count();
+    ensure!(
+        accepted == docs.len(),
+        "rendered {} documents but the API server accepted {accepted}:\n{}",
+        docs.len(),
+        out.stdout
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Stand-ins for the Prometheus Operator CRDs
+
+/// Minimal `monitoring.coreos.com/v1` CRDs with the upstream field names for what the chart
+/// uses. Unknown fields are refused by strict validation, as they would be upstream.
+const MONITORING_CRDS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              required: [selector]
+              properties:
+                jobLabel: {type: string}
+                selector:
+                  type: object
+                  properties:
+                    matchLabels: {type: object, additionalProperties: {type: string}}
+                    matchExpressions:
+                      type: array
+                      items:
+                        type: object
+                        required: [key, operator]
+                        properties:
+                          key: {type: string}
+                          operator: {type: string}
+                          values: {type: array, items: {type: string}}
+                namespaceSelector:
+                  type: object
+                  properties:
+                    any: {type: boolean}
+                    matchNames: {type: array, items: {type: string}}
+                endpoints:
+                  type: array
+                  items:
+                    type: object
+                    properties:
+                      port: {type: string}
+                      targetPort: {x-kubernetes-int-or-string: true}
+                      path: {type: string}
+                      scheme: {type: string, enum: [http, https, HTTP, HTTPS]}
+                      interval: &promduration {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
+                      scrapeTimeout: *promduration
+                      honorLabels: {type: boolean}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: podmonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PodMonitor, listKind: PodMonitorList, plural: podmonitors, singular: podmonitor}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              required: [selector]
+              properties:
+                jobLabel: {type: string}
+                selector:
+                  type: object
+                  properties:
+                    matchLabels: {type: object, additionalProperties: {type: string}}
+                    matchExpressions:
+                      type: array
+                      items:
+                        type: object
+                        required: [key, operator]
+                        properties:
+                          key: {type: string}
+                          operator: {type: string}
+                          values: {type: array, items: {type: string}}
+                namespaceSelector:
+                  type: object
+                  properties:
+                    any: {type: boolean}
+                    matchNames: {type: array, items: {type: string}}
+                podMetricsEndpoints:
+                  type: array
+                  items:
+                    type: object
+                    properties:
+                      port: {type: string}
+                      targetPort: {x-kubernetes-int-or-string: true}
+                      path: {type: string}
+                      scheme: {type: string, enum: [http, https, HTTP, HTTPS]}
+                      interval: &promduration {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
+                      scrapeTimeout: *promduration
+                      honorLabels: {type: boolean}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PrometheusRule, listKind: PrometheusRuleList, plural: prometheusrules, singular: prometheusrule}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                groups:
+                  type: array
+                  items:
+                    type: object
+                    required: [name, rules]
+                    properties:
+                      name: {type: string, minLength: 1}
+                      interval: &promduration {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
+                      rules:
+                        type: array
+                        items:
+                          type: object
+                          required: [expr]
+                          properties:
+                            alert: {type: string}
+                            record: {type: string}
+                            expr: {x-kubernetes-int-or-string: true}
+                            for: *promduration
+                            keep_firing_for: *promduration
+                            labels: {type: object, additionalProperties: {type: string}}
+                            annotations: {type: object, additionalProperties: {type: string}}
+"#;
+
+async fn apply_monitoring_crds() -> Result<()> {
+    let out = kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=parapet-e2e",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        MONITORING_CRDS,
+    )
+    .await?;
+    ensure!(
+        out.success(),
+        "the stand-in monitoring CRDs were refused: {}",
+        out.stderr
+    );
+    for crd in [
+        "servicemonitors.monitoring.coreos.com",
+        "podmonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+    ] {
+        kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            &format!("crd/{crd}"),
+        ])
+        .await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks on rendered objects
+
+/// Both Deployments run hardened: non-root, read-only root, no privilege escalation, no
+/// capabilities, seccomp RuntimeDefault; the token is mounted read-only in both.
+fn check_pod_security(deploy: &Value) -> Result<()> {
+    let name = kind_name(deploy);
+    let pod = &deploy["spec"]["template"]["spec"];
+    let psc = &pod["securityContext"];
+    ensure!(psc["runAsNonRoot"] == true, "{name}: pod runAsNonRoot");
+    ensure!(
+        psc["seccompProfile"]["type"] == "RuntimeDefault",
+        "{name}: seccomp"
+    );
+    for c in pod["containers"].as_array().into_iter().flatten() {
+        let sc = &c["securityContext"];
+        ensure!(
+            sc["allowPrivilegeEscalation"] == false,
+            "{name}: allowPrivilegeEscalation"
+        );
+        ensure!(
+            sc["readOnlyRootFilesystem"] == true,
+            "{name}: readOnlyRootFilesystem"
+        );
+        ensure!(sc["runAsNonRoot"] == true, "{name}: runAsNonRoot");
+        ensure!(
+            sc["capabilities"]["drop"] == serde_json::json!(["ALL"]),
+            "{name}: capabilities not all dropped: {}",
+            sc["capabilities"]
+        );
+        let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            mounts
+                .iter()
+                .any(|m| m["mountPath"] == "/etc/parapet/token" && m["readOnly"] == true),
+            "{name}: the snapshot token is not mounted read-only at /etc/parapet/token"
+        );
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        ensure!(
+            args.contains(&"--snapshot-token-file=/etc/parapet/token/token"),
+            "{name}: no --snapshot-token-file: {args:?}"
+        );
+    }
+    Ok(())
+}
+
+fn args_of(deploy: &Value) -> Vec<String> {
+    deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .find_map(|a| a.strip_prefix(&format!("{name}=")).map(str::to_string))
+}
+
+/// What every values set must render: the wiring between operator and data plane.
+fn check_common(docs: &[Value], fullname: &str, ns: &str) -> Result<()> {
+    let operator = one(docs, "Deployment", &format!("{fullname}-operator"))?;
+    let dataplane = one(docs, "Deployment", &format!("{fullname}-dataplane"))?;
+    check_pod_security(operator)?;
+    check_pod_security(dataplane)?;
+
+    // The operator finds the pods through the headless admin Service.
+    let op_args = args_of(operator);
+    let admin_name = flag(&op_args, "--dataplane-service")
+        .ok_or_else(|| anyhow!("operator without --dataplane-service: {op_args:?}"))?;
+    ensure!(flag(&op_args, "--dataplane-namespace").as_deref() == Some(ns));
+    ensure!(flag(&op_args, "--metrics-listen").is_some_and(|a| a.starts_with("0.0.0.0:")));
+    let admin = one(docs, "Service", &admin_name)?;
+    ensure!(
+        admin["spec"]["clusterIP"] == "None",
+        "admin Service not headless"
+    );
+    ensure!(admin["spec"]["publishNotReadyAddresses"] == true);
+    ensure!(
+        admin["spec"]["ports"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "admin")),
+        "admin Service has no port named admin"
+    );
+    ensure!(
+        admin["spec"]["selector"] == dataplane["spec"]["selector"]["matchLabels"],
+        "admin Service does not select the data-plane pods"
+    );
+    // Leader election from the downward API.
+    let env = &operator["spec"]["template"]["spec"]["containers"][0]["env"];
+    for (var, path) in [
+        ("POD_NAMESPACE", "metadata.namespace"),
+        ("POD_NAME", "metadata.name"),
+    ] {
+        ensure!(
+            env.as_array().is_some_and(|e| e
+                .iter()
+                .any(|e| e["name"] == var && e["valueFrom"]["fieldRef"]["fieldPath"] == path)),
+            "operator without {var} from {path}"
+        );
+    }
+
+    // The data plane: listeners, state dir, probes, drain.
+    let dp_args = args_of(dataplane);
+    for f in ["--listen", "--admin-listen", "--state-dir"] {
+        ensure!(flag(&dp_args, f).is_some(), "data plane without {f}");
+    }
+    let secs = |f: &str| -> Result<i64> {
+        let v = flag(&dp_args, f).ok_or_else(|| anyhow!("data plane without {f}"))?;
+        v.strip_suffix('s')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("{f}={v} is not whole seconds"))
+    };
+    let drain = secs("--shutdown-delay")? + secs("--drain-timeout")?;
+    let pod = &dataplane["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("no terminationGracePeriodSeconds"))?;
+    ensure!(
+        grace > drain,
+        "grace period {grace}s does not exceed shutdown delay + drain timeout {drain}s"
+    );
+    let c = &pod["containers"][0];
+    ensure!(c["readinessProbe"]["httpGet"]["path"] == "/readyz");
+    ensure!(c["readinessProbe"]["httpGet"]["port"] == "admin");
+    ensure!(c["livenessProbe"]["httpGet"]["path"] == "/healthz");
+    ensure!(
+        pod["volumes"].as_array().is_some_and(|v| v
+            .iter()
+            .any(|v| v["name"] == "state" && v["emptyDir"].is_object())),
+        "no emptyDir state volume"
+    );
+    ensure!(pod["automountServiceAccountToken"] == false);
+
+    // The token Secret (generated, or the user's) is what both mount.
+    let secret_of = |d: &Value| -> Option<String> {
+        d["spec"]["template"]["spec"]["volumes"]
+            .as_array()?
+            .iter()
+            .find(|v| v["name"] == "snapshot-token")
+            .and_then(|v| v["secret"]["secretName"].as_str().map(str::to_string))
+    };
+    ensure!(secret_of(operator).is_some() && secret_of(operator) == secret_of(dataplane));
+    Ok(())
+}
+
+fn topology_keys(deploy: &Value) -> BTreeSet<String> {
+    deploy["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["topologyKey"].as_str().map(str::to_string))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn lint_strict_passes_on_every_values_set() -> Result<()> {
+    let chart = chart_dir().to_string_lossy().into_owned();
+    helm_ok(&["lint", "--strict", &chart]).await?;
+    let mut sets = 0;
+    for entry in std::fs::read_dir(chart_dir().join("ci"))? {
+        let path = entry?.path();
+        if path.to_string_lossy().ends_with("-values.yaml") {
+            let p = path.to_string_lossy();
+            helm_ok(&["lint", "--strict", &chart, "--values", &p]).await?;
+            sets += 1;
+        }
+    }
+    ensure!(
+        sets >= 4,
+        "expected at least 4 ci/*-values.yaml sets, found {sets}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn defaults_render_an_autoscaled_fleet_the_api_server_accepts() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "chart-defaults").await?;
+    let (yaml, docs) = template(ns.name(), None, &[]).await?;
+    server_dry_run(ns.name(), &yaml, &docs).await?;
+    check_common(&docs, "parapet", ns.name())?;
+
+    let dataplane = one(&docs, "Deployment", "parapet-dataplane")?;
+    ensure!(
+        dataplane["spec"]["replicas"].is_null(),
+        "with an HPA the Deployment must not set replicas (an upgrade would reset the scale)"
+    );
+    ensure!(
+        topology_keys(dataplane)
+            == BTreeSet::from([
+                "kubernetes.io/hostname".to_string(),
+                "topology.kubernetes.io/zone".to_string()
+            ])
+    );
+    let env = &dataplane["spec"]["template"]["spec"]["containers"][0]["env"];
+    ensure!(
+        env.as_array()
+            .is_some_and(|e| e.iter().any(|e| e["name"] == "PARAPET_ZONE"
+                && e["valueFrom"]["fieldRef"]["fieldPath"]
+                    == "metadata.labels['topology.kubernetes.io/zone']")),
+        "PARAPET_ZONE is not taken from the pod's zone label: {env}"
+    );
+    let hpa = one(&docs, "HorizontalPodAutoscaler", "parapet-dataplane")?;
+    ensure!(hpa["apiVersion"] == "autoscaling/v2");
+    ensure!(hpa["spec"]["scaleTargetRef"]["name"] == "parapet-dataplane");
+    ensure!(hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu");
+    ensure!(
+        hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
+            .as_i64()
+            .is_some_and(|s| s >= 300),
+        "scale-down is not calm: {}",
+        hpa["spec"]["behavior"]
+    );
+    one(&docs, "PodDisruptionBudget", "parapet-dataplane")?;
+    one(&docs, "PodDisruptionBudget", "parapet-operator")?;
+    let operator = one(&docs, "Deployment", "parapet-operator")?;
+    ensure!(operator["spec"]["replicas"] == 2);
+    ensure!(find(&docs, "ClusterRole").len() == 1 && find(&docs, "Role").len() == 1);
+    let secret = one(&docs, "Secret", "parapet-snapshot-token")?;
+    ensure!(
+        secret["data"]["token"]
+            .as_str()
+            .is_some_and(|t| t.len() >= 48)
+    );
+    for kind in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "NetworkPolicy",
+    ] {
+        ensure!(find(&docs, kind).is_empty(), "{kind} rendered by default");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn autoscaling_off_renders_fixed_replicas() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "chart-fixed").await?;
+    let (yaml, docs) = template(ns.name(), Some("ci/autoscaling-off-values.yaml"), &[]).await?;
+    server_dry_run(ns.name(), &yaml, &docs).await?;
+    check_common(&docs, "parapet", ns.name())?;
+    ensure!(find(&docs, "HorizontalPodAutoscaler").is_empty());
+    ensure!(one(&docs, "Deployment", "parapet-dataplane")?["spec"]["replicas"] == 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn edge_values_render_a_load_balancer_with_tls_and_two_metrics() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "chart-edge").await?;
+    let (yaml, docs) = template(ns.name(), Some("ci/edge-values.yaml"), &[]).await?;
+    server_dry_run(ns.name(), &yaml, &docs).await?;
+    check_common(&docs, "edge", ns.name())?;
+    // The user's token Secret: none generated.
+    ensure!(find(&docs, "Secret").is_empty());
+    let svc = one(&docs, "Service", "edge-dataplane")?;
+    ensure!(svc["spec"]["type"] == "LoadBalancer");
+    ensure!(svc["spec"]["externalTrafficPolicy"] == "Local");
+    ensure!(svc["spec"]["ports"][0]["name"] == "https");
+    let dp = one(&docs, "Deployment", "edge-dataplane")?;
+    let args = args_of(dp);
+    ensure!(flag(&args, "--tls-cert").is_some() && args.contains(&"--access-log".into()));
+    ensure!(dp["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90);
+    let image = dp["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        image == "registry.example.com/platform/parapet/dataplane:0.1.0",
+        "{image}"
+    );
+    let op = one(&docs, "Deployment", "edge-operator")?;
+    let op_image = op["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(op_image.contains("@sha256:"), "{op_image}");
+    let hpa = one(&docs, "HorizontalPodAutoscaler", "edge-dataplane")?;
+    let types: Vec<&str> = hpa["spec"]["metrics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["type"].as_str())
+        .collect();
+    ensure!(types == ["Resource", "Pods"], "{types:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn watch_namespaces_render_namespaced_roles_only() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "chart-scoped").await?;
+    let team_a = TestNamespace::new(&client, "chart-team-a").await?;
+    let team_b = TestNamespace::new(&client, "chart-team-b").await?;
+    let set = format!("watchNamespaces={{{},{}}}", team_a.name(), team_b.name());
+    let (yaml, docs) =
+        template(ns.name(), Some("ci/watch-namespaces-values.yaml"), &[&set]).await?;
+    server_dry_run(ns.name(), &yaml, &docs).await?;
+    check_common(&docs, "parapet", ns.name())?;
+    ensure!(find(&docs, "ClusterRole").is_empty() && find(&docs, "ClusterRoleBinding").is_empty());
+    let role_namespaces: BTreeSet<&str> = find(&docs, "Role")
+        .iter()
+        .filter_map(|r| r["metadata"]["namespace"].as_str())
+        .collect();
+    ensure!(
+        role_namespaces == BTreeSet::from([ns.name(), team_a.name(), team_b.name()]),
+        "{role_namespaces:?}"
+    );
+    let op_args = args_of(one(&docs, "Deployment", "parapet-operator")?);
+    ensure!(
+        flag(&op_args, "--watch-namespaces")
+            == Some(format!("{},{}", team_a.name(), team_b.name()))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn observability_renders_monitors_rules_and_a_dashboard() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    apply_monitoring_crds().await?;
+    let ns = TestNamespace::new(&client, "chart-observability").await?;
+    let (yaml, docs) = template(ns.name(), Some("ci/observability-values.yaml"), &[]).await?;
+    server_dry_run(ns.name(), &yaml, &docs).await?;
+    check_common(&docs, "parapet", ns.name())?;
+
+    ensure!(find(&docs, "ServiceMonitor").len() == 2);
+    ensure!(find(&docs, "PodMonitor").len() == 1);
+    ensure!(find(&docs, "NetworkPolicy").len() == 2);
+    let dashboard = one(&docs, "ConfigMap", "parapet-dashboard")?;
+    ensure!(dashboard["metadata"]["labels"]["grafana_dashboard"] == "1");
+    let json: Value = serde_json::from_str(
+        dashboard["data"]["parapet.json"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the dashboard ConfigMap has no parapet.json"))?,
+    )
+    .context("the dashboard is not valid JSON")?;
+    let mut exprs = Vec::new();
+    for panel in json["panels"].as_array().into_iter().flatten() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    ensure!(exprs.len() >= 15, "only {} dashboard queries", exprs.len());
+
+    let rule = one(&docs, "PrometheusRule", "parapet")?;
+    let mut alerts = BTreeMap::new();
+    for group in rule["spec"]["groups"].as_array().into_iter().flatten() {
+        for r in group["rules"].as_array().into_iter().flatten() {
+            let name = r["alert"].as_str().unwrap_or_default().to_string();
+            ensure!(
+                r["labels"]["team"] == "platform",
+                "{name}: no additional label"
+            );
+            ensure!(
+                r["annotations"]["summary"].is_string(),
+                "{name}: no summary"
+            );
+            alerts.insert(name, r["expr"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    for (alert, needle) in [
+        ("ParapetDataplaneWithoutTable", "parapet_snapshot_version"),
+        ("ParapetDataplaneOutOfSync", "parapet_operator_pods_in_sync"),
+        ("ParapetHigh5xxRatio", "code=\"5xx\""),
+        (
+            "ParapetPoolAllEndpointsEjected",
+            "parapet_panic_requests_total",
+        ),
+        ("ParapetCacheHitRatioLow", "parapet_cache_lookups_total"),
+        ("ParapetOperatorNotLeading", "parapet_operator_leader"),
+    ] {
+        let expr = alerts
+            .get(alert)
+            .ok_or_else(|| anyhow!("no alert {alert}: {:?}", alerts.keys()))?;
+        ensure!(expr.contains(needle), "{alert}: {expr}");
+        ensure!(
+            expr.contains(&format!("namespace=\"{}\"", ns.name())),
+            "{alert} is not scoped to the release namespace: {expr}"
+        );
+    }
+    // Only the leader's view of the fleet counts (standbys report no pods in sync).
+    ensure!(alerts["ParapetDataplaneOutOfSync"].contains("parapet_operator_leader"));
+    exprs.extend(alerts.into_values());
+    check_metric_names(&exprs)
+}
+
+/// Metrics the alerts and the dashboard query that a data plane built from an older tree
+/// may not export yet: health checks, outlier detection and caching land separately.
+const FUTURE_METRICS: [&str; 5] = [
+    "parapet_panic_requests_total",
+    "parapet_endpoint_ejected",
+    "parapet_endpoint_healthy",
+    "parapet_outlier_ejections_total",
+    "parapet_cache_lookups_total",
+];
+
+/// The metric names registered in Rust sources: the first string literal after each
+/// `register(`, `reg!(` or `reg(<registry>,`.
+fn registered_names(src: &str, prefix: &str, names: &mut BTreeSet<String>) {
+    for marker in ["register(", "reg!(", "reg("] {
+        for (at, _) in src.match_indices(marker) {
+            // Not the tail of a longer name (`register(` contains no `reg(`, but `xreg(` does).
+            if src[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                continue;
+            }
+            let mut rest = src[at + marker.len()..].trim_start();
+            if !rest.starts_with('"') {
+                // `reg(r, "name", ...)`: skip the registry argument.
+                let ident: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = rest[ident.len()..].trim_start();
+                match rest.strip_prefix(',') {
+                    Some(r) if !ident.is_empty() => rest = r.trim_start(),
+                    _ => continue,
+                }
+            }
+            if let Some(lit) = rest.strip_prefix('"')
+                && let Some(end) = lit.find('"')
+            {
+                names.insert(format!("{prefix}_{}", &lit[..end]));
+            }
+        }
+    }
+}
+
+fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            rust_sources(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Every metric name the data plane (`parapet_`) and the operator (`parapet_operator_`)
+/// register.
+fn exported_metrics() -> Result<BTreeSet<String>> {
+    let root = repo_root();
+    let mut names = BTreeSet::new();
+    for (dir, prefix) in [
+        ("dataplane/src", "parapet"),
+        ("operator/src", "parapet_operator"),
+    ] {
+        let mut files = Vec::new();
+        rust_sources(&root.join(dir), &mut files)?;
+        for file in files {
+            let src = std::fs::read_to_string(&file)?;
+            registered_names(&src, prefix, &mut names);
+        }
+    }
+    for expected in ["parapet_requests", "parapet_operator_leader"] {
+        ensure!(
+            names.contains(expected),
+            "the metric scan missed {expected}: {names:?}"
+        );
+    }
+    Ok(names)
+}
+
+/// Every `parapet_*` name in the queries is one the binaries export (with the suffixes
+/// Prometheus adds: `_total` for counters, `_bucket`/`_sum`/`_count` for histograms).
+fn check_metric_names(exprs: &[String]) -> Result<()> {
+    let known = exported_metrics()?;
+    let mut unknown = BTreeSet::new();
+    for expr in exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("parapet_") {
+            let word: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + word.len()..];
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| word.strip_suffix(s))
+                .unwrap_or(&word);
+            if !known.contains(base)
+                && !known.contains(&word)
+                && !FUTURE_METRICS.contains(&word.as_str())
+            {
+                unknown.insert(word);
+            }
+        }
+    }
+    ensure!(
+        unknown.is_empty(),
+        "queries use metrics no binary exports: {unknown:?} (known: {known:?})"
+    );
+    Ok(())
+}
+
+/// The objects of a release, from `helm get manifest`.
+async fn release_manifest(ns: &str, release: &str) -> Result<String> {
+    helm_ok(&["get", "manifest", release, "--namespace", ns]).await
+}
+
+/// `kubectl get -o name` of every object of a manifest that exists.
+async fn existing(ns: &str, manifest: &str) -> Result<Vec<String>> {
+    let out = kubectl_stdin(
+        &[
+            "get",
+            "--namespace",
+            ns,
+            "--ignore-not-found",
+            "-o",
+            "name",
+            "-f",
+            "-",
+        ],
+        manifest,
+    )
+    .await?;
+    ensure!(out.success(), "kubectl get -f - failed: {}", out.stderr);
+    Ok(out
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+async fn can_i(sa: &str, verb: &str, resource: &str, ns: Option<&str>) -> Result<bool> {
+    let (resource, sub) = match resource.strip_suffix("/status") {
+        Some(r) => (r, Some("--subresource=status")),
+        None => (resource, None),
+    };
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", sa];
+    args.extend(sub);
+    match ns {
+        Some(ns) => args.extend(["--namespace", ns]),
+        None => args.push("--all-namespaces"),
+    }
+    let out = kubectl(&args).await?;
+    match out.stdout.trim() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => bail!(
+            "kubectl auth can-i {verb} {resource}: {other} {}",
+            out.stderr.trim()
+        ),
+    }
+}
+
+async fn token_of(ns: &str) -> Result<String> {
+    kubectl_ok(&[
+        "get",
+        "secret",
+        "parapet-snapshot-token",
+        "--namespace",
+        ns,
+        "-o",
+        "jsonpath={.data.token}",
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn install_upgrade_uninstall_on_the_api_server() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "chart-install").await?;
+    let n = ns.name();
+    let chart = chart_dir().to_string_lossy().into_owned();
+
+    let out = helm_ok(&["install", "parapet", &chart, "--namespace", n]).await?;
+    ensure!(out.contains("STATUS: deployed"), "{out}");
+    ensure!(out.contains("port-forward"), "NOTES.txt not shown: {out}");
+
+    // Every object of the release exists.
+    let manifest = release_manifest(n, "parapet").await?;
+    let rendered = documents(&manifest)?;
+    let created = existing(n, &manifest).await?;
+    ensure!(
+        created.len() == rendered.len() && rendered.len() >= 15,
+        "the release renders {} objects, {} exist: {created:?}",
+        rendered.len(),
+        created.len()
+    );
+
+    // The operator may do what it needs and nothing more.
+    let sa = format!("system:serviceaccount:{n}:parapet-operator");
+    for (verb, resource, namespace, expected) in [
+        ("list", "apiroutes.parapet.dev", None, true),
+        ("watch", "upstreampools.parapet.dev", None, true),
+        ("patch", "cachepolicies.parapet.dev/status", None, true),
+        ("update", "apiroutes.parapet.dev", None, false),
+        ("delete", "apiroutes.parapet.dev", None, false),
+        ("watch", "endpointslices.discovery.k8s.io", None, true),
+        ("list", "secrets", None, true),
+        ("delete", "secrets", None, false),
+        ("create", "secrets", None, false),
+        ("create", "events.events.k8s.io", None, true),
+        ("create", "pods", None, false),
+        ("create", "leases.coordination.k8s.io", Some(n), true),
+        (
+            "update",
+            "leases.coordination.k8s.io/parapet-operator",
+            Some(n),
+            true,
+        ),
+        (
+            "update",
+            "leases.coordination.k8s.io/someone-else",
+            Some(n),
+            false,
+        ),
+        (
+            "create",
+            "leases.coordination.k8s.io",
+            Some("default"),
+            false,
+        ),
+    ] {
+        let got = can_i(&sa, verb, resource, namespace).await?;
+        ensure!(
+            got == expected,
+            "operator can-i {verb} {resource} in {namespace:?}: {got}, expected {expected}"
+        );
+    }
+    ensure!(
+        !can_i(
+            &format!("system:serviceaccount:{n}:parapet-dataplane"),
+            "list",
+            "secrets",
+            Some(n)
+        )
+        .await?,
+        "the data plane's ServiceAccount may read Secrets"
+    );
+
+    // An upgrade changes the release but not the token.
+    let token = token_of(n).await?;
+    ensure!(!token.is_empty());
+    let out = helm_ok(&[
+        "upgrade",
+        "parapet",
+        &chart,
+        "--namespace",
+        n,
+        "--set",
+        "operator.replicaCount=3",
+    ])
+    .await?;
+    ensure!(out.contains("REVISION: 2"), "{out}");
+    ensure!(
+        token_of(n).await? == token,
+        "helm upgrade replaced the token"
+    );
+    let replicas = kubectl_ok(&[
+        "get",
+        "deployment",
+        "parapet-operator",
+        "--namespace",
+        n,
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ])
+    .await?;
+    ensure!(
+        replicas == "3",
+        "the upgrade was not applied: replicas {replicas}"
+    );
+
+    // Uninstall removes everything of the release, cluster-scoped objects included, and
+    // leaves the CRDs (helm never deletes them).
+    let manifest = release_manifest(n, "parapet").await?;
+    helm_ok(&["uninstall", "parapet", "--namespace", n, "--timeout", "60s"]).await?;
+    let left = wait_for(
+        "the release's objects to go",
+        Duration::from_secs(30),
+        || {
+            let manifest = manifest.clone();
+            async move {
+                let left = existing(n, &manifest).await?;
+                Ok(left.is_empty().then_some(()))
+            }
+        },
+    )
+    .await;
+    if left.is_err() {
+        bail!(
+            "objects left after helm uninstall: {:?}",
+            existing(n, &manifest).await?
+        );
+    }
+    for crd in [
+        "apiroutes.parapet.dev",
+        "upstreampools.parapet.dev",
+        "cachepolicies.parapet.dev",
+    ] {
+        kubectl_ok(&["get", "crd", crd, "-o", "name"]).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn namespaced_install_grants_only_the_watched_namespaces() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "chart-scoped-install").await?;
+    let team = TestNamespace::new(&client, "chart-scoped-team").await?;
+    let other = TestNamespace::new(&client, "chart-scoped-other").await?;
+    let chart = chart_dir().to_string_lossy().into_owned();
+    let set = format!("watchNamespaces={{{}}}", team.name());
+    helm_ok(&[
+        "install",
+        "gw",
+        &chart,
+        "--namespace",
+        ns.name(),
+        "--set",
+        &set,
+    ])
+    .await?;
+    let sa = format!("system:serviceaccount:{}:gw-parapet-operator", ns.name());
+    for (verb, resource, namespace, expected) in [
+        ("list", "apiroutes.parapet.dev", team.name(), true),
+        ("patch", "apiroutes.parapet.dev/status", team.name(), true),
+        ("list", "secrets", team.name(), true),
+        ("list", "apiroutes.parapet.dev", other.name(), false),
+        ("list", "secrets", other.name(), false),
+        ("list", "secrets", ns.name(), false),
+        // The data plane's admin EndpointSlices, and Events about pushes.
+        ("watch", "endpointslices.discovery.k8s.io", ns.name(), true),
+        ("create", "events.events.k8s.io", ns.name(), true),
+        (
+            "get",
+            "leases.coordination.k8s.io/gw-parapet-operator",
+            ns.name(),
+            true,
+        ),
+    ] {
+        let got = can_i(&sa, verb, resource, Some(namespace)).await?;
+        ensure!(
+            got == expected,
+            "operator can-i {verb} {resource} in {namespace}: {got}, expected {expected}"
+        );
+    }
+    ensure!(
+        !can_i(&sa, "list", "secrets", None).await?,
+        "a namespaced operator can list Secrets cluster-wide"
+    );
+    helm_ok(&["uninstall", "gw", "--namespace", ns.name()]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_values_are_refused_with_a_readable_message() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "chart-bad-values").await?;
+    let chart = chart_dir().to_string_lossy().into_owned();
+    for (set, expected) in [
+        (
+            "dataplane.service.type=Loadbalancer",
+            "at '/dataplane/service/type': value must be one of 'ClusterIP', 'NodePort', 'LoadBalancer'",
+        ),
+        (
+            "operator.debounce=soon",
+            "at '/operator/debounce': 'soon' does not match pattern",
+        ),
+        (
+            "dataplane.autoscaling.maxReplicas=0",
+            "at '/dataplane/autoscaling/maxReplicas': minimum: got 0, want 1",
+        ),
+        (
+            "dataplanee.replicaCount=3",
+            "additional properties 'dataplanee' not allowed",
+        ),
+        (
+            "logFormat=xml",
+            "at '/logFormat': value must be one of 'text', 'json'",
+        ),
+        (
+            "watchNamespaces={Team_A}",
+            "at '/watchNamespaces/0': 'Team_A' does not match pattern",
+        ),
+        // Rules the schema cannot express, checked by the templates.
+        (
+            "dataplane.terminationGracePeriodSeconds=20",
+            "dataplane.terminationGracePeriodSeconds (20) must exceed dataplane.shutdownDelaySeconds + dataplane.drainTimeoutSeconds (30)",
+        ),
+        (
+            "dataplane.autoscaling.minReplicas=20",
+            "dataplane.autoscaling.minReplicas (20) is above maxReplicas (10)",
+        ),
+    ] {
+        let out = helm(&[
+            "install",
+            "bad",
+            &chart,
+            "--namespace",
+            ns.name(),
+            "--set",
+            set,
+        ])
+        .await?;
+        ensure!(!out.success, "helm install --set {set} succeeded");
+        let message = out.stderr.trim();
+        ensure!(
+            message.contains(expected),
+            "helm install --set {set}: expected a message with {expected:?}, got:\n{message}"
+        );
+    }
+    let releases = helm_ok(&["list", "--all", "--namespace", ns.name(), "-q"]).await?;
+    ensure!(
+        releases.trim().is_empty(),
+        "refused installs left releases: {releases}"
+    );
+    let objects = kubectl_ok(&[
+        "get",
+        "deployments,services,secrets,serviceaccounts",
+        "--namespace",
+        ns.name(),
+        "-o",
+        "name",
+    ])
+    .await?;
+    ensure!(
+        !objects.contains("parapet"),
+        "refused installs left objects: {objects}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The README's values table
+
+const TABLE_START: &str = "<!-- values-table:start -->";
+const TABLE_END: &str = "<!-- values-table:end -->";
+
+/// A documented key of values.yaml: its dotted path and its `# --` description.
+struct Documented {
+    path: String,
+    description: String,
+}
+
+/// Reads the `# -- description` comments (continued by following `#` lines) above keys of
+/// values.yaml, helm-docs style.
+fn documented_keys(values_yaml: &str) -> Vec<Documented> {
+    let mut out = Vec::new();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut pending: Option<String> = None;
+    for line in values_yaml.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if let Some(text) = trimmed.strip_prefix("# --") {
+            pending = Some(text.trim().to_string());
+            continue;
+        }
+        if let Some(text) = trimmed.strip_prefix('#') {
+            if let Some(p) = &mut pending {
+                p.push(' ');
+                p.push_str(text.trim());
+            }
+            continue;
+        }
+        if trimmed.is_empty() || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        if !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            continue;
+        }
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key.to_string()));
+        if let Some(description) = pending.take() {
+            let path = stack
+                .iter()
+                .map(|(_, k)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(".");
+            out.push(Documented { path, description });
+        }
+    }
+    out
+}
+
+fn value_at<'a>(values: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(values, |v, k| v.get(k))
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "int or null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Leaf paths of values.yaml (scalars, lists, empty objects).
+fn leaf_paths(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, child) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_paths(child, &path, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+fn values_table(values_yaml: &str) -> Result<String> {
+    let values: Value = serde_yaml_ng::from_str(values_yaml)?;
+    let mut table = String::from("| Key | Type | Default | Description |\n|---|---|---|---|\n");
+    for d in documented_keys(values_yaml) {
+        let v = value_at(&values, &d.path)
+            .ok_or_else(|| anyhow!("documented key {} is not in values.yaml", d.path))?;
+        let mut default = serde_json::to_string(v)?;
+        if default.len() > 80 {
+            default = "see values.yaml".into();
+        } else {
+            default = format!("`{default}`");
+        }
+        let row = format!(
+            "| `{}` | {} | {} | {} |\n",
+            d.path,
+            type_name(v),
+            default.replace('|', "\\|"),
+            d.description.replace('|', "\\|")
+        );
+        table.push_str(&row);
+    }
+    Ok(table)
+}
+
+#[test]
+fn readme_values_table_matches_values_yaml() -> Result<()> {
+    let values_yaml = std::fs::read_to_string(chart_dir().join("values.yaml"))?;
+    let documented: Vec<String> = documented_keys(&values_yaml)
+        .into_iter()
+        .map(|d| d.path)
+        .collect();
+
+    // Every value is documented, itself or through an enclosing key.
+    let values: Value = serde_yaml_ng::from_str(&values_yaml)?;
+    let mut leaves = Vec::new();
+    leaf_paths(&values, "", &mut leaves);
+    let undocumented: Vec<&String> = leaves
+        .iter()
+        .filter(|leaf| {
+            !documented
+                .iter()
+                .any(|d| *leaf == d || leaf.starts_with(&format!("{d}.")))
+        })
+        .collect();
+    ensure!(
+        undocumented.is_empty(),
+        "values without a `# --` comment in values.yaml: {undocumented:?}"
+    );
+
+    let expected = values_table(&values_yaml)?;
+    let readme_path = chart_dir().join("README.md");
+    let readme = std::fs::read_to_string(&readme_path)?;
+    let (before, rest) = readme
+        .split_once(TABLE_START)
+        .ok_or_else(|| anyhow!("{} has no {TABLE_START}", readme_path.display()))?;
+    let (current, after) = rest
+        .split_once(TABLE_END)
+        .ok_or_else(|| anyhow!("{} has no {TABLE_END}", readme_path.display()))?;
+    if current.trim() != expected.trim() {
+        if std::env::var_os("PARAPET_UPDATE_CHART_README").is_some() {
+            std::fs::write(
+                &readme_path,
+                format!("{before}{TABLE_START}\n{expected}{TABLE_END}{after}"),
+            )?;
+            return Ok(());
+        }
+        bail!(
+            "the values table in {} is stale; rewrite it with \
+             `PARAPET_UPDATE_CHART_README=1 cargo test -p parapet-e2e --test chart readme`. \
+             Expected:\n{expected}",
+            readme_path.display()
+        );
+    }
+    // And every top-level key shows in the table.
+    for key in values.as_object().into_iter().flatten().map(|(k, _)| k) {
+        ensure!(
+            current.contains(&format!("| `{key}")),
+            "top-level key {key} is missing from the README table"
+        );
+    }
+    Ok(())
+}
