@@ -54,3 +54,4 @@ bench: ## Benchmarks against nginx and HAProxy
 	./bench/run.sh
 
 -include e2e/cluster.mk
+-include charts/chart.mk
