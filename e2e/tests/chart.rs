@@ -197,6 +197,17 @@ async fn server_dry_run(ns: &str, yaml: &str, docs: &[Value]) -> Result<()> {
             doc["metadata"]["namespace"]
         );
     }
+    // The restricted Pod Security Standard, as warnings on the workloads' pod templates (only
+    // Pods themselves would be refused; there are none here).
+    kubectl_ok(&[
+        "label",
+        "--overwrite",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/warn=restricted",
+        "pod-security.kubernetes.io/warn-version=latest",
+    ])
+    .await?;
     let out = kubectl_stdin(
         &[
             "apply",
@@ -213,6 +224,11 @@ async fn server_dry_run(ns: &str, yaml: &str, docs: &[Value]) -> Result<()> {
     ensure!(
         out.success(),
         "the API server refused rendered objects:\n{}",
+        out.stderr.trim()
+    );
+    ensure!(
+        !out.stderr.contains("PodSecurity"),
+        "the pod templates break the restricted Pod Security Standard:\n{}",
         out.stderr.trim()
     );
     let accepted = out.stdout.lines().filter(|l| !l.trim().is_empty()).count();
