@@ -100,6 +100,12 @@ impl Setup {
             args.extend(["--admin-listen", a.as_str()]);
         }
         let dp = Dataplane::start(&args);
+        self.list_dataplane(name, &dp, ready).await?;
+        Ok(dp)
+    }
+
+    /// Lists `dp`'s admin port as endpoint `name` of the `dp-admin` Service.
+    async fn list_dataplane(&self, name: &str, dp: &Dataplane, ready: bool) -> Result<()> {
         fleet::service(&self.client, self.ns(), "dp-admin", "admin", 9901).await?;
         fleet::slice(
             &self.client,
@@ -113,8 +119,7 @@ impl Setup {
                 zone: None,
             },
         )
-        .await?;
-        Ok(dp)
+        .await
     }
 
     async fn apply(&self, kind: &str, name: &str, spec: Value) -> Result<()> {
@@ -226,6 +231,34 @@ impl Setup {
             ops,
         })
     }
+}
+
+impl Setup {
+    /// Waits until the route `accounts` is Programmed on every pod (so no table is still on
+    /// its way), then returns the table the data planes agree on.
+    async fn settled(&self, http: &Http, dps: &[&Dataplane]) -> Result<(u64, String)> {
+        self.wait_condition("ApiRoute", "accounts", "Programmed", "True", "Programmed")
+            .await?;
+        same_table(http, dps).await
+    }
+}
+
+/// Waits (15 s at most) until every data plane holds one and the same table; returns it.
+async fn same_table(http: &Http, dps: &[&Dataplane]) -> Result<(u64, String)> {
+    wait_for(
+        &format!("{} data planes to hold the same table", dps.len()),
+        Duration::from_secs(15),
+        || async {
+            let mut tables = Vec::new();
+            for dp in dps {
+                tables.push(snapshot_of(http, dp).await);
+            }
+            Ok(tables[0]
+                .clone()
+                .filter(|t| tables.iter().all(|o| o.as_ref() == Some(t))))
+        },
+    )
+    .await
 }
 
 /// What [`Setup::running`] starts.
@@ -483,36 +516,25 @@ async fn a_new_dataplane_gets_the_table_before_it_is_ready() -> Result<()> {
     let s = setup("operator-new-dataplane").await?;
     let r = s.running(&["op-new-dp"]).await?;
     let http = &r.http;
-    // The fleet agrees on one table.
-    let serving = wait_for(
-        "dp-1 and dp-2 to hold the same table",
-        Duration::from_secs(30),
-        || async {
-            let (a, b) = (
-                snapshot_of(http, &r.dp1).await,
-                snapshot_of(http, &r.dp2).await,
-            );
-            Ok(a.filter(|a| Some(a) == b.as_ref()))
-        },
-    )
-    .await?;
+    let serving = s.settled(http, &[&r.dp1, &r.dp2]).await?;
 
     // A third pod appears, not ready (as a fresh pod is until it has a table).
-    let started = Instant::now();
-    let dp3 = s.dataplane("dp-3", false).await?;
+    let dp3 = Dataplane::start(&["--snapshot-token-file", &s.token_file]);
     assert!(
         !admin::ready(http, dp3.admin).await,
         "dp-3 is ready with no table"
     );
-    let got = wait_for(
-        "dp-3 to receive the fleet's table",
+    let started = Instant::now();
+    s.list_dataplane("dp-3", &dp3, false).await?;
+    wait_for(
+        "dp-3 to receive a table",
         Duration::from_secs(15),
         || async { Ok(snapshot_of(http, &dp3).await) },
     )
     .await?;
     let took = started.elapsed();
-    assert_eq!(got, serving, "dp-3 holds another table than dp-1");
-    assert_eq!(snapshot_of(http, &r.dp1).await.as_ref(), Some(&serving));
+    let all = same_table(http, &[&r.dp1, &r.dp2, &dp3]).await?;
+    assert_eq!(all, serving, "the fleet's table changed while dp-3 joined");
     // It serves while its slice still says it is not ready: the operator pushed to a pod
     // that no one routes to yet, which is what lets it become ready at all.
     assert!(serves(http, &dp3, HOST, "/", "accounts-a").await);
@@ -629,6 +651,9 @@ async fn leader_election_fails_over() -> Result<()> {
 
     r.ops[old].kill();
     let killed = Instant::now();
+    // An edit while no one leads: the next leader must push it.
+    s.apply("ApiRoute", "accounts", route_to(HOST, "ledger"))
+        .await?;
     loop {
         if operator_metric(&http, &r.ops[new], "parapet_operator_leader").await == Some(1.0) {
             break;
@@ -642,34 +667,47 @@ async fn leader_election_fails_over() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let takeover = killed.elapsed();
-
-    // The new leader pushes: point the route at the other pool.
-    s.apply("ApiRoute", "accounts", route_to(HOST, "ledger"))
-        .await?;
-    let edited = Instant::now();
+    let leading = Instant::now();
     wait_serving(&http, &[&r.dp1, &r.dp2], HOST, "/", "ledger-a").await?;
-    let pushed = edited.elapsed();
+    let gap_edit = leading.elapsed();
     for dp in [&r.dp1, &r.dp2] {
         for _ in 0..10 {
             assert!(serves(&http, dp, HOST, "/", "ledger-a").await);
         }
     }
     assert!(r.ledger.hits() >= 20);
+
+    // An edit under the new leader.
+    s.apply(
+        "ApiRoute",
+        "accounts",
+        json!({"hosts": [HOST], "rules": [
+            {"backends": [{"pool": "ledger"}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/accounts"}}],
+             "backends": [{"pool": "accounts"}]},
+        ]}),
+    )
+    .await?;
+    let edited = Instant::now();
+    wait_serving(&http, &[&r.dp1, &r.dp2], HOST, "/accounts", "accounts-a").await?;
+    let pushed = edited.elapsed();
+    wait_serving(&http, &[&r.dp1, &r.dp2], HOST, "/", "ledger-a").await?;
     // ...and writes status.
     wait_for(
-        "Programmed=True for generation 2 from the new leader",
+        "Programmed=True for generation 3 from the new leader",
         Duration::from_secs(30),
         || async {
             let st = s.status("ApiRoute", "accounts").await?;
             Ok(condition(&st, "Programmed")
-                .filter(|c| c["status"] == "True" && c["observedGeneration"] == 2)
+                .filter(|c| c["status"] == "True" && c["observedGeneration"] == 3)
                 .map(|_| ()))
         },
     )
     .await?;
     eprintln!(
-        "LEADER_TAKEOVER takeover_ms={:.0} edit_served_after_ms={:.0} lease_duration_s=6",
+        "LEADER_TAKEOVER takeover_ms={:.0} gap_edit_served_after_takeover_ms={:.0} edit_served_after_ms={:.0} lease_duration_s=6",
         ms(takeover),
+        ms(gap_edit),
         ms(pushed)
     );
     Ok(())
@@ -714,6 +752,11 @@ async fn timed_edit(s: &Setup, http: &Http, dps: &[&Dataplane], i: usize) -> Res
 
 /// Waits until the operator has stopped writing status (the counter holds for 2 s).
 async fn status_settled(http: &Http, op: &Operator) -> Result<f64> {
+    status_settled_for(http, op, Duration::from_secs(2)).await
+}
+
+/// Waits until the status-write counter holds for `quiet`; returns it.
+async fn status_settled_for(http: &Http, op: &Operator, quiet: Duration) -> Result<f64> {
     let mut last = None;
     let mut since = Instant::now();
     let start = Instant::now();
@@ -722,7 +765,7 @@ async fn status_settled(http: &Http, op: &Operator) -> Result<f64> {
         if now != last {
             last = now;
             since = Instant::now();
-        } else if since.elapsed() >= Duration::from_secs(2) {
+        } else if since.elapsed() >= quiet {
             return Ok(now.unwrap_or(0.0));
         }
         ensure!(
@@ -779,12 +822,36 @@ async fn propagation_time() -> Result<()> {
         let writes_before = status_settled(http, op).await?;
         let settled_time = created.elapsed();
 
+        let programmed_since =
+            |st: Value| condition(&st, "Programmed").map(|c| c["lastTransitionTime"].clone());
+        let unrelated_before = programmed_since(s.status("ApiRoute", "accounts").await?);
         let mut samples = Vec::with_capacity(EDITS);
         for _ in 0..EDITS {
             edit += 1;
             samples.push(timed_edit(&s, http, &dps, edit).await?);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let last_edit = Instant::now();
+        let generation = s.get("ApiRoute", "edited").await?.metadata.generation;
+        wait_for(
+            "the last edit to be Programmed",
+            Duration::from_secs(60),
+            || async {
+                let st = s.status("ApiRoute", "edited").await?;
+                Ok(condition(&st, "Programmed")
+                    .filter(|c| {
+                        c["status"] == "True" && c["observedGeneration"] == json!(generation)
+                    })
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        let programmed = last_edit.elapsed();
+        let unrelated_after = programmed_since(s.status("ApiRoute", "accounts").await?);
+        eprintln!(
+            "PROGRAMMED routes={total} last_edit_programmed_after_ms={:.0} unrelated_route_programmed_since before={unrelated_before:?} after={unrelated_after:?}",
+            ms(programmed)
+        );
         let writes = operator_metric(http, op, "parapet_operator_status_writes_total")
             .await
             .unwrap_or(0.0)
@@ -1039,30 +1106,14 @@ async fn a_restarted_dataplane_gets_the_table_again() -> Result<()> {
         accounts: _accounts,
         ledger: _ledger,
     } = s.running(&["op-restart"]).await?;
-    let want = wait_for(
-        "dp-1 and dp-2 to hold the same table",
-        Duration::from_secs(30),
-        || async {
-            let (a, b) = (
-                snapshot_of(&http, &dp1).await,
-                snapshot_of(&http, &dp2).await,
-            );
-            Ok(a.filter(|a| Some(a) == b.as_ref()))
-        },
-    )
-    .await?;
+    let want = s.settled(&http, &[&dp1, &dp2]).await?;
 
-    // In place, on the same admin port: the slice does not change, so only the resync
-    // (every 2 s) can notice that the pod lost its table.
+    // In place, on the same admin port: the slice does not change (applying it again is a
+    // no-op), so only the resync (every 2 s) can notice that the pod lost its table.
     let port = dp2.admin.port();
     drop(dp2);
     let restarted = Instant::now();
     let dp2 = s.dataplane_on("dp-2", true, Some(port)).await?;
-    assert_eq!(
-        snapshot_of(&http, &dp2).await,
-        None,
-        "a fresh data plane has a table"
-    );
     let got = wait_for(
         "the data plane restarted in place to get the table again",
         Duration::from_secs(15),
@@ -1071,6 +1122,7 @@ async fn a_restarted_dataplane_gets_the_table_again() -> Result<()> {
     .await?;
     let in_place = restarted.elapsed();
     assert_eq!(got, want);
+    assert_eq!(same_table(&http, &[&dp1, &dp2]).await?, want);
     wait_serving(&http, &[&dp2], HOST, "/", "accounts-a").await?;
 
     // Elsewhere: a new process on a new port, its slice pointed there.
@@ -1086,6 +1138,7 @@ async fn a_restarted_dataplane_gets_the_table_again() -> Result<()> {
     .await?;
     let moved = restarted.elapsed();
     assert_eq!(got, want);
+    assert_eq!(same_table(&http, &[&dp1, &dp2]).await?, want);
     wait_serving(&http, &[&dp1, &dp2], HOST, "/", "accounts-a").await?;
     // The old address left the fleet: status counts two pods again, all in sync.
     wait_for(
