@@ -7,10 +7,12 @@ use clap::Parser;
 
 use crate::{
     admin::Admin,
+    hedge::HedgeConfig,
+    lanes::{LaneConfig, Lanes},
     listener::{self, ListenerConfig},
     metrics::Metrics,
     proxy::{Limits, Proxy},
-    snapshot::{SnapshotStore, load_persisted},
+    snapshot::{BuildOptions, SnapshotStore, load_persisted},
     standalone,
     upstream::ClientPool,
 };
@@ -39,9 +41,32 @@ pub struct Args {
     /// Directory where the last good snapshot is kept, and loaded from at start.
     #[arg(long, env = "PARAPET_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// This pod's topology zone, for zone-aware routing.
+    /// This pod's topology zone: pools with `failover.preferLocalZone` send to endpoints
+    /// in this zone first, spilling over to others when it is short of healthy ones.
     #[arg(long, env = "PARAPET_ZONE")]
     pub zone: Option<String>,
+    /// Requests in flight through the whole proxy; over it, 503 with retry-after.
+    #[arg(long, env = "PARAPET_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: u32,
+    /// Requests in flight per route (the route's bulkhead).
+    #[arg(long, env = "PARAPET_ROUTE_MAX_IN_FLIGHT", default_value_t = 5_000)]
+    pub route_max_in_flight: u32,
+    /// Share of --max-in-flight that routes in the slow lane may hold, in percent.
+    #[arg(long, env = "PARAPET_SLOW_LANE_PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub slow_lane_percent: u32,
+    /// A route whose average latency passes this moves to the slow lane (and back below
+    /// half of it).
+    #[arg(long, env = "PARAPET_SLOW_LANE_THRESHOLD", default_value = "1s", value_parser = duration)]
+    pub slow_lane_threshold: Duration,
+    /// Hedge a route's idempotent requests: ROUTE[=DELAY], ROUTE a route name
+    /// (namespace/apiroute/rule) or `*`; without DELAY, after the route's p95 latency.
+    /// Repeatable.
+    #[arg(long = "hedge", env = "PARAPET_HEDGE", value_delimiter = ',')]
+    pub hedge: Vec<String>,
+    /// Request bodies up to this many bytes (with a Content-Length) are buffered so they can
+    /// be retried or hedged; larger ones stream once and are not retried.
+    #[arg(long, env = "PARAPET_MAX_REPLAY_BYTES", default_value_t = 64 * 1024)]
+    pub max_replay_bytes: u64,
     /// TLS certificate chain (PEM) for the traffic listener; with --tls-key, serves HTTPS
     /// with ALPN h2 / http/1.1.
     #[arg(long, requires = "tls_key")]
@@ -108,10 +133,16 @@ pub fn init_logging(format: &str) {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let store = SnapshotStore::new(
+    let hedge = HedgeConfig::parse(args.hedge.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let store = SnapshotStore::with_options(
         metrics.clone(),
         ClientPool::default(),
         args.state_dir.clone(),
+        BuildOptions {
+            zone: args.zone.clone().filter(|z| !z.is_empty()),
+            hedge,
+        },
     );
 
     // Static stability: serve the last good table before anyone pushes.
@@ -190,7 +221,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         limits: Limits {
             max_uri_bytes: args.max_uri_bytes,
             max_body_bytes: args.max_body_bytes,
+            max_replay_bytes: args.max_replay_bytes.min(args.max_body_bytes),
         },
+        lanes: Lanes::new(
+            LaneConfig {
+                capacity: args.max_in_flight.max(1),
+                route_limit: args.route_max_in_flight.max(1),
+                slow_percent: args.slow_lane_percent,
+                slow_threshold: args.slow_lane_threshold,
+            },
+            &metrics,
+        ),
         access_log: args.access_log,
     });
     let cfg = ListenerConfig {

@@ -1,15 +1,24 @@
 //! Parapet's data plane. Modules follow a request's path: `listener` → `proxy` (`router` →
-//! `balancer` → `upstream`), with `admin`, `snapshot` and `standalone` beside them.
+//! `lanes` → `failover` → `balancer` → `breaker` → `upstream`, with `retry` and `hedge`
+//! around the attempts and `outlier` judging their results), with `health`, `admin`,
+//! `snapshot` and `standalone` beside them.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod balancer;
+pub mod breaker;
 pub mod cache;
+pub mod failover;
+pub mod health;
+pub mod hedge;
+pub mod lanes;
 pub mod listener;
 pub mod metrics;
+pub mod outlier;
 pub mod proxy;
+pub mod retry;
 pub mod router;
 pub mod snapshot;
 pub mod standalone;

@@ -65,6 +65,37 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// One endpoint of one cluster: `endpoint` is `address:port`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub cluster: String,
+    pub endpoint: String,
+}
+
+/// A cluster and why something happened to it (`result`, `reason`, `limit`, `locality`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterReasonLabels {
+    pub cluster: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLocalityLabels {
+    pub cluster: String,
+    pub locality: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteReasonLabels {
+    pub route: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    pub lane: &'static str,
+}
+
 fn latency_buckets() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -89,6 +120,171 @@ pub struct Metrics {
     pub snapshot_apply_duration: Histogram,
     pub snapshot_pushes: Family<ReasonLabel, Counter>,
     pub rejected_requests: Family<ReasonLabel, Counter>,
+    pub ha: HaMetrics,
+}
+
+/// What the high-availability machinery decides: health, ejections, panic, breakers,
+/// failover, locality, retries, hedges, lanes.
+pub struct HaMetrics {
+    pub endpoint_healthy: Family<EndpointLabels, Gauge>,
+    pub endpoint_ejected: Family<EndpointLabels, Gauge>,
+    pub health_checks: Family<ClusterReasonLabels, Counter>,
+    pub ejections: Family<ClusterReasonLabels, Counter>,
+    pub ejections_refused: Family<ClusterLabels, Counter>,
+    pub panic: Family<ClusterLabels, Counter>,
+    pub breaker_overflows: Family<ClusterReasonLabels, Counter>,
+    pub failover_active: Family<ClusterLabels, Gauge>,
+    pub zone_picks: Family<ClusterLocalityLabels, Counter>,
+    pub retries: Family<RouteReasonLabels, Counter>,
+    pub retries_denied: Family<RouteReasonLabels, Counter>,
+    pub retry_budget_exhausted: Family<RouteLabel, Counter>,
+    pub hedges: Family<RouteLabel, Counter>,
+    pub hedges_won: Family<RouteLabel, Counter>,
+    pub deadline_exceeded: Family<RouteLabel, Counter>,
+    pub lane_in_flight: Family<LaneLabel, Gauge>,
+    pub lane_capacity: Family<LaneLabel, Gauge>,
+    pub route_in_flight: Family<RouteLabel, Gauge>,
+    pub route_slow: Family<RouteLabel, Gauge>,
+}
+
+impl HaMetrics {
+    fn register(r: &mut Registry) -> Self {
+        fn reg<M: prometheus_client::registry::Metric + Clone>(
+            r: &mut Registry,
+            name: &str,
+            help: &str,
+            m: M,
+        ) -> M {
+            r.register(name, help, m.clone());
+            m
+        }
+        Self {
+            endpoint_healthy: reg(
+                r,
+                "endpoint_healthy",
+                "Active health check verdict per endpoint (1 healthy, 0 unhealthy); only for pools with healthCheck",
+                Family::default(),
+            ),
+            endpoint_ejected: reg(
+                r,
+                "endpoint_ejected",
+                "Whether outlier detection has ejected the endpoint (1) or not (0)",
+                Family::default(),
+            ),
+            health_checks: reg(
+                r,
+                "health_checks",
+                "Active health checks by cluster and reason (pass, fail)",
+                Family::default(),
+            ),
+            ejections: reg(
+                r,
+                "outlier_ejections",
+                "Outlier ejections by cluster and reason (consecutive_5xx, consecutive_gateway_errors, success_rate, probe_failed)",
+                Family::default(),
+            ),
+            ejections_refused: reg(
+                r,
+                "outlier_ejections_refused",
+                "Ejections not made because maxEjectionPercent of the pool was already ejected",
+                Family::default(),
+            ),
+            panic: reg(
+                r,
+                "panic_requests",
+                "Requests sent to an unhealthy or ejected endpoint because no endpoint of the cluster was usable (panic mode: fail open)",
+                Family::default(),
+            ),
+            breaker_overflows: reg(
+                r,
+                "circuit_breaker_overflows",
+                "Requests refused with 503 by a pool's circuit breaker, by the limit hit (requests, pending)",
+                Family::default(),
+            ),
+            failover_active: reg(
+                r,
+                "failover_active",
+                "1 while a pool's healthy share is below minHealthyPercent and its backup pool takes its traffic",
+                Family::default(),
+            ),
+            zone_picks: reg(
+                r,
+                "zone_picks",
+                "Endpoint picks in pools with preferLocalZone, by locality (local, remote)",
+                Family::default(),
+            ),
+            retries: reg(
+                r,
+                "retries",
+                "Retries sent, by route and the failure retried (connect_failure, reset, timeout, status)",
+                Family::default(),
+            ),
+            retries_denied: reg(
+                r,
+                "retries_denied",
+                "Retriable failures not retried, by route and reason (budget, non_idempotent, body_not_replayable, deadline, attempts)",
+                Family::default(),
+            ),
+            retry_budget_exhausted: reg(
+                r,
+                "retry_budget_exhausted",
+                "Retries and hedges refused because the route's retry budget was spent",
+                Family::default(),
+            ),
+            hedges: reg(
+                r,
+                "hedges",
+                "Hedged attempts sent, by route",
+                Family::default(),
+            ),
+            hedges_won: reg(
+                r,
+                "hedges_won",
+                "Requests answered by the hedged attempt rather than the first",
+                Family::default(),
+            ),
+            deadline_exceeded: reg(
+                r,
+                "deadline_exceeded",
+                "Requests that ran out of time (route timeout or the client's x-parapet-timeout-ms)",
+                Family::default(),
+            ),
+            lane_in_flight: reg(
+                r,
+                "lane_in_flight",
+                "Requests in flight per lane (fast, slow)",
+                Family::default(),
+            ),
+            lane_capacity: reg(
+                r,
+                "lane_capacity",
+                "In-flight capacity per lane (fast: the whole capacity; slow: its share)",
+                Family::default(),
+            ),
+            route_in_flight: reg(
+                r,
+                "route_in_flight",
+                "Requests in flight per route (bounded by the route bulkhead)",
+                Family::default(),
+            ),
+            route_slow: reg(
+                r,
+                "route_slow_lane",
+                "1 while the route's observed latency puts it in the slow lane",
+                Family::default(),
+            ),
+        }
+    }
+
+    /// Forgets the per-endpoint series of an endpoint that left the table.
+    pub fn forget_endpoint(&self, cluster: &str, endpoint: &str) {
+        let l = EndpointLabels {
+            cluster: cluster.to_string(),
+            endpoint: endpoint.to_string(),
+        };
+        self.endpoint_healthy.remove(&l);
+        self.endpoint_ejected.remove(&l);
+    }
 }
 
 impl Default for Metrics {
@@ -191,8 +387,10 @@ impl Metrics {
             "Downstream requests refused before routing, by reason",
             rejected_requests.clone(),
         );
+        let ha = HaMetrics::register(&mut registry);
         Self {
             registry,
+            ha,
             requests,
             request_duration,
             upstream_duration,
@@ -235,10 +433,31 @@ impl Metrics {
 pub struct RouteMetrics {
     pub by_class: [Counter; 5],
     pub duration: Histogram,
+    /// By [`RetryReason`](crate::retry::RetryReason) order: connect_failure, reset, timeout, status.
+    pub retries: [Counter; 4],
+    /// By [`Denied`](crate::retry::Denied) order.
+    pub retries_denied: [Counter; 5],
+    pub retry_budget_exhausted: Counter,
+    pub hedges: Counter,
+    pub hedges_won: Counter,
+    pub deadline_exceeded: Counter,
+    pub in_flight: Gauge,
+    pub slow: Gauge,
 }
 
 impl RouteMetrics {
     pub fn new(m: &Metrics, route: &str) -> Self {
+        let label = RouteLabel {
+            route: route.to_string(),
+        };
+        let reason = |family: &Family<RouteReasonLabels, Counter>, reason: &'static str| {
+            family
+                .get_or_create(&RouteReasonLabels {
+                    route: route.to_string(),
+                    reason,
+                })
+                .clone()
+        };
         Self {
             by_class: StatusClass::ALL.map(|code| {
                 m.requests
@@ -248,12 +467,16 @@ impl RouteMetrics {
                     })
                     .clone()
             }),
-            duration: m
-                .request_duration
-                .get_or_create(&RouteLabel {
-                    route: route.to_string(),
-                })
-                .clone(),
+            duration: m.request_duration.get_or_create(&label).clone(),
+            retries: crate::retry::RetryReason::ALL.map(|r| reason(&m.ha.retries, r.label())),
+            retries_denied: crate::retry::Denied::ALL
+                .map(|r| reason(&m.ha.retries_denied, r.label())),
+            retry_budget_exhausted: m.ha.retry_budget_exhausted.get_or_create(&label).clone(),
+            hedges: m.ha.hedges.get_or_create(&label).clone(),
+            hedges_won: m.ha.hedges_won.get_or_create(&label).clone(),
+            deadline_exceeded: m.ha.deadline_exceeded.get_or_create(&label).clone(),
+            in_flight: m.ha.route_in_flight.get_or_create(&label).clone(),
+            slow: m.ha.route_slow.get_or_create(&label).clone(),
         }
     }
 
@@ -268,6 +491,13 @@ pub struct ClusterMetrics {
     pub requests: Counter,
     pub connect_errors: Counter,
     pub duration: Histogram,
+    pub panic: Counter,
+    pub overflow_requests: Counter,
+    pub overflow_pending: Counter,
+    pub failover_active: Gauge,
+    pub zone_local: Counter,
+    pub zone_remote: Counter,
+    pub ejections_refused: Counter,
 }
 
 impl ClusterMetrics {
@@ -275,10 +505,33 @@ impl ClusterMetrics {
         let l = ClusterLabels {
             cluster: cluster.to_string(),
         };
+        let reason = |family: &Family<ClusterReasonLabels, Counter>, reason: &'static str| {
+            family
+                .get_or_create(&ClusterReasonLabels {
+                    cluster: cluster.to_string(),
+                    reason,
+                })
+                .clone()
+        };
+        let locality = |locality: &'static str| {
+            m.ha.zone_picks
+                .get_or_create(&ClusterLocalityLabels {
+                    cluster: cluster.to_string(),
+                    locality,
+                })
+                .clone()
+        };
         Self {
             requests: m.upstream_requests.get_or_create(&l).clone(),
             connect_errors: m.upstream_connect_errors.get_or_create(&l).clone(),
             duration: m.upstream_duration.get_or_create(&l).clone(),
+            panic: m.ha.panic.get_or_create(&l).clone(),
+            overflow_requests: reason(&m.ha.breaker_overflows, "requests"),
+            overflow_pending: reason(&m.ha.breaker_overflows, "pending"),
+            failover_active: m.ha.failover_active.get_or_create(&l).clone(),
+            zone_local: locality("local"),
+            zone_remote: locality("remote"),
+            ejections_refused: m.ha.ejections_refused.get_or_create(&l).clone(),
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use parapet_crds::snapshot::Snapshot;
 use parapet_dataplane::{
-    balancer::EndpointRegistry, metrics::Metrics, router::Router, snapshot::Runtime,
+    balancer::EndpointRegistry,
+    metrics::Metrics,
+    router::Router,
+    snapshot::{BuildOptions, LiveState, Runtime},
     upstream::ClientPool,
 };
 use proptest::prelude::*;
@@ -60,8 +63,10 @@ fn decode_and_build(bytes: &[u8]) {
         let _ = Runtime::build(
             s,
             &EndpointRegistry::default(),
+            &LiveState::default(),
             &ClientPool::default(),
             &Metrics::new(),
+            &BuildOptions::default(),
         );
     }
 }

@@ -45,7 +45,7 @@ use self::{
 pub use self::{
     hash::{request_hash, stable_hash},
     registry::{EndpointKey, EndpointRegistry},
-    stats::{EndpointStats, EwmaConfig, RequestGuard},
+    stats::{EndpointStats, EwmaConfig, RequestGuard, health_epoch},
 };
 
 /// One endpoint of a cluster, as this snapshot describes it, with its live state.
@@ -55,6 +55,8 @@ pub struct EndpointHandle {
     pub port: u16,
     pub weight: u32,
     pub zone: Option<String>,
+    /// In the data plane's own zone (see `--zone`); false when the zone is not known.
+    pub local: bool,
     /// Whether the snapshot lets new requests go here; see `Endpoint::routable`.
     pub routable: bool,
     pub stats: Arc<EndpointStats>,
@@ -102,6 +104,11 @@ enum Picker {
 
 impl ClusterBalancer {
     pub fn new(cluster: &Cluster, registry: &EndpointRegistry) -> Self {
+        Self::new_in_zone(cluster, registry, None)
+    }
+
+    /// As [`new`](Self::new), marking the endpoints in `zone` (the data plane's own) local.
+    pub fn new_in_zone(cluster: &Cluster, registry: &EndpointRegistry, zone: Option<&str>) -> Self {
         let endpoints: Vec<Arc<EndpointHandle>> = cluster
             .endpoints
             .iter()
@@ -111,6 +118,7 @@ impl ClusterBalancer {
                     port: e.port,
                     weight: e.weight,
                     zone: e.zone.clone(),
+                    local: zone.is_some() && e.zone.as_deref() == zone,
                     routable: e.routable(),
                     stats: registry.stats(&cluster.name, &e.address, e.port),
                 })

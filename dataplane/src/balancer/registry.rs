@@ -54,8 +54,9 @@ impl EndpointRegistry {
         )
     }
 
-    /// Forgets every endpoint that `table` does not list (routable or not).
-    pub fn retain_table(&self, table: &Table) {
+    /// Forgets every endpoint that `table` does not list (routable or not); returns the
+    /// forgotten ones (their metrics series go too).
+    pub fn retain_table(&self, table: &Table) -> Vec<EndpointKey> {
         let keep: HashSet<(&str, &str, u16)> = table
             .clusters
             .iter()
@@ -65,12 +66,20 @@ impl EndpointRegistry {
                     .map(|e| (c.name.as_str(), e.address.as_str(), e.port))
             })
             .collect();
-        self.retain(|k| keep.contains(&(k.cluster.as_str(), k.address.as_str(), k.port)));
+        self.retain(|k| keep.contains(&(k.cluster.as_str(), k.address.as_str(), k.port)))
     }
 
-    /// Forgets the endpoints for which `keep` is false.
-    pub fn retain(&self, mut keep: impl FnMut(&EndpointKey) -> bool) {
-        self.lock().retain(|k, _| keep(k));
+    /// Forgets the endpoints for which `keep` is false; returns them.
+    pub fn retain(&self, mut keep: impl FnMut(&EndpointKey) -> bool) -> Vec<EndpointKey> {
+        let mut gone = Vec::new();
+        self.lock().retain(|k, _| {
+            let kept = keep(k);
+            if !kept {
+                gone.push(k.clone());
+            }
+            kept
+        });
+        gone
     }
 
     pub fn len(&self) -> usize {

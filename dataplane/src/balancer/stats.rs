@@ -12,6 +12,10 @@
 //! nanoseconds and a `u32` of milliseconds since the endpoint was first seen) and updated
 //! with one compare-and-swap. The millisecond clock wraps after 49 days; an endpoint with
 //! no completed request for that long may look undecayed for up to another τ or so.
+//!
+//! Health (set by `health`) and ejection (set by `outlier`) live here too. Every change of
+//! either bumps a process-wide [`health_epoch`], so views derived from them (a cluster's
+//! healthy share, for failover and locality) are recomputed only when something changed.
 
 use std::{
     sync::{
@@ -22,6 +26,16 @@ use std::{
 };
 
 use tokio::time::Instant;
+
+use crate::outlier::EndpointOutlier;
+
+/// Bumped whenever any endpoint's health or ejection changes.
+static HEALTH_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// A number that changes whenever any endpoint's health or ejection state changes.
+pub fn health_epoch() -> u64 {
+    HEALTH_EPOCH.load(Ordering::Acquire)
+}
 
 /// How the latency estimate behaves.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,6 +67,8 @@ pub struct EndpointStats {
     decay_ns: f64,
     healthy: AtomicBool,
     ejected: AtomicBool,
+    /// Passive outlier detection's counters and ejection timer.
+    pub outlier: EndpointOutlier,
 }
 
 impl Default for EndpointStats {
@@ -75,6 +91,7 @@ impl EndpointStats {
             decay_ns: (config.decay.as_nanos() as f64).max(1.0),
             healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
+            outlier: EndpointOutlier::default(),
         }
     }
 
@@ -142,7 +159,9 @@ impl EndpointStats {
     }
 
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+        if self.healthy.swap(healthy, Ordering::AcqRel) != healthy {
+            HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Set by outlier detection while the endpoint is ejected.
@@ -151,12 +170,26 @@ impl EndpointStats {
     }
 
     pub fn set_ejected(&self, ejected: bool) {
-        self.ejected.store(ejected, Ordering::Relaxed);
+        if self.ejected.swap(ejected, Ordering::AcqRel) != ejected {
+            HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
-    /// Healthy and not ejected: the usual `usable` filter for picks.
+    /// Healthy and not ejected: what counts toward a cluster's healthy share.
     pub fn is_available(&self) -> bool {
         self.is_healthy() && !self.is_ejected()
+    }
+
+    /// Whether a request may be sent here at `now`: available, or healthy and ejected
+    /// with the ejection over and no probe in flight (the next request is the probe that
+    /// decides; see `outlier`).
+    pub fn is_candidate(&self, now: Instant) -> bool {
+        self.is_healthy() && (!self.is_ejected() || self.outlier.probe_ready(self.ms_at(now)))
+    }
+
+    /// Milliseconds between when the endpoint was first seen and `now` (not wrapping).
+    pub fn ms_at(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     fn estimate_ns(&self, now: Instant) -> f64 {

@@ -1,6 +1,8 @@
-//! A body wrapper that counts bytes as they stream through, without buffering.
+//! Body wrappers: one counts bytes as they stream through, without buffering; one bounds a
+//! response body by the route's deadline.
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -38,6 +40,78 @@ where
             self.counter.inc_by(data.len() as u64);
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body bounded by the route's deadline, holding the pool's breaker slot until
+/// it ends. The timer is only armed when the body has to wait, so a body that is ready at
+/// once costs no allocation.
+pub struct Bounded<B> {
+    inner: B,
+    deadline: Option<tokio::time::Instant>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    permit: Option<crate::breaker::Permit>,
+}
+
+impl<B> Bounded<B> {
+    pub fn new(
+        inner: B,
+        deadline: Option<tokio::time::Instant>,
+        permit: crate::breaker::Permit,
+    ) -> Self {
+        Self {
+            inner,
+            deadline,
+            sleep: None,
+            permit: Some(permit),
+        }
+    }
+}
+
+impl<B> Body for Bounded<B>
+where
+    B: Body<Data = Bytes, Error = crate::upstream::BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = crate::upstream::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if !matches!(frame, Some(Ok(_))) {
+                    // Done (or broken): free the pool's slot now.
+                    this.permit = None;
+                }
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline {
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        this.permit = None;
+                        this.deadline = None;
+                        return Poll::Ready(Some(Err(
+                            "the route timeout passed while the response body was streaming".into(),
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,41 +1,55 @@
-//! One request's life: limits → route → (direct answer | pick cluster → pick endpoint →
-//! forward, retrying connect failures on another endpoint) → response.
+//! One request's life, in stages:
+//!
+//! 1. **limits**: URI and declared body size.
+//! 2. **route**: the table in force and the router's match; direct answers end here.
+//! 3. **admit**: the route's bulkhead and lane (`lanes`); refused requests get 503.
+//! 4. **prepare**: the backend pool by weight, the upstream URI (rewrites), headers, the
+//!    deadline (route timeout, or the client's `x-parapet-timeout-ms` when shorter) and the
+//!    body (buffered when small enough to replay).
+//! 5. **forward** (`forward.rs`): endpoint picks, breaker, attempts, retries, hedges.
+//! 6. **respond** (`respond.rs`): the upstream response streamed back, or the gateway's
+//!    own problem document.
 
 pub mod body;
+mod forward;
 pub mod headers;
 pub mod problem;
+mod respond;
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
+use http::{
+    HeaderName, HeaderValue, Method, Request, Response, StatusCode, header, uri::PathAndQuery,
+};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
-use hyper_util::rt::TokioIo;
-use parapet_crds::snapshot::{PathMatch, RetryCondition, RouteAction};
+use parapet_crds::snapshot::{PathMatch, RouteAction};
+use tokio::time::Instant;
 
 use self::{
-    headers::{
-        X_REQUEST_ID, add_forwarding, append_via, is_upgrade, new_request_id, strip_hop_by_hop,
-    },
-    problem::{empty, problem},
+    forward::{Exchange, RequestBody},
+    headers::{X_REQUEST_ID, add_forwarding, is_upgrade, new_request_id, strip_hop_by_hop},
+    problem::problem,
+    respond::{outcome_response, overloaded},
 };
 use crate::{
-    metrics::Metrics,
-    router::RequestInfo,
-    snapshot::{ClusterRuntime, SnapshotStore},
-    upstream::{BoxError, ProxyBody},
+    hedge::HedgeDelay, lanes::Lanes, metrics::Metrics, router::RequestInfo,
+    snapshot::SnapshotStore, upstream::ProxyBody,
 };
+
+/// The client's deadline for the whole exchange, in milliseconds; honoured when shorter
+/// than the route's timeout, and not forwarded.
+pub const X_PARAPET_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-parapet-timeout-ms");
 
 /// Request limits, with defaults in line with Envoy's and nginx's.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_uri_bytes: usize,
     pub max_body_bytes: u64,
+    /// Request bodies up to this size (with a declared length) are buffered so a retry or
+    /// hedge can send them again; larger ones stream once and are never retried.
+    pub max_replay_bytes: u64,
 }
 
 impl Default for Limits {
@@ -43,6 +57,7 @@ impl Default for Limits {
         Self {
             max_uri_bytes: 8 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
+            max_replay_bytes: 64 * 1024,
         }
     }
 }
@@ -51,6 +66,8 @@ pub struct Proxy {
     pub store: Arc<SnapshotStore>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Fast and slow lanes, route bulkheads.
+    pub lanes: Arc<Lanes>,
     /// Log one line per request (target `parapet::access`).
     pub access_log: bool,
 }
@@ -104,6 +121,7 @@ impl Proxy {
         };
         let rid = Some(&request_id);
 
+        // 1. limits
         if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > self.limits.max_uri_bytes {
             self.metrics.reject("uri_too_long");
             return problem(
@@ -112,7 +130,8 @@ impl Proxy {
                 rid,
             );
         }
-        if let Some(len) = content_length(&req)
+        let declared_length = content_length(&req);
+        if let Some(len) = declared_length
             && len > self.limits.max_body_bytes
         {
             self.metrics.reject("body_too_large");
@@ -126,6 +145,7 @@ impl Proxy {
             );
         }
 
+        // 2. route
         let Some(table) = self.store.load() else {
             self.metrics.reject("no_table");
             return problem(
@@ -165,12 +185,29 @@ impl Proxy {
             RouteAction::Forward(f) => f,
         };
 
+        // 3. admit
+        let lane = match self.lanes.admit(&route_rt.live.lane) {
+            Ok(g) => g,
+            Err(why) => {
+                self.metrics.reject(why.label());
+                tracing::debug!(route = %route_rt.name, reason = why.label(), "request refused by its lane");
+                route_rt
+                    .metrics
+                    .record(503, started.elapsed().as_secs_f64());
+                return overloaded(
+                    "the gateway is at its limit for this route; retry shortly",
+                    rid,
+                );
+            }
+        };
+
+        // 4. prepare
         let roll = if route_rt.backends.len() > 1 {
             rand::random_range(0..route_rt.total_weight)
         } else {
             0
         };
-        let Some(cluster) = route_rt.pick_cluster(roll).cloned() else {
+        let Some(cluster) = route_rt.pick_cluster(roll) else {
             route_rt
                 .metrics
                 .record(503, started.elapsed().as_secs_f64());
@@ -210,6 +247,17 @@ impl Proxy {
             }
         };
 
+        // The deadline: the route's timeout, or the client's when shorter.
+        let mut timeout = Duration::from_millis(forward.timeout_ms.max(1));
+        if let Some(ms) = req
+            .headers_mut()
+            .remove(X_PARAPET_TIMEOUT_MS)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        {
+            timeout = timeout.min(Duration::from_millis(ms));
+        }
+        let deadline = started + timeout;
+
         // Request headers for upstream.
         let upgrade = is_upgrade(req.headers());
         let downstream_upgrade = if upgrade {
@@ -241,178 +289,93 @@ impl Proxy {
         }
         parts.version = http::Version::HTTP_11;
 
+        let policy = forward.retry.as_ref();
+        let repeatable =
+            !upgrade && (idempotent(&parts.method) || policy.is_some_and(|p| p.non_idempotent));
+        let hedge_after = match route_rt.hedge {
+            _ if !repeatable => None,
+            None => None,
+            Some(HedgeDelay::Fixed(d)) => Some(d),
+            Some(HedgeDelay::P95) => route_rt.live.latency.p95(started),
+        };
         let hash = cluster
             .balancer
             .request_hash(&parts.headers, conn.peer.ip());
 
-        // A body-less request can be replayed on another endpoint after a connect failure.
-        let replayable = body.is_end_stream();
+        // The body: buffered when a retry or hedge might send it again and it is small.
+        let wants_replay = !upgrade && (policy.is_some() || hedge_after.is_some());
+        let counted = body::Counted::new(body, self.metrics.request_bytes.clone());
         let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let mut body: Option<ProxyBody> = Some(
-            Limited::new(
-                body::Counted::new(body, self.metrics.request_bytes.clone()),
-                limit,
-            )
-            .boxed(),
-        );
-        let retry_connect = forward
-            .retry
-            .as_ref()
-            .filter(|r| r.on.contains(&RetryCondition::ConnectFailure))
-            .map_or(1, |r| r.attempts.max(1));
-        let timeout = Duration::from_millis(forward.timeout_ms.max(1));
-        let deadline = tokio::time::Instant::now() + timeout;
-
-        let mut tried: Vec<(String, u16)> = Vec::new();
-        let mut attempt = 0u32;
-        let result = loop {
-            attempt += 1;
-            let Some(ep) = cluster.balancer.pick(hash, |e| {
-                e.stats.is_available()
-                    && !tried.iter().any(|(a, p)| *a == e.address && *p == e.port)
-            }) else {
-                break Err(Outcome::NoEndpoint);
-            };
-            let ep = ep.clone();
-            tried.push((ep.address.clone(), ep.port));
-            let uri = match Uri::builder()
-                .scheme("http")
-                .authority(format!("{}:{}", bracket(&ep.address), ep.port))
-                .path_and_query(path_and_query.clone())
-                .build()
-            {
-                Ok(u) => u,
-                Err(_) => break Err(Outcome::NoEndpoint),
-            };
-            let this_body = match body.take() {
-                Some(b) => b,
-                None => empty(),
-            };
-            let mut up = Request::from_parts(parts.clone(), this_body);
-            *up.uri_mut() = uri;
-            cluster.metrics.requests.inc();
-            let guard = ep.stats.start();
-            let sent = Instant::now();
-            match tokio::time::timeout_at(deadline, cluster.client.request(up)).await {
-                Err(_) => break Err(Outcome::Timeout),
-                Ok(Ok(resp)) => {
-                    guard.finish();
-                    cluster
-                        .metrics
-                        .duration
-                        .observe(sent.elapsed().as_secs_f64());
-                    break Ok(resp);
-                }
+        let body = if counted.is_end_stream() {
+            RequestBody::Replayable(Bytes::new())
+        } else if wants_replay && declared_length.is_some_and(|n| n <= self.limits.max_replay_bytes)
+        {
+            match tokio::time::timeout_at(deadline, Limited::new(counted, limit).collect()).await {
+                Ok(Ok(c)) => RequestBody::Replayable(c.to_bytes()),
                 Ok(Err(e)) => {
-                    // A fast failure is no latency sample: it would make the endpoint look fast.
-                    guard.cancel();
-                    if e.is_connect() {
-                        cluster.metrics.connect_errors.inc();
-                        tracing::debug!(cluster = %cluster.spec.name, endpoint = %ep.address, port = ep.port, error = %e, "connect failed");
-                        if replayable && attempt < retry_connect {
-                            continue;
-                        }
-                        break Err(Outcome::ConnectFailed);
-                    }
-                    if is_body_too_large(&e) {
-                        break Err(Outcome::BodyTooLarge);
-                    }
-                    tracing::debug!(cluster = %cluster.spec.name, error = %e, "upstream request failed");
-                    break Err(Outcome::UpstreamFailed);
+                    let (status, detail) = if e.is::<http_body_util::LengthLimitError>() {
+                        (
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "the request body is larger than this gateway accepts",
+                        )
+                    } else {
+                        (
+                            StatusCode::BAD_REQUEST,
+                            "the request body could not be read",
+                        )
+                    };
+                    route_rt
+                        .metrics
+                        .record(status.as_u16(), started.elapsed().as_secs_f64());
+                    return problem(status, detail, rid);
+                }
+                Err(_) => {
+                    route_rt
+                        .metrics
+                        .record(408, started.elapsed().as_secs_f64());
+                    return problem(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive within the route timeout",
+                        rid,
+                    );
                 }
             }
+        } else {
+            RequestBody::Once(Some(Limited::new(counted, limit).boxed()))
         };
 
+        // 5. forward
+        let exchange = Exchange {
+            table: &table,
+            route: route_rt,
+            primary: cluster,
+            policy,
+            parts,
+            path_and_query,
+            hash,
+            deadline,
+            repeatable,
+            hedge_after,
+        };
+        let result = forward::forward(&exchange, body).await;
+        drop(lane);
+
+        // 6. respond
         let resp = match result {
-            Ok(resp) => finish_response(
-                resp,
+            Ok(answer) => respond::upstream(
+                answer,
                 &request_id,
                 downstream_upgrade,
                 &self.metrics.response_bytes,
+                (!upgrade).then_some(deadline),
             ),
-            Err(outcome) => outcome.response(&cluster, rid),
+            Err(outcome) => outcome_response(outcome, rid),
         };
         route_rt
             .metrics
             .record(resp.status().as_u16(), started.elapsed().as_secs_f64());
         resp
     }
-}
-
-enum Outcome {
-    NoEndpoint,
-    ConnectFailed,
-    Timeout,
-    BodyTooLarge,
-    UpstreamFailed,
-}
-
-impl Outcome {
-    fn response(
-        &self,
-        _cluster: &ClusterRuntime,
-        rid: Option<&HeaderValue>,
-    ) -> Response<ProxyBody> {
-        match self {
-            Self::NoEndpoint => problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream endpoint is available",
-                rid,
-            ),
-            Self::ConnectFailed => problem(
-                StatusCode::BAD_GATEWAY,
-                "the upstream could not be reached",
-                rid,
-            ),
-            Self::Timeout => problem(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream did not answer within the route timeout",
-                rid,
-            ),
-            Self::BodyTooLarge => problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is larger than this gateway accepts",
-                rid,
-            ),
-            Self::UpstreamFailed => problem(
-                StatusCode::BAD_GATEWAY,
-                "the upstream connection failed before a response",
-                rid,
-            ),
-        }
-    }
-}
-
-fn finish_response(
-    resp: Response<Incoming>,
-    request_id: &HeaderValue,
-    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    counter: &prometheus_client::metrics::counter::Counter,
-) -> Response<ProxyBody> {
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching && let Some(down) = downstream_upgrade {
-        let mut resp = resp;
-        let up = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match (down.await, up.await) {
-                (Ok(d), Ok(u)) => {
-                    let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                }
-                (d, u) => tracing::debug!(down = d.is_ok(), up = u.is_ok(), "upgrade failed"),
-            }
-        });
-        let (mut parts, _) = resp.into_parts();
-        append_via(&mut parts.headers);
-        parts.headers.insert(X_REQUEST_ID, request_id.clone());
-        return Response::from_parts(parts, empty());
-    }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    append_via(&mut parts.headers);
-    parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let body = body::Counted::new(body, counter.clone());
-    Response::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
 }
 
 fn is_body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
@@ -462,14 +425,6 @@ fn normalise_host(raw: &str) -> String {
         })
     };
     without_port.to_ascii_lowercase()
-}
-
-fn bracket(addr: &str) -> std::borrow::Cow<'_, str> {
-    if addr.contains(':') && !addr.starts_with('[') {
-        format!("[{addr}]").into()
-    } else {
-        addr.into()
-    }
 }
 
 /// Replaces the first `prefix_len` bytes of `path` (the matched prefix) with `new_prefix`,

@@ -5,26 +5,59 @@ use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use parapet_crds::snapshot::{Cluster, RouteAction, Snapshot};
 
+use super::live::{ClusterLive, LiveState, RouteLive};
 use crate::{
     balancer::{ClusterBalancer, EndpointRegistry},
+    breaker::{self, BreakerState},
+    failover::Availability,
+    hedge::{HedgeConfig, HedgeDelay},
     metrics::{ClusterMetrics, Metrics, RouteMetrics},
+    outlier::ClusterOutlier,
     router::{Router, RouterError},
     upstream::{ClientPool, UpstreamClient},
 };
+
+/// Settings of this data plane that shape how a table is built.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// This pod's zone (`--zone`), for pools that prefer their local zone.
+    pub zone: Option<String>,
+    /// Which routes hedge (`--hedge`).
+    pub hedge: HedgeConfig,
+}
+
+/// Retry budget of routes without a retry policy (it still bounds their hedges).
+pub const DEFAULT_BUDGET_PERCENT: u32 = 20;
+pub const DEFAULT_BUDGET_MIN_PER_SECOND: u32 = 10;
 
 pub struct ClusterRuntime {
     pub spec: Cluster,
     pub balancer: ClusterBalancer,
     pub client: UpstreamClient,
     pub metrics: ClusterMetrics,
+    pub limits: breaker::Limits,
+    pub breaker: Arc<BreakerState>,
+    pub outlier: ClusterOutlier,
+    /// Healthy endpoints, by zone, cached per health epoch.
+    pub availability: Availability,
+    /// `failover.preferLocalZone`, with a zone known and local endpoints in the pool.
+    pub prefer_local: bool,
+    /// `failover.backupCluster`, and below what healthy share it takes the traffic.
+    pub backup: Option<String>,
+    pub min_healthy_percent: u32,
 }
 
 /// What a route needs per request, by the router's route index.
 pub struct RouteRuntime {
+    /// `namespace/apiroute/rule`.
+    pub name: String,
     /// Clusters with cumulative weights, for a weighted pick across pools.
     pub backends: Vec<(Arc<ClusterRuntime>, u64)>,
     pub total_weight: u64,
     pub metrics: RouteMetrics,
+    /// Retry budget, lane and latency window, kept across tables.
+    pub live: Arc<RouteLive>,
+    pub hedge: Option<HedgeDelay>,
 }
 
 pub struct Runtime {
@@ -35,12 +68,49 @@ pub struct Runtime {
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
 }
 
+impl ClusterRuntime {
+    pub fn new(
+        c: &Cluster,
+        registry: &EndpointRegistry,
+        live: &ClusterLive,
+        clients: &ClientPool,
+        metrics: &Metrics,
+        options: &BuildOptions,
+    ) -> Self {
+        let zone = options.zone.as_deref();
+        let balancer = ClusterBalancer::new_in_zone(c, registry, zone);
+        let availability = Availability::new(balancer.endpoints());
+        let failover = c.failover.as_ref();
+        Self {
+            prefer_local: failover.is_some_and(|f| f.prefer_local_zone)
+                && availability.local_routable() > 0,
+            backup: failover.and_then(|f| f.backup_cluster.clone()),
+            min_healthy_percent: failover.map_or(0, |f| f.min_healthy_percent),
+            availability,
+            limits: breaker::Limits::of(c.circuit_breaker.as_ref(), c.protocol),
+            breaker: live.breaker.clone(),
+            outlier: ClusterOutlier::new(
+                &c.name,
+                c.outlier_detection.clone(),
+                live.eject_lock.clone(),
+                metrics,
+            ),
+            balancer,
+            client: clients.client_for(c),
+            metrics: ClusterMetrics::new(metrics, &c.name),
+            spec: c.clone(),
+        }
+    }
+}
+
 impl Runtime {
     pub fn build(
         snapshot: Snapshot,
         registry: &EndpointRegistry,
+        live: &LiveState,
         clients: &ClientPool,
         metrics: &Metrics,
+        options: &BuildOptions,
     ) -> Result<Self, RouterError> {
         let router = Router::new(&snapshot.table)?;
         let clusters: HashMap<String, Arc<ClusterRuntime>> = snapshot
@@ -48,14 +118,12 @@ impl Runtime {
             .clusters
             .iter()
             .map(|c| {
+                let state = live.cluster(&c.name);
                 (
                     c.name.clone(),
-                    Arc::new(ClusterRuntime {
-                        spec: c.clone(),
-                        balancer: ClusterBalancer::new(c, registry),
-                        client: clients.client_for(c),
-                        metrics: ClusterMetrics::new(metrics, &c.name),
-                    }),
+                    Arc::new(ClusterRuntime::new(
+                        c, registry, &state, clients, metrics, options,
+                    )),
                 )
             })
             .collect();
@@ -64,6 +132,7 @@ impl Runtime {
             .map(|(_, route)| {
                 let mut backends = Vec::new();
                 let mut total = 0u64;
+                let mut budget = (DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_MIN_PER_SECOND);
                 if let RouteAction::Forward(f) = &route.action {
                     for b in &f.backends {
                         if b.weight == 0 {
@@ -74,11 +143,18 @@ impl Runtime {
                             backends.push((c.clone(), total));
                         }
                     }
+                    if let Some(r) = &f.retry {
+                        budget = (r.budget_percent, r.budget_min_per_second);
+                    }
                 }
+                let route_metrics = RouteMetrics::new(metrics, &route.name);
                 RouteRuntime {
+                    name: route.name.clone(),
                     backends,
                     total_weight: total,
-                    metrics: RouteMetrics::new(metrics, &route.name),
+                    live: live.route(&route.name, &route_metrics, budget.0, budget.1),
+                    metrics: route_metrics,
+                    hedge: options.hedge.for_route(&route.name),
                 }
             })
             .collect();

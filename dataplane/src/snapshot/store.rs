@@ -1,16 +1,20 @@
 //! The one atomic pointer to the table in force, and the rules for replacing it.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
-    sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwapOption;
 use parapet_crds::snapshot::Snapshot;
+use tokio::task::JoinHandle;
 
-use super::{Runtime, persist};
-use crate::{balancer::EndpointRegistry, metrics::Metrics, upstream::ClientPool};
+use super::{BuildOptions, LiveState, Runtime, persist};
+use crate::{
+    balancer::EndpointRegistry, health::HealthChecks, metrics::Metrics, upstream::ClientPool,
+};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -46,9 +50,27 @@ pub struct SnapshotStore {
     /// readers never touch it.
     apply_lock: tokio::sync::Mutex<()>,
     registry: EndpointRegistry,
+    live: LiveState,
+    options: BuildOptions,
+    health: HealthChecks,
+    /// One outlier sweeper per pool with outlier detection: (interval, task).
+    sweepers: Mutex<HashMap<String, (u64, JoinHandle<()>)>>,
     clients: ClientPool,
     metrics: Arc<Metrics>,
     state_dir: Option<PathBuf>,
+}
+
+impl Drop for SnapshotStore {
+    fn drop(&mut self) {
+        for (_, (_, task)) in self
+            .sweepers
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+        {
+            task.abort();
+        }
+    }
 }
 
 impl SnapshotStore {
@@ -57,14 +79,33 @@ impl SnapshotStore {
         clients: ClientPool,
         state_dir: Option<PathBuf>,
     ) -> Arc<Self> {
+        Self::with_options(metrics, clients, state_dir, BuildOptions::default())
+    }
+
+    /// As [`new`](Self::new), with this data plane's zone and hedging settings.
+    pub fn with_options(
+        metrics: Arc<Metrics>,
+        clients: ClientPool,
+        state_dir: Option<PathBuf>,
+        options: BuildOptions,
+    ) -> Arc<Self> {
         Arc::new(Self {
             current: ArcSwapOption::empty(),
             apply_lock: tokio::sync::Mutex::new(()),
             registry: EndpointRegistry::default(),
+            live: LiveState::default(),
+            options,
+            health: HealthChecks::new(metrics.clone()),
+            sweepers: Mutex::default(),
             clients,
             metrics,
             state_dir,
         })
+    }
+
+    /// The health checkers (one per endpoint and check).
+    pub fn health(&self) -> &HealthChecks {
+        &self.health
     }
 
     /// The table in force; a request holds on to it from start to end.
@@ -105,14 +146,31 @@ impl SnapshotStore {
         // Building compiles regexes and balancer tables: keep it off the runtime's workers.
         let this = self.clone();
         let runtime = tokio::task::spawn_blocking(move || {
-            Runtime::build(snapshot, &this.registry, &this.clients, &this.metrics)
+            Runtime::build(
+                snapshot,
+                &this.registry,
+                &this.live,
+                &this.clients,
+                &this.metrics,
+                &this.options,
+            )
         })
         .await
         .map_err(|e| ApplyError::Invalid(vec![format!("building the table failed: {e}")]))?
         .map_err(|e| ApplyError::Invalid(vec![e.to_string()]))?;
         let runtime = Arc::new(runtime);
         self.current.store(Some(runtime.clone()));
-        self.registry.retain_table(&runtime.snapshot.table);
+        for gone in self.registry.retain_table(&runtime.snapshot.table) {
+            let endpoint = if gone.address.contains(':') {
+                format!("[{}]:{}", gone.address, gone.port)
+            } else {
+                format!("{}:{}", gone.address, gone.port)
+            };
+            self.metrics.ha.forget_endpoint(&gone.cluster, &endpoint);
+        }
+        self.live.retain_table(&runtime.snapshot.table);
+        self.health.reconcile(&runtime);
+        self.reconcile_sweepers(&runtime);
 
         self.metrics.snapshot_version.set(runtime.version() as i64);
         self.metrics.snapshot_applied_timestamp.set(
@@ -145,5 +203,55 @@ impl SnapshotStore {
             }
         }
         Ok(ApplyOutcome::Applied)
+    }
+
+    /// Starts and stops the periodic part of outlier detection (success rates, decay) to
+    /// match the pools of `table`. Each sweeper reads the table in force at every tick.
+    fn reconcile_sweepers(self: &Arc<Self>, table: &Runtime) {
+        let wanted: HashMap<&str, u64> = table
+            .clusters
+            .values()
+            .filter_map(|c| {
+                let o = c.spec.outlier_detection.as_ref()?;
+                Some((c.spec.name.as_str(), o.interval_ms.max(1)))
+            })
+            .collect();
+        let mut sweepers = self.sweepers.lock().unwrap_or_else(PoisonError::into_inner);
+        sweepers.retain(|name, (interval, task)| {
+            let keep = wanted.get(name.as_str()) == Some(interval);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, interval) in wanted {
+            if sweepers.contains_key(name) {
+                continue;
+            }
+            let task = tokio::spawn(sweep(
+                Arc::downgrade(self),
+                name.to_string(),
+                Duration::from_millis(interval),
+            ));
+            sweepers.insert(name.to_string(), (interval, task));
+        }
+    }
+}
+
+async fn sweep(store: Weak<SnapshotStore>, cluster: String, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let Some(table) = store.load() else {
+            continue;
+        };
+        if let Some(c) = table.clusters.get(&cluster) {
+            c.outlier
+                .sweep(c.balancer.endpoints(), tokio::time::Instant::now());
+        }
     }
 }

@@ -1,0 +1,283 @@
+//! Where a request may go when a pool is short of healthy endpoints: priority tiers
+//! (a backup pool), locality (the data plane's own zone first), and panic mode.
+//!
+//! [`pick`] chooses an endpoint for one attempt:
+//! 1. **Tiers.** A pool with `failover.backupCluster` sends its traffic to the backup only
+//!    while its healthy share (healthy and not ejected, over routable endpoints) is below
+//!    `minHealthyPercent` and the backup has a healthy endpoint; traffic returns as soon as
+//!    the share recovers. The other tier is the fallback when every endpoint of the first
+//!    has been tried by this request or is unusable.
+//! 2. **Locality.** With `preferLocalZone` and `--zone` set, a pick goes to the local zone
+//!    with probability `min(1, 1.4 × local healthy share)` and to the other zones otherwise
+//!    — Envoy's locality spill-over with its overprovisioning factor of 1.4: a local zone
+//!    at 72% health or more keeps all its traffic; below, the shortfall spills over in
+//!    proportion.
+//! 3. **A different endpoint each try**: endpoints this request already tried are skipped
+//!    while others are usable; then tried ones are used again.
+//! 4. **Panic.** When no endpoint of either tier is usable (all unhealthy or ejected), the
+//!    request goes to any routable endpoint of the first tier rather than failing: fail
+//!    open, as Envoy's panic threshold does. Counted in `parapet_panic_requests_total`.
+//!
+//! Ejected endpoints whose ejection is over are usable by exactly one probe request at a
+//! time (`outlier::admit`).
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::{
+    balancer::{EndpointHandle, health_epoch},
+    outlier::{self, Admission, ProbeGuard},
+    snapshot::{ClusterRuntime, Runtime},
+};
+
+/// Envoy's overprovisioning factor: a tier or zone at 1/1.4 ≈ 72% health keeps its traffic.
+pub const OVERPROVISIONING: f64 = 1.4;
+
+/// A cluster's healthy endpoint counts (all zones, local zone), recounted only after some
+/// endpoint's health or ejection changed.
+#[derive(Debug)]
+pub struct Availability {
+    routable: u32,
+    local_routable: u32,
+    /// Health epoch (low 32 bits) | available (16 bits) | local available (16 bits).
+    cache: AtomicU64,
+}
+
+impl Availability {
+    pub fn new(endpoints: &[Arc<EndpointHandle>]) -> Self {
+        let routable = endpoints.iter().filter(|e| e.routable).count() as u32;
+        let local_routable = endpoints.iter().filter(|e| e.routable && e.local).count() as u32;
+        Self {
+            routable,
+            local_routable,
+            // Epoch 0 never matches: the first call counts.
+            cache: AtomicU64::new(0),
+        }
+    }
+
+    pub fn routable(&self) -> u32 {
+        self.routable
+    }
+
+    pub fn local_routable(&self) -> u32 {
+        self.local_routable
+    }
+
+    /// (available, locally available) endpoints now.
+    pub fn counts(&self, endpoints: &[Arc<EndpointHandle>]) -> (u32, u32) {
+        let epoch = health_epoch() & 0xffff_ffff;
+        let cached = self.cache.load(Ordering::Acquire);
+        if cached >> 32 == epoch {
+            return (((cached >> 16) & 0xffff) as u32, (cached & 0xffff) as u32);
+        }
+        let mut avail = 0u64;
+        let mut local = 0u64;
+        for e in endpoints
+            .iter()
+            .filter(|e| e.routable && e.stats.is_available())
+        {
+            avail += 1;
+            local += u64::from(e.local);
+        }
+        let (avail, local) = (avail.min(0xffff), local.min(0xffff));
+        self.cache
+            .store((epoch << 32) | (avail << 16) | local, Ordering::Release);
+        (avail as u32, local as u32)
+    }
+
+    /// Share of traffic the local zone keeps: `min(1, 1.4 × local healthy share)`.
+    pub fn local_share(&self, endpoints: &[Arc<EndpointHandle>]) -> f64 {
+        if self.local_routable == 0 {
+            return 0.0;
+        }
+        let (_, local) = self.counts(endpoints);
+        (OVERPROVISIONING * f64::from(local) / f64::from(self.local_routable)).min(1.0)
+    }
+}
+
+/// An endpoint chosen for one attempt.
+pub struct Picked {
+    pub cluster: Arc<ClusterRuntime>,
+    pub endpoint: Arc<EndpointHandle>,
+    /// Set when this attempt probes an endpoint whose ejection is over.
+    pub probe: Option<ProbeGuard>,
+}
+
+/// The pools in the order they are tried: the backup first while failover is active.
+pub fn tiers<'a>(
+    table: &'a Runtime,
+    primary: &'a Arc<ClusterRuntime>,
+) -> [Option<&'a Arc<ClusterRuntime>>; 2] {
+    let Some(backup) = primary.backup.as_ref().and_then(|b| table.clusters.get(b)) else {
+        return [Some(primary), None];
+    };
+    let endpoints = primary.balancer.endpoints();
+    let (avail, _) = primary.availability.counts(endpoints);
+    let total = primary.availability.routable();
+    let short = u64::from(avail) * 100 < u64::from(primary.min_healthy_percent) * u64::from(total)
+        || total == 0;
+    let active = short && backup.availability.counts(backup.balancer.endpoints()).0 > 0;
+    let gauge = &primary.metrics.failover_active;
+    if gauge.get() != i64::from(active) {
+        gauge.set(i64::from(active));
+        tracing::info!(
+            cluster = %primary.spec.name,
+            backup = %backup.spec.name,
+            healthy = avail,
+            routable = total,
+            min_healthy_percent = primary.min_healthy_percent,
+            active,
+            "failover to the backup pool {}",
+            if active { "started" } else { "ended" }
+        );
+    }
+    if active {
+        [Some(backup), Some(primary)]
+    } else {
+        [Some(primary), Some(backup)]
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Usable and not yet tried by this request.
+    Fresh,
+    /// Usable, tried or not.
+    Again,
+    /// Anything routable (panic): untried first.
+    PanicFresh,
+    PanicAny,
+}
+
+/// An endpoint for the next attempt of a request that has tried `tried`, or `None` when
+/// the pools have no routable endpoint at all.
+pub fn pick(
+    table: &Runtime,
+    primary: &Arc<ClusterRuntime>,
+    hash: Option<u64>,
+    tried: &[Arc<EndpointHandle>],
+    now: Instant,
+) -> Option<Picked> {
+    let tiers = tiers(table, primary);
+    if let Some(p) = pick_from(&tiers, hash, tried, &[Pass::Fresh, Pass::Again], now) {
+        return Some(p);
+    }
+    let first = tiers[0]?;
+    for pass in [Pass::PanicFresh, Pass::PanicAny] {
+        if let Some((endpoint, _)) = pick_in(first, hash, tried, pass, now) {
+            first.metrics.panic.inc();
+            tracing::debug!(
+                cluster = %first.spec.name,
+                endpoint = %endpoint.authority(),
+                "no usable endpoint: panic mode sends to an unhealthy or ejected one"
+            );
+            return Some(Picked {
+                cluster: first.clone(),
+                endpoint,
+                probe: None,
+            });
+        }
+    }
+    None
+}
+
+/// A usable endpoint this request has not tried yet (for hedges), or `None`.
+pub fn pick_fresh(
+    table: &Runtime,
+    primary: &Arc<ClusterRuntime>,
+    hash: Option<u64>,
+    tried: &[Arc<EndpointHandle>],
+    now: Instant,
+) -> Option<Picked> {
+    pick_from(&tiers(table, primary), hash, tried, &[Pass::Fresh], now)
+}
+
+fn pick_from(
+    tiers: &[Option<&Arc<ClusterRuntime>>; 2],
+    hash: Option<u64>,
+    tried: &[Arc<EndpointHandle>],
+    passes: &[Pass],
+    now: Instant,
+) -> Option<Picked> {
+    for &pass in passes {
+        for c in tiers.iter().flatten() {
+            if let Some((endpoint, probe)) = pick_in(c, hash, tried, pass, now) {
+                return Some(Picked {
+                    cluster: (*c).clone(),
+                    endpoint,
+                    probe,
+                });
+            }
+        }
+    }
+    None
+}
+
+fn pick_in(
+    c: &ClusterRuntime,
+    hash: Option<u64>,
+    tried: &[Arc<EndpointHandle>],
+    pass: Pass,
+    now: Instant,
+) -> Option<(Arc<EndpointHandle>, Option<ProbeGuard>)> {
+    let untried = |e: &EndpointHandle| !tried.iter().any(|t| std::ptr::eq(&**t, e));
+    // Which zones, in order: local/remote by the spill-over roll, or any.
+    let order: [Option<bool>; 2] = if c.prefer_local {
+        let share = c.availability.local_share(c.balancer.endpoints());
+        let local_first = share >= 1.0 || (share > 0.0 && rand::rng().random_bool(share));
+        [Some(local_first), Some(!local_first)]
+    } else {
+        [None, None]
+    };
+    let zones = if order[0].is_none() {
+        &order[..1]
+    } else {
+        &order[..]
+    };
+    for &zone in zones {
+        let mut refused: Vec<*const EndpointHandle> = Vec::new();
+        // A few tries: an ejected endpoint whose probe someone else holds is skipped.
+        for _ in 0..4 {
+            let picked = c.balancer.pick(hash, |e| {
+                zone.is_none_or(|local| e.local == local)
+                    && !refused.contains(&(e as *const EndpointHandle))
+                    && match pass {
+                        Pass::Fresh => e.stats.is_candidate(now) && untried(e),
+                        Pass::Again => e.stats.is_candidate(now),
+                        Pass::PanicFresh => untried(e),
+                        Pass::PanicAny => true,
+                    }
+            });
+            let Some(picked) = picked.cloned() else {
+                break;
+            };
+            let probe = match pass {
+                Pass::PanicFresh | Pass::PanicAny => None,
+                Pass::Fresh | Pass::Again => match outlier::admit(&picked.stats, now) {
+                    Admission::Normal => None,
+                    Admission::Probe(g) => Some(g),
+                    Admission::Refused => {
+                        refused.push(Arc::as_ptr(&picked));
+                        continue;
+                    }
+                },
+            };
+            match zone {
+                Some(true) => {
+                    c.metrics.zone_local.inc();
+                }
+                Some(false) => {
+                    c.metrics.zone_remote.inc();
+                }
+                None => {}
+            }
+            return Some((picked, probe));
+        }
+    }
+    None
+}

@@ -1,0 +1,315 @@
+//! Fast and slow lanes: keep one route's stalled backend from taking the gateway's
+//! capacity from every other route.
+//!
+//! The proxy admits at most `--max-in-flight` requests at once. Inside that:
+//! - **Route bulkheads**: one route has at most `--route-max-in-flight` requests in flight.
+//! - **Lanes**: each route's latency (to response headers, timeouts included) is tracked as
+//!   an exponentially weighted average. A route whose average passes
+//!   `--slow-lane-threshold` moves to the **slow lane**, which may hold only
+//!   `--slow-lane-percent` of the capacity; it moves back once the average falls below
+//!   half the threshold. Fast routes may use all the capacity the slow lane does not hold.
+//!
+//! So a backend that hangs fills at most its route's bulkhead, then (as its timeouts
+//! arrive) at most the slow lane, and everything else keeps the rest. A refused request is
+//! answered `503` with `retry-after` at once, counted in
+//! `parapet_rejected_requests_total{reason}` (`route_bulkhead`, `slow_lane_full`,
+//! `overloaded`).
+//!
+//! Everything is atomics; the counters are the exported gauges themselves.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::time::Instant;
+
+use crate::metrics::{LaneLabel, Metrics, RouteMetrics};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaneConfig {
+    /// Requests in flight through the whole proxy.
+    pub capacity: u32,
+    /// Requests in flight per route.
+    pub route_limit: u32,
+    /// The slow lane's share of `capacity`, in percent.
+    pub slow_percent: u32,
+    /// Average latency above which a route is slow.
+    pub slow_threshold: Duration,
+}
+
+impl Default for LaneConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 10_000,
+            route_limit: 5_000,
+            slow_percent: 25,
+            slow_threshold: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    RouteBulkhead,
+    SlowLaneFull,
+    Overloaded,
+}
+
+impl Rejected {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RouteBulkhead => "route_bulkhead",
+            Self::SlowLaneFull => "slow_lane_full",
+            Self::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// The proxy-wide lanes.
+pub struct Lanes {
+    config: LaneConfig,
+    slow_capacity: i64,
+    fast: Gauge,
+    slow: Gauge,
+}
+
+/// Weight of a new sample in a route's average.
+const ALPHA: f64 = 0.1;
+
+/// One route's lane state; outlives tables (see `snapshot::LiveState`).
+#[derive(Debug)]
+pub struct RouteLane {
+    in_flight: Gauge,
+    slow_gauge: Gauge,
+    /// Average latency in seconds (`f64` bits); starts at 0.
+    average: AtomicU64,
+    slow: AtomicBool,
+}
+
+impl RouteLane {
+    pub fn new(metrics: &RouteMetrics) -> Self {
+        Self {
+            in_flight: metrics.in_flight.clone(),
+            slow_gauge: metrics.slow.clone(),
+            average: AtomicU64::new(0f64.to_bits()),
+            slow: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    pub fn average(&self) -> Duration {
+        Duration::from_secs_f64(f64::from_bits(self.average.load(Ordering::Relaxed)))
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    /// Adds one latency sample; moves the route between lanes (with hysteresis).
+    pub fn observe(&self, latency: Duration, threshold: Duration) {
+        // One very slow request should not flip a fast route: clamp samples.
+        let sample = latency.min(threshold * 2).as_secs_f64();
+        let prev = self
+            .average
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let avg = f64::from_bits(bits);
+                Some((avg + ALPHA * (sample - avg)).to_bits())
+            })
+            .unwrap_or_else(|b| b);
+        let avg = f64::from_bits(prev) + ALPHA * (sample - f64::from_bits(prev));
+        let t = threshold.as_secs_f64();
+        if !self.is_slow() && avg > t {
+            self.slow.store(true, Ordering::Relaxed);
+            self.slow_gauge.set(1);
+            tracing::debug!(average_ms = avg * 1e3, "route moved to the slow lane");
+        } else if self.is_slow() && avg < t / 2.0 {
+            self.slow.store(false, Ordering::Relaxed);
+            self.slow_gauge.set(0);
+            tracing::debug!(average_ms = avg * 1e3, "route moved back to the fast lane");
+        }
+    }
+}
+
+impl Lanes {
+    pub fn new(config: LaneConfig, metrics: &Metrics) -> Arc<Self> {
+        let gauge = |lane| {
+            metrics
+                .ha
+                .lane_in_flight
+                .get_or_create(&LaneLabel { lane })
+                .clone()
+        };
+        let slow_capacity =
+            (i64::from(config.capacity) * i64::from(config.slow_percent.min(100)) / 100).max(1);
+        metrics
+            .ha
+            .lane_capacity
+            .get_or_create(&LaneLabel { lane: "fast" })
+            .set(i64::from(config.capacity));
+        metrics
+            .ha
+            .lane_capacity
+            .get_or_create(&LaneLabel { lane: "slow" })
+            .set(slow_capacity);
+        Arc::new(Self {
+            config,
+            slow_capacity,
+            fast: gauge("fast"),
+            slow: gauge("slow"),
+        })
+    }
+
+    pub fn config(&self) -> &LaneConfig {
+        &self.config
+    }
+
+    /// Admits one request of `route`, or says why not.
+    pub fn admit(self: &Arc<Self>, route: &Arc<RouteLane>) -> Result<LaneGuard, Rejected> {
+        let capacity = i64::from(self.config.capacity);
+        if route.in_flight.inc() >= i64::from(self.config.route_limit) {
+            route.in_flight.dec();
+            return Err(Rejected::RouteBulkhead);
+        }
+        let slow = route.is_slow();
+        let verdict = if slow {
+            let s = self.slow.inc();
+            if s >= self.slow_capacity {
+                Err(Rejected::SlowLaneFull)
+            } else if s + self.fast.get() >= capacity {
+                Err(Rejected::Overloaded)
+            } else {
+                Ok(())
+            }
+        } else {
+            let f = self.fast.inc();
+            if f + self.slow.get() >= capacity {
+                Err(Rejected::Overloaded)
+            } else {
+                Ok(())
+            }
+        };
+        let mut guard = LaneGuard {
+            lanes: self.clone(),
+            route: route.clone(),
+            slow,
+            started: Instant::now(),
+            record: false,
+        };
+        // On refusal the guard is dropped here: it gives the slots back without a sample.
+        verdict?;
+        guard.record = true;
+        Ok(guard)
+    }
+}
+
+/// A request admitted to a lane. Dropping it frees the slots and records how long the
+/// request took (to its response head).
+pub struct LaneGuard {
+    lanes: Arc<Lanes>,
+    route: Arc<RouteLane>,
+    slow: bool,
+    started: Instant,
+    record: bool,
+}
+
+impl LaneGuard {
+    pub fn is_slow(&self) -> bool {
+        self.slow
+    }
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        if self.slow {
+            self.lanes.slow.dec();
+        } else {
+            self.lanes.fast.dec();
+        }
+        self.route.in_flight.dec();
+        if self.record {
+            self.route
+                .observe(self.started.elapsed(), self.lanes.config.slow_threshold);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(config: LaneConfig) -> (Arc<Lanes>, Arc<RouteLane>, Arc<RouteLane>) {
+        let m = Metrics::new();
+        let lanes = Lanes::new(config, &m);
+        let a = Arc::new(RouteLane::new(&RouteMetrics::new(&m, "a")));
+        let b = Arc::new(RouteLane::new(&RouteMetrics::new(&m, "b")));
+        (lanes, a, b)
+    }
+
+    fn config() -> LaneConfig {
+        LaneConfig {
+            capacity: 10,
+            route_limit: 6,
+            slow_percent: 20,
+            slow_threshold: Duration::from_millis(100),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_fills_only_its_bulkhead() {
+        let (lanes, a, b) = setup(config());
+        let held: Vec<LaneGuard> = (0..6).map(|_| lanes.admit(&a).unwrap()).collect();
+        assert_eq!(lanes.admit(&a).err(), Some(Rejected::RouteBulkhead));
+        // The other route still has the rest of the capacity.
+        let others: Vec<LaneGuard> = (0..4).map(|_| lanes.admit(&b).unwrap()).collect();
+        assert_eq!(lanes.admit(&b).err(), Some(Rejected::Overloaded));
+        drop(held);
+        drop(others);
+        assert_eq!(a.in_flight(), 0);
+        assert_eq!(lanes.fast.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_route_moves_to_the_slow_lane_and_back() {
+        let (lanes, a, b) = setup(config());
+        for _ in 0..30 {
+            let g = lanes.admit(&a).unwrap();
+            tokio::time::advance(Duration::from_millis(500)).await;
+            drop(g);
+        }
+        assert!(a.is_slow(), "average {:?}", a.average());
+        // The slow lane holds 20% of 10: two requests.
+        let held: Vec<LaneGuard> = (0..2).map(|_| lanes.admit(&a).unwrap()).collect();
+        assert!(held.iter().all(LaneGuard::is_slow));
+        assert_eq!(lanes.admit(&a).err(), Some(Rejected::SlowLaneFull));
+        // Fast routes keep the other eight.
+        let fast: Vec<LaneGuard> = (0..6).map(|_| lanes.admit(&b).unwrap()).collect();
+        assert!(fast.iter().all(|g| !g.is_slow()));
+        drop(fast);
+        drop(held);
+        // Quick answers bring it back below half the threshold.
+        for _ in 0..40 {
+            let g = lanes.admit(&a).unwrap();
+            tokio::time::advance(Duration::from_millis(5)).await;
+            drop(g);
+        }
+        assert!(!a.is_slow(), "average {:?}", a.average());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_outlier_does_not_make_a_fast_route_slow() {
+        let (lanes, a, _) = setup(config());
+        let g = lanes.admit(&a).unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        drop(g);
+        assert!(!a.is_slow());
+    }
+}
