@@ -59,3 +59,22 @@ pub async fn metric(client: &Client, admin: SocketAddr, line_prefix: &str) -> f6
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The sum of every sample of metric `name` whose labels contain all of `labels` (each
+/// `key="value"`).
+pub async fn metric_sum(client: &Client, admin: SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let r = client
+        .get(admin, "admin", "/metrics")
+        .await
+        .expect("metrics");
+    r.text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -29,12 +29,24 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Answer with this body instead of the backend's name.
     pub body: Option<Bytes>,
+    /// Every n-th request (n, status) answers this status instead: `(2, 503)` fails every
+    /// other request.
+    pub fail_every: Option<(usize, u16)>,
+    /// Every n-th request (n, delay) waits this long before answering (on top of `delay`).
+    pub slow_every: Option<(usize, Duration)>,
+    /// Status of health checks (requests to [`HEALTH_PATH`]); default 200.
+    pub health_status: Option<u16>,
 }
+
+/// The path health checks use in tests (the CRD default). Requests to it are counted in
+/// [`Backend::health_hits`], not [`Backend::hits`].
+pub const HEALTH_PATH: &str = "/healthz";
 
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    health_hits: Arc<AtomicUsize>,
     behaviour: Arc<Mutex<Behaviour>>,
     last_headers: Arc<Mutex<Option<http::HeaderMap>>>,
     last_uri: Arc<Mutex<Option<String>>>,
@@ -54,11 +66,13 @@ impl Backend {
             .expect("bind a backend on 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let hits = Arc::new(AtomicUsize::new(0));
+        let health_hits = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
         let last_headers = Arc::new(Mutex::new(None));
         let last_uri = Arc::new(Mutex::new(None));
         let body_bytes = Arc::new(AtomicU64::new(0));
         let (stop, mut stopped) = watch::channel(false);
+        let hh = health_hits.clone();
         let (n, h, b, lh, lu, bb) = (
             name.to_string(),
             hits.clone(),
@@ -81,6 +95,7 @@ impl Backend {
                     lu.clone(),
                     bb.clone(),
                 );
+                let hh = hh.clone();
                 let mut conn_stop = stopped.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -92,8 +107,16 @@ impl Backend {
                             lu.clone(),
                             bb.clone(),
                         );
+                        let hh = hh.clone();
                         async move {
-                            h.fetch_add(1, Ordering::SeqCst);
+                            if req.uri().path() == HEALTH_PATH {
+                                hh.fetch_add(1, Ordering::SeqCst);
+                                let status = b.lock().unwrap().health_status.unwrap_or(200);
+                                let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                                *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                                return Ok::<_, Infallible>(resp);
+                            }
+                            let nth = h.fetch_add(1, Ordering::SeqCst) + 1;
                             *lh.lock().unwrap() = Some(req.headers().clone());
                             *lu.lock().unwrap() = Some(req.uri().to_string());
                             let beh = b.lock().unwrap().clone();
@@ -104,13 +127,26 @@ impl Backend {
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
                             bb.fetch_add(body.len() as u64, Ordering::SeqCst);
-                            if !beh.delay.is_zero() {
-                                tokio::time::sleep(beh.delay).await;
+                            let mut delay = beh.delay;
+                            if let Some((every, extra)) = beh.slow_every
+                                && every > 0
+                                && nth % every == 0
+                            {
+                                delay += extra;
+                            }
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let mut status = beh.status.unwrap_or(200);
+                            if let Some((every, s)) = beh.fail_every
+                                && every > 0
+                                && nth % every == 0
+                            {
+                                status = s;
                             }
                             let body = beh.body.clone().unwrap_or_else(|| Bytes::from(n.clone()));
                             let mut resp = Response::new(Full::new(body));
-                            *resp.status_mut() =
-                                StatusCode::from_u16(beh.status.unwrap_or(200)).unwrap();
+                            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
                             resp.headers_mut().insert("x-backend", n.parse().unwrap());
                             Ok::<_, Infallible>(resp)
                         }
@@ -128,6 +164,7 @@ impl Backend {
             name: name.to_string(),
             addr,
             hits,
+            health_hits,
             behaviour,
             last_headers,
             last_uri,
@@ -142,6 +179,11 @@ impl Backend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Health checks received (requests to [`HEALTH_PATH`]).
+    pub fn health_hits(&self) -> usize {
+        self.health_hits.load(Ordering::SeqCst)
     }
 
     pub fn body_bytes(&self) -> u64 {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod dataplane;
+pub mod load;
 
 use std::time::{Duration, Instant};
 
@@ -53,4 +54,27 @@ pub fn snapshot(yaml: &str, version: u64) -> parapet_crds::snapshot::Snapshot {
     let errors: Vec<String> = out.diagnostics.errors().map(|d| d.to_string()).collect();
     assert!(errors.is_empty(), "test YAML compiles cleanly: {errors:?}");
     parapet_crds::snapshot::Snapshot::new(version, out.table)
+}
+
+/// Starts the data plane in standalone mode on `yaml` (written to a temporary file) with
+/// extra flags, and waits until it serves the table.
+pub async fn standalone(yaml: &str, args: &[&str]) -> (dataplane::Dataplane, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).expect("write the config");
+    let mut all = vec!["--config", path.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let dp = dataplane::Dataplane::start(&all);
+    let c = client::Client::new();
+    let admin = dp.admin;
+    wait_for(
+        "the data plane to be ready",
+        Duration::from_secs(10),
+        || {
+            let c = c.clone();
+            async move { admin::ready(&c, admin).await.then_some(()) }
+        },
+    )
+    .await;
+    (dp, dir)
 }

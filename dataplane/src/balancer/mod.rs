@@ -233,6 +233,28 @@ impl ClusterBalancer {
         Some(&self.endpoints[self.routable[pos]])
     }
 
+    /// A weighted random endpoint among the routable and `usable` ones, whatever the
+    /// algorithm: for picks that should not move the algorithm's state (panic mode).
+    pub fn pick_random(
+        &self,
+        usable: impl Fn(&EndpointHandle) -> bool,
+    ) -> Option<&Arc<EndpointHandle>> {
+        let n = self.routable.len();
+        if n == 0 {
+            return None;
+        }
+        let mut rng = rand::rng();
+        let ok = |pos: usize| usable(self.at(pos));
+        let pos = match self.random(&mut rng, ok) {
+            Some(p) => p,
+            None => {
+                let start = rng.random_range(0..n);
+                (0..n).map(|k| (start + k) % n).find(|&p| ok(p))?
+            }
+        };
+        Some(&self.endpoints[self.routable[pos]])
+    }
+
     fn at(&self, pos: usize) -> &EndpointHandle {
         &self.endpoints[self.routable[pos]]
     }

@@ -28,14 +28,17 @@ impl RoundRobin {
     }
 
     /// The next position in the sequence that is `usable`, walking a bounded distance.
+    ///
+    /// Each step past an unusable endpoint takes a new ticket rather than the next slot, so
+    /// the unusable endpoint's share is spread over the others in proportion instead of
+    /// going to whichever follows it in the sequence.
     pub(super) fn pick(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let len = self.sequence.len();
         if len == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..len.min(MAX_WALK))
-            .map(|step| self.sequence[start.wrapping_add(step) % len] as usize)
+            .map(|_| self.sequence[self.next.fetch_add(1, Ordering::Relaxed) % len] as usize)
             .find(|&p| usable(p))
     }
 }

@@ -243,7 +243,7 @@ fn pick_in(
         let mut refused: Vec<*const EndpointHandle> = Vec::new();
         // A few tries: an ejected endpoint whose probe someone else holds is skipped.
         for _ in 0..4 {
-            let picked = c.balancer.pick(hash, |e| {
+            let usable = |e: &EndpointHandle| {
                 zone.is_none_or(|local| e.local == local)
                     && !refused.contains(&(e as *const EndpointHandle))
                     && match pass {
@@ -252,7 +252,13 @@ fn pick_in(
                         Pass::PanicFresh => untried(e),
                         Pass::PanicAny => true,
                     }
-            });
+            };
+            let picked = match pass {
+                Pass::Fresh | Pass::Again => c.balancer.pick(hash, usable),
+                // Panic spreads at random: the algorithm's own state was just walked by
+                // the passes that found nothing.
+                Pass::PanicFresh | Pass::PanicAny => c.balancer.pick_random(usable),
+            };
             let Some(picked) = picked.cloned() else {
                 break;
             };
