@@ -225,9 +225,10 @@ fn pick_in(
     pass: Pass,
     now: Instant,
 ) -> Option<(Arc<EndpointHandle>, Option<ProbeGuard>)> {
-    let untried = |e: &EndpointHandle| !tried.iter().any(|t| std::ptr::eq(&**t, e));
+    // The same endpoint has one `EndpointStats` whichever balancer hands it out.
+    let untried = |e: &EndpointHandle| !tried.iter().any(|t| Arc::ptr_eq(&t.stats, &e.stats));
     // Which zones, in order: local/remote by the spill-over roll, or any.
-    let order: [Option<bool>; 2] = if c.prefer_local {
+    let order: [Option<bool>; 2] = if c.zones.is_some() {
         let share = c.availability.local_share(c.balancer.endpoints());
         let local_first = share >= 1.0 || (share > 0.0 && rand::rng().random_bool(share));
         [Some(local_first), Some(!local_first)]
@@ -240,12 +241,21 @@ fn pick_in(
         &order[..]
     };
     for &zone in zones {
+        let balancer = match (zone, &c.zones) {
+            (Some(local), Some([l, r])) => {
+                if local {
+                    l
+                } else {
+                    r
+                }
+            }
+            _ => &c.balancer,
+        };
         let mut refused: Vec<*const EndpointHandle> = Vec::new();
         // A few tries: an ejected endpoint whose probe someone else holds is skipped.
         for _ in 0..4 {
             let usable = |e: &EndpointHandle| {
-                zone.is_none_or(|local| e.local == local)
-                    && !refused.contains(&(e as *const EndpointHandle))
+                !refused.contains(&(e as *const EndpointHandle))
                     && match pass {
                         Pass::Fresh => e.stats.is_candidate(now) && untried(e),
                         Pass::Again => e.stats.is_candidate(now),
@@ -254,10 +264,10 @@ fn pick_in(
                     }
             };
             let picked = match pass {
-                Pass::Fresh | Pass::Again => c.balancer.pick(hash, usable),
+                Pass::Fresh | Pass::Again => balancer.pick(hash, usable),
                 // Panic spreads at random: the algorithm's own state was just walked by
                 // the passes that found nothing.
-                Pass::PanicFresh | Pass::PanicAny => c.balancer.pick_random(usable),
+                Pass::PanicFresh | Pass::PanicAny => balancer.pick_random(usable),
             };
             let Some(picked) = picked.cloned() else {
                 break;

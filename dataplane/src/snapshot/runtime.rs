@@ -40,8 +40,10 @@ pub struct ClusterRuntime {
     pub outlier: ClusterOutlier,
     /// Healthy endpoints, by zone, cached per health epoch.
     pub availability: Availability,
-    /// `failover.preferLocalZone`, with a zone known and local endpoints in the pool.
-    pub prefer_local: bool,
+    /// With `failover.preferLocalZone`, a zone known and local endpoints in the pool: one
+    /// balancer for the local zone's endpoints and one for the others, so each keeps its
+    /// own rotation (the endpoints share their live state with `balancer`'s).
+    pub zones: Option<[ClusterBalancer; 2]>,
     /// `failover.backupCluster`, and below what healthy share it takes the traffic.
     pub backup: Option<String>,
     pub min_healthy_percent: u32,
@@ -81,9 +83,18 @@ impl ClusterRuntime {
         let balancer = ClusterBalancer::new_in_zone(c, registry, zone);
         let availability = Availability::new(balancer.endpoints());
         let failover = c.failover.as_ref();
+        let zones = (failover.is_some_and(|f| f.prefer_local_zone)
+            && availability.local_routable() > 0)
+            .then(|| {
+                [true, false].map(|local| {
+                    let mut part = c.clone();
+                    part.endpoints
+                        .retain(|e| (zone.is_some() && e.zone.as_deref() == zone) == local);
+                    ClusterBalancer::new_in_zone(&part, registry, zone)
+                })
+            });
         Self {
-            prefer_local: failover.is_some_and(|f| f.prefer_local_zone)
-                && availability.local_routable() > 0,
+            zones,
             backup: failover.and_then(|f| f.backup_cluster.clone()),
             min_healthy_percent: failover.map_or(0, |f| f.min_healthy_percent),
             availability,

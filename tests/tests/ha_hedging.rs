@@ -1,0 +1,91 @@
+//! Hedging through the real data plane: against backends with occasional slow answers, a
+//! hedged route's tail latency is cut, within the route's budget.
+
+use std::time::Duration;
+
+use parapet_tests::{
+    admin,
+    backend::{Backend, Behaviour},
+    client::Client,
+    load::{self, Target},
+    pool_yaml, route_yaml, standalone,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_cuts_the_tail() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    // One answer in 20 takes 400 ms; the rest are immediate.
+    for x in [&a, &b] {
+        x.set(Behaviour {
+            slow_every: Some((20, Duration::from_millis(400))),
+            ..Default::default()
+        });
+    }
+    let ports = [a.port(), b.port()];
+    let yaml = format!(
+        "{}{}{}{}",
+        pool_yaml("plain-pool", &ports, ""),
+        pool_yaml("hedged-pool", &ports, ""),
+        route_yaml(
+            "plain",
+            "[plain.example]",
+            "    - backends: [{pool: plain-pool}]"
+        ),
+        route_yaml(
+            "hedged",
+            "[hedged.example]",
+            "    - backends: [{pool: hedged-pool}]"
+        )
+    );
+    let (dp, _dir) = standalone(&yaml, &["--hedge", "default/hedged/0=50ms"]).await;
+    let c = Client::new();
+    let n = 600;
+    let plain = load::run(
+        &c,
+        &Target::get(dp.proxy, "plain.example", "/"),
+        4,
+        n,
+        Duration::from_secs(60),
+    )
+    .await;
+    let hedged = load::run(
+        &c,
+        &Target::get(dp.proxy, "hedged.example", "/"),
+        4,
+        n,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (p99_plain, p99_hedged) = (load::quantile(&plain, 0.99), load::quantile(&hedged, 0.99));
+    let label = ["route=\"default/hedged/0\""];
+    let sent = admin::metric_sum(&c, dp.admin, "parapet_hedges_total", &label).await;
+    let won = admin::metric_sum(&c, dp.admin, "parapet_hedges_won_total", &label).await;
+    eprintln!(
+        "hedging: p99 {p99_plain:?} without, {p99_hedged:?} with (p50 {:?} / {:?}); {sent} hedges sent, {won} won",
+        load::quantile(&plain, 0.5),
+        load::quantile(&hedged, 0.5)
+    );
+    assert!(plain.iter().chain(&hedged).all(|s| s.ok()));
+    assert!(
+        p99_plain >= Duration::from_millis(400),
+        "the plain route sees the slow answers"
+    );
+    assert!(
+        p99_hedged < Duration::from_millis(250),
+        "hedged p99 {p99_hedged:?}"
+    );
+    assert!(sent > 0.0 && won > 0.0);
+    // Within the default budget: 20% of requests plus 10/s over the window.
+    assert!(
+        sent <= 0.2 * n as f64 + 100.0,
+        "{sent} hedges for {n} requests"
+    );
+    let unhedged = admin::metric_sum(
+        &c,
+        dp.admin,
+        "parapet_hedges_total",
+        &["route=\"default/plain/0\""],
+    )
+    .await;
+    assert_eq!(unhedged, 0.0, "routes that did not opt in are not hedged");
+}
