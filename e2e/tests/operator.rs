@@ -1096,7 +1096,6 @@ async fn status_is_not_rewritten_when_nothing_changed() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "operator bug: every watch event, including the operator's own status writes, signals a recompile (index.rs watch: `Ok(_) => changed.notify_one()`)"]
 async fn own_status_writes_do_not_cause_recompiles() -> Result<()> {
     let s = setup("operator-status-recompile").await?;
     let r = s.running(&["op-recompile"]).await?;
@@ -1233,7 +1232,6 @@ fn signal(dp: &Dataplane, signal: &str) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "operator bug: Programmed follows whole-fleet sync of the latest table, so one slow pod turns every object Programmed=False (status.rs desired/in_sync)"]
 async fn an_edit_leaves_other_routes_programmed() -> Result<()> {
     let s = setup("operator-programmed-per-object").await?;
     let r = s.running(&["op-programmed"]).await?;

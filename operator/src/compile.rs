@@ -2,7 +2,7 @@
 //! versioned so versions only ever grow.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -38,6 +38,28 @@ pub struct Compiled {
     pub bytes: usize,
     /// The pools as read, for the endpoint-only fast path.
     pub pools: Arc<Vec<UpstreamPool>>,
+    /// The objects (and generations) this table carries, for per-object `Programmed`.
+    pub sources: Arc<Sources>,
+}
+
+/// (kind, namespace, name, generation) of every object a table was compiled from.
+pub type Sources = HashSet<(String, String, String, i64)>;
+
+fn sources(s: &Snapshot) -> Arc<Sources> {
+    Arc::new(
+        s.table
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.kind.clone(),
+                    s.namespace.clone(),
+                    s.name.clone(),
+                    s.generation,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Versions are milliseconds since the epoch, kept strictly increasing, and raised above
@@ -144,6 +166,7 @@ pub fn compile_index(
     let bytes = serde_json::to_vec(&snapshot)
         .map(|v| v.len())
         .unwrap_or_default();
+    let sources = sources(&snapshot);
     Some(Compiled {
         snapshot: Arc::new(snapshot),
         diagnostics: out.diagnostics,
@@ -152,6 +175,7 @@ pub fn compile_index(
         pool_endpoints,
         bytes,
         pools: Arc::new(pools),
+        sources,
     })
 }
 
@@ -181,6 +205,7 @@ pub fn refresh_index(index: &Index, clock: &VersionClock, prev: &Compiled) -> Op
         pool_endpoints: pool_endpoints(&prev.pools, &inputs.service_endpoints),
         bytes,
         pools: prev.pools.clone(),
+        sources: prev.sources.clone(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! so one object that no longer fits the types cannot break the watch for all the others.
 
 use std::{
+    collections::HashMap,
     fmt::Debug,
     hash::Hash,
     sync::{
@@ -95,7 +96,7 @@ impl Index {
                             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                             None => Api::all_with(client.clone(), &ar),
                         };
-                        watch(
+                        watch_specs(
                             api,
                             watcher::Config::default(),
                             Writer::new(ar.clone()),
@@ -214,6 +215,38 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
+    watch_filtered(api, cfg, writer, changed, dirty, false)
+}
+
+/// Like [`watch`], but for objects with a status written by this operator: only a new
+/// generation (a spec change) or a deletion signals a change, so the operator's own status
+/// writes never trigger a recompile.
+fn watch_specs<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    writer: Writer<K>,
+    changed: Arc<Notify>,
+    dirty: Arc<AtomicBool>,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    watch_filtered(api, cfg, writer, changed, dirty, true)
+}
+
+fn watch_filtered<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    writer: Writer<K>,
+    changed: Arc<Notify>,
+    dirty: Arc<AtomicBool>,
+    specs_only: bool,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
     let reader = writer.as_reader();
     let kind = std::any::type_name::<K>()
         .rsplit("::")
@@ -222,13 +255,33 @@ where
         .to_string();
     tokio::spawn(async move {
         let mut events = watcher(api, cfg).default_backoff().reflect(writer).boxed();
+        // Generation seen per object, for `specs_only`.
+        let mut seen: HashMap<(Option<String>, Option<String>), Option<i64>> = HashMap::new();
+        let id = |o: &K| (o.meta().namespace.clone(), o.meta().name.clone());
         while let Some(ev) = events.next().await {
-            match ev {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => {
-                    dirty.store(true, Ordering::SeqCst);
-                    changed.notify_one();
+            let signal = match &ev {
+                Ok(watcher::Event::Init) => false,
+                Ok(watcher::Event::InitApply(o)) => {
+                    seen.insert(id(o), o.meta().generation);
+                    false
                 }
+                Ok(watcher::Event::Apply(o)) => {
+                    let previous = seen.insert(id(o), o.meta().generation);
+                    !specs_only || previous != Some(o.meta().generation)
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    seen.remove(&id(o));
+                    true
+                }
+                Ok(watcher::Event::InitDone) => true,
+                Err(_) => false,
+            };
+            if signal {
+                dirty.store(true, Ordering::SeqCst);
+                changed.notify_one();
+            }
+            match ev {
+                Ok(_) => {}
                 Err(e) => tracing::warn!(%kind, error = %e, "watch error; retrying with backoff"),
             }
         }

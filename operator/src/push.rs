@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use crate::{
-    compile::{Compiled, VersionClock},
+    compile::{Compiled, Sources, VersionClock},
     metrics::Metrics,
 };
 
@@ -51,6 +51,8 @@ pub struct Target {
 pub struct PodState {
     pub acked_version: u64,
     pub acked_hash: String,
+    /// What the acknowledged table carries (for per-object `Programmed`).
+    pub acked_sources: Option<Arc<Sources>>,
     pub failures: u32,
     pub next_attempt: Option<Instant>,
     pub last_error: Option<String>,
@@ -66,6 +68,32 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// (pods whose table carries this object at this generation, all pods).
+    pub fn serving(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        generation: i64,
+    ) -> (usize, usize) {
+        let probe = (
+            kind.to_string(),
+            namespace.to_string(),
+            name.to_string(),
+            generation,
+        );
+        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        let n = pods
+            .values()
+            .filter(|(_, s)| {
+                s.acked_sources
+                    .as_ref()
+                    .is_some_and(|set| set.contains(&probe))
+            })
+            .count();
+        (n, pods.len())
+    }
+
     /// (pods that acknowledged `hash`, all pods).
     pub fn in_sync(&self, hash: &str) -> (usize, usize) {
         let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
@@ -142,6 +170,7 @@ struct Outcome {
     addr: String,
     version: u64,
     hash: String,
+    sources: Arc<Sources>,
     result: Result<(), PushError>,
     seconds: f64,
 }
@@ -231,6 +260,7 @@ impl Pusher {
                         self.timeout,
                     );
                     let (body, hash, version) = (body.clone(), hash.clone(), c.snapshot.version);
+                    let sources = c.sources.clone();
                     running.spawn(async move {
                         let _permit = sem.acquire_owned().await;
                         let started = Instant::now();
@@ -240,6 +270,7 @@ impl Pusher {
                             addr,
                             version,
                             hash,
+                            sources,
                             result,
                             seconds: started.elapsed().as_secs_f64(),
                         }
@@ -270,6 +301,7 @@ impl Pusher {
                             tracing::info!(pod = %t.name, held = v, acked = st.acked_version, "pod does not hold the acknowledged table; re-pushing");
                             st.acked_version = v;
                             st.acked_hash = h;
+                            st.acked_sources = None;
                             st.next_attempt = None;
                         }
                     }
@@ -298,6 +330,7 @@ impl Pusher {
             Ok(()) => {
                 st.acked_version = o.version;
                 st.acked_hash = o.hash;
+                st.acked_sources = Some(o.sources);
                 st.failures = 0;
                 st.next_attempt = None;
                 st.last_error = None;

@@ -25,7 +25,7 @@ use crate::{compile::Compiled, index::Index, metrics::Metrics, push::Fleet};
 /// (type, status, reason, message) of one condition.
 type Want = (&'static str, bool, String, String);
 
-fn desired(c: &Compiled, key: &ObjectKey, in_sync: (usize, usize)) -> Vec<Want> {
+fn desired(c: &Compiled, key: &ObjectKey, generation: i64, serving: (usize, usize)) -> Vec<Want> {
     let mut out = Vec::with_capacity(3);
     if let Some((_, err)) = c.malformed.iter().find(|(k, _)| k == key) {
         let mut msg = format!("the object does not match the {} schema: {err}", key.kind);
@@ -60,7 +60,8 @@ fn desired(c: &Compiled, key: &ObjectKey, in_sync: (usize, usize)) -> Vec<Want> 
             ),
         },
     );
-    let (synced, total) = in_sync;
+    let (synced, total) = serving;
+    let message = format!("{synced}/{total} pods serve generation {generation}");
     out.push(if total == 0 {
         (
             conditions::PROGRAMMED,
@@ -73,14 +74,14 @@ fn desired(c: &Compiled, key: &ObjectKey, in_sync: (usize, usize)) -> Vec<Want> 
             conditions::PROGRAMMED,
             true,
             "Programmed".to_string(),
-            format!("{synced}/{total} pods serve version {}", c.snapshot.version),
+            message,
         )
     } else {
         (
             conditions::PROGRAMMED,
             false,
             "Pending".to_string(),
-            format!("{synced}/{total} pods serve version {}", c.snapshot.version),
+            message,
         )
     });
     out
@@ -185,7 +186,6 @@ pub async fn run(
         let Some(c) = tables.borrow().clone() else {
             continue;
         };
-        let in_sync = fleet.in_sync(&c.snapshot.hash);
         for (kind, ar, stores) in [
             (
                 compiler::KIND_ROUTE,
@@ -212,7 +212,12 @@ pub async fn run(
                 if !c.objects.iter().any(|(k, g)| *k == key && *g == generation) {
                     continue;
                 }
-                let want = desired(&c, &key, in_sync);
+                let want = desired(
+                    &c,
+                    &key,
+                    generation,
+                    fleet.serving(key.kind, &key.namespace, &key.name, generation),
+                );
                 let mut extra = serde_json::Map::new();
                 if kind == compiler::KIND_POOL
                     && let Some((total, ready)) = c
