@@ -8,10 +8,12 @@
 pub mod entry;
 pub mod freshness;
 pub mod key;
+pub mod layer;
 pub mod store;
 
 pub use entry::{Entry, Freshness, adapt_ttl};
 pub use freshness::{Lifetime, NotStorable, lifetime};
+pub use layer::{Cache, CacheMetrics, Origin, X_CACHE};
 pub use store::{Fill, FillGuard, Store};
 
 use http::{HeaderMap, Method, header};
@@ -39,3 +41,6 @@ pub fn cacheable_request(policy: &CachePolicy, method: &Method, headers: &Header
                 .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
         })
 }
+
+#[cfg(test)]
+mod tests;
