@@ -23,9 +23,15 @@ async fn hedging_cuts_the_tail() {
     }
     let ports = [a.port(), b.port()];
     let yaml = format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}{}",
         pool_yaml("plain-pool", &ports, ""),
         pool_yaml("hedged-pool", &ports, ""),
+        pool_yaml("auto-pool", &ports, ""),
+        route_yaml(
+            "auto",
+            "[auto.example]",
+            "    - backends: [{pool: auto-pool}]"
+        ),
         route_yaml(
             "plain",
             "[plain.example]",
@@ -37,7 +43,16 @@ async fn hedging_cuts_the_tail() {
             "    - backends: [{pool: hedged-pool}]"
         )
     );
-    let (dp, _dir) = standalone(&yaml, &["--hedge", "default/hedged/0=50ms"]).await;
+    let (dp, _dir) = standalone(
+        &yaml,
+        &[
+            "--hedge",
+            "default/hedged/0=50ms",
+            "--hedge",
+            "default/auto/0",
+        ],
+    )
+    .await;
     let c = Client::new();
     let n = 600;
     let plain = load::run(
@@ -80,6 +95,30 @@ async fn hedging_cuts_the_tail() {
         sent <= 0.2 * n as f64 + 100.0,
         "{sent} hedges for {n} requests"
     );
+
+    // Without a set delay, the route hedges after its own observed p95.
+    let auto = load::run(
+        &c,
+        &Target::get(dp.proxy, "auto.example", "/"),
+        4,
+        n,
+        Duration::from_secs(60),
+    )
+    .await;
+    let p99_auto = load::quantile(&auto, 0.99);
+    let label = ["route=\"default/auto/0\""];
+    let sent = admin::metric_sum(&c, dp.admin, "parapet_hedges_total", &label).await;
+    eprintln!("hedging after the observed p95: p99 {p99_auto:?}, {sent} hedges sent");
+    assert!(auto.iter().all(|s| s.ok()));
+    assert!(
+        p99_auto < Duration::from_millis(250),
+        "p95-hedged p99 {p99_auto:?}"
+    );
+    assert!(
+        sent <= 0.2 * n as f64 + 100.0,
+        "{sent} hedges for {n} requests"
+    );
+
     let unhedged = admin::metric_sum(
         &c,
         dp.admin,

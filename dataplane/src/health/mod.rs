@@ -18,6 +18,8 @@
 //! `parapet_endpoint_healthy{cluster, endpoint}`; checks are counted in
 //! `parapet_health_checks_total{cluster, reason="pass"|"fail"}`; changes are logged.
 
+#[cfg(test)]
+mod tests;
 mod verdicts;
 
 use std::{
