@@ -1013,6 +1013,37 @@ async fn install_upgrade_uninstall_on_the_api_server() -> Result<()> {
     let out = helm_ok(&["install", "parapet", &chart, "--namespace", n]).await?;
     ensure!(out.contains("STATUS: deployed"), "{out}");
     ensure!(out.contains("port-forward"), "NOTES.txt not shown: {out}");
+    // The example NOTES.txt tells the user to apply is valid as printed.
+    let example = out
+        .split_once("<<'YAML'\n")
+        .and_then(|(_, rest)| rest.split_once("\n     YAML"))
+        .map(|(yaml, _)| {
+            yaml.lines()
+                .map(|l| l.strip_prefix("     ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .ok_or_else(|| anyhow!("no example between <<'YAML' and YAML in NOTES: {out}"))?;
+    let applied = kubectl_stdin(
+        &[
+            "apply",
+            "--dry-run=server",
+            "--namespace",
+            n,
+            "-o",
+            "name",
+            "-f",
+            "-",
+        ],
+        &example,
+    )
+    .await?;
+    ensure!(
+        applied.success() && applied.stdout.lines().count() == 2,
+        "the NOTES example is refused: {}{}",
+        applied.stdout,
+        applied.stderr
+    );
 
     // Every object of the release exists.
     let manifest = release_manifest(n, "parapet").await?;
