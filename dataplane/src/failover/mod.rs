@@ -21,6 +21,9 @@
 //! Ejected endpoints whose ejection is over are usable by exactly one probe request at a
 //! time (`outlier::admit`).
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
