@@ -3,9 +3,9 @@
 //! 1. **limits**: URI and declared body size.
 //! 2. **route**: the table in force and the router's match; direct answers end here.
 //! 3. **admit**: the route's bulkhead and lane (`lanes`); refused requests get 503.
-//! 4. **prepare**: the backend pool by weight, the upstream URI (rewrites), headers, the
-//!    deadline (route timeout, or the client's `x-parapet-timeout-ms` when shorter) and the
-//!    body (buffered when small enough to replay).
+//! 4. **prepare** (`prepare.rs`): the backend pool by weight, the upstream URI (rewrites),
+//!    headers, the deadline (route timeout, or the client's `x-parapet-timeout-ms` when
+//!    shorter) and the body (buffered when small enough to replay).
 //! 5. **forward** (`forward.rs`): endpoint picks, breaker, attempts, retries, hedges.
 //! 6. **respond** (`respond.rs`): the upstream response streamed back, or the gateway's
 //!    own problem document.
@@ -13,23 +13,21 @@
 pub mod body;
 mod forward;
 pub mod headers;
+mod prepare;
 pub mod problem;
 mod respond;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use http::{
-    HeaderName, HeaderValue, Method, Request, Response, StatusCode, header, uri::PathAndQuery,
-};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body, Incoming};
-use parapet_crds::snapshot::{PathMatch, RouteAction};
+use http::{HeaderName, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use parapet_crds::snapshot::RouteAction;
 use tokio::time::Instant;
 
 use self::{
-    forward::{Exchange, RequestBody},
-    headers::{X_REQUEST_ID, add_forwarding, is_upgrade, new_request_id, strip_hop_by_hop},
+    forward::Exchange,
+    headers::{X_REQUEST_ID, is_upgrade, new_request_id},
     problem::problem,
     respond::{outcome_response, overloaded},
 };
@@ -218,76 +216,18 @@ impl Proxy {
             );
         };
 
-        // Path rewrite and the upstream URI's path and query.
-        let path = req.uri().path();
-        let new_path: Option<String> = match (&forward.rewrite, &matched.route.matcher.path) {
-            (Some(rw), PathMatch::Prefix(_)) => rw
-                .path_prefix
-                .as_ref()
-                .map(|p| rewrite_prefix(path, matched.prefix_len, p)),
-            _ => None,
+        let Some(path_and_query) = prepare::upstream_path(&req, forward, &matched) else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "the rewritten path is not a valid URI path",
+                rid,
+            );
         };
-        let pq = match (new_path, req.uri().query()) {
-            (Some(p), Some(q)) => format!("{p}?{q}"),
-            (Some(p), None) => p,
-            (None, _) => req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-        };
-        let path_and_query: PathAndQuery = match pq.parse() {
-            Ok(p) => p,
-            Err(_) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "the rewritten path is not a valid URI path",
-                    rid,
-                );
-            }
-        };
-
-        // The deadline: the route's timeout, or the client's when shorter.
-        let mut timeout = Duration::from_millis(forward.timeout_ms.max(1));
-        if let Some(ms) = req
-            .headers_mut()
-            .remove(X_PARAPET_TIMEOUT_MS)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-        {
-            timeout = timeout.min(Duration::from_millis(ms));
-        }
-        let deadline = started + timeout;
-
-        // Request headers for upstream.
+        let deadline = prepare::deadline(req.headers_mut(), forward.timeout_ms, started);
         let upgrade = is_upgrade(req.headers());
-        let downstream_upgrade = if upgrade {
-            Some(hyper::upgrade::on(&mut req))
-        } else {
-            None
-        };
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        parts.headers.remove(header::EXPECT);
-        let proto = if conn.tls { "https" } else { "http" };
-        add_forwarding(
-            &mut parts.headers,
-            conn.peer.ip(),
-            proto,
-            authority.as_deref(),
-        );
-        if let Some(h) = forward.rewrite.as_ref().and_then(|r| r.hostname.as_deref())
-            && let Ok(v) = HeaderValue::from_str(h)
-        {
-            parts.headers.insert(header::HOST, v);
-        } else if !parts.headers.contains_key(header::HOST)
-            && let Some(h) = authority
-                .as_deref()
-                .and_then(|h| HeaderValue::from_str(h).ok())
-        {
-            // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
-            parts.headers.insert(header::HOST, h);
-        }
-        parts.version = http::Version::HTTP_11;
+        prepare::upstream_head(&mut parts, conn, authority.as_deref(), forward, upgrade);
 
         let policy = forward.retry.as_ref();
         let repeatable =
@@ -301,47 +241,24 @@ impl Proxy {
         let hash = cluster
             .balancer
             .request_hash(&parts.headers, conn.peer.ip());
-
-        // The body: buffered when a retry or hedge might send it again and it is small.
-        let wants_replay = !upgrade && (policy.is_some() || hedge_after.is_some());
-        let counted = body::Counted::new(body, self.metrics.request_bytes.clone());
-        let limit = usize::try_from(self.limits.max_body_bytes).unwrap_or(usize::MAX);
-        let body = if counted.is_end_stream() {
-            RequestBody::Replayable(Bytes::new())
-        } else if wants_replay && declared_length.is_some_and(|n| n <= self.limits.max_replay_bytes)
+        // Buffered when a retry or hedge might send it again and it is small enough.
+        let replay = !upgrade && (policy.is_some() || hedge_after.is_some());
+        let body = match prepare::request_body(
+            body,
+            &self.limits,
+            &self.metrics,
+            replay.then_some(declared_length).flatten(),
+            deadline,
+        )
+        .await
         {
-            match tokio::time::timeout_at(deadline, Limited::new(counted, limit).collect()).await {
-                Ok(Ok(c)) => RequestBody::Replayable(c.to_bytes()),
-                Ok(Err(e)) => {
-                    let (status, detail) = if e.is::<http_body_util::LengthLimitError>() {
-                        (
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "the request body is larger than this gateway accepts",
-                        )
-                    } else {
-                        (
-                            StatusCode::BAD_REQUEST,
-                            "the request body could not be read",
-                        )
-                    };
-                    route_rt
-                        .metrics
-                        .record(status.as_u16(), started.elapsed().as_secs_f64());
-                    return problem(status, detail, rid);
-                }
-                Err(_) => {
-                    route_rt
-                        .metrics
-                        .record(408, started.elapsed().as_secs_f64());
-                    return problem(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body did not arrive within the route timeout",
-                        rid,
-                    );
-                }
+            Ok(b) => b,
+            Err((status, detail)) => {
+                route_rt
+                    .metrics
+                    .record(status.as_u16(), started.elapsed().as_secs_f64());
+                return problem(status, detail, rid);
             }
-        } else {
-            RequestBody::Once(Some(Limited::new(counted, limit).boxed()))
         };
 
         // 5. forward
