@@ -497,7 +497,6 @@ pub struct ClusterMetrics {
     pub failover_active: Gauge,
     pub zone_local: Counter,
     pub zone_remote: Counter,
-    pub ejections_refused: Counter,
 }
 
 impl ClusterMetrics {
@@ -531,7 +530,6 @@ impl ClusterMetrics {
             failover_active: m.ha.failover_active.get_or_create(&l).clone(),
             zone_local: locality("local"),
             zone_remote: locality("remote"),
-            ejections_refused: m.ha.ejections_refused.get_or_create(&l).clone(),
         }
     }
 }
