@@ -82,8 +82,9 @@ struct HelmOutput {
     stderr: String,
 }
 
-/// Runs helm against the test cluster with empty homes (no repositories, no plugins) and a
-/// deadline. Returns its output whatever the exit status.
+/// Runs helm against the test cluster with empty homes (no repositories, no plugins), every
+/// connection but the API server's sent to a closed proxy, and a deadline. Returns its output
+/// whatever the exit status.
 async fn helm(args: &[&str]) -> Result<HelmOutput> {
     helm_at(cluster()?.kubeconfig().as_ref(), args).await
 }
@@ -99,6 +100,10 @@ async fn helm_at(kubeconfig: &std::ffi::OsStr, args: &[&str]) -> Result<HelmOutp
         .env("HELM_CACHE_HOME", home.path().join("cache"))
         .env("HELM_DATA_HOME", home.path().join("data"))
         .env("HELM_NO_PLUGINS", "1")
+        // Anything but the (loopback) API server goes to a closed port and fails loudly.
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,localhost,::1")
         .env_remove("HELM_DRIVER")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
