@@ -63,8 +63,8 @@ pub struct Args {
     /// Repeatable.
     #[arg(long = "hedge", env = "PARAPET_HEDGE", value_delimiter = ',')]
     pub hedge: Vec<String>,
-    /// Request bodies up to this many bytes (with a Content-Length) are buffered so they can
-    /// be retried or hedged; larger ones stream once and are not retried.
+    /// Request bodies up to this many bytes are buffered so they can be retried or hedged;
+    /// larger ones stream once and are not retried.
     #[arg(long, env = "PARAPET_MAX_REPLAY_BYTES", default_value_t = 64 * 1024)]
     pub max_replay_bytes: u64,
     /// TLS certificate chain (PEM) for the traffic listener; with --tls-key, serves HTTPS

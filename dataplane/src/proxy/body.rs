@@ -1,5 +1,6 @@
-//! Body wrappers: one counts bytes as they stream through, without buffering; one bounds a
-//! response body by the route's deadline.
+//! Body wrappers: one counts bytes as they stream through, without buffering; one sends
+//! frames already read before the rest of a body; one bounds a response body by the route's
+//! deadline.
 
 use std::{
     future::Future,
@@ -120,5 +121,42 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Frames already read from a body, then the rest of it.
+pub struct Prefixed<B> {
+    read: std::collections::VecDeque<Frame<Bytes>>,
+    rest: B,
+}
+
+impl<B> Prefixed<B> {
+    pub fn new(read: Vec<Frame<Bytes>>, rest: B) -> Self {
+        Self {
+            read: read.into(),
+            rest,
+        }
+    }
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(f) = self.read.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
     }
 }

@@ -45,8 +45,8 @@ pub const X_PARAPET_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-parapet-
 pub struct Limits {
     pub max_uri_bytes: usize,
     pub max_body_bytes: u64,
-    /// Request bodies up to this size (with a declared length) are buffered so a retry or
-    /// hedge can send them again; larger ones stream once and are never retried.
+    /// Request bodies up to this size are buffered so a retry or hedge can send them again;
+    /// larger ones stream once and are never retried.
     pub max_replay_bytes: u64,
 }
 
@@ -247,7 +247,8 @@ impl Proxy {
             body,
             &self.limits,
             &self.metrics,
-            replay.then_some(declared_length).flatten(),
+            replay,
+            declared_length,
             deadline,
         )
         .await

@@ -2,10 +2,11 @@
 //! deadline, the request head (hop-by-hop headers out, forwarding headers in, Host), and the
 //! body — buffered when it may have to be sent again.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderValue, Request, StatusCode, header, request::Parts, uri::PathAndQuery,
 };
+use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use parapet_crds::snapshot::{ForwardAction, PathMatch};
@@ -14,12 +15,12 @@ use tokio::time::Instant;
 
 use super::{
     ConnInfo, Limits, X_PARAPET_TIMEOUT_MS,
-    body::Counted,
+    body::{Counted, Prefixed},
     forward::RequestBody,
     headers::{add_forwarding, strip_hop_by_hop},
     rewrite_prefix,
 };
-use crate::{metrics::Metrics, router::Matched};
+use crate::{metrics::Metrics, router::Matched, upstream::BoxError};
 
 /// The upstream path and query, after the rule's prefix rewrite; `None` if the rewrite
 /// makes an invalid path.
@@ -85,14 +86,16 @@ pub(super) fn upstream_head(
     parts.version = http::Version::HTTP_11;
 }
 
-/// The body to send. With `replay_length` (the declared length, when a retry or hedge may
-/// need the body again) at most `max_replay_bytes`, it is read now, before the deadline;
-/// otherwise it streams, once.
+/// The body to send. When `replay` (a retry or hedge may need it again), a body declared at
+/// most `max_replay_bytes` long, or without a declared length, is read now (before the
+/// deadline): if it ends within the bound it is kept for replay; if not, what was read is
+/// sent first and the rest streams after it, once. Otherwise the body streams, once.
 pub(super) async fn request_body(
     body: Incoming,
     limits: &Limits,
     metrics: &Metrics,
-    replay_length: Option<u64>,
+    replay: bool,
+    declared: Option<u64>,
     deadline: Instant,
 ) -> Result<RequestBody, (StatusCode, &'static str)> {
     let counted = Counted::new(body, metrics.request_bytes.clone());
@@ -100,24 +103,56 @@ pub(super) async fn request_body(
     if counted.is_end_stream() {
         return Ok(RequestBody::Replayable(Bytes::new()));
     }
-    if replay_length.is_none_or(|n| n > limits.max_replay_bytes) {
-        return Ok(RequestBody::Once(Some(
-            Limited::new(counted, limit).boxed(),
-        )));
+    let mut body = Limited::new(counted, limit);
+    if !replay || declared.is_some_and(|n| n > limits.max_replay_bytes) {
+        return Ok(RequestBody::Once(Some(body.boxed())));
     }
-    match tokio::time::timeout_at(deadline, Limited::new(counted, limit).collect()).await {
-        Ok(Ok(c)) => Ok(RequestBody::Replayable(c.to_bytes())),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is larger than this gateway accepts",
-        )),
-        Ok(Err(_)) => Err((
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read",
-        )),
-        Err(_) => Err((
-            StatusCode::REQUEST_TIMEOUT,
-            "the request body did not arrive within the route timeout",
-        )),
+    let bound = usize::try_from(limits.max_replay_bytes).unwrap_or(usize::MAX);
+    let mut read: Vec<Frame<Bytes>> = Vec::new();
+    let mut bytes = 0usize;
+    let fail = |e: BoxError| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than this gateway accepts",
+            )
+        } else {
+            (
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            )
+        }
+    };
+    let timeout = (
+        StatusCode::REQUEST_TIMEOUT,
+        "the request body did not arrive within the route timeout",
+    );
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(timeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(fail(e)),
+            Ok(Some(Ok(f))) => f,
+        };
+        match frame.data_ref() {
+            Some(d) => bytes += d.len(),
+            // Trailers: keep them with the body, which then streams.
+            None => {
+                read.push(frame);
+                return Ok(RequestBody::Once(Some(Prefixed::new(read, body).boxed())));
+            }
+        }
+        read.push(frame);
+        if bytes > bound {
+            // Too big to keep: what was read goes first, the rest follows.
+            return Ok(RequestBody::Once(Some(Prefixed::new(read, body).boxed())));
+        }
     }
+    let mut all = BytesMut::with_capacity(bytes);
+    for f in read {
+        if let Ok(d) = f.into_data() {
+            all.extend_from_slice(&d);
+        }
+    }
+    Ok(RequestBody::Replayable(all.freeze()))
 }
