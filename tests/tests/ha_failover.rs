@@ -13,7 +13,7 @@ use parapet_tests::{
 };
 
 const CHECKS: &str =
-    "  healthCheck: {interval: 100ms, timeout: 100ms, unhealthyThreshold: 1, healthyThreshold: 1}";
+    "  healthCheck: {interval: 100ms, timeout: 500ms, unhealthyThreshold: 1, healthyThreshold: 1}";
 
 /// Answered by the named backends only (all of `samples`, all 200).
 fn only(samples: &[load::Sample], names: &[&str]) -> bool {

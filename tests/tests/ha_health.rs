@@ -13,7 +13,7 @@ use parapet_tests::{
 };
 
 const CHECKS: &str =
-    "  healthCheck: {interval: 200ms, timeout: 200ms, unhealthyThreshold: 2, healthyThreshold: 1}";
+    "  healthCheck: {interval: 200ms, timeout: 500ms, unhealthyThreshold: 2, healthyThreshold: 1}";
 
 async fn healthy_gauge(c: &Client, dp_admin: std::net::SocketAddr, port: u16) -> Option<f64> {
     let text = c.get(dp_admin, "admin", "/metrics").await.ok()?.text();

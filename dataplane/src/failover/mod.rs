@@ -15,8 +15,9 @@
 //! 3. **A different endpoint each try**: endpoints this request already tried are skipped
 //!    while others are usable; then tried ones are used again.
 //! 4. **Panic.** When no endpoint of either tier is usable (all unhealthy or ejected), the
-//!    request goes to any routable endpoint of the first tier rather than failing: fail
-//!    open, as Envoy's panic threshold does. Counted in `parapet_panic_requests_total`.
+//!    request goes to a routable endpoint anyway rather than failing — one it has not tried,
+//!    first tier first, then any: fail open, as Envoy's panic threshold does. Counted in
+//!    `parapet_panic_requests_total`.
 //!
 //! Ejected endpoints whose ejection is over are usable by exactly one probe request at a
 //! time (`outlier::admit`).
@@ -170,20 +171,21 @@ pub fn pick(
     if let Some(p) = pick_from(&tiers, hash, tried, &[Pass::Fresh, Pass::Again], now) {
         return Some(p);
     }
-    let first = tiers[0]?;
     for pass in [Pass::PanicFresh, Pass::PanicAny] {
-        if let Some((endpoint, _)) = pick_in(first, hash, tried, pass, now) {
-            first.metrics.panic.inc();
-            tracing::debug!(
-                cluster = %first.spec.name,
-                endpoint = %endpoint.authority(),
-                "no usable endpoint: panic mode sends to an unhealthy or ejected one"
-            );
-            return Some(Picked {
-                cluster: first.clone(),
-                endpoint,
-                probe: None,
-            });
+        for c in tiers.iter().flatten() {
+            if let Some((endpoint, _)) = pick_in(c, hash, tried, pass, now) {
+                c.metrics.panic.inc();
+                tracing::debug!(
+                    cluster = %c.spec.name,
+                    endpoint = %endpoint.authority(),
+                    "no usable endpoint: panic mode sends to an unhealthy or ejected one"
+                );
+                return Some(Picked {
+                    cluster: (*c).clone(),
+                    endpoint,
+                    probe: None,
+                });
+            }
         }
     }
     None

@@ -157,3 +157,22 @@ async fn each_try_prefers_an_endpoint_not_tried_and_panics_last() {
     assert_eq!(b.metrics.panic.get(), 1);
     assert!(pick_fresh(&t, b, None, &[], now).is_none());
 }
+
+#[tokio::test]
+async fn panic_tries_the_other_tier_before_repeating_an_endpoint() {
+    let t = table(None);
+    let (p, b) = (&t.clusters["default/p"], &t.clusters["default/b"]);
+    for port in 1..=4 {
+        set_healthy(p, port, false);
+    }
+    set_healthy(b, 11, false);
+    set_healthy(b, 12, false);
+    let now = Instant::now();
+    // Nothing healthy anywhere: the primary first.
+    let first = pick(&t, p, None, &[], now).unwrap();
+    assert_eq!(first.cluster.spec.name, "default/p");
+    // Every primary endpoint tried: the backup's, not a primary one again.
+    let tried: Vec<_> = p.balancer.endpoints().to_vec();
+    let next = pick(&t, p, None, &tried, now).unwrap();
+    assert_eq!(next.cluster.spec.name, "default/b");
+}
