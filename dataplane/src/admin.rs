@@ -83,6 +83,7 @@ impl Admin {
             }
             (&Method::GET, "/v1/snapshot/status") => self.status(),
             (&Method::PUT, "/v1/snapshot") => self.push(req).await,
+            (&Method::POST, "/v1/cache/purge") => self.purge(req).await,
             (_, "/v1/snapshot") => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "use PUT to push a snapshot",
@@ -121,6 +122,46 @@ impl Admin {
             .unwrap_or(b"");
         // Constant time in the token's content (length differences are not secret).
         presented.len() == token.len() && bool::from(presented.ct_eq(token))
+    }
+
+    /// `POST /v1/cache/purge` with `{"policy": "ns/name", "pathPrefix": "/a/"}` (path
+    /// optional) or `{"all": true}`; authenticated like pushes.
+    async fn purge(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if !self.authorized(&req) {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required to purge the cache",
+                None,
+            );
+        }
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "could not read the purge request",
+                    None,
+                );
+            }
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let cache = self.store.cache();
+        let purged = if v.get("all").and_then(|a| a.as_bool()) == Some(true) {
+            cache.purge("", None)
+        } else if let Some(policy) = v.get("policy").and_then(|p| p.as_str()) {
+            cache.purge(
+                &format!("{policy}\n"),
+                v.get("pathPrefix").and_then(|p| p.as_str()),
+            )
+        } else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "say what to purge: {\"policy\": \"namespace/name\", \"pathPrefix\": \"/optional\"} or {\"all\": true}",
+                None,
+            );
+        };
+        tracing::info!(purged, request = %v, "cache purged");
+        json(StatusCode::OK, &serde_json::json!({ "purged": purged }))
     }
 
     async fn push(&self, req: Request<Incoming>) -> Response<ProxyBody> {

@@ -104,6 +104,10 @@ pub struct Args {
     /// Log one line per request (client, method, path, status, duration, request id).
     #[arg(long, env = "PARAPET_ACCESS_LOG")]
     pub access_log: bool,
+    /// Memory bound of the response cache in bytes (all policies together; least useful
+    /// entries are evicted first).
+    #[arg(long, env = "PARAPET_CACHE_MAX_BYTES", default_value_t = crate::snapshot::DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: u64,
     /// Log format.
     #[arg(long, env = "PARAPET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -142,6 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         BuildOptions {
             zone: args.zone.clone().filter(|z| !z.is_empty()),
             hedge,
+            cache_max_bytes: args.cache_max_bytes,
         },
     );
 

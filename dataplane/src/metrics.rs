@@ -104,6 +104,8 @@ fn latency_buckets() -> Histogram {
 
 /// Every metric the data plane exports.
 pub struct Metrics {
+    /// Response cache counters (hits, misses, stale, …).
+    pub cache: crate::cache::CacheMetrics,
     registry: Registry,
     pub requests: Family<RouteLabels, Counter>,
     pub request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
@@ -296,6 +298,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("parapet");
+        let cache = crate::cache::CacheMetrics::default();
+        cache.register(&mut registry);
         let requests = Family::<RouteLabels, Counter>::default();
         registry.register(
             "requests",
@@ -389,6 +393,7 @@ impl Metrics {
         );
         let ha = HaMetrics::register(&mut registry);
         Self {
+            cache,
             registry,
             ha,
             requests,

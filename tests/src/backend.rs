@@ -36,6 +36,11 @@ pub struct Behaviour {
     pub slow_every: Option<(usize, Duration)>,
     /// Status of health checks (requests to [`HEALTH_PATH`]); default 200.
     pub health_status: Option<u16>,
+    /// Extra response headers (e.g. `cache-control`).
+    pub headers: Vec<(&'static str, String)>,
+    /// Answer with the request count in the body (`name#n`), so a test can tell answers
+    /// apart.
+    pub count_in_body: bool,
 }
 
 /// The path health checks use in tests (the CRD default). Requests to it are counted in
@@ -144,10 +149,19 @@ impl Backend {
                             {
                                 status = s;
                             }
-                            let body = beh.body.clone().unwrap_or_else(|| Bytes::from(n.clone()));
+                            let body = match (&beh.body, beh.count_in_body) {
+                                (Some(b), _) => b.clone(),
+                                (None, true) => {
+                                    Bytes::from(format!("{n}#{}", h.load(Ordering::SeqCst)))
+                                }
+                                (None, false) => Bytes::from(n.clone()),
+                            };
                             let mut resp = Response::new(Full::new(body));
                             *resp.status_mut() = StatusCode::from_u16(status).unwrap();
                             resp.headers_mut().insert("x-backend", n.parse().unwrap());
+                            for (k, v) in &beh.headers {
+                                resp.headers_mut().insert(*k, v.parse().unwrap());
+                            }
                             Ok::<_, Infallible>(resp)
                         }
                     });

@@ -53,6 +53,13 @@ pub fn primary_key(
     key
 }
 
+/// The path (with query) of a key built by [`primary_key`].
+pub fn path_of(key: &str) -> Option<&str> {
+    let url = key.split('\n').nth(2)?;
+    let after_scheme = url.split_once("://")?.1;
+    after_scheme.find('/').map(|i| &after_scheme[i..])
+}
+
 /// Appends `\n name: v1, v2` for a header (or `\n name:` when absent).
 pub fn append_header(key: &mut String, name: &str, headers: &HeaderMap) {
     key.push('\n');

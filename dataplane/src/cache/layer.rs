@@ -121,10 +121,10 @@ impl Result_ {
 const PER_REQUEST: [&str; 2] = ["x-request-id", "via"];
 
 impl Cache {
-    pub fn new(max_bytes: u64) -> Self {
+    pub fn new(max_bytes: u64, metrics: CacheMetrics) -> Self {
         Self {
             store: Store::new(max_bytes),
-            metrics: CacheMetrics::default(),
+            metrics,
         }
     }
 
@@ -384,9 +384,14 @@ impl Cache {
         self.metrics.entries.set(self.store.entry_count() as i64);
     }
 
-    /// Drops every entry of a policy (a snapshot changed it) or under a key prefix.
-    pub fn purge(&self, prefix: &str) -> usize {
-        let n = self.store.purge_prefix(prefix);
+    /// Drops the entries whose key starts with `prefix` (a policy's name and a newline: the
+    /// whole policy) and, when given, whose path starts with `path_prefix`.
+    pub fn purge(&self, prefix: &str, path_prefix: Option<&str>) -> usize {
+        let n = self.store.purge(|k| {
+            k.starts_with(prefix)
+                && path_prefix
+                    .is_none_or(|p| key::path_of(k).is_some_and(|path| path.starts_with(p)))
+        });
         self.update_gauges();
         n
     }

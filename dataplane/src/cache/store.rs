@@ -132,10 +132,15 @@ impl Store {
 
     /// Removes every entry whose key starts with `prefix`; returns how many.
     pub fn purge_prefix(&self, prefix: &str) -> usize {
+        self.purge(|k| k.starts_with(prefix))
+    }
+
+    /// Removes every entry whose key matches; returns how many.
+    pub fn purge(&self, matches: impl Fn(&str) -> bool) -> usize {
         let keys: Vec<Arc<String>> = self
             .entries
             .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| matches(k))
             .map(|(k, _)| k)
             .collect();
         for k in &keys {

@@ -127,7 +127,7 @@ async fn call(
 
 #[tokio::test(start_paused = true)]
 async fn fixed_mode_hits_until_ttl_then_refetches() {
-    let cache = Arc::new(Cache::new(1 << 20));
+    let cache = Arc::new(Cache::new(1 << 20, Default::default()));
     let p = policy(CacheMode::Fixed);
     let origin = FakeOrigin::new(|_, n| {
         (
@@ -159,7 +159,7 @@ async fn fixed_mode_hits_until_ttl_then_refetches() {
 
 #[tokio::test(start_paused = true)]
 async fn auto_mode_follows_max_age_and_revalidates_with_etag() {
-    let cache = Arc::new(Cache::new(1 << 20));
+    let cache = Arc::new(Cache::new(1 << 20, Default::default()));
     let p = policy(CacheMode::Auto);
     let origin = FakeOrigin::new(|req, _| {
         if req
@@ -201,7 +201,7 @@ async fn auto_mode_follows_max_age_and_revalidates_with_etag() {
 
 #[tokio::test(start_paused = true)]
 async fn no_cache_and_no_store_are_honoured_in_auto_mode() {
-    let cache = Arc::new(Cache::new(1 << 20));
+    let cache = Arc::new(Cache::new(1 << 20, Default::default()));
     let p = policy(CacheMode::Auto);
     let no_store = FakeOrigin::new(|_, n| {
         (
@@ -229,7 +229,7 @@ async fn no_cache_and_no_store_are_honoured_in_auto_mode() {
 
 #[tokio::test]
 async fn concurrent_misses_make_exactly_one_origin_request() {
-    let cache = Arc::new(Cache::new(1 << 20));
+    let cache = Arc::new(Cache::new(1 << 20, Default::default()));
     let p = policy(CacheMode::Fixed);
     let mut origin = FakeOrigin::new(|_, _| (200, vec![], "shared".into()));
     origin.delay = Duration::from_millis(100);
@@ -253,7 +253,7 @@ async fn concurrent_misses_make_exactly_one_origin_request() {
 
 #[tokio::test(start_paused = true)]
 async fn stale_if_error_serves_while_the_origin_is_down_then_gives_up() {
-    let cache = Arc::new(Cache::new(1 << 20));
+    let cache = Arc::new(Cache::new(1 << 20, Default::default()));
     let mut pol = (*policy(CacheMode::Fixed)).clone();
     pol.stale_if_error_ms = 60_000;
     let p = Arc::new(pol);
@@ -282,7 +282,7 @@ async fn stale_if_error_serves_while_the_origin_is_down_then_gives_up() {
 
 #[tokio::test]
 async fn private_requests_and_responses_are_never_shared() {
-    let cache = Arc::new(Cache::new(1 << 20));
+    let cache = Arc::new(Cache::new(1 << 20, Default::default()));
     let p = policy(CacheMode::Fixed);
     let origin = FakeOrigin::new(|req, _| {
         let who = req
@@ -368,7 +368,7 @@ async fn private_requests_and_responses_are_never_shared() {
 
 #[tokio::test(start_paused = true)]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
-    let cache = Arc::new(Cache::new(1 << 20));
+    let cache = Arc::new(Cache::new(1 << 20, Default::default()));
     let mut pol = (*policy(CacheMode::Fixed)).clone();
     pol.stale_while_revalidate_ms = 10_000;
     let p = Arc::new(pol);
@@ -388,7 +388,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
 
 #[tokio::test(start_paused = true)]
 async fn refresh_ahead_keeps_a_hot_key_fresh_and_adaptive_ttl_grows_while_unchanged() {
-    let cache = Arc::new(Cache::new(1 << 20));
+    let cache = Arc::new(Cache::new(1 << 20, Default::default()));
     let mut pol = (*policy(CacheMode::Auto)).clone();
     pol.refresh_ahead = true;
     pol.adaptive_ttl = true;

@@ -63,6 +63,11 @@ pub(super) enum RequestBody {
 }
 
 impl RequestBody {
+    /// No body at all (what a cacheable GET or HEAD has).
+    pub fn is_empty_replayable(&self) -> bool {
+        matches!(self, Self::Replayable(b) if b.is_empty())
+    }
+
     pub fn replayable(&self) -> bool {
         matches!(self, Self::Replayable(_))
     }

@@ -6,11 +6,14 @@
 //! 4. **prepare** (`prepare.rs`): the backend pool by weight, the upstream URI (rewrites),
 //!    headers, the deadline (route timeout, or the client's `x-parapet-timeout-ms` when
 //!    shorter) and the body (buffered when small enough to replay).
-//! 5. **forward** (`forward.rs`): endpoint picks, breaker, attempts, retries, hedges.
-//! 6. **respond** (`respond.rs`): the upstream response streamed back, or the gateway's
+//! 5. **cache** (`cached.rs`, `cache/`): GET/HEAD of rules with a CachePolicy are answered
+//!    from the response cache when they can; misses and refreshes continue below.
+//! 6. **forward** (`forward.rs`): endpoint picks, breaker, attempts, retries, hedges.
+//! 7. **respond** (`respond.rs`): the upstream response streamed back, or the gateway's
 //!    own problem document.
 
 pub mod body;
+mod cached;
 mod forward;
 pub mod headers;
 mod prepare;
@@ -262,7 +265,41 @@ impl Proxy {
             }
         };
 
-        // 5. forward
+        // 5. cache: GET/HEAD of rules with a CachePolicy
+        if !upgrade
+            && body.is_empty_replayable()
+            && let Some(cache_policy) = forward
+                .cache_policy
+                .as_ref()
+                .and_then(|n| table.cache_policies.get(n))
+        {
+            let origin = cached::RouteOrigin {
+                table: table.clone(),
+                route: matched.index,
+                cluster: cluster.clone(),
+                path_and_query,
+                hash,
+                deadline,
+                timeout: std::time::Duration::from_millis(forward.timeout_ms.max(1)),
+                hedge_after,
+                request_id: request_id.clone(),
+                metrics: self.metrics.clone(),
+            };
+            let scheme = if conn.tls { "https" } else { "http" };
+            let mut resp = self
+                .store
+                .cache()
+                .serve(cache_policy, parts, scheme, host, origin)
+                .await;
+            drop(lane);
+            cached::finish(&mut resp, &request_id);
+            route_rt
+                .metrics
+                .record(resp.status().as_u16(), started.elapsed().as_secs_f64());
+            return resp;
+        }
+
+        // 6. forward
         let exchange = Exchange {
             table: &table,
             route: route_rt,
@@ -278,7 +315,7 @@ impl Proxy {
         let result = forward::forward(&exchange, body).await;
         drop(lane);
 
-        // 6. respond
+        // 7. respond
         let resp = match result {
             Ok(answer) => respond::upstream(
                 answer,

@@ -18,12 +18,27 @@ use crate::{
 };
 
 /// Settings of this data plane that shape how a table is built.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct BuildOptions {
     /// This pod's zone (`--zone`), for pools that prefer their local zone.
     pub zone: Option<String>,
     /// Which routes hedge (`--hedge`).
     pub hedge: HedgeConfig,
+    /// The response cache's memory bound in bytes (`--cache-max-bytes`).
+    pub cache_max_bytes: u64,
+}
+
+/// The cache's default memory bound: 256 MiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 << 20;
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            zone: None,
+            hedge: HedgeConfig::default(),
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
+        }
+    }
 }
 
 /// Retry budget of routes without a retry policy (it still bounds their hedges).
@@ -68,6 +83,8 @@ pub struct Runtime {
     pub router: Router,
     pub routes: Vec<RouteRuntime>,
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+    /// Cache policies by name, as routes name them.
+    pub cache_policies: HashMap<String, Arc<parapet_crds::snapshot::CachePolicy>>,
 }
 
 impl ClusterRuntime {
@@ -169,7 +186,14 @@ impl Runtime {
                 }
             })
             .collect();
+        let cache_policies = snapshot
+            .table
+            .cache_policies
+            .iter()
+            .map(|p| (p.name.clone(), Arc::new(p.clone())))
+            .collect();
         Ok(Self {
+            cache_policies,
             snapshot,
             applied_at: SystemTime::now(),
             router,

@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 
 use super::{BuildOptions, LiveState, Runtime, persist};
 use crate::{
-    balancer::EndpointRegistry, health::HealthChecks, metrics::Metrics, upstream::ClientPool,
+    balancer::EndpointRegistry, cache::Cache, health::HealthChecks, metrics::Metrics,
+    upstream::ClientPool,
 };
 
 #[derive(Debug, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct SnapshotStore {
     /// One outlier sweeper per pool with outlier detection: (interval, task).
     sweepers: Mutex<HashMap<String, (u64, JoinHandle<()>)>>,
     clients: ClientPool,
+    /// The response cache; entries of a policy that a new table changes are dropped.
+    cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     state_dir: Option<PathBuf>,
 }
@@ -89,6 +92,7 @@ impl SnapshotStore {
         state_dir: Option<PathBuf>,
         options: BuildOptions,
     ) -> Arc<Self> {
+        let cache = Arc::new(Cache::new(options.cache_max_bytes, metrics.cache.clone()));
         Arc::new(Self {
             current: ArcSwapOption::empty(),
             apply_lock: tokio::sync::Mutex::new(()),
@@ -98,9 +102,15 @@ impl SnapshotStore {
             health: HealthChecks::new(metrics.clone()),
             sweepers: Mutex::default(),
             clients,
+            cache,
             metrics,
             state_dir,
         })
+    }
+
+    /// The response cache shared by every table.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
     }
 
     /// The health checkers (one per endpoint and check).
@@ -159,7 +169,16 @@ impl SnapshotStore {
         .map_err(|e| ApplyError::Invalid(vec![format!("building the table failed: {e}")]))?
         .map_err(|e| ApplyError::Invalid(vec![e.to_string()]))?;
         let runtime = Arc::new(runtime);
-        self.current.store(Some(runtime.clone()));
+        let previous = self.current.swap(Some(runtime.clone()));
+        // A changed (or removed) cache policy invalidates its own entries, nothing else.
+        if let Some(prev) = previous {
+            for (name, old) in &prev.cache_policies {
+                if runtime.cache_policies.get(name) != Some(old) {
+                    let n = self.cache.purge(&format!("{name}\n"), None);
+                    tracing::info!(policy = %name, entries = n, "cache policy changed; its entries were dropped");
+                }
+            }
+        }
         for gone in self.registry.retain_table(&runtime.snapshot.table) {
             let endpoint = if gone.address.contains(':') {
                 format!("[{}]:{}", gone.address, gone.port)

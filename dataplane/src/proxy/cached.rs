@@ -1,0 +1,84 @@
+//! The cache stage (between prepare and forward): GET and HEAD requests of rules with a
+//! CachePolicy go through the response cache, whose misses and refreshes come back here
+//! to the normal forwarding path (balancing, retries, failover).
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header, uri::PathAndQuery};
+use parapet_crds::snapshot::RouteAction;
+use tokio::time::Instant;
+
+use super::{
+    forward::{self, Exchange, RequestBody},
+    headers::{X_REQUEST_ID, append_via},
+    respond::{outcome_response, upstream},
+};
+use crate::{
+    cache::Origin,
+    metrics::Metrics,
+    snapshot::{ClusterRuntime, Runtime},
+    upstream::ProxyBody,
+};
+
+/// The origin behind the cache for one request: the route's forwarding path, owned so
+/// background refreshes can outlive the request.
+#[derive(Clone)]
+pub(super) struct RouteOrigin {
+    pub table: Arc<Runtime>,
+    pub route: usize,
+    pub cluster: Arc<ClusterRuntime>,
+    pub path_and_query: PathAndQuery,
+    pub hash: Option<u64>,
+    /// The request's deadline; refreshes after it get the route's timeout afresh.
+    pub deadline: Instant,
+    pub timeout: Duration,
+    pub hedge_after: Option<Duration>,
+    pub request_id: HeaderValue,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Origin for RouteOrigin {
+    async fn fetch(&self, req: Request<ProxyBody>) -> Response<ProxyBody> {
+        let now = Instant::now();
+        let deadline = if self.deadline > now {
+            self.deadline
+        } else {
+            now + self.timeout
+        };
+        let policy = match self.table.router.get(self.route).map(|r| &r.action) {
+            Some(RouteAction::Forward(f)) => f.retry.as_ref(),
+            _ => None,
+        };
+        let exchange = Exchange {
+            table: &self.table,
+            route: &self.table.routes[self.route],
+            primary: &self.cluster,
+            policy,
+            parts: req.into_parts().0,
+            path_and_query: self.path_and_query.clone(),
+            hash: self.hash,
+            deadline,
+            repeatable: true,
+            hedge_after: self.hedge_after,
+        };
+        match forward::forward(&exchange, RequestBody::Replayable(Bytes::new())).await {
+            Ok(answer) => upstream(
+                answer,
+                &self.request_id,
+                None,
+                &self.metrics.response_bytes,
+                Some(deadline),
+            ),
+            Err(outcome) => outcome_response(outcome, Some(&self.request_id)),
+        }
+    }
+}
+
+/// Per-exchange headers on an answer that may come from the cache.
+pub(super) fn finish(resp: &mut Response<ProxyBody>, request_id: &HeaderValue) {
+    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    if !resp.headers().contains_key(header::VIA) {
+        append_via(resp.headers_mut());
+    }
+}
