@@ -304,3 +304,64 @@ async fn purge_drops_entries_and_the_memory_bound_holds() {
     assert!(rss_kb < 96.0 * 1024.0, "RSS {rss_kb} kB");
     // (TinyLFU admission may refuse one-hit wonders once the cache is full: by design.)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_changes_one_policy_drops_only_its_entries() {
+    let origin = Backend::start("origin").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let dp = Dataplane::start(&["--snapshot-token-file", token.to_str().unwrap()]);
+    let c = Client::new();
+    let table = |ttl_a: &str, v: u64| {
+        let yaml = format!(
+            "{}---\napiVersion: parapet.dev/v1alpha1\nkind: CachePolicy\nmetadata: {{name: a}}\nspec: {{mode: Fixed, ttl: {ttl_a}}}\n---\napiVersion: parapet.dev/v1alpha1\nkind: CachePolicy\nmetadata: {{name: b}}\nspec: {{mode: Fixed, ttl: 10m}}\n{}",
+            pool_yaml("origin", &[origin.port()], ""),
+            route_yaml(
+                "r",
+                "['*']",
+                "    - matches: [{path: {value: /a}}]\n      backends: [{pool: origin}]\n      cachePolicyRef: {name: a}\n    - matches: [{path: {value: /b}}]\n      backends: [{pool: origin}]\n      cachePolicyRef: {name: b}"
+            )
+        );
+        parapet_tests::snapshot(&yaml, v)
+    };
+    assert_eq!(
+        admin::push(&c, dp.admin, Some(TOKEN), &table("10m", 1))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    for path in ["/a", "/b"] {
+        c.get(dp.proxy, "x", path).await.unwrap();
+        assert_eq!(x_cache(&c.get(dp.proxy, "x", path).await.unwrap()), "HIT");
+    }
+    assert_eq!(
+        admin::push(&c, dp.admin, Some(TOKEN), &table("5m", 2))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        x_cache(&c.get(dp.proxy, "x", "/a").await.unwrap()),
+        "MISS",
+        "policy a changed"
+    );
+    assert_eq!(
+        x_cache(&c.get(dp.proxy, "x", "/b").await.unwrap()),
+        "HIT",
+        "policy b did not"
+    );
+    // A table whose policies are unchanged keeps everything.
+    let same = {
+        let mut s = table("5m", 3);
+        s.table.sources.clear();
+        s.hash = s.table.content_hash();
+        s
+    };
+    assert_eq!(
+        admin::push(&c, dp.admin, Some(TOKEN), &same).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(x_cache(&c.get(dp.proxy, "x", "/a").await.unwrap()), "HIT");
+    assert_eq!(x_cache(&c.get(dp.proxy, "x", "/b").await.unwrap()), "HIT");
+}
