@@ -136,6 +136,15 @@ pub struct Table {
     /// The source objects and generations this table was compiled from, ordered; the
     /// operator marks exactly these `Programmed` once the fleet acknowledges the table.
     pub sources: Vec<SourceRef>,
+    /// Data-plane pods the pusher sends this table to; each enforces `1/fleetPods` of every
+    /// rate limit (requests and burst, rounded up). 0 or 1: no division. Set by the operator
+    /// after compiling (the compiler leaves it 0, so its output stays deterministic).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fleet_pods: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Table {

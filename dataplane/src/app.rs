@@ -11,7 +11,7 @@ use crate::{
     lanes::{LaneConfig, Lanes},
     listener::{self, ListenerConfig},
     metrics::Metrics,
-    proxy::{Limits, Proxy},
+    proxy::{EdgeConfig, Limits, Proxy},
     snapshot::{BuildOptions, SnapshotStore, load_persisted},
     standalone,
     upstream::ClientPool,
@@ -108,6 +108,19 @@ pub struct Args {
     /// entries are evicted first).
     #[arg(long, env = "PARAPET_CACHE_MAX_BYTES", default_value_t = crate::snapshot::DEFAULT_CACHE_MAX_BYTES)]
     pub cache_max_bytes: u64,
+    /// Proxies in front of this one whose X-Forwarded-For entries are trusted: the client
+    /// address for rate limits is the Nth address from the right. 0: the peer's address.
+    #[arg(long, env = "PARAPET_TRUSTED_HOPS", default_value_t = 0)]
+    pub trusted_hops: u32,
+    /// Keys a route's rate limiter holds at most; idle keys are dropped first.
+    #[arg(long, env = "PARAPET_RATE_LIMIT_MAX_KEYS", default_value_t = crate::ratelimit::DEFAULT_MAX_KEYS)]
+    pub rate_limit_max_keys: usize,
+    /// Value of the Server header on every response; none by default.
+    #[arg(long, env = "PARAPET_SERVER_HEADER")]
+    pub server_header: Option<String>,
+    /// Close an HTTP/1.1 connection after this many requests (0: no limit).
+    #[arg(long, env = "PARAPET_MAX_REQUESTS_PER_CONNECTION", default_value_t = 0)]
+    pub max_requests_per_connection: u32,
     /// Log format.
     #[arg(long, env = "PARAPET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -147,6 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             zone: args.zone.clone().filter(|z| !z.is_empty()),
             hedge,
             cache_max_bytes: args.cache_max_bytes,
+            rate_limit_max_keys: args.rate_limit_max_keys.max(1),
         },
     );
 
@@ -238,6 +252,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             &metrics,
         ),
         access_log: args.access_log,
+        edge: EdgeConfig {
+            trusted_hops: args.trusted_hops,
+            server_header: match &args.server_header {
+                Some(s) => Some(http::HeaderValue::from_str(s).map_err(|_| {
+                    anyhow::anyhow!("--server-header {s:?} is not a valid header value")
+                })?),
+                None => None,
+            },
+        },
     });
     let cfg = ListenerConfig {
         max_header_bytes: args.max_header_bytes,

@@ -1,5 +1,5 @@
 //! Parapet's data plane. Modules follow a request's path: `listener` → `proxy` (`router` →
-//! `lanes` → `failover` → `balancer` → `breaker` → `upstream`, with `retry` and `hedge`
+//! `auth` → `ratelimit` → `lanes` → `failover` → `balancer` → `breaker` → `upstream`, with `retry` and `hedge`
 //! around the attempts and `outlier` judging their results), with `health`, `admin`,
 //! `snapshot` and `standalone` beside them.
 
@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod balancer;
 pub mod breaker;
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
+pub mod ratelimit;
 pub mod retry;
 pub mod router;
 pub mod snapshot;

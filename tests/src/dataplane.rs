@@ -27,12 +27,18 @@ pub struct Dataplane {
     pub admin: SocketAddr,
     child: Child,
     _stderr: std::thread::JoinHandle<()>,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Dataplane {
     /// Starts `dataplane` with the given extra flags (listen addresses default to port 0)
     /// and waits for it to print its addresses.
     pub fn start(args: &[&str]) -> Dataplane {
+        Self::start_env(args, &[])
+    }
+
+    /// As [`start`](Self::start), with extra environment variables (e.g. `PARAPET_LOG`).
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Dataplane {
         let mut cmd = Command::new(binary("dataplane"));
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -45,13 +51,21 @@ impl Dataplane {
                 "PARAPET_LOG",
                 std::env::var("PARAPET_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start the dataplane binary");
         let stderr = child.stderr.take().expect("stderr");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
         let echo = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[dataplane] {line}");
+                if let Ok(mut l) = kept.lock()
+                    && l.len() < 100_000
+                {
+                    l.push(line);
+                }
             }
         });
         let stdout = child.stdout.take().expect("stdout");
@@ -77,7 +91,13 @@ impl Dataplane {
             admin: field("admin="),
             child,
             _stderr: echo,
+            logs,
         }
+    }
+
+    /// The lines the process wrote to stderr so far (the first 100 000).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

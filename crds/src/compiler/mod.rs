@@ -106,6 +106,7 @@ pub fn compile(inputs: &Inputs<'_>) -> Output {
             clusters,
             cache_policies,
             sources,
+            fleet_pods: 0,
         },
         diagnostics: diags,
     }

@@ -2,14 +2,17 @@
 //!
 //! 1. **limits**: URI and declared body size.
 //! 2. **route**: the table in force and the router's match; direct answers end here.
-//! 3. **admit**: the route's bulkhead and lane (`lanes`); refused requests get 503.
-//! 4. **prepare** (`prepare.rs`): the backend pool by weight, the upstream URI (rewrites),
+//! 3. **auth** (`auth/`): the rule's API keys; missing → 401, wrong → 403.
+//! 4. **rate limit** (`ratelimit/`): the rule's buckets; 429 with `Retry-After`, or a wait
+//!    in Shape mode.
+//! 5. **admit**: the route's bulkhead and lane (`lanes`); refused requests get 503.
+//! 6. **prepare** (`prepare.rs`): the backend pool by weight, the upstream URI (rewrites),
 //!    headers, the deadline (route timeout, or the client's `x-parapet-timeout-ms` when
 //!    shorter) and the body (buffered when small enough to replay).
-//! 5. **cache** (`cached.rs`, `cache/`): GET/HEAD of rules with a CachePolicy are answered
+//! 7. **cache** (`cached.rs`, `cache/`): GET/HEAD of rules with a CachePolicy are answered
 //!    from the response cache when they can; misses and refreshes continue below.
-//! 6. **forward** (`forward.rs`): endpoint picks, breaker, attempts, retries, hedges.
-//! 7. **respond** (`respond.rs`): the upstream response streamed back, or the gateway's
+//! 8. **forward** (`forward.rs`): endpoint picks, breaker, attempts, retries, hedges.
+//! 9. **respond** (`respond.rs`): the upstream response streamed back, or the gateway's
 //!    own problem document.
 
 pub mod body;
@@ -23,7 +26,7 @@ mod respond;
 use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use http::{HeaderName, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use parapet_crds::snapshot::RouteAction;
 use tokio::time::Instant;
@@ -35,8 +38,14 @@ use self::{
     respond::{outcome_response, overloaded},
 };
 use crate::{
-    hedge::HedgeDelay, lanes::Lanes, metrics::Metrics, router::RequestInfo,
-    snapshot::SnapshotStore, upstream::ProxyBody,
+    auth::{Refusal, Source},
+    hedge::HedgeDelay,
+    lanes::Lanes,
+    metrics::Metrics,
+    ratelimit::{self, Decision},
+    router::RequestInfo,
+    snapshot::SnapshotStore,
+    upstream::ProxyBody,
 };
 
 /// The client's deadline for the whole exchange, in milliseconds; honoured when shorter
@@ -71,6 +80,26 @@ pub struct Proxy {
     pub lanes: Arc<Lanes>,
     /// Log one line per request (target `parapet::access`).
     pub access_log: bool,
+    pub edge: EdgeConfig,
+}
+
+/// Edge settings: how far `X-Forwarded-For` is trusted, what `Server` says.
+#[derive(Clone, Debug, Default)]
+pub struct EdgeConfig {
+    /// Proxies in front of this one whose `X-Forwarded-For` entries are trusted
+    /// (`--trusted-hops`); 0: the peer address is the client.
+    pub trusted_hops: u32,
+    /// `Server` header on every response (`--server-header`); none by default.
+    pub server_header: Option<HeaderValue>,
+}
+
+/// What stages learn that the response and the access log need.
+#[derive(Default)]
+struct Extras {
+    /// The identity of the API key the request presented (never the key).
+    key_id: Option<Arc<str>>,
+    /// `RateLimit-*` and `Retry-After`.
+    headers: HeaderMap,
 }
 
 /// What the listener knows about the connection a request came on.
@@ -94,8 +123,16 @@ impl Proxy {
                 Instant::now(),
             )
         });
-        let resp = self.serve(req, conn).await;
+        let mut extras = Extras::default();
+        let mut resp = self.serve(req, conn, &mut extras).await;
         self.metrics.in_flight.dec();
+        let h = resp.headers_mut();
+        for (k, v) in extras.headers.drain().filter_map(|(k, v)| Some((k?, v))) {
+            h.insert(k, v);
+        }
+        if let Some(server) = &self.edge.server_header {
+            h.insert(header::SERVER, server.clone());
+        }
         if let Some((method, path, started)) = logged {
             tracing::info!(
                 target: "parapet::access",
@@ -105,12 +142,18 @@ impl Proxy {
                 status = resp.status().as_u16(),
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
                 request_id = resp.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
+                key_id = extras.key_id.as_deref().unwrap_or(""),
             );
         }
         resp
     }
 
-    async fn serve(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    async fn serve(
+        &self,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+        extras: &mut Extras,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
@@ -186,7 +229,63 @@ impl Proxy {
             RouteAction::Forward(f) => f,
         };
 
-        // 3. admit
+        // 3. auth
+        let key_id = match &route_rt.api_keys {
+            None => None,
+            Some(keys) => match keys.authenticate(req.headers(), req.uri().query()) {
+                Ok(id) => {
+                    // The key is a credential for the gateway, not for the backend.
+                    if let Source::Header(h) = &keys.source {
+                        req.headers_mut().remove(h);
+                    }
+                    Some(id)
+                }
+                Err(why) => {
+                    self.metrics.reject(why.label());
+                    let resp = refused(why, rid);
+                    route_rt
+                        .metrics
+                        .record(resp.status().as_u16(), started.elapsed().as_secs_f64());
+                    return resp;
+                }
+            },
+        };
+        extras.key_id = key_id.clone();
+
+        // 4. rate limit
+        if let Some(limiter) = &route_rt.rate_limit {
+            let decision = {
+                let key = ratelimit::request_key(
+                    &limiter.limit().key,
+                    req.headers(),
+                    conn.peer.ip(),
+                    key_id.as_deref(),
+                    self.edge.trusted_hops,
+                );
+                limiter.acquire(&key)
+            };
+            limiter.headers(&decision, &mut extras.headers);
+            match decision {
+                Decision::Deny { .. } => {
+                    self.metrics.reject("rate_limited");
+                    route_rt
+                        .metrics
+                        .record(429, started.elapsed().as_secs_f64());
+                    return problem(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "the rate limit of this route is exhausted; retry after the time retry-after gives",
+                        rid,
+                    );
+                }
+                Decision::Allow { wait, .. } if !wait.is_zero() => {
+                    tracing::debug!(route = %route_rt.name, wait_ms = wait.as_millis() as u64, "rate limit: request shaped");
+                    tokio::time::sleep(wait).await;
+                }
+                Decision::Allow { .. } => {}
+            }
+        }
+
+        // 5. admit
         let lane = match self.lanes.admit(&route_rt.live.lane) {
             Ok(g) => g,
             Err(why) => {
@@ -202,7 +301,7 @@ impl Proxy {
             }
         };
 
-        // 4. prepare
+        // 6. prepare
         let roll = if route_rt.backends.len() > 1 {
             rand::random_range(0..route_rt.total_weight)
         } else {
@@ -265,7 +364,7 @@ impl Proxy {
             }
         };
 
-        // 5. cache: GET/HEAD of rules with a CachePolicy
+        // 7. cache: GET/HEAD of rules with a CachePolicy
         if !upgrade
             && body.is_empty_replayable()
             && let Some(cache_policy) = forward
@@ -299,7 +398,7 @@ impl Proxy {
             return resp;
         }
 
-        // 6. forward
+        // 8. forward
         let exchange = Exchange {
             table: &table,
             route: route_rt,
@@ -315,7 +414,7 @@ impl Proxy {
         let result = forward::forward(&exchange, body).await;
         drop(lane);
 
-        // 7. respond
+        // 9. respond
         let resp = match result {
             Ok(answer) => respond::upstream(
                 answer,
@@ -330,6 +429,25 @@ impl Proxy {
             .metrics
             .record(resp.status().as_u16(), started.elapsed().as_secs_f64());
         resp
+    }
+}
+
+/// 401 with `WWW-Authenticate` for a missing key, 403 for a wrong one.
+fn refused(why: Refusal, rid: Option<&HeaderValue>) -> Response<ProxyBody> {
+    match why {
+        Refusal::Missing => {
+            let mut r = problem(StatusCode::UNAUTHORIZED, "this route needs an API key", rid);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("ApiKey realm=\"parapet\""),
+            );
+            r
+        }
+        Refusal::Wrong => problem(
+            StatusCode::FORBIDDEN,
+            "the API key is not valid for this route",
+            rid,
+        ),
     }
 }
 

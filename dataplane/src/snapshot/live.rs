@@ -7,11 +7,11 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use parapet_crds::snapshot::Table;
+use parapet_crds::snapshot::{RouteAction, Table};
 
 use crate::{
     breaker::BreakerState, hedge::LatencyWindow, lanes::RouteLane, metrics::RouteMetrics,
-    retry::Budget,
+    ratelimit::Limiters, retry::Budget,
 };
 
 /// A pool's state across tables.
@@ -33,6 +33,8 @@ pub struct RouteLive {
 pub struct LiveState {
     clusters: Mutex<HashMap<String, Arc<ClusterLive>>>,
     routes: Mutex<HashMap<String, Arc<RouteLive>>>,
+    /// Rate-limit buckets by route, kept while a route's limit is unchanged.
+    pub limiters: Limiters,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,5 +82,13 @@ impl LiveState {
             .flat_map(|v| v.routes.iter().map(|r| r.name.as_str()))
             .collect();
         lock(&self.routes).retain(|k, _| routes.contains(k.as_str()));
+        let limited: HashSet<&str> = table
+            .virtual_hosts
+            .iter()
+            .flat_map(|v| v.routes.iter())
+            .filter(|r| matches!(&r.action, RouteAction::Forward(f) if f.rate_limit.is_some()))
+            .map(|r| r.name.as_str())
+            .collect();
+        self.limiters.retain(|k| limited.contains(k));
     }
 }

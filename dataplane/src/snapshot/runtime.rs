@@ -7,12 +7,14 @@ use parapet_crds::snapshot::{Cluster, RouteAction, Snapshot};
 
 use super::live::{ClusterLive, LiveState, RouteLive};
 use crate::{
+    auth::ApiKeys,
     balancer::{ClusterBalancer, EndpointRegistry},
     breaker::{self, BreakerState},
     failover::Availability,
     hedge::{HedgeConfig, HedgeDelay},
     metrics::{ClusterMetrics, Metrics, RouteMetrics},
     outlier::ClusterOutlier,
+    ratelimit::{PodLimit, RateLimiter},
     router::{Router, RouterError},
     upstream::{ClientPool, UpstreamClient},
 };
@@ -26,6 +28,8 @@ pub struct BuildOptions {
     pub hedge: HedgeConfig,
     /// The response cache's memory bound in bytes (`--cache-max-bytes`).
     pub cache_max_bytes: u64,
+    /// Keys a route's rate limiter holds at most (`--rate-limit-max-keys`).
+    pub rate_limit_max_keys: usize,
 }
 
 /// The cache's default memory bound: 256 MiB.
@@ -37,6 +41,7 @@ impl Default for BuildOptions {
             zone: None,
             hedge: HedgeConfig::default(),
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            rate_limit_max_keys: crate::ratelimit::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -75,6 +80,10 @@ pub struct RouteRuntime {
     /// Retry budget, lane and latency window, kept across tables.
     pub live: Arc<RouteLive>,
     pub hedge: Option<HedgeDelay>,
+    /// The rule's API keys (`auth.apiKeys`).
+    pub api_keys: Option<ApiKeys>,
+    /// The rule's buckets (`rateLimit`), this pod's share.
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 pub struct Runtime {
@@ -161,7 +170,27 @@ impl Runtime {
                 let mut backends = Vec::new();
                 let mut total = 0u64;
                 let mut budget = (DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_MIN_PER_SECOND);
+                let (mut api_keys, mut rate_limit) = (None, None);
                 if let RouteAction::Forward(f) = &route.action {
+                    if let Some(check) = &f.api_keys {
+                        // An unusable header name leaves a checker with no keys: every
+                        // request is refused rather than let through.
+                        api_keys = Some(ApiKeys::new(check).unwrap_or_else(|e| {
+                            tracing::warn!(route = %route.name, error = %e, "API keys unusable; refusing the route's requests");
+                            ApiKeys::new(&parapet_crds::snapshot::ApiKeyCheck {
+                                source: parapet_crds::snapshot::KeySource::Header("x-api-key".into()),
+                                keys: Vec::new(),
+                            })
+                            .expect("a valid header name")
+                        }));
+                    }
+                    if let Some(rl) = &f.rate_limit {
+                        rate_limit = Some(live.limiters.for_route(
+                            &route.name,
+                            PodLimit::share(rl, snapshot.table.fleet_pods),
+                            options.rate_limit_max_keys,
+                        ));
+                    }
                     for b in &f.backends {
                         if b.weight == 0 {
                             continue;
@@ -183,6 +212,8 @@ impl Runtime {
                     live: live.route(&route.name, &route_metrics, budget.0, budget.1),
                     metrics: route_metrics,
                     hedge: options.hedge.for_route(&route.name),
+                    api_keys,
+                    rate_limit,
                 }
             })
             .collect();
