@@ -23,6 +23,7 @@ use kube::runtime::{
     events::{Event, EventType, Recorder},
     reflector::Store,
 };
+use parapet_crds::snapshot::Snapshot;
 use tokio::{
     sync::{Notify, Semaphore, watch},
     task::JoinSet,
@@ -219,7 +220,12 @@ impl Pusher {
         let mut last_check = Instant::now();
         // The body for the current table, encoded once per (version, hash).
         let mut encoded: Option<(u64, String, Bytes, bool)> = None;
+        // The table as pushed: the compiled one, or (when it has rate limits) a copy that
+        // carries the fleet size under its own version, made again when the fleet changes.
+        // (compiled version, compiled hash, fleet pods, table to push)
+        let mut shared: Option<(u64, String, u32, Arc<Snapshot>)> = None;
         loop {
+            let pod_count;
             // Refresh the target list.
             {
                 let now = targets(&store, &port_name);
@@ -231,10 +237,44 @@ impl Pusher {
                         .or_insert((t, PodState::default()));
                 }
                 self.metrics.dataplane_pods.set(pods.len() as i64);
+                pod_count = u32::try_from(pods.len()).unwrap_or(u32::MAX);
             }
             let current = tables.borrow().clone();
             let is_leader = *leader.borrow();
-            if is_leader && let Some(c) = &current {
+            if is_leader && let Some(compiled) = &current {
+                let fleet_pods = if has_rate_limits(&compiled.snapshot.table) {
+                    pod_count
+                } else {
+                    0
+                };
+                if shared.as_ref().is_none_or(|(v, h, n, _)| {
+                    (*v, h.as_str(), *n)
+                        != (
+                            compiled.snapshot.version,
+                            compiled.snapshot.hash.as_str(),
+                            fleet_pods,
+                        )
+                }) {
+                    let snap = with_fleet_pods(&compiled.snapshot, fleet_pods, &self.clock);
+                    if fleet_pods > 0 {
+                        tracing::info!(
+                            version = snap.version,
+                            fleet_pods,
+                            "rate limits divided among the data-plane pods"
+                        );
+                    }
+                    shared = Some((
+                        compiled.snapshot.version,
+                        compiled.snapshot.hash.clone(),
+                        fleet_pods,
+                        snap,
+                    ));
+                }
+                let snapshot = shared.as_ref().map(|s| s.3.clone()).expect("set above");
+                let c = Pushed {
+                    snapshot,
+                    sources: compiled.sources.clone(),
+                };
                 if encoded
                     .as_ref()
                     .is_none_or(|(v, h, _, _)| *v != c.snapshot.version || *h != c.snapshot.hash)
@@ -399,6 +439,36 @@ impl Pusher {
     }
 }
 
+/// What the loop pushes: the table (maybe with the fleet size) and its sources.
+struct Pushed {
+    snapshot: Arc<Snapshot>,
+    sources: Arc<crate::compile::Sources>,
+}
+
+/// Whether any rule of the table has a rate limit (only then does the fleet size matter).
+fn has_rate_limits(t: &parapet_crds::snapshot::Table) -> bool {
+    t.virtual_hosts.iter().flat_map(|v| &v.routes).any(|r| {
+        matches!(&r.action, parapet_crds::snapshot::RouteAction::Forward(f) if f.rate_limit.is_some())
+    })
+}
+
+/// The compiled snapshot as is when `fleet_pods` is 0; otherwise a copy whose table carries
+/// the fleet size, hashed again under a fresh version (a version never names two tables).
+pub fn with_fleet_pods(
+    compiled: &Arc<Snapshot>,
+    fleet_pods: u32,
+    clock: &crate::compile::VersionClock,
+) -> Arc<Snapshot> {
+    if fleet_pods == 0 {
+        return compiled.clone();
+    }
+    let mut table = compiled.table.clone();
+    table.fleet_pods = fleet_pods;
+    let mut s = Snapshot::new(clock.next(), table);
+    s.allow_empty = compiled.allow_empty;
+    Arc::new(s)
+}
+
 fn encode(s: &parapet_crds::snapshot::Snapshot) -> (Bytes, bool) {
     let json = serde_json::to_vec(s).expect("snapshot serialises");
     if json.len() > GZIP_ABOVE {
@@ -481,4 +551,39 @@ async fn push_one(
     let mut text = String::from_utf8_lossy(&body).into_owned();
     text.truncate(512);
     Err(PushError::Refused { status, body: text })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parapet_crds::snapshot::{Snapshot, Table};
+
+    use super::with_fleet_pods;
+    use crate::compile::VersionClock;
+
+    #[test]
+    fn fleet_size_gets_its_own_version_and_hash() {
+        let clock = VersionClock::default();
+        let table = Table {
+            format: parapet_crds::snapshot::FORMAT_VERSION,
+            ..Table::default()
+        };
+        let compiled = Arc::new(Snapshot::new(clock.next(), table));
+        assert!(Arc::ptr_eq(
+            &with_fleet_pods(&compiled, 0, &clock),
+            &compiled
+        ));
+        let three = with_fleet_pods(&compiled, 3, &clock);
+        assert_eq!(three.table.fleet_pods, 3);
+        assert!(three.version > compiled.version);
+        assert_ne!(three.hash, compiled.hash);
+        assert!(
+            three.validate().is_err_and(|r| r.len() == 1),
+            "only the empty-table guard"
+        );
+        let four = with_fleet_pods(&compiled, 4, &clock);
+        assert!(four.version > three.version);
+        assert_ne!(four.hash, three.hash);
+    }
 }
