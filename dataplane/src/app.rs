@@ -266,6 +266,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
         header_read_timeout: args.header_read_timeout,
+        max_requests_per_connection: args.max_requests_per_connection,
         ..ListenerConfig::default()
     };
     let admin_for_signal = admin.clone();

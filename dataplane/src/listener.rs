@@ -2,7 +2,15 @@
 //! given) and hands each request to the proxy. Stops accepting on shutdown and lets
 //! in-flight requests finish.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -24,6 +32,9 @@ pub struct ListenerConfig {
     /// HTTP/2 keep-alive pings to detect dead peers.
     pub h2_keepalive: Duration,
     pub max_concurrent_streams: u32,
+    /// HTTP/1.1 connections close after this many requests (0: no limit): the response to
+    /// the last one says `connection: close`.
+    pub max_requests_per_connection: u32,
 }
 
 impl Default for ListenerConfig {
@@ -34,6 +45,7 @@ impl Default for ListenerConfig {
             header_read_timeout: Duration::from_secs(10),
             h2_keepalive: Duration::from_secs(30),
             max_concurrent_streams: 1000,
+            max_requests_per_connection: 0,
         }
     }
 }
@@ -89,9 +101,23 @@ pub async fn serve(
                 peer,
                 tls: tls.is_some(),
             };
-            let svc = service_fn(move |req| {
+            let served = Arc::new(AtomicU32::new(0));
+            let limit = cfg.max_requests_per_connection;
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+                let served = served.clone();
+                async move {
+                    let http1 = req.version() <= http::Version::HTTP_11;
+                    let mut resp = proxy.handle(req, info).await;
+                    let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                    if http1 && limit > 0 && n >= limit {
+                        resp.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             match tls {
                 None => {

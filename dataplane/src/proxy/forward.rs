@@ -88,6 +88,8 @@ pub(super) enum Outcome {
     ConnectFailed,
     Timeout,
     BodyTooLarge,
+    /// The client's body could not be decoded (e.g. an invalid chunk).
+    BadRequestBody,
     UpstreamFailed,
     Overflow(Overflow),
 }
@@ -413,6 +415,8 @@ async fn attempt(
             guard.cancel();
             if super::is_body_too_large(&e) {
                 (Tried::Fatal(Outcome::BodyTooLarge), None)
+            } else if super::is_bad_request_body(&e) {
+                (Tried::Fatal(Outcome::BadRequestBody), None)
             } else if e.is_connect() {
                 cluster.metrics.connect_errors.inc();
                 tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), error = %e, "connect failed");

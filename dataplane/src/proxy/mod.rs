@@ -174,6 +174,12 @@ impl Proxy {
                 rid,
             );
         }
+        // Request smuggling: hyper's HTTP/1 parser refuses malformed framing (duplicate
+        // differing lengths, obs-fold, bad bytes, codings other than a final chunked,
+        // Transfer-Encoding in HTTP/1.0). A request with both Content-Length and
+        // Transfer-Encoding is read as chunked with the length dropped, and its connection
+        // closes after the answer (RFC 9112 §6.3), so nothing can ride behind it; a body
+        // that fails to decode is answered 400 (`is_bad_request_body`).
         let declared_length = content_length(&req);
         if let Some(len) = declared_length
             && len > self.limits.max_body_bytes
@@ -449,6 +455,29 @@ fn refused(why: Refusal, rid: Option<&HeaderValue>) -> Response<ProxyBody> {
             rid,
         ),
     }
+}
+
+/// Whether an upstream exchange failed because the client's body could not be decoded
+/// (an invalid chunk, a truncated body): the client's fault, answered 400.
+fn is_bad_request_body(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut user_body = false;
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            user_body |= h.is_user();
+        }
+        if user_body
+            && let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 fn is_body_too_large(e: &hyper_util::client::legacy::Error) -> bool {

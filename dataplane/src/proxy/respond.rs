@@ -89,6 +89,16 @@ pub(super) fn outcome_response(outcome: Outcome, rid: Option<&HeaderValue>) -> R
             "the request body is larger than this gateway accepts",
             rid,
         ),
+        Outcome::BadRequestBody => {
+            let mut r = problem(
+                StatusCode::BAD_REQUEST,
+                "the request body is malformed",
+                rid,
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
         Outcome::UpstreamFailed => problem(
             StatusCode::BAD_GATEWAY,
             "the upstream connection failed before a response",
