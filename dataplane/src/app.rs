@@ -73,6 +73,10 @@ pub struct Args {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve TLS on the traffic listener with certificates from the table only (by SNI,
+    /// from ApiRoute `spec.tls`); implied by --tls-cert, which is then the fallback.
+    #[arg(long, env = "PARAPET_TLS")]
+    pub tls: bool,
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value = "25s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -199,13 +203,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
 
-    let tls = match (&args.tls_cert, &args.tls_key) {
+    let fallback = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => {
             let cert = std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?;
             let key = std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?;
-            Some(listener::tls_acceptor(&cert, &key)?)
+            Some(crate::tls::certified_key(&cert, &key).context("--tls-cert / --tls-key")?)
         }
         _ => None,
+    };
+    let tls = if fallback.is_some() || args.tls {
+        Some(crate::tls::acceptor(store.clone(), fallback)?)
+    } else {
+        None
     };
 
     let admin = Arc::new(Admin {

@@ -24,4 +24,5 @@ pub mod retry;
 pub mod router;
 pub mod snapshot;
 pub mod standalone;
+pub mod tls;
 pub mod upstream;

@@ -94,6 +94,8 @@ pub struct Runtime {
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
     /// Cache policies by name, as routes name them.
     pub cache_policies: HashMap<String, Arc<parapet_crds::snapshot::CachePolicy>>,
+    /// TLS certificates by virtual-host domain, for SNI selection.
+    pub certs: crate::tls::CertMap,
 }
 
 impl ClusterRuntime {
@@ -224,6 +226,7 @@ impl Runtime {
             .map(|p| (p.name.clone(), Arc::new(p.clone())))
             .collect();
         Ok(Self {
+            certs: crate::tls::cert_map(&snapshot.table),
             cache_policies,
             snapshot,
             applied_at: SystemTime::now(),

@@ -1,0 +1,106 @@
+//! TLS termination: the certificate for each handshake is picked by SNI from the table in
+//! force (`VirtualHost.tls`), so a pushed or reloaded table rotates certificates with no
+//! restart, and connections already open keep the session they negotiated. `--tls-cert`
+//! is the fallback for names the table has no certificate for. TLS 1.2 and 1.3 only, ALPN
+//! h2 and http/1.1, and the ring provider only.
+
+use std::{collections::HashMap, sync::Arc};
+
+use anyhow::Context;
+use rustls::{
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tokio_rustls::TlsAcceptor;
+
+use crate::snapshot::SnapshotStore;
+
+/// Certificates by virtual-host domain (`api.example`, `*.example`, `*`), parsed once per
+/// table.
+pub type CertMap = HashMap<String, Arc<CertifiedKey>>;
+
+/// Parses a PEM chain and key into a signing certificate (ring).
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .context("the certificate is not valid PEM")?;
+    anyhow::ensure!(!certs.is_empty(), "the PEM holds no certificate");
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .context("the key is not valid PEM")?
+        .context("the PEM holds no private key")?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .context("the private key type is not supported")?;
+    let ck = CertifiedKey::new(certs, signer);
+    ck.keys_match()
+        .context("the private key does not match the certificate")?;
+    Ok(Arc::new(ck))
+}
+
+/// The table's certificates; hosts whose certificate does not parse are skipped (and
+/// logged): their handshakes use the fallback or fail, other hosts are unaffected.
+pub fn cert_map(table: &parapet_crds::snapshot::Table) -> CertMap {
+    table
+        .virtual_hosts
+        .iter()
+        .filter_map(|vh| {
+            let pair = vh.tls.as_ref()?;
+            match certified_key(pair.cert_pem.as_bytes(), pair.key_pem.as_bytes()) {
+                Ok(k) => Some((vh.domain.clone(), k)),
+                Err(e) => {
+                    tracing::warn!(host = %vh.domain, error = %e, "TLS certificate of this host is unusable");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// The certificate for a server name: exact, then `*.parent`, then `*`.
+pub fn lookup<'m>(map: &'m CertMap, name: &str) -> Option<&'m Arc<CertifiedKey>> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    map.get(&name)
+        .or_else(|| {
+            let (_, parent) = name.split_once('.')?;
+            map.get(&format!("*.{parent}"))
+        })
+        .or_else(|| map.get("*"))
+}
+
+/// Picks a certificate per handshake from the table in force.
+#[derive(Debug)]
+pub struct SniResolver {
+    store: Arc<SnapshotStore>,
+    fallback: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let table = self.store.load();
+        let from_table = match (hello.server_name(), table.as_ref()) {
+            (Some(name), Some(t)) => lookup(&t.certs, name).cloned(),
+            _ => None,
+        };
+        from_table.or_else(|| self.fallback.clone())
+    }
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore").finish_non_exhaustive()
+    }
+}
+
+/// A TLS 1.2+ acceptor with ALPN h2 / http/1.1 that selects certificates by SNI.
+pub fn acceptor(
+    store: Arc<SnapshotStore>,
+    fallback: Option<Arc<CertifiedKey>>,
+) -> anyhow::Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS 1.2 and 1.3 are supported")?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { store, fallback }));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
