@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit lint fmt crds run bench deps help
+.PHONY: all build test unit lint audit fmt crds run bench deps help
 
 all: build
 
@@ -33,9 +33,24 @@ build: ## Build every crate and binary
 crds: ## Regenerate the CRD YAML (and the chart's copy) from the Rust types
 	$(CARGO) run -q -p parapet-crds --bin crdgen -- --out crds $(wildcard charts/parapet/crds)
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt and clippy, warnings are errors; then the advisory check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory audit
+
+# Advisories need the RustSec database from GitHub. Where cargo-deny cannot be installed or
+# the database cannot be fetched, this says so and passes: it must not break offline CI.
+audit: ## Dependency advisories (cargo deny check advisories), degrading when offline
+	@if ! $(CARGO) deny --version >/dev/null 2>&1; then \
+	  echo "==> audit: installing cargo-deny from crates.io"; \
+	  timeout 600 $(CARGO) install cargo-deny --locked -q >/dev/null 2>&1 \
+	    || { echo "warning: audit skipped: cargo-deny is not installed and could not be installed" >&2; exit 0; }; \
+	fi; \
+	rc=0; out=$$(timeout 300 $(CARGO) deny check advisories 2>&1) || rc=$$?; \
+	if [ $$rc -eq 0 ]; then echo "==> audit: no advisories"; \
+	elif [ $$rc -eq 124 ] || echo "$$out" | grep -qiE 'fetch|clone|network|resolve|connect|advisory database|timed out'; then \
+	  echo "warning: audit skipped: could not fetch the RustSec advisory database (GitHub unreachable)" >&2; \
+	else echo "$$out" >&2; exit $$rc; fi
 
 fmt:
 	$(CARGO) fmt --all
