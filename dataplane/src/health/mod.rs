@@ -34,6 +34,7 @@ use std::{
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -48,9 +49,10 @@ use crate::{
     balancer::{EndpointKey, EndpointStats},
     metrics::{ClusterReasonLabels, EndpointLabels, Metrics},
     snapshot::Runtime,
+    upstream::TlsKey,
 };
 
-type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+type CheckClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// What makes two checks the same check.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -64,6 +66,8 @@ struct CheckKey {
     healthy_threshold: u32,
     unhealthy_threshold: u32,
     expected: Vec<(u16, u16)>,
+    /// Pools with `tls` are checked over TLS with the pool's own settings.
+    tls: Option<TlsKey>,
 }
 
 /// One endpoint of one pool that a checker reports to.
@@ -108,9 +112,12 @@ pub struct HealthChecks {
 }
 
 fn client(http2: bool) -> CheckClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
+    let connector = crate::upstream::connector(Duration::from_secs(30), http2, None)
+        .expect("a plain connector always builds");
+    client_with(connector, http2)
+}
+
+fn client_with(connector: HttpsConnector<HttpConnector>, http2: bool) -> CheckClient {
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(1)
@@ -148,6 +155,7 @@ impl HealthChecks {
     /// Starts, keeps and stops checkers to match `table`. Must run inside a Tokio runtime.
     pub fn reconcile(&self, table: &Runtime) {
         let mut wanted: HashMap<CheckKey, Vec<Target>> = HashMap::new();
+        let mut tls_of: HashMap<CheckKey, parapet_crds::snapshot::UpstreamTls> = HashMap::new();
         for c in table.clusters.values() {
             let Some(hc) = &c.spec.health_check else {
                 continue;
@@ -163,7 +171,11 @@ impl HealthChecks {
                     healthy_threshold: hc.healthy_threshold,
                     unhealthy_threshold: hc.unhealthy_threshold,
                     expected: hc.expected_statuses.clone(),
+                    tls: c.spec.tls.as_ref().map(TlsKey::of),
                 };
+                if let Some(tls) = &c.spec.tls {
+                    tls_of.entry(key.clone()).or_insert_with(|| tls.clone());
+                }
                 let endpoint = e.authority();
                 let reason = |reason| {
                     self.metrics
@@ -240,10 +252,21 @@ impl HealthChecks {
                     }
                     let targets = Arc::new(Mutex::new(targets));
                     let state = Arc::new(AtomicU8::new(UNKNOWN));
-                    let client = if key.http2 {
-                        self.http2.clone()
-                    } else {
-                        self.http1.clone()
+                    let client = match tls_of.get(&key) {
+                        // The table was refused before it got here if these were unusable.
+                        Some(tls) => match crate::upstream::connector(
+                            Duration::from_millis(key.timeout_ms.max(1)),
+                            key.http2,
+                            Some(tls),
+                        ) {
+                            Ok(c) => client_with(c, key.http2),
+                            Err(e) => {
+                                tracing::warn!(endpoint = %key.address, error = %e, "health check TLS settings unusable; not checking");
+                                continue;
+                            }
+                        },
+                        None if key.http2 => self.http2.clone(),
+                        None => self.http1.clone(),
                     };
                     let task =
                         tokio::spawn(run(key.clone(), client, targets.clone(), state.clone()));
@@ -292,7 +315,8 @@ async fn run(
     let interval = Duration::from_millis(key.interval_ms.max(1));
     let timeout = Duration::from_millis(key.timeout_ms.max(1));
     let endpoint = format!("{}:{}", bracket(&key.address), key.port);
-    let uri: http::Uri = match format!("http://{endpoint}{}", key.path).parse() {
+    let scheme = if key.tls.is_some() { "https" } else { "http" };
+    let uri: http::Uri = match format!("{scheme}://{endpoint}{}", key.path).parse() {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(%endpoint, path = %key.path, error = %e, "health check path is not a valid URI; not checking");

@@ -366,7 +366,11 @@ async fn attempt(
         }
     };
     let uri = match Uri::builder()
-        .scheme("http")
+        .scheme(if cluster.spec.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        })
         .authority(endpoint.authority())
         .path_and_query(ex.path_and_query.clone())
         .build()

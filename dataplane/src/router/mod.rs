@@ -97,6 +97,9 @@ pub enum RouterError {
         "the path regexes of host {domain} are too large to compile together ({reason}); use fewer or simpler regexes there"
     )]
     RegexSetTooLarge { domain: String, reason: String },
+    /// Not a routing error, but refused with the table like one.
+    #[error("pool {cluster} has unusable upstream TLS settings: {reason}")]
+    UpstreamTls { cluster: String, reason: String },
 }
 
 /// Request → route for one table. Cheap to share: build once, wrap in an `Arc`.

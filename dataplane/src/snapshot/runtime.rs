@@ -106,7 +106,13 @@ impl ClusterRuntime {
         clients: &ClientPool,
         metrics: &Metrics,
         options: &BuildOptions,
-    ) -> Self {
+    ) -> Result<Self, RouterError> {
+        let client = clients
+            .client_for(c)
+            .map_err(|reason| RouterError::UpstreamTls {
+                cluster: c.name.clone(),
+                reason,
+            })?;
         let zone = options.zone.as_deref();
         let balancer = ClusterBalancer::new_in_zone(c, registry, zone);
         let availability = Availability::new(balancer.endpoints());
@@ -121,7 +127,7 @@ impl ClusterRuntime {
                     ClusterBalancer::new_in_zone(&part, registry, zone)
                 })
             });
-        Self {
+        Ok(Self {
             zones,
             backup: failover.and_then(|f| f.backup_cluster.clone()),
             min_healthy_percent: failover.map_or(0, |f| f.min_healthy_percent),
@@ -135,10 +141,10 @@ impl ClusterRuntime {
                 metrics,
             ),
             balancer,
-            client: clients.client_for(c),
+            client,
             metrics: ClusterMetrics::new(metrics, &c.name),
             spec: c.clone(),
-        }
+        })
     }
 }
 
@@ -158,14 +164,14 @@ impl Runtime {
             .iter()
             .map(|c| {
                 let state = live.cluster(&c.name);
-                (
+                Ok((
                     c.name.clone(),
                     Arc::new(ClusterRuntime::new(
                         c, registry, &state, clients, metrics, options,
-                    )),
-                )
+                    )?),
+                ))
             })
-            .collect();
+            .collect::<Result<_, RouterError>>()?;
         let routes = router
             .routes()
             .map(|(_, route)| {

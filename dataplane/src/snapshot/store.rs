@@ -188,6 +188,8 @@ impl SnapshotStore {
             self.metrics.ha.forget_endpoint(&gone.cluster, &endpoint);
         }
         self.live.retain_table(&runtime.snapshot.table);
+        // Clients of settings no pool uses now (e.g. a rotated client certificate) go.
+        self.clients.retain_used(&runtime.snapshot.table.clusters);
         self.health.reconcile(&runtime);
         self.reconcile_sweepers(&runtime);
 

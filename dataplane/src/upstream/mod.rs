@@ -1,48 +1,220 @@
 //! Connections to endpoints: keep-alive pools that outlive table swaps.
+//!
+//! Pools with `tls` connect with rustls (ring provider only): roots from the pool's CA
+//! bundle (or the platform's when it has none), the client certificate when given (mTLS),
+//! ALPN per protocol, and SNI from `tls.sni` or else the endpoint address. Their attempts
+//! use the `https` scheme; other pools stay plain HTTP.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
-use parapet_crds::snapshot::{Cluster, UpstreamProtocol};
+use parapet_crds::snapshot::{Cluster, UpstreamProtocol, UpstreamTls};
+use rustls::{
+    RootCertStore,
+    pki_types::{CertificateDer, ServerName},
+};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the proxy sends or returns.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+/// One client type for every pool: plain pools send `http` URIs, TLS pools `https` ones.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// A pool's TLS settings, compared by content: two pools with the same settings share
+/// connections; a changed CA, certificate or SNI gets a new pool.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TlsKey {
+    sni: Option<String>,
+    ca_pem: Option<String>,
+    client_cert: Option<(String, String)>,
+}
+
+impl TlsKey {
+    pub fn of(tls: &UpstreamTls) -> Self {
+        Self {
+            sni: tls.sni.clone(),
+            ca_pem: tls.ca_pem.clone(),
+            client_cert: tls
+                .client_certificate
+                .as_ref()
+                .map(|c| (c.cert_pem.clone(), c.key_pem.clone())),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    connect_timeout_ms: u64,
+    http2: bool,
+    tls: Option<TlsKey>,
+}
 
 /// Clients by connection settings. A pool's connections survive a table swap as long as its
 /// settings do, so a push does not cold-start every upstream connection.
 #[derive(Clone, Default)]
 pub struct ClientPool {
-    clients: Arc<Mutex<HashMap<(u64, bool), UpstreamClient>>>,
+    clients: Arc<Mutex<HashMap<PoolKey, UpstreamClient>>>,
 }
 
 impl ClientPool {
-    pub fn client_for(&self, cluster: &Cluster) -> UpstreamClient {
+    /// The client for a pool; `Err` (a sentence) when its TLS settings are unusable.
+    pub fn client_for(&self, cluster: &Cluster) -> Result<UpstreamClient, String> {
         let http2 = cluster.protocol == UpstreamProtocol::Http2;
-        let key = (cluster.connect_timeout_ms, http2);
+        let key = PoolKey {
+            connect_timeout_ms: cluster.connect_timeout_ms,
+            http2,
+            tls: cluster.tls.as_ref().map(TlsKey::of),
+        };
         // Only taken while a table is built, never per request.
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key)
-            .or_insert_with(|| build(Duration::from_millis(cluster.connect_timeout_ms), http2))
-            .clone()
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let connector = connector(
+            Duration::from_millis(cluster.connect_timeout_ms),
+            http2,
+            cluster.tls.as_ref(),
+        )?;
+        let client = build(connector, http2);
+        map.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Drops the clients no pool of the table in force uses (their idle connections close).
+    pub fn retain_used<'a>(&self, clusters: impl IntoIterator<Item = &'a Cluster>) {
+        let used: std::collections::HashSet<PoolKey> = clusters
+            .into_iter()
+            .map(|c| PoolKey {
+                connect_timeout_ms: c.connect_timeout_ms,
+                http2: c.protocol == UpstreamProtocol::Http2,
+                tls: c.tls.as_ref().map(TlsKey::of),
+            })
+            .collect();
+        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|k, _| used.contains(k));
     }
 }
 
-fn build(connect_timeout: Duration, http2: bool) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
+/// A connector for a pool: plain HTTP without `tls`, rustls with it. `Err` is a sentence
+/// saying what is wrong with the pool's TLS settings.
+pub fn connector(
+    connect_timeout: Duration,
+    http2: bool,
+    tls: Option<&UpstreamTls>,
+) -> Result<HttpsConnector<HttpConnector>, String> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    // The TLS layer sees `https` URIs; it hands the plain TCP connect to this connector.
+    http.enforce_http(false);
+    let config = match tls {
+        Some(tls) => client_config(tls)?,
+        // Never used: plain pools only send `http` URIs. No roots, so it trusts nothing.
+        None => base_builder()?
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    let b = match tls.and_then(|t| t.sni.as_deref()) {
+        Some(sni) => {
+            let name = ServerName::try_from(sni.to_string())
+                .map_err(|_| format!("tls.sni {sni:?} is not a valid DNS name or IP address"))?;
+            b.with_server_name_resolver(FixedServerNameResolver::new(name))
+        }
+        None => b,
+    };
+    // ALPN: h2 only for HTTP/2 pools, http/1.1 only for the others.
+    Ok(if http2 {
+        b.enable_http2().wrap_connector(http)
+    } else {
+        b.enable_http1().wrap_connector(http)
+    })
+}
+
+fn base_builder()
+-> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, String> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("the TLS provider is unusable: {e}"))
+}
+
+/// The platform's roots, loaded once per process.
+fn native_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "a platform CA certificate could not be loaded");
+        }
+        let mut roots = RootCertStore::empty();
+        let (added, ignored) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!(added, ignored, "platform CA certificates loaded");
+        roots
+    })
+}
+
+fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
+    let roots = match &tls.ca_pem {
+        Some(pem) => {
+            let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("the CA bundle (tls.caSecretRef) is not valid PEM: {e}"))?;
+            if certs.is_empty() {
+                return Err("the CA bundle (tls.caSecretRef) holds no certificate".into());
+            }
+            let mut roots = RootCertStore::empty();
+            for c in certs {
+                roots.add(c).map_err(|e| {
+                    format!("the CA bundle (tls.caSecretRef) holds an unusable certificate: {e}")
+                })?;
+            }
+            roots
+        }
+        None => {
+            let roots = native_roots();
+            if roots.is_empty() {
+                return Err(
+                    "no platform CA certificates were found, so tls.caSecretRef is required".into(),
+                );
+            }
+            roots.clone()
+        }
+    };
+    let builder = base_builder()?.with_root_certificates(roots);
+    Ok(match &tls.client_certificate {
+        None => builder.with_no_client_auth(),
+        Some(pair) => {
+            // Checks the chain, the key and that they match, with readable reasons.
+            crate::tls::certified_key(pair.cert_pem.as_bytes(), pair.key_pem.as_bytes())
+                .map_err(|e| format!("the client certificate is unusable: {e:#}"))?;
+            let certs: Vec<CertificateDer<'static>> =
+                rustls_pemfile::certs(&mut pair.cert_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("the client certificate is not valid PEM: {e}"))?;
+            let key = rustls_pemfile::private_key(&mut pair.key_pem.as_bytes())
+                .ok()
+                .flatten()
+                .ok_or("the client certificate's key is not a valid PEM private key")?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("the client certificate is unusable: {e}"))?
+        }
+    })
+}
+
+fn build(connector: HttpsConnector<HttpConnector>, http2: bool) -> UpstreamClient {
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
@@ -52,4 +224,41 @@ fn build(connect_timeout: Duration, http2: bool) -> UpstreamClient {
         b.http2_only(true);
     }
     b.build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use parapet_crds::snapshot::CertificatePair;
+
+    use super::*;
+
+    fn tls(ca: Option<&str>, client: Option<(&str, &str)>) -> UpstreamTls {
+        UpstreamTls {
+            sni: None,
+            ca_pem: ca.map(str::to_string),
+            client_certificate: client.map(|(c, k)| CertificatePair {
+                cert_pem: c.into(),
+                key_pem: k.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn bad_pem_is_a_sentence_not_a_panic() {
+        let t = Duration::from_secs(1);
+        let e = connector(t, false, Some(&tls(Some("not pem"), None))).unwrap_err();
+        assert!(e.contains("CA bundle"), "{e}");
+        let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let e = connector(t, false, Some(&tls(Some(junk), None))).unwrap_err();
+        assert!(e.contains("CA bundle"), "{e}");
+        let e = connector(t, false, Some(&tls(None, Some(("x", "y"))))).unwrap_err();
+        assert!(
+            e.contains("client certificate") || e.contains("caSecretRef"),
+            "{e}"
+        );
+        let mut bad_sni = tls(None, None);
+        bad_sni.sni = Some("not a name!".into());
+        assert!(connector(t, true, Some(&bad_sni)).is_err());
+        assert!(connector(t, true, None).is_ok());
+    }
 }
