@@ -106,6 +106,24 @@ pub fn append_via(headers: &mut HeaderMap) {
     headers.append(header::VIA, VIA_VALUE);
 }
 
+/// Lower-case, without port. Total: any string (a Host header is any visible ASCII, not
+/// necessarily a valid authority) gives a result; an IPv6 literal keeps its brackets, and
+/// an unclosed `[` is kept as it is (it then matches no domain).
+pub fn normalise_host(raw: &str) -> String {
+    let without_port = if raw.starts_with('[') {
+        raw.find(']').map_or(raw, |end| &raw[..=end])
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                raw
+            }
+        })
+    };
+    without_port.to_ascii_lowercase()
+}
+
 /// A fresh request id: 128 random bits in hex.
 pub fn new_request_id() -> HeaderValue {
     let id: u128 = rand::random();

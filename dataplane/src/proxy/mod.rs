@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use self::{
     forward::Exchange,
-    headers::{X_REQUEST_ID, is_upgrade, new_request_id},
+    headers::{X_REQUEST_ID, is_upgrade, new_request_id, normalise_host},
     problem::problem,
     respond::{outcome_response, overloaded},
 };
@@ -510,25 +510,6 @@ fn authority_of<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
-/// Lower-case, without port.
-fn normalise_host(raw: &str) -> String {
-    let without_port = if raw.starts_with('[') {
-        raw.split(']')
-            .next()
-            .map(|s| &raw[..s.len() + 1])
-            .unwrap_or(raw)
-    } else {
-        raw.rsplit_once(':').map_or(raw, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                raw
-            }
-        })
-    };
-    without_port.to_ascii_lowercase()
-}
-
 /// Replaces the first `prefix_len` bytes of `path` (the matched prefix) with `new_prefix`,
 /// keeping exactly one slash at the seam.
 fn rewrite_prefix(path: &str, prefix_len: usize, new_prefix: &str) -> String {
@@ -580,6 +561,9 @@ mod tests {
         assert_eq!(authority_of(&r), Some("API.Example:8080"));
         assert_eq!(normalise_host("API.Example:8080"), "api.example");
         assert_eq!(normalise_host("[::1]:80"), "[::1]");
+        // A Host header is any visible ASCII: an unclosed bracket must not panic.
+        assert_eq!(normalise_host("[AbC"), "[abc");
+        assert_eq!(normalise_host("["), "[");
         let r = Request::builder()
             .uri("http://h2.example/x")
             .body(())
