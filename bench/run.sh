@@ -1,0 +1,495 @@
+#!/usr/bin/env bash
+# `make bench`: Parapet's data plane against nginx and HAProxy, side by side, in front of the
+# same sample backends on 127.0.0.1, with wrk as the load generator. See BENCHMARKS.md.
+#
+# Knobs (environment):
+#   BENCH_WORKERS=1        worker processes / threads for every proxy (nginx worker_processes,
+#                          HAProxy nbthread, Parapet --workers)
+#   BENCH_ROUNDS=3         measured runs per proxy and body size (alternating proxies)
+#   BENCH_DURATION=10s     length of each measured wrk run
+#   BENCH_WARMUP=3s        length of the warm-up run per proxy and body size (not reported)
+#   BENCH_CONNECTIONS=32   wrk connections (-c)
+#   BENCH_THREADS=1        wrk threads (-t)
+#   BENCH_PORT_BASE=18400  ports BASE+1..BASE+4 backends, +10/+11 Parapet, +20 nginx, +30 HAProxy
+#   BENCH_PROXIES="parapet nginx haproxy"
+#   BENCH_OUT=bench/results/latest.md
+#   BENCH_SKIP_BUILD=1     use the release binaries already built
+#   BENCH_KEEP=1           keep the run directory (configs, logs, raw wrk output)
+#   BENCH_NOISY_PCT=20     for shared machines: a run during which other work used more than
+#                          this % of a core is "noisy" and is run again (at most
+#                          BENCH_NOISY_RETRIES=6 repeats in all), and before each measured run
+#                          the script waits for the machine to be that quiet (at most
+#                          BENCH_QUIET_WAIT=300 s in all); the budgets bound the total time
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKERS=${BENCH_WORKERS:-1}
+ROUNDS=${BENCH_ROUNDS:-3}
+DURATION=${BENCH_DURATION:-10s}
+WARMUP=${BENCH_WARMUP:-3s}
+CONNS=${BENCH_CONNECTIONS:-32}
+WRK_THREADS=${BENCH_THREADS:-1}
+BASE=${BENCH_PORT_BASE:-18400}
+read -r -a PROXIES <<<"${BENCH_PROXIES:-parapet nginx haproxy}"
+OUT=${BENCH_OUT:-bench/results/latest.md}
+NOISY_PCT=${BENCH_NOISY_PCT:-20}
+NOISY_RETRIES=${BENCH_NOISY_RETRIES:-6}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN="$TARGET_DIR/release"
+
+BODIES=(1k 64k)
+declare -A BODY_BYTES=([1k]=1024 [64k]=65536)
+declare -A BACKEND_PORTS=([1k]="$((BASE + 1)) $((BASE + 2))" [64k]="$((BASE + 3)) $((BASE + 4))")
+declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30)))
+PARAPET_ADMIN=$((BASE + 11))
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+for v in WORKERS ROUNDS CONNS WRK_THREADS BASE; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+for v in NOISY_PCT NOISY_RETRIES QUIET_WAIT; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number (got '${!v}')"
+done
+for p in "${PROXIES[@]}"; do
+  [[ -n ${PROXY_PORT[$p]:-} ]] || die "unknown proxy '$p' in BENCH_PROXIES (parapet, nginx, haproxy)"
+done
+
+# ---------------------------------------------------------------- processes and cleanup
+RUN=$(mktemp -d /tmp/parapet-bench.XXXXXX)
+chmod 755 "$RUN" # nginx workers (user nobody when started as root) read below it
+PIDS=()
+declare -A PID_OF=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill "${PIDS[i]}" 2>/dev/null || true
+  done
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    # Bounded wait: anything still alive after 5 s gets SIGKILL.
+    for _ in $(seq 50); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "${PIDS[i]}" 2>/dev/null || true
+    wait "${PIDS[i]}" 2>/dev/null || true
+  done
+  if [[ $rc -ne 0 || -n ${BENCH_KEEP:-} ]]; then
+    echo "bench: configs, logs and raw wrk output kept in $RUN" >&2
+  else
+    rm -rf "$RUN"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CMD... : runs CMD in the background, logs to $RUN/NAME.{out,err}
+start() {
+  local name=$1
+  shift
+  "$@" >"$RUN/$name.out" 2>"$RUN/$name.err" &
+  PIDS+=($!)
+  PID_OF[$name]=$!
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_http URL : until it answers 2xx, for up to 10 s
+wait_http() {
+  local url=$1
+  for _ in $(seq 100); do
+    curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- 1. Debian packages
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 ]]; }
+have nginx || need_pkgs+=(nginx)
+have haproxy || need_pkgs+=(haproxy)
+have wrk || need_pkgs+=(wrk)
+have curl || need_pkgs+=(curl)
+if ((${#need_pkgs[@]})); then
+  [[ $(id -u) -eq 0 ]] || die "missing ${need_pkgs[*]}; install them (sudo apt-get install ${need_pkgs[*]/nginx/nginx-light}) or run as root"
+  log "installing ${need_pkgs[*]} (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  pkgs=()
+  for p in "${need_pkgs[@]}"; do
+    if [[ $p == nginx ]] && apt-cache show nginx-light >/dev/null 2>&1; then p=nginx-light; fi
+    pkgs+=("$p")
+  done
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+# ---------------------------------------------------------------- 2. build
+if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
+  log "building the release binaries"
+  # Older trees gate the binary behind a `proxy` feature; newer ones build it by default.
+  features=()
+  grep -qE '^proxy *=' dataplane/Cargo.toml && features=(--features proxy)
+  cargo build --release -q -p parapet-dataplane "${features[@]}" --bin dataplane
+  cargo build --release -q -p parapet-tests --bin sample-backend
+fi
+for b in dataplane sample-backend; do
+  [[ -x $BIN/$b ]] || die "$BIN/$b is missing"
+done
+
+# ---------------------------------------------------------------- 3. backends
+all_ports=(${BACKEND_PORTS[1k]} ${BACKEND_PORTS[64k]} "${PROXY_PORT[@]}" "$PARAPET_ADMIN")
+for p in "${all_ports[@]}"; do
+  port_free "$p" || die "port $p on 127.0.0.1 is in use; pick another BENCH_PORT_BASE"
+done
+
+log "starting 2 sample backends per body size"
+BACKEND_PIDS=()
+for body in "${BODIES[@]}"; do
+  i=0
+  for port in ${BACKEND_PORTS[$body]}; do
+    i=$((i + 1))
+    start "backend-$body-$i" "$BIN/sample-backend" "b$body-$i" "$port" "${BODY_BYTES[$body]}"
+    BACKEND_PIDS+=("${PID_OF[backend-$body-$i]}")
+  done
+done
+for body in "${BODIES[@]}"; do
+  for port in ${BACKEND_PORTS[$body]}; do
+    wait_http "http://127.0.0.1:$port/healthz" || die "backend on port $port did not start"
+  done
+done
+
+# ---------------------------------------------------------------- 4. proxies
+render() { # render TEMPLATE OUT PORT
+  set -- "$1" "$2" "$3" ${BACKEND_PORTS[1k]} ${BACKEND_PORTS[64k]}
+  sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@RUNDIR@|$RUN|g" -e "s|@PORT@|$3|g" \
+    -e "s|@PORT_1K_A@|$4|g" -e "s|@PORT_1K_B@|$5|g" \
+    -e "s|@PORT_64K_A@|$6|g" -e "s|@PORT_64K_B@|$7|g" "$1" >"$2"
+}
+
+nginx_bin=$(command -v nginx)
+haproxy_bin=$(command -v haproxy)
+for proxy in "${PROXIES[@]}"; do
+  port=${PROXY_PORT[$proxy]}
+  case $proxy in
+  parapet)
+    render bench/parapet.yaml.tmpl "$RUN/parapet.yaml" "$port"
+    start parapet "$BIN/dataplane" --config "$RUN/parapet.yaml" \
+      --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$PARAPET_ADMIN" \
+      --workers "$WORKERS" --log-format text
+    wait_http "http://127.0.0.1:$PARAPET_ADMIN/readyz" || die "Parapet not ready; see $RUN/parapet.err"
+    ;;
+  nginx)
+    render bench/nginx.conf.tmpl "$RUN/nginx.conf" "$port"
+    "$nginx_bin" -t -q -c "$RUN/nginx.conf" -p "$RUN" 2>"$RUN/nginx-t.err" ||
+      die "nginx -t failed: $(cat "$RUN/nginx-t.err")"
+    start nginx "$nginx_bin" -c "$RUN/nginx.conf" -p "$RUN"
+    ;;
+  haproxy)
+    render bench/haproxy.cfg.tmpl "$RUN/haproxy.cfg" "$port"
+    "$haproxy_bin" -c -q -f "$RUN/haproxy.cfg" 2>"$RUN/haproxy-c.err" ||
+      die "haproxy -c failed: $(cat "$RUN/haproxy-c.err")"
+    start haproxy "$haproxy_bin" -db -f "$RUN/haproxy.cfg"
+    ;;
+  esac
+done
+
+# ---------------------------------------------------------------- measuring helpers
+rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
+# PIDs of a proxy: nginx is a master plus worker processes.
+proxy_pids() {
+  local pid=${PID_OF[$1]}
+  echo "$pid"
+  [[ $1 == nginx ]] && pgrep -P "$pid" || true
+}
+total_rss_kb() {
+  local sum=0 p
+  for p in $(proxy_pids "$1"); do sum=$((sum + $(rss_kb "$p"))); done
+  echo "$sum"
+}
+# CPU ticks (user + system, all threads) used so far by a proxy's processes.
+cpu_ticks() {
+  local sum=0 p
+  for p in $(proxy_pids "$1"); do
+    sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$sum"
+}
+CLK_TCK=$(getconf CLK_TCK)
+# Ticks of user + system time on the whole machine (all CPUs), from /proc/stat.
+machine_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4; exit}' /proc/stat; }
+# Ticks used so far by the backends (still running, so their own /proc/PID/stat).
+backend_ticks() {
+  local sum=0 p
+  for p in "${BACKEND_PIDS[@]}"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$sum"
+}
+# Ticks used by this shell's finished children (wrk), from the `times` builtin (which must
+# run in this shell, not in a $(...) subshell).
+children_ticks() {
+  times >"$RUN/times"
+  awk -v hz="$CLK_TCK" 'NR == 2 {
+    t = 0
+    for (i = 1; i <= 2; i++) { split($i, a, "m"); t += a[1] * 60 + a[2] }
+    printf "%.0f", t * hz }' "$RUN/times"
+}
+mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k / 1024}'; }
+
+wait_port() { # until something listens on 127.0.0.1:PORT, for up to 10 s
+  for _ in $(seq 100); do port_free "$1" || return 0; sleep 0.1; done
+  return 1
+}
+for proxy in "${PROXIES[@]}"; do
+  wait_port "${PROXY_PORT[$proxy]}" || die "$proxy is not listening on ${PROXY_PORT[$proxy]}; see $RUN/$proxy.err"
+done
+
+# ---------------------------------------------------------------- 6a. memory at start
+# Idle RSS before any request has gone through.
+sleep 1
+declare -A RSS_START
+for proxy in "${PROXIES[@]}"; do RSS_START[$proxy]=$(total_rss_kb "$proxy"); done
+
+# Every proxy answers both paths with the right body, round robin over both backends.
+for proxy in "${PROXIES[@]}"; do
+  port=${PROXY_PORT[$proxy]}
+  wait_http "http://127.0.0.1:$port/1k" || die "$proxy does not answer on port $port; see $RUN/$proxy.err"
+  for body in "${BODIES[@]}"; do
+    seen=""
+    for _ in 1 2 3 4; do
+      read -r code size backend < <(curl -sS -o /dev/null -D "$RUN/headers" \
+        -w '%{http_code} %{size_download} ' "http://127.0.0.1:$port/$body"
+        tr -d '\r' <"$RUN/headers" | awk -F': ' 'tolower($1)=="x-backend"{print $2}')
+      [[ $code == 200 && $size == "${BODY_BYTES[$body]}" ]] ||
+        die "$proxy /$body answered $code with $size bytes (expected 200, ${BODY_BYTES[$body]})"
+      seen="$seen $backend"
+    done
+    n=$(tr ' ' '\n' <<<"$seen" | sort -u | grep -c .)
+    [[ $n -eq 2 ]] || die "$proxy /$body did not spread over both backends (saw:$seen)"
+  done
+done
+
+# wrk_run PROXY BODY DURATION OUTFILE
+wrk_run() {
+  local url="http://127.0.0.1:${PROXY_PORT[$1]}/$2"
+  # wrk's own -d bounds the run; timeout(1) is a backstop in case it hangs.
+  timeout --kill-after=5 120 wrk -t"$WRK_THREADS" -c"$CONNS" -d"$3" --timeout 5s --latency "$url" >"$4"
+}
+
+# Parses wrk --latency output: "req/s p50_ms p99_ms errors".
+parse_wrk() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+      if (v ~ /m$/)  return substr(v, 1, length(v) - 1) * 60000
+      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+      return v + 0
+    }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    /Non-2xx or 3xx responses:/ { err += $NF }
+    /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }
+  ' "$1"
+}
+
+# ---------------------------------------------------------------- 5. load
+# pct TICKS START END: ticks over a wall-clock interval, as % of one core.
+pct() { awk -v t="$1" -v hz="$CLK_TCK" -v a="$2" -v b="$3" 'BEGIN{v = 100 * t / hz / (b - a); printf "%.0f", v < 0.5 ? 0 : v}'; }
+# On a shared machine, wait until other work uses < NOISY_PCT of a core before a measured
+# run (the proxies, backends and wrk are idle at that point), within a total budget of
+# QUIET_WAIT seconds for the whole benchmark.
+QUIET_LEFT=$QUIET_WAIT
+wait_quiet() {
+  local first=1 m0 m1 s0 s1 busy
+  while :; do
+    m0=$(machine_ticks) s0=$(date +%s.%N)
+    sleep 1
+    m1=$(machine_ticks) s1=$(date +%s.%N)
+    busy=$(pct $((m1 - m0)) "$s0" "$s1")
+    ((busy > NOISY_PCT)) || return 0
+    if ((QUIET_LEFT <= 0)); then
+      ((first)) && log "the machine is busy (${busy}% of a core) and the wait budget is spent; measuring anyway"
+      return 0
+    fi
+    ((first)) && log "waiting for other work to settle (${busy}% of a core busy, ${QUIET_LEFT}s of waiting left)"
+    first=0
+    QUIET_LEFT=$((QUIET_LEFT - 1))
+  done
+}
+REDONE=0 NOISY=0
+RAW="$RUN/runs.tsv"
+: >"$RAW"
+runs_total=$((${#BODIES[@]} * ROUNDS * ${#PROXIES[@]}))
+n=0
+for body in "${BODIES[@]}"; do
+  for proxy in "${PROXIES[@]}"; do
+    log "warm-up $proxy /$body ($WARMUP)"
+    wrk_run "$proxy" "$body" "$WARMUP" "$RUN/wrk-warmup-$proxy-$body.txt"
+  done
+  for round in $(seq "$ROUNDS"); do
+    for proxy in "${PROXIES[@]}"; do
+      n=$((n + 1))
+      while :; do
+        wait_quiet
+        f="$RUN/wrk-$body-$round-$proxy.txt"
+        children_ticks >"$RUN/c0"
+        t0=$(cpu_ticks "$proxy") m0=$(machine_ticks) b0=$(backend_ticks) c0=$(<"$RUN/c0")
+        s0=$(date +%s.%N)
+        wrk_run "$proxy" "$body" "$DURATION" "$f"
+        s1=$(date +%s.%N)
+        t1=$(cpu_ticks "$proxy") m1=$(machine_ticks) b1=$(backend_ticks)
+        children_ticks >"$RUN/c1"
+        c1=$(<"$RUN/c1")
+        read -r rps p50 p99 err < <(parse_wrk "$f")
+        cpu=$(pct $((t1 - t0)) "$s0" "$s1")
+        # CPU used by anything but the proxy, the backends and wrk (other work on the
+        # machine, plus kernel time not charged to a process): a noise indicator.
+        other=$(pct $(((m1 - m0) - (t1 - t0) - (b1 - b0) - (c1 - c0))) "$s0" "$s1")
+        ((other >= 0)) || other=0
+        wrk_cpu=$(pct $((c1 - c0)) "$s0" "$s1") backend_cpu=$(pct $((b1 - b0)) "$s0" "$s1")
+        log "[$n/$runs_total] /$body round $round $proxy: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, proxy cpu ${cpu}%, other cpu ${other}%, errors $err"
+        ((other > NOISY_PCT)) || break
+        if ((REDONE < NOISY_RETRIES)); then
+          log "${other}% of a core went to other work during this run; running it again"
+          REDONE=$((REDONE + 1))
+        else
+          log "warning: ${other}% of a core went to other work during this run; its figures are noisy"
+          NOISY=$((NOISY + 1))
+          break
+        fi
+      done
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$body" "$round" "$proxy" "$rps" "$p50" "$p99" \
+        "$err" "$cpu" "$other" "$wrk_cpu" "$backend_cpu" >>"$RAW"
+    done
+  done
+done
+
+# ---------------------------------------------------------------- 6b. memory after load
+sleep 2
+declare -A RSS_AFTER RSS_PEAK
+for proxy in "${PROXIES[@]}"; do
+  RSS_AFTER[$proxy]=$(total_rss_kb "$proxy")
+  peak=0
+  for p in $(proxy_pids "$proxy"); do peak=$((peak + $(hwm_kb "$p"))); done
+  RSS_PEAK[$proxy]=$peak
+done
+
+# ---------------------------------------------------------------- 7. report
+# Per proxy and body: median over rounds of req/s, p50, p99, CPU; total errors.
+SUMMARY="$RUN/summary.tsv"
+awk -F'\t' '
+  { k = $1 SUBSEP $3; n[k]++; rps[k, n[k]] = $4; p50[k, n[k]] = $5; p99[k, n[k]] = $6
+    cpu[k, n[k]] = $8; err[k] += $7; us[k, n[k]] = $4 > 0 ? $8 * 10000 / $4 : 0 }
+  function median(a, k, m,   i, j, t, v) {
+    for (i = 1; i <= m; i++) v[i] = a[k, i]
+    for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+  }
+  function minmax(a, k, m,   i, lo, hi) {
+    lo = hi = a[k, 1]
+    for (i = 2; i <= m; i++) { if (a[k, i] < lo) lo = a[k, i]; if (a[k, i] > hi) hi = a[k, i] }
+    return lo "\t" hi
+  }
+  END {
+    for (k in n) { split(k, p, SUBSEP); m = n[k]
+      printf "%s\t%s\t%.0f\t%.3f\t%.3f\t%d\t%.0f\t%s\t%.1f\n", p[1], p[2], median(rps, k, m),
+        median(p50, k, m), median(p99, k, m), err[k], median(cpu, k, m), minmax(rps, k, m), median(us, k, m) }
+  }' "$RAW" >"$SUMMARY"
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain -- dataplane crds 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
+cpu_model=$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)
+nginx_v=$("$nginx_bin" -v 2>&1 | sed 's|.*/||')
+haproxy_v=$("$haproxy_bin" -v | awk 'NR==1{print $3}')
+wrk_v=$(wrk -v 2>&1 | awk 'NR==1{print $2}' || true)
+
+report() { # markdown tables, printed and saved
+  echo "# Parapet benchmark results"
+  echo
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$commit\`$dirty; $(nproc) × $cpu_model, Linux $(uname -r)."
+  echo "nginx $nginx_v, HAProxy $haproxy_v, wrk $wrk_v. Every proxy: $WORKERS worker(s)/thread(s)."
+  echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency, $ROUNDS alternating rounds after a $WARMUP warm-up;"
+  echo "figures are the median over rounds (req/s range in brackets). Ratios are to nginx:"
+  echo "req/s ratio > 1 is faster, p99 ratio < 1 is better. Proxy CPU is the proxy's own use"
+  echo "(100% = one core); CPU µs/req is that divided by the request rate (lower is leaner)."
+  if ((REDONE + NOISY)); then
+    echo "$REDONE run(s) were repeated because other work on the machine used more than $NOISY_PCT% of a"
+    echo "core during them; $NOISY run(s) were noisy once the repeat budget ($NOISY_RETRIES) was spent (see"
+    echo "\"other CPU\" under \"Every run\")."
+  fi
+  for body in "${BODIES[@]}"; do
+    echo
+    echo "## ${BODY_BYTES[$body]}-byte responses (/$body)"
+    echo
+    echo "| proxy | req/s | p50 ms | p99 ms | req/s vs nginx | p99 vs nginx | proxy CPU | CPU µs/req | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' -v body="$body" -v order="${PROXIES[*]}" '
+      $1 == body { rps[$2] = $3; p50[$2] = $4; p99[$2] = $5; err[$2] = $6; cpu[$2] = $7; lo[$2] = $8; hi[$2] = $9; us[$2] = $10 }
+      END {
+        m = split(order, o, " ")
+        for (i = 1; i <= m; i++) { p = o[i]; if (!(p in rps)) continue
+          rr = ("nginx" in rps) ? sprintf("%.2f×", rps[p] / rps["nginx"]) : "–"
+          pr = ("nginx" in rps && p99["nginx"] > 0) ? sprintf("%.2f×", p99[p] / p99["nginx"]) : "–"
+          printf "| %s | %d (%d–%d) | %.2f | %.2f | %s | %s | %d%% | %.1f | %d |\n", p, rps[p], lo[p], hi[p], p50[p], p99[p], rr, pr, cpu[p], us[p], err[p]
+        }
+      }' "$SUMMARY"
+  done
+  echo
+  echo "## Memory (RSS)"
+  echo
+  echo "| proxy | idle after start | idle after load | peak (VmHWM) |"
+  echo "|---|---:|---:|---:|"
+  for proxy in "${PROXIES[@]}"; do
+    echo "| $proxy | $(mb "${RSS_START[$proxy]}") MB | $(mb "${RSS_AFTER[$proxy]}") MB | $(mb "${RSS_PEAK[$proxy]}") MB |"
+  done
+  echo
+  echo "nginx figures are the master plus its workers."
+  if [[ " ${PROXIES[*]} " == *" parapet "* && " ${PROXIES[*]} " == *" nginx "* ]]; then
+    echo
+    echo "## Targets"
+    echo
+    echo "| target | result |"
+    echo "|---|---|"
+    for body in "${BODIES[@]}"; do
+      awk -F'\t' -v body="$body" '
+        $1 == body { rps[$2] = $3; p99[$2] = $5 }
+        END {
+          r = rps["parapet"] / rps["nginx"]; q = p99["parapet"] / p99["nginx"]
+          printf "| /%s: req/s ≥ 1.2× nginx | %.2f× — %s |\n", body, r, (r >= 1.2 ? "met" : "**not met**")
+          printf "| /%s: p99 ≤ nginx | %.2f ms vs %.2f ms — %s |\n", body, p99["parapet"], p99["nginx"], (q <= 1 ? "met" : "**not met**")
+        }' "$SUMMARY"
+    done
+    idle=${RSS_AFTER[parapet]}
+    ((RSS_START[parapet] > idle)) && idle=${RSS_START[parapet]}
+    printf '| Parapet idle RSS < 30 MB | %s MB after start, %s MB after load — %s |\n' \
+      "$(mb "${RSS_START[parapet]}")" "$(mb "${RSS_AFTER[parapet]}")" \
+      "$( ((idle < 30 * 1024)) && echo met || echo '**not met**')"
+  fi
+  echo
+  echo "<details><summary>Every run</summary>"
+  echo
+  echo "| body | round | proxy | req/s | p50 ms | p99 ms | proxy CPU | wrk CPU | backends CPU | other CPU | errors |"
+  echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  awk -F'\t' '{ printf "| %s | %s | %s | %s | %.2f | %.2f | %s%% | %s%% | %s%% | %s%% | %s |\n", $1, $2, $3, $4, $5, $6, $8, $10, $11, $9, $7 }' "$RAW"
+  echo
+  echo "CPU figures are % of one core over the run (the machine has $(nproc) cores). Other CPU is"
+  echo "machine CPU time used by none of the proxy, the backends and wrk (other processes, and"
+  echo "kernel work not charged to a process); high values mean the run was disturbed."
+  echo
+  echo "</details>"
+}
+
+mkdir -p "$(dirname "$OUT")"
+report >"$OUT.tmp"
+mv "$OUT.tmp" "$OUT"
+echo
+cat "$OUT"
+echo
+log "written to $OUT"
