@@ -35,7 +35,28 @@ pub struct Admin {
     pub token: Option<Vec<u8>>,
     pub max_snapshot_bytes: usize,
     pub draining: AtomicBool,
+    /// TLS on the admin port (`--admin-tls-cert`), with `client_ca` when client
+    /// certificates are verified (`--admin-client-ca`).
+    pub tls: Option<AdminTls>,
 }
+
+pub struct AdminTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Snapshot, status and purge requests need a verified client certificate. Probes,
+    /// and /metrics, do not: a kubelet cannot present one.
+    pub require_client_cert: bool,
+}
+
+/// What the connection a request came on proves about the client.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Peer {
+    /// The client presented a certificate that chains to `--admin-client-ca` (rustls
+    /// refuses the handshake for one that does not).
+    pub verified_cert: bool,
+}
+
+/// Time a client has to finish the TLS handshake on the admin port.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
@@ -47,16 +68,58 @@ impl Admin {
             let admin = self.clone();
             let builder = builder.clone();
             tokio::spawn(async move {
+                let Some(tls) = &admin.tls else {
+                    let svc = service_fn(move |req| {
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.handle(req, Peer::default()).await) }
+                    });
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    return;
+                };
+                let stream = match tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    tls.acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "admin TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let peer = Peer {
+                    verified_cert: stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|c| !c.is_empty()),
+                };
                 let svc = service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                    async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
                 });
                 let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+        let path = req.uri().path();
+        if path.starts_with("/v1/")
+            && self.tls.as_ref().is_some_and(|t| t.require_client_cert)
+            && !peer.verified_cert
+        {
+            if path == "/v1/snapshot" {
+                self.metrics.push("unauthorized");
+            }
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "a client certificate signed by the admin client CA is required for the snapshot API",
+                None,
+            );
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => {

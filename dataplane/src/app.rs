@@ -77,6 +77,19 @@ pub struct Args {
     /// from ApiRoute `spec.tls`); implied by --tls-cert, which is then the fallback.
     #[arg(long, env = "PARAPET_TLS")]
     pub tls: bool,
+    /// Certificate chain (PEM) for the admin port; with --admin-tls-key, the admin API
+    /// (snapshot pushes, status, probes, metrics) is served over TLS 1.2+ only.
+    #[arg(long, env = "PARAPET_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PARAPET_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) for client certificates on the admin port (mTLS with the operator):
+    /// a presented certificate must chain to it, and the snapshot API (/v1/...) answers
+    /// 401 on connections without one. /healthz, /readyz and /metrics stay reachable
+    /// without a certificate (probes). The bearer token is still required. Needs
+    /// --admin-tls-cert.
+    #[arg(long, env = "PARAPET_ADMIN_CLIENT_CA", requires = "admin_tls_cert")]
+    pub admin_client_ca: Option<PathBuf>,
     /// How long in-flight requests get to finish after SIGTERM.
     #[arg(long, default_value = "25s", value_parser = duration)]
     pub drain_timeout: Duration,
@@ -217,19 +230,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
 
+    let admin_tls = match (&args.admin_tls_cert, &args.admin_tls_key) {
+        (Some(c), Some(k)) => {
+            let cert = std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?;
+            let key = std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?;
+            let ca = match &args.admin_client_ca {
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+                }
+                None => None,
+            };
+            Some(crate::admin::AdminTls {
+                acceptor: crate::tls::admin_acceptor(&cert, &key, ca.as_deref())?,
+                require_client_cert: ca.is_some(),
+            })
+        }
+        _ => None,
+    };
     let admin = Arc::new(Admin {
         store: store.clone(),
         metrics: metrics.clone(),
         token,
         max_snapshot_bytes: args.max_snapshot_bytes,
         draining: Default::default(),
+        tls: admin_tls,
     });
     let admin_listener = listener::bind(args.admin_listen).await?;
     let traffic = listener::bind(args.listen).await?;
     let (proxy_addr, admin_addr) = (traffic.local_addr()?, admin_listener.local_addr()?);
     // A stable line on stdout that scripts and tests read to find the ports.
     println!("parapet-dataplane listening proxy={proxy_addr} admin={admin_addr}");
-    tracing::info!(%proxy_addr, %admin_addr, tls = tls.is_some(), "listening");
+    tracing::info!(
+        %proxy_addr,
+        %admin_addr,
+        tls = tls.is_some(),
+        admin_tls = admin.tls.is_some(),
+        admin_mtls = admin.tls.as_ref().is_some_and(|t| t.require_client_cert),
+        "listening"
+    );
     tokio::spawn(admin.clone().serve(admin_listener));
 
     if let Some(path) = args.config.clone() {

@@ -28,6 +28,20 @@ pub struct Args {
     /// File holding the bearer token for `PUT /v1/snapshot` (the chart mounts the Secret).
     #[arg(long, env = "PARAPET_SNAPSHOT_TOKEN_FILE")]
     pub snapshot_token_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the data planes' admin certificate: pushes and status
+    /// checks then use https and verify it (the data planes run with --admin-tls-cert).
+    #[arg(long, env = "PARAPET_DATAPLANE_CA")]
+    pub dataplane_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to the data planes (mTLS, for data planes
+    /// started with --admin-client-ca). Needs --dataplane-ca and --client-key.
+    #[arg(long, env = "PARAPET_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, env = "PARAPET_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// The name the data planes' admin certificate is issued to, when it is not their
+    /// address (pods are pushed to by IP from the EndpointSlices). Default: the address.
+    #[arg(long, env = "PARAPET_DATAPLANE_SERVER_NAME")]
+    pub dataplane_server_name: Option<String>,
     /// Quiet time after a change before recompiling.
     #[arg(long, env = "PARAPET_DEBOUNCE", default_value = "200ms", value_parser = duration)]
     pub debounce: Duration,

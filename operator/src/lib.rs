@@ -11,6 +11,7 @@ pub mod lease;
 pub mod metrics;
 pub mod push;
 pub mod status;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -41,6 +42,19 @@ pub fn init_logging(format: &str) {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Checked first: a bad certificate file is a configuration error, reported at once.
+    let push_tls = tls::PushTls::from_files(
+        args.dataplane_ca.as_deref(),
+        args.client_cert.as_deref(),
+        args.client_key.as_deref(),
+        args.dataplane_server_name.as_deref(),
+    )?
+    .map(Arc::new);
+    tracing::info!(
+        tls = push_tls.is_some(),
+        client_cert = args.client_cert.is_some(),
+        "snapshot channel"
+    );
     let client = kube::Client::try_default().await.context(
         "cannot reach the Kubernetes API: set KUBECONFIG or run in a pod with a service account",
     )?;
@@ -112,6 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         clock: clock.clone(),
         republish: republish.clone(),
         events: Some((recorder.clone(), dataplane_ref)),
+        tls: push_tls,
     });
     tokio::spawn(pusher.run(
         index.dataplane.clone(),

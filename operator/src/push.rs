@@ -13,10 +13,6 @@ use std::{
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{
@@ -24,6 +20,8 @@ use kube::runtime::{
     reflector::Store,
 };
 use parapet_crds::snapshot::Snapshot;
+
+use crate::tls::{PushClient, PushTls};
 use tokio::{
     sync::{Notify, Semaphore, watch},
     task::JoinSet,
@@ -165,6 +163,8 @@ pub struct Pusher {
     pub republish: Arc<Notify>,
     /// Where to report pushes that keep failing: a recorder and the data-plane Service.
     pub events: Option<(Recorder, ObjectReference)>,
+    /// TLS to the data planes' admin port (`--dataplane-ca`); plain HTTP without.
+    pub tls: Option<Arc<PushTls>>,
 }
 
 struct Outcome {
@@ -211,8 +211,8 @@ impl Pusher {
         mut tables: watch::Receiver<Option<Arc<Compiled>>>,
         mut leader: watch::Receiver<bool>,
     ) {
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client = crate::tls::push_client(self.tls.as_deref());
+        let scheme = crate::tls::scheme(self.tls.as_deref());
         let sem = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut running: JoinSet<Outcome> = JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -304,8 +304,16 @@ impl Pusher {
                     running.spawn(async move {
                         let _permit = sem.acquire_owned().await;
                         let started = Instant::now();
-                        let result =
-                            push_one(&client, &addr, token.as_deref(), body, gzip, timeout).await;
+                        let result = push_one(
+                            &client,
+                            scheme,
+                            &addr,
+                            token.as_deref(),
+                            body,
+                            gzip,
+                            timeout,
+                        )
+                        .await;
                         Outcome {
                             addr,
                             version,
@@ -325,7 +333,7 @@ impl Pusher {
                 for addr in pods.keys() {
                     let (client, addr, timeout) = (client.clone(), addr.clone(), self.timeout);
                     checks.spawn(async move {
-                        let held = status_of(&client, &addr, timeout).await;
+                        let held = status_of(&client, scheme, &addr, timeout).await;
                         (addr, held)
                     });
                 }
@@ -484,11 +492,12 @@ fn encode(s: &parapet_crds::snapshot::Snapshot) -> (Bytes, bool) {
 
 /// The (version, hash) a pod serves, or `None` when it has no table or cannot be asked.
 async fn status_of(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &PushClient,
+    scheme: &str,
     addr: &str,
     timeout: Duration,
 ) -> Option<(u64, String)> {
-    let req = Request::get(format!("http://{addr}/v1/snapshot/status"))
+    let req = Request::get(format!("{scheme}://{addr}/v1/snapshot/status"))
         .body(Full::new(Bytes::new()))
         .ok()?;
     let resp = tokio::time::timeout(timeout, client.request(req))
@@ -510,14 +519,15 @@ fn backoff(failures: u32) -> Duration {
 }
 
 async fn push_one(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &PushClient,
+    scheme: &str,
     addr: &str,
     token: Option<&str>,
     body: Bytes,
     gzip: bool,
     timeout: Duration,
 ) -> Result<(), PushError> {
-    let mut req = Request::put(format!("http://{addr}/v1/snapshot"))
+    let mut req = Request::put(format!("{scheme}://{addr}/v1/snapshot"))
         .header(header::CONTENT_TYPE, "application/json");
     if gzip {
         req = req.header(header::CONTENT_ENCODING, "gzip");
