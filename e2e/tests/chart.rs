@@ -303,6 +303,11 @@ spec:
                       targetPort: {x-kubernetes-int-or-string: true}
                       path: {type: string}
                       scheme: {type: string, enum: [http, https, HTTP, HTTPS]}
+                      tlsConfig:
+                        type: object
+                        properties:
+                          insecureSkipVerify: {type: boolean}
+                          serverName: {type: string}
                       interval: &promduration {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
                       scrapeTimeout: *promduration
                       honorLabels: {type: boolean}
@@ -354,6 +359,11 @@ spec:
                       targetPort: {x-kubernetes-int-or-string: true}
                       path: {type: string}
                       scheme: {type: string, enum: [http, https, HTTP, HTTPS]}
+                      tlsConfig:
+                        type: object
+                        properties:
+                          insecureSkipVerify: {type: boolean}
+                          serverName: {type: string}
                       interval: &promduration {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
                       scrapeTimeout: *promduration
                       honorLabels: {type: boolean}
@@ -611,8 +621,8 @@ async fn lint_strict_passes_on_every_values_set() -> Result<()> {
         }
     }
     ensure!(
-        sets >= 4,
-        "expected at least 4 ci/*-values.yaml sets, found {sets}"
+        sets >= 5,
+        "expected at least 5 ci/*-values.yaml sets, found {sets}"
     );
     Ok(())
 }
@@ -759,6 +769,88 @@ async fn watch_namespaces_render_namespaced_roles_only() -> Result<()> {
     ensure!(
         flag(&op_args, "--watch-namespaces")
             == Some(format!("{},{}", team_a.name(), team_b.name()))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn snapshot_tls_mounts_the_secret_and_switches_to_https() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    apply_monitoring_crds().await?;
+    let ns = TestNamespace::new(&client, "chart-snapshot-tls").await?;
+    let (yaml, docs) = template(ns.name(), Some("ci/snapshot-tls-values.yaml"), &[]).await?;
+    server_dry_run(ns.name(), &yaml, &docs).await?;
+    check_common(&docs, "parapet", ns.name())?;
+
+    let dir = "/etc/parapet/snapshot-tls";
+    let mounts_secret = |d: &Value| -> bool {
+        let pod = &d["spec"]["template"]["spec"];
+        pod["volumes"].as_array().is_some_and(|v| {
+            v.iter().any(|v| {
+                v["name"] == "snapshot-tls" && v["secret"]["secretName"] == "parapet-snapshot-tls"
+            })
+        }) && pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .is_some_and(|m| {
+                m.iter().any(|m| {
+                    m["name"] == "snapshot-tls" && m["mountPath"] == dir && m["readOnly"] == true
+                })
+            })
+    };
+    let args_of = |d: &Value| -> Vec<String> {
+        d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect()
+    };
+    let dataplane = one(&docs, "Deployment", "parapet-dataplane")?;
+    let operator = one(&docs, "Deployment", "parapet-operator")?;
+    ensure!(mounts_secret(dataplane), "the data plane does not mount the TLS Secret");
+    ensure!(mounts_secret(operator), "the operator does not mount the TLS Secret");
+    let dp_args = args_of(dataplane);
+    for flag in [
+        format!("--admin-tls-cert={dir}/tls.crt"),
+        format!("--admin-tls-key={dir}/tls.key"),
+        format!("--admin-client-ca={dir}/ca.crt"),
+    ] {
+        ensure!(dp_args.contains(&flag), "data plane lacks {flag}: {dp_args:?}");
+    }
+    let op_args = args_of(operator);
+    for flag in [
+        format!("--dataplane-ca={dir}/ca.crt"),
+        format!("--client-cert={dir}/tls.crt"),
+        format!("--client-key={dir}/tls.key"),
+        format!(
+            "--dataplane-server-name=parapet-dataplane-admin.{}.svc",
+            ns.name()
+        ),
+    ] {
+        ensure!(op_args.contains(&flag), "operator lacks {flag}: {op_args:?}");
+    }
+    let c = &dataplane["spec"]["template"]["spec"]["containers"][0];
+    ensure!(c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS");
+    ensure!(c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS");
+
+    let sm = one(&docs, "ServiceMonitor", "parapet-dataplane")?;
+    ensure!(sm["spec"]["endpoints"][0]["scheme"] == "https");
+    let pm = one(&docs, "PodMonitor", "parapet")?;
+    for e in pm["spec"]["podMetricsEndpoints"].as_array().into_iter().flatten() {
+        let https = e["scheme"] == "https";
+        ensure!(https == (e["port"] == "admin"), "PodMonitor endpoint {e}");
+    }
+
+    // Off by default: plain HTTP, no extra mounts or flags.
+    let (_, docs) = template(ns.name(), None, &[]).await?;
+    let dataplane = one(&docs, "Deployment", "parapet-dataplane")?;
+    ensure!(!mounts_secret(dataplane));
+    ensure!(!args_of(dataplane).iter().any(|a| a.starts_with("--admin-tls")));
+    ensure!(
+        dataplane["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+            ["scheme"]
+            .is_null()
     );
     Ok(())
 }
@@ -1250,6 +1342,10 @@ async fn bad_values_are_refused_with_a_readable_message() -> Result<()> {
         (
             "dataplanee.replicaCount=3",
             "additional properties 'dataplanee' not allowed",
+        ),
+        (
+            "snapshotTLS.enabled=true",
+            "at '/snapshotTLS/secretName': minLength: got 0, want 1",
         ),
         (
             "logFormat=xml",

@@ -130,3 +130,24 @@ seccompProfile:
 {{- define "parapet.watchNamespaces" -}}
 {{- join "," (uniq .Values.watchNamespaces) -}}
 {{- end -}}
+
+{{/* mTLS on the snapshot channel: the Secret (checked), its mount path, the server name. */}}
+{{- define "parapet.snapshotTLS.secretName" -}}
+{{- if not .Values.snapshotTLS.secretName -}}
+{{- fail "snapshotTLS.enabled needs snapshotTLS.secretName: a Secret with ca.crt, tls.crt and tls.key (e.g. issued by cert-manager)" -}}
+{{- end -}}
+{{- .Values.snapshotTLS.secretName -}}
+{{- end -}}
+
+{{- define "parapet.snapshotTLS.dir" -}}/etc/parapet/snapshot-tls{{- end -}}
+
+{{- define "parapet.snapshotTLS.serverName" -}}
+{{- default (printf "%s.%s.svc" (include "parapet.dataplane.adminService" .) .Release.Namespace) .Values.snapshotTLS.serverName -}}
+{{- end -}}
+
+{{- define "parapet.snapshotTLS.volume" -}}
+- name: snapshot-tls
+  secret:
+    secretName: {{ include "parapet.snapshotTLS.secretName" . }}
+    defaultMode: 0440
+{{- end -}}
