@@ -808,15 +808,24 @@ async fn snapshot_tls_mounts_the_secret_and_switches_to_https() -> Result<()> {
     };
     let dataplane = one(&docs, "Deployment", "parapet-dataplane")?;
     let operator = one(&docs, "Deployment", "parapet-operator")?;
-    ensure!(mounts_secret(dataplane), "the data plane does not mount the TLS Secret");
-    ensure!(mounts_secret(operator), "the operator does not mount the TLS Secret");
+    ensure!(
+        mounts_secret(dataplane),
+        "the data plane does not mount the TLS Secret"
+    );
+    ensure!(
+        mounts_secret(operator),
+        "the operator does not mount the TLS Secret"
+    );
     let dp_args = args_of(dataplane);
     for flag in [
         format!("--admin-tls-cert={dir}/tls.crt"),
         format!("--admin-tls-key={dir}/tls.key"),
         format!("--admin-client-ca={dir}/ca.crt"),
     ] {
-        ensure!(dp_args.contains(&flag), "data plane lacks {flag}: {dp_args:?}");
+        ensure!(
+            dp_args.contains(&flag),
+            "data plane lacks {flag}: {dp_args:?}"
+        );
     }
     let op_args = args_of(operator);
     for flag in [
@@ -828,7 +837,10 @@ async fn snapshot_tls_mounts_the_secret_and_switches_to_https() -> Result<()> {
             ns.name()
         ),
     ] {
-        ensure!(op_args.contains(&flag), "operator lacks {flag}: {op_args:?}");
+        ensure!(
+            op_args.contains(&flag),
+            "operator lacks {flag}: {op_args:?}"
+        );
     }
     let c = &dataplane["spec"]["template"]["spec"]["containers"][0];
     ensure!(c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS");
@@ -837,7 +849,11 @@ async fn snapshot_tls_mounts_the_secret_and_switches_to_https() -> Result<()> {
     let sm = one(&docs, "ServiceMonitor", "parapet-dataplane")?;
     ensure!(sm["spec"]["endpoints"][0]["scheme"] == "https");
     let pm = one(&docs, "PodMonitor", "parapet")?;
-    for e in pm["spec"]["podMetricsEndpoints"].as_array().into_iter().flatten() {
+    for e in pm["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let https = e["scheme"] == "https";
         ensure!(https == (e["port"] == "admin"), "PodMonitor endpoint {e}");
     }
@@ -846,7 +862,11 @@ async fn snapshot_tls_mounts_the_secret_and_switches_to_https() -> Result<()> {
     let (_, docs) = template(ns.name(), None, &[]).await?;
     let dataplane = one(&docs, "Deployment", "parapet-dataplane")?;
     ensure!(!mounts_secret(dataplane));
-    ensure!(!args_of(dataplane).iter().any(|a| a.starts_with("--admin-tls")));
+    ensure!(
+        !args_of(dataplane)
+            .iter()
+            .any(|a| a.starts_with("--admin-tls"))
+    );
     ensure!(
         dataplane["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
             ["scheme"]
