@@ -65,8 +65,9 @@ run: ## The demo: the data plane in standalone mode in front of sample backends
 	$(CARGO) build -q -p parapet-dataplane -p parapet-tests --bins
 	./scripts/demo.sh
 
-bench: ## Benchmarks against nginx and HAProxy
+bench: ## Benchmarks against nginx and HAProxy (proxying, then cache hits and coalesced misses)
 	./bench/run.sh
+	./bench/cache.sh
 
 -include e2e/cluster.mk
 -include charts/chart.mk
