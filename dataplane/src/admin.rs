@@ -251,7 +251,7 @@ impl Admin {
             Ok(b) => b.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 self.metrics.push("too_large");
-                return problem(
+                let mut r = problem(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     &format!(
                         "the snapshot is larger than {} bytes; raise --max-snapshot-bytes or compress it",
@@ -259,6 +259,11 @@ impl Admin {
                     ),
                     None,
                 );
+                // The rest of the body was not read: this connection cannot carry another
+                // request, so say so instead of letting the client reuse it.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
             }
             Err(e) => {
                 self.metrics.push("invalid");

@@ -185,7 +185,7 @@ impl Proxy {
             && len > self.limits.max_body_bytes
         {
             self.metrics.reject("body_too_large");
-            return problem(
+            let mut r = problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!(
                     "the request body is larger than the {} bytes this gateway accepts",
@@ -193,6 +193,10 @@ impl Proxy {
                 ),
                 rid,
             );
+            // The body is left unread, so the connection cannot be reused.
+            r.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            return r;
         }
 
         // 2. route
