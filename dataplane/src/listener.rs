@@ -162,31 +162,6 @@ pub async fn serve(
     }
 }
 
-/// A TLS acceptor for one certificate and key (PEM files), TLS 1.2+ with ALPN h2 and
-/// http/1.1.
-pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<TlsAcceptor> {
-    use anyhow::Context;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<_, _>>()
-        .context("the TLS certificate file is not valid PEM")?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "the TLS certificate file holds no certificate"
-    );
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .context("the TLS key file is not valid PEM")?
-        .context("the TLS key file holds no private key")?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS 1.2 and 1.3 are supported")?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the TLS key does not match the certificate")?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
-
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {addr}: {e}; is another process using the port?")

@@ -96,12 +96,13 @@ impl Index {
                             Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
                             None => Api::all_with(client.clone(), &ar),
                         };
-                        watch_specs(
+                        watch(
                             api,
                             watcher::Config::default(),
                             Writer::new(ar.clone()),
                             changed.clone(),
                             config_dirty.clone(),
+                            Signal::SpecChanges,
                         )
                     })
                     .collect(),
@@ -120,6 +121,7 @@ impl Index {
                         Writer::default(),
                         changed.clone(),
                         config_dirty.clone(),
+                        Signal::EveryChange,
                     )
                 })
                 .collect(),
@@ -134,6 +136,7 @@ impl Index {
                         Writer::default(),
                         changed.clone(),
                         endpoints_dirty.clone(),
+                        Signal::EveryChange,
                     )
                 })
                 .collect(),
@@ -150,6 +153,7 @@ impl Index {
                         Writer::default(),
                         changed.clone(),
                         config_dirty.clone(),
+                        Signal::EveryChange,
                     )
                 })
                 .collect(),
@@ -163,6 +167,7 @@ impl Index {
             Writer::default(),
             dataplane_changed.clone(),
             Arc::new(AtomicBool::new(false)),
+            Signal::EveryChange,
         );
         Index {
             routes,
@@ -203,45 +208,24 @@ where
     }
 }
 
-/// Runs a reflector in the background and signals `changed` on every event.
+/// Which watch events mean the table may have changed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    EveryChange,
+    /// For objects whose status this operator writes: only a new generation (a spec change)
+    /// or a deletion, so the operator's own status writes never trigger a recompile.
+    SpecChanges,
+}
+
+/// Runs a reflector in the background and signals `changed` (and sets `dirty`) on the
+/// events `signal` selects.
 fn watch<K>(
     api: Api<K>,
     cfg: watcher::Config,
     writer: Writer<K>,
     changed: Arc<Notify>,
     dirty: Arc<AtomicBool>,
-) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Send + Sync,
-{
-    watch_filtered(api, cfg, writer, changed, dirty, false)
-}
-
-/// Like [`watch`], but for objects with a status written by this operator: only a new
-/// generation (a spec change) or a deletion signals a change, so the operator's own status
-/// writes never trigger a recompile.
-fn watch_specs<K>(
-    api: Api<K>,
-    cfg: watcher::Config,
-    writer: Writer<K>,
-    changed: Arc<Notify>,
-    dirty: Arc<AtomicBool>,
-) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Send + Sync,
-{
-    watch_filtered(api, cfg, writer, changed, dirty, true)
-}
-
-fn watch_filtered<K>(
-    api: Api<K>,
-    cfg: watcher::Config,
-    writer: Writer<K>,
-    changed: Arc<Notify>,
-    dirty: Arc<AtomicBool>,
-    specs_only: bool,
+    signal: Signal,
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -255,7 +239,7 @@ where
         .to_string();
     tokio::spawn(async move {
         let mut events = watcher(api, cfg).default_backoff().reflect(writer).boxed();
-        // Generation seen per object, for `specs_only`.
+        // Generation seen per object, for `Signal::SpecChanges`.
         let mut seen: HashMap<(Option<String>, Option<String>), Option<i64>> = HashMap::new();
         let id = |o: &K| (o.meta().namespace.clone(), o.meta().name.clone());
         while let Some(ev) = events.next().await {
@@ -267,7 +251,7 @@ where
                 }
                 Ok(watcher::Event::Apply(o)) => {
                     let previous = seen.insert(id(o), o.meta().generation);
-                    !specs_only || previous != Some(o.meta().generation)
+                    signal == Signal::EveryChange || previous != Some(o.meta().generation)
                 }
                 Ok(watcher::Event::Delete(o)) => {
                     seen.remove(&id(o));

@@ -92,15 +92,6 @@ impl Fleet {
             .count();
         (n, pods.len())
     }
-
-    /// (pods that acknowledged `hash`, all pods).
-    pub fn in_sync(&self, hash: &str) -> (usize, usize) {
-        let pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            pods.values().filter(|(_, s)| s.acked_hash == hash).count(),
-            pods.len(),
-        )
-    }
 }
 
 pub fn targets(store: &Store<EndpointSlice>, port_name: &str) -> Vec<Target> {

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod client;
 pub mod dataplane;
 pub mod load;
+pub mod pki;
 
 use std::time::{Duration, Instant};
 

@@ -130,11 +130,6 @@ impl Store {
         e
     }
 
-    /// Removes every entry whose key starts with `prefix`; returns how many.
-    pub fn purge_prefix(&self, prefix: &str) -> usize {
-        self.purge(|k| k.starts_with(prefix))
-    }
-
     /// Removes every entry whose key matches; returns how many.
     pub fn purge(&self, matches: impl Fn(&str) -> bool) -> usize {
         let keys: Vec<Arc<String>> = self
@@ -290,7 +285,7 @@ mod tests {
         store.insert("a/1", &h, vec![], entry(1));
         store.insert("a/2", &h, vec![], entry(1));
         store.insert("b/1", &h, vec![], entry(1));
-        assert_eq!(store.purge_prefix("a/"), 2);
+        assert_eq!(store.purge(|k| k.starts_with("a/")), 2);
         assert!(store.get("b/1").is_some());
     }
 }

@@ -417,7 +417,7 @@ async fn attempt(
         Ok(Err(e)) => {
             // A fast failure is no latency sample: it would make the endpoint look fast.
             guard.cancel();
-            if super::is_body_too_large(&e) {
+            if is_body_too_large(&e) {
                 (Tried::Fatal(Outcome::BodyTooLarge), None)
             } else if super::is_bad_request_body(&e) {
                 (Tried::Fatal(Outcome::BadRequestBody), None)
@@ -462,4 +462,16 @@ fn discard(response: Response<Incoming>) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(1), body.collect()).await;
     });
+}
+
+/// Whether an upstream send failed because the request body outgrew its limit.
+fn is_body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }

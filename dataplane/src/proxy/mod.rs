@@ -25,7 +25,6 @@ mod respond;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use parapet_crds::snapshot::RouteAction;
@@ -484,17 +483,6 @@ fn is_bad_request_body(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-fn is_body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        src = s.source();
-    }
-    false
-}
-
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)?
@@ -532,11 +520,6 @@ pub fn idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-/// A response body of known bytes, for tests and direct answers.
-pub fn bytes_body(b: Bytes) -> ProxyBody {
-    problem::full(b)
 }
 
 #[cfg(test)]
