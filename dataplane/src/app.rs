@@ -141,7 +141,9 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "PARAPET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-    /// Worker threads (default: one per core).
+    /// Worker threads serving traffic (default: one per core). Each runs its own
+    /// single-threaded event loop with its own listening socket (SO_REUSEPORT), like nginx's
+    /// worker processes; the admin API, health checks and reloads run on one more thread.
     #[arg(long, env = "PARAPET_WORKERS")]
     pub workers: Option<usize>,
 }
@@ -256,13 +258,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tls: admin_tls,
     });
     let admin_listener = listener::bind(args.admin_listen).await?;
-    let traffic = listener::bind(args.listen).await?;
-    let (proxy_addr, admin_addr) = (traffic.local_addr()?, admin_listener.local_addr()?);
+    let workers = args.workers.unwrap_or_else(default_workers).max(1);
+    let traffic = listener::bind_workers(args.listen, workers)?;
+    let (proxy_addr, admin_addr) = (traffic[0].local_addr()?, admin_listener.local_addr()?);
     // A stable line on stdout that scripts and tests read to find the ports.
     println!("parapet-dataplane listening proxy={proxy_addr} admin={admin_addr}");
     tracing::info!(
         %proxy_addr,
         %admin_addr,
+        workers,
         tls = tls.is_some(),
         admin_tls = admin.tls.is_some(),
         admin_mtls = admin.tls.as_ref().is_some_and(|t| t.require_client_cert),
@@ -316,18 +320,66 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_requests_per_connection: args.max_requests_per_connection,
         ..ListenerConfig::default()
     };
-    let admin_for_signal = admin.clone();
-    let shutdown_delay = args.shutdown_delay;
-    let shutdown = async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: readiness is now false");
-        admin_for_signal
-            .draining
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        tokio::time::sleep(shutdown_delay).await;
-    };
-    listener::serve(traffic, tls, proxy, cfg, shutdown, args.drain_timeout).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (exited_tx, mut exited_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut threads = Vec::with_capacity(traffic.len());
+    for (i, socket) in traffic.into_iter().enumerate() {
+        let worker = listener::Worker {
+            socket,
+            tls: tls.clone(),
+            proxy: proxy.clone(),
+            cfg: cfg.clone(),
+            drain: args.drain_timeout,
+            stop: stop_rx.clone(),
+        };
+        let exited = exited_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("parapet-worker-{i}"))
+            .spawn(move || {
+                let result = worker.run();
+                let _ = exited.send((i, result));
+            })
+            .context("cannot start a worker thread")?;
+        threads.push(thread);
+    }
+    drop(exited_tx);
+
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        Some((i, result)) = exited_rx.recv() => {
+            // A worker only stops by itself if its runtime failed: stop the others and
+            // exit non-zero so the pod restarts instead of serving with fewer workers.
+            let _ = stop_tx.send(true);
+            anyhow::bail!("worker {i} stopped unexpectedly: {}", match result {
+                Ok(()) => "its listener closed".to_string(),
+                Err(e) => format!("{e:#}"),
+            });
+        }
+    }
+    tracing::info!("shutting down: readiness is now false");
+    admin
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(args.shutdown_delay).await;
+    let _ = stop_tx.send(true);
+    // Each worker drains its own connections (bounded by --drain-timeout).
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await?;
+    while let Some((i, result)) = exited_rx.recv().await {
+        if let Err(e) = result {
+            tracing::warn!(worker = i, error = %format!("{e:#}"), "worker failed while draining");
+        }
+    }
     Ok(())
+}
+
+/// One worker per core the process may use.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 async fn wait_for_signal() {
