@@ -296,3 +296,52 @@ async fn expect_100_continue_is_answered_before_the_body() {
             >= 1.0
     );
 }
+
+/// `--workers 3`: three worker threads share the port (SO_REUSEPORT) and all serve; the
+/// port is still refused to a second process, with a sentence that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_port_and_a_second_process_is_refused() {
+    let b = Backend::start("b").await;
+    let (dp, dir) = standalone(b.port(), &["--workers", "3"]).await;
+
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", dp.pid())).unwrap();
+    let workers = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("parapet-worker"))
+        .count();
+    assert_eq!(workers, 3, "worker threads");
+
+    // A new connection per request, so the kernel spreads them over the workers.
+    for i in 0..60 {
+        let r = raw(
+            dp.proxy,
+            b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "request {i}: {r}");
+    }
+    assert_eq!(b.hits(), 60);
+
+    let out = tokio::task::spawn_blocking({
+        let config = dir.path().join("config.yaml");
+        let listen = dp.proxy.to_string();
+        move || {
+            std::process::Command::new(parapet_tests::dataplane::binary("dataplane"))
+                .args(["--config", config.to_str().unwrap(), "--listen", &listen])
+                .args(["--admin-listen", "127.0.0.1:0", "--workers", "3"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        !out.status.success(),
+        "a second process on the same port must fail"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {}", dp.proxy)) && err.contains("another process"),
+        "{err}"
+    );
+}

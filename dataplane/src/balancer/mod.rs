@@ -52,6 +52,8 @@ pub use self::{
 #[derive(Debug)]
 pub struct EndpointHandle {
     pub address: String,
+    /// `address:port` (brackets around an IPv6 address), parsed once for every request.
+    pub authority: http::uri::Authority,
     pub port: u16,
     pub weight: u32,
     pub zone: Option<String>,
@@ -68,13 +70,22 @@ impl EndpointHandle {
     }
 
     /// `address:port`, with brackets around an IPv6 address.
-    pub fn authority(&self) -> String {
-        if self.address.contains(':') {
-            format!("[{}]:{}", self.address, self.port)
-        } else {
-            format!("{}:{}", self.address, self.port)
-        }
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
     }
+}
+
+/// `address:port` as a URI authority. The compiler only lets IP addresses and DNS names
+/// through; anything else gets a name under `.invalid` (RFC 6761), which never resolves, so
+/// requests to it fail as connect errors instead of the table failing to load.
+pub fn endpoint_authority(address: &str, port: u16) -> http::uri::Authority {
+    let s = if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
+    s.parse()
+        .unwrap_or_else(|_| http::uri::Authority::from_static("unparsable-endpoint.invalid:1"))
 }
 
 /// Picks endpoints of one cluster for one snapshot.
@@ -115,6 +126,7 @@ impl ClusterBalancer {
             .map(|e| {
                 Arc::new(EndpointHandle {
                     address: e.address.clone(),
+                    authority: endpoint_authority(&e.address, e.port),
                     port: e.port,
                     weight: e.weight,
                     zone: e.zone.clone(),

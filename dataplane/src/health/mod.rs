@@ -176,7 +176,7 @@ impl HealthChecks {
                 if let Some(tls) = &c.spec.tls {
                     tls_of.entry(key.clone()).or_insert_with(|| tls.clone());
                 }
-                let endpoint = e.authority();
+                let endpoint = e.authority().to_string();
                 let reason = |reason| {
                     self.metrics
                         .ha

@@ -333,7 +333,7 @@ impl ClusterOutlier {
     fn endpoint_labels(&self, ep: &EndpointHandle) -> EndpointLabels {
         EndpointLabels {
             cluster: self.cluster.clone(),
-            endpoint: ep.authority(),
+            endpoint: ep.authority().to_string(),
         }
     }
 

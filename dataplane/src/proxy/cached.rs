@@ -50,7 +50,7 @@ impl Origin for RouteOrigin {
             Some(RouteAction::Forward(f)) => f.retry.as_ref(),
             _ => None,
         };
-        let exchange = Exchange {
+        let mut exchange = Exchange {
             table: &self.table,
             route: &self.table.routes[self.route],
             primary: &self.cluster,
@@ -62,7 +62,7 @@ impl Origin for RouteOrigin {
             repeatable: true,
             hedge_after: self.hedge_after,
         };
-        match forward::forward(&exchange, RequestBody::Replayable(Bytes::new())).await {
+        match forward::forward(&mut exchange, RequestBody::Replayable(Bytes::new())).await {
             Ok(answer) => upstream(
                 answer,
                 &self.request_id,

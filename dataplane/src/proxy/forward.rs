@@ -22,7 +22,11 @@ use std::{pin::pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::future::OptionFuture;
-use http::{Request, Response, Uri, request::Parts, uri::PathAndQuery};
+use http::{
+    Request, Response, Uri,
+    request::Parts,
+    uri::{PathAndQuery, Scheme},
+};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use parapet_crds::snapshot::RetryPolicy;
@@ -115,7 +119,10 @@ enum Tried {
 }
 
 /// Runs the request's attempts until one answers or the rules say stop.
-pub(super) async fn forward(ex: &Exchange<'_>, mut body: RequestBody) -> Result<Answer, Outcome> {
+pub(super) async fn forward(
+    ex: &mut Exchange<'_>,
+    mut body: RequestBody,
+) -> Result<Answer, Outcome> {
     let live = &ex.route.live;
     let metrics = &ex.route.metrics;
     let max_attempts = ex.policy.map_or(1, |p| p.attempts.max(1));
@@ -128,15 +135,22 @@ pub(super) async fn forward(ex: &Exchange<'_>, mut body: RequestBody) -> Result<
         live.budget.deposit(started);
     }
 
-    let mut tried: Vec<Arc<EndpointHandle>> = Vec::new();
+    let mut tried: Vec<Arc<EndpointHandle>> = Vec::with_capacity(max_attempts as usize);
     let first = failover::pick(ex.table, ex.primary, ex.hash, &tried, started)
         .ok_or(Outcome::NoEndpoint)?;
     tried.push(first.endpoint.clone());
     let first_body = body.take().ok_or(Outcome::UpstreamFailed)?;
+    // Most requests have one attempt: their head moves instead of being copied.
+    let first_head = if max_attempts == 1 && ex.hedge_after.is_none() {
+        std::mem::replace(&mut ex.parts, Request::new(()).into_parts().0)
+    } else {
+        ex.parts.clone()
+    };
+    let ex = &*ex;
 
     // Two slots: the current attempt, and a hedge. Each is pinned once and refilled.
     let mut main = pin!(OptionFuture::from(Some(attempt(
-        ex, first, first_body, per_try
+        ex, first, first_head, first_body, per_try
     ))));
     let mut hedge = pin!(OptionFuture::from(None));
     let (mut main_running, mut hedge_running) = (true, false);
@@ -172,7 +186,7 @@ pub(super) async fn forward(ex: &Exchange<'_>, mut body: RequestBody) -> Result<
                     if let Some(b) = body.take() {
                         metrics.hedges.inc();
                         tracing::debug!(route = %ex.route_name(), endpoint = %p.endpoint.authority(), "hedging: second attempt sent");
-                        hedge.set(Some(attempt(ex, p, b, per_try)).into());
+                        hedge.set(Some(attempt(ex, p, ex.parts.clone(), b, per_try)).into());
                         hedge_running = true;
                     }
                 }
@@ -256,7 +270,7 @@ pub(super) async fn forward(ex: &Exchange<'_>, mut body: RequestBody) -> Result<
         );
         tried.push(next.endpoint.clone());
         attempts += 1;
-        main.set(Some(attempt(ex, next, b, per_try)).into());
+        main.set(Some(attempt(ex, next, ex.parts.clone(), b, per_try)).into());
         main_running = true;
     }
 
@@ -344,6 +358,7 @@ fn may_hedge(
 async fn attempt(
     ex: &Exchange<'_>,
     picked: Picked,
+    head: Parts,
     body: ProxyBody,
     per_try: Option<Duration>,
 ) -> Tried {
@@ -365,20 +380,18 @@ async fn attempt(
             return Tried::Fatal(Outcome::Overflow(o));
         }
     };
-    let uri = match Uri::builder()
-        .scheme(if cluster.spec.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        })
-        .authority(endpoint.authority())
-        .path_and_query(ex.path_and_query.clone())
-        .build()
-    {
-        Ok(u) => u,
-        Err(_) => return Tried::Fatal(Outcome::NoEndpoint),
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if cluster.spec.tls.is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
+    uri.authority = Some(endpoint.authority().clone());
+    uri.path_and_query = Some(ex.path_and_query.clone());
+    let Ok(uri) = Uri::from_parts(uri) else {
+        return Tried::Fatal(Outcome::NoEndpoint);
     };
-    let mut req = Request::from_parts(ex.parts.clone(), body);
+    let mut req = Request::from_parts(head, body);
     *req.uri_mut() = uri;
     cluster.metrics.requests.inc();
     let guard = endpoint.stats.start();

@@ -408,7 +408,7 @@ impl Proxy {
         }
 
         // 8. forward
-        let exchange = Exchange {
+        let mut exchange = Exchange {
             table: &table,
             route: route_rt,
             primary: cluster,
@@ -420,7 +420,7 @@ impl Proxy {
             repeatable,
             hedge_after,
         };
-        let result = forward::forward(&exchange, body).await;
+        let result = forward::forward(&mut exchange, body).await;
         drop(lane);
 
         // 9. respond
