@@ -64,6 +64,14 @@ async fn fixed_mode_answers_from_the_cache_until_ttl() {
     let c = Client::new();
     let first = c.get(dp.proxy, "x", "/accounts/1/balance").await.unwrap();
     assert_eq!((first.status, x_cache(&first)), (StatusCode::OK, "MISS"));
+    // A miss goes upstream like any proxied request: forwarding headers and all.
+    let up = origin.last_headers().unwrap();
+    assert_eq!(up["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(up["x-forwarded-host"], "x");
+    assert!(
+        up.contains_key("forwarded") && up.contains_key("via"),
+        "{up:?}"
+    );
     for _ in 0..20 {
         let r = c.get(dp.proxy, "x", "/accounts/1/balance").await.unwrap();
         assert_eq!(x_cache(&r), "HIT");
@@ -200,6 +208,9 @@ async fn credentials_bypass_and_set_cookie_is_never_stored() {
         .unwrap();
     assert_eq!((x_cache(&alice), x_cache(&bob)), ("BYPASS", "BYPASS"));
     assert_ne!(alice.body, bob.body);
+    let up = origin.last_headers().unwrap();
+    assert_eq!(up["authorization"], "Bearer bob");
+    assert_eq!(up["x-forwarded-for"], "127.0.0.1");
     let anon = c.get(dp.proxy, "x", "/me").await.unwrap();
     assert_ne!(
         anon.body, alice.body,

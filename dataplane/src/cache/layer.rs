@@ -1,7 +1,7 @@
 //! The cache in front of the origin: what a request gets (HIT, MISS, STALE, REVALIDATED,
 //! BYPASS), one origin fetch per key, background refreshes, and stale-if-error.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header, request::Parts};
@@ -85,8 +85,12 @@ impl CacheMetrics {
 pub struct Cache {
     pub store: Arc<Store>,
     pub metrics: CacheMetrics,
+    /// Each policy's lookup counters, resolved once: counting a hit takes no lock and makes
+    /// no label.
+    counters: arc_swap::ArcSwap<HashMap<Arc<str>, Arc<[Counter; 5]>>>,
 }
 
+#[derive(Clone, Copy)]
 enum Result_ {
     Hit,
     Miss,
@@ -96,6 +100,14 @@ enum Result_ {
 }
 
 impl Result_ {
+    const ALL: [Result_; 5] = [
+        Self::Hit,
+        Self::Miss,
+        Self::Stale,
+        Self::Revalidated,
+        Self::Bypass,
+    ];
+
     fn as_str(&self) -> &'static str {
         match self {
             Self::Hit => "HIT",
@@ -125,17 +137,31 @@ impl Cache {
         Self {
             store: Store::new(max_bytes),
             metrics,
+            counters: Default::default(),
         }
     }
 
     fn count(&self, policy: &CachePolicy, r: &Result_) {
-        self.metrics
-            .lookups
-            .get_or_create(&CacheLabels {
-                policy: PolicyName(Arc::from(policy.name.as_str())),
-                result: r.label(),
-            })
-            .inc();
+        if let Some(c) = self.counters.load().get(policy.name.as_str()) {
+            c[*r as usize].inc();
+            return;
+        }
+        let name: Arc<str> = Arc::from(policy.name.as_str());
+        let counters = Arc::new(Result_::ALL.map(|result| {
+            self.metrics
+                .lookups
+                .get_or_create(&CacheLabels {
+                    policy: PolicyName(name.clone()),
+                    result: result.label(),
+                })
+                .clone()
+        }));
+        counters[*r as usize].inc();
+        self.counters.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(name.clone(), counters.clone());
+            m
+        });
     }
 
     /// Serves a GET/HEAD request through the cache. `parts` must belong to a body-less
@@ -495,9 +521,8 @@ fn from_entry(e: &Entry, result: Result_, head: bool, now: Instant) -> Response<
     let mut r = Response::new(if head { empty() } else { full(e.body.clone()) });
     *r.status_mut() = e.status;
     *r.headers_mut() = e.headers.clone();
-    if let Ok(v) = HeaderValue::from_str(&e.age(now).as_secs().to_string()) {
-        r.headers_mut().insert(header::AGE, v);
-    }
+    r.headers_mut()
+        .insert(header::AGE, HeaderValue::from(e.age(now).as_secs()));
     tag(r, result, None)
 }
 

@@ -90,12 +90,16 @@ impl Store {
 
     /// The key under which a response for this request is stored: the primary key, or a
     /// variant of it when earlier responses said `Vary`.
-    pub fn storage_key(&self, primary: &str, request_headers: &HeaderMap) -> String {
+    pub fn storage_key<'a>(
+        &self,
+        primary: &'a str,
+        request_headers: &HeaderMap,
+    ) -> std::borrow::Cow<'a, str> {
         match self.vary.get(primary) {
             Some(fields) if !fields.is_empty() => {
-                key::variant_key(primary, &fields, request_headers)
+                key::variant_key(primary, &fields, request_headers).into()
             }
-            _ => primary.to_string(),
+            _ => primary.into(),
         }
     }
 

@@ -10,8 +10,10 @@ use parapet_crds::snapshot::RouteAction;
 use tokio::time::Instant;
 
 use super::{
-    forward::{self, Exchange, RequestBody},
+    ConnInfo,
+    forward::{self, Exchange, Outcome, RequestBody},
     headers::{X_REQUEST_ID, append_via},
+    prepare::upstream_head,
     respond::{outcome_response, upstream},
 };
 use crate::{
@@ -25,6 +27,9 @@ use crate::{
 /// background refreshes can outlive the request.
 #[derive(Clone)]
 pub(super) struct RouteOrigin {
+    pub conn: ConnInfo,
+    /// The request's authority as the client sent it.
+    pub authority: Option<String>,
     pub table: Arc<Runtime>,
     pub route: usize,
     pub cluster: Arc<ClusterRuntime>,
@@ -46,16 +51,25 @@ impl Origin for RouteOrigin {
         } else {
             now + self.timeout
         };
-        let policy = match self.table.router.get(self.route).map(|r| &r.action) {
-            Some(RouteAction::Forward(f)) => f.retry.as_ref(),
-            _ => None,
+        let Some(RouteAction::Forward(forward)) =
+            self.table.router.get(self.route).map(|r| &r.action)
+        else {
+            return outcome_response(Outcome::NoEndpoint, Some(&self.request_id));
         };
+        let mut parts = req.into_parts().0;
+        upstream_head(
+            &mut parts,
+            self.conn,
+            self.authority.as_deref(),
+            forward,
+            false,
+        );
         let mut exchange = Exchange {
             table: &self.table,
             route: &self.table.routes[self.route],
             primary: &self.cluster,
-            policy,
-            parts: req.into_parts().0,
+            policy: forward.retry.as_ref(),
+            parts,
             path_and_query: self.path_and_query.clone(),
             hash: self.hash,
             deadline,

@@ -338,7 +338,6 @@ impl Proxy {
         let upgrade = is_upgrade(req.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        prepare::upstream_head(&mut parts, conn, authority.as_deref(), forward, upgrade);
 
         let policy = forward.retry.as_ref();
         let repeatable =
@@ -381,7 +380,11 @@ impl Proxy {
                 .as_ref()
                 .and_then(|n| table.cache_policies.get(n))
         {
+            // The upstream head (forwarding headers…) is made only if the origin is asked:
+            // a hit never needs it.
             let origin = cached::RouteOrigin {
+                conn,
+                authority,
                 table: table.clone(),
                 route: matched.index,
                 cluster: cluster.clone(),
@@ -408,6 +411,7 @@ impl Proxy {
         }
 
         // 8. forward
+        prepare::upstream_head(&mut parts, conn, authority.as_deref(), forward, upgrade);
         let mut exchange = Exchange {
             table: &table,
             route: route_rt,
