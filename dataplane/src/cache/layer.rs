@@ -176,7 +176,7 @@ impl Cache {
     ) -> Response<ProxyBody> {
         if !cacheable_request(policy, &parts.method, &parts.headers) {
             self.count(policy, &Result_::Bypass);
-            let resp = origin.fetch(Request::from_parts(parts, empty())).await;
+            let resp = Box::pin(origin.fetch(Request::from_parts(parts, empty()))).await;
             return tag(resp, Result_::Bypass, None);
         }
         let head = parts.method == http::Method::HEAD;
@@ -189,6 +189,30 @@ impl Cache {
             parts.uri.query(),
             &parts.headers,
         );
+        // A fresh entry answers without awaiting anything; the rest (misses, coalescing,
+        // fetches) is boxed so a hit does not carry, and copy, its large future.
+        {
+            let skey = self.store.storage_key(&primary, &parts.headers);
+            if let Some(e) = self.store.get(&skey) {
+                let now = Instant::now();
+                if e.freshness(now, policy.refresh_ahead) == Freshness::Fresh {
+                    return self.hit(policy, &e, head, now);
+                }
+            }
+        }
+        Box::pin(self.lookup_or_fetch(policy, primary, parts, head, origin)).await
+    }
+
+    /// Everything but a fresh hit: stale answers with a background refresh, and misses
+    /// (one fetch per key; the others wait for it, bounded).
+    async fn lookup_or_fetch<O: Origin>(
+        self: &Arc<Self>,
+        policy: &Arc<CachePolicy>,
+        primary: String,
+        parts: Parts,
+        head: bool,
+        origin: O,
+    ) -> Response<ProxyBody> {
         let wait = Duration::from_millis(policy.coalesce_timeout_ms);
         let mut waited = false;
         loop {

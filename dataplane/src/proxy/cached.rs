@@ -76,7 +76,13 @@ impl Origin for RouteOrigin {
             repeatable: true,
             hedge_after: self.hedge_after,
         };
-        match forward::forward(&mut exchange, RequestBody::Replayable(Bytes::new())).await {
+        // Boxed: a miss can afford an allocation, and a hit's future stays small.
+        match Box::pin(forward::forward(
+            &mut exchange,
+            RequestBody::Replayable(Bytes::new()),
+        ))
+        .await
+        {
             Ok(answer) => upstream(
                 answer,
                 &self.request_id,

@@ -18,7 +18,11 @@
 //! Attempts run inside the request's task (no spawn); without hedging no allocation is
 //! made per attempt.
 
-use std::{pin::pin, sync::Arc, time::Duration};
+use std::{
+    pin::{Pin, pin},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures::future::OptionFuture;
@@ -152,7 +156,8 @@ pub(super) async fn forward(
     let mut main = pin!(OptionFuture::from(Some(attempt(
         ex, first, first_head, first_body, per_try
     ))));
-    let mut hedge = pin!(OptionFuture::from(None));
+    // Boxed when used: most requests never hedge, and an attempt is a large future to carry.
+    let mut hedge: OptionFuture<Pin<Box<_>>> = None.into();
     let (mut main_running, mut hedge_running) = (true, false);
     let mut hedged = false;
     let mut attempts = 1u32;
@@ -176,7 +181,7 @@ pub(super) async fn forward(
             }
             Some(r) = &mut hedge, if hedge_running => {
                 hedge_running = false;
-                hedge.set(None.into());
+                hedge = None.into();
                 (r, true)
             }
             () = hedge_due => {
@@ -186,7 +191,7 @@ pub(super) async fn forward(
                     if let Some(b) = body.take() {
                         metrics.hedges.inc();
                         tracing::debug!(route = %ex.route_name(), endpoint = %p.endpoint.authority(), "hedging: second attempt sent");
-                        hedge.set(Some(attempt(ex, p, ex.parts.clone(), b, per_try)).into());
+                        hedge = Some(Box::pin(attempt(ex, p, ex.parts.clone(), b, per_try))).into();
                         hedge_running = true;
                     }
                 }
