@@ -191,14 +191,8 @@ impl Cache {
         );
         // A fresh entry answers without awaiting anything; the rest (misses, coalescing,
         // fetches) is boxed so a hit does not carry, and copy, its large future.
-        {
-            let skey = self.store.storage_key(&primary, &parts.headers);
-            if let Some(e) = self.store.get(&skey) {
-                let now = Instant::now();
-                if e.freshness(now, policy.refresh_ahead) == Freshness::Fresh {
-                    return self.hit(policy, &e, head, now);
-                }
-            }
+        if let Some(hit) = self.fresh_hit(policy, &primary, &parts.headers, head) {
+            return hit;
         }
         Box::pin(self.lookup_or_fetch(policy, primary, parts, head, origin)).await
     }
@@ -264,6 +258,47 @@ impl Cache {
                 }
             }
         }
+    }
+
+    /// The answer from a fresh entry, if the request may be and is answered from the cache
+    /// as it stands: no fetch, no waiting, nothing to refresh. The proxy asks this before it
+    /// spends anything on the upstream side (lanes, body, upstream head).
+    pub fn fresh(
+        &self,
+        policy: &CachePolicy,
+        method: &http::Method,
+        scheme: &str,
+        host: &str,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Option<Response<ProxyBody>> {
+        if !cacheable_request(policy, method, headers) {
+            return None;
+        }
+        let primary = key::primary_key(
+            policy,
+            method,
+            scheme,
+            host,
+            uri.path(),
+            uri.query(),
+            headers,
+        );
+        self.fresh_hit(policy, &primary, headers, method == http::Method::HEAD)
+    }
+
+    fn fresh_hit(
+        &self,
+        policy: &CachePolicy,
+        primary: &str,
+        headers: &HeaderMap,
+        head: bool,
+    ) -> Option<Response<ProxyBody>> {
+        let skey = self.store.storage_key(primary, headers);
+        let e = self.store.get(&skey)?;
+        let now = Instant::now();
+        (e.freshness(now, policy.refresh_ahead) == Freshness::Fresh)
+            .then(|| self.hit(policy, &e, head, now))
     }
 
     fn hit(

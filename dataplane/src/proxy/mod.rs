@@ -294,6 +294,31 @@ impl Proxy {
             }
         }
 
+        // 4½. a fresh cache entry answers here, before anything is spent on the upstream
+        // side (lane, body, upstream head): hits do not load the backends the lanes protect.
+        let cache_policy = forward
+            .cache_policy
+            .as_ref()
+            .and_then(|n| table.cache_policies.get(n));
+        if let Some(policy) = cache_policy
+            && hyper::body::Body::is_end_stream(req.body())
+            && !is_upgrade(req.headers())
+            && let Some(mut resp) = self.store.cache().fresh(
+                policy,
+                req.method(),
+                if conn.tls { "https" } else { "http" },
+                host,
+                req.uri(),
+                req.headers(),
+            )
+        {
+            cached::finish(&mut resp, &request_id);
+            route_rt
+                .metrics
+                .record(resp.status().as_u16(), started.elapsed().as_secs_f64());
+            return resp;
+        }
+
         // 5. admit
         let lane = match self.lanes.admit(&route_rt.live.lane) {
             Ok(g) => g,
@@ -375,10 +400,7 @@ impl Proxy {
         // 7. cache: GET/HEAD of rules with a CachePolicy
         if !upgrade
             && body.is_empty_replayable()
-            && let Some(cache_policy) = forward
-                .cache_policy
-                .as_ref()
-                .and_then(|n| table.cache_policies.get(n))
+            && let Some(cache_policy) = cache_policy
         {
             // The upstream head (forwarding headers…) is made only if the origin is asked:
             // a hit never needs it.
