@@ -40,6 +40,9 @@ pub struct Store {
     entries: Cache<String, Arc<Entry>>,
     /// Primary key → the fields its responses vary on.
     vary: Cache<String, Arc<Vec<String>>>,
+    /// Whether any response with `Vary` was ever stored: until one is, a lookup needs no
+    /// second map lookup (most APIs never vary).
+    any_vary: std::sync::atomic::AtomicBool,
     /// Keys being fetched; waiters watch for the fetch to end.
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
 }
@@ -84,6 +87,7 @@ impl Store {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
+            any_vary: Default::default(),
             inflight: Mutex::new(HashMap::new()),
         })
     }
@@ -95,6 +99,9 @@ impl Store {
         primary: &'a str,
         request_headers: &HeaderMap,
     ) -> std::borrow::Cow<'a, str> {
+        if !self.any_vary.load(std::sync::atomic::Ordering::Acquire) {
+            return primary.into();
+        }
         match self.vary.get(primary) {
             Some(fields) if !fields.is_empty() => {
                 key::variant_key(primary, &fields, request_headers).into()
@@ -121,6 +128,9 @@ impl Store {
         } else {
             let k = key::variant_key(primary, &vary, request_headers);
             self.vary.insert(primary.to_string(), Arc::new(vary));
+            // After the insert: a reader that sees the flag finds the fields.
+            self.any_vary
+                .store(true, std::sync::atomic::Ordering::Release);
             k
         };
         let e = Arc::new(entry);
