@@ -139,13 +139,17 @@ pub(super) async fn forward(
         live.budget.deposit(started);
     }
 
-    let mut tried: Vec<Arc<EndpointHandle>> = Vec::with_capacity(max_attempts as usize);
+    // Most requests have one attempt: they keep no list of endpoints tried, and their head
+    // moves instead of being copied.
+    let one_attempt = max_attempts == 1 && ex.hedge_after.is_none();
+    let mut tried: Vec<Arc<EndpointHandle>> = Vec::new();
     let first = failover::pick(ex.table, ex.primary, ex.hash, &tried, started)
         .ok_or(Outcome::NoEndpoint)?;
-    tried.push(first.endpoint.clone());
+    if !one_attempt {
+        tried.push(first.endpoint.clone());
+    }
     let first_body = body.take().ok_or(Outcome::UpstreamFailed)?;
-    // Most requests have one attempt: their head moves instead of being copied.
-    let first_head = if max_attempts == 1 && ex.hedge_after.is_none() {
+    let first_head = if one_attempt {
         std::mem::replace(&mut ex.parts, Request::new(()).into_parts().0)
     } else {
         ex.parts.clone()

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
@@ -64,39 +65,58 @@ pub fn add_forwarding(
     proto: &'static str,
     host: Option<&str>,
 ) {
-    let client_s = client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {client_s}"),
-        _ => client_s.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    use std::fmt::Write;
+    // Each value is written once into its own buffer, which becomes the header value
+    // without another copy.
+    let mut xff = BytesMut::with_capacity(64);
+    // A previous value is kept only if it is visible ASCII (as the chain's syntax needs).
+    if let Some(prev) = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    {
+        xff.extend_from_slice(prev.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(xff, "{client}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host
         && !headers.contains_key(&X_FORWARDED_HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
     {
-        headers.insert(X_FORWARDED_HOST, v);
+        // Usually the Host header itself: share it.
+        let v = match headers.get(header::HOST) {
+            Some(h) if h.as_bytes() == host.as_bytes() => Some(h.clone()),
+            _ => HeaderValue::from_str(host).ok(),
+        };
+        if let Some(v) = v {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
     }
-    let node = match client {
-        IpAddr::V4(_) => client_s,
-        IpAddr::V6(_) => format!("\"[{client_s}]\""),
+    let mut fwd = BytesMut::with_capacity(96);
+    if let Some(prev) = headers
+        .get(header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    {
+        fwd.extend_from_slice(prev.as_bytes());
+        fwd.extend_from_slice(b", ");
+    }
+    let _ = match client {
+        IpAddr::V4(ip) => write!(fwd, "for={ip};proto={proto}"),
+        IpAddr::V6(ip) => write!(fwd, "for=\"[{ip}]\";proto={proto}"),
     };
-    let mut fwd = format!("for={node};proto={proto}");
     if let Some(host) = host
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
     {
-        fwd.push_str(";host=");
-        fwd.push_str(host);
+        fwd.extend_from_slice(b";host=");
+        fwd.extend_from_slice(host.as_bytes());
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {fwd}"),
-        _ => fwd,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(fwd.freeze()) {
         headers.insert(header::FORWARDED, v);
     }
     append_via(headers);
@@ -109,7 +129,7 @@ pub fn append_via(headers: &mut HeaderMap) {
 /// Lower-case, without port. Total: any string (a Host header is any visible ASCII, not
 /// necessarily a valid authority) gives a result; an IPv6 literal keeps its brackets, and
 /// an unclosed `[` is kept as it is (it then matches no domain).
-pub fn normalise_host(raw: &str) -> String {
+pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let without_port = if raw.starts_with('[') {
         raw.find(']').map_or(raw, |end| &raw[..=end])
     } else {
@@ -121,7 +141,11 @@ pub fn normalise_host(raw: &str) -> String {
             }
         })
     };
-    without_port.to_ascii_lowercase()
+    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        without_port.to_ascii_lowercase().into()
+    } else {
+        without_port.into()
+    }
 }
 
 /// A fresh request id: 128 random bits in hex.
@@ -132,7 +156,10 @@ pub fn new_request_id() -> HeaderValue {
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    // Owned by a shared `Bytes` from the start: the request and the response both carry the
+    // id, and cloning a copied-in value would allocate again.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .expect("hex is a valid header value")
 }
 
 #[cfg(test)]

@@ -406,7 +406,7 @@ impl Proxy {
             // a hit never needs it.
             let origin = cached::RouteOrigin {
                 conn,
-                authority,
+                authority: authority.clone(),
                 table: table.clone(),
                 route: matched.index,
                 cluster: cluster.clone(),

@@ -13,8 +13,11 @@ pub fn full(body: impl Into<Bytes>) -> ProxyBody {
         .boxed()
 }
 
+/// No body. `Empty` has no size, so boxing it allocates nothing.
 pub fn empty() -> ProxyBody {
-    full(Bytes::new())
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn problem(
