@@ -2,7 +2,6 @@
 
 use std::net::IpAddr;
 
-use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
@@ -65,21 +64,19 @@ pub fn add_forwarding(
     proto: &'static str,
     host: Option<&str>,
 ) {
-    use std::fmt::Write;
-    // Each value is written once into its own buffer, which becomes the header value
-    // without another copy.
-    let mut xff = BytesMut::with_capacity(64);
-    // A previous value is kept only if it is visible ASCII (as the chain's syntax needs).
-    if let Some(prev) = headers
+    // Each value is formatted on the stack and copied once into its own header value.
+    let prev_xff = headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-    {
-        xff.extend_from_slice(prev.as_bytes());
-        xff.extend_from_slice(b", ");
-    }
-    let _ = write!(xff, "{client}");
-    if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
+        .filter(|v| !v.is_empty());
+    // A previous value is kept only if it is visible ASCII (as the chain's syntax needs).
+    let xff = formatted(|w| {
+        if let Some(prev) = prev_xff {
+            write!(w, "{prev}, ")?;
+        }
+        write!(w, "{client}")
+    });
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -95,31 +92,52 @@ pub fn add_forwarding(
             headers.insert(X_FORWARDED_HOST, v);
         }
     }
-    let mut fwd = BytesMut::with_capacity(96);
-    if let Some(prev) = headers
+    let prev_fwd = headers
         .get(header::FORWARDED)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-    {
-        fwd.extend_from_slice(prev.as_bytes());
-        fwd.extend_from_slice(b", ");
-    }
-    let _ = match client {
-        IpAddr::V4(ip) => write!(fwd, "for={ip};proto={proto}"),
-        IpAddr::V6(ip) => write!(fwd, "for=\"[{ip}]\";proto={proto}"),
-    };
-    if let Some(host) = host
-        && host
-            .bytes()
+        .filter(|v| !v.is_empty());
+    let host_param = host.filter(|h| {
+        h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-    {
-        fwd.extend_from_slice(b";host=");
-        fwd.extend_from_slice(host.as_bytes());
-    }
-    if let Ok(v) = HeaderValue::from_maybe_shared(fwd.freeze()) {
+    });
+    let forwarded = formatted(|w| {
+        if let Some(prev) = prev_fwd {
+            write!(w, "{prev}, ")?;
+        }
+        match client {
+            IpAddr::V4(ip) => write!(w, "for={ip};proto={proto}")?,
+            IpAddr::V6(ip) => write!(w, "for=\"[{ip}]\";proto={proto}")?,
+        }
+        if let Some(h) = host_param {
+            write!(w, ";host={h}")?;
+        }
+        Ok(())
+    });
+    if let Some(v) = forwarded {
         headers.insert(header::FORWARDED, v);
     }
     append_via(headers);
+}
+
+/// A header value written by `write`: on the stack when it fits, then one allocation (the
+/// value's own); `None` if it is not a valid header value.
+fn formatted(
+    write: impl Fn(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Option<HeaderValue> {
+    let mut stack = [0u8; 256];
+    let written = {
+        let mut w: &mut [u8] = &mut stack;
+        write(&mut w).ok().map(|()| 256 - w.len())
+    };
+    match written {
+        Some(n) => HeaderValue::from_bytes(&stack[..n]).ok(),
+        None => {
+            // Longer than the stack buffer (a long chain from earlier proxies).
+            let mut v = Vec::new();
+            write(&mut v).ok()?;
+            HeaderValue::from_bytes(&v).ok()
+        }
+    }
 }
 
 pub fn append_via(headers: &mut HeaderMap) {
@@ -165,6 +183,33 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_forwarding_chains_are_kept_whole() {
+        let prev = (0..40)
+            .map(|i| format!("10.0.0.{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert!(prev.len() > 256);
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, prev.parse().unwrap());
+        h.insert(header::FORWARDED, format!("for={prev}").parse().unwrap());
+        add_forwarding(
+            &mut h,
+            "192.0.2.1".parse().unwrap(),
+            "https",
+            Some("api.example"),
+        );
+        assert_eq!(h[&X_FORWARDED_FOR], format!("{prev}, 192.0.2.1").as_str());
+        assert_eq!(
+            h[header::FORWARDED],
+            format!("for={prev}, for=192.0.2.1;proto=https;host=api.example").as_str()
+        );
+        let mut h = HeaderMap::new();
+        add_forwarding(&mut h, "2001:db8::1".parse().unwrap(), "http", None);
+        assert_eq!(h[&X_FORWARDED_FOR], "2001:db8::1");
+        assert_eq!(h[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+    }
 
     #[test]
     fn request_ids_are_32_hex_digits_and_differ() {
