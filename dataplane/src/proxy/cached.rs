@@ -29,7 +29,7 @@ use crate::{
 pub(super) struct RouteOrigin {
     pub conn: ConnInfo,
     /// The request's authority as the client sent it.
-    pub authority: Option<String>,
+    pub authority: Option<HeaderValue>,
     pub table: Arc<Runtime>,
     pub route: usize,
     pub cluster: Arc<ClusterRuntime>,
@@ -60,7 +60,7 @@ impl Origin for RouteOrigin {
         upstream_head(
             &mut parts,
             self.conn,
-            self.authority.as_deref(),
+            self.authority.as_ref().and_then(|a| a.to_str().ok()),
             forward,
             false,
         );

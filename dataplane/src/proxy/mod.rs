@@ -208,8 +208,9 @@ impl Proxy {
             );
         };
         // As the client wrote it (for Host upstream), and normalised (for routing).
-        let authority = authority_of(&req).map(str::to_owned);
-        let host_norm = authority.as_deref().map(normalise_host);
+        let authority = owned_authority(&req);
+        let authority_str = authority.as_ref().and_then(|a| a.to_str().ok());
+        let host_norm = authority_str.map(normalise_host);
         let host = host_norm.as_deref().unwrap_or("");
         let Some(matched) = table.router.route(&RequestInfo {
             host,
@@ -433,7 +434,7 @@ impl Proxy {
         }
 
         // 8. forward
-        prepare::upstream_head(&mut parts, conn, authority.as_deref(), forward, upgrade);
+        prepare::upstream_head(&mut parts, conn, authority_str, forward, upgrade);
         let mut exchange = Exchange {
             table: &table,
             route: route_rt,
@@ -518,14 +519,17 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// The request's authority as sent: from the URI (HTTP/2 :authority, absolute-form) or the
-/// Host header.
-fn authority_of<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
+/// The request's authority as sent, kept past the request: the Host header's value is
+/// shared, not copied (HTTP/1.1); a URI authority (HTTP/2) is copied.
+fn owned_authority<B>(req: &Request<B>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers()
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    }
 }
 
 /// Replaces the first `prefix_len` bytes of `path` (the matched prefix) with `new_prefix`,
@@ -571,7 +575,7 @@ mod tests {
             .header("host", "API.Example:8080")
             .body(())
             .unwrap();
-        assert_eq!(authority_of(&r), Some("API.Example:8080"));
+        assert_eq!(owned_authority(&r).unwrap(), "API.Example:8080");
         assert_eq!(normalise_host("API.Example:8080"), "api.example");
         assert_eq!(normalise_host("[::1]:80"), "[::1]");
         // A Host header is any visible ASCII: an unclosed bracket must not panic.
@@ -581,6 +585,6 @@ mod tests {
             .uri("http://h2.example/x")
             .body(())
             .unwrap();
-        assert_eq!(authority_of(&r), Some("h2.example"));
+        assert_eq!(owned_authority(&r).unwrap(), "h2.example");
     }
 }
