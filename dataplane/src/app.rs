@@ -336,7 +336,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let thread = std::thread::Builder::new()
             .name(format!("parapet-worker-{i}"))
             .spawn(move || {
-                let result = worker.run();
+                // A panic outside a task would end the thread silently; report it instead.
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()))
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker panicked")));
                 let _ = exited.send((i, result));
             })
             .context("cannot start a worker thread")?;
