@@ -43,8 +43,7 @@ declare -A BACKEND_PORT=([1k]=$((BASE + 1)) [64k]=$((BASE + 2)) [slow]=$((BASE +
 declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30)))
 PARAPET_ADMIN=$((BASE + 11))
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+source bench/lib.sh
 
 for v in WORKERS ROUNDS CONNS WRK_THREADS BASE SHORT_TTL; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
@@ -65,50 +64,8 @@ done
 export PATH="$PATH:/usr/sbin:/sbin"
 
 # ---------------------------------------------------------------- processes and cleanup
-RUN=$(mktemp -d /tmp/parapet-bench-cache.XXXXXX)
-chmod 755 "$RUN"
-PIDS=()
-declare -A PID_OF=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local i
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[i]}" 2>/dev/null || true; done
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    for _ in $(seq 50); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "${PIDS[i]}" 2>/dev/null || true
-    wait "${PIDS[i]}" 2>/dev/null || true
-  done
-  if [[ $rc -ne 0 || -n ${BENCH_KEEP:-} ]]; then
-    echo "bench: configs, logs and raw wrk output kept in $RUN" >&2
-  else
-    rm -rf "$RUN"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+make_run_dir parapet-bench-cache
 
-start() {
-  local name=$1
-  shift
-  "$@" >"$RUN/$name.out" 2>"$RUN/$name.err" &
-  PIDS+=($!)
-  PID_OF[$name]=$!
-}
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_http() {
-  for _ in $(seq 100); do
-    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-wait_port() {
-  for _ in $(seq 100); do port_free "$1" || return 0; sleep 0.1; done
-  return 1
-}
 
 # ---------------------------------------------------------------- build, backends, proxies
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
@@ -182,53 +139,9 @@ for proxy in "${PROXIES[@]}"; do
 done
 
 # ---------------------------------------------------------------- measuring helpers
-proxy_pids() {
-  echo "${PID_OF[$1]}"
-  [[ $1 == nginx ]] && pgrep -P "${PID_OF[$1]}" || true
-}
-cpu_ticks() {
-  local sum=0 p
-  for p in $(proxy_pids "$1"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$sum"
-}
-CLK_TCK=$(getconf CLK_TCK)
-machine_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4; exit}' /proc/stat; }
-pct() { awk -v t="$1" -v hz="$CLK_TCK" -v a="$2" -v b="$3" 'BEGIN{v = 100 * t / hz / (b - a); printf "%.0f", v < 0.5 ? 0 : v}'; }
-QUIET_LEFT=$QUIET_WAIT
-wait_quiet() { # before a measured run, wait (within a total budget) for < NOISY_PCT of a core busy
-  local first=1 m0 m1 s0 s1 busy
-  while :; do
-    m0=$(machine_ticks) s0=$(date +%s.%N)
-    sleep 1
-    m1=$(machine_ticks) s1=$(date +%s.%N)
-    busy=$(pct $((m1 - m0)) "$s0" "$s1")
-    ((busy > NOISY_PCT)) || return 0
-    ((QUIET_LEFT > 0)) || return 0
-    ((first)) && log "waiting for other work to settle (${busy}% of a core busy)"
-    first=0
-    QUIET_LEFT=$((QUIET_LEFT - 1))
-  done
-}
 wrk_run() { # wrk_run PROXY PATH DURATION OUTFILE
   timeout --kill-after=5 120 wrk -t"$WRK_THREADS" -c"$CONNS" -d"$3" --timeout 5s --latency \
     "http://127.0.0.1:${PROXY_PORT[$1]}$2" >"$4"
-}
-parse_wrk() { # "req/s p50_ms p99_ms errors"
-  awk '
-    function ms(v) {
-      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
-      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
-      if (v ~ /m$/)  return substr(v, 1, length(v) - 1) * 60000
-      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
-      return v + 0
-    }
-    $1 == "50%" { p50 = ms($2) }
-    $1 == "99%" { p99 = ms($2) }
-    /^Requests\/sec:/ { rps = $2 }
-    /Non-2xx or 3xx responses:/ { err += $NF }
-    /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
-    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }
-  ' "$1"
 }
 # probe PROXY PATH: "code size cache-status" (x-cache for Parapet, X-Cache-Status for nginx,
 # "-" for HAProxy, which says nothing).

@@ -44,8 +44,7 @@ declare -A BACKEND_PORTS=([1k]="$((BASE + 1)) $((BASE + 2))" [64k]="$((BASE + 3)
 declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30)))
 PARAPET_ADMIN=$((BASE + 11))
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+source bench/lib.sh
 
 for v in WORKERS ROUNDS CONNS WRK_THREADS BASE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
@@ -58,54 +57,10 @@ for p in "${PROXIES[@]}"; do
 done
 
 # ---------------------------------------------------------------- processes and cleanup
-RUN=$(mktemp -d /tmp/parapet-bench.XXXXXX)
-chmod 755 "$RUN" # nginx workers (user nobody when started as root) read below it
-PIDS=()
-declare -A PID_OF=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local i
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    kill "${PIDS[i]}" 2>/dev/null || true
-  done
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    # Bounded wait: anything still alive after 5 s gets SIGKILL.
-    for _ in $(seq 50); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "${PIDS[i]}" 2>/dev/null || true
-    wait "${PIDS[i]}" 2>/dev/null || true
-  done
-  if [[ $rc -ne 0 || -n ${BENCH_KEEP:-} ]]; then
-    echo "bench: configs, logs and raw wrk output kept in $RUN" >&2
-  else
-    rm -rf "$RUN"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+make_run_dir parapet-bench
 
-# start NAME CMD... : runs CMD in the background, logs to $RUN/NAME.{out,err}
-start() {
-  local name=$1
-  shift
-  "$@" >"$RUN/$name.out" 2>"$RUN/$name.err" &
-  PIDS+=($!)
-  PID_OF[$name]=$!
-}
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# wait_http URL : until it answers 2xx, for up to 10 s
-wait_http() {
-  local url=$1
-  for _ in $(seq 100); do
-    curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # ---------------------------------------------------------------- 1. Debian packages
 need_pkgs=()
@@ -201,28 +156,11 @@ done
 # ---------------------------------------------------------------- measuring helpers
 rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/{print $2}' "/proc/$1/status"; }
-# PIDs of a proxy: nginx is a master plus worker processes.
-proxy_pids() {
-  local pid=${PID_OF[$1]}
-  echo "$pid"
-  [[ $1 == nginx ]] && pgrep -P "$pid" || true
-}
 total_rss_kb() {
   local sum=0 p
   for p in $(proxy_pids "$1"); do sum=$((sum + $(rss_kb "$p"))); done
   echo "$sum"
 }
-# CPU ticks (user + system, all threads) used so far by a proxy's processes.
-cpu_ticks() {
-  local sum=0 p
-  for p in $(proxy_pids "$1"); do
-    sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$sum"
-}
-CLK_TCK=$(getconf CLK_TCK)
-# Ticks of user + system time on the whole machine (all CPUs), from /proc/stat.
-machine_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4; exit}' /proc/stat; }
 # Ticks used so far by the backends (still running, so their own /proc/PID/stat).
 backend_ticks() {
   local sum=0 p
@@ -240,10 +178,6 @@ children_ticks() {
 }
 mb() { awk -v k="$1" 'BEGIN{printf "%.1f", k / 1024}'; }
 
-wait_port() { # until something listens on 127.0.0.1:PORT, for up to 10 s
-  for _ in $(seq 100); do port_free "$1" || return 0; sleep 0.1; done
-  return 1
-}
 for proxy in "${PROXIES[@]}"; do
   wait_port "${PROXY_PORT[$proxy]}" || die "$proxy is not listening on ${PROXY_PORT[$proxy]}; see $RUN/$proxy.err"
 done
@@ -280,49 +214,11 @@ wrk_run() {
   timeout --kill-after=5 120 wrk -t"$WRK_THREADS" -c"$CONNS" -d"$3" --timeout 5s --latency "$url" >"$4"
 }
 
-# Parses wrk --latency output: "req/s p50_ms p99_ms errors".
-parse_wrk() {
-  awk '
-    function ms(v) {
-      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
-      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
-      if (v ~ /m$/)  return substr(v, 1, length(v) - 1) * 60000
-      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
-      return v + 0
-    }
-    $1 == "50%" { p50 = ms($2) }
-    $1 == "99%" { p99 = ms($2) }
-    /^Requests\/sec:/ { rps = $2 }
-    /Non-2xx or 3xx responses:/ { err += $NF }
-    /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
-    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }
-  ' "$1"
-}
 
 # ---------------------------------------------------------------- 5. load
-# pct TICKS START END: ticks over a wall-clock interval, as % of one core.
-pct() { awk -v t="$1" -v hz="$CLK_TCK" -v a="$2" -v b="$3" 'BEGIN{v = 100 * t / hz / (b - a); printf "%.0f", v < 0.5 ? 0 : v}'; }
 # On a shared machine, wait until other work uses < NOISY_PCT of a core before a measured
 # run (the proxies, backends and wrk are idle at that point), within a total budget of
 # QUIET_WAIT seconds for the whole benchmark.
-QUIET_LEFT=$QUIET_WAIT
-wait_quiet() {
-  local first=1 m0 m1 s0 s1 busy
-  while :; do
-    m0=$(machine_ticks) s0=$(date +%s.%N)
-    sleep 1
-    m1=$(machine_ticks) s1=$(date +%s.%N)
-    busy=$(pct $((m1 - m0)) "$s0" "$s1")
-    ((busy > NOISY_PCT)) || return 0
-    if ((QUIET_LEFT <= 0)); then
-      ((first)) && log "the machine is busy (${busy}% of a core) and the wait budget is spent; measuring anyway"
-      return 0
-    fi
-    ((first)) && log "waiting for other work to settle (${busy}% of a core busy, ${QUIET_LEFT}s of waiting left)"
-    first=0
-    QUIET_LEFT=$((QUIET_LEFT - 1))
-  done
-}
 REDONE=0 NOISY=0
 RAW="$RUN/runs.tsv"
 : >"$RAW"

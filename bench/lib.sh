@@ -1,0 +1,121 @@
+# Helpers shared by bench/run.sh and bench/cache.sh (sourced, not run): logging, the run
+# directory and the processes started in it (all stopped by an exit trap), waits for ports
+# and URLs, CPU accounting from /proc, and reading wrk's output.
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+# make_run_dir PREFIX : creates $RUN and installs the trap that stops every process `start`
+# started (SIGTERM, then SIGKILL after 5 s) and removes $RUN (kept on failure or BENCH_KEEP).
+PIDS=()
+declare -A PID_OF=()
+make_run_dir() {
+  RUN=$(mktemp -d "/tmp/$1.XXXXXX")
+  chmod 755 "$RUN" # nginx workers (user nobody when started as root) read below it
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local i
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    kill "${PIDS[i]}" 2>/dev/null || true
+  done
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    # Bounded wait: anything still alive after 5 s gets SIGKILL.
+    for _ in $(seq 50); do kill -0 "${PIDS[i]}" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "${PIDS[i]}" 2>/dev/null || true
+    wait "${PIDS[i]}" 2>/dev/null || true
+  done
+  if [[ $rc -ne 0 || -n ${BENCH_KEEP:-} ]]; then
+    echo "bench: configs, logs and raw wrk output kept in $RUN" >&2
+  else
+    rm -rf "$RUN"
+  fi
+  exit "$rc"
+}
+
+# start NAME CMD... : runs CMD in the background, logs to $RUN/NAME.{out,err}
+start() {
+  local name=$1
+  shift
+  "$@" >"$RUN/$name.out" 2>"$RUN/$name.err" &
+  PIDS+=($!)
+  PID_OF[$name]=$!
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_http URL : until it answers 2xx, for up to 10 s
+wait_http() {
+  for _ in $(seq 100); do
+    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# wait_port PORT : until something listens on 127.0.0.1:PORT, for up to 10 s
+wait_port() {
+  for _ in $(seq 100); do port_free "$1" || return 0; sleep 0.1; done
+  return 1
+}
+
+# The PIDs of a proxy started as NAME (nginx: the master and its workers).
+proxy_pids() {
+  echo "${PID_OF[$1]}"
+  [[ $1 == nginx ]] && pgrep -P "${PID_OF[$1]}" || true
+}
+# CPU time (user + system, in clock ticks) of a proxy's processes.
+cpu_ticks() {
+  local sum=0 p
+  for p in $(proxy_pids "$1"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$sum"
+}
+CLK_TCK=$(getconf CLK_TCK)
+machine_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4; exit}' /proc/stat; }
+# pct TICKS START_S END_S : ticks as % of one core over the interval
+pct() { awk -v t="$1" -v hz="$CLK_TCK" -v a="$2" -v b="$3" 'BEGIN{v = 100 * t / hz / (b - a); printf "%.0f", v < 0.5 ? 0 : v}'; }
+
+# On a shared machine, wait until other work uses < NOISY_PCT of a core before a measured
+# run (the proxies, backends and wrk are idle at that point), within a total budget of
+# QUIET_WAIT seconds for the whole benchmark.
+wait_quiet() {
+  local first=1 m0 m1 s0 s1 busy
+  : "${QUIET_LEFT:=$QUIET_WAIT}"
+  while :; do
+    m0=$(machine_ticks) s0=$(date +%s.%N)
+    sleep 1
+    m1=$(machine_ticks) s1=$(date +%s.%N)
+    busy=$(pct $((m1 - m0)) "$s0" "$s1")
+    ((busy > NOISY_PCT)) || return 0
+    if ((QUIET_LEFT <= 0)); then
+      ((first)) && log "the machine is busy (${busy}% of a core) and the wait budget is spent; measuring anyway"
+      return 0
+    fi
+    ((first)) && log "waiting for other work to settle (${busy}% of a core busy, ${QUIET_LEFT}s of waiting left)"
+    first=0
+    QUIET_LEFT=$((QUIET_LEFT - 1))
+  done
+}
+
+# parse_wrk FILE : "req/s p50_ms p99_ms errors" from wrk --latency output
+parse_wrk() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+      if (v ~ /m$/)  return substr(v, 1, length(v) - 1) * 60000
+      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+      return v + 0
+    }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    /Non-2xx or 3xx responses:/ { err += $NF }
+    /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }
+  ' "$1"
+}
