@@ -189,16 +189,13 @@ impl Cache {
             parts.uri.query(),
             &parts.headers,
         );
-        // A fresh entry answers without awaiting anything; the rest (misses, coalescing,
-        // fetches) is boxed so a hit does not carry, and copy, its large future.
-        if let Some(hit) = self.fresh_hit(policy, &primary, &parts.headers, head) {
-            return hit;
-        }
+        // The proxy answers fresh hits before it gets here (`fresh`); the lookup, coalescing
+        // and fetches are boxed so the request's future does not carry, and copy, them.
         Box::pin(self.lookup_or_fetch(policy, primary, parts, head, origin)).await
     }
 
-    /// Everything but a fresh hit: stale answers with a background refresh, and misses
-    /// (one fetch per key; the others wait for it, bounded).
+    /// The lookup and what follows it: a hit, a stale answer with a background refresh, or
+    /// a miss (one fetch per key; the others wait for it, bounded).
     async fn lookup_or_fetch<O: Origin>(
         self: &Arc<Self>,
         policy: &Arc<CachePolicy>,
@@ -284,21 +281,11 @@ impl Cache {
             uri.query(),
             headers,
         );
-        self.fresh_hit(policy, &primary, headers, method == http::Method::HEAD)
-    }
-
-    fn fresh_hit(
-        &self,
-        policy: &CachePolicy,
-        primary: &str,
-        headers: &HeaderMap,
-        head: bool,
-    ) -> Option<Response<ProxyBody>> {
-        let skey = self.store.storage_key(primary, headers);
+        let skey = self.store.storage_key(&primary, headers);
         let e = self.store.get(&skey)?;
         let now = Instant::now();
         (e.freshness(now, policy.refresh_ahead) == Freshness::Fresh)
-            .then(|| self.hit(policy, &e, head, now))
+            .then(|| self.hit(policy, &e, method == http::Method::HEAD, now))
     }
 
     fn hit(
