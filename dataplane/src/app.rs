@@ -14,7 +14,7 @@ use crate::{
     proxy::{EdgeConfig, Limits, Proxy},
     snapshot::{BuildOptions, SnapshotStore, load_persisted},
     standalone,
-    upstream::ClientPool,
+    upstream::{ClientPool, Http1Choice},
 };
 
 /// Parapet data plane: a reverse proxy that serves the routing table compiled from
@@ -146,6 +146,11 @@ pub struct Args {
     /// worker processes; the admin API, health checks and reloads run on one more thread.
     #[arg(long, env = "PARAPET_WORKERS")]
     pub workers: Option<usize>,
+    /// Client for plain HTTP/1.1 pools: `parapet` (its own, sending from the request's task;
+    /// requests with streamed bodies and upgrades still use hyper's) or `hyper` (hyper-util's
+    /// pooled client for everything, as TLS and HTTP/2 pools always use).
+    #[arg(long, env = "PARAPET_UPSTREAM_HTTP1", default_value = "parapet", value_parser = ["parapet", "hyper"])]
+    pub upstream_http1: String,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -173,7 +178,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e))?;
     let store = SnapshotStore::with_options(
         metrics.clone(),
-        ClientPool::default(),
+        ClientPool::new(if args.upstream_http1 == "hyper" {
+            Http1Choice::Hyper
+        } else {
+            Http1Choice::Parapet
+        }),
         args.state_dir.clone(),
         BuildOptions {
             zone: args.zone.clone().filter(|z| !z.is_empty()),

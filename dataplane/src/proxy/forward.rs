@@ -27,12 +27,12 @@ use std::{
 use bytes::Bytes;
 use futures::future::OptionFuture;
 use http::{
-    Request, Response, Uri,
+    Request, Response, Uri, header,
     request::Parts,
     uri::{PathAndQuery, Scheme},
 };
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use parapet_crds::snapshot::RetryPolicy;
 use tokio::time::Instant;
 
@@ -44,7 +44,7 @@ use crate::{
     outlier::Verdict,
     retry::{self, Denied, Failure},
     snapshot::{ClusterRuntime, RouteRuntime, Runtime},
-    upstream::ProxyBody,
+    upstream::{ProxyBody, UpstreamBody, http1},
 };
 
 /// Everything the attempts of one request share.
@@ -80,13 +80,34 @@ impl RequestBody {
         matches!(self, Self::Replayable(_))
     }
 
-    fn take(&mut self) -> Option<ProxyBody> {
+    fn take(&mut self) -> Option<Outgoing> {
         match self {
-            Self::Replayable(b) if b.is_empty() => Some(super::problem::empty()),
-            Self::Replayable(b) => Some(full(b.clone())),
-            Self::Once(b) => b.take(),
+            Self::Replayable(b) => Some(Outgoing::Bytes(b.clone())),
+            Self::Once(b) => b.take().map(Outgoing::Stream),
         }
     }
+}
+
+/// What one attempt sends: a body in memory, or a stream that can be sent once.
+enum Outgoing {
+    Bytes(Bytes),
+    Stream(ProxyBody),
+}
+
+impl Outgoing {
+    fn into_body(self) -> ProxyBody {
+        match self {
+            Self::Bytes(b) if b.is_empty() => super::problem::empty(),
+            Self::Bytes(b) => full(b),
+            Self::Stream(s) => s,
+        }
+    }
+}
+
+/// Why a send failed, by the client that sent it.
+enum SendError {
+    Hyper(hyper_util::client::legacy::Error),
+    Http1(http1::Error),
 }
 
 /// What the gateway answers itself when no upstream response is passed on.
@@ -104,7 +125,7 @@ pub(super) enum Outcome {
 
 /// An upstream response and the breaker slot it holds until its body is done.
 pub(super) struct Answer {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     pub permit: Permit,
 }
 
@@ -368,7 +389,7 @@ async fn attempt(
     ex: &Exchange<'_>,
     picked: Picked,
     head: Parts,
-    body: ProxyBody,
+    body: Outgoing,
     per_try: Option<Duration>,
 ) -> Tried {
     let Picked {
@@ -389,23 +410,47 @@ async fn attempt(
             return Tried::Fatal(Outcome::Overflow(o));
         }
     };
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(if cluster.spec.tls.is_some() {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    });
-    uri.authority = Some(endpoint.authority().clone());
-    uri.path_and_query = Some(ex.path_and_query.clone());
-    let Ok(uri) = Uri::from_parts(uri) else {
-        return Tried::Fatal(Outcome::NoEndpoint);
-    };
-    let mut req = Request::from_parts(head, body);
-    *req.uri_mut() = uri;
     cluster.metrics.requests.inc();
     let guard = endpoint.stats.start();
     let sent = Instant::now();
-    let result = tokio::time::timeout_at(until, cluster.client.request(req)).await;
+    let result = match (&cluster.http1, body) {
+        // Plain HTTP/1.1 with the body in memory: sent from this task (`upstream::http1`).
+        (Some(client), Outgoing::Bytes(bytes)) if !head.headers.contains_key(header::UPGRADE) => {
+            let send = client.send(
+                endpoint.authority(),
+                &head,
+                &ex.path_and_query,
+                &bytes,
+                ex.repeatable,
+            );
+            tokio::time::timeout_at(until, send).await.map(|r| {
+                r.map(|resp| resp.map(UpstreamBody::Http1))
+                    .map_err(SendError::Http1)
+            })
+        }
+        (_, body) => {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(if cluster.spec.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
+            uri.authority = Some(endpoint.authority().clone());
+            uri.path_and_query = Some(ex.path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
+                guard.cancel();
+                return Tried::Fatal(Outcome::NoEndpoint);
+            };
+            let mut req = Request::from_parts(head, body.into_body());
+            *req.uri_mut() = uri;
+            tokio::time::timeout_at(until, cluster.client.request(req))
+                .await
+                .map(|r| {
+                    r.map(|resp| resp.map(UpstreamBody::Hyper))
+                        .map_err(SendError::Hyper)
+                })
+        }
+    };
     let now = Instant::now();
     let (tried, verdict) = match result {
         Err(_) => {
@@ -439,29 +484,34 @@ async fn attempt(
         Ok(Err(e)) => {
             // A fast failure is no latency sample: it would make the endpoint look fast.
             guard.cancel();
-            if is_body_too_large(&e) {
-                (Tried::Fatal(Outcome::BodyTooLarge), None)
-            } else if super::is_bad_request_body(&e) {
-                (Tried::Fatal(Outcome::BadRequestBody), None)
-            } else if e.is_connect() {
-                cluster.metrics.connect_errors.inc();
-                tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), error = %e, "connect failed");
-                (
-                    Tried::Failed {
-                        failure: Failure::Connect,
-                        answer: None,
-                    },
-                    Some(Verdict::GatewayError),
-                )
-            } else {
-                tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), error = %e, "upstream request failed");
-                (
-                    Tried::Failed {
-                        failure: Failure::Reset,
-                        answer: None,
-                    },
-                    Some(Verdict::GatewayError),
-                )
+            match e {
+                SendError::Hyper(e) if is_body_too_large(&e) => {
+                    (Tried::Fatal(Outcome::BodyTooLarge), None)
+                }
+                SendError::Hyper(e) if super::is_bad_request_body(&e) => {
+                    (Tried::Fatal(Outcome::BadRequestBody), None)
+                }
+                e => {
+                    let (connect, error): (bool, &dyn std::fmt::Display) = match &e {
+                        SendError::Hyper(e) => (e.is_connect(), e),
+                        SendError::Http1(e) => (e.is_connect(), e),
+                    };
+                    let failure = if connect {
+                        cluster.metrics.connect_errors.inc();
+                        tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), %error, "connect failed");
+                        Failure::Connect
+                    } else {
+                        tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), %error, "upstream request failed");
+                        Failure::Reset
+                    };
+                    (
+                        Tried::Failed {
+                            failure,
+                            answer: None,
+                        },
+                        Some(Verdict::GatewayError),
+                    )
+                }
             }
         }
     };
@@ -475,7 +525,7 @@ async fn attempt(
 
 /// Drops a response that will not be passed on; a small body is read to the end first (in
 /// the background) so its connection can be reused.
-fn discard(response: Response<Incoming>) {
+fn discard(response: Response<UpstreamBody>) {
     const SMALL: u64 = 16 * 1024;
     let body = response.into_body();
     if body.is_end_stream() || body.size_hint().upper().is_none_or(|n| n > SMALL) {

@@ -4,7 +4,6 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
@@ -17,7 +16,7 @@ use super::{
 };
 use crate::{
     breaker,
-    upstream::{BoxError, ProxyBody},
+    upstream::{ProxyBody, UpstreamBody},
 };
 
 /// Passes an upstream response on. `deadline` bounds the body too (not for upgrades).
@@ -49,11 +48,11 @@ pub(super) fn upstream(
         parts.headers.insert(X_REQUEST_ID, request_id.clone());
         return Response::from_parts(parts, empty());
     }
-    let (mut parts, body): (_, Incoming) = response.into_parts();
+    let (mut parts, body): (_, UpstreamBody) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     append_via(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let body = Counted::new(body, counter.clone()).map_err(|e| -> BoxError { Box::new(e) });
+    let body = Counted::new(body, counter.clone());
     Response::from_parts(parts, Bounded::new(body, deadline, permit).boxed())
 }
 

@@ -16,7 +16,7 @@ use crate::{
     outlier::ClusterOutlier,
     ratelimit::{PodLimit, RateLimiter},
     router::{Router, RouterError},
-    upstream::{ClientPool, UpstreamClient},
+    upstream::{ClientPool, UpstreamClient, http1::Http1Client},
 };
 
 /// Settings of this data plane that shape how a table is built.
@@ -54,6 +54,8 @@ pub struct ClusterRuntime {
     pub spec: Cluster,
     pub balancer: ClusterBalancer,
     pub client: UpstreamClient,
+    /// Parapet's own client, for plain HTTP/1.1 pools (see `upstream::http1`).
+    pub http1: Option<Http1Client>,
     pub metrics: ClusterMetrics,
     pub limits: breaker::Limits,
     pub breaker: Arc<BreakerState>,
@@ -142,6 +144,7 @@ impl ClusterRuntime {
             ),
             balancer,
             client,
+            http1: clients.http1_for(c),
             metrics: ClusterMetrics::new(metrics, &c.name),
             spec: c.clone(),
         })

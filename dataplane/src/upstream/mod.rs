@@ -4,6 +4,12 @@
 //! bundle (or the platform's when it has none), the client certificate when given (mTLS),
 //! ALPN per protocol, and SNI from `tls.sni` or else the endpoint address. Their attempts
 //! use the `https` scheme; other pools stay plain HTTP.
+//!
+//! Plain HTTP/1.1 pools send requests whose body is in memory with Parapet's own client
+//! (`http1`), unless `--upstream-http1 hyper` says otherwise; everything else goes through
+//! hyper-util's pooled client.
+
+pub mod http1;
 
 use std::{
     collections::HashMap,
@@ -32,6 +38,51 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// One client type for every pool: plain pools send `http` URIs, TLS pools `https` ones.
 pub type UpstreamClient = Client<NoExtras<HttpsConnector<HttpConnector>>, ProxyBody>;
+
+/// An upstream response's body, from whichever client sent the request.
+pub enum UpstreamBody {
+    Hyper(hyper::body::Incoming),
+    Http1(http1::Http1Body),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Self::Http1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::Http1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::Http1(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Which client plain HTTP/1.1 pools use (`--upstream-http1`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Http1Choice {
+    /// Parapet's own (`http1`): requests sent from the request's task.
+    #[default]
+    Parapet,
+    /// hyper-util's pooled client, as TLS and HTTP/2 pools use.
+    Hyper,
+}
 
 /// A connector whose connections carry no "extra" (hyper-util's `HttpInfo`, which its client
 /// copies into the extensions of every response: three allocations per request that the
@@ -157,9 +208,25 @@ struct PoolKey {
 #[derive(Clone, Default)]
 pub struct ClientPool {
     clients: Arc<Mutex<HashMap<PoolKey, UpstreamClient>>>,
+    http1: Http1Choice,
 }
 
 impl ClientPool {
+    pub fn new(http1: Http1Choice) -> Self {
+        Self {
+            clients: Arc::default(),
+            http1,
+        }
+    }
+
+    /// Parapet's own client for a plain HTTP/1.1 pool (when chosen); `None` for the others.
+    pub fn http1_for(&self, cluster: &Cluster) -> Option<http1::Http1Client> {
+        (self.http1 == Http1Choice::Parapet
+            && cluster.tls.is_none()
+            && cluster.protocol != UpstreamProtocol::Http2)
+            .then(|| http1::Http1Client::new(Duration::from_millis(cluster.connect_timeout_ms)))
+    }
+
     /// The client for a pool; `Err` (a sentence) when its TLS settings are unusable.
     pub fn client_for(&self, cluster: &Cluster) -> Result<UpstreamClient, String> {
         let http2 = cluster.protocol == UpstreamProtocol::Http2;

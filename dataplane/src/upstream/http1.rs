@@ -1,0 +1,753 @@
+//! Parapet's own HTTP/1.1 client, for plain (no TLS) keep-alive pools.
+//!
+//! Why not hyper-util's pooled client here: it drives every upstream connection from a
+//! task of its own, so each exchange crosses tasks twice (the request goes to the
+//! connection's task through a channel, the response comes back through another), takes
+//! the pool's mutex and wakes both tasks. This client writes the request and reads the
+//! response head from the request's own task, and the response body is read straight from
+//! the upstream socket as the downstream connection asks for it: one wake-up per exchange,
+//! no channel, no lock. Idle connections are kept per thread (every traffic worker is a
+//! single-threaded runtime, so a connection stays on the thread that opened it).
+//!
+//! Scope: requests whose body is in memory (none, or buffered for replay) and that do not
+//! upgrade. TLS and HTTP/2 pools, streamed request bodies and upgrades go through hyper.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    io::{self, Write as _},
+    net::IpAddr,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header,
+    request::Parts,
+    uri::{Authority, PathAndQuery},
+};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::Instant,
+};
+
+/// Response headers accepted at most (as the downstream listener's default).
+const MAX_HEADERS: usize = 100;
+/// A response head (status line and headers) larger than this is refused.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A chunk-size line (with extensions) or trailer section larger than this is refused.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
+/// Reads ask for at least this much room, and at most `MAX_READ` when more is expected.
+const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 64 * 1024;
+/// Idle connections are closed after this long unused (as hyper's pool did: 90 s).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per endpoint and thread.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// How often a thread's idle connections are checked for age and closed peers.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not connect to the upstream {authority}: {source}")]
+    Connect {
+        authority: Authority,
+        source: io::Error,
+    },
+    #[error("the upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the upstream closed the connection before the response was complete")]
+    Closed,
+    #[error("the upstream sent an invalid response: {0}")]
+    Protocol(&'static str),
+}
+
+impl Error {
+    /// The connection could not be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+    }
+}
+
+/// The client of one pool's settings. Cheap to clone; connections live in the per-thread
+/// idle pool, keyed by endpoint.
+#[derive(Clone, Debug)]
+pub struct Http1Client {
+    connect_timeout: Duration,
+}
+
+impl Http1Client {
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self { connect_timeout }
+    }
+
+    /// Sends `head` (headers final) with `body` to `authority` and reads the response head.
+    ///
+    /// A reused connection the upstream had closed while it was idle is replaced by a new
+    /// one and the request sent again, when `retry_stale` says the request may be sent twice
+    /// (nothing of a response was read, so the upstream most likely never saw it).
+    pub async fn send(
+        &self,
+        authority: &Authority,
+        head: &Parts,
+        path: &PathAndQuery,
+        body: &Bytes,
+        retry_stale: bool,
+    ) -> Result<Response<Http1Body>, Error> {
+        let head_only = head.method == Method::HEAD;
+        let mut fresh_only = false;
+        loop {
+            let idle = if fresh_only {
+                None
+            } else {
+                idle::take(authority)
+            };
+            let (mut conn, reused) = match idle {
+                Some(c) => (c, true),
+                None => (self.connect(authority).await?, false),
+            };
+            conn.wbuf.clear();
+            encode(&mut conn.wbuf, head, authority, path, body);
+            match exchange(conn, head_only).await {
+                Ok(r) => return Ok(r),
+                Err(f) if reused && f.nothing_read && retry_stale => {
+                    tracing::debug!(endpoint = %authority, error = %f.error, "idle upstream connection was closed; sending on a new one");
+                    fresh_only = true;
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Conn, Error> {
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let connect = async {
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                return TcpStream::connect((ip, port)).await;
+            }
+            let mut last = None;
+            for addr in tokio::net::lookup_host((host, port)).await? {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address")
+            }))
+        };
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(Error::Connect {
+                    authority: authority.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(Error::Connect {
+                    authority: authority.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no connection within the pool's connect timeout ({} ms)",
+                            self.connect_timeout.as_millis()
+                        ),
+                    ),
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            buf: BytesMut::new(),
+            wbuf: Vec::with_capacity(1024),
+            authority: authority.clone(),
+            idle_since: Instant::now(),
+        })
+    }
+}
+
+/// One upstream connection with its read buffer (which may already hold the start of the
+/// next read) and its write buffer (reused from request to request).
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    wbuf: Vec<u8>,
+    authority: Authority,
+    idle_since: Instant,
+}
+
+impl Conn {
+    /// Reads more into the buffer: `Ok(0)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, expect: u64) -> Poll<io::Result<usize>> {
+        let want = usize::try_from(expect)
+            .unwrap_or(MAX_READ)
+            .clamp(MIN_READ, MAX_READ);
+        if self.buf.capacity() - self.buf.len() < want.min(MIN_READ) {
+            self.buf.reserve(want);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Whether an idle connection can still be used: its peer has neither closed it nor
+    /// sent anything unasked. Costs no system call unless the socket became readable.
+    fn idle_usable(&self) -> bool {
+        matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// A failed exchange, and whether any of a response had arrived.
+struct Failed {
+    error: Error,
+    nothing_read: bool,
+}
+
+/// Writes the encoded request and reads the response head; the connection moves into the
+/// response's body (or back to the idle pool when there is none).
+async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>, Failed> {
+    let failed = |error: Error, nothing_read: bool| Failed {
+        error,
+        nothing_read,
+    };
+    if let Err(e) = conn.stream.write_all(&conn.wbuf).await {
+        return Err(failed(e.into(), true));
+    }
+    let mut read_any = !conn.buf.is_empty();
+    let head = loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&mut conn.buf, head_only) {
+                Ok(Some(Parsed::Final(h))) => break h,
+                // 1xx (100 Continue, 103 Early Hints): the final response follows.
+                Ok(Some(Parsed::Informational)) => continue,
+                Ok(None) => {}
+                Err(e) => return Err(failed(e, false)),
+            }
+        }
+        if conn.buf.len() >= MAX_HEAD_BYTES {
+            return Err(failed(
+                Error::Protocol("the response head is larger than 64 KiB"),
+                false,
+            ));
+        }
+        if conn.buf.capacity() - conn.buf.len() < MIN_READ {
+            conn.buf.reserve(MIN_READ);
+        }
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) => return Err(failed(Error::Closed, !read_any)),
+            Ok(_) => read_any = true,
+            Err(e) => return Err(failed(e.into(), !read_any)),
+        }
+    };
+    let Head {
+        status,
+        version,
+        headers,
+        framing,
+        reusable,
+    } = head;
+    let mut body = Http1Body {
+        conn: Some(conn),
+        framing,
+        reusable,
+    };
+    if body.is_end_stream() {
+        body.finish();
+    }
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// The request line and headers (and a body in memory) as they go on the wire.
+fn encode(
+    out: &mut Vec<u8>,
+    head: &Parts,
+    authority: &Authority,
+    path: &PathAndQuery,
+    body: &[u8],
+) {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !head.headers.contains_key(header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &head.headers {
+        // The body is in memory: its length is written below, never a coding.
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // A length when there is a body, when the client sent one, or when the method usually
+    // carries one (servers may answer 411 to a POST without it).
+    if !body.is_empty()
+        || head.headers.contains_key(header::CONTENT_LENGTH)
+        || matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
+    {
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+enum Parsed {
+    Informational,
+    Final(Head),
+}
+
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    reusable: bool,
+}
+
+/// Parses a response head at the start of `buf` and takes it out of the buffer; `None`
+/// until the head is complete. Header values share the buffer's memory (no copy).
+fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Protocol("the response has more than 100 headers"));
+        }
+        Err(_) => return Err(Error::Protocol("the response head is not valid HTTP/1.x")),
+    };
+    let code = res.code.unwrap_or(0);
+    let version = if res.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each name and value lies in the buffer, so they can be sliced once it is frozen.
+    let base = buf.as_ptr() as usize;
+    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = res.headers.len();
+    for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
+        let n = h.name.as_ptr() as usize - base;
+        let v = h.value.as_ptr() as usize - base;
+        *slot = (n, n + h.name.len(), v, v + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    if (100..200).contains(&code) {
+        if code == 101 {
+            return Err(Error::Protocol(
+                "101 Switching Protocols to a request that did not ask to upgrade",
+            ));
+        }
+        return Ok(Some(Parsed::Informational));
+    }
+    let status =
+        StatusCode::from_u16(code).map_err(|_| Error::Protocol("the status code is invalid"))?;
+
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut length: Option<u64> = None;
+    let (mut coded, mut chunked) = (false, false);
+    let (mut close, mut keep_alive) = (false, false);
+    for &(ns, ne, vs, ve) in &at[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| Error::Protocol("a header name is invalid"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| Error::Protocol("a header value is invalid"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = content_length(value.as_bytes())
+                .ok_or(Error::Protocol("the content-length is invalid"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Protocol("the response has two different lengths"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            coded = true;
+            // Chunked only when it is the last coding applied.
+            chunked = value
+                .as_bytes()
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for t in value.as_bytes().split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    // RFC 9112 §6.3, in order.
+    let framing =
+        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else if coded {
+            if chunked {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::UntilClose
+            }
+        } else {
+            match length {
+                Some(n) => Framing::Length(n),
+                None => Framing::UntilClose,
+            }
+        };
+    let reusable = !close
+        && (version == Version::HTTP_11 || keep_alive)
+        // Both a coding and a length: a smuggling risk; read it as chunked, then close.
+        && !(coded && length.is_some())
+        && !matches!(framing, Framing::UntilClose);
+    Ok(Some(Parsed::Final(Head {
+        status,
+        version,
+        headers,
+        framing,
+        reusable,
+    })))
+}
+
+/// A Content-Length value: digits, or a list of the same digits repeated.
+fn content_length(v: &[u8]) -> Option<u64> {
+    let mut found: Option<u64> = None;
+    for part in v.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
+        if found.is_some_and(|f| f != n) {
+            return None;
+        }
+        found = Some(n);
+    }
+    found
+}
+
+/// The size of a chunk from its size line (extensions after `;` are ignored).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let size = line.split(|b| *b == b';').next()?.trim_ascii();
+    if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(size).ok()?, 16).ok()
+}
+
+/// How the response body ends.
+enum Framing {
+    /// No body (HEAD, 204, 304).
+    Empty,
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    UntilClose,
+    /// Read to the end (or broken).
+    Done,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Clone, Copy)]
+enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// A response body read from the upstream connection as it is polled. The connection goes
+/// back to its thread's idle pool when the body has been read to its end; dropped early,
+/// it is closed.
+pub struct Http1Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl Http1Body {
+    /// Done: the connection is kept for the next request if it can be.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.buf.is_empty()
+        {
+            idle::put(conn);
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.framing = Framing::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl http_body::Body for Http1Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.framing {
+                Framing::Empty | Framing::Length(0) | Framing::Done => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(rest) => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx, rest)) {
+                            Ok(0) => return this.fail(Error::Closed),
+                            Ok(_) => {}
+                            Err(e) => return this.fail(e.into()),
+                        }
+                    }
+                    let n = conn
+                        .buf
+                        .len()
+                        .min(usize::try_from(rest).unwrap_or(usize::MAX));
+                    let data = conn.buf.split_to(n).freeze();
+                    this.framing = Framing::Length(rest - n as u64);
+                    if rest == n as u64 {
+                        // Back to the pool before the last bytes are even sent on.
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::UntilClose => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx, MAX_READ as u64)) {
+                            Ok(0) => {
+                                this.framing = Framing::Done;
+                                this.conn = None;
+                                return Poll::Ready(None);
+                            }
+                            Ok(_) => {}
+                            Err(e) => return this.fail(e.into()),
+                        }
+                    }
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(state) => match state {
+                    Chunk::Size => {
+                        let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") else {
+                            if conn.buf.len() > MAX_CHUNK_LINE {
+                                return this.fail(Error::Protocol("a chunk-size line is too long"));
+                            }
+                            match ready!(conn.poll_fill(cx, 0)) {
+                                Ok(0) => return this.fail(Error::Closed),
+                                Ok(_) => continue,
+                                Err(e) => return this.fail(e.into()),
+                            }
+                        };
+                        let Some(size) = chunk_size(&conn.buf[..end]) else {
+                            return this.fail(Error::Protocol("a chunk size is invalid"));
+                        };
+                        conn.buf.advance(end + 2);
+                        this.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Chunk::Data(rest) => {
+                        if conn.buf.is_empty() {
+                            match ready!(conn.poll_fill(cx, rest)) {
+                                Ok(0) => return this.fail(Error::Closed),
+                                Ok(_) => {}
+                                Err(e) => return this.fail(e.into()),
+                            }
+                        }
+                        let n = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(rest).unwrap_or(usize::MAX));
+                        let data = conn.buf.split_to(n).freeze();
+                        this.framing = Framing::Chunked(if rest == n as u64 {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(rest - n as u64)
+                        });
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Chunk::DataEnd => {
+                        if conn.buf.len() < 2 {
+                            match ready!(conn.poll_fill(cx, 0)) {
+                                Ok(0) => return this.fail(Error::Closed),
+                                Ok(_) => continue,
+                                Err(e) => return this.fail(e.into()),
+                            }
+                        }
+                        if &conn.buf[..2] != b"\r\n" {
+                            return this.fail(Error::Protocol("a chunk does not end with CRLF"));
+                        }
+                        conn.buf.advance(2);
+                        this.framing = Framing::Chunked(Chunk::Size);
+                    }
+                    Chunk::Trailers => match parse_trailers(&conn.buf) {
+                        Ok(Some((n, trailers))) => {
+                            conn.buf.advance(n);
+                            this.finish();
+                            return Poll::Ready(
+                                (!trailers.is_empty()).then(|| Ok(Frame::trailers(trailers))),
+                            );
+                        }
+                        Ok(None) => {
+                            if conn.buf.len() > MAX_TRAILER_BYTES {
+                                return this.fail(Error::Protocol("the trailers are too large"));
+                            }
+                            match ready!(conn.poll_fill(cx, 0)) {
+                                Ok(0) => return this.fail(Error::Closed),
+                                Ok(_) => {}
+                                Err(e) => return this.fail(e.into()),
+                            }
+                        }
+                        Err(e) => return this.fail(e),
+                    },
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Empty | Framing::Length(0) | Framing::Done
+        )
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty | Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// The trailer section after the last chunk (up to and with its empty line): its length
+/// and the fields, or `None` until it is complete.
+fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, Error> {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete((n, fields))) => {
+            let mut map = HeaderMap::new();
+            for f in fields {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| Error::Protocol("a trailer name is invalid"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| Error::Protocol("a trailer value is invalid"))?;
+                map.append(name, value);
+            }
+            Ok(Some((n, map)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(Error::Protocol("the trailers are not valid")),
+    }
+}
+
+/// Idle connections of this thread, by endpoint, most recently used last.
+mod idle {
+    use super::*;
+
+    #[derive(Default)]
+    struct Pool {
+        by_endpoint: HashMap<Authority, Vec<Conn>>,
+        swept: Option<Instant>,
+    }
+
+    impl Pool {
+        /// Closes connections idle too long or closed by their peer, at most every
+        /// `SWEEP_EVERY`, so endpoints that left the table do not keep sockets open.
+        fn sweep(&mut self, now: Instant) {
+            if self
+                .swept
+                .is_some_and(|t| now.duration_since(t) < SWEEP_EVERY)
+            {
+                return;
+            }
+            self.swept = Some(now);
+            self.by_endpoint.retain(|_, list| {
+                list.retain(|c| now.duration_since(c.idle_since) < IDLE_TIMEOUT && c.idle_usable());
+                !list.is_empty()
+            });
+        }
+    }
+
+    thread_local! {
+        static IDLE: RefCell<Pool> = RefCell::new(Pool::default());
+    }
+
+    pub(super) fn take(authority: &Authority) -> Option<Conn> {
+        let now = Instant::now();
+        IDLE.with_borrow_mut(|pool| {
+            pool.sweep(now);
+            let list = pool.by_endpoint.get_mut(authority)?;
+            while let Some(c) = list.pop() {
+                if now.duration_since(c.idle_since) < IDLE_TIMEOUT && c.idle_usable() {
+                    return Some(c);
+                }
+            }
+            None
+        })
+    }
+
+    pub(super) fn put(mut conn: Conn) {
+        let now = Instant::now();
+        conn.idle_since = now;
+        // A thread that is ending has no pool any more: the connection just closes.
+        let _ = IDLE.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            pool.sweep(now);
+            let list = pool.by_endpoint.entry(conn.authority.clone()).or_default();
+            if list.len() < MAX_IDLE_PER_ENDPOINT {
+                list.push(conn);
+            }
+        });
+    }
+
+    /// Idle connections this thread holds to `authority` (for tests).
+    #[cfg(test)]
+    pub(super) fn count(authority: &Authority) -> usize {
+        IDLE.with_borrow(|p| p.by_endpoint.get(authority).map_or(0, Vec::len))
+    }
+}
+
+#[cfg(test)]
+mod tests;

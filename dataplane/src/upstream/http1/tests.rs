@@ -1,0 +1,468 @@
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use http_body_util::BodyExt;
+use tokio::net::TcpListener;
+
+use super::*;
+
+/// What the scripted upstream answers to one request: pieces written one after another
+/// (with a short pause between them, so the client sees them in separate reads), then
+/// optionally the connection closes.
+struct Reply {
+    pieces: Vec<&'static [u8]>,
+    close: bool,
+}
+
+fn reply(bytes: &'static [u8]) -> Reply {
+    Reply {
+        pieces: vec![bytes],
+        close: false,
+    }
+}
+
+struct Upstream {
+    authority: Authority,
+    accepted: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+/// A loopback upstream that answers requests with `replies`, in order, across all the
+/// connections it accepts.
+async fn upstream(replies: Vec<Reply>) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let replies = Arc::new(Mutex::new(std::collections::VecDeque::from(replies)));
+    let (acc, reqs) = (accepted.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            acc.fetch_add(1, Ordering::SeqCst);
+            let (replies, reqs) = (replies.clone(), reqs.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(req) = read_request(&mut s, &mut buf).await else {
+                        return;
+                    };
+                    reqs.lock().unwrap().push(req);
+                    let Some(r) = replies.lock().unwrap().pop_front() else {
+                        return;
+                    };
+                    for (i, p) in r.pieces.iter().enumerate() {
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        if s.write_all(p).await.is_err() {
+                            return;
+                        }
+                    }
+                    if r.close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Upstream {
+        authority: addr.to_string().parse().unwrap(),
+        accepted,
+        requests,
+    }
+}
+
+/// One request (head and a Content-Length body) from `s`, as text.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < end + 4 + len {
+                let mut more = [0u8; 4096];
+                let n = s.read(&mut more).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&more[..n]);
+            }
+            let req = String::from_utf8_lossy(&buf[..end + 4 + len]).to_string();
+            buf.drain(..end + 4 + len);
+            return Some(req);
+        }
+        let mut more = [0u8; 4096];
+        let n = s.read(&mut more).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&more[..n]);
+    }
+}
+
+fn get(path: &str) -> (Parts, PathAndQuery) {
+    let (mut parts, ()) = http::Request::get(path)
+        .header("host", "api.example")
+        .body(())
+        .unwrap()
+        .into_parts();
+    parts.version = Version::HTTP_11;
+    (parts, path.parse().unwrap())
+}
+
+fn client() -> Http1Client {
+    Http1Client::new(Duration::from_secs(2))
+}
+
+async fn send(
+    u: &Upstream,
+    parts: &Parts,
+    path: &PathAndQuery,
+    body: &[u8],
+) -> Result<(StatusCode, HeaderMap, Bytes, Option<HeaderMap>), Error> {
+    let resp = client()
+        .send(
+            &u.authority,
+            parts,
+            path,
+            &Bytes::copy_from_slice(body),
+            true,
+        )
+        .await?;
+    let (p, body) = resp.into_parts();
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    Ok((p.status, p.headers, collected.to_bytes(), trailers))
+}
+
+#[tokio::test]
+async fn keep_alive_connection_is_reused_and_headers_are_shared() {
+    let u = upstream(vec![
+        reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-custom: a b\r\n\r\nhello"),
+        reply(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nbye"),
+    ])
+    .await;
+    let (parts, path) = get("/one?q=1");
+    let (status, headers, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"hello");
+    assert_eq!(headers["x-custom"], "a b");
+    assert_eq!(
+        idle::count(&u.authority),
+        1,
+        "the connection went back to the pool"
+    );
+    let (status, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"bye"[..]));
+    assert_eq!(
+        u.accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for both"
+    );
+    let reqs = u.requests.lock().unwrap().clone();
+    assert!(
+        reqs[0].starts_with("GET /one?q=1 HTTP/1.1\r\n"),
+        "{}",
+        reqs[0]
+    );
+    assert!(reqs[0].contains("host: api.example\r\n"), "{}", reqs[0]);
+    assert!(
+        !reqs[0].contains("content-length"),
+        "a GET without a body has no length: {}",
+        reqs[0]
+    );
+}
+
+#[tokio::test]
+async fn request_body_gets_its_length_and_no_coding() {
+    let u = upstream(vec![reply(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")]).await;
+    let (mut parts, path) = get("/upload");
+    parts.method = Method::POST;
+    parts.headers.remove(header::HOST);
+    parts.headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    let (status, _, body, _) = send(&u, &parts, &path, b"0123456789").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty());
+    let req = u.requests.lock().unwrap()[0].clone();
+    assert!(req.contains("content-length: 10\r\n"), "{req}");
+    assert!(!req.contains("transfer-encoding"), "{req}");
+    assert!(
+        req.contains(&format!("host: {}\r\n", u.authority)),
+        "Host from the endpoint when the client sent none: {req}"
+    );
+    assert!(req.ends_with("\r\n\r\n0123456789"), "{req}");
+}
+
+#[tokio::test]
+async fn chunked_body_with_trailers_across_reads() {
+    let u = upstream(vec![Reply {
+        pieces: vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+            b"lo\r\n6;ext=1\r\n world\r",
+            b"\n0\r\nx-checksum: 42\r\n",
+            b"\r\n",
+        ],
+        close: false,
+    }])
+    .await;
+    let (parts, path) = get("/chunked");
+    let (_, headers, body, trailers) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(&body[..], b"hello world");
+    assert_eq!(headers[header::TRANSFER_ENCODING], "chunked");
+    assert_eq!(trailers.expect("trailers")["x-checksum"], "42");
+    assert_eq!(
+        idle::count(&u.authority),
+        1,
+        "reusable after the last chunk"
+    );
+}
+
+#[tokio::test]
+async fn informational_responses_are_skipped_and_head_split_over_reads() {
+    let u = upstream(vec![Reply {
+        pieces: vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 20",
+            b"0 OK\r\ncontent-le",
+            b"ngth: 2\r\n\r\nok",
+        ],
+        close: false,
+    }])
+    .await;
+    let (parts, path) = get("/hints");
+    let (status, headers, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert!(
+        !headers.contains_key("link"),
+        "the 103's fields are not the response's"
+    );
+}
+
+#[tokio::test]
+async fn body_until_close_and_connection_close_are_not_reused() {
+    let u = upstream(vec![
+        Reply {
+            pieces: vec![b"HTTP/1.1 200 OK\r\n\r\nstreamed ", b"to the end"],
+            close: true,
+        },
+        Reply {
+            pieces: vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\nx"],
+            close: true,
+        },
+        reply(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\ny"),
+    ])
+    .await;
+    let (parts, path) = get("/close");
+    let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(&body[..], b"streamed to the end");
+    assert_eq!(idle::count(&u.authority), 0);
+    let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(&body[..], b"x");
+    assert_eq!(
+        idle::count(&u.authority),
+        0,
+        "connection: close is honoured"
+    );
+    let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(&body[..], b"y");
+    assert_eq!(
+        idle::count(&u.authority),
+        0,
+        "HTTP/1.0 without keep-alive closes"
+    );
+    assert_eq!(u.accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn head_204_and_304_have_no_body_whatever_their_length_says() {
+    let u = upstream(vec![
+        reply(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"),
+        reply(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        reply(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 50\r\n\r\n"),
+        reply(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlast"),
+    ])
+    .await;
+    let (mut parts, path) = get("/empty");
+    parts.method = Method::HEAD;
+    let (status, headers, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!((status, body.len()), (StatusCode::OK, 0));
+    assert_eq!(headers[header::CONTENT_LENGTH], "1000");
+    parts.method = Method::GET;
+    for want in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+        let (status, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+        assert_eq!((status, body.len()), (want, 0));
+    }
+    let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(
+        &body[..],
+        b"last",
+        "the framing stayed in step on one connection"
+    );
+    assert_eq!(u.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_replaced() {
+    // The first connection is closed by the upstream right after its response.
+    let u = upstream(vec![
+        Reply {
+            pieces: vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"],
+            close: true,
+        },
+        reply(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb"),
+    ])
+    .await;
+    let (parts, path) = get("/stale");
+    let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(&body[..], b"a");
+    // Whether the close is seen at checkout or only when the request fails on the old
+    // connection, the request is answered on a new one.
+    let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(&body[..], b"b");
+    assert_eq!(u.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn invalid_responses_are_errors_not_panics() {
+    let cases: [&'static [u8]; 6] = [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 12x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXX",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ];
+    for case in cases {
+        let u = upstream(vec![Reply {
+            pieces: vec![case],
+            close: true,
+        }])
+        .await;
+        let (parts, path) = get("/bad");
+        let err = send(&u, &parts, &path, b"").await.unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol(_)),
+            "{:?}: {err}",
+            String::from_utf8_lossy(case)
+        );
+        assert_eq!(idle::count(&u.authority), 0);
+    }
+}
+
+#[tokio::test]
+async fn truncated_body_is_an_error() {
+    let u = upstream(vec![Reply {
+        pieces: vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"],
+        close: true,
+    }])
+    .await;
+    let (parts, path) = get("/short");
+    assert!(matches!(
+        send(&u, &parts, &path, b"").await.unwrap_err(),
+        Error::Closed
+    ));
+}
+
+#[tokio::test]
+async fn refused_connection_is_a_connect_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let authority: Authority = format!("127.0.0.1:{port}").parse().unwrap();
+    let (parts, path) = get("/");
+    let Err(err) = client()
+        .send(&authority, &parts, &path, &Bytes::new(), true)
+        .await
+    else {
+        panic!("a closed port answered");
+    };
+    assert!(err.is_connect(), "{err}");
+    assert!(err.to_string().contains(&authority.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn names_are_resolved() {
+    let u = upstream(vec![reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    let port = u.authority.port_u16().unwrap();
+    let by_name = Upstream {
+        authority: format!("localhost:{port}").parse().unwrap(),
+        accepted: u.accepted.clone(),
+        requests: u.requests.clone(),
+    };
+    let (parts, path) = get("/");
+    match send(&by_name, &parts, &path, b"").await {
+        Ok((_, _, body, _)) => assert_eq!(&body[..], b"ok"),
+        // Where localhost resolves to ::1 first and nothing listens there, the v4 address
+        // is tried next; only a machine without any localhost entry ends here.
+        Err(e) => panic!("localhost:{port} was not reached: {e}"),
+    }
+}
+
+#[test]
+fn head_parsing_waits_for_a_complete_head() {
+    let full = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-a: 1\r\n\r\nabc";
+    for cut in 0..full.len() - 3 {
+        let mut buf = BytesMut::from(&full[..cut]);
+        assert!(
+            parse_head(&mut buf, false).unwrap().is_none(),
+            "complete at {cut}?"
+        );
+    }
+    let mut buf = BytesMut::from(&full[..]);
+    let Some(Parsed::Final(h)) = parse_head(&mut buf, false).unwrap() else {
+        panic!("not parsed")
+    };
+    assert!(matches!(h.framing, Framing::Length(3)));
+    assert!(h.reusable);
+    assert_eq!(&buf[..], b"abc", "the body stays in the buffer");
+}
+
+#[test]
+fn lengths_and_chunk_sizes() {
+    assert_eq!(content_length(b"42"), Some(42));
+    assert_eq!(content_length(b"42, 42"), Some(42));
+    assert_eq!(content_length(b"42, 43"), None);
+    assert_eq!(content_length(b"-1"), None);
+    assert_eq!(content_length(b""), None);
+    assert_eq!(content_length(b"99999999999999999999"), None);
+    assert_eq!(chunk_size(b"1a"), Some(26));
+    assert_eq!(chunk_size(b"1A;name=value"), Some(26));
+    assert_eq!(chunk_size(b"0"), Some(0));
+    assert_eq!(chunk_size(b""), None);
+    assert_eq!(chunk_size(b"g"), None);
+    assert_eq!(chunk_size(b"11111111111111111"), None);
+}
+
+#[test]
+fn both_length_and_coding_is_read_chunked_and_closed() {
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+    );
+    let Some(Parsed::Final(h)) = parse_head(&mut buf, false).unwrap() else {
+        panic!("not parsed")
+    };
+    assert!(matches!(h.framing, Framing::Chunked(Chunk::Size)));
+    assert!(!h.reusable);
+}
+
+proptest::proptest! {
+    /// Whatever an upstream sends, parsing a head answers or refuses; it never panics.
+    #[test]
+    fn head_parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = parse_head(&mut buf, false);
+        let _ = parse_trailers(&bytes);
+        let _ = chunk_size(&bytes);
+        let _ = content_length(&bytes);
+    }
+}
