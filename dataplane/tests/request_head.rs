@@ -13,9 +13,10 @@ use parapet_crds::snapshot::{
 };
 use parapet_dataplane::{
     auth::{ApiKeys, Refusal},
-    proxy::headers::{add_forwarding, is_upgrade, normalise_host, strip_hop_by_hop},
+    proxy::headers::{Forwarding, add_forwarding, is_upgrade, normalise_host, strip_hop_by_hop},
     ratelimit::{client_ip, request_key},
     router::{RequestInfo, Router},
+    upstream::http1::HeadExtras,
 };
 use proptest::{collection::vec, option, prelude::*, sample::select};
 
@@ -341,6 +342,39 @@ proptest! {
         if before_xfh.is_some() {
             prop_assert_eq!(h.get("x-forwarded-host").cloned(), before_xfh);
         }
+    }
+
+    /// Parapet's own HTTP/1 client writes the forwarding headers as it encodes the request;
+    /// hyper's gets them in the head. Both must send the same fields.
+    #[test]
+    fn forwarding_written_on_the_wire_equals_forwarding_in_the_head(
+        h in headers(),
+        client in ip(),
+        https in any::<bool>(),
+        host in option::of(raw_host()),
+    ) {
+        let fwd = Forwarding { client, proto: if https { "https" } else { "http" }, host: host.as_deref() };
+        let lines = |h: &HeaderMap, skip: &dyn Fn(&HeaderName) -> bool| -> Vec<Vec<u8>> {
+            h.iter()
+                .filter(|(n, _)| !skip(n))
+                .map(|(n, v)| [n.as_str().as_bytes(), b": ", v.as_bytes()].concat())
+                .collect()
+        };
+        let mut in_head = h.clone();
+        fwd.apply(&mut in_head);
+        let mut want = lines(&in_head, &|_| false);
+        let mut wire = Vec::new();
+        fwd.write(&mut wire, &h);
+        let mut got = lines(&h, &|n| fwd.replaces(n));
+        got.extend(
+            wire.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| l.strip_suffix(b"\r").expect("CRLF line ends").to_vec()),
+        );
+        want.sort();
+        got.sort();
+        let show = |v: &[Vec<u8>]| v.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect::<Vec<_>>();
+        prop_assert_eq!(show(&got), show(&want));
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Origin for RouteOrigin {
             return outcome_response(Outcome::NoEndpoint, Some(&self.request_id));
         };
         let mut parts = req.into_parts().0;
-        upstream_head(
+        let forwarding = upstream_head(
             &mut parts,
             self.conn,
             self.authority.as_ref().and_then(|a| a.to_str().ok()),
@@ -65,6 +65,7 @@ impl Origin for RouteOrigin {
             false,
         );
         let mut exchange = Exchange {
+            forwarding,
             table: &self.table,
             route: &self.table.routes[self.route],
             primary: &self.cluster,

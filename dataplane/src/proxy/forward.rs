@@ -36,7 +36,7 @@ use hyper::body::Body;
 use parapet_crds::snapshot::RetryPolicy;
 use tokio::time::Instant;
 
-use super::problem::full;
+use super::{headers::Forwarding, problem::full};
 use crate::{
     balancer::EndpointHandle,
     breaker::{Overflow, Permit},
@@ -53,8 +53,9 @@ pub(super) struct Exchange<'a> {
     pub route: &'a RouteRuntime,
     pub primary: &'a Arc<ClusterRuntime>,
     pub policy: Option<&'a RetryPolicy>,
-    /// Request head for upstream (headers final; the URI is set per attempt).
+    /// Request head for upstream (the URI and the forwarding headers are set per attempt).
     pub parts: Parts,
+    pub forwarding: Forwarding<'a>,
     pub path_and_query: PathAndQuery,
     pub hash: Option<u64>,
     pub deadline: Instant,
@@ -388,7 +389,7 @@ fn may_hedge(
 async fn attempt(
     ex: &Exchange<'_>,
     picked: Picked,
-    head: Parts,
+    mut head: Parts,
     body: Outgoing,
     per_try: Option<Duration>,
 ) -> Tried {
@@ -421,6 +422,7 @@ async fn attempt(
                 &head,
                 &ex.path_and_query,
                 &bytes,
+                &ex.forwarding,
                 ex.repeatable,
             );
             tokio::time::timeout_at(until, send).await.map(|r| {
@@ -429,6 +431,7 @@ async fn attempt(
             })
         }
         (_, body) => {
+            ex.forwarding.apply(&mut head.headers);
             let mut uri = http::uri::Parts::default();
             uri.scheme = Some(if cluster.spec.tls.is_some() {
                 Scheme::HTTPS

@@ -36,6 +36,17 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including those the Connection header names. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` pass so the upstream can switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names costs less than a removal
+    // (a hash and a probe) for each of the nine.
+    if !headers
+        .keys()
+        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n))
+    {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -57,6 +68,109 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The forwarding headers of one request: added to its head (`apply`) for hyper's client,
+/// or written straight into the encoded request (`HeadExtras`) by Parapet's own, where
+/// they cost no header-map inserts or allocations.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarding<'a> {
+    pub client: IpAddr,
+    pub proto: &'static str,
+    /// The request's authority as the client sent it.
+    pub host: Option<&'a str>,
+}
+
+impl Forwarding<'_> {
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        add_forwarding(headers, self.client, self.proto, self.host);
+    }
+}
+
+impl crate::upstream::http1::HeadExtras for Forwarding<'_> {
+    fn replaces(&self, name: &HeaderName) -> bool {
+        name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == header::FORWARDED
+    }
+
+    /// The same fields `add_forwarding` sets, as header lines.
+    fn write(&self, out: &mut Vec<u8>, headers: &HeaderMap) {
+        let line = |out: &mut Vec<u8>, name: &[u8]| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+        };
+        line(out, b"x-forwarded-for");
+        if let Some(prev) = first_visible(headers, &X_FORWARDED_FOR) {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        push_ip(out, self.client);
+        out.extend_from_slice(b"\r\n");
+        line(out, b"x-forwarded-proto");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(host) = self.host
+            && !headers.contains_key(&X_FORWARDED_HOST)
+            && HeaderValue::from_str(host).is_ok()
+        {
+            line(out, b"x-forwarded-host");
+            out.extend_from_slice(host.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        line(out, b"forwarded");
+        write_forwarded(
+            out,
+            first_visible(headers, &header::FORWARDED),
+            self.client,
+            self.proto,
+            self.host,
+        );
+        out.extend_from_slice(b"\r\n");
+        line(out, b"via");
+        out.extend_from_slice(VIA_VALUE.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The first value of `name` when it is visible ASCII and not empty (what a chain extends).
+fn first_visible<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// A Forwarded value (RFC 7239): the earlier elements, then this hop's.
+fn write_forwarded(
+    out: &mut Vec<u8>,
+    prev: Option<&str>,
+    client: IpAddr,
+    proto: &str,
+    host: Option<&str>,
+) {
+    if let Some(prev) = prev {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    match client {
+        IpAddr::V4(_) => {
+            out.extend_from_slice(b"for=");
+            push_ip(out, client);
+        }
+        IpAddr::V6(_) => {
+            out.extend_from_slice(b"for=\"[");
+            push_ip(out, client);
+            out.extend_from_slice(b"]\"");
+        }
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
+    if let Some(h) = host.filter(|h| {
+        h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    }) {
+        out.extend_from_slice(b";host=");
+        out.extend_from_slice(h.as_bytes());
+    }
+}
+
 /// Adds X-Forwarded-*, Forwarded and Via for a request going upstream.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
@@ -64,19 +178,19 @@ pub fn add_forwarding(
     proto: &'static str,
     host: Option<&str>,
 ) {
-    // Each value is formatted on the stack and copied once into its own header value.
-    let prev_xff = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty());
+    // Each value is written once, by hand (core::fmt cost more than the rest of this
+    // function), into the buffer the header value then owns.
+    // Five fields at most: one regrow instead of several.
+    headers.reserve(5);
     // A previous value is kept only if it is visible ASCII (as the chain's syntax needs).
-    let xff = formatted(|w| {
-        if let Some(prev) = prev_xff {
-            write!(w, "{prev}, ")?;
-        }
-        write!(w, "{client}")
-    });
-    if let Some(v) = xff {
+    let prev_xff = first_visible(headers, &X_FORWARDED_FOR);
+    let mut xff = Vec::with_capacity(prev_xff.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(prev) = prev_xff {
+        xff.extend_from_slice(prev.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    push_ip(&mut xff, client);
+    if let Some(v) = owned_value(xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -92,50 +206,42 @@ pub fn add_forwarding(
             headers.insert(X_FORWARDED_HOST, v);
         }
     }
-    let prev_fwd = headers
-        .get(header::FORWARDED)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty());
-    let host_param = host.filter(|h| {
-        h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-    });
-    let forwarded = formatted(|w| {
-        if let Some(prev) = prev_fwd {
-            write!(w, "{prev}, ")?;
-        }
-        match client {
-            IpAddr::V4(ip) => write!(w, "for={ip};proto={proto}")?,
-            IpAddr::V6(ip) => write!(w, "for=\"[{ip}]\";proto={proto}")?,
-        }
-        if let Some(h) = host_param {
-            write!(w, ";host={h}")?;
-        }
-        Ok(())
-    });
-    if let Some(v) = forwarded {
+    let prev_fwd = first_visible(headers, &header::FORWARDED);
+    let mut fwd =
+        Vec::with_capacity(prev_fwd.map_or(0, |p| p.len() + 2) + 64 + host.map_or(0, str::len));
+    write_forwarded(&mut fwd, prev_fwd, client, proto, host);
+    if let Some(v) = owned_value(fwd) {
         headers.insert(header::FORWARDED, v);
     }
     append_via(headers);
 }
 
-/// A header value written by `write`: on the stack when it fits, then one allocation (the
-/// value's own); `None` if it is not a valid header value.
-fn formatted(
-    write: impl Fn(&mut dyn std::io::Write) -> std::io::Result<()>,
-) -> Option<HeaderValue> {
-    let mut stack = [0u8; 256];
-    let written = {
-        let mut w: &mut [u8] = &mut stack;
-        write(&mut w).ok().map(|()| 256 - w.len())
-    };
-    match written {
-        Some(n) => HeaderValue::from_bytes(&stack[..n]).ok(),
-        None => {
-            // Longer than the stack buffer (a long chain from earlier proxies).
-            let mut v = Vec::new();
-            write(&mut v).ok()?;
-            HeaderValue::from_bytes(&v).ok()
+/// A header value that owns `bytes` (no copy); `None` if they are not a valid value.
+fn owned_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)).ok()
+}
+
+/// An IP address as text: IPv4 by hand (the common case), IPv6 through `Display`.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -209,6 +315,27 @@ mod tests {
         add_forwarding(&mut h, "2001:db8::1".parse().unwrap(), "http", None);
         assert_eq!(h[&X_FORWARDED_FOR], "2001:db8::1");
         assert_eq!(h[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn ip_addresses_are_written_as_display_writes_them() {
+        let mut rng = rand::rng();
+        let mut addrs: Vec<IpAddr> = [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::ff:1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        addrs.extend((0..1000).map(|_| IpAddr::V4(rand::Rng::random::<u32>(&mut rng).into())));
+        for ip in addrs {
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
     }
 
     #[test]

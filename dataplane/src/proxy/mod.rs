@@ -434,8 +434,9 @@ impl Proxy {
         }
 
         // 8. forward
-        prepare::upstream_head(&mut parts, conn, authority_str, forward, upgrade);
+        let forwarding = prepare::upstream_head(&mut parts, conn, authority_str, forward, upgrade);
         let mut exchange = Exchange {
+            forwarding,
             table: &table,
             route: route_rt,
             primary: cluster,

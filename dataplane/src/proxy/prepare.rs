@@ -17,7 +17,7 @@ use super::{
     ConnInfo, Limits, X_PARAPET_TIMEOUT_MS,
     body::{Counted, Prefixed},
     forward::RequestBody,
-    headers::{add_forwarding, strip_hop_by_hop},
+    headers::{Forwarding, strip_hop_by_hop},
     rewrite_prefix,
 };
 use crate::{metrics::Metrics, router::Matched, upstream::BoxError};
@@ -61,18 +61,17 @@ pub(super) fn deadline(headers: &mut HeaderMap, timeout_ms: u64, started: Instan
     started + timeout
 }
 
-/// The request head as it goes upstream.
-pub(super) fn upstream_head(
+/// The request head as it goes upstream, and the forwarding headers each attempt adds
+/// (`forward.rs`: into the head for hyper's client, or as it is encoded by Parapet's own).
+pub(super) fn upstream_head<'a>(
     parts: &mut Parts,
     conn: ConnInfo,
-    authority: Option<&str>,
+    authority: Option<&'a str>,
     forward: &ForwardAction,
     upgrade: bool,
-) {
+) -> Forwarding<'a> {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::EXPECT);
-    let proto = if conn.tls { "https" } else { "http" };
-    add_forwarding(&mut parts.headers, conn.peer.ip(), proto, authority);
     if let Some(h) = forward.rewrite.as_ref().and_then(|r| r.hostname.as_deref())
         && let Ok(v) = HeaderValue::from_str(h)
     {
@@ -84,6 +83,11 @@ pub(super) fn upstream_head(
         parts.headers.insert(header::HOST, h);
     }
     parts.version = http::Version::HTTP_11;
+    Forwarding {
+        client: conn.peer.ip(),
+        proto: if conn.tls { "https" } else { "http" },
+        host: authority,
+    }
 }
 
 /// The body to send. When `replay` (a retry or hedge may need it again), a body declared at

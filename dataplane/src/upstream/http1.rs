@@ -16,6 +16,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     io::{self, Write as _},
+    mem::MaybeUninit,
     net::IpAddr,
     pin::Pin,
     task::{Context, Poll, ready},
@@ -74,6 +75,23 @@ impl Error {
     }
 }
 
+/// Header lines a request gets as it is written (the proxy's forwarding headers), and the
+/// request's own fields they replace.
+pub trait HeadExtras {
+    fn replaces(&self, name: &HeaderName) -> bool;
+    /// Writes whole `name: value\r\n` lines; `headers` are the request's own.
+    fn write(&self, out: &mut Vec<u8>, headers: &HeaderMap);
+}
+
+/// No extra lines.
+impl HeadExtras for () {
+    fn replaces(&self, _: &HeaderName) -> bool {
+        false
+    }
+
+    fn write(&self, _: &mut Vec<u8>, _: &HeaderMap) {}
+}
+
 /// The client of one pool's settings. Cheap to clone; connections live in the per-thread
 /// idle pool, keyed by endpoint.
 #[derive(Clone, Debug)]
@@ -86,7 +104,8 @@ impl Http1Client {
         Self { connect_timeout }
     }
 
-    /// Sends `head` (headers final) with `body` to `authority` and reads the response head.
+    /// Sends `head` with `body` and the `extras` lines to `authority`, and reads the
+    /// response head.
     ///
     /// A reused connection the upstream had closed while it was idle is replaced by a new
     /// one and the request sent again, when `retry_stale` says the request may be sent twice
@@ -97,6 +116,7 @@ impl Http1Client {
         head: &Parts,
         path: &PathAndQuery,
         body: &Bytes,
+        extras: &(dyn HeadExtras + Sync),
         retry_stale: bool,
     ) -> Result<Response<Http1Body>, Error> {
         let head_only = head.method == Method::HEAD;
@@ -109,10 +129,11 @@ impl Http1Client {
             };
             let (mut conn, reused) = match idle {
                 Some(c) => (c, true),
-                None => (self.connect(authority).await?, false),
+                // Boxed: rare, and it would otherwise make every request's future larger.
+                None => (Box::pin(self.connect(authority)).await?, false),
             };
             conn.wbuf.clear();
-            encode(&mut conn.wbuf, head, authority, path, body);
+            encode(&mut conn.wbuf, head, authority, path, body, extras);
             match exchange(conn, head_only).await {
                 Ok(r) => return Ok(r),
                 Err(f) if reused && f.nothing_read && retry_stale => {
@@ -285,6 +306,7 @@ fn encode(
     authority: &Authority,
     path: &PathAndQuery,
     body: &[u8],
+    extras: &(dyn HeadExtras + Sync),
 ) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
@@ -297,7 +319,10 @@ fn encode(
     }
     for (name, value) in &head.headers {
         // The body is in memory: its length is written below, never a coding.
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || extras.replaces(name)
+        {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -305,6 +330,7 @@ fn encode(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    extras.write(out, &head.headers);
     // A length when there is a body, when the client sent one, or when the method usually
     // carries one (servers may answer 411 to a POST without it).
     if !body.is_empty()
@@ -334,32 +360,38 @@ struct Head {
 /// Parses a response head at the start of `buf` and takes it out of the buffer; `None`
 /// until the head is complete. Header values share the buffer's memory (no copy).
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
-    let len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Error::Protocol("the response has more than 100 headers"));
+    // Parsed twice: once to find where the head ends, then again over the frozen head so
+    // the values can be slices of it. Cheaper than zeroing header and index arrays.
+    let len = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Error::Protocol("the response has more than 100 headers"));
+            }
+            Err(_) => return Err(Error::Protocol("the response head is not valid HTTP/1.x")),
         }
-        Err(_) => return Err(Error::Protocol("the response head is not valid HTTP/1.x")),
     };
+    let head = buf.split_to(len).freeze();
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    if !matches!(
+        httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut res, &head, &mut slots),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        return Err(Error::Protocol("the response head is not valid HTTP/1.x"));
+    }
     let code = res.code.unwrap_or(0);
     let version = if res.version == Some(0) {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    // Where each name and value lies in the buffer, so they can be sliced once it is frozen.
-    let base = buf.as_ptr() as usize;
-    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = res.headers.len();
-    for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
-        let n = h.name.as_ptr() as usize - base;
-        let v = h.value.as_ptr() as usize - base;
-        *slot = (n, n + h.name.len(), v, v + h.value.len());
-    }
-    let head = buf.split_to(len).freeze();
     if (100..200).contains(&code) {
         if code == 101 {
             return Err(Error::Protocol(
@@ -371,14 +403,15 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Err
     let status =
         StatusCode::from_u16(code).map_err(|_| Error::Protocol("the status code is invalid"))?;
 
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds on the way back (Via, x-request-id) without a regrow.
+    let mut headers = HeaderMap::with_capacity(res.headers.len() + 2);
     let mut length: Option<u64> = None;
     let (mut coded, mut chunked) = (false, false);
     let (mut close, mut keep_alive) = (false, false);
-    for &(ns, ne, vs, ve) in &at[..count] {
-        let name = HeaderName::from_bytes(&head[ns..ne])
+    for h in res.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| Error::Protocol("a header name is invalid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
             .map_err(|_| Error::Protocol("a header value is invalid"))?;
         if name == header::CONTENT_LENGTH {
             let n = content_length(value.as_bytes())
@@ -684,12 +717,37 @@ fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, Error> {
 
 /// Idle connections of this thread, by endpoint, most recently used last.
 mod idle {
+    use std::hash::BuildHasherDefault;
+
     use super::*;
 
     #[derive(Default)]
     struct Pool {
-        by_endpoint: HashMap<Authority, Vec<Conn>>,
+        by_endpoint: HashMap<Authority, Vec<Conn>, BuildHasherDefault<Fnv>>,
         swept: Option<Instant>,
+    }
+
+    /// FNV-1a. The keys are endpoint addresses from the table in force, not attacker
+    /// input, so a keyed hash buys nothing; SipHash over an `Authority` (which hashes
+    /// byte by byte) cost about 900 instructions per lookup, two lookups per request.
+    struct Fnv(u64);
+
+    impl Default for Fnv {
+        fn default() -> Self {
+            Self(0xcbf2_9ce4_8422_2325)
+        }
+    }
+
+    impl std::hash::Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
     }
 
     impl Pool {

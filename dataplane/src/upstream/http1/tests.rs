@@ -130,6 +130,7 @@ async fn send(
             parts,
             path,
             &Bytes::copy_from_slice(body),
+            &(),
             true,
         )
         .await?;
@@ -378,7 +379,7 @@ async fn refused_connection_is_a_connect_error() {
     let authority: Authority = format!("127.0.0.1:{port}").parse().unwrap();
     let (parts, path) = get("/");
     let Err(err) = client()
-        .send(&authority, &parts, &path, &Bytes::new(), true)
+        .send(&authority, &parts, &path, &Bytes::new(), &(), true)
         .await
     else {
         panic!("a closed port answered");
