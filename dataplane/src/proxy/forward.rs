@@ -189,7 +189,11 @@ pub(super) async fn forward(
     let mut attempts = 1u32;
     let mut last: Option<Tried> = None;
     let hedge_at = ex.hedge_after.map(|d| started + d);
-    let mut out_of_time = pin!(tokio::time::sleep_until(ex.deadline));
+    // A single attempt is bounded by the deadline itself (its timeout never runs past it),
+    // so only requests that may retry or hedge need a timer of their own for it.
+    let mut out_of_time = pin!(OptionFuture::from(
+        (!one_attempt).then(|| tokio::time::sleep_until(ex.deadline))
+    ));
 
     loop {
         let hedge_when = hedge_at.filter(|_| !hedged && main_running && !hedge_running);
@@ -223,7 +227,7 @@ pub(super) async fn forward(
                 }
                 continue;
             }
-            () = &mut out_of_time => {
+            Some(()) = &mut out_of_time, if !one_attempt => {
                 metrics.deadline_exceeded.inc();
                 return Err(Outcome::Timeout);
             }
@@ -398,8 +402,7 @@ async fn attempt(
         endpoint,
         probe,
     } = picked;
-    let start = Instant::now();
-    let until = per_try.map_or(ex.deadline, |d| (start + d).min(ex.deadline));
+    let until = per_try.map_or(ex.deadline, |d| (Instant::now() + d).min(ex.deadline));
     let permit = match cluster.breaker.enter(cluster.limits, until).await {
         Ok(p) => p,
         Err(o) => {
