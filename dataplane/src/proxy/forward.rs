@@ -426,7 +426,9 @@ async fn attempt(
                 &ex.path_and_query,
                 &bytes,
                 &ex.forwarding,
-                ex.repeatable,
+                // Sent again on a new connection only when the method may be repeated
+                // whatever the route says: this is outside its retry policy and budget.
+                super::idempotent(&head.method),
             );
             tokio::time::timeout_at(until, send).await.map(|r| {
                 r.map(|resp| resp.map(UpstreamBody::Http1))

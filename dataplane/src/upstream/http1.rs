@@ -248,9 +248,16 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>
         error,
         nothing_read,
     };
-    if let Err(e) = conn.stream.write_all(&conn.wbuf).await {
-        return Err(failed(e.into(), true));
-    }
+    // An upstream may answer before it has read the whole request (413, 401) and close;
+    // what it sent is still read and passed on, on a connection that is not kept.
+    let write_error = conn.stream.write_all(&conn.wbuf).await.err();
+    let failed_write = |read_error: Error, nothing_read: bool| match &write_error {
+        Some(e) if nothing_read => Failed {
+            error: Error::Io(io::Error::new(e.kind(), e.to_string())),
+            nothing_read,
+        },
+        _ => failed(read_error, nothing_read),
+    };
     let mut read_any = !conn.buf.is_empty();
     let head = loop {
         if !conn.buf.is_empty() {
@@ -272,9 +279,9 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>
             conn.buf.reserve(MIN_READ);
         }
         match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) => return Err(failed(Error::Closed, !read_any)),
+            Ok(0) => return Err(failed_write(Error::Closed, !read_any)),
             Ok(_) => read_any = true,
-            Err(e) => return Err(failed(e.into(), !read_any)),
+            Err(e) => return Err(failed_write(e.into(), !read_any)),
         }
     };
     let Head {
@@ -287,7 +294,7 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>
     let mut body = Http1Body {
         conn: Some(conn),
         framing,
-        reusable,
+        reusable: reusable && write_error.is_none(),
     };
     if body.is_end_stream() {
         body.finish();
@@ -437,6 +444,17 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Err
         }
         headers.append(name, value);
     }
+    if coded {
+        // RFC 9112 §6.1: a coding in HTTP/1.0 is faulty framing.
+        if version == Version::HTTP_10 {
+            return Err(Error::Protocol(
+                "an HTTP/1.0 response with Transfer-Encoding",
+            ));
+        }
+        // §6.3: the coding wins, and an intermediary must not pass the length on (the
+        // client would frame the re-coded body by it).
+        headers.remove(header::CONTENT_LENGTH);
+    }
     // RFC 9112 §6.3, in order.
     let framing =
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -485,12 +503,26 @@ fn content_length(v: &[u8]) -> Option<u64> {
 }
 
 /// The size of a chunk from its size line (extensions after `;` are ignored).
+///
+/// Strict, as hyper's decoder is: hex digits first, then only blanks before an extension,
+/// and no control bytes anywhere (a bare LF inside the line would make another parser end
+/// the line early and read the rest as data).
 fn chunk_size(line: &[u8]) -> Option<u64> {
-    let size = line.split(|b| *b == b';').next()?.trim_ascii();
-    if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
+    if line
+        .iter()
+        .any(|b| (b.is_ascii_control() && *b != b'\t') || *b >= 0x80)
+    {
         return None;
     }
-    u64::from_str_radix(std::str::from_utf8(size).ok()?, 16).ok()
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
 
 /// How the response body ends.
@@ -700,6 +732,14 @@ fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, Error> {
     let mut slots = [httparse::EMPTY_HEADER; 64];
     match httparse::parse_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete((n, fields))) => {
+            // httparse takes a bare LF as a line end; on the wire every line ends in CRLF.
+            if buf[..n]
+                .iter()
+                .enumerate()
+                .any(|(i, b)| *b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+            {
+                return Err(Error::Protocol("a trailer line does not end with CRLF"));
+            }
             let mut map = HeaderMap::new();
             for f in fields {
                 let name = HeaderName::from_bytes(f.name.as_bytes())
@@ -789,6 +829,10 @@ mod idle {
     pub(super) fn put(mut conn: Conn) {
         let now = Instant::now();
         conn.idle_since = now;
+        // A large body's buffer is not kept for every later request.
+        if conn.wbuf.capacity() > 16 * 1024 {
+            conn.wbuf = Vec::new();
+        }
         // A thread that is ending has no pool any more: the connection just closes.
         let _ = IDLE.try_with(|pool| {
             let mut pool = pool.borrow_mut();

@@ -442,6 +442,25 @@ fn lengths_and_chunk_sizes() {
     assert_eq!(chunk_size(b""), None);
     assert_eq!(chunk_size(b"g"), None);
     assert_eq!(chunk_size(b"11111111111111111"), None);
+    assert_eq!(chunk_size(b"5 ;ext"), Some(5), "blanks before an extension");
+    // A bare LF (or any control byte) in the line, leading blanks, junk after the digits.
+    for bad in [
+        &b"5;\nXXXXX"[..],
+        b" 5",
+        b"5\x0c",
+        b"5 x",
+        b"5;\r",
+        b"5;\xff",
+    ] {
+        assert_eq!(chunk_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
+
+#[test]
+fn trailers_need_crlf() {
+    assert!(parse_trailers(b"x-a: 1\r\n\r\n").unwrap().is_some());
+    assert!(parse_trailers(b"x-a: 1\n\r\n").is_err());
+    assert!(parse_trailers(b"\n").is_err());
 }
 
 #[test]
@@ -454,6 +473,15 @@ fn both_length_and_coding_is_read_chunked_and_closed() {
     };
     assert!(matches!(h.framing, Framing::Chunked(Chunk::Size)));
     assert!(!h.reusable);
+    assert!(
+        !h.headers.contains_key(header::CONTENT_LENGTH),
+        "the length is not passed on with a coding"
+    );
+    let mut buf = BytesMut::from(&b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"[..]);
+    assert!(matches!(
+        parse_head(&mut buf, false),
+        Err(Error::Protocol(_))
+    ));
 }
 
 proptest::proptest! {
