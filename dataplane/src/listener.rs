@@ -98,6 +98,8 @@ impl Worker {
         } = self;
         rt.block_on(async move {
             let listener = TcpListener::from_std(socket)?;
+            // Ends with the runtime.
+            tokio::spawn(crate::upstream::http1::sweep_idle());
             let shutdown = async move {
                 // An error means the sender is gone: the process is ending anyway.
                 let _ = stop.wait_for(|s| *s).await;

@@ -755,6 +755,18 @@ fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, Error> {
     }
 }
 
+/// Closes this thread's idle connections that are too old or that their peer closed, every
+/// `SWEEP_EVERY`, for as long as the runtime runs. Each traffic worker runs one, so a worker
+/// without traffic does not keep sockets to endpoints that have left the table.
+pub async fn sweep_idle() {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        idle::sweep_now();
+    }
+}
+
 /// Idle connections of this thread, by endpoint, most recently used last.
 mod idle {
     use std::hash::BuildHasherDefault;
@@ -824,6 +836,14 @@ mod idle {
             }
             None
         })
+    }
+
+    pub(super) fn sweep_now() {
+        let _ = IDLE.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            pool.swept = None;
+            pool.sweep(Instant::now());
+        });
     }
 
     pub(super) fn put(mut conn: Conn) {

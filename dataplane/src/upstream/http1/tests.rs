@@ -330,6 +330,27 @@ async fn an_idle_connection_the_upstream_closed_is_replaced() {
 }
 
 #[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let u = upstream(vec![reply(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+    )])
+    .await;
+    let (parts, path) = get("/idle");
+    send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(idle::count(&u.authority), 1);
+    idle::sweep_now();
+    assert_eq!(idle::count(&u.authority), 1, "young and open: kept");
+    tokio::time::pause();
+    tokio::time::advance(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+    idle::sweep_now();
+    assert_eq!(
+        idle::count(&u.authority),
+        0,
+        "past the idle timeout: closed"
+    );
+}
+
+#[tokio::test]
 async fn invalid_responses_are_errors_not_panics() {
     let cases: [&'static [u8]; 6] = [
         b"HTTP/1.1 200 OK\r\ncontent-length: 12x\r\n\r\n",
