@@ -228,6 +228,23 @@ impl Conn {
         }
     }
 
+    /// Up to `rest` bytes of a body: what the buffer holds, or else what one read brings.
+    /// An end of stream is an error: the body was promised to be longer.
+    fn poll_take(&mut self, cx: &mut Context<'_>, rest: u64) -> Poll<Result<Bytes, Error>> {
+        if self.buf.is_empty() {
+            match ready!(self.poll_fill(cx, rest)) {
+                Ok(0) => return Poll::Ready(Err(Error::Closed)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+        let n = self
+            .buf
+            .len()
+            .min(usize::try_from(rest).unwrap_or(usize::MAX));
+        Poll::Ready(Ok(self.buf.split_to(n).freeze()))
+    }
+
     /// Whether an idle connection can still be used: its peer has neither closed it nor
     /// sent anything unasked. Costs no system call unless the socket became readable.
     fn idle_usable(&self) -> bool {
@@ -595,20 +612,13 @@ impl http_body::Body for Http1Body {
                     return Poll::Ready(None);
                 }
                 Framing::Length(rest) => {
-                    if conn.buf.is_empty() {
-                        match ready!(conn.poll_fill(cx, rest)) {
-                            Ok(0) => return this.fail(Error::Closed),
-                            Ok(_) => {}
-                            Err(e) => return this.fail(e.into()),
-                        }
-                    }
-                    let n = conn
-                        .buf
-                        .len()
-                        .min(usize::try_from(rest).unwrap_or(usize::MAX));
-                    let data = conn.buf.split_to(n).freeze();
-                    this.framing = Framing::Length(rest - n as u64);
-                    if rest == n as u64 {
+                    let data = match ready!(conn.poll_take(cx, rest)) {
+                        Ok(d) => d,
+                        Err(e) => return this.fail(e),
+                    };
+                    let n = data.len() as u64;
+                    this.framing = Framing::Length(rest - n);
+                    if rest == n {
                         // Back to the pool before the last bytes are even sent on.
                         this.finish();
                     }
@@ -652,22 +662,15 @@ impl http_body::Body for Http1Body {
                         });
                     }
                     Chunk::Data(rest) => {
-                        if conn.buf.is_empty() {
-                            match ready!(conn.poll_fill(cx, rest)) {
-                                Ok(0) => return this.fail(Error::Closed),
-                                Ok(_) => {}
-                                Err(e) => return this.fail(e.into()),
-                            }
-                        }
-                        let n = conn
-                            .buf
-                            .len()
-                            .min(usize::try_from(rest).unwrap_or(usize::MAX));
-                        let data = conn.buf.split_to(n).freeze();
-                        this.framing = Framing::Chunked(if rest == n as u64 {
+                        let data = match ready!(conn.poll_take(cx, rest)) {
+                            Ok(d) => d,
+                            Err(e) => return this.fail(e),
+                        };
+                        let n = data.len() as u64;
+                        this.framing = Framing::Chunked(if rest == n {
                             Chunk::DataEnd
                         } else {
-                            Chunk::Data(rest - n as u64)
+                            Chunk::Data(rest - n)
                         });
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
