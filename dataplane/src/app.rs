@@ -149,8 +149,8 @@ pub struct Args {
     /// Client for plain HTTP/1.1 pools: `parapet` (its own, sending from the request's task;
     /// requests with streamed bodies and upgrades still use hyper's) or `hyper` (hyper-util's
     /// pooled client for everything, as TLS and HTTP/2 pools always use).
-    #[arg(long, env = "PARAPET_UPSTREAM_HTTP1", default_value = "parapet", value_parser = ["parapet", "hyper"])]
-    pub upstream_http1: String,
+    #[arg(long, env = "PARAPET_UPSTREAM_HTTP1", value_enum, default_value_t = Http1Choice::Parapet)]
+    pub upstream_http1: Http1Choice,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -178,11 +178,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e))?;
     let store = SnapshotStore::with_options(
         metrics.clone(),
-        ClientPool::new(if args.upstream_http1 == "hyper" {
-            Http1Choice::Hyper
-        } else {
-            Http1Choice::Parapet
-        }),
+        ClientPool::new(args.upstream_http1),
         args.state_dir.clone(),
         BuildOptions {
             zone: args.zone.clone().filter(|z| !z.is_empty()),

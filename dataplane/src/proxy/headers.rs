@@ -97,11 +97,7 @@ impl crate::upstream::http1::HeadExtras for Forwarding<'_> {
             out.extend_from_slice(b": ");
         };
         line(out, b"x-forwarded-for");
-        if let Some(prev) = first_visible(headers, &X_FORWARDED_FOR) {
-            out.extend_from_slice(prev.as_bytes());
-            out.extend_from_slice(b", ");
-        }
-        push_ip(out, self.client);
+        write_xff(out, first_visible(headers, &X_FORWARDED_FOR), self.client);
         out.extend_from_slice(b"\r\n");
         line(out, b"x-forwarded-proto");
         out.extend_from_slice(self.proto.as_bytes());
@@ -135,6 +131,15 @@ fn first_visible<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h st
         .get(name)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
+}
+
+/// An X-Forwarded-For value: the earlier chain, then the client.
+fn write_xff(out: &mut Vec<u8>, prev: Option<&str>, client: IpAddr) {
+    if let Some(prev) = prev {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    push_ip(out, client);
 }
 
 /// A Forwarded value (RFC 7239): the earlier elements, then this hop's.
@@ -179,17 +184,13 @@ pub fn add_forwarding(
     host: Option<&str>,
 ) {
     // Each value is written once, by hand (core::fmt cost more than the rest of this
-    // function), into the buffer the header value then owns.
-    // Five fields at most: one regrow instead of several.
+    // function), into the buffer the header value then owns; five fields at most, so the
+    // map regrows once instead of several times.
     headers.reserve(5);
     // A previous value is kept only if it is visible ASCII (as the chain's syntax needs).
     let prev_xff = first_visible(headers, &X_FORWARDED_FOR);
     let mut xff = Vec::with_capacity(prev_xff.map_or(0, |p| p.len() + 2) + 39);
-    if let Some(prev) = prev_xff {
-        xff.extend_from_slice(prev.as_bytes());
-        xff.extend_from_slice(b", ");
-    }
-    push_ip(&mut xff, client);
+    write_xff(&mut xff, prev_xff, client);
     if let Some(v) = owned_value(xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }

@@ -261,20 +261,9 @@ struct Failed {
 /// Writes the encoded request and reads the response head; the connection moves into the
 /// response's body (or back to the idle pool when there is none).
 async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>, Failed> {
-    let failed = |error: Error, nothing_read: bool| Failed {
-        error,
-        nothing_read,
-    };
     // An upstream may answer before it has read the whole request (413, 401) and close;
     // what it sent is still read and passed on, on a connection that is not kept.
-    let write_error = conn.stream.write_all(&conn.wbuf).await.err();
-    let failed_write = |read_error: Error, nothing_read: bool| match &write_error {
-        Some(e) if nothing_read => Failed {
-            error: Error::Io(io::Error::new(e.kind(), e.to_string())),
-            nothing_read,
-        },
-        _ => failed(read_error, nothing_read),
-    };
+    let mut write_error = conn.stream.write_all(&conn.wbuf).await.err();
     let mut read_any = !conn.buf.is_empty();
     let head = loop {
         if !conn.buf.is_empty() {
@@ -283,23 +272,40 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>
                 // 1xx (100 Continue, 103 Early Hints): the final response follows.
                 Ok(Some(Parsed::Informational)) => continue,
                 Ok(None) => {}
-                Err(e) => return Err(failed(e, false)),
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        nothing_read: false,
+                    });
+                }
             }
         }
         if conn.buf.len() >= MAX_HEAD_BYTES {
-            return Err(failed(
-                Error::Protocol("the response head is larger than 64 KiB"),
-                false,
-            ));
+            return Err(Failed {
+                error: Error::Protocol("the response head is larger than 64 KiB"),
+                nothing_read: false,
+            });
         }
         if conn.buf.capacity() - conn.buf.len() < MIN_READ {
             conn.buf.reserve(MIN_READ);
         }
-        match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) => return Err(failed_write(Error::Closed, !read_any)),
-            Ok(_) => read_any = true,
-            Err(e) => return Err(failed_write(e.into(), !read_any)),
-        }
+        let read_error = match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) => Error::Closed,
+            Ok(_) => {
+                read_any = true;
+                continue;
+            }
+            Err(e) => e.into(),
+        };
+        // Nothing came back: a failed write is the cause to report.
+        let error = match write_error.take() {
+            Some(e) if !read_any => e.into(),
+            _ => read_error,
+        };
+        return Err(Failed {
+            error,
+            nothing_read: !read_any,
+        });
     };
     let Head {
         status,

@@ -75,7 +75,7 @@ impl http_body::Body for UpstreamBody {
 }
 
 /// Which client plain HTTP/1.1 pools use (`--upstream-http1`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Http1Choice {
     /// Parapet's own (`http1`): requests sent from the request's task.
     #[default]
