@@ -151,6 +151,12 @@ pub struct Args {
     /// pooled client for everything, as TLS and HTTP/2 pools always use).
     #[arg(long, env = "PARAPET_UPSTREAM_HTTP1", value_enum, default_value_t = Http1Choice::Parapet)]
     pub upstream_http1: Http1Choice,
+    /// Which codec serves downstream HTTP/1.1 requests without a body: `parapet` (Parapet's
+    /// own, which hands a connection to hyper at its first request with a body, upgrade or
+    /// `Expect`, and for HTTP/1.0 and HTTP/2) or `hyper` (hyper's server for every
+    /// connection).
+    #[arg(long, env = "PARAPET_DOWNSTREAM_HTTP1", value_enum, default_value_t = Http1Choice::Parapet)]
+    pub downstream_http1: Http1Choice,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -323,6 +329,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_headers: args.max_headers,
         header_read_timeout: args.header_read_timeout,
         max_requests_per_connection: args.max_requests_per_connection,
+        http1: args.downstream_http1,
         ..ListenerConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

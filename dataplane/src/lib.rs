@@ -11,6 +11,7 @@ pub mod auth;
 pub mod balancer;
 pub mod breaker;
 pub mod cache;
+pub mod downstream;
 pub mod failover;
 pub mod health;
 pub mod hedge;

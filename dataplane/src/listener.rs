@@ -2,25 +2,20 @@
 //! given) and hands each request to the proxy. Stops accepting on shutdown and lets
 //! in-flight requests finish.
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::service::service_fn;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioExecutor, TokioTimer},
+    server::conn::auto,
 };
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::proxy::{ConnInfo, Proxy};
+use crate::{
+    downstream::{self, Drain},
+    proxy::{ConnInfo, Proxy},
+    upstream::Http1Choice,
+};
 
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
@@ -35,6 +30,8 @@ pub struct ListenerConfig {
     /// HTTP/1.1 connections close after this many requests (0: no limit): the response to
     /// the last one says `connection: close`.
     pub max_requests_per_connection: u32,
+    /// Which codec serves plain HTTP/1.1 requests (`--downstream-http1`).
+    pub http1: Http1Choice,
 }
 
 impl Default for ListenerConfig {
@@ -46,6 +43,7 @@ impl Default for ListenerConfig {
             h2_keepalive: Duration::from_secs(30),
             max_concurrent_streams: 1000,
             max_requests_per_connection: 0,
+            http1: Http1Choice::Parapet,
         }
     }
 }
@@ -119,8 +117,18 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
 ) {
-    let builder = Arc::new(builder(&cfg));
-    let graceful = GracefulShutdown::new();
+    let shared = Arc::new(downstream::Shared::new(
+        proxy,
+        builder(&cfg),
+        cfg.http1,
+        downstream::http1::Settings {
+            max_head_bytes: cfg.max_header_bytes,
+            max_headers: cfg.max_headers,
+            header_read_timeout: cfg.header_read_timeout,
+            max_requests: cfg.max_requests_per_connection,
+        },
+    ));
+    let connections = Drain::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -136,46 +144,20 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let shared = shared.clone();
+        let signal = connections.signal();
         let tls = tls.clone();
+        let handshake_timeout = cfg.header_read_timeout;
         tokio::spawn(async move {
             let info = ConnInfo {
                 peer,
                 tls: tls.is_some(),
             };
-            let served = Arc::new(AtomicU32::new(0));
-            let limit = cfg.max_requests_per_connection;
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let proxy = proxy.clone();
-                let served = served.clone();
-                async move {
-                    let http1 = req.version() <= http::Version::HTTP_11;
-                    // Boxed: the request's future is several KiB, and hyper moves the
-                    // service future more than once before polling it; a pointer is cheaper
-                    // to move (about 2k fewer instructions per request, counted).
-                    let mut resp = Box::pin(proxy.handle(req, info)).await;
-                    let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-                    if http1 && limit > 0 && n >= limit {
-                        resp.headers_mut().insert(
-                            http::header::CONNECTION,
-                            http::HeaderValue::from_static("close"),
-                        );
-                    }
-                    Ok::<_, Infallible>(resp)
-                }
-            });
             match tls {
-                None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::trace!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
+                None => downstream::serve(stream, shared, info, signal).await,
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
-                        cfg.header_read_timeout,
+                        handshake_timeout,
                         acceptor.accept(stream),
                     )
                     .await
@@ -190,10 +172,7 @@ pub async fn serve(
                             return;
                         }
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::trace!(%peer, error = %e, "connection ended with an error");
-                    }
+                    downstream::serve(stream, shared, info, signal).await;
                 }
             }
         });
@@ -204,8 +183,8 @@ pub async fn serve(
         "listener closed; draining open connections"
     );
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        () = connections.drain() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
 }
 

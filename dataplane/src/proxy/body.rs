@@ -160,3 +160,39 @@ where
         self.read.is_empty() && self.rest.is_end_stream()
     }
 }
+
+/// A request body as the listener hands it over: hyper's, or none at all (Parapet's own
+/// HTTP/1.1 codec, `downstream::http1`, serves only requests without a body).
+pub enum DownstreamBody {
+    Hyper(hyper::body::Incoming),
+    Empty,
+}
+
+impl Body for DownstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx),
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
+}

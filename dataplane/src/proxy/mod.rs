@@ -26,11 +26,11 @@ mod respond;
 use std::{net::SocketAddr, sync::Arc};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use parapet_crds::snapshot::RouteAction;
 use tokio::time::Instant;
 
 use self::{
+    body::DownstreamBody,
     forward::Exchange,
     headers::{X_REQUEST_ID, is_upgrade, new_request_id, normalise_host},
     problem::problem,
@@ -111,7 +111,7 @@ pub struct ConnInfo {
 impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<DownstreamBody>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         self.metrics.in_flight.inc();
@@ -149,7 +149,7 @@ impl Proxy {
 
     async fn serve(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<DownstreamBody>,
         conn: ConnInfo,
         extras: &mut Extras,
     ) -> Response<ProxyBody> {

@@ -8,7 +8,7 @@ use http::{
 };
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use parapet_crds::snapshot::{ForwardAction, PathMatch};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -95,7 +95,7 @@ pub(super) fn upstream_head<'a>(
 /// deadline): if it ends within the bound it is kept for replay; if not, what was read is
 /// sent first and the rest streams after it, once. Otherwise the body streams, once.
 pub(super) async fn request_body(
-    body: Incoming,
+    body: super::body::DownstreamBody,
     limits: &Limits,
     metrics: &Metrics,
     replay: bool,

@@ -1,0 +1,119 @@
+//! Serving one downstream connection once it is accepted (and, with a certificate, its TLS
+//! handshake done).
+//!
+//! HTTP/1.1 requests without a body are read and answered by Parapet's own codec
+//! (`http1`), which hands the connection to hyper at the first request it does not serve
+//! (HTTP/2, upgrades, request bodies, HTTP/1.0). From then on hyper serves the connection
+//! to its end, starting with the bytes already read (`Rewind`). `--downstream-http1 hyper`
+//! gives every connection to hyper from the start.
+
+pub mod drain;
+pub mod http1;
+mod rewind;
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use self::drain::{Drain, DrainSignal};
+use self::rewind::Rewind;
+use crate::{
+    proxy::{ConnInfo, Proxy, body::DownstreamBody},
+    upstream::Http1Choice,
+};
+
+/// What every connection of a listener shares.
+pub struct Shared {
+    pub proxy: Arc<Proxy>,
+    pub hyper: auto::Builder<TokioExecutor>,
+    /// `None`: hyper serves every connection.
+    pub http1: Option<http1::Settings>,
+    /// HTTP/1.1 connections close after this many requests (0: no limit).
+    pub max_requests: u32,
+}
+
+impl Shared {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        hyper: auto::Builder<TokioExecutor>,
+        choice: Http1Choice,
+        settings: http1::Settings,
+    ) -> Self {
+        // The codec parses into a fixed array of header slots; more allowed than that is
+        // hyper's to serve.
+        let own = choice == Http1Choice::Parapet && settings.max_headers <= http1::HEADER_SLOTS;
+        Self {
+            proxy,
+            hyper,
+            max_requests: settings.max_requests,
+            http1: own.then_some(settings),
+        }
+    }
+}
+
+/// Serves one connection to its end (or until the drain signal and its in-flight request
+/// are done).
+pub async fn serve<IO>(io: IO, shared: Arc<Shared>, info: ConnInfo, mut drain: DrainSignal)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, served) = match &shared.http1 {
+        Some(settings) => {
+            let proxy = &shared.proxy;
+            // Boxed: the request's future is several KiB; a pointer is cheaper to move.
+            let handle = |req| Box::pin(proxy.clone().handle(req, info));
+            match http1::serve(io, handle, &proxy.metrics, settings, &mut drain).await {
+                http1::Ended::Closed => return,
+                http1::Ended::Handoff { io, read, served } => (Rewind::new(io, read), served),
+            }
+        }
+        None => (Rewind::new(io, bytes::Bytes::new()), 0),
+    };
+    let limit = shared.max_requests;
+    let served = Arc::new(AtomicU32::new(served));
+    let proxy = shared.proxy.clone();
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let proxy = proxy.clone();
+        let served = served.clone();
+        async move {
+            let http1 = req.version() <= http::Version::HTTP_11;
+            // Boxed: the request's future is several KiB, and hyper moves the service
+            // future more than once before polling it; a pointer is cheaper to move (about
+            // 2k fewer instructions per request, counted).
+            let mut resp = Box::pin(proxy.handle(req.map(DownstreamBody::Hyper), info)).await;
+            let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+            if http1 && limit > 0 && n >= limit {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = shared
+        .hyper
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = drain.draining() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::trace!(peer = %info.peer, error = %e, "connection ended with an error");
+    }
+}
