@@ -29,6 +29,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use futures::future::{Fuse, FusedFuture as _, FutureExt as _};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
 };
@@ -36,7 +37,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    time::Instant,
+    time::{Instant, Sleep},
 };
 
 use super::DrainSignal;
@@ -98,10 +99,17 @@ where
         read: BytesMut::with_capacity(READ_CHUNK),
         write: Vec::with_capacity(512),
         names: Vec::new(),
+        timer: None,
     };
+    // One wait for the drain for the whole connection, polled only while it is idle.
+    let mut watch = drain.clone();
+    let mut draining = std::pin::pin!(watch.draining().fuse());
     let mut served = 0u32;
     loop {
-        let head = match conn.read_head(&mut io, settings, drain, served == 0).await {
+        let head = match conn
+            .read_head(&mut io, settings, draining.as_mut(), served == 0)
+            .await
+        {
             Ok(Read::Head(h)) => h,
             Ok(Read::Handoff) => {
                 return Ended::Handoff {
@@ -145,6 +153,9 @@ struct Conn {
     write: Vec<u8>,
     /// Header names and where their values are in the head, from the last parse.
     names: Vec<(HeaderName, Range<usize>)>,
+    /// The header read timeout, armed the first time a head has to be waited for and
+    /// moved on only when it falls behind (see `read_head`).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 enum Read {
@@ -181,11 +192,11 @@ enum Parse {
 }
 
 impl Conn {
-    async fn read_head<IO: AsyncRead + Unpin>(
+    async fn read_head<IO: AsyncRead + Unpin, D: Future<Output = ()>>(
         &mut self,
         io: &mut IO,
         settings: &Settings,
-        drain: &mut DrainSignal,
+        mut draining: Pin<&mut Fuse<D>>,
         first: bool,
     ) -> Result<Read, Refusal> {
         let mut deadline: Option<Instant> = None;
@@ -219,14 +230,25 @@ impl Conn {
                     Poll::Pending => {
                         let at = *deadline
                             .get_or_insert_with(|| Instant::now() + settings.header_read_timeout);
+                        // Resetting a timer for every request costs more than the rest of
+                        // the wait: it is moved on only when it would fire before `at`, and
+                        // then to a little after it, so it fires at most `slack` late.
+                        let slack = (settings.header_read_timeout / 8).min(Duration::from_secs(1));
+                        let timer = self
+                            .timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at + slack)));
+                        if timer.deadline() < at {
+                            timer.as_mut().reset(at + slack);
+                        }
+                        let idle = idle && !draining.is_terminated();
                         tokio::select! {
                             biased;
                             r = read => r,
-                            () = tokio::time::sleep_until(at) => {
+                            () = timer.as_mut() => {
                                 tracing::debug!("no complete request head within the header read timeout; closing");
                                 return Ok(Read::Closed);
                             }
-                            () = drain.draining(), if idle => return Ok(Read::Closed),
+                            () = draining.as_mut(), if idle => return Ok(Read::Closed),
                         }
                     }
                 }

@@ -43,6 +43,11 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// A chunk-size line (with extensions) or trailer section larger than this is refused.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILER_BYTES: usize = 64 * 1024;
+thread_local! {
+    /// Header names and where their values are in the head, from the last parse.
+    static SCRATCH: RefCell<Vec<(HeaderName, std::ops::Range<usize>)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Reads ask for at least this much room, and at most `MAX_READ` when more is expected.
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 64 * 1024;
@@ -390,12 +395,15 @@ struct Head {
 /// Parses a response head at the start of `buf` and takes it out of the buffer; `None`
 /// until the head is complete. Header values share the buffer's memory (no copy).
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Error> {
-    // Parsed twice: once to find where the head ends, then again over the frozen head so
-    // the values can be slices of it. Cheaper than zeroing header and index arrays.
-    let len = {
+    // Parsed once; the names are made and the values' places noted, then the head is taken
+    // off the buffer (frozen) and the values become slices of it.
+    let mut length: Option<u64> = None;
+    let (mut coded, mut chunked) = (false, false);
+    let (mut close, mut keep_alive) = (false, false);
+    let (len, code, version) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default()
+        let len = match httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
         {
             Ok(httparse::Status::Complete(n)) => n,
@@ -404,69 +412,70 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Err
                 return Err(Error::Protocol("the response has more than 100 headers"));
             }
             Err(_) => return Err(Error::Protocol("the response head is not valid HTTP/1.x")),
+        };
+        let code = res.code.unwrap_or(0);
+        let version = if res.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        if (100..200).contains(&code) {
+            if code == 101 {
+                return Err(Error::Protocol(
+                    "101 Switching Protocols to a request that did not ask to upgrade",
+                ));
+            }
+            buf.advance(len);
+            return Ok(Some(Parsed::Informational));
         }
+        let base = buf.as_ptr() as usize;
+        SCRATCH.with_borrow_mut(|names| -> Result<(), Error> {
+            names.clear();
+            for h in res.headers.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| Error::Protocol("a header name is invalid"))?;
+                let value = h.value;
+                if name == header::CONTENT_LENGTH {
+                    let n = content_length(value)
+                        .ok_or(Error::Protocol("the content-length is invalid"))?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(Error::Protocol("the response has two different lengths"));
+                    }
+                    length = Some(n);
+                } else if name == header::TRANSFER_ENCODING {
+                    coded = true;
+                    // Chunked only when it is the last coding applied.
+                    chunked = value
+                        .rsplit(|b| *b == b',')
+                        .next()
+                        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                } else if name == header::CONNECTION {
+                    for t in value.split(|b| *b == b',') {
+                        let t = t.trim_ascii();
+                        close |= t.eq_ignore_ascii_case(b"close");
+                        keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                    }
+                }
+                let start = value.as_ptr() as usize - base;
+                names.push((name, start..start + value.len()));
+            }
+            Ok(())
+        })?;
+        (len, code, version)
     };
-    let head = buf.split_to(len).freeze();
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut []);
-    if !matches!(
-        httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut res, &head, &mut slots),
-        Ok(httparse::Status::Complete(_))
-    ) {
-        return Err(Error::Protocol("the response head is not valid HTTP/1.x"));
-    }
-    let code = res.code.unwrap_or(0);
-    let version = if res.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    if (100..200).contains(&code) {
-        if code == 101 {
-            return Err(Error::Protocol(
-                "101 Switching Protocols to a request that did not ask to upgrade",
-            ));
-        }
-        return Ok(Some(Parsed::Informational));
-    }
     let status =
         StatusCode::from_u16(code).map_err(|_| Error::Protocol("the status code is invalid"))?;
-
+    let head = buf.split_to(len).freeze();
     // Room for what the proxy adds on the way back (Via, x-request-id) without a regrow.
-    let mut headers = HeaderMap::with_capacity(res.headers.len() + 2);
-    let mut length: Option<u64> = None;
-    let (mut coded, mut chunked) = (false, false);
-    let (mut close, mut keep_alive) = (false, false);
-    for h in res.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Error::Protocol("a header name is invalid"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
-            .map_err(|_| Error::Protocol("a header value is invalid"))?;
-        if name == header::CONTENT_LENGTH {
-            let n = content_length(value.as_bytes())
-                .ok_or(Error::Protocol("the content-length is invalid"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Protocol("the response has two different lengths"));
-            }
-            length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            coded = true;
-            // Chunked only when it is the last coding applied.
-            chunked = value
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for t in value.as_bytes().split(|b| *b == b',') {
-                let t = t.trim_ascii();
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
+    let mut headers = SCRATCH.with_borrow_mut(|names| -> Result<HeaderMap, Error> {
+        let mut headers = HeaderMap::with_capacity(names.len() + 2);
+        for (name, at) in names.drain(..) {
+            let value = HeaderValue::from_maybe_shared(head.slice(at))
+                .map_err(|_| Error::Protocol("a header value is invalid"))?;
+            headers.append(name, value);
         }
-        headers.append(name, value);
-    }
+        Ok(headers)
+    })?;
     if coded {
         // RFC 9112 §6.1: a coding in HTTP/1.0 is faulty framing.
         if version == Version::HTTP_10 {
