@@ -1,7 +1,8 @@
-//! Parapet's data plane. Modules follow a request's path: `listener` → `proxy` (`router` →
-//! `auth` → `ratelimit` → `lanes` → `failover` → `balancer` → `breaker` → `upstream`, with `retry` and `hedge`
-//! around the attempts and `outlier` judging their results), with `health`, `admin`,
-//! `snapshot` and `standalone` beside them.
+//! Parapet's data plane. Modules follow a request's path: `listener` → `downstream` (the
+//! connection's codec) → `proxy` (`router` → `auth` → `ratelimit` → `lanes` → `failover` →
+//! `balancer` → `breaker` → `upstream`, with `retry` and `hedge` around the attempts and
+//! `outlier` judging their results), with `health`, `admin`, `snapshot` and `standalone`
+//! beside them.
 
 #![forbid(unsafe_code)]
 

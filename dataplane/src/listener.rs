@@ -48,6 +48,18 @@ impl Default for ListenerConfig {
     }
 }
 
+/// hyper's HTTP/1 server alone, set as `builder`'s HTTP/1 side (for connections the codec
+/// hands over).
+pub fn http1_builder(cfg: &ListenerConfig) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .max_headers(cfg.max_headers)
+        .keep_alive(true);
+    b
+}
+
 pub fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -120,6 +132,7 @@ pub async fn serve(
     let shared = Arc::new(downstream::Shared::new(
         proxy,
         builder(&cfg),
+        http1_builder(&cfg),
         cfg.http1,
         downstream::http1::Settings {
             max_head_bytes: cfg.max_header_bytes,

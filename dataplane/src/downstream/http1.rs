@@ -44,7 +44,7 @@ use super::DrainSignal;
 use crate::{
     metrics::Metrics,
     proxy::{body::DownstreamBody, problem::problem},
-    upstream::ProxyBody,
+    upstream::{ProxyBody, http1::content_length},
 };
 
 /// Header slots on the stack for one parse; a listener that allows more headers is served
@@ -78,7 +78,13 @@ pub enum Ended<IO> {
     Closed,
     /// A request (or protocol) this codec does not serve: hyper serves the connection from
     /// here, starting with `read`.
-    Handoff { io: IO, read: Bytes, served: u32 },
+    /// `http2`: the connection started with the HTTP/2 preface.
+    Handoff {
+        io: IO,
+        read: Bytes,
+        served: u32,
+        http2: bool,
+    },
 }
 
 /// Serves requests on `io` with `handle` until the connection closes or needs hyper.
@@ -111,11 +117,12 @@ where
             .await
         {
             Ok(Read::Head(h)) => h,
-            Ok(Read::Handoff) => {
+            Ok(Read::Handoff { http2 }) => {
                 return Ended::Handoff {
                     io,
                     read: conn.read.freeze(),
                     served,
+                    http2,
                 };
             }
             Ok(Read::Closed) => return Ended::Closed,
@@ -129,7 +136,36 @@ where
             return Ended::Closed;
         };
         served += 1;
-        let resp = handle(req).await;
+        // The client's side is watched while the answer is made: a client that goes away
+        // cancels its request (as hyper's server does), and bytes of a pipelined request
+        // are kept. Costs no system call: the last read drained the socket, so tokio knows
+        // it is not readable until the peer sends.
+        let mut resp = {
+            let mut answer = std::pin::pin!(handle(req));
+            loop {
+                let watch = conn.read.len() < settings.max_head_bytes;
+                tokio::select! {
+                    biased;
+                    resp = answer.as_mut() => break resp,
+                    n = io.read_buf(&mut conn.read), if watch => match n {
+                        Ok(0) | Err(_) => {
+                            tracing::debug!("the client closed the connection before its answer; request cancelled");
+                            return Ended::Closed;
+                        }
+                        Ok(_) => {}
+                    },
+                }
+            }
+        };
+        if resp.status().is_informational() {
+            // A 1xx as the final answer would leave the client waiting for the real one,
+            // and take the next answer for it.
+            resp = problem(
+                StatusCode::BAD_GATEWAY,
+                "the upstream sent an informational status as its final answer",
+                None,
+            );
+        }
         let close = head.close
             || (settings.max_requests > 0 && served >= settings.max_requests)
             || drain.is_draining();
@@ -160,7 +196,7 @@ struct Conn {
 
 enum Read {
     Head(Head),
-    Handoff,
+    Handoff { http2: bool },
     Closed,
 }
 
@@ -204,13 +240,13 @@ impl Conn {
             let n = self.read.len().min(H2_PREFACE.len());
             let preface = first && n > 0 && self.read[..n] == H2_PREFACE[..n];
             if preface && n == H2_PREFACE.len() {
-                return Ok(Read::Handoff);
+                return Ok(Read::Handoff { http2: true });
             }
             // (A start of the preface: not enough to tell yet.)
             if !preface && !self.read.is_empty() {
                 match self.parse(settings)? {
                     Parse::Head(h) => return Ok(Read::Head(h)),
-                    Parse::Other => return Ok(Read::Handoff),
+                    Parse::Other => return Ok(Read::Handoff { http2: false }),
                     Parse::Partial => {}
                 }
             }
@@ -221,7 +257,9 @@ impl Conn {
                 // Reuses the buffer in place once the last request's head is dropped.
                 self.read.reserve(READ_CHUNK);
             }
-            let idle = self.read.is_empty();
+            // Blank lines between requests are allowed (and skipped by the parser): a
+            // connection holding only those is idle.
+            let idle = self.read.iter().all(|b| matches!(b, b'\r' | b'\n'));
             let n = {
                 let mut read = std::pin::pin!(io.read_buf(&mut self.read));
                 // Most reads find bytes waiting: no timer for those.
@@ -425,7 +463,7 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// How a response body is framed on the wire.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Framing {
     /// No body is sent (HEAD, 1xx, 204, 304).
     None,
@@ -439,9 +477,34 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     resp: Response<ProxyBody>,
     req: &Head,
-    mut close: bool,
+    close: bool,
 ) -> io::Result<bool> {
-    let (parts, mut body) = resp.into_parts();
+    let (parts, body) = resp.into_parts();
+    match encode_head(out, &parts, &body, req, close) {
+        Ok((framing, close)) => send_body(io, out, &parts.headers, body, framing, req, close).await,
+        Err(detail) => {
+            // Nothing is written yet: the client gets a 502 instead of a body framed one way
+            // and declared another.
+            tracing::warn!(status = parts.status.as_u16(), detail, "answer not sent");
+            let (parts, body) = problem(StatusCode::BAD_GATEWAY, detail, None).into_parts();
+            let (framing, _) = encode_head(out, &parts, &body, req, true)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            send_body(io, out, &parts.headers, body, framing, req, true).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// The status line and headers into `out`, with exactly one framing header of our own
+/// (a `Content-Length` or `Transfer-Encoding` from the proxy is never copied); the framing
+/// and whether the connection closes after, or why the response cannot be sent as it is.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &ProxyBody,
+    req: &Head,
+    mut close: bool,
+) -> Result<(Framing, bool), &'static str> {
     let status = parts.status;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -449,11 +512,11 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut length: Option<u64> = None;
+    // `Some(None)`: declared, but not one valid length.
+    let mut declared: Option<Option<u64>> = None;
     let mut dated = false;
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {
-            // Framed here.
             continue;
         } else if name == header::CONNECTION {
             // A `close` from the proxy (a body left unread) is honoured; the header is
@@ -464,9 +527,13 @@ async fn write_response<IO: AsyncWrite + Unpin>(
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
             continue;
         } else if name == header::CONTENT_LENGTH {
-            length = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse().ok());
+            let n = content_length(value.as_bytes());
+            declared = Some(match declared {
+                None => n,
+                Some(d) if d == n => d,
+                Some(_) => None,
+            });
+            continue;
         } else if name == header::DATE {
             dated = true;
         }
@@ -475,27 +542,38 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let bodiless = req.method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let framing = if bodiless {
-        if length.is_none()
-            && req.method == Method::HEAD
-            && let Some(n) = body.size_hint().exact().filter(|n| *n > 0)
-        {
-            // The length a GET would get (an upstream's own is passed on as it is).
+    let exact = body.size_hint().exact();
+    let framing = if status.is_informational() || status == StatusCode::NO_CONTENT {
+        Framing::None
+    } else if req.method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+        // The length a GET would get, as declared; or, for the gateway's own answers to a
+        // HEAD, the size of the body it would send.
+        let n = match declared {
+            Some(d) => d,
+            None if req.method == Method::HEAD => exact.filter(|n| *n > 0),
+            None => None,
+        };
+        if let Some(n) = n {
             let _ = write!(out, "content-length: {n}\r\n");
         }
         Framing::None
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else if let Some(n) = body.size_hint().exact() {
-        let _ = write!(out, "content-length: {n}\r\n");
-        Framing::Length(n)
     } else {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        Framing::Chunked
+        match (exact, declared) {
+            (Some(n), Some(Some(d))) if n != d => {
+                return Err("the response's content-length does not match its body");
+            }
+            (None, Some(None)) | (Some(_), Some(None)) => {
+                return Err("the response's content-length is not valid");
+            }
+            (Some(n), _) | (None, Some(Some(n))) => {
+                let _ = write!(out, "content-length: {n}\r\n");
+                Framing::Length(n)
+            }
+            (None, None) => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+        }
     };
     if !dated {
         DATE.with_borrow_mut(|d| out.extend_from_slice(d.now()));
@@ -504,15 +582,27 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    Ok((framing, close))
+}
 
+/// Sends the head in `out` and the body after it; `Ok(true)` when the connection must
+/// close after.
+async fn send_body<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    out: &[u8],
+    headers: &HeaderMap,
+    mut body: ProxyBody,
+    framing: Framing,
+    req: &Head,
+    close: bool,
+) -> io::Result<bool> {
     if framing == Framing::None {
         write_all(io, &mut [IoSlice::new(out)]).await?;
         if body.is_end_stream() {
             // Polled once so it can finish (an upstream connection goes back to its pool).
             let _ = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
         }
-        // A 101 to a request that did not ask to upgrade: nothing more can follow it.
-        return Ok(close || status == StatusCode::SWITCHING_PROTOCOLS);
+        return Ok(close);
     }
     let mut head_sent = false;
     let mut remaining = match framing {
@@ -553,8 +643,8 @@ async fn write_response<IO: AsyncWrite + Unpin>(
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if data.is_empty() => continue,
                 Ok(data) => {
-                    let end = body.is_end_stream();
                     if framing == Framing::Chunked {
+                        let end = body.is_end_stream();
                         let mut size = [0u8; 20];
                         let n = {
                             let mut w = &mut size[..];
@@ -587,22 +677,27 @@ async fn write_response<IO: AsyncWrite + Unpin>(
                         remaining -= len;
                         write_all(io, &mut [IoSlice::new(head), IoSlice::new(&data)]).await?;
                         head_sent = true;
-                        if end && remaining == 0 {
+                        if remaining == 0 {
+                            // All that was declared is sent; the body is not waited on.
                             return Ok(close);
                         }
                     }
                 }
                 Err(frame) => {
-                    // Trailers end the body. Sent only on a chunked answer to a client that
-                    // takes them; dropped otherwise (as hyper does).
+                    // Trailers end the body. Sent only on a chunked answer, to a client that
+                    // takes them, and only the fields the response's `Trailer` announces
+                    // (as hyper does).
                     if framing == Framing::Chunked {
-                        let mut end = b"0\r\n".to_vec();
+                        let mut end = Vec::with_capacity(64);
+                        end.extend_from_slice(b"0\r\n");
                         if let (true, Some(trailers)) = (req.trailers, frame.trailers_ref()) {
                             for (name, value) in trailers {
-                                end.extend_from_slice(name.as_str().as_bytes());
-                                end.extend_from_slice(b": ");
-                                end.extend_from_slice(value.as_bytes());
-                                end.extend_from_slice(b"\r\n");
+                                if announced(headers, name) {
+                                    end.extend_from_slice(name.as_str().as_bytes());
+                                    end.extend_from_slice(b": ");
+                                    end.extend_from_slice(value.as_bytes());
+                                    end.extend_from_slice(b"\r\n");
+                                }
                             }
                         }
                         end.extend_from_slice(b"\r\n");
@@ -623,6 +718,32 @@ async fn write_response<IO: AsyncWrite + Unpin>(
             },
         }
     }
+}
+
+/// Whether a trailer field may be sent: named in the response's `Trailer` header, and not
+/// one that must not be a trailer (RFC 9110 §6.5.1; hyper's list).
+fn announced(headers: &HeaderMap, name: &HeaderName) -> bool {
+    let forbidden = [
+        header::AUTHORIZATION,
+        header::CACHE_CONTROL,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::CONTENT_TYPE,
+        header::HOST,
+        header::MAX_FORWARDS,
+        header::SET_COOKIE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::TE,
+    ];
+    !forbidden.contains(name)
+        && headers.get_all(header::TRAILER).iter().any(|v| {
+            v.as_bytes().split(|b| *b == b',').any(|t| {
+                t.trim_ascii()
+                    .eq_ignore_ascii_case(name.as_str().as_bytes())
+            })
+        })
 }
 
 /// Writes every slice, with as few system calls as the socket allows, then flushes (a TLS

@@ -36,7 +36,11 @@ use crate::{
 /// What every connection of a listener shares.
 pub struct Shared {
     pub proxy: Arc<Proxy>,
+    /// For connections hyper serves from the start, or that begin with the HTTP/2 preface.
     pub hyper: auto::Builder<TokioExecutor>,
+    /// For HTTP/1 connections the codec hands over: no protocol sniffing, which could
+    /// otherwise be cut short by a drain and lose the request already read.
+    pub hyper_http1: hyper::server::conn::http1::Builder,
     /// `None`: hyper serves every connection.
     pub http1: Option<http1::Settings>,
     /// HTTP/1.1 connections close after this many requests (0: no limit).
@@ -47,6 +51,7 @@ impl Shared {
     pub fn new(
         proxy: Arc<Proxy>,
         hyper: auto::Builder<TokioExecutor>,
+        hyper_http1: hyper::server::conn::http1::Builder,
         choice: Http1Choice,
         settings: http1::Settings,
     ) -> Self {
@@ -56,6 +61,7 @@ impl Shared {
         Self {
             proxy,
             hyper,
+            hyper_http1,
             max_requests: settings.max_requests,
             http1: own.then_some(settings),
         }
@@ -68,17 +74,22 @@ pub async fn serve<IO>(io: IO, shared: Arc<Shared>, info: ConnInfo, mut drain: D
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, served) = match &shared.http1 {
+    let (io, served, http1) = match &shared.http1 {
         Some(settings) => {
             let proxy = &shared.proxy;
             // Boxed: the request's future is several KiB; a pointer is cheaper to move.
             let handle = |req| Box::pin(proxy.clone().handle(req, info));
             match http1::serve(io, handle, &proxy.metrics, settings, &mut drain).await {
                 http1::Ended::Closed => return,
-                http1::Ended::Handoff { io, read, served } => (Rewind::new(io, read), served),
+                http1::Ended::Handoff {
+                    io,
+                    read,
+                    served,
+                    http2,
+                } => (Rewind::new(io, read), served, !http2),
             }
         }
-        None => (Rewind::new(io, bytes::Bytes::new()), 0),
+        None => (Rewind::new(io, bytes::Bytes::new()), 0, false),
     };
     let limit = shared.max_requests;
     let served = Arc::new(AtomicU32::new(served));
@@ -102,15 +113,34 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
-    let conn = shared
-        .hyper
-        .serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let ended = tokio::select! {
-        ended = conn.as_mut() => ended,
-        () = drain.draining() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // `biased`, the connection first: a request already read is served before a drain
+    // that started meanwhile closes the connection.
+    let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> = if http1 {
+        let conn = shared
+            .hyper_http1
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            biased;
+            ended = conn.as_mut() => ended.map_err(Into::into),
+            () = drain.draining() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await.map_err(Into::into)
+            }
+        }
+    } else {
+        let conn = shared
+            .hyper
+            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            biased;
+            ended = conn.as_mut() => ended,
+            () = drain.draining() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
         }
     };
     if let Err(e) = ended {

@@ -518,7 +518,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Err
 }
 
 /// A Content-Length value: digits, or a list of the same digits repeated.
-fn content_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
     let mut found: Option<u64> = None;
     for part in v.split(|b| *b == b',') {
         let part = part.trim_ascii();

@@ -191,13 +191,21 @@ async fn a_body_of_unknown_length_is_chunked_with_trailers_only_when_asked() {
     fn streamed() -> Response<ProxyBody> {
         let mut trailers = HeaderMap::new();
         trailers.insert("x-sum", HeaderValue::from_static("abc"));
+        // Not announced, and not allowed as a trailer anyway: never sent.
+        trailers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        trailers.insert("x-unannounced", HeaderValue::from_static("1"));
         let frames: Vec<Result<http_body::Frame<Bytes>, crate::upstream::BoxError>> = vec![
             Ok(http_body::Frame::data(Bytes::from_static(b"hello "))),
             Ok(http_body::Frame::data(Bytes::new())),
             Ok(http_body::Frame::data(Bytes::from_static(b"world"))),
             Ok(http_body::Frame::trailers(trailers)),
         ];
-        Response::new(StreamBody::new(futures::stream::iter(frames)).boxed())
+        let mut r = Response::new(StreamBody::new(futures::stream::iter(frames)).boxed());
+        r.headers_mut().insert(
+            header::TRAILER,
+            HeaderValue::from_static("x-sum, content-length"),
+        );
+        r
     }
     let mut s = server(settings(), |_| streamed());
     s.client
@@ -226,21 +234,141 @@ async fn a_body_of_unknown_length_is_chunked_with_trailers_only_when_asked() {
     );
 }
 
+/// A body that streams (no exact size) `data`, then ends.
+fn stream_of(data: &'static [u8]) -> ProxyBody {
+    let frames: Vec<Result<http_body::Frame<Bytes>, crate::upstream::BoxError>> =
+        vec![Ok(http_body::Frame::data(Bytes::from_static(data)))];
+    StreamBody::new(futures::stream::iter(frames)).boxed()
+}
+
 #[tokio::test]
 async fn a_body_shorter_than_its_length_closes_the_connection() {
     let mut s = server(settings(), |_| {
-        let mut r = text("abc");
+        let mut r = Response::new(stream_of(b"abc"));
         r.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        r
+    });
+    s.client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\nGET /next HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_to_close(&mut s.client).await;
+    assert!(out.contains("content-length: 10\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nabc"), "{out}");
+    assert!(s.ended.await.unwrap().is_none());
+    assert_eq!(s.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn one_content_length_is_sent_and_a_length_that_contradicts_the_body_gets_502() {
+    let mut s = server(settings(), |req| {
+        let mut r = match req.uri().path() {
+            "/list" => Response::new(stream_of(b"hello")),
+            _ => text("hello"),
+        };
+        let declared = match req.uri().path() {
+            "/list" => "5, 5",
+            "/plus" => "+5",
+            _ => "7",
+        };
+        r.headers_mut()
+            .append(header::CONTENT_LENGTH, HeaderValue::from_static(declared));
+        r.headers_mut().append(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        r
+    });
+    s.client
+        .write_all(b"GET /list HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut s.client, |o| o.ends_with("hello")).await;
+    assert_eq!(out.matches("content-length").count(), 1, "{out}");
+    assert!(out.contains("content-length: 5\r\n"), "{out}");
+    assert!(!out.contains("transfer-encoding"), "{out}");
+
+    for path in ["/plus", "/wrong"] {
+        let mut s = server(settings(), |req| {
+            let mut r = text("hello");
+            let declared = if req.uri().path() == "/plus" {
+                "+5"
+            } else {
+                "7"
+            };
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static(declared));
+            r
+        });
+        s.client
+            .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let out = read_to_close(&mut s.client).await;
+        assert!(
+            out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+            "{path}: {out}"
+        );
+        assert!(out.contains("content-length"), "{out}");
+        assert!(!out.contains("hello"), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn an_informational_final_answer_becomes_a_502() {
+    let mut s = server(settings(), |_| {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::from_u16(103).unwrap();
         r
     });
     s.client
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let out = read_to_close(&mut s.client).await;
-    assert!(out.ends_with("\r\n\r\nabc"), "{out}");
-    assert!(s.ended.await.unwrap().is_none());
+    let out = read_until(&mut s.client, |o| o.ends_with('}')).await;
+    assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_its_request() {
+    let (client, conn) = tokio::io::duplex(1 << 16);
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new());
+    let drain = Drain::default();
+    let mut signal = drain.signal();
+    let d = dropped.clone();
+    let task = tokio::spawn(async move {
+        struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let handle = |_req: Request<DownstreamBody>| {
+            let guard = OnDrop(d.clone());
+            async move {
+                // Never answers on its own.
+                std::future::pending::<()>().await;
+                drop(guard);
+                text("never")
+            }
+        };
+        serve(conn, handle, &metrics, &settings(), &mut signal).await
+    });
+    let mut client = client;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::task::yield_now().await;
+    drop(client);
+    let ended = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the request was not cancelled")
+        .unwrap();
+    assert!(matches!(ended, Ended::Closed));
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
 }
 
 #[tokio::test]
@@ -460,6 +588,8 @@ async fn draining_closes_idle_connections_and_says_close_on_the_last_answer() {
         .await
     });
     let mut client = client;
+    // Blank lines between requests are allowed: a connection holding only those is idle.
+    client.write_all(b"\r\n").await.unwrap();
     tokio::task::yield_now().await;
     tokio::time::timeout(Duration::from_secs(5), drain.drain())
         .await
