@@ -77,8 +77,11 @@ where
     let (io, served, http1) = match &shared.http1 {
         Some(settings) => {
             let proxy = &shared.proxy;
-            // Boxed: the request's future is several KiB; a pointer is cheaper to move.
-            let handle = |req| Box::pin(proxy.clone().handle(req, info));
+            // Not boxed: the codec polls the request's future where it is, in the
+            // connection's own future (about 1.3k fewer instructions per request than a box
+            // per request, for about 3.4 KB more per idle connection, measured: 19.5 against
+            // 16.1 KB; hyper's server, 24.2 KB).
+            let handle = |req| proxy.clone().handle(req, info);
             match http1::serve(io, handle, &proxy.metrics, settings, &mut drain).await {
                 http1::Ended::Closed => return,
                 http1::Ended::Handoff {
