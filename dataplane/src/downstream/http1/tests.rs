@@ -80,6 +80,22 @@ where
     }
 }
 
+/// Serves the codec with `handle` (an answer made asynchronously) on one end of a pipe,
+/// watching `drain`: the client's end, and how the codec's part ended.
+fn spawn_serve<H, F>(handle: H, drain: &Drain) -> (DuplexStream, JoinHandle<Ended<DuplexStream>>)
+where
+    H: Fn(Request<DownstreamBody>) -> F + Send + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let (client, conn) = tokio::io::duplex(1 << 16);
+    let mut signal = drain.signal();
+    let task = tokio::spawn(async move {
+        let metrics = Metrics::new();
+        serve(conn, handle, &metrics, &settings(), &mut signal).await
+    });
+    (client, task)
+}
+
 fn text(body: &'static str) -> Response<ProxyBody> {
     Response::new(full(body))
 }
@@ -332,20 +348,17 @@ async fn an_informational_final_answer_becomes_a_502() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_cancels_its_request() {
-    let (client, conn) = tokio::io::duplex(1 << 16);
-    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::new());
-    let drain = Drain::default();
-    let mut signal = drain.signal();
-    let d = dropped.clone();
-    let task = tokio::spawn(async move {
-        struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
-        impl Drop for OnDrop {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
+    struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        let handle = |_req: Request<DownstreamBody>| {
+    }
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = dropped.clone();
+    let drain = Drain::default();
+    let (client, task) = spawn_serve(
+        move |_req| {
             let guard = OnDrop(d.clone());
             async move {
                 // Never answers on its own.
@@ -353,9 +366,9 @@ async fn a_client_that_goes_away_cancels_its_request() {
                 drop(guard);
                 text("never")
             }
-        };
-        serve(conn, handle, &metrics, &settings(), &mut signal).await
-    });
+        },
+        &drain,
+    );
     let mut client = client;
     client
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -536,22 +549,18 @@ async fn an_idle_keep_alive_connection_closes_after_the_header_read_timeout() {
 #[tokio::test]
 async fn draining_closes_idle_connections_and_says_close_on_the_last_answer() {
     let drain = Drain::default();
-    let signal = drain.signal();
     let gate = Arc::new(tokio::sync::Notify::new());
-    let (client, conn) = tokio::io::duplex(1 << 16);
-    let metrics = Arc::new(Metrics::new());
     let g = gate.clone();
-    let task = tokio::spawn(async move {
-        let mut signal = signal;
-        let handle = |_req: Request<DownstreamBody>| {
+    let (client, task) = spawn_serve(
+        move |_req| {
             let g = g.clone();
             async move {
                 g.notified().await;
                 text("done")
             }
-        };
-        serve(conn, handle, &metrics, &settings(), &mut signal).await
-    });
+        },
+        &drain,
+    );
     let mut client = client;
     client
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -573,20 +582,7 @@ async fn draining_closes_idle_connections_and_says_close_on_the_last_answer() {
 
     // An idle connection closes as soon as the drain starts.
     let drain = Drain::default();
-    let idle_signal = drain.signal();
-    let (client, conn) = tokio::io::duplex(1 << 16);
-    let metrics = Arc::new(Metrics::new());
-    let idle = tokio::spawn(async move {
-        let mut signal = idle_signal;
-        serve(
-            conn,
-            |_| async { text("ok") },
-            &metrics,
-            &settings(),
-            &mut signal,
-        )
-        .await
-    });
+    let (client, idle) = spawn_serve(|_| async { text("ok") }, &drain);
     let mut client = client;
     // Blank lines between requests are allowed: a connection holding only those is idle.
     client.write_all(b"\r\n").await.unwrap();
