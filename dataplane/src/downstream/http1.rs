@@ -609,7 +609,8 @@ async fn send_body<IO: AsyncWrite + Unpin>(
         Framing::Length(n) => n,
         _ => u64::MAX,
     };
-    loop {
+    // The body's end: `None`, or its trailers.
+    let trailers = loop {
         let frame = if head_sent {
             body.frame().await
         } else {
@@ -623,101 +624,81 @@ async fn send_body<IO: AsyncWrite + Unpin>(
                 }
             }
         };
-        let head: &[u8] = if head_sent { &[] } else { out };
-        match frame {
-            None => {
-                if framing == Framing::Chunked {
-                    write_all(io, &mut [IoSlice::new(head), IoSlice::new(b"0\r\n\r\n")]).await?;
-                } else if !head_sent {
-                    write_all(io, &mut [IoSlice::new(head)]).await?;
-                }
-                if remaining != 0 && framing != Framing::Chunked {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the response body ended before its content-length",
-                    ));
-                }
-                return Ok(close);
-            }
+        let data = match frame {
+            None => break None,
             Some(Err(e)) => return Err(io::Error::other(e)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if data.is_empty() => continue,
-                Ok(data) => {
-                    if framing == Framing::Chunked {
-                        let end = body.is_end_stream();
-                        let mut size = [0u8; 20];
-                        let n = {
-                            let mut w = &mut size[..];
-                            let _ = write!(w, "{:x}\r\n", data.len());
-                            20 - w.len()
-                        };
-                        let tail: &[u8] = if end { b"\r\n0\r\n\r\n" } else { b"\r\n" };
-                        write_all(
-                            io,
-                            &mut [
-                                IoSlice::new(head),
-                                IoSlice::new(&size[..n]),
-                                IoSlice::new(&data),
-                                IoSlice::new(tail),
-                            ],
-                        )
-                        .await?;
-                        head_sent = true;
-                        if end {
-                            return Ok(close);
-                        }
-                    } else {
-                        let len = data.len() as u64;
-                        if len > remaining {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                "the response body is longer than its content-length",
-                            ));
-                        }
-                        remaining -= len;
-                        write_all(io, &mut [IoSlice::new(head), IoSlice::new(&data)]).await?;
-                        head_sent = true;
-                        if remaining == 0 {
-                            // All that was declared is sent; the body is not waited on.
-                            return Ok(close);
-                        }
-                    }
-                }
-                Err(frame) => {
-                    // Trailers end the body. Sent only on a chunked answer, to a client that
-                    // takes them, and only the fields the response's `Trailer` announces
-                    // (as hyper does).
-                    if framing == Framing::Chunked {
-                        let mut end = Vec::with_capacity(64);
-                        end.extend_from_slice(b"0\r\n");
-                        if let (true, Some(trailers)) = (req.trailers, frame.trailers_ref()) {
-                            for (name, value) in trailers {
-                                if announced(headers, name) {
-                                    end.extend_from_slice(name.as_str().as_bytes());
-                                    end.extend_from_slice(b": ");
-                                    end.extend_from_slice(value.as_bytes());
-                                    end.extend_from_slice(b"\r\n");
-                                }
-                            }
-                        }
-                        end.extend_from_slice(b"\r\n");
-                        write_all(io, &mut [IoSlice::new(head), IoSlice::new(&end)]).await?;
-                        return Ok(close);
-                    }
-                    if !head_sent {
-                        write_all(io, &mut [IoSlice::new(head)]).await?;
-                    }
-                    if remaining != 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the response body ended before its content-length",
-                        ));
-                    }
-                    return Ok(close);
-                }
+                Ok(data) => data,
+                Err(frame) => break frame.into_trailers().ok(),
             },
+        };
+        let head: &[u8] = if head_sent { &[] } else { out };
+        head_sent = true;
+        if framing == Framing::Chunked {
+            let end = body.is_end_stream();
+            let mut size = [0u8; 20];
+            let n = {
+                let mut w = &mut size[..];
+                let _ = write!(w, "{:x}\r\n", data.len());
+                20 - w.len()
+            };
+            let tail: &[u8] = if end { b"\r\n0\r\n\r\n" } else { b"\r\n" };
+            let mut parts = [
+                IoSlice::new(head),
+                IoSlice::new(&size[..n]),
+                IoSlice::new(&data),
+                IoSlice::new(tail),
+            ];
+            write_all(io, &mut parts).await?;
+            if end {
+                return Ok(close);
+            }
+        } else {
+            let len = data.len() as u64;
+            if len > remaining {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the response body is longer than its content-length",
+                ));
+            }
+            remaining -= len;
+            write_all(io, &mut [IoSlice::new(head), IoSlice::new(&data)]).await?;
+            if remaining == 0 {
+                // All that was declared is sent; the body is not waited on.
+                return Ok(close);
+            }
+        }
+    };
+    let head: &[u8] = if head_sent { &[] } else { out };
+    if framing != Framing::Chunked {
+        // Trailers cannot follow a length-framed body (as hyper, they are dropped).
+        write_all(io, &mut [IoSlice::new(head)]).await?;
+        if remaining != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the response body ended before its content-length",
+            ));
+        }
+        return Ok(close);
+    }
+    // The last chunk, with the trailers a client that takes them gets: only the fields the
+    // response's `Trailer` announces (as hyper does).
+    let mut end = Vec::with_capacity(64);
+    end.extend_from_slice(b"0\r\n");
+    if req.trailers {
+        for (name, value) in trailers.iter().flatten() {
+            if announced(headers, name) {
+                end.extend_from_slice(name.as_str().as_bytes());
+                end.extend_from_slice(b": ");
+                end.extend_from_slice(value.as_bytes());
+                end.extend_from_slice(b"\r\n");
+            }
         }
     }
+    end.extend_from_slice(b"\r\n");
+    write_all(io, &mut [IoSlice::new(head), IoSlice::new(&end)]).await?;
+    Ok(close)
 }
 
 /// Whether a trailer field may be sent: named in the response's `Trailer` header, and not

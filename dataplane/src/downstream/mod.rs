@@ -41,10 +41,9 @@ pub struct Shared {
     /// For HTTP/1 connections the codec hands over: no protocol sniffing, which could
     /// otherwise be cut short by a drain and lose the request already read.
     pub hyper_http1: hyper::server::conn::http1::Builder,
-    /// `None`: hyper serves every connection.
-    pub http1: Option<http1::Settings>,
-    /// HTTP/1.1 connections close after this many requests (0: no limit).
-    pub max_requests: u32,
+    pub settings: http1::Settings,
+    /// Whether the codec serves HTTP/1.1 (else hyper serves every connection).
+    pub own_http1: bool,
 }
 
 impl Shared {
@@ -57,13 +56,14 @@ impl Shared {
     ) -> Self {
         // The codec parses into a fixed array of header slots; more allowed than that is
         // hyper's to serve.
-        let own = choice == Http1Choice::Parapet && settings.max_headers <= http1::HEADER_SLOTS;
+        let own_http1 =
+            choice == Http1Choice::Parapet && settings.max_headers <= http1::HEADER_SLOTS;
         Self {
             proxy,
             hyper,
             hyper_http1,
-            max_requests: settings.max_requests,
-            http1: own.then_some(settings),
+            settings,
+            own_http1,
         }
     }
 }
@@ -74,27 +74,26 @@ pub async fn serve<IO>(io: IO, shared: Arc<Shared>, info: ConnInfo, mut drain: D
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, served, http1) = match &shared.http1 {
-        Some(settings) => {
-            let proxy = &shared.proxy;
-            // Not boxed: the codec polls the request's future where it is, in the
-            // connection's own future (about 1.3k fewer instructions per request than a box
-            // per request, for about 3.4 KB more per idle connection, measured: 19.5 against
-            // 16.1 KB; hyper's server, 24.2 KB).
-            let handle = |req| proxy.clone().handle(req, info);
-            match http1::serve(io, handle, &proxy.metrics, settings, &mut drain).await {
-                http1::Ended::Closed => return,
-                http1::Ended::Handoff {
-                    io,
-                    read,
-                    served,
-                    http2,
-                } => (Rewind::new(io, read), served, !http2),
-            }
+    let (io, served, http1) = if shared.own_http1 {
+        let proxy = &shared.proxy;
+        // Not boxed: the codec polls the request's future where it is, in the
+        // connection's own future (about 1.3k fewer instructions per request than a box
+        // per request, for about 3.4 KB more per idle connection, measured: 19.5 against
+        // 16.1 KB; hyper's server, 24.2 KB).
+        let handle = |req| proxy.clone().handle(req, info);
+        match http1::serve(io, handle, &proxy.metrics, &shared.settings, &mut drain).await {
+            http1::Ended::Closed => return,
+            http1::Ended::Handoff {
+                io,
+                read,
+                served,
+                http2,
+            } => (Rewind::new(io, read), served, !http2),
         }
-        None => (Rewind::new(io, bytes::Bytes::new()), 0, false),
+    } else {
+        (Rewind::new(io, bytes::Bytes::new()), 0, false)
     };
-    let limit = shared.max_requests;
+    let limit = shared.settings.max_requests;
     let served = Arc::new(AtomicU32::new(served));
     let proxy = shared.proxy.clone();
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -117,34 +116,35 @@ where
         }
     });
     // `biased`, the connection first: a request already read is served before a drain
-    // that started meanwhile closes the connection.
+    // that started meanwhile closes the connection. (A macro: hyper's two connection types
+    // share no trait with `graceful_shutdown`.)
+    macro_rules! until_drained {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                biased;
+                ended = conn.as_mut() => ended.map_err(Into::into),
+                () = drain.draining() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await.map_err(Into::into)
+                }
+            }
+        }};
+    }
     let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> = if http1 {
-        let conn = shared
-            .hyper_http1
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            biased;
-            ended = conn.as_mut() => ended.map_err(Into::into),
-            () = drain.draining() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await.map_err(Into::into)
-            }
-        }
+        until_drained!(
+            shared
+                .hyper_http1
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades()
+        )
     } else {
-        let conn = shared
-            .hyper
-            .serve_connection_with_upgrades(TokioIo::new(io), svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            biased;
-            ended = conn.as_mut() => ended,
-            () = drain.draining() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        until_drained!(
+            shared
+                .hyper
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        )
     };
     if let Err(e) = ended {
         tracing::trace!(peer = %info.peer, error = %e, "connection ended with an error");
