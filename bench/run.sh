@@ -10,8 +10,11 @@
 #   BENCH_WARMUP=3s        length of the warm-up run per proxy and body size (not reported)
 #   BENCH_CONNECTIONS=32   wrk connections (-c)
 #   BENCH_THREADS=1        wrk threads (-t)
-#   BENCH_PORT_BASE=18400  ports BASE+1..BASE+4 backends, +10/+11 Parapet, +20 nginx, +30 HAProxy
-#   BENCH_PROXIES="parapet nginx haproxy"
+#   BENCH_PORT_BASE=18400  ports BASE+1..BASE+4 backends, +10/+11 Parapet, +20 nginx, +30 HAProxy,
+#                          +40 HAProxy in TCP mode
+#   BENCH_PROXIES="parapet nginx haproxy haproxy-tcp"
+#                          haproxy-tcp is the ceiling, not a contender: HAProxy relaying bytes
+#                          in TCP mode, with no HTTP work (see bench/haproxy-tcp.cfg.tmpl)
 #   BENCH_OUT=bench/results/latest.md
 #   BENCH_SKIP_BUILD=1     use the release binaries already built
 #   BENCH_KEEP=1           keep the run directory (configs, logs, raw wrk output)
@@ -30,7 +33,7 @@ WARMUP=${BENCH_WARMUP:-3s}
 CONNS=${BENCH_CONNECTIONS:-32}
 WRK_THREADS=${BENCH_THREADS:-1}
 BASE=${BENCH_PORT_BASE:-18400}
-read -r -a PROXIES <<<"${BENCH_PROXIES:-parapet nginx haproxy}"
+read -r -a PROXIES <<<"${BENCH_PROXIES:-parapet nginx haproxy haproxy-tcp}"
 OUT=${BENCH_OUT:-bench/results/latest.md}
 NOISY_PCT=${BENCH_NOISY_PCT:-20}
 NOISY_RETRIES=${BENCH_NOISY_RETRIES:-6}
@@ -41,7 +44,8 @@ BIN="$TARGET_DIR/release"
 BODIES=(1k 64k)
 declare -A BODY_BYTES=([1k]=1024 [64k]=65536)
 declare -A BACKEND_PORTS=([1k]="$((BASE + 1)) $((BASE + 2))" [64k]="$((BASE + 3)) $((BASE + 4))")
-declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30)))
+declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30))
+  [haproxy-tcp]=$((BASE + 40)))
 PARAPET_ADMIN=$((BASE + 11))
 
 source bench/lib.sh
@@ -53,7 +57,7 @@ for v in NOISY_PCT NOISY_RETRIES QUIET_WAIT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number (got '${!v}')"
 done
 for p in "${PROXIES[@]}"; do
-  [[ -n ${PROXY_PORT[$p]:-} ]] || die "unknown proxy '$p' in BENCH_PROXIES (parapet, nginx, haproxy)"
+  [[ -n ${PROXY_PORT[$p]:-} ]] || die "unknown proxy '$p' in BENCH_PROXIES (parapet, nginx, haproxy, haproxy-tcp)"
 done
 
 # ---------------------------------------------------------------- processes and cleanup
@@ -149,6 +153,12 @@ for proxy in "${PROXIES[@]}"; do
     "$haproxy_bin" -c -q -f "$RUN/haproxy.cfg" 2>"$RUN/haproxy-c.err" ||
       die "haproxy -c failed: $(cat "$RUN/haproxy-c.err")"
     start haproxy "$haproxy_bin" -db -f "$RUN/haproxy.cfg"
+    ;;
+  haproxy-tcp)
+    render bench/haproxy-tcp.cfg.tmpl "$RUN/haproxy-tcp.cfg" "$port"
+    "$haproxy_bin" -c -q -f "$RUN/haproxy-tcp.cfg" 2>"$RUN/haproxy-tcp-c.err" ||
+      die "haproxy -c failed: $(cat "$RUN/haproxy-tcp-c.err")"
+    start haproxy-tcp "$haproxy_bin" -db -f "$RUN/haproxy-tcp.cfg"
     ;;
   esac
 done
@@ -337,6 +347,13 @@ report() { # markdown tables, printed and saved
         }
       }' "$SUMMARY"
   done
+  if [[ " ${PROXIES[*]} " == *" haproxy-tcp "* ]]; then
+    echo
+    echo "haproxy-tcp is not a contender but the ceiling: HAProxy in TCP mode relaying bytes between"
+    echo "each client connection and a backend connection of its own, with no HTTP work (nothing"
+    echo "parsed, no header added). No HTTP proxy can go faster than it with these backends and wrk"
+    echo "on this machine."
+  fi
   echo
   echo "## Memory (RSS)"
   echo
@@ -360,6 +377,8 @@ report() { # markdown tables, printed and saved
           r = rps["parapet"] / rps["nginx"]; q = p99["parapet"] / p99["nginx"]
           printf "| /%s: req/s ≥ 1.2× nginx | %.2f× — %s |\n", body, r, (r >= 1.2 ? "met" : "**not met**")
           printf "| /%s: p99 ≤ nginx | %.2f ms vs %.2f ms — %s |\n", body, p99["parapet"], p99["nginx"], (q <= 1 ? "met" : "**not met**")
+          if ("haproxy-tcp" in rps)
+            printf "| /%s: ceiling (haproxy-tcp, no HTTP work) | %.2f× nginx |\n", body, rps["haproxy-tcp"] / rps["nginx"]
         }' "$SUMMARY"
     done
     idle=${RSS_AFTER[parapet]}

@@ -97,10 +97,15 @@ impl EndpointStats {
 
     /// Counts a request in flight until the returned guard is finished or dropped.
     pub fn start(self: &Arc<Self>) -> RequestGuard {
+        self.start_at(Instant::now())
+    }
+
+    /// [`start`](Self::start) with the clock already read (one read less per request).
+    pub fn start_at(self: &Arc<Self>, now: Instant) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard {
             stats: Arc::clone(self),
-            started: Instant::now(),
+            started: now,
             record: true,
         }
     }
@@ -225,6 +230,13 @@ pub struct RequestGuard {
 impl RequestGuard {
     /// Ends the request and records how long it took.
     pub fn finish(self) {}
+
+    /// Ends the request at `now` (the clock already read) and records how long it took.
+    pub fn finish_at(mut self, now: Instant) {
+        self.record = false;
+        self.stats
+            .observe_at(now.saturating_duration_since(self.started), now);
+    }
 
     /// Ends the request without a latency sample: for failures that say nothing about the
     /// endpoint's speed (a fast connection refusal must not make it look fast).

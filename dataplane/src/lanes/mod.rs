@@ -174,6 +174,15 @@ impl Lanes {
 
     /// Admits one request of `route`, or says why not.
     pub fn admit(self: &Arc<Self>, route: &Arc<RouteLane>) -> Result<LaneGuard, Rejected> {
+        self.admit_at(route, Instant::now())
+    }
+
+    /// [`admit`](Self::admit) for a request that arrived at `now` (the clock already read).
+    pub fn admit_at(
+        self: &Arc<Self>,
+        route: &Arc<RouteLane>,
+        now: Instant,
+    ) -> Result<LaneGuard, Rejected> {
         let capacity = i64::from(self.config.capacity);
         if route.in_flight.inc() >= i64::from(self.config.route_limit) {
             route.in_flight.dec();
@@ -201,7 +210,7 @@ impl Lanes {
             lanes: self.clone(),
             route: route.clone(),
             slow,
-            started: Instant::now(),
+            started: now,
             record: false,
         };
         // On refusal the guard is dropped here: it gives the slots back without a sample.
@@ -224,6 +233,18 @@ pub struct LaneGuard {
 impl LaneGuard {
     pub fn is_slow(&self) -> bool {
         self.slow
+    }
+
+    /// Ends the request at `now` (the clock already read): frees the slots and records how
+    /// long it took, as dropping the guard does.
+    pub fn finish_at(mut self, now: Instant) {
+        if self.record {
+            self.record = false;
+            self.route.observe(
+                now.saturating_duration_since(self.started),
+                self.lanes.config.slow_threshold,
+            );
+        }
     }
 }
 

@@ -74,6 +74,7 @@ impl Origin for RouteOrigin {
             path_and_query: self.path_and_query.clone(),
             hash: self.hash,
             deadline,
+            started: now,
             repeatable: true,
             hedge_after: self.hedge_after,
         };

@@ -59,6 +59,8 @@ pub(super) struct Exchange<'a> {
     pub path_and_query: PathAndQuery,
     pub hash: Option<u64>,
     pub deadline: Instant,
+    /// When the proxy took the request (the clock is read once for all its stages).
+    pub started: Instant,
     /// The method may be sent twice: idempotent, or the route says `nonIdempotent`.
     pub repeatable: bool,
     /// Hedge after this long, when the route hedges and the request may be hedged.
@@ -156,7 +158,7 @@ pub(super) async fn forward(
         .policy
         .map(|p| Duration::from_millis(p.per_try_timeout_ms))
         .filter(|d| !d.is_zero());
-    let started = Instant::now();
+    let started = ex.started;
     if ex.policy.is_some() || ex.hedge_after.is_some() {
         live.budget.deposit(started);
     }
@@ -415,8 +417,8 @@ async fn attempt(
         }
     };
     cluster.metrics.requests.inc();
-    let guard = endpoint.stats.start();
     let sent = Instant::now();
+    let guard = endpoint.stats.start_at(sent);
     let result = match (&cluster.http1, body) {
         // Plain HTTP/1.1 with the body in memory: sent from this task (`upstream::http1`).
         (Some(client), Outgoing::Bytes(bytes)) if !head.headers.contains_key(header::UPGRADE) => {
@@ -463,7 +465,7 @@ async fn attempt(
     let (tried, verdict) = match result {
         Err(_) => {
             // The wait itself is the latency sample: the endpoint was this slow.
-            drop(guard);
+            guard.finish_at(now);
             tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), "attempt timed out");
             (
                 Tried::Failed {
@@ -474,7 +476,7 @@ async fn attempt(
             )
         }
         Ok(Ok(response)) => {
-            guard.finish();
+            guard.finish_at(now);
             let took = now.saturating_duration_since(sent);
             cluster.metrics.duration.observe(took.as_secs_f64());
             ex.route.live.latency.record(took, now);

@@ -321,7 +321,7 @@ impl Proxy {
         }
 
         // 5. admit
-        let lane = match self.lanes.admit(&route_rt.live.lane) {
+        let lane = match self.lanes.admit_at(&route_rt.live.lane, started) {
             Ok(g) => g,
             Err(why) => {
                 self.metrics.reject(why.label());
@@ -445,11 +445,13 @@ impl Proxy {
             path_and_query,
             hash,
             deadline,
+            started,
             repeatable,
             hedge_after,
         };
         let result = forward::forward(&mut exchange, body).await;
-        drop(lane);
+        let answered = Instant::now();
+        lane.finish_at(answered);
 
         // 9. respond
         let resp = match result {
@@ -462,9 +464,10 @@ impl Proxy {
             ),
             Err(outcome) => outcome_response(outcome, rid),
         };
-        route_rt
-            .metrics
-            .record(resp.status().as_u16(), started.elapsed().as_secs_f64());
+        route_rt.metrics.record(
+            resp.status().as_u16(),
+            answered.saturating_duration_since(started).as_secs_f64(),
+        );
         resp
     }
 }

@@ -51,6 +51,10 @@ thread_local! {
 /// Reads ask for at least this much room, and at most `MAX_READ` when more is expected.
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 64 * 1024;
+/// A head is read with room for the answer the connection's last head announced, up to
+/// this (a head and a 64 KiB body): an answer that has arrived whole then takes one read
+/// and leaves in one write, where an 8 KiB first read took two of each.
+const MAX_HEAD_READ: usize = MAX_READ + MIN_READ;
 /// Idle connections are closed after this long unused (as hyper's pool did: 90 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per endpoint and thread.
@@ -200,6 +204,7 @@ impl Http1Client {
             wbuf: Vec::with_capacity(1024),
             authority: authority.clone(),
             idle_since: Instant::now(),
+            head_read: MIN_READ,
         })
     }
 }
@@ -212,6 +217,9 @@ struct Conn {
     wbuf: Vec<u8>,
     authority: Authority,
     idle_since: Instant,
+    /// Room to read the next head with: the last announced length plus room for its head,
+    /// within `MIN_READ..=MAX_HEAD_READ` (so small answers keep small buffers).
+    head_read: usize,
 }
 
 impl Conn {
@@ -291,8 +299,8 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>
                 nothing_read: false,
             });
         }
-        if conn.buf.capacity() - conn.buf.len() < MIN_READ {
-            conn.buf.reserve(MIN_READ);
+        if conn.buf.capacity() - conn.buf.len() < conn.head_read {
+            conn.buf.reserve(conn.head_read);
         }
         let read_error = match conn.stream.read_buf(&mut conn.buf).await {
             Ok(0) => Error::Closed,
@@ -319,6 +327,11 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>
         framing,
         reusable,
     } = head;
+    if let Framing::Length(n) = framing {
+        conn.head_read = usize::try_from(n)
+            .map_or(MAX_HEAD_READ, |n| n.saturating_add(MIN_READ))
+            .min(MAX_HEAD_READ);
+    }
     let mut body = Http1Body {
         conn: Some(conn),
         framing,
@@ -886,6 +899,13 @@ mod idle {
     #[cfg(test)]
     pub(super) fn count(authority: &Authority) -> usize {
         IDLE.with_borrow(|p| p.by_endpoint.get(authority).map_or(0, Vec::len))
+    }
+
+    /// The room the most recently pooled connection to `authority` reads its next head
+    /// with (for tests).
+    #[cfg(test)]
+    pub(super) fn head_read(authority: &Authority) -> Option<usize> {
+        IDLE.with_borrow(|p| p.by_endpoint.get(authority)?.last().map(|c| c.head_read))
     }
 }
 

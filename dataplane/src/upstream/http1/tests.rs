@@ -179,6 +179,47 @@ async fn keep_alive_connection_is_reused_and_headers_are_shared() {
 }
 
 #[tokio::test]
+async fn heads_are_read_with_room_for_the_last_announced_answer() {
+    const BIG: &[u8] = &[b'x'; 64 * 1024];
+    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 65536\r\n\r\n";
+    let big = || Reply {
+        pieces: vec![head, BIG],
+        close: false,
+    };
+    let u = upstream(vec![
+        big(),
+        big(),
+        reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"),
+        reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"),
+    ])
+    .await;
+    let (parts, path) = get("/");
+    assert_eq!(idle::head_read(&u.authority), None);
+    for _ in 0..2 {
+        let (status, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, BIG));
+        // A head and the 64 KiB body the last head announced fit in one read.
+        assert_eq!(idle::head_read(&u.authority), Some(MAX_HEAD_READ));
+    }
+    let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(&body[..], b"hello");
+    assert_eq!(
+        idle::head_read(&u.authority),
+        Some(MIN_READ + 5),
+        "a small answer brings the room back down"
+    );
+    // A chunked answer announces no length: the room stays as it was.
+    let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(&body[..], b"hi");
+    assert_eq!(idle::head_read(&u.authority), Some(MIN_READ + 5));
+    assert_eq!(
+        u.accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for all"
+    );
+}
+
+#[tokio::test]
 async fn request_body_gets_its_length_and_no_coding() {
     let u = upstream(vec![reply(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")]).await;
     let (mut parts, path) = get("/upload");
