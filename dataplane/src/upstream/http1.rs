@@ -880,9 +880,13 @@ mod idle {
     pub(super) fn put(mut conn: Conn) {
         let now = Instant::now();
         conn.idle_since = now;
-        // A large body's buffer is not kept for every later request.
+        // A large body's buffer is not kept for every later request, nor is the room for a
+        // large answer kept while the connection waits (it is asked for again on reuse).
         if conn.wbuf.capacity() > 16 * 1024 {
             conn.wbuf = Vec::new();
+        }
+        if conn.buf.is_empty() && conn.head_read > 2 * MIN_READ {
+            conn.buf = BytesMut::new();
         }
         // A thread that is ending has no pool any more: the connection just closes.
         let _ = IDLE.try_with(|pool| {
