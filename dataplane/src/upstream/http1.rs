@@ -911,6 +911,18 @@ mod idle {
     pub(super) fn head_read(authority: &Authority) -> Option<usize> {
         IDLE.with_borrow(|p| p.by_endpoint.get(authority)?.last().map(|c| c.head_read))
     }
+
+    /// The read buffer's room of the most recently pooled connection to `authority` (for
+    /// tests).
+    #[cfg(test)]
+    pub(super) fn buffer(authority: &Authority) -> Option<usize> {
+        IDLE.with_borrow(|p| {
+            p.by_endpoint
+                .get(authority)?
+                .last()
+                .map(|c| c.buf.capacity())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -200,6 +200,8 @@ async fn heads_are_read_with_room_for_the_last_announced_answer() {
         assert_eq!((status, &body[..]), (StatusCode::OK, BIG));
         // A head and the 64 KiB body the last head announced fit in one read.
         assert_eq!(idle::head_read(&u.authority), Some(MAX_HEAD_READ));
+        // That room is not held while the connection waits.
+        assert_eq!(idle::buffer(&u.authority), Some(0));
     }
     let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
     assert_eq!(&body[..], b"hello");
