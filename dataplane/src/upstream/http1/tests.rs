@@ -200,9 +200,21 @@ async fn heads_are_read_with_room_for_the_last_announced_answer() {
         assert_eq!((status, &body[..]), (StatusCode::OK, BIG));
         // A head and the 64 KiB body the last head announced fit in one read.
         assert_eq!(idle::head_read(&u.authority), Some(MAX_HEAD_READ));
-        // That room is not held while the connection waits.
-        assert_eq!(idle::buffer(&u.authority), Some(0));
     }
+    // The room stays while the connection is in use, and goes once it waited a sweep.
+    let room = idle::buffer(&u.authority).unwrap();
+    assert!(room > 0, "{room}");
+    idle::sweep_now();
+    assert_eq!(idle::buffer(&u.authority), Some(room), "in use: kept");
+    tokio::time::pause();
+    tokio::time::advance(SWEEP_EVERY).await;
+    idle::sweep_now();
+    assert_eq!(
+        idle::buffer(&u.authority),
+        Some(0),
+        "idle for a sweep: given back"
+    );
+    tokio::time::resume();
     let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
     assert_eq!(&body[..], b"hello");
     assert_eq!(
