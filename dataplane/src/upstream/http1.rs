@@ -910,23 +910,10 @@ mod idle {
         IDLE.with_borrow(|p| p.by_endpoint.get(authority).map_or(0, Vec::len))
     }
 
-    /// The room the most recently pooled connection to `authority` reads its next head
-    /// with (for tests).
+    /// What `f` says of the most recently pooled connection to `authority` (for tests).
     #[cfg(test)]
-    pub(super) fn head_read(authority: &Authority) -> Option<usize> {
-        IDLE.with_borrow(|p| p.by_endpoint.get(authority)?.last().map(|c| c.head_read))
-    }
-
-    /// The read buffer's room of the most recently pooled connection to `authority` (for
-    /// tests).
-    #[cfg(test)]
-    pub(super) fn buffer(authority: &Authority) -> Option<usize> {
-        IDLE.with_borrow(|p| {
-            p.by_endpoint
-                .get(authority)?
-                .last()
-                .map(|c| c.buf.capacity())
-        })
+    pub(super) fn last<T>(authority: &Authority, f: impl Fn(&Conn) -> T) -> Option<T> {
+        IDLE.with_borrow(|p| p.by_endpoint.get(authority)?.last().map(f))
     }
 }
 

@@ -96,6 +96,13 @@ where
     (client, task)
 }
 
+/// Sends the simplest request the codec serves.
+async fn send_get(c: &mut DuplexStream) {
+    c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+}
+
 fn text(body: &'static str) -> Response<ProxyBody> {
     Response::new(full(body))
 }
@@ -239,10 +246,7 @@ async fn a_body_of_unknown_length_is_chunked_with_trailers_only_when_asked() {
     );
 
     let mut s = server(settings(), |_| streamed());
-    s.client
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send_get(&mut s.client).await;
     let out = read_until(&mut s.client, |o| o.ends_with("0\r\n\r\n")).await;
     assert!(
         out.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"),
@@ -338,10 +342,7 @@ async fn an_informational_final_answer_becomes_a_502() {
         *r.status_mut() = StatusCode::from_u16(103).unwrap();
         r
     });
-    s.client
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send_get(&mut s.client).await;
     let out = read_until(&mut s.client, |o| o.ends_with('}')).await;
     assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
 }
@@ -357,7 +358,7 @@ async fn a_client_that_goes_away_cancels_its_request() {
     let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let d = dropped.clone();
     let drain = Drain::default();
-    let (client, task) = spawn_serve(
+    let (mut client, task) = spawn_serve(
         move |_req| {
             let guard = OnDrop(d.clone());
             async move {
@@ -369,11 +370,7 @@ async fn a_client_that_goes_away_cancels_its_request() {
         },
         &drain,
     );
-    let mut client = client;
-    client
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send_get(&mut client).await;
     tokio::task::yield_now().await;
     drop(client);
     let ended = tokio::time::timeout(Duration::from_secs(5), task)
@@ -536,10 +533,7 @@ async fn an_idle_keep_alive_connection_closes_after_the_header_read_timeout() {
         },
         |_| text("ok"),
     );
-    s.client
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send_get(&mut s.client).await;
     read_until(&mut s.client, |o| o.ends_with("ok")).await;
     let started = Instant::now();
     assert_eq!(read_to_close(&mut s.client).await, "");
@@ -551,7 +545,7 @@ async fn draining_closes_idle_connections_and_says_close_on_the_last_answer() {
     let drain = Drain::default();
     let gate = Arc::new(tokio::sync::Notify::new());
     let g = gate.clone();
-    let (client, task) = spawn_serve(
+    let (mut client, task) = spawn_serve(
         move |_req| {
             let g = g.clone();
             async move {
@@ -561,11 +555,7 @@ async fn draining_closes_idle_connections_and_says_close_on_the_last_answer() {
         },
         &drain,
     );
-    let mut client = client;
-    client
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    send_get(&mut client).await;
     // The request is in flight when the drain starts.
     tokio::task::yield_now().await;
     let drained = tokio::spawn(drain.drain());
@@ -582,8 +572,7 @@ async fn draining_closes_idle_connections_and_says_close_on_the_last_answer() {
 
     // An idle connection closes as soon as the drain starts.
     let drain = Drain::default();
-    let (client, idle) = spawn_serve(|_| async { text("ok") }, &drain);
-    let mut client = client;
+    let (mut client, idle) = spawn_serve(|_| async { text("ok") }, &drain);
     // Blank lines between requests are allowed: a connection holding only those is idle.
     client.write_all(b"\r\n").await.unwrap();
     tokio::task::yield_now().await;

@@ -194,23 +194,30 @@ async fn heads_are_read_with_room_for_the_last_announced_answer() {
     ])
     .await;
     let (parts, path) = get("/");
-    assert_eq!(idle::head_read(&u.authority), None);
+    assert_eq!(idle::last(&u.authority, |c| c.head_read), None);
     for _ in 0..2 {
         let (status, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, BIG));
         // A head and the 64 KiB body the last head announced fit in one read.
-        assert_eq!(idle::head_read(&u.authority), Some(MAX_HEAD_READ));
+        assert_eq!(
+            idle::last(&u.authority, |c| c.head_read),
+            Some(MAX_HEAD_READ)
+        );
     }
     // The room stays while the connection is in use, and goes once it waited a sweep.
-    let room = idle::buffer(&u.authority).unwrap();
+    let room = idle::last(&u.authority, |c| c.buf.capacity()).unwrap();
     assert!(room > 0, "{room}");
     idle::sweep_now();
-    assert_eq!(idle::buffer(&u.authority), Some(room), "in use: kept");
+    assert_eq!(
+        idle::last(&u.authority, |c| c.buf.capacity()),
+        Some(room),
+        "in use: kept"
+    );
     tokio::time::pause();
     tokio::time::advance(SWEEP_EVERY).await;
     idle::sweep_now();
     assert_eq!(
-        idle::buffer(&u.authority),
+        idle::last(&u.authority, |c| c.buf.capacity()),
         Some(0),
         "idle for a sweep: given back"
     );
@@ -218,14 +225,17 @@ async fn heads_are_read_with_room_for_the_last_announced_answer() {
     let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
     assert_eq!(&body[..], b"hello");
     assert_eq!(
-        idle::head_read(&u.authority),
+        idle::last(&u.authority, |c| c.head_read),
         Some(MIN_READ + 5),
         "a small answer brings the room back down"
     );
     // A chunked answer announces no length: the room stays as it was.
     let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
     assert_eq!(&body[..], b"hi");
-    assert_eq!(idle::head_read(&u.authority), Some(MIN_READ + 5));
+    assert_eq!(
+        idle::last(&u.authority, |c| c.head_read),
+        Some(MIN_READ + 5)
+    );
     assert_eq!(
         u.accepted.load(Ordering::SeqCst),
         1,
