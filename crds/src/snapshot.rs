@@ -276,6 +276,15 @@ pub struct ForwardAction {
     pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<ApiKeyCheck>,
+    /// Protocols a request may switch to (`Upgrade`), lower-case. Tables written before
+    /// the field existed allow WebSocket, as every table did then.
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
+}
+
+/// What a rule allows to upgrade to when it does not say.
+pub fn default_upgrades() -> Vec<String> {
+    vec!["websocket".to_string()]
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -38,6 +38,8 @@ pub struct Admin {
     /// TLS on the admin port (`--admin-tls-cert`), with `client_ca` when client
     /// certificates are verified (`--admin-client-ca`).
     pub tls: Option<AdminTls>,
+    /// The event loops' heartbeats: `/healthz` fails while one is stalled.
+    pub liveness: Arc<crate::liveness::Heartbeats>,
 }
 
 pub struct AdminTls {
@@ -121,7 +123,24 @@ impl Admin {
             );
         }
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/healthz") => match self.liveness.stalled() {
+                None => text(StatusCode::OK, "ok\n"),
+                Some((name, quiet)) => {
+                    tracing::error!(
+                        event_loop = name,
+                        quiet_secs = quiet.as_secs_f64(),
+                        "an event loop has stopped making progress; /healthz fails so the pod is restarted"
+                    );
+                    problem(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "event loop {name} has made no progress for {:.0} s",
+                            quiet.as_secs_f64()
+                        ),
+                        None,
+                    )
+                }
+            },
             (&Method::GET, "/readyz") => {
                 if self.draining.load(Ordering::Relaxed) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")

@@ -125,8 +125,15 @@ pub struct Args {
     /// entries are evicted first).
     #[arg(long, env = "PARAPET_CACHE_MAX_BYTES", default_value_t = crate::snapshot::DEFAULT_CACHE_MAX_BYTES)]
     pub cache_max_bytes: u64,
-    /// Proxies in front of this one whose X-Forwarded-For entries are trusted: the client
-    /// address for rate limits is the Nth address from the right. 0: the peer's address.
+    /// Peers (CIDR ranges or addresses, comma-separated) whose X-Forwarded-For,
+    /// X-Forwarded-Proto, X-Forwarded-Host and Forwarded are kept and extended: your load
+    /// balancers. From any other peer those headers are replaced with what the gateway saw.
+    /// None by default.
+    #[arg(long, env = "PARAPET_TRUSTED_PROXIES", value_delimiter = ',', value_parser = cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// For requests from --trusted-proxies: proxies in front of this one whose
+    /// X-Forwarded-For entries are trusted, so the client address for rate limits is the
+    /// Nth address from the right. 0: the peer's address.
     #[arg(long, env = "PARAPET_TRUSTED_HOPS", default_value_t = 0)]
     pub trusted_hops: u32,
     /// Keys a route's rate limiter holds at most; idle keys are dropped first.
@@ -138,6 +145,10 @@ pub struct Args {
     /// Close an HTTP/1.1 connection after this many requests (0: no limit).
     #[arg(long, env = "PARAPET_MAX_REQUESTS_PER_CONNECTION", default_value_t = 0)]
     pub max_requests_per_connection: u32,
+    /// /healthz fails (503) when an event loop (a traffic worker, or the runtime serving
+    /// the admin API) has made no progress for this long, so Kubernetes restarts the pod.
+    #[arg(long, env = "PARAPET_LIVENESS_STALL", default_value = "10s", value_parser = duration)]
+    pub liveness_stall: Duration,
     /// Log format.
     #[arg(long, env = "PARAPET_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -157,6 +168,15 @@ pub struct Args {
     /// connection).
     #[arg(long, env = "PARAPET_DOWNSTREAM_HTTP1", value_enum, default_value_t = Http1Choice::Parapet)]
     pub downstream_http1: Http1Choice,
+}
+
+/// A CIDR range, or one address (a /32 or /128).
+fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not an address or a CIDR range such as 10.0.0.0/8"))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -260,6 +280,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if args.trusted_hops > 0 && args.trusted_proxies.is_empty() {
+        tracing::warn!(
+            "--trusted-hops has no effect without --trusted-proxies: no peer's X-Forwarded-For is believed; list your load balancers' addresses in --trusted-proxies"
+        );
+    }
+    let workers = args.workers.unwrap_or_else(default_workers).max(1);
+    // Loops 0..workers are the traffic workers; the last is this runtime (admin, reloads).
+    let liveness = crate::liveness::Heartbeats::new(
+        (0..workers)
+            .map(|i| format!("worker-{i}"))
+            .chain(["control".to_string()])
+            .collect(),
+        args.liveness_stall,
+    );
+    tokio::spawn(liveness.clone().beat(workers));
     let admin = Arc::new(Admin {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -267,9 +302,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_snapshot_bytes: args.max_snapshot_bytes,
         draining: Default::default(),
         tls: admin_tls,
+        liveness: liveness.clone(),
     });
     let admin_listener = listener::bind(args.admin_listen).await?;
-    let workers = args.workers.unwrap_or_else(default_workers).max(1);
     let traffic = listener::bind_workers(args.listen, workers)?;
     let (proxy_addr, admin_addr) = (traffic[0].local_addr()?, admin_listener.local_addr()?);
     // A stable line on stdout that scripts and tests read to find the ports.
@@ -315,6 +350,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         access_log: args.access_log,
         edge: EdgeConfig {
+            trusted_proxies: args.trusted_proxies.clone(),
             trusted_hops: args.trusted_hops,
             server_header: match &args.server_header {
                 Some(s) => Some(http::HeaderValue::from_str(s).map_err(|_| {
@@ -343,6 +379,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             cfg: cfg.clone(),
             drain: args.drain_timeout,
             stop: stop_rx.clone(),
+            heartbeat: (liveness.clone(), i),
         };
         let exited = exited_tx.clone();
         let thread = std::thread::Builder::new()

@@ -18,6 +18,7 @@ pub mod health;
 pub mod hedge;
 pub mod lanes;
 pub mod listener;
+pub mod liveness;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    downstream::{self, Drain},
+    downstream::{self, Drain, Protocol},
     proxy::{ConnInfo, Proxy},
     upstream::Http1Choice,
 };
@@ -90,6 +90,8 @@ pub struct Worker {
     pub drain: Duration,
     /// Turns true when the worker should stop accepting and drain.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// This worker's heartbeat (`/healthz`).
+    pub heartbeat: (std::sync::Arc<crate::liveness::Heartbeats>, usize),
 }
 
 impl Worker {
@@ -105,11 +107,13 @@ impl Worker {
             cfg,
             drain,
             mut stop,
+            heartbeat,
         } = self;
         rt.block_on(async move {
             let listener = TcpListener::from_std(socket)?;
             // Ends with the runtime.
             tokio::spawn(crate::upstream::http1::sweep_idle());
+            tokio::spawn(heartbeat.0.beat(heartbeat.1));
             let shutdown = async move {
                 // An error means the sender is gone: the process is ending anyway.
                 let _ = stop.wait_for(|s| *s).await;
@@ -167,7 +171,7 @@ pub async fn serve(
                 tls: tls.is_some(),
             };
             match tls {
-                None => downstream::serve(stream, shared, info, signal).await,
+                None => downstream::serve(stream, shared, info, signal, Protocol::Sniff).await,
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(
                         handshake_timeout,
@@ -185,7 +189,12 @@ pub async fn serve(
                             return;
                         }
                     };
-                    downstream::serve(stream, shared, info, signal).await;
+                    // ALPN decides: no sniffing for a preface on a connection agreed as HTTP/1.
+                    let protocol = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    downstream::serve(stream, shared, info, signal, protocol).await;
                 }
             }
         });

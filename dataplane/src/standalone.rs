@@ -1,5 +1,7 @@
 //! Standalone mode: the same resources from a YAML file, compiled with the same compiler,
-//! reloaded when the file changes. A broken file is logged and the old table stays.
+//! reloaded when the file changes. A broken file is logged and the old table stays; so is
+//! a file with no routes (an editor that truncates before it writes can be caught between
+//! the two), unless it says `# parapet: allowEmpty` on a line of its own.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,9 +24,16 @@ pub fn load(path: &Path, version: u64) -> anyhow::Result<Snapshot> {
         tracing::warn!(file = %path.display(), "{d}");
     }
     let mut snapshot = Snapshot::new(version, out.table);
-    // An empty file is a deliberate choice in standalone mode.
-    snapshot.allow_empty = true;
+    // As with pushes, a table without routes must be asked for.
+    snapshot.allow_empty = allows_empty(&text);
     Ok(snapshot)
+}
+
+/// The marker line that makes a file without routes a deliberate empty table.
+pub const ALLOW_EMPTY: &str = "# parapet: allowEmpty";
+
+fn allows_empty(text: &str) -> bool {
+    text.lines().any(|l| l.trim() == ALLOW_EMPTY)
 }
 
 /// Versions from the wall clock in milliseconds, so they increase across restarts too.
@@ -63,7 +72,7 @@ pub async fn watch(path: PathBuf, store: Arc<SnapshotStore>, every: Duration) {
                         tracing::info!(file = %path.display(), version, "configuration loaded")
                     }
                     Err(e) => {
-                        tracing::error!(file = %path.display(), error = %e, "configuration refused; the previous table stays in force")
+                        tracing::error!(file = %path.display(), error = %e, "configuration refused; the previous table stays in force (a file meant to have no routes says `{ALLOW_EMPTY}`)")
                     }
                 },
                 Err(e) => {

@@ -13,7 +13,7 @@ use parapet_crds::snapshot::{
 };
 use parapet_dataplane::{
     auth::{ApiKeys, Refusal},
-    proxy::headers::{Forwarding, add_forwarding, is_upgrade, normalise_host, strip_hop_by_hop},
+    proxy::headers::{Forwarding, PROTECTED, is_upgrade, normalise_host, strip_hop_by_hop},
     ratelimit::{client_ip, request_key},
     router::{RequestInfo, Router},
     upstream::http1::HeadExtras,
@@ -44,6 +44,9 @@ fn header_name() -> impl Strategy<Value = HeaderName> {
                     "x-forwarded-host",
                     "forwarded",
                     "via",
+                    "x-request-id",
+                    "content-length",
+                    "http2-settings",
                     "x-api-key",
                     "x-tenant",
                 ])
@@ -294,8 +297,15 @@ proptest! {
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .filter(|n| !(keep_upgrade && n == header::UPGRADE))
             .collect();
+        let protected: Vec<HeaderName> =
+            PROTECTED.iter().filter(|n| h.contains_key(*n)).cloned().collect();
         let upgrading = is_upgrade(&h);
         strip_hop_by_hop(&mut h, keep_upgrade);
+        // What the gateway sets or frames by stays, whatever Connection names.
+        for n in &protected {
+            prop_assert!(h.contains_key(n), "{n} was removed from {h:?}");
+        }
+        prop_assert!(!h.contains_key("http2-settings"));
         for name in HOP_BY_HOP {
             if keep_upgrade && name == "connection" {
                 let v: Vec<&[u8]> = h.get_all(header::CONNECTION).iter().map(|v| v.as_bytes()).collect();
@@ -304,7 +314,10 @@ proptest! {
                 prop_assert!(!h.contains_key(name), "{name} left in {h:?}");
             }
         }
-        for n in named.iter().filter(|n| !(keep_upgrade && *n == header::CONNECTION)) {
+        for n in named
+            .iter()
+            .filter(|n| !(keep_upgrade && *n == header::CONNECTION) && !PROTECTED.contains(n))
+        {
             prop_assert!(!h.contains_key(n), "{n} named by Connection left in {h:?}");
         }
         if !keep_upgrade {
@@ -321,10 +334,12 @@ proptest! {
         client in ip(),
         https in any::<bool>(),
         host in option::of(raw_host()),
+        trusted in any::<bool>(),
     ) {
         let proto = if https { "https" } else { "http" };
         let before_xfh = h.get("x-forwarded-host").cloned();
-        add_forwarding(&mut h, client, proto, host.as_deref());
+        let before_xfp = h.get("x-forwarded-proto").cloned();
+        Forwarding { client, proto, host: host.as_deref(), trusted }.apply(&mut h);
         for name in ["x-forwarded-for", "x-forwarded-proto", "forwarded", "via"] {
             let v = h.get(name);
             prop_assert!(v.is_some(), "{name} missing");
@@ -332,15 +347,23 @@ proptest! {
             let v = v.unwrap();
             prop_assert!(HeaderValue::from_bytes(v.as_bytes()).is_ok());
         }
-        prop_assert_eq!(h.get("x-forwarded-proto").unwrap(), proto);
+        match before_xfp {
+            Some(p) if trusted => prop_assert_eq!(h.get("x-forwarded-proto").unwrap(), &p),
+            _ => prop_assert_eq!(h.get("x-forwarded-proto").unwrap(), proto),
+        }
         let xff = h.get("x-forwarded-for").unwrap().as_bytes();
         prop_assert!(xff.ends_with(client.to_string().as_bytes()));
         let fwd = h.get("forwarded").unwrap().to_str();
         prop_assert!(fwd.is_ok());
         let want = format!("proto={proto}");
         prop_assert!(fwd.unwrap().contains(&want));
-        if before_xfh.is_some() {
+        if trusted && before_xfh.is_some() {
             prop_assert_eq!(h.get("x-forwarded-host").cloned(), before_xfh);
+        } else if !trusted {
+            // Never the client's own word: the host the router read, or nothing.
+            let ours = h.get("x-forwarded-host").map(|v| v.as_bytes().to_vec());
+            prop_assert_eq!(ours, host.as_ref().filter(|h| HeaderValue::from_str(h).is_ok()).map(|h| h.as_bytes().to_vec()));
+            prop_assert_eq!(String::from_utf8_lossy(xff), client.to_string());
         }
     }
 
@@ -352,8 +375,9 @@ proptest! {
         client in ip(),
         https in any::<bool>(),
         host in option::of(raw_host()),
+        trusted in any::<bool>(),
     ) {
-        let fwd = Forwarding { client, proto: if https { "https" } else { "http" }, host: host.as_deref() };
+        let fwd = Forwarding { client, proto: if https { "https" } else { "http" }, host: host.as_deref(), trusted };
         let lines = |h: &HeaderMap, skip: &dyn Fn(&HeaderName) -> bool| -> Vec<Vec<u8>> {
             h.iter()
                 .filter(|(n, _)| !skip(n))

@@ -49,6 +49,7 @@ pub struct RouteTls {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.backends.exists(b, !has(b.weight) || b.weight > 0)").message("at least one backend needs a weight above 0"))]
+#[x_kube(validation = Rule::new("!has(self.upgrades) || self.upgrades.all(u, u.lowerAscii() != 'h2c')").message("h2c cannot be allowed: an HTTP/2 upgrade would bypass routing; remove it from upgrades"))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRule {
     /// Optional name, used in metrics and status messages. Default: the rule's index.
@@ -77,6 +78,14 @@ pub struct RouteRule {
     pub auth: Option<RouteAuth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+    /// Protocols a client may switch to on this rule's requests (`Upgrade`, answered 101
+    /// by the backend), named as in the Upgrade header. Default: `[websocket]`; `[]`
+    /// allows none. `h2c` is never allowed: after an HTTP/2 upgrade the client would talk
+    /// to the backend past routing, API keys and rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")))]
+    pub upgrades: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -60,6 +60,7 @@ pub enum Severity {
 pub enum Reason {
     InvalidRegex,
     InvalidRewrite,
+    InvalidUpgrade,
     InvalidHost,
     RuleConflict,
     PoolNotFound,
@@ -76,6 +77,7 @@ impl Reason {
         match self {
             Self::InvalidRegex => "InvalidRegex",
             Self::InvalidRewrite => "InvalidRewrite",
+            Self::InvalidUpgrade => "InvalidUpgrade",
             Self::InvalidHost => "InvalidHost",
             Self::RuleConflict => "RuleConflict",
             Self::PoolNotFound => "PoolNotFound",

@@ -446,7 +446,35 @@ fn action(
             .as_ref()
             .and_then(|a| a.api_keys.as_ref())
             .map(|k| api_keys(inputs, namespace, k, rule_name, me, diags)),
+        upgrades: upgrades(rule, rule_name, me, diags),
     }))
+}
+
+/// The protocols a rule allows to upgrade to, lower-case; `h2c` never (the CRD's CEL rule
+/// refuses it; a standalone file is told here).
+fn upgrades(
+    rule: &api::RouteRule,
+    rule_name: &str,
+    me: &ObjectKey,
+    diags: &mut Diagnostics,
+) -> Vec<String> {
+    let Some(listed) = &rule.upgrades else {
+        return crate::snapshot::default_upgrades();
+    };
+    let mut out: Vec<String> = Vec::with_capacity(listed.len());
+    for u in listed {
+        let u = u.to_ascii_lowercase();
+        if u == "h2c" {
+            diags.error(
+                me,
+                Reason::InvalidUpgrade,
+                format!("rule {rule_name}: h2c cannot be allowed (an HTTP/2 upgrade would bypass routing); remove it from upgrades"),
+            );
+        } else if !out.contains(&u) {
+            out.push(u);
+        }
+    }
+    out
 }
 
 fn retry(r: &api::RetryPolicy, timeout_ms: u64) -> RetryPolicy {

@@ -218,6 +218,8 @@ enum Refusal {
     Invalid,
     TooLarge,
     TooManyHeaders,
+    /// A head begun but not finished within the header read timeout.
+    Timeout,
 }
 
 enum Parse {
@@ -278,15 +280,17 @@ impl Conn {
                         if timer.deadline() < at {
                             timer.as_mut().reset(at + slack);
                         }
-                        let idle = idle && !draining.is_terminated();
+                        let drainable = idle && !draining.is_terminated();
                         tokio::select! {
                             biased;
                             r = read => r,
                             () = timer.as_mut() => {
                                 tracing::debug!("no complete request head within the header read timeout; closing");
-                                return Ok(Read::Closed);
+                                // A head begun and not finished is the client's slowness
+                                // (408); an idle keep-alive connection just closes.
+                                return if idle { Ok(Read::Closed) } else { Err(Refusal::Timeout) };
                             }
-                            () = draining.as_mut(), if idle => return Ok(Read::Closed),
+                            () = draining.as_mut(), if drainable => return Ok(Read::Closed),
                         }
                     }
                 }
@@ -424,6 +428,11 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too_many_headers",
             "the request has more headers than this gateway accepts",
+        ),
+        Refusal::Timeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request head did not arrive within the header read timeout",
         ),
     };
     metrics.reject(reason);

@@ -6,6 +6,14 @@
 //! (HTTP/2, upgrades, request bodies, HTTP/1.0). From then on hyper serves the connection
 //! to its end, starting with the bytes already read (`Rewind`). `--downstream-http1 hyper`
 //! gives every connection to hyper from the start.
+//!
+//! Over TLS, ALPN decides the protocol: `h2` is served as HTTP/2 only (an HTTP/1 request or
+//! a broken preface is a connection error), anything else as HTTP/1 only. Plain-text
+//! connections may start HTTP/2 with its preface (h2c with prior knowledge).
+//!
+//! A connection hyper serves closes, as the codec's do, once it has been idle (no request in
+//! flight, no response streaming) for the header read timeout: an HTTP/2 connection that
+//! sends nothing after its preface is not kept for the keep-alive pings to find.
 
 pub mod drain;
 pub mod http1;
@@ -13,11 +21,19 @@ mod rewind;
 
 use std::{
     convert::Infallible,
+    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
+    task::{Context, Poll},
+    time::Duration,
 };
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use tokio::time::Instant;
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -38,6 +54,8 @@ pub struct Shared {
     pub proxy: Arc<Proxy>,
     /// For connections hyper serves from the start, or that begin with the HTTP/2 preface.
     pub hyper: auto::Builder<TokioExecutor>,
+    /// For TLS connections whose ALPN chose h2: HTTP/2 only.
+    pub hyper_h2: auto::Builder<TokioExecutor>,
     /// For HTTP/1 connections the codec hands over: no protocol sniffing, which could
     /// otherwise be cut short by a drain and lose the request already read.
     pub hyper_http1: hyper::server::conn::http1::Builder,
@@ -60,6 +78,7 @@ impl Shared {
             choice == Http1Choice::Parapet && settings.max_headers <= http1::HEADER_SLOTS;
         Self {
             proxy,
+            hyper_h2: hyper.clone().http2_only(),
             hyper,
             hyper_http1,
             settings,
@@ -68,13 +87,31 @@ impl Shared {
     }
 }
 
+/// What a connection speaks, as far as is known before its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Plain text: HTTP/1.1, or HTTP/2 when it starts with the preface.
+    Sniff,
+    /// TLS whose ALPN chose `http/1.1` (or nothing).
+    Http1,
+    /// TLS whose ALPN chose `h2`.
+    Http2,
+}
+
 /// Serves one connection to its end (or until the drain signal and its in-flight request
 /// are done).
-pub async fn serve<IO>(io: IO, shared: Arc<Shared>, info: ConnInfo, mut drain: DrainSignal)
-where
+pub async fn serve<IO>(
+    io: IO,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    mut drain: DrainSignal,
+    protocol: Protocol,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, served, http1) = if shared.own_http1 {
+    let (io, served, http1) = if protocol == Protocol::Http2 {
+        (Rewind::new(io, Bytes::new()), 0, false)
+    } else if shared.own_http1 {
         let proxy = &shared.proxy;
         // Not boxed: the codec polls the request's future where it is, in the
         // connection's own future (about 1.3k fewer instructions per request than a box
@@ -88,17 +125,29 @@ where
                 read,
                 served,
                 http2,
-            } => (Rewind::new(io, read), served, !http2),
+            } => (
+                Rewind::new(io, read),
+                served,
+                // A preface on a connection ALPN made HTTP/1 is HTTP/1's to refuse.
+                !http2 || protocol == Protocol::Http1,
+            ),
         }
     } else {
-        (Rewind::new(io, bytes::Bytes::new()), 0, false)
+        (
+            Rewind::new(io, Bytes::new()),
+            0,
+            protocol == Protocol::Http1,
+        )
     };
     let limit = shared.settings.max_requests;
     let served = Arc::new(AtomicU32::new(served));
     let proxy = shared.proxy.clone();
+    let activity = Arc::new(Activity::new());
+    let active = activity.clone();
     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         let served = served.clone();
+        let busy = Busy::new(active.clone());
         async move {
             let http1 = req.version() <= http::Version::HTTP_11;
             // Boxed: the request's future is several KiB, and hyper moves the service
@@ -112,20 +161,30 @@ where
                     http::HeaderValue::from_static("close"),
                 );
             }
-            Ok::<_, Infallible>(resp)
+            // The connection is busy until the response body is done, not just its head.
+            Ok::<_, Infallible>(resp.map(|b| Busy::hold(busy, b)))
         }
     });
     // `biased`, the connection first: a request already read is served before a drain
-    // that started meanwhile closes the connection. (A macro: hyper's two connection types
-    // share no trait with `graceful_shutdown`.)
+    // (or the idle timeout) that started meanwhile closes the connection. (A macro: hyper's
+    // two connection types share no trait with `graceful_shutdown`.)
+    let idle_timeout = shared.settings.header_read_timeout;
     macro_rules! until_drained {
         ($conn:expr) => {{
             let conn = $conn;
             tokio::pin!(conn);
+            let stop = async {
+                tokio::select! {
+                    () = drain.draining() => {}
+                    () = activity.idle(idle_timeout) => {
+                        tracing::debug!(peer = %info.peer, "connection idle for the header read timeout; closing");
+                    }
+                }
+            };
             tokio::select! {
                 biased;
                 ended = conn.as_mut() => ended.map_err(Into::into),
-                () = drain.draining() => {
+                () = stop => {
                     conn.as_mut().graceful_shutdown();
                     conn.await.map_err(Into::into)
                 }
@@ -140,13 +199,103 @@ where
                 .with_upgrades()
         )
     } else {
-        until_drained!(
-            shared
-                .hyper
-                .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        )
+        let builder = if protocol == Protocol::Http2 {
+            &shared.hyper_h2
+        } else {
+            &shared.hyper
+        };
+        until_drained!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc))
     };
     if let Err(e) = ended {
         tracing::trace!(peer = %info.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// When a connection hyper serves was last busy, and how many of its requests are.
+struct Activity {
+    start: Instant,
+    /// Requests whose response (head or body) is not done.
+    busy: AtomicU32,
+    /// Milliseconds after `start` that the last request began or ended.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            busy: AtomicU32::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis();
+        self.last
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has had no busy request for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            tokio::time::sleep_until(last + timeout).await;
+            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            if self.busy.load(Ordering::Relaxed) == 0 && Instant::now() >= last + timeout {
+                return;
+            }
+            if self.busy.load(Ordering::Relaxed) > 0 {
+                // Looked at again a timeout later (a busy connection is not idle).
+                self.touch();
+            }
+        }
+    }
+}
+
+/// One busy request of a connection, until its response body is done or dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        Self(activity)
+    }
+
+    fn hold(self, body: crate::upstream::ProxyBody) -> crate::upstream::ProxyBody {
+        BusyBody { body, _busy: self }.boxed()
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its connection counted as busy.
+struct BusyBody {
+    body: crate::upstream::ProxyBody,
+    _busy: Busy,
+}
+
+impl Body for BusyBody {
+    type Data = Bytes;
+    type Error = crate::upstream::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

@@ -124,6 +124,72 @@ where
     }
 }
 
+/// Where a streamed request body stands, as the upstream side last saw it: so a timeout or
+/// a broken send can be put down to the client when the client is the one holding it up.
+#[derive(Clone, Debug, Default)]
+pub struct Pace(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl Pace {
+    const FLOWING: u8 = 0;
+    const WAITING: u8 = 1;
+    const FAILED: u8 = 2;
+
+    /// The upstream side is waiting for the client's next bytes.
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) == Self::WAITING
+    }
+
+    /// The client's body broke (reset, truncated, badly framed).
+    pub fn client_failed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) == Self::FAILED
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A request body that keeps its [`Pace`] up to date as it is polled.
+pub struct Paced<B> {
+    inner: B,
+    pace: Pace,
+}
+
+impl<B> Paced<B> {
+    pub fn new(inner: B, pace: Pace) -> Self {
+        Self { inner, pace }
+    }
+}
+
+impl<B> Body for Paced<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.pace.set(match &polled {
+            Poll::Pending => Pace::WAITING,
+            Poll::Ready(Some(Err(_))) => Pace::FAILED,
+            Poll::Ready(_) => Pace::FLOWING,
+        });
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Frames already read from a body, then the rest of it.
 pub struct Prefixed<B> {
     read: std::collections::VecDeque<Frame<Bytes>>,

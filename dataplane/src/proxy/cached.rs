@@ -28,6 +28,8 @@ use crate::{
 #[derive(Clone)]
 pub(super) struct RouteOrigin {
     pub conn: ConnInfo,
+    /// The peer is a trusted proxy (its forwarding headers are kept).
+    pub trusted: bool,
     /// The request's authority as the client sent it.
     pub authority: Option<HeaderValue>,
     pub table: Arc<Runtime>,
@@ -63,6 +65,7 @@ impl Origin for RouteOrigin {
             self.authority.as_ref().and_then(|a| a.to_str().ok()),
             forward,
             false,
+            self.trusted,
         );
         let mut exchange = Exchange {
             forwarding,
@@ -77,6 +80,7 @@ impl Origin for RouteOrigin {
             started: now,
             repeatable: true,
             hedge_after: self.hedge_after,
+            pace: None,
         };
         // Boxed: a miss can afford an allocation, and a hit's future stays small.
         match Box::pin(forward::forward(

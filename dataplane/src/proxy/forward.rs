@@ -36,7 +36,7 @@ use hyper::body::Body;
 use parapet_crds::snapshot::RetryPolicy;
 use tokio::time::Instant;
 
-use super::{headers::Forwarding, problem::full};
+use super::{body::Pace, headers::Forwarding, problem::full};
 use crate::{
     balancer::EndpointHandle,
     breaker::{Overflow, Permit},
@@ -65,6 +65,17 @@ pub(super) struct Exchange<'a> {
     pub repeatable: bool,
     /// Hedge after this long, when the route hedges and the request may be hedged.
     pub hedge_after: Option<Duration>,
+    /// How a streamed request body is coming along: a send held up or broken by the client
+    /// is the client's fault, not the endpoint's.
+    pub pace: Option<Pace>,
+}
+
+impl Exchange<'_> {
+    /// Whether the upstream side is waiting for the client's body (a timeout now is the
+    /// client's, answered 408).
+    fn waiting_on_client(&self) -> bool {
+        self.pace.as_ref().is_some_and(Pace::waiting_on_client)
+    }
 }
 
 /// The request body: replayable bytes, or a stream that can be sent once.
@@ -120,8 +131,10 @@ pub(super) enum Outcome {
     ConnectFailed,
     Timeout,
     BodyTooLarge,
-    /// The client's body could not be decoded (e.g. an invalid chunk).
+    /// The client's body could not be decoded (e.g. an invalid chunk) or broke off.
     BadRequestBody,
+    /// The client sent its body too slowly for the route's timeout.
+    ClientTimeout,
     UpstreamFailed,
     Overflow(Overflow),
 }
@@ -230,6 +243,9 @@ pub(super) async fn forward(
                 continue;
             }
             Some(()) = &mut out_of_time, if !one_attempt => {
+                if ex.waiting_on_client() {
+                    return Err(Outcome::ClientTimeout);
+                }
                 metrics.deadline_exceeded.inc();
                 return Err(Outcome::Timeout);
             }
@@ -463,6 +479,12 @@ async fn attempt(
     };
     let now = Instant::now();
     let (tried, verdict) = match result {
+        // Held up by the client, not the endpoint: no latency sample, no verdict.
+        Err(_) if ex.waiting_on_client() => {
+            guard.cancel();
+            tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), "the client's body did not arrive in time");
+            (Tried::Fatal(Outcome::ClientTimeout), None)
+        }
         Err(_) => {
             // The wait itself is the latency sample: the endpoint was this slow.
             guard.finish_at(now);
@@ -499,6 +521,11 @@ async fn attempt(
                     (Tried::Fatal(Outcome::BodyTooLarge), None)
                 }
                 SendError::Hyper(e) if super::is_bad_request_body(&e) => {
+                    (Tried::Fatal(Outcome::BadRequestBody), None)
+                }
+                // The client's body broke off (a reset, a truncated body): its fault, not
+                // the endpoint's, which gets no verdict.
+                _ if ex.pace.as_ref().is_some_and(Pace::client_failed) => {
                     (Tried::Fatal(Outcome::BadRequestBody), None)
                 }
                 e => {

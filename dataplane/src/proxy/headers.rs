@@ -16,6 +16,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Headers the gateway sets or frames the message by: a `Connection` header naming them
+/// does not remove them (else `Connection: x-request-id` would strip the gateway's own id
+/// on the way up).
+pub const PROTECTED: [HeaderName; 8] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    X_REQUEST_ID,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    header::FORWARDED,
+    header::VIA,
+];
+/// The settings of an HTTP/2 upgrade (`Upgrade: h2c`), which is never forwarded.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -33,6 +49,37 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// The protocol a request may switch to: it asks (`Connection: upgrade`, one `Upgrade`
+/// field naming one protocol) for one the rule allows. `h2c` never: after an HTTP/2
+/// upgrade the client would speak to the backend past routing, keys and limits. A request
+/// that asks for anything else is served as an ordinary request, its `Upgrade` dropped
+/// (RFC 9110 §7.8 lets a server ignore it).
+pub fn allowed_upgrade<'h>(headers: &'h HeaderMap, allowed: &[String]) -> Option<&'h HeaderValue> {
+    if allowed.is_empty() || !is_upgrade(headers) {
+        return None;
+    }
+    let mut fields = headers.get_all(header::UPGRADE).iter();
+    let value = fields.next()?;
+    if fields.next().is_some() {
+        return None;
+    }
+    let protocol = upgrade_name(value)?;
+    (!protocol.eq_ignore_ascii_case(b"h2c")
+        && allowed
+            .iter()
+            .any(|a| a.as_bytes().eq_ignore_ascii_case(protocol)))
+    .then_some(value)
+}
+
+/// The protocol name of a one-protocol `Upgrade` value (`websocket`, `foo/2` → `foo`).
+pub fn upgrade_name(value: &HeaderValue) -> Option<&[u8]> {
+    let v = value.as_bytes().trim_ascii();
+    if v.is_empty() || v.contains(&b',') {
+        return None;
+    }
+    Some(v.split(|b| *b == b'/').next().unwrap_or(v).trim_ascii())
+}
+
 /// Removes hop-by-hop headers, including those the Connection header names. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` pass so the upstream can switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -40,7 +87,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // (a hash and a probe) for each of the nine.
     if !headers
         .keys()
-        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n))
+        .any(|n| n == header::UPGRADE || n == HTTP2_SETTINGS || HOP_BY_HOP.contains(n))
     {
         if keep_upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -53,7 +100,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE) && !PROTECTED.contains(n))
         .collect();
     for n in named {
         headers.remove(n);
@@ -61,6 +108,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for h in &HOP_BY_HOP {
         headers.remove(h);
     }
+    headers.remove(HTTP2_SETTINGS);
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -71,39 +119,98 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// The forwarding headers of one request: added to its head (`apply`) for hyper's client,
 /// or written straight into the encoded request (`HeadExtras`) by Parapet's own, where
 /// they cost no header-map inserts or allocations.
+///
+/// What a client says about earlier hops (`X-Forwarded-*`, `Forwarded`) is kept only when
+/// the peer is a trusted proxy (`--trusted-proxies`): a chain is then extended, and the
+/// original `X-Forwarded-Proto`/`-Host` kept. From any other peer those fields are replaced,
+/// so a client cannot tell the backend it came from elsewhere or asked for another host.
 #[derive(Clone, Copy, Debug)]
 pub struct Forwarding<'a> {
     pub client: IpAddr,
     pub proto: &'static str,
-    /// The request's authority as the client sent it.
+    /// The request's authority as the router read it.
     pub host: Option<&'a str>,
+    /// The peer is a trusted proxy: its forwarding fields are kept and extended.
+    pub trusted: bool,
 }
 
 impl Forwarding<'_> {
+    /// Sets the forwarding fields in `headers`.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        add_forwarding(headers, self.client, self.proto, self.host);
+        // Each value is written once, by hand (core::fmt cost more than the rest of this
+        // function), into the buffer the header value then owns; five fields at most, so
+        // the map regrows once instead of several times.
+        headers.reserve(5);
+        let prev_xff = self.previous(headers, &X_FORWARDED_FOR);
+        let mut xff = Vec::with_capacity(prev_xff.map_or(0, |p| p.len() + 2) + 39);
+        write_xff(&mut xff, prev_xff, self.client);
+        if let Some(v) = owned_value(xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        if !self.keeps(headers, &X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
+        }
+        if !self.keeps(headers, &X_FORWARDED_HOST) {
+            // Usually the Host header itself: share it.
+            let v = self.host.and_then(|host| match headers.get(header::HOST) {
+                Some(h) if h.as_bytes() == host.as_bytes() => Some(h.clone()),
+                _ => HeaderValue::from_str(host).ok(),
+            });
+            match v {
+                Some(v) => headers.insert(X_FORWARDED_HOST, v),
+                None => headers.remove(X_FORWARDED_HOST),
+            };
+        }
+        let prev_fwd = self.previous(headers, &header::FORWARDED);
+        let mut fwd = Vec::with_capacity(
+            prev_fwd.map_or(0, |p| p.len() + 2) + 64 + self.host.map_or(0, str::len),
+        );
+        write_forwarding(&mut fwd, prev_fwd, self.client, self.proto, self.host);
+        if let Some(v) = owned_value(fwd) {
+            headers.insert(header::FORWARDED, v);
+        }
+        append_via(headers);
+    }
+
+    /// The earlier chain of `name` this hop extends: none unless the peer is trusted.
+    fn previous<'h>(&self, headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h str> {
+        if self.trusted {
+            first_visible(headers, name)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the client's `name` is passed on as it is (a trusted proxy's original
+    /// `X-Forwarded-Proto` or `-Host`).
+    fn keeps(&self, headers: &HeaderMap, name: &HeaderName) -> bool {
+        self.trusted && headers.contains_key(name)
     }
 }
 
 impl crate::upstream::http1::HeadExtras for Forwarding<'_> {
     fn replaces(&self, name: &HeaderName) -> bool {
-        name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == header::FORWARDED
+        name == X_FORWARDED_FOR
+            || name == header::FORWARDED
+            || (!self.trusted && (name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST))
     }
 
-    /// The same fields `add_forwarding` sets, as header lines.
+    /// The same fields `apply` sets, as header lines.
     fn write(&self, out: &mut Vec<u8>, headers: &HeaderMap) {
         let line = |out: &mut Vec<u8>, name: &[u8]| {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
         };
         line(out, b"x-forwarded-for");
-        write_xff(out, first_visible(headers, &X_FORWARDED_FOR), self.client);
+        write_xff(out, self.previous(headers, &X_FORWARDED_FOR), self.client);
         out.extend_from_slice(b"\r\n");
-        line(out, b"x-forwarded-proto");
-        out.extend_from_slice(self.proto.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        if let Some(host) = self.host
-            && !headers.contains_key(&X_FORWARDED_HOST)
+        if !self.keeps(headers, &X_FORWARDED_PROTO) {
+            line(out, b"x-forwarded-proto");
+            out.extend_from_slice(self.proto.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !self.keeps(headers, &X_FORWARDED_HOST)
+            && let Some(host) = self.host
             && HeaderValue::from_str(host).is_ok()
         {
             line(out, b"x-forwarded-host");
@@ -111,9 +218,9 @@ impl crate::upstream::http1::HeadExtras for Forwarding<'_> {
             out.extend_from_slice(b"\r\n");
         }
         line(out, b"forwarded");
-        write_forwarded(
+        write_forwarding(
             out,
-            first_visible(headers, &header::FORWARDED),
+            self.previous(headers, &header::FORWARDED),
             self.client,
             self.proto,
             self.host,
@@ -143,7 +250,7 @@ fn write_xff(out: &mut Vec<u8>, prev: Option<&str>, client: IpAddr) {
 }
 
 /// A Forwarded value (RFC 7239): the earlier elements, then this hop's.
-fn write_forwarded(
+fn write_forwarding(
     out: &mut Vec<u8>,
     prev: Option<&str>,
     client: IpAddr,
@@ -174,47 +281,6 @@ fn write_forwarded(
         out.extend_from_slice(b";host=");
         out.extend_from_slice(h.as_bytes());
     }
-}
-
-/// Adds X-Forwarded-*, Forwarded and Via for a request going upstream.
-pub fn add_forwarding(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&str>,
-) {
-    // Each value is written once, by hand (core::fmt cost more than the rest of this
-    // function), into the buffer the header value then owns; five fields at most, so the
-    // map regrows once instead of several times.
-    headers.reserve(5);
-    // A previous value is kept only if it is visible ASCII (as the chain's syntax needs).
-    let prev_xff = first_visible(headers, &X_FORWARDED_FOR);
-    let mut xff = Vec::with_capacity(prev_xff.map_or(0, |p| p.len() + 2) + 39);
-    write_xff(&mut xff, prev_xff, client);
-    if let Some(v) = owned_value(xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = host
-        && !headers.contains_key(&X_FORWARDED_HOST)
-    {
-        // Usually the Host header itself: share it.
-        let v = match headers.get(header::HOST) {
-            Some(h) if h.as_bytes() == host.as_bytes() => Some(h.clone()),
-            _ => HeaderValue::from_str(host).ok(),
-        };
-        if let Some(v) = v {
-            headers.insert(X_FORWARDED_HOST, v);
-        }
-    }
-    let prev_fwd = first_visible(headers, &header::FORWARDED);
-    let mut fwd =
-        Vec::with_capacity(prev_fwd.map_or(0, |p| p.len() + 2) + 64 + host.map_or(0, str::len));
-    write_forwarded(&mut fwd, prev_fwd, client, proto, host);
-    if let Some(v) = owned_value(fwd) {
-        headers.insert(header::FORWARDED, v);
-    }
-    append_via(headers);
 }
 
 /// A header value that owns `bytes` (no copy); `None` if they are not a valid value.
@@ -290,6 +356,62 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Forwarding from a trusted proxy.
+    fn add_forwarding(h: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&str>) {
+        Forwarding {
+            client,
+            proto,
+            host,
+            trusted: true,
+        }
+        .apply(h);
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_speak_for_earlier_hops() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "10.9.9.9".parse().unwrap());
+        h.insert(X_FORWARDED_HOST, "keyed.example".parse().unwrap());
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        h.insert(
+            header::FORWARDED,
+            "for=10.9.9.9;host=keyed.example".parse().unwrap(),
+        );
+        let mut trusted = h.clone();
+        let fwd = Forwarding {
+            client: "192.0.2.1".parse().unwrap(),
+            proto: "http",
+            host: Some("public.example"),
+            trusted: false,
+        };
+        fwd.apply(&mut h);
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1");
+        assert_eq!(h[&X_FORWARDED_HOST], "public.example");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.1;proto=http;host=public.example"
+        );
+        // Without a host of its own the client's is not passed on either.
+        let mut h2 = HeaderMap::new();
+        h2.insert(X_FORWARDED_HOST, "keyed.example".parse().unwrap());
+        Forwarding { host: None, ..fwd }.apply(&mut h2);
+        assert!(!h2.contains_key(&X_FORWARDED_HOST));
+        // A trusted proxy's chain is extended and its original proto and host kept.
+        Forwarding {
+            trusted: true,
+            ..fwd
+        }
+        .apply(&mut trusted);
+        assert_eq!(trusted[&X_FORWARDED_FOR], "10.9.9.9, 192.0.2.1");
+        assert_eq!(trusted[&X_FORWARDED_HOST], "keyed.example");
+        assert_eq!(trusted[&X_FORWARDED_PROTO], "https");
+        assert_eq!(
+            trusted[header::FORWARDED],
+            "for=10.9.9.9;host=keyed.example, for=192.0.2.1;proto=http;host=public.example"
+        );
+    }
 
     #[test]
     fn long_forwarding_chains_are_kept_whole() {

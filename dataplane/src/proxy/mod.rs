@@ -18,6 +18,7 @@
 pub mod body;
 mod cached;
 mod forward;
+mod head;
 pub mod headers;
 mod prepare;
 pub mod problem;
@@ -32,7 +33,7 @@ use tokio::time::Instant;
 use self::{
     body::DownstreamBody,
     forward::Exchange,
-    headers::{X_REQUEST_ID, is_upgrade, new_request_id, normalise_host},
+    headers::{X_REQUEST_ID, allowed_upgrade, new_request_id, normalise_host},
     problem::problem,
     respond::{outcome_response, overloaded},
 };
@@ -82,14 +83,29 @@ pub struct Proxy {
     pub edge: EdgeConfig,
 }
 
-/// Edge settings: how far `X-Forwarded-For` is trusted, what `Server` says.
+/// Edge settings: which peers' forwarding headers are trusted, what `Server` says.
 #[derive(Clone, Debug, Default)]
 pub struct EdgeConfig {
-    /// Proxies in front of this one whose `X-Forwarded-For` entries are trusted
-    /// (`--trusted-hops`); 0: the peer address is the client.
+    /// Peers whose `X-Forwarded-*` and `Forwarded` are kept and extended
+    /// (`--trusted-proxies`); from any other peer they are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// For requests from trusted proxies: how many `X-Forwarded-For` entries from the
+    /// right are proxies, so the client address for rate limits is the one before them
+    /// (`--trusted-hops`); 0: the peer address.
     pub trusted_hops: u32,
     /// `Server` header on every response (`--server-header`); none by default.
     pub server_header: Option<HeaderValue>,
+}
+
+impl EdgeConfig {
+    /// Whether `peer` is a proxy whose forwarding headers are believed.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        if self.trusted_proxies.is_empty() {
+            return false;
+        }
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
 }
 
 /// What stages learn that the response and the access log need.
@@ -198,6 +214,20 @@ impl Proxy {
             return r;
         }
 
+        // As the client wrote it (for Host upstream), and normalised (for routing): one
+        // reading for the router, the API-key check and the backend.
+        let authority = match head::check(&mut req) {
+            Ok(a) => a,
+            Err(refused) => {
+                self.metrics.reject(refused.reason);
+                let mut r = problem(refused.status, refused.detail, rid);
+                // Whatever the client sends next is not read as another request.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
+        };
+
         // 2. route
         let Some(table) = self.store.load() else {
             self.metrics.reject("no_table");
@@ -207,8 +237,6 @@ impl Proxy {
                 rid,
             );
         };
-        // As the client wrote it (for Host upstream), and normalised (for routing).
-        let authority = owned_authority(&req);
         let authority_str = authority.as_ref().and_then(|a| a.to_str().ok());
         let host_norm = authority_str.map(normalise_host);
         let host = host_norm.as_deref().unwrap_or("");
@@ -238,6 +266,11 @@ impl Proxy {
             }
             RouteAction::Forward(f) => f,
         };
+        // The protocol the client may switch to, if it asks for one the rule allows; any
+        // other Upgrade is dropped below and the request served as an ordinary one.
+        let upgrade_to = allowed_upgrade(req.headers(), &forward.upgrades).cloned();
+        let upgrade = upgrade_to.is_some();
+        let trusted = self.edge.trusts(conn.peer.ip());
 
         // 3. auth
         let key_id = match &route_rt.api_keys {
@@ -270,7 +303,7 @@ impl Proxy {
                     req.headers(),
                     conn.peer.ip(),
                     key_id.as_deref(),
-                    self.edge.trusted_hops,
+                    if trusted { self.edge.trusted_hops } else { 0 },
                 );
                 limiter.acquire(&key)
             };
@@ -303,7 +336,7 @@ impl Proxy {
             .and_then(|n| table.cache_policies.get(n));
         if let Some(policy) = cache_policy
             && hyper::body::Body::is_end_stream(req.body())
-            && !is_upgrade(req.headers())
+            && !upgrade
             && let Some(mut resp) = self.store.cache().fresh(
                 policy,
                 req.method(),
@@ -361,7 +394,6 @@ impl Proxy {
             );
         };
         let deadline = prepare::deadline(req.headers_mut(), forward.timeout_ms, started);
-        let upgrade = is_upgrade(req.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 
@@ -379,7 +411,7 @@ impl Proxy {
             .request_hash(&parts.headers, conn.peer.ip());
         // Buffered when a retry or hedge might send it again and it is small enough.
         let replay = !upgrade && (policy.is_some() || hedge_after.is_some());
-        let body = match prepare::request_body(
+        let (body, pace) = match prepare::request_body(
             body,
             &self.limits,
             &self.metrics,
@@ -407,6 +439,7 @@ impl Proxy {
             // a hit never needs it.
             let origin = cached::RouteOrigin {
                 conn,
+                trusted,
                 authority: authority.clone(),
                 table: table.clone(),
                 route: matched.index,
@@ -434,7 +467,8 @@ impl Proxy {
         }
 
         // 8. forward
-        let forwarding = prepare::upstream_head(&mut parts, conn, authority_str, forward, upgrade);
+        let forwarding =
+            prepare::upstream_head(&mut parts, conn, authority_str, forward, upgrade, trusted);
         let mut exchange = Exchange {
             forwarding,
             table: &table,
@@ -448,6 +482,7 @@ impl Proxy {
             started,
             repeatable,
             hedge_after,
+            pace,
         };
         let result = forward::forward(&mut exchange, body).await;
         let answered = Instant::now();
@@ -458,7 +493,7 @@ impl Proxy {
             Ok(answer) => respond::upstream(
                 answer,
                 &request_id,
-                downstream_upgrade,
+                downstream_upgrade.zip(upgrade_to),
                 &self.metrics.response_bytes,
                 (!upgrade).then_some(deadline),
             ),
@@ -523,19 +558,6 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// The request's authority as sent, kept past the request: the Host header's value is
-/// shared, not copied (HTTP/1.1); a URI authority (HTTP/2) is copied.
-fn owned_authority<B>(req: &Request<B>) -> Option<HeaderValue> {
-    match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .filter(|h| h.to_str().is_ok())
-            .cloned(),
-    }
-}
-
 /// Replaces the first `prefix_len` bytes of `path` (the matched prefix) with `new_prefix`,
 /// keeping exactly one slash at the seam.
 fn rewrite_prefix(path: &str, prefix_len: usize, new_prefix: &str) -> String {
@@ -574,21 +596,10 @@ mod tests {
 
     #[test]
     fn host_without_port_lowercased() {
-        let r = Request::builder()
-            .uri("/x")
-            .header("host", "API.Example:8080")
-            .body(())
-            .unwrap();
-        assert_eq!(owned_authority(&r).unwrap(), "API.Example:8080");
         assert_eq!(normalise_host("API.Example:8080"), "api.example");
         assert_eq!(normalise_host("[::1]:80"), "[::1]");
         // A Host header is any visible ASCII: an unclosed bracket must not panic.
         assert_eq!(normalise_host("[AbC"), "[abc");
         assert_eq!(normalise_host("["), "[");
-        let r = Request::builder()
-            .uri("http://h2.example/x")
-            .body(())
-            .unwrap();
-        assert_eq!(owned_authority(&r).unwrap(), "h2.example");
     }
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     ConnInfo, Limits, X_PARAPET_TIMEOUT_MS,
-    body::{Counted, Prefixed},
+    body::{Counted, Pace, Paced, Prefixed},
     forward::RequestBody,
     headers::{Forwarding, strip_hop_by_hop},
     rewrite_prefix,
@@ -69,6 +69,7 @@ pub(super) fn upstream_head<'a>(
     authority: Option<&'a str>,
     forward: &ForwardAction,
     upgrade: bool,
+    trusted: bool,
 ) -> Forwarding<'a> {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::EXPECT);
@@ -87,13 +88,15 @@ pub(super) fn upstream_head<'a>(
         client: conn.peer.ip(),
         proto: if conn.tls { "https" } else { "http" },
         host: authority,
+        trusted,
     }
 }
 
 /// The body to send. When `replay` (a retry or hedge may need it again), a body declared at
 /// most `max_replay_bytes` long, or without a declared length, is read now (before the
 /// deadline): if it ends within the bound it is kept for replay; if not, what was read is
-/// sent first and the rest streams after it, once. Otherwise the body streams, once.
+/// sent first and the rest streams after it, once. Otherwise the body streams, once, with a
+/// [`Pace`] that follows it.
 pub(super) async fn request_body(
     body: super::body::DownstreamBody,
     limits: &Limits,
@@ -101,15 +104,20 @@ pub(super) async fn request_body(
     replay: bool,
     declared: Option<u64>,
     deadline: Instant,
-) -> Result<RequestBody, (StatusCode, &'static str)> {
+) -> Result<(RequestBody, Option<Pace>), (StatusCode, &'static str)> {
+    let stream = |read: Vec<Frame<Bytes>>, rest| {
+        let pace = Pace::default();
+        let body = Prefixed::new(read, Paced::new(rest, pace.clone())).boxed();
+        Ok((RequestBody::Once(Some(body)), Some(pace)))
+    };
     let counted = Counted::new(body, metrics.request_bytes.clone());
     let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
     if counted.is_end_stream() {
-        return Ok(RequestBody::Replayable(Bytes::new()));
+        return Ok((RequestBody::Replayable(Bytes::new()), None));
     }
     let mut body = Limited::new(counted, limit);
     if !replay || declared.is_some_and(|n| n > limits.max_replay_bytes) {
-        return Ok(RequestBody::Once(Some(body.boxed())));
+        return stream(Vec::new(), body);
     }
     let bound = usize::try_from(limits.max_replay_bytes).unwrap_or(usize::MAX);
     let mut read: Vec<Frame<Bytes>> = Vec::new();
@@ -143,13 +151,13 @@ pub(super) async fn request_body(
             // Trailers: keep them with the body, which then streams.
             None => {
                 read.push(frame);
-                return Ok(RequestBody::Once(Some(Prefixed::new(read, body).boxed())));
+                return stream(read, body);
             }
         }
         read.push(frame);
         if bytes > bound {
             // Too big to keep: what was read goes first, the rest follows.
-            return Ok(RequestBody::Once(Some(Prefixed::new(read, body).boxed())));
+            return stream(read, body);
         }
     }
     let mut all = BytesMut::with_capacity(bytes);
@@ -158,5 +166,5 @@ pub(super) async fn request_body(
             all.extend_from_slice(&d);
         }
     }
-    Ok(RequestBody::Replayable(all.freeze()))
+    Ok((RequestBody::Replayable(all.freeze()), None))
 }

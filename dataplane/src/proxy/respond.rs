@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::{
     body::{Bounded, Counted},
     forward::{Answer, Outcome},
-    headers::{X_REQUEST_ID, append_via, strip_hop_by_hop},
+    headers::{X_REQUEST_ID, append_via, strip_hop_by_hop, upgrade_name},
     problem::{empty, problem},
 };
 use crate::{
@@ -20,16 +20,33 @@ use crate::{
 };
 
 /// Passes an upstream response on. `deadline` bounds the body too (not for upgrades).
+/// `upgrade`: the client's side of a switch the rule allows, and the protocol it asked for;
+/// a tunnel opens only when the upstream's 101 names that protocol.
 pub(super) fn upstream(
     answer: Answer,
     request_id: &HeaderValue,
-    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: Option<(hyper::upgrade::OnUpgrade, HeaderValue)>,
     counter: &Counter,
     deadline: Option<Instant>,
 ) -> Response<ProxyBody> {
     let Answer { response, permit } = answer;
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching && let Some(down) = downstream_upgrade {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let asked = upgrade.as_ref().and_then(|(_, p)| upgrade_name(p));
+        let answered = response
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(upgrade_name);
+        let same = asked.is_some_and(|a| answered.is_some_and(|b| a.eq_ignore_ascii_case(b)));
+        let Some((down, _)) = upgrade.filter(|_| same) else {
+            // A switch nobody asked for, or to another protocol, would leave the client
+            // speaking it to the backend with no gateway in between.
+            tracing::debug!("upstream switched protocols without being asked; 502");
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "the upstream switched to a protocol the request did not ask for",
+                Some(request_id),
+            );
+        };
         let mut resp = response;
         let up = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
@@ -49,6 +66,11 @@ pub(super) fn upstream(
         return Response::from_parts(parts, empty());
     }
     let (mut parts, body): (_, UpstreamBody) = response.into_parts();
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        // The coding framed the body (RFC 9112 §6.3): a length beside it is not the body's
+        // and would cut it short downstream. Parapet's own client drops it as it reads.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers, false);
     append_via(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
@@ -94,6 +116,17 @@ pub(super) fn outcome_response(outcome: Outcome, rid: Option<&HeaderValue>) -> R
                 "the request body is malformed",
                 rid,
             );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+        Outcome::ClientTimeout => {
+            let mut r = problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive within the route timeout",
+                rid,
+            );
+            // The rest of the body is not read: the connection cannot carry another request.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r

@@ -519,7 +519,8 @@ async fn a_slow_head_is_cut_off_after_the_header_read_timeout() {
     let started = Instant::now();
     s.client.write_all(b"GET / HTTP/1.1\r\nhost").await.unwrap();
     let out = read_to_close(&mut s.client).await;
-    assert!(out.is_empty(), "{out}");
+    // The client's slowness, said as such.
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert!(s.seen.lock().unwrap().is_empty());
 }
