@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod capture;
 pub mod client;
 pub mod dataplane;
 pub mod load;

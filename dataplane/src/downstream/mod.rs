@@ -173,20 +173,31 @@ pub async fn serve<IO>(
         ($conn:expr) => {{
             let conn = $conn;
             tokio::pin!(conn);
+            // Resolves with how long the connection may take to close once told to: a
+            // drain is bounded by the listener's drain timeout; an idle connection gets one
+            // more header read timeout (an HTTP/2 peer that never answers the GOAWAY's ping
+            // would otherwise hold it).
             let stop = async {
                 tokio::select! {
-                    () = drain.draining() => {}
+                    () = drain.draining() => None,
                     () = activity.idle(idle_timeout) => {
                         tracing::debug!(peer = %info.peer, "connection idle for the header read timeout; closing");
+                        Some(idle_timeout)
                     }
                 }
             };
             tokio::select! {
                 biased;
                 ended = conn.as_mut() => ended.map_err(Into::into),
-                () = stop => {
+                grace = stop => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await.map_err(Into::into)
+                    match grace {
+                        None => conn.await.map_err(Into::into),
+                        Some(grace) => match tokio::time::timeout(grace, conn).await {
+                            Ok(ended) => ended.map_err(Into::into),
+                            Err(_) => Ok(()),
+                        },
+                    }
                 }
             }
         }};
@@ -198,13 +209,16 @@ pub async fn serve<IO>(
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades()
         )
+    } else if protocol == Protocol::Http2 {
+        // (`http2_only` holds for `serve_connection`, not for the variant with upgrades;
+        // HTTP/2 has none to serve.)
+        until_drained!(shared.hyper_h2.serve_connection(TokioIo::new(io), svc))
     } else {
-        let builder = if protocol == Protocol::Http2 {
-            &shared.hyper_h2
-        } else {
-            &shared.hyper
-        };
-        until_drained!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc))
+        until_drained!(
+            shared
+                .hyper
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        )
     };
     if let Err(e) = ended {
         tracing::trace!(peer = %info.peer, error = %e, "connection ended with an error");

@@ -100,7 +100,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE) && !PROTECTED.contains(n))
+        .filter(|n| !(PROTECTED.contains(n) || keep_upgrade && n == header::UPGRADE))
         .collect();
     for n in named {
         headers.remove(n);
