@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit lint audit fmt crds run bench deps help
+.PHONY: all build test unit lint audit fmt crds run bench deps help h2spec
 
 all: build
 
@@ -58,7 +58,10 @@ fmt:
 unit: ## Unit and integration tests (no Kubernetes)
 	$(CARGO) test --workspace --exclude parapet-e2e
 
-test: deps lint build unit e2e ## Everything CI runs: lint, unit, integration and e2e tiers
+h2spec: ## HTTP/2 conformance (h2spec from the Go module proxy) against the data plane
+	./scripts/h2spec.sh
+
+test: deps lint build unit h2spec e2e ## Everything CI runs: lint, unit, integration, HTTP/2 conformance and e2e tiers
 	@echo "make test: all tiers passed"
 
 run: ## The demo: the data plane in standalone mode in front of sample backends

@@ -30,7 +30,7 @@ Try:
   curl -i http://127.0.0.1:8080/accounts/42                # round robin over accounts-1..3
   for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:8080/x; echo; done
   for i in $(seq 20); do curl -s http://127.0.0.1:8080/canary; echo; done   # 90/10 canary split
-  curl -i http://127.0.0.1:8080/accounts/42/balance         # Fixed cache policy (issue 7)
+  curl -i http://127.0.0.1:8080/accounts/42/balance         # Fixed cache policy
   curl -s http://127.0.0.1:9901/v1/snapshot/status          # the table in force
   curl -s http://127.0.0.1:9901/metrics | grep parapet_requests
 Edit examples/standalone.yaml and the table reloads within a second. Ctrl-C stops the demo.
