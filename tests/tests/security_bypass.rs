@@ -501,3 +501,47 @@ async fn a_smuggling_payload_pipelined_after_a_valid_get_is_refused() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_authority_and_host_must_agree() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let s = Setup::start(ws_backend(), &[]).await;
+    for (path, proxy) in s.proxies() {
+        let tcp = TcpStream::connect(proxy).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2c with prior knowledge");
+        tokio::spawn(conn);
+        let request = |authority: &str, host: Option<&str>| {
+            let mut b = http::Request::get(format!("http://{authority}/x"));
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(Empty::<bytes::Bytes>::new()).unwrap()
+        };
+        let before = s.capture.heads().len();
+        let r = send
+            .send_request(request("public.example", Some("keyed.example")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}: :authority and host disagree");
+        assert_eq!(
+            s.capture.heads().len(),
+            before,
+            "{path}: reached the backend"
+        );
+        let r = send
+            .send_request(request("public.example", Some("PUBLIC.example")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}: the same host in another case");
+        let r = send
+            .send_request(request("keyed.example", None))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}: routed by :authority");
+        assert_eq!(s.capture.last_values("host"), ["public.example"], "{path}");
+    }
+}

@@ -9,7 +9,8 @@
 //! - HTTP/1.1 needs exactly one `Host` (RFC 9112 §3.2); HTTP/1.0 may have none.
 //! - In absolute form the URI's authority is the request's authority and replaces `Host`
 //!   (RFC 9112 §3.2.2), so the backend is told the host the router used.
-//! - HTTP/2's `:authority` and a `host` field must agree (RFC 9113 §8.3.1).
+//! - HTTP/2's `:authority` and a `host` field must agree (RFC 9113 §8.3.1); `:authority`
+//!   is the `Host` sent upstream.
 //! - An authority is a host name (letters, digits, `-`, `.`, `_`), an IPv4 address or a
 //!   bracketed IPv6 address, and an optional port: no user info, spaces or percent-escapes.
 //! - Authority form belongs to `CONNECT`, and this gateway tunnels no `CONNECT`.
@@ -101,9 +102,13 @@ fn authority<B>(req: &mut Request<B>) -> Result<Option<HeaderValue>, Refused> {
                     "the request's :authority and host fields name different hosts",
                 ))
             }
-            (Some(a), _) => HeaderValue::from_str(a.as_str())
-                .map(Some)
-                .map_err(|_| bad("invalid_host", "the request's :authority is not valid")),
+            (Some(a), _) => {
+                let a = HeaderValue::from_str(a.as_str())
+                    .map_err(|_| bad("invalid_host", "the request's :authority is not valid"))?;
+                // The backend is sent the authority the router read, as written there.
+                req.headers_mut().insert(header::HOST, a.clone());
+                Ok(Some(a))
+            }
             (None, Some(h)) => Ok(Some(h.clone())),
             (None, None) => Err(bad(
                 "invalid_host",
