@@ -1,7 +1,10 @@
 //! One request's life, in stages:
 //!
-//! 1. **limits**: URI and declared body size.
-//! 2. **route**: the table in force and the router's match; direct answers end here.
+//! 1. **limits**: URI and declared body size; then the **head** (`head.rs`): one reading of
+//!    the authority for the router, the API-key check and the backend, and nothing
+//!    ambiguous (`CONNECT`, repeated `Transfer-Encoding`, dot segments).
+//! 2. **route**: the table in force and the router's match; direct answers end here. The
+//!    rule's `upgrades` decide whether an `Upgrade` is honoured or dropped.
 //! 3. **auth** (`auth/`): the rule's API keys; missing → 401, wrong → 403.
 //! 4. **rate limit** (`ratelimit/`): the rule's buckets; 429 with `Retry-After`, or a wait
 //!    in Shape mode.
