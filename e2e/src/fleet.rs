@@ -172,6 +172,17 @@ impl Operator {
         token_file: &str,
         identity: &str,
     ) -> Result<Operator> {
+        Self::start_with(ns, dataplane_service, token_file, identity, &[])
+    }
+
+    /// As [`Operator::start`], with extra flags.
+    pub fn start_with(
+        ns: &str,
+        dataplane_service: &str,
+        token_file: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Operator> {
         let kubeconfig = cluster()?.kubeconfig().clone();
         let mut child = Command::new(parapet_tests::dataplane::binary("operator"))
             .args([
@@ -198,6 +209,7 @@ impl Operator {
                 "--lease-duration-secs",
                 "6",
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env(
                 "PARAPET_LOG",
