@@ -1,6 +1,8 @@
 //! Parapet's operator, shaped like Linkerd's policy controller: `index` (watches feeding
-//! in-memory stores), `compile` (stores → table), `push` (table → every data-plane pod),
-//! `status` (conditions, leader only), `lease` (leader election), `metrics`.
+//! in-memory stores; `secrets` says which Secrets), `compile` (stores → table), `push`
+//! (table → every data-plane pod, over `tls`), `status` (conditions, leader only), `lease`
+//! (leader election), `pki` and `snapshot_certs` (the snapshot channel's certificates),
+//! `metrics`.
 
 #![forbid(unsafe_code)]
 

@@ -237,6 +237,40 @@ mod tests {
     }
 
     #[test]
+    fn an_issued_client_certificate_is_swapped_in_place() {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = crate::pki::Ca::generate(now).unwrap();
+        let first = ca.issue_client(now).unwrap();
+        let cert = Arc::new(ClientCert::new(&first.cert, &first.key).unwrap());
+        let tls = PushTls::issued(&ca.pem().cert, cert.clone(), "dp.parapet.svc").unwrap();
+        assert!(tls.config.client_auth_cert_resolver.has_certs());
+        let presented = |t: &PushTls| {
+            t.config
+                .client_auth_cert_resolver
+                .resolve(&[], &[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+                .unwrap()
+                .cert[0]
+                .clone()
+        };
+        assert_eq!(presented(&tls), cert.current());
+        let second = ca.issue_client(now).unwrap();
+        cert.replace(&second.cert, &second.key).unwrap();
+        assert_ne!(
+            presented(&tls).as_ref(),
+            rustls_pemfile::certs(&mut first.cert.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+                .as_ref()
+        );
+        assert_eq!(presented(&tls), cert.current());
+        // A key that is not the certificate's type is refused, and the old one kept.
+        assert!(cert.replace(&second.cert, "garbage").is_err());
+        assert_eq!(presented(&tls), cert.current());
+        assert!(PushTls::issued(&ca.pem().cert, cert, "not a name!").is_err());
+    }
+
+    #[test]
     fn builds_from_pem_files_and_names_bad_ones() {
         let (ca, cert, key) = pki();
         let dir = tempfile::tempdir().unwrap();
