@@ -242,6 +242,18 @@ impl Operator {
         Ok(Operator { child, metrics })
     }
 
+    /// Waits up to `deadline` for the process to exit by itself; its status, or `None`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + deadline;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

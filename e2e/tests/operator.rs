@@ -1622,3 +1622,52 @@ async fn operators_issue_the_snapshot_certificates_and_push_over_mtls() -> Resul
     ensure!(secrets.list(&ours).await?.items.len() == 2);
     Ok(())
 }
+
+/// A task the operator cannot work without ends: the process exits non-zero, so that
+/// Kubernetes restarts it. Here the certificate task ends because the CA it trusts was
+/// replaced (the CA Secret deleted and made again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_exits_non_zero_when_its_ca_is_replaced() -> Result<()> {
+    let s = setup("snapshot-ca-replaced").await?;
+    let server_name = format!("dp-admin.{}.svc", s.ns());
+    let mut op = Operator::start_with(
+        s.ns(),
+        "dp-admin",
+        &s.token_file,
+        "op-a",
+        &[
+            "--snapshot-ca-secret",
+            "snap-ca",
+            "--snapshot-tls-secret",
+            "snap-tls",
+            "--dataplane-server-name",
+            &server_name,
+            "--snapshot-cert-check-interval",
+            "200ms",
+        ],
+    )?;
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), s.ns());
+    let first = wait_for(
+        "the operator to create Secret snap-ca",
+        Duration::from_secs(30),
+        || async { Ok(secrets.get_opt("snap-ca").await?) },
+    )
+    .await?;
+    // Still running after several checks of an unchanged CA.
+    ensure!(
+        op.wait_exit(Duration::from_secs(1)).await.is_none(),
+        "the operator exited although nothing changed"
+    );
+    secrets.delete("snap-ca", &Default::default()).await?;
+    let status = op
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the operator still runs 30s after its CA was replaced"))?;
+    ensure!(!status.success(), "the operator exited with {status}");
+    let second = secrets.get("snap-ca").await?;
+    ensure!(
+        secret_text(&second, "ca.crt") != secret_text(&first, "ca.crt"),
+        "the CA was not made again"
+    );
+    Ok(())
+}
