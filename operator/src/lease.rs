@@ -5,16 +5,13 @@
 //! gives up on), this replica could never lead again while looking healthy; instead the end
 //! is handed back to `run` as an error, the process exits non-zero and Kubernetes restarts it.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
-use crate::{args::Args, metrics::Metrics};
-
-/// Resolves, with the reason, once the lease manager has stopped.
-pub type Ended = Pin<Box<dyn Future<Output = anyhow::Error> + Send>>;
+use crate::{Ended, args::Args, metrics::Metrics};
 
 /// This replica's name in the Lease and in Events.
 pub fn identity(args: &Args) -> String {

@@ -33,6 +33,10 @@ use crate::{
     push::{Fleet, Pusher},
 };
 
+/// Resolves, with the reason, once a task the operator cannot work without has ended
+/// (leader election, certificate renewal); `run` then returns the error.
+pub type Ended = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Error> + Send>>;
+
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARAPET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -57,6 +61,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.dataplane_server_name.as_deref().filter(|_| !issuing),
     )?
     .map(Arc::new);
+    let issued_name = match (issuing, &args.dataplane_server_name) {
+        (true, None) => anyhow::bail!(
+            "--snapshot-ca-secret needs --dataplane-server-name: the name to issue the data planes' certificate to"
+        ),
+        (true, Some(n)) => Some(n.clone()),
+        (false, _) => None,
+    };
     if !issuing {
         tracing::info!(
             tls = push_tls.is_some(),
@@ -68,14 +79,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "cannot reach the Kubernetes API: set KUBECONFIG or run in a pod with a service account",
     )?;
     // Certificates the operator issues itself: ensured before anything is pushed.
-    let (push_tls, certs_ended): (_, lease::Ended) = match (
+    let (push_tls, certs_ended): (_, Ended) = match (
         &args.snapshot_ca_secret,
         &args.snapshot_tls_secret,
+        issued_name,
     ) {
-        (Some(ca_secret), Some(tls_secret)) => {
-            let server_name = args.dataplane_server_name.clone().context(
-                "--snapshot-ca-secret needs --dataplane-server-name: the name to issue the data planes' certificate to",
-            )?;
+        (Some(ca_secret), Some(tls_secret), Some(server_name)) => {
             let (tls, ended) = snapshot_certs::start(
                 &client,
                 snapshot_certs::Config {
@@ -211,7 +220,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// replica that looks healthy but can never compile or lead again.
 async fn supervise(
     compiler: impl std::future::Future,
-    critical: lease::Ended,
+    critical: Ended,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::select! {

@@ -21,7 +21,7 @@ use kube::{
 use time::OffsetDateTime;
 
 use crate::{
-    lease::Ended,
+    Ended,
     pki::{self, Ca},
     tls::{ClientCert, PushTls},
 };
