@@ -708,6 +708,7 @@ fn check_safe_defaults(docs: &[Value], ns: &str) -> Result<()> {
             "--secret-label-selector",
             "parapet.dev/secret=true".to_string(),
         ),
+        ("--dataplane-deployment", "parapet-dataplane".to_string()),
     ] {
         ensure!(
             flag(&op_args, f).as_deref() == Some(v.as_str()),
@@ -809,6 +810,16 @@ fn check_safe_defaults(docs: &[Value], ns: &str) -> Result<()> {
             ],
         "{:?}",
         secret_rules(role)
+    );
+    // And a rolling restart of the data plane (after a renewal), of that Deployment only.
+    ensure!(
+        role["rules"]
+            .as_array()
+            .is_some_and(|rules| rules.contains(&json!({
+            "apiGroups": ["apps"], "resources": ["deployments"],
+            "resourceNames": ["parapet-dataplane"], "verbs": ["patch"]}))),
+        "{}",
+        role["rules"]
     );
     Ok(())
 }
@@ -1448,6 +1459,14 @@ async fn install_upgrade_uninstall_on_the_api_server() -> Result<()> {
             "update",
             "secrets/parapet-snapshot-tls",
             Some("default"),
+            false,
+        ),
+        ("patch", "deployments.apps/parapet-dataplane", Some(n), true),
+        ("patch", "deployments.apps/parapet-operator", Some(n), false),
+        (
+            "update",
+            "deployments.apps/parapet-dataplane",
+            Some(n),
             false,
         ),
         ("create", "events.events.k8s.io", None, true),

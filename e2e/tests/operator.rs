@@ -1446,6 +1446,7 @@ async fn snapshot_certificates_are_created_once_when_replicas_race() -> Result<(
         tls_secret: "snap-tls".into(),
         server_name: format!("dp-admin.{ns}.svc"),
         check_every: Duration::from_secs(3600),
+        restart: None,
     };
     // Two clients, as two replicas have.
     let a1: Api<Secret> = Api::namespaced(client().await?, &ns);
@@ -1669,5 +1670,74 @@ async fn the_operator_exits_non_zero_when_its_ca_is_replaced() -> Result<()> {
         secret_text(&second, "ca.crt") != secret_text(&first, "ca.crt"),
         "the CA was not made again"
     );
+    Ok(())
+}
+
+/// The data plane reads its certificate at start, so when the operator issues it again it
+/// rolls the data plane's Deployment (a pod-template annotation, as `kubectl rollout
+/// restart` does); a first issue, which the pods wait for anyway, does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reissued_certificate_rolls_the_dataplane() -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use parapet_operator::snapshot_certs::RESTART_ANNOTATION;
+    let s = setup("snapshot-restart").await?;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), s.ns());
+    // No workload controller runs here: only the Deployment's template is looked at.
+    let dp: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "dp"},
+        "spec": {"selector": {"matchLabels": {"app": "dp"}},
+            "template": {"metadata": {"labels": {"app": "dp"}},
+                "spec": {"containers": [{"name": "dataplane", "image": "parapet/dataplane"}]}}}
+    }))?;
+    deployments.create(&Default::default(), &dp).await?;
+    let restarted = || async {
+        let d = deployments.get("dp").await?;
+        Ok::<_, anyhow::Error>(
+            d.spec
+                .template
+                .metadata
+                .and_then(|m| m.annotations)
+                .and_then(|a| a.get(RESTART_ANNOTATION).cloned()),
+        )
+    };
+    let start = |name: String| {
+        let (ns, token) = (s.ns().to_string(), s.token_file.clone());
+        Operator::start_with(
+            &ns,
+            "dp-admin",
+            &token,
+            "op-a",
+            &[
+                "--snapshot-ca-secret",
+                "snap-ca",
+                "--snapshot-tls-secret",
+                "snap-tls",
+                "--dataplane-server-name",
+                &name,
+                "--dataplane-deployment",
+                "dp",
+            ],
+        )
+    };
+    // The operator prints its metrics address only after ensuring the certificates.
+    let mut op = start(format!("dp-admin.{}.svc", s.ns()))?;
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), s.ns());
+    let first = secrets.get("snap-tls").await?;
+    ensure!(
+        restarted().await?.is_none(),
+        "the first issue restarted the data plane"
+    );
+    op.kill();
+    // Another server name: the certificate is issued again, and the data plane rolled.
+    let _op = start(format!("renamed.{}.svc", s.ns()))?;
+    let second = secrets.get("snap-tls").await?;
+    ensure!(secret_text(&second, "tls.crt") != secret_text(&first, "tls.crt"));
+    let at = wait_for(
+        "the data plane's pod template to be annotated",
+        Duration::from_secs(10),
+        || async { restarted().await },
+    )
+    .await?;
+    ensure!(!at.is_empty());
     Ok(())
 }

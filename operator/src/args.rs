@@ -62,6 +62,15 @@ pub struct Args {
         requires = "snapshot_ca_secret"
     )]
     pub snapshot_tls_secret: Option<String>,
+    /// The data plane's Deployment (in --dataplane-namespace), with --snapshot-ca-secret:
+    /// rolled (like `kubectl rollout restart`) after its certificate is issued again, since
+    /// the data plane reads the certificate at start.
+    #[arg(
+        long,
+        env = "PARAPET_DATAPLANE_DEPLOYMENT",
+        requires = "snapshot_ca_secret"
+    )]
+    pub dataplane_deployment: Option<String>,
     /// How often issued certificates are checked and renewed before they expire.
     #[arg(long, default_value = "1h", value_parser = duration)]
     pub snapshot_cert_check_interval: Duration,

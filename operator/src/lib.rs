@@ -93,6 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     tls_secret: tls_secret.clone(),
                     server_name,
                     check_every: args.snapshot_cert_check_interval,
+                    restart: args.dataplane_deployment.clone(),
                 },
             )
             .await?;

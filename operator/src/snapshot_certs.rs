@@ -8,15 +8,20 @@
 //! Both Secrets are created only when absent: replicas that start together race to create
 //! them, one wins, and the others (told AlreadyExists) read what it wrote, so there is one
 //! CA. Leaves are issued again before they expire ([`pki::RENEW_BEFORE`]); the TLS Secret
-//! is replaced under its resourceVersion, so two replicas never both rewrite it.
+//! is replaced under its resourceVersion, so two replicas never both rewrite it, and the
+//! one that rewrote it rolls the data plane (`--dataplane-deployment`), whose pods read
+//! their certificate only at start.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use k8s_openapi::{ByteString, api::core::v1::Secret};
+use k8s_openapi::{
+    ByteString,
+    api::{apps::v1::Deployment, core::v1::Secret},
+};
 use kube::{
     Api, Client,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use time::OffsetDateTime;
 
@@ -36,7 +41,14 @@ pub struct Config {
     pub server_name: String,
     /// How often the leaves are checked for renewal.
     pub check_every: Duration,
+    /// The data plane's Deployment, restarted after its certificate is issued again (it
+    /// reads the certificate at start). `None`: restarting is left to the user.
+    pub restart: Option<String>,
 }
+
+/// The pod-template annotation whose change rolls the data plane (as `kubectl rollout
+/// restart` does with its own annotation).
+pub const RESTART_ANNOTATION: &str = "parapet.dev/snapshot-certificate-issued";
 
 /// What [`ensure_tls`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -199,6 +211,7 @@ pub async fn start(client: &Client, cfg: Config) -> anyhow::Result<(Arc<PushTls>
     let ca = ensure_ca(&api, &cfg.namespace, &cfg.ca_secret).await?;
     let outcome = ensure_tls(&api, &cfg, &ca, OffsetDateTime::now_utc()).await?;
     log_outcome(&cfg, &outcome);
+    restart_after(client, &cfg, &outcome).await;
     let client_pem = ca.issue_client(OffsetDateTime::now_utc())?;
     let client_cert = Arc::new(ClientCert::new(&client_pem.cert, &client_pem.key)?);
     let tls = Arc::new(PushTls::issued(
@@ -207,6 +220,7 @@ pub async fn start(client: &Client, cfg: Config) -> anyhow::Result<(Arc<PushTls>
         &cfg.server_name,
     )?);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let client = client.clone();
     tokio::spawn(async move {
         let mut client_pem = client_pem;
         let mut tick = tokio::time::interval(cfg.check_every);
@@ -233,7 +247,10 @@ pub async fn start(client: &Client, cfg: Config) -> anyhow::Result<(Arc<PushTls>
                 }
             }
             match ensure_tls(&api, &cfg, &ca, now).await {
-                Ok(o) => log_outcome(&cfg, &o),
+                Ok(o) => {
+                    log_outcome(&cfg, &o);
+                    restart_after(&client, &cfg, &o).await;
+                }
                 Err(e) => tracing::warn!(
                     error = format!("{e:#}"),
                     "snapshot certificate renewal failed; trying again later"
@@ -265,6 +282,35 @@ pub async fn start(client: &Client, cfg: Config) -> anyhow::Result<(Arc<PushTls>
     Ok((tls, ended))
 }
 
+/// After a re-issue (only then: a first issue finds the pods waiting for the Secret),
+/// rolls the data plane so its pods read the new certificate. The Deployment's rollout
+/// settings (surge, no unavailability) and PodDisruptionBudget apply. A failure is logged:
+/// the old certificate stays valid for [`pki::RENEW_BEFORE`] after a renewal.
+async fn restart_after(client: &Client, cfg: &Config, outcome: &TlsOutcome) {
+    let (TlsOutcome::Reissued(_), Some(name)) = (outcome, &cfg.restart) else {
+        return;
+    };
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &cfg.namespace);
+    let at = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
+        RESTART_ANNOTATION: at
+    }}}}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => tracing::info!(
+            deployment = %format!("{}/{name}", cfg.namespace),
+            "data plane restarted to load its new snapshot certificate"
+        ),
+        Err(e) => tracing::error!(
+            deployment = %format!("{}/{name}", cfg.namespace),
+            error = %e,
+            "cannot restart the data plane after issuing its certificate again; run kubectl rollout restart before the old certificate expires"
+        ),
+    }
+}
+
 fn log_outcome(cfg: &Config, outcome: &TlsOutcome) {
     let secret = format!("{}/{}", cfg.namespace, cfg.tls_secret);
     match outcome {
@@ -272,6 +318,11 @@ fn log_outcome(cfg: &Config, outcome: &TlsOutcome) {
             tracing::info!(%secret, name = %cfg.server_name, "snapshot certificate issued")
         }
         TlsOutcome::Kept => tracing::debug!(%secret, "snapshot certificate current"),
+        TlsOutcome::Reissued(reason) if cfg.restart.is_some() => tracing::info!(
+            %secret,
+            %reason,
+            "snapshot certificate issued again"
+        ),
         TlsOutcome::Reissued(reason) => tracing::warn!(
             %secret,
             %reason,
