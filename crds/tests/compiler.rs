@@ -621,3 +621,50 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_secret_outside_the_label_selector_is_reported_with_how_to_label_it() {
+    let yaml = format!(
+        "{POOL}{}",
+        route(
+            "keys",
+            "2024-01-01T00:00:00Z",
+            "[a.example]",
+            r#"
+    - name: r
+      matches: [{path: {type: Exact, value: /k}}]
+      backends: [{pool: web}]
+      auth: {apiKeys: {secretRefs: [{name: keys}]}}
+"#
+        )
+    );
+    let m = Manifest::parse(&yaml).expect("test manifest parses");
+    let message = |selector: Option<&str>| {
+        let mut inputs = m.inputs();
+        inputs.secret_label_selector = selector.map(str::to_string);
+        let out = compile(&inputs);
+        let (reason, msg) = out
+            .diagnostics
+            .condition("ApiRoute", "default", "keys", ConditionKind::ResolvedRefs)
+            .expect("ResolvedRefs is false");
+        assert_eq!(reason, Reason::SecretNotFound);
+        msg
+    };
+    let msg = message(Some("parapet.dev/secret=true"));
+    assert!(
+        msg.contains(
+            "Secret default/keys, which does not exist or is not labelled parapet.dev/secret=true"
+        ) && msg.contains("kubectl label secret -n default keys parapet.dev/secret=true"),
+        "{msg}"
+    );
+    let msg = message(Some("team in (a,b)"));
+    assert!(
+        msg.contains("label it to match team in (a,b)") && !msg.contains("kubectl label"),
+        "{msg}"
+    );
+    let msg = message(None);
+    assert!(
+        msg.contains("which does not exist; create it") && !msg.contains("label"),
+        "{msg}"
+    );
+}

@@ -172,6 +172,17 @@ impl Operator {
         token_file: &str,
         identity: &str,
     ) -> Result<Operator> {
+        Self::start_with(ns, dataplane_service, token_file, identity, &[])
+    }
+
+    /// As [`Operator::start`], with extra flags.
+    pub fn start_with(
+        ns: &str,
+        dataplane_service: &str,
+        token_file: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Operator> {
         let kubeconfig = cluster()?.kubeconfig().clone();
         let mut child = Command::new(parapet_tests::dataplane::binary("operator"))
             .args([
@@ -198,6 +209,7 @@ impl Operator {
                 "--lease-duration-secs",
                 "6",
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env(
                 "PARAPET_LOG",
@@ -228,6 +240,18 @@ impl Operator {
             .context("the operator printed its metrics address within 30s")?
             .parse()?;
         Ok(Operator { child, metrics })
+    }
+
+    /// Waits up to `deadline` for the process to exit by itself; its status, or `None`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = std::time::Instant::now() + deadline;
+        while std::time::Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     pub fn kill(&mut self) {

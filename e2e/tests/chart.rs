@@ -33,7 +33,7 @@ use parapet_e2e::{
     wait_for,
 };
 use serde::Deserialize as _;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// How long one helm run may take.
 const HELM_DEADLINE: Duration = Duration::from_secs(120);
@@ -683,10 +683,144 @@ async fn defaults_render_an_autoscaled_fleet_the_api_server_accepts() -> Result<
         "PodMonitor",
         "PrometheusRule",
         "ConfigMap",
-        "NetworkPolicy",
     ] {
         ensure!(find(&docs, kind).is_empty(), "{kind} rendered by default");
     }
+    check_safe_defaults(&docs, ns.name())
+}
+
+/// What the defaults must be: mTLS on the snapshot channel with certificates the operator
+/// issues, a NetworkPolicy closing the admin port to all but the operator, only labelled
+/// Secrets read, and Secret RBAC in the release namespace for exactly the two it keeps.
+fn check_safe_defaults(docs: &[Value], ns: &str) -> Result<()> {
+    let dir = "/etc/parapet/snapshot-tls";
+    let operator = one(docs, "Deployment", "parapet-operator")?;
+    let dataplane = one(docs, "Deployment", "parapet-dataplane")?;
+    let op_args = args_of(operator);
+    for (f, v) in [
+        ("--snapshot-ca-secret", "parapet-snapshot-ca".to_string()),
+        ("--snapshot-tls-secret", "parapet-snapshot-tls".to_string()),
+        (
+            "--dataplane-server-name",
+            format!("parapet-dataplane-admin.{ns}.svc"),
+        ),
+        (
+            "--secret-label-selector",
+            "parapet.dev/secret=true".to_string(),
+        ),
+        ("--dataplane-deployment", "parapet-dataplane".to_string()),
+    ] {
+        ensure!(
+            flag(&op_args, f).as_deref() == Some(v.as_str()),
+            "operator without {f}={v}: {op_args:?}"
+        );
+    }
+    // The operator's client certificate lives in its memory: it mounts no TLS Secret.
+    ensure!(flag(&op_args, "--dataplane-ca").is_none() && flag(&op_args, "--client-key").is_none());
+    let mounts = |d: &Value| -> Vec<String> {
+        d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["secret"]["secretName"].as_str().map(str::to_string))
+            .collect()
+    };
+    ensure!(
+        !mounts(operator).contains(&"parapet-snapshot-tls".to_string()),
+        "the operator mounts the snapshot TLS Secret"
+    );
+    ensure!(
+        mounts(dataplane).contains(&"parapet-snapshot-tls".to_string()),
+        "the data plane does not mount the snapshot TLS Secret: {:?}",
+        mounts(dataplane)
+    );
+    let dp_args = args_of(dataplane);
+    for f in [
+        format!("--admin-tls-cert={dir}/tls.crt"),
+        format!("--admin-tls-key={dir}/tls.key"),
+        format!("--admin-client-ca={dir}/ca.crt"),
+    ] {
+        ensure!(dp_args.contains(&f), "data plane lacks {f}: {dp_args:?}");
+    }
+    let c = &dataplane["spec"]["template"]["spec"]["containers"][0];
+    ensure!(c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS");
+    ensure!(c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS");
+
+    // The NetworkPolicy: traffic open, the admin port only from the operator's pods.
+    let np = one(docs, "NetworkPolicy", "parapet-dataplane")?;
+    ensure!(
+        np["spec"]["podSelector"]["matchLabels"] == dataplane["spec"]["selector"]["matchLabels"]
+    );
+    let ingress = np["spec"]["ingress"]
+        .as_array()
+        .ok_or_else(|| anyhow!("NetworkPolicy without ingress rules"))?;
+    let port_of = |r: &Value| {
+        r["ports"][0]["port"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let http = ingress
+        .iter()
+        .find(|r| port_of(r) == "http")
+        .ok_or_else(|| anyhow!("no rule for the traffic port: {ingress:?}"))?;
+    ensure!(http["from"].is_null(), "traffic is not open to all: {http}");
+    let admin = ingress
+        .iter()
+        .find(|r| port_of(r) == "admin")
+        .ok_or_else(|| anyhow!("no rule for the admin port: {ingress:?}"))?;
+    ensure!(
+        admin["from"]
+            == json!([{"podSelector": {"matchLabels": operator["spec"]["selector"]["matchLabels"]}}]),
+        "the admin port admits more than the operator: {}",
+        admin["from"]
+    );
+    ensure!(ingress.len() == 2, "{ingress:?}");
+
+    // Secret RBAC: list/watch cluster-wide (labels cannot be granted), and in the release
+    // namespace create (unnamed, as Kubernetes requires) plus get/update of the two Secrets.
+    let cluster_role = one(docs, "ClusterRole", &format!("{ns}-parapet-operator"))?;
+    let secret_rules = |role: &Value| -> Vec<Value> {
+        role["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r["resources"]
+                    .as_array()
+                    .is_some_and(|x| x.contains(&json!("secrets")))
+            })
+            .cloned()
+            .collect()
+    };
+    ensure!(
+        secret_rules(cluster_role)
+            == [json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]})],
+        "{:?}",
+        secret_rules(cluster_role)
+    );
+    let role = one(docs, "Role", "parapet-operator")?;
+    ensure!(
+        secret_rules(role)
+            == [
+                json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}),
+                json!({"apiGroups": [""], "resources": ["secrets"],
+                    "resourceNames": ["parapet-snapshot-ca", "parapet-snapshot-tls"],
+                    "verbs": ["get", "update"]}),
+            ],
+        "{:?}",
+        secret_rules(role)
+    );
+    // And a rolling restart of the data plane (after a renewal), of that Deployment only.
+    ensure!(
+        role["rules"]
+            .as_array()
+            .is_some_and(|rules| rules.contains(&json!({
+            "apiGroups": ["apps"], "resources": ["deployments"],
+            "resourceNames": ["parapet-dataplane"], "verbs": ["patch"]}))),
+        "{}",
+        role["rules"]
+    );
     Ok(())
 }
 
@@ -842,9 +976,22 @@ async fn snapshot_tls_mounts_the_secret_and_switches_to_https() -> Result<()> {
             "operator lacks {flag}: {op_args:?}"
         );
     }
+    ensure!(
+        !op_args
+            .iter()
+            .any(|a| a.starts_with("--snapshot-ca-secret")),
+        "the operator issues certificates although the user gave a Secret: {op_args:?}"
+    );
     let c = &dataplane["spec"]["template"]["spec"]["containers"][0];
     ensure!(c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS");
     ensure!(c["livenessProbe"]["httpGet"]["scheme"] == "HTTPS");
+    // Nothing to create: no Secret RBAC in the release namespace.
+    ensure!(
+        !one(&docs, "Role", "parapet-operator")?["rules"]
+            .to_string()
+            .contains("secrets"),
+        "the operator may create Secrets although it issues none"
+    );
 
     let sm = one(&docs, "ServiceMonitor", "parapet-dataplane")?;
     ensure!(sm["spec"]["endpoints"][0]["scheme"] == "https");
@@ -858,8 +1005,20 @@ async fn snapshot_tls_mounts_the_secret_and_switches_to_https() -> Result<()> {
         ensure!(https == (e["port"] == "admin"), "PodMonitor endpoint {e}");
     }
 
-    // Off by default: plain HTTP, no extra mounts or flags.
-    let (_, docs) = template(ns.name(), None, &[]).await?;
+    // Turned off: plain HTTP, no extra mounts or flags, no NetworkPolicy, every Secret.
+    let (yaml, docs) = template(ns.name(), Some("ci/plain-values.yaml"), &[]).await?;
+    server_dry_run(ns.name(), &yaml, &docs).await?;
+    check_common(&docs, "parapet", ns.name())?;
+    ensure!(find(&docs, "NetworkPolicy").is_empty());
+    let op_args = args_of(one(&docs, "Deployment", "parapet-operator")?);
+    ensure!(
+        !op_args.iter().any(|a| a.starts_with("--snapshot-ca-secret")
+            || a.starts_with("--snapshot-tls-secret")
+            || a.starts_with("--dataplane-ca")
+            || a.starts_with("--dataplane-server-name")),
+        "{op_args:?}"
+    );
+    ensure!(flag(&op_args, "--secret-label-selector").as_deref() == Some(""));
     let dataplane = one(&docs, "Deployment", "parapet-dataplane")?;
     ensure!(!mounts_secret(dataplane));
     ensure!(
@@ -871,6 +1030,106 @@ async fn snapshot_tls_mounts_the_secret_and_switches_to_https() -> Result<()> {
         dataplane["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
             ["scheme"]
             .is_null()
+    );
+    Ok(())
+}
+
+/// A stand-in for cert-manager's Certificate CRD (the real one is large; the test only
+/// needs the API server to know the kind).
+const CERT_MANAGER_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: certificates.cert-manager.io}
+spec:
+  group: cert-manager.io
+  names: {kind: Certificate, listKind: CertificateList, plural: certificates, singular: certificate}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              required: [secretName, issuerRef]
+              properties:
+                secretName: {type: string}
+                commonName: {type: string}
+                dnsNames: {type: array, items: {type: string}}
+                usages: {type: array, items: {type: string}}
+                duration: {type: string}
+                renewBefore: {type: string}
+                privateKey: {type: object, x-kubernetes-preserve-unknown-fields: true}
+                issuerRef:
+                  type: object
+                  required: [name]
+                  properties:
+                    name: {type: string}
+                    kind: {type: string}
+                    group: {type: string}
+"#;
+
+#[tokio::test]
+async fn cert_manager_issues_the_snapshot_certificate_when_asked() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    let out = kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=parapet-e2e",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        CERT_MANAGER_CRD,
+    )
+    .await?;
+    ensure!(
+        out.success(),
+        "the stand-in Certificate CRD was refused: {}",
+        out.stderr
+    );
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/certificates.cert-manager.io",
+    ])
+    .await?;
+    let ns = TestNamespace::new(&client, "chart-cert-manager").await?;
+    let (yaml, docs) = template(
+        ns.name(),
+        Some("ci/snapshot-tls-cert-manager-values.yaml"),
+        &[],
+    )
+    .await?;
+    server_dry_run(ns.name(), &yaml, &docs).await?;
+    check_common(&docs, "parapet", ns.name())?;
+    let name = format!("parapet-dataplane-admin.{}.svc", ns.name());
+    let cert = one(&docs, "Certificate", "parapet-snapshot-tls")?;
+    ensure!(cert["spec"]["secretName"] == "parapet-snapshot-tls");
+    ensure!(cert["spec"]["dnsNames"] == json!([name]));
+    let usages = cert["spec"]["usages"].to_string();
+    ensure!(
+        usages.contains("server auth") && usages.contains("client auth"),
+        "{usages}"
+    );
+    ensure!(cert["spec"]["issuerRef"] == json!({"name": "platform-ca", "kind": "ClusterIssuer"}));
+    // Both components mount what cert-manager writes; the operator issues nothing.
+    let op_args = args_of(one(&docs, "Deployment", "parapet-operator")?);
+    ensure!(
+        flag(&op_args, "--client-cert").as_deref() == Some("/etc/parapet/snapshot-tls/tls.crt")
+            && flag(&op_args, "--snapshot-ca-secret").is_none(),
+        "{op_args:?}"
+    );
+    ensure!(
+        !one(&docs, "Role", "parapet-operator")?["rules"]
+            .to_string()
+            .contains("secrets")
     );
     Ok(())
 }
@@ -1183,8 +1442,33 @@ async fn install_upgrade_uninstall_on_the_api_server() -> Result<()> {
         ("delete", "apiroutes.parapet.dev", None, false),
         ("watch", "endpointslices.discovery.k8s.io", None, true),
         ("list", "secrets", None, true),
+        ("get", "secrets", None, false),
         ("delete", "secrets", None, false),
         ("create", "secrets", None, false),
+        // The snapshot CA and certificate: exactly those two by name; create cannot be
+        // limited to a name, so it covers the release namespace.
+        ("get", "secrets/parapet-snapshot-ca", Some(n), true),
+        ("update", "secrets/parapet-snapshot-tls", Some(n), true),
+        ("get", "secrets/parapet-snapshot-token", Some(n), false),
+        ("update", "secrets/parapet-snapshot-token", Some(n), false),
+        ("patch", "secrets/parapet-snapshot-ca", Some(n), false),
+        ("delete", "secrets/parapet-snapshot-ca", Some(n), false),
+        ("create", "secrets", Some(n), true),
+        ("create", "secrets", Some("default"), false),
+        (
+            "update",
+            "secrets/parapet-snapshot-tls",
+            Some("default"),
+            false,
+        ),
+        ("patch", "deployments.apps/parapet-dataplane", Some(n), true),
+        ("patch", "deployments.apps/parapet-operator", Some(n), false),
+        (
+            "update",
+            "deployments.apps/parapet-dataplane",
+            Some(n),
+            false,
+        ),
         ("create", "events.events.k8s.io", None, true),
         ("create", "pods", None, false),
         ("create", "leases.coordination.k8s.io", Some(n), true),
@@ -1316,6 +1600,9 @@ async fn namespaced_install_grants_only_the_watched_namespaces() -> Result<()> {
         ("list", "apiroutes.parapet.dev", other.name(), false),
         ("list", "secrets", other.name(), false),
         ("list", "secrets", ns.name(), false),
+        ("get", "secrets/gw-parapet-snapshot-ca", ns.name(), true),
+        ("get", "secrets/gw-parapet-snapshot-token", ns.name(), false),
+        ("get", "secrets/gw-parapet-snapshot-ca", team.name(), false),
         // The data plane's admin EndpointSlices, and Events about pushes.
         ("watch", "endpointslices.discovery.k8s.io", ns.name(), true),
         ("create", "events.events.k8s.io", ns.name(), true),
@@ -1364,8 +1651,12 @@ async fn bad_values_are_refused_with_a_readable_message() -> Result<()> {
             "additional properties 'dataplanee' not allowed",
         ),
         (
-            "snapshotTLS.enabled=true",
-            "at '/snapshotTLS/secretName': minLength: got 0, want 1",
+            "snapshotTLS.certManager.enabled=true",
+            "snapshotTLS.certManager.enabled needs snapshotTLS.certManager.issuerRef.name",
+        ),
+        (
+            "snapshotTLS.secretName=Not_A_Name",
+            "at '/snapshotTLS/secretName': 'Not_A_Name' does not match pattern",
         ),
         (
             "logFormat=xml",

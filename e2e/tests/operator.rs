@@ -11,9 +11,10 @@ use std::{
 };
 
 use anyhow::{Result, bail, ensure};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
-    api::{ApiResource, DynamicObject, Patch, PatchParams},
+    api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams},
 };
 use parapet_crds::api::{ApiRoute, UpstreamPool};
 use parapet_e2e::{
@@ -1307,5 +1308,436 @@ async fn an_edit_leaves_other_routes_programmed() -> Result<()> {
         after["lastTransitionTime"], before["lastTransitionTime"],
         "Programmed of an unrelated route flapped: before {before}, after {after}"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets: only labelled ones are read; the snapshot channel's certificates
+
+/// Secret `name` in `ns` with `data`, labelled or not.
+async fn put_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    labels: Value,
+    data: Value,
+) -> Result<()> {
+    let obj = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "labels": labels}, "stringData": data});
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("parapet-e2e").force(),
+            &Patch::Apply(&obj),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The operator's watch never sees an unlabelled Secret: a route naming one says how to
+/// fix it, and resolves once the Secret is labelled; the key is then enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlabelled_secret_is_reported_until_it_is_labelled() -> Result<()> {
+    let s = setup("secret-label").await?;
+    let _backend = s.backend("accounts", "accounts-a").await?;
+    let dp = s.dataplane("dp-1", true).await?;
+    let _op = Operator::start(s.ns(), "dp-admin", &s.token_file, "op-a")?;
+    s.apply(
+        "UpstreamPool",
+        "accounts",
+        json!({"service": {"name": "accounts", "port": 80}}),
+    )
+    .await?;
+    put_secret(
+        &s.client,
+        s.ns(),
+        "keys",
+        json!({}),
+        json!({"client-a": "key-0123456789abcdef"}),
+    )
+    .await?;
+    s.apply(
+        "ApiRoute",
+        "keys",
+        json!({"hosts": [HOST], "rules": [{"backends": [{"pool": "accounts"}],
+            "auth": {"apiKeys": {"secretRefs": [{"name": "keys"}]}}}]}),
+    )
+    .await?;
+    let c = s
+        .wait_condition(
+            "ApiRoute",
+            "keys",
+            "ResolvedRefs",
+            "False",
+            "SecretNotFound",
+        )
+        .await?;
+    let message = c["message"].as_str().unwrap_or_default();
+    for part in [
+        format!(
+            "Secret {}/keys, which does not exist or is not labelled parapet.dev/secret=true",
+            s.ns()
+        ),
+        format!(
+            "kubectl label secret -n {} keys parapet.dev/secret=true",
+            s.ns()
+        ),
+    ] {
+        ensure!(message.contains(&part), "{part:?} not in {message:?}");
+    }
+
+    put_secret(
+        &s.client,
+        s.ns(),
+        "keys",
+        json!({"parapet.dev/secret": "true"}),
+        json!({"client-a": "key-0123456789abcdef"}),
+    )
+    .await?;
+    s.wait_condition("ApiRoute", "keys", "ResolvedRefs", "True", "ResolvedRefs")
+        .await?;
+    // The key is in force: served with it, refused without it.
+    let http = Http::new();
+    wait_for(
+        "the data plane to serve a request with the API key",
+        Duration::from_secs(30),
+        || async {
+            let r = http
+                .send(
+                    dp.proxy,
+                    http::Method::GET,
+                    HOST,
+                    "/",
+                    &[("x-api-key", "key-0123456789abcdef")],
+                    bytes::Bytes::new(),
+                )
+                .await
+                .ok();
+            Ok(r.filter(|r| r.backend() == Some("accounts-a")).map(|_| ()))
+        },
+    )
+    .await?;
+    let r = http.get(dp.proxy, HOST, "/").await?;
+    ensure!(r.status == 401, "without the key: {}", r.status);
+    Ok(())
+}
+
+fn secret_text(s: &Secret, key: &str) -> String {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        .unwrap_or_default()
+}
+
+/// Two replicas ensuring the snapshot CA and certificate at the same moment end up with
+/// one CA and one certificate; renewal under the same race rewrites the Secret once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_certificates_are_created_once_when_replicas_race() -> Result<()> {
+    use parapet_operator::{
+        pki,
+        snapshot_certs::{self, Config, TlsOutcome},
+    };
+    let s = setup("snapshot-certs").await?;
+    let ns = s.ns().to_string();
+    let cfg = Config {
+        namespace: ns.clone(),
+        ca_secret: "snap-ca".into(),
+        tls_secret: "snap-tls".into(),
+        server_name: format!("dp-admin.{ns}.svc"),
+        check_every: Duration::from_secs(3600),
+        restart: None,
+    };
+    // Two clients, as two replicas have.
+    let a1: Api<Secret> = Api::namespaced(client().await?, &ns);
+    let a2: Api<Secret> = Api::namespaced(client().await?, &ns);
+    let (ca1, ca2) = tokio::join!(
+        snapshot_certs::ensure_ca(&a1, &ns, "snap-ca"),
+        snapshot_certs::ensure_ca(&a2, &ns, "snap-ca")
+    );
+    let (ca1, ca2) = (ca1?, ca2?);
+    ensure!(
+        ca1.pem().cert == ca2.pem().cert,
+        "two replicas hold different CAs"
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let (t1, t2) = tokio::join!(
+        snapshot_certs::ensure_tls(&a1, &cfg, &ca1, now),
+        snapshot_certs::ensure_tls(&a2, &cfg, &ca2, now)
+    );
+    let mut outcomes = [t1?, t2?];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    ensure!(
+        outcomes == [TlsOutcome::Created, TlsOutcome::Kept],
+        "{outcomes:?}"
+    );
+    let ours = ListParams::default().labels("app.kubernetes.io/managed-by=parapet-operator");
+    let names: Vec<String> = a1
+        .list(&ours)
+        .await?
+        .items
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    ensure!(names == ["snap-ca", "snap-tls"], "{names:?}");
+    let tls = a1.get("snap-tls").await?;
+    ensure!(tls.type_.as_deref() == Some("kubernetes.io/tls"));
+    ensure!(secret_text(&tls, "ca.crt") == ca1.pem().cert);
+    ensure!(
+        ca1.reissue_reason(&secret_text(&tls, "tls.crt"), Some(&cfg.server_name), now)
+            .is_none(),
+        "the issued certificate is not current"
+    );
+    // Nothing to do: the Secret is not rewritten.
+    let rv = tls.metadata.resource_version.clone();
+    ensure!(snapshot_certs::ensure_tls(&a1, &cfg, &ca1, now).await? == TlsOutcome::Kept);
+    ensure!(a1.get("snap-tls").await?.metadata.resource_version == rv);
+    // A restarted replica reads the same CA.
+    let again = snapshot_certs::ensure_ca(&a2, &ns, "snap-ca").await?;
+    ensure!(again.pem().cert == ca1.pem().cert);
+
+    // Renewal before expiry, raced: one replica rewrites, the other finds it current.
+    let due = now
+        + time::Duration::try_from(pki::LEAF_VALIDITY - pki::RENEW_BEFORE)?
+        + time::Duration::DAY;
+    let (t1, t2) = tokio::join!(
+        snapshot_certs::ensure_tls(&a1, &cfg, &ca1, due),
+        snapshot_certs::ensure_tls(&a2, &cfg, &ca2, due)
+    );
+    let outcomes = [t1?, t2?];
+    let reissued: Vec<&TlsOutcome> = outcomes
+        .iter()
+        .filter(|o| matches!(o, TlsOutcome::Reissued(r) if r.contains("expires")))
+        .collect();
+    ensure!(
+        reissued.len() == 1 && outcomes.contains(&TlsOutcome::Kept),
+        "{outcomes:?}"
+    );
+    let renewed = a1.get("snap-tls").await?;
+    ensure!(secret_text(&renewed, "tls.crt") != secret_text(&tls, "tls.crt"));
+    ensure!(
+        ca1.reissue_reason(
+            &secret_text(&renewed, "tls.crt"),
+            Some(&cfg.server_name),
+            due
+        )
+        .is_none()
+    );
+    // Another server name: issued again for it.
+    let other = Config {
+        server_name: format!("other.{ns}.svc"),
+        ..cfg.clone()
+    };
+    let o = snapshot_certs::ensure_tls(&a1, &other, &ca1, due).await?;
+    ensure!(
+        matches!(&o, TlsOutcome::Reissued(r) if r.contains("other.")),
+        "{o:?}"
+    );
+    Ok(())
+}
+
+/// The default of the chart: two operators issue the certificates themselves (one CA), the
+/// data planes start from the Secret as the kubelet would start them, and tables reach them
+/// over mTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_issue_the_snapshot_certificates_and_push_over_mtls() -> Result<()> {
+    let s = setup("snapshot-mtls").await?;
+    let server_name = format!("dp-admin.{}.svc", s.ns());
+    let flags = [
+        "--snapshot-ca-secret",
+        "snap-ca",
+        "--snapshot-tls-secret",
+        "snap-tls",
+        "--dataplane-server-name",
+        server_name.as_str(),
+    ];
+    let (op_a, op_b) = (
+        std::thread::spawn({
+            let (ns, token) = (s.ns().to_string(), s.token_file.clone());
+            let flags = flags.map(str::to_string);
+            move || {
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                Operator::start_with(&ns, "dp-admin", &token, "op-a", &flags)
+            }
+        }),
+        std::thread::spawn({
+            let (ns, token) = (s.ns().to_string(), s.token_file.clone());
+            let flags = flags.map(str::to_string);
+            move || {
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                Operator::start_with(&ns, "dp-admin", &token, "op-b", &flags)
+            }
+        }),
+    );
+    let _ops = [
+        op_a.join()
+            .map_err(|_| anyhow::anyhow!("op-a start panicked"))??,
+        op_b.join()
+            .map_err(|_| anyhow::anyhow!("op-b start panicked"))??,
+    ];
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), s.ns());
+    let tls = wait_for(
+        "the operators to create Secret snap-tls",
+        Duration::from_secs(30),
+        || async { Ok(secrets.get_opt("snap-tls").await?) },
+    )
+    .await?;
+    let ours = ListParams::default().labels("app.kubernetes.io/managed-by=parapet-operator");
+    ensure!(secrets.list(&ours).await?.items.len() == 2);
+
+    // The data planes mount the Secret: its files, as the kubelet writes them.
+    let dir = tempfile::tempdir()?;
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::write(dir.path().join(key), secret_text(&tls, key))?;
+    }
+    let file = |k: &str| dir.path().join(k).to_string_lossy().into_owned();
+    let (ca, cert, key) = (file("ca.crt"), file("tls.crt"), file("tls.key"));
+    let args = [
+        "--snapshot-token-file",
+        s.token_file.as_str(),
+        "--admin-tls-cert",
+        cert.as_str(),
+        "--admin-tls-key",
+        key.as_str(),
+        "--admin-client-ca",
+        ca.as_str(),
+    ];
+    let _backend = s.backend("accounts", "accounts-a").await?;
+    let dp1 = Dataplane::start(&args);
+    s.list_dataplane("dp-1", &dp1, true).await?;
+    let dp2 = Dataplane::start(&args);
+    s.list_dataplane("dp-2", &dp2, true).await?;
+    s.apply(
+        "UpstreamPool",
+        "accounts",
+        json!({"service": {"name": "accounts", "port": 80}}),
+    )
+    .await?;
+    s.apply("ApiRoute", "accounts", route_to(HOST, "accounts"))
+        .await?;
+    let http = Http::new();
+    wait_serving(&http, &[&dp1, &dp2], HOST, "/", "accounts-a").await?;
+    s.wait_condition("ApiRoute", "accounts", "Programmed", "True", "Programmed")
+        .await?;
+    // Still one CA after both started.
+    ensure!(secrets.list(&ours).await?.items.len() == 2);
+    Ok(())
+}
+
+/// A task the operator cannot work without ends: the process exits non-zero, so that
+/// Kubernetes restarts it. Here the certificate task ends because the CA it trusts was
+/// replaced (the CA Secret deleted and made again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_exits_non_zero_when_its_ca_is_replaced() -> Result<()> {
+    let s = setup("snapshot-ca-replaced").await?;
+    let server_name = format!("dp-admin.{}.svc", s.ns());
+    let mut op = Operator::start_with(
+        s.ns(),
+        "dp-admin",
+        &s.token_file,
+        "op-a",
+        &[
+            "--snapshot-ca-secret",
+            "snap-ca",
+            "--snapshot-tls-secret",
+            "snap-tls",
+            "--dataplane-server-name",
+            &server_name,
+            "--snapshot-cert-check-interval",
+            "200ms",
+        ],
+    )?;
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), s.ns());
+    let first = wait_for(
+        "the operator to create Secret snap-ca",
+        Duration::from_secs(30),
+        || async { Ok(secrets.get_opt("snap-ca").await?) },
+    )
+    .await?;
+    // Still running after several checks of an unchanged CA.
+    ensure!(
+        op.wait_exit(Duration::from_secs(1)).await.is_none(),
+        "the operator exited although nothing changed"
+    );
+    secrets.delete("snap-ca", &Default::default()).await?;
+    let status = op
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the operator still runs 30s after its CA was replaced"))?;
+    ensure!(!status.success(), "the operator exited with {status}");
+    let second = secrets.get("snap-ca").await?;
+    ensure!(
+        secret_text(&second, "ca.crt") != secret_text(&first, "ca.crt"),
+        "the CA was not made again"
+    );
+    Ok(())
+}
+
+/// The data plane reads its certificate at start, so when the operator issues it again it
+/// rolls the data plane's Deployment (a pod-template annotation, as `kubectl rollout
+/// restart` does); a first issue, which the pods wait for anyway, does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reissued_certificate_rolls_the_dataplane() -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use parapet_operator::snapshot_certs::RESTART_ANNOTATION;
+    let s = setup("snapshot-restart").await?;
+    let deployments: Api<Deployment> = Api::namespaced(s.client.clone(), s.ns());
+    // No workload controller runs here: only the Deployment's template is looked at.
+    let dp: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "dp"},
+        "spec": {"selector": {"matchLabels": {"app": "dp"}},
+            "template": {"metadata": {"labels": {"app": "dp"}},
+                "spec": {"containers": [{"name": "dataplane", "image": "parapet/dataplane"}]}}}
+    }))?;
+    deployments.create(&Default::default(), &dp).await?;
+    let restarted = || async {
+        let d = deployments.get("dp").await?;
+        Ok::<_, anyhow::Error>(
+            d.spec
+                .template
+                .metadata
+                .and_then(|m| m.annotations)
+                .and_then(|a| a.get(RESTART_ANNOTATION).cloned()),
+        )
+    };
+    let start = |name: String| {
+        let (ns, token) = (s.ns().to_string(), s.token_file.clone());
+        Operator::start_with(
+            &ns,
+            "dp-admin",
+            &token,
+            "op-a",
+            &[
+                "--snapshot-ca-secret",
+                "snap-ca",
+                "--snapshot-tls-secret",
+                "snap-tls",
+                "--dataplane-server-name",
+                &name,
+                "--dataplane-deployment",
+                "dp",
+            ],
+        )
+    };
+    // The operator prints its metrics address only after ensuring the certificates.
+    let mut op = start(format!("dp-admin.{}.svc", s.ns()))?;
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), s.ns());
+    let first = secrets.get("snap-tls").await?;
+    ensure!(
+        restarted().await?.is_none(),
+        "the first issue restarted the data plane"
+    );
+    op.kill();
+    // Another server name: the certificate is issued again, and the data plane rolled.
+    let _op = start(format!("renamed.{}.svc", s.ns()))?;
+    let second = secrets.get("snap-tls").await?;
+    ensure!(secret_text(&second, "tls.crt") != secret_text(&first, "tls.crt"));
+    let at = wait_for(
+        "the data plane's pod template to be annotated",
+        Duration::from_secs(10),
+        || async { restarted().await },
+    )
+    .await?;
+    ensure!(!at.is_empty());
     Ok(())
 }

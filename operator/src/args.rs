@@ -42,6 +42,47 @@ pub struct Args {
     /// address (pods are pushed to by IP from the EndpointSlices). Default: the address.
     #[arg(long, env = "PARAPET_DATAPLANE_SERVER_NAME")]
     pub dataplane_server_name: Option<String>,
+    /// Issue the snapshot channel's certificates: keep a CA in this Secret (in
+    /// --dataplane-namespace; created when absent) and the data planes' admin certificate
+    /// in --snapshot-tls-secret. The data planes mount that Secret and run with
+    /// --admin-tls-cert, --admin-tls-key and --admin-client-ca; the operator presents a
+    /// client certificate from the same CA. Needs --dataplane-server-name.
+    #[arg(
+        long,
+        env = "PARAPET_SNAPSHOT_CA_SECRET",
+        requires = "snapshot_tls_secret",
+        conflicts_with_all = ["dataplane_ca", "client_cert", "client_key"]
+    )]
+    pub snapshot_ca_secret: Option<String>,
+    /// The `kubernetes.io/tls` Secret (ca.crt, tls.crt, tls.key) the operator issues for the
+    /// data planes' admin port, with --snapshot-ca-secret.
+    #[arg(
+        long,
+        env = "PARAPET_SNAPSHOT_TLS_SECRET",
+        requires = "snapshot_ca_secret"
+    )]
+    pub snapshot_tls_secret: Option<String>,
+    /// The data plane's Deployment (in --dataplane-namespace), with --snapshot-ca-secret:
+    /// rolled (like `kubectl rollout restart`) after its certificate is issued again, since
+    /// the data plane reads the certificate at start.
+    #[arg(
+        long,
+        env = "PARAPET_DATAPLANE_DEPLOYMENT",
+        requires = "snapshot_ca_secret"
+    )]
+    pub dataplane_deployment: Option<String>,
+    /// How often issued certificates are checked and renewed before they expire.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub snapshot_cert_check_interval: Duration,
+    /// Label selector of the Secrets the operator reads: the API keys and TLS certificates
+    /// that routes and pools reference must carry it. No other Secret is listed or cached.
+    /// Empty: every Secret (of the watched namespaces).
+    #[arg(
+        long,
+        env = "PARAPET_SECRET_LABEL_SELECTOR",
+        default_value = "parapet.dev/secret=true"
+    )]
+    pub secret_label_selector: String,
     /// Quiet time after a change before recompiling.
     #[arg(long, env = "PARAPET_DEBOUNCE", default_value = "200ms", value_parser = duration)]
     pub debounce: Duration,

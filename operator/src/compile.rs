@@ -149,6 +149,7 @@ pub fn compile_index(
         cache_policies: policies.iter().collect(),
         service_endpoints,
         secrets,
+        secret_label_selector: index.secret_label_selector.clone(),
         key_salt_seed: Vec::new(),
     };
     let out = compiler::compile(&inputs);

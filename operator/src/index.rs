@@ -61,6 +61,8 @@ pub struct Index {
     pub services: Stores<Service>,
     pub slices: Stores<EndpointSlice>,
     pub secrets: Stores<Secret>,
+    /// The label selector the Secrets in `secrets` match (`None`: all of them).
+    pub secret_label_selector: Option<String>,
     /// The data plane's own admin Service's EndpointSlices: where to push.
     pub dataplane: Store<EndpointSlice>,
     /// Signalled on any change that can change the table.
@@ -141,15 +143,15 @@ impl Index {
                 })
                 .collect(),
         );
-        // Service-account tokens are never API keys or certificates; leave them out.
+        // Only the Secrets that may be referenced (labelled), never service-account tokens.
+        let secrets_cfg = crate::secrets::watch_config(crate::secrets::selector(args));
         let secrets = Stores(
             namespaces
                 .iter()
                 .map(|ns| {
                     watch(
                         api::<Secret>(client, *ns),
-                        watcher::Config::default()
-                            .fields("type!=kubernetes.io/service-account-token"),
+                        secrets_cfg.clone(),
                         Writer::default(),
                         changed.clone(),
                         config_dirty.clone(),
@@ -176,6 +178,7 @@ impl Index {
             services,
             slices,
             secrets,
+            secret_label_selector: crate::secrets::selector(args).map(str::to_string),
             dataplane,
             changed,
             dataplane_changed,

@@ -1,6 +1,8 @@
 //! Parapet's operator, shaped like Linkerd's policy controller: `index` (watches feeding
-//! in-memory stores), `compile` (stores → table), `push` (table → every data-plane pod),
-//! `status` (conditions, leader only), `lease` (leader election), `metrics`.
+//! in-memory stores; `secrets` says which Secrets), `compile` (stores → table), `push`
+//! (table → every data-plane pod, over `tls`), `status` (conditions, leader only), `lease`
+//! (leader election), `pki` and `snapshot_certs` (the snapshot channel's certificates),
+//! `metrics`.
 
 #![forbid(unsafe_code)]
 
@@ -9,7 +11,10 @@ pub mod compile;
 pub mod index;
 pub mod lease;
 pub mod metrics;
+pub mod pki;
 pub mod push;
+pub mod secrets;
+pub mod snapshot_certs;
 pub mod status;
 pub mod tls;
 
@@ -28,6 +33,10 @@ use crate::{
     push::{Fleet, Pusher},
 };
 
+/// Resolves, with the reason, once a task the operator cannot work without has ended
+/// (leader election, certificate renewal); `run` then returns the error.
+pub type Ended = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Error> + Send>>;
+
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARAPET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -43,21 +52,60 @@ pub fn init_logging(format: &str) {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // Checked first: a bad certificate file is a configuration error, reported at once.
+    // With --snapshot-ca-secret the operator issues the certificates itself (below).
+    let issuing = args.snapshot_ca_secret.is_some();
     let push_tls = tls::PushTls::from_files(
         args.dataplane_ca.as_deref(),
         args.client_cert.as_deref(),
         args.client_key.as_deref(),
-        args.dataplane_server_name.as_deref(),
+        args.dataplane_server_name.as_deref().filter(|_| !issuing),
     )?
     .map(Arc::new);
-    tracing::info!(
-        tls = push_tls.is_some(),
-        client_cert = args.client_cert.is_some(),
-        "snapshot channel"
-    );
+    let issued_name = match (issuing, &args.dataplane_server_name) {
+        (true, None) => anyhow::bail!(
+            "--snapshot-ca-secret needs --dataplane-server-name: the name to issue the data planes' certificate to"
+        ),
+        (true, Some(n)) => Some(n.clone()),
+        (false, _) => None,
+    };
+    if !issuing {
+        tracing::info!(
+            tls = push_tls.is_some(),
+            client_cert = args.client_cert.is_some(),
+            "snapshot channel"
+        );
+    }
     let client = kube::Client::try_default().await.context(
         "cannot reach the Kubernetes API: set KUBECONFIG or run in a pod with a service account",
     )?;
+    // Certificates the operator issues itself: ensured before anything is pushed.
+    let (push_tls, certs_ended): (_, Ended) = match (
+        &args.snapshot_ca_secret,
+        &args.snapshot_tls_secret,
+        issued_name,
+    ) {
+        (Some(ca_secret), Some(tls_secret), Some(server_name)) => {
+            let (tls, ended) = snapshot_certs::start(
+                &client,
+                snapshot_certs::Config {
+                    namespace: args.dataplane_namespace.clone(),
+                    ca_secret: ca_secret.clone(),
+                    tls_secret: tls_secret.clone(),
+                    server_name,
+                    check_every: args.snapshot_cert_check_interval,
+                    restart: args.dataplane_deployment.clone(),
+                },
+            )
+            .await?;
+            tracing::info!(
+                ca = %ca_secret,
+                tls = %tls_secret,
+                "snapshot channel: mTLS with certificates this operator issues"
+            );
+            (Some(tls), ended)
+        }
+        _ => (push_tls, Box::pin(std::future::pending())),
+    };
     let token = match &args.snapshot_token_file {
         Some(p) => {
             let t = std::fs::read_to_string(p)
@@ -87,8 +135,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
+    secrets::check(&client, &args).await?;
     let index = Arc::new(Index::start(&client, &args));
-    let leader = lease::start(client.clone(), &args, metrics.clone()).await?;
+    let (leader, lease_ended) = lease::start(client.clone(), &args, metrics.clone()).await?;
 
     // Never compile, and so never push, before every watch has listed its objects.
     index.wait_ready().await;
@@ -154,9 +203,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         metrics,
     ));
 
+    supervise(
+        compiler,
+        Box::pin(async move {
+            tokio::select! {
+                e = lease_ended => e.context("leader election stopped"),
+                e = certs_ended => e,
+            }
+        }),
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// Runs until `shutdown` (Ok), or until a part the operator cannot work without stops
+/// (Err): the process then exits non-zero and Kubernetes restarts it, rather than leaving a
+/// replica that looks healthy but can never compile or lead again.
+async fn supervise(
+    compiler: impl std::future::Future,
+    critical: Ended,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     tokio::select! {
         _ = compiler => anyhow::bail!("the compile loop stopped"),
-        _ = shutdown_signal() => {
+        e = critical => Err(e.context("exiting so that the operator is restarted")),
+        _ = shutdown => {
             tracing::info!("shutting down");
             Ok(())
         }
@@ -175,5 +246,62 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use tokio::sync::watch;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_end_of_leader_election_ends_run_with_an_error() {
+        let (state_tx, state_rx) = watch::channel(true);
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<String>();
+        let (_leading, ended) = lease::follow(
+            state_rx,
+            async move { end_rx.await.unwrap_or_default() },
+            "me".into(),
+            Arc::new(Metrics::new()),
+        );
+        let run = tokio::spawn(supervise(
+            std::future::pending::<()>(),
+            ended,
+            std::future::pending(),
+        ));
+        end_tx.send("its task ended: panicked".into()).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("supervise returns within 5s")
+            .unwrap();
+        let err = format!("{:#}", result.unwrap_err());
+        assert!(
+            err.contains("exiting so that the operator is restarted"),
+            "{err}"
+        );
+        assert!(err.contains("the lease manager stopped"), "{err}");
+        assert!(err.contains("panicked"), "{err}");
+        drop(state_tx);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_run_cleanly() {
+        let (_state_tx, state_rx) = watch::channel(false);
+        let (_leading, ended) = lease::follow(
+            state_rx,
+            std::future::pending(),
+            "me".into(),
+            Arc::new(Metrics::new()),
+        );
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            supervise(std::future::pending::<()>(), ended, async {}),
+        )
+        .await
+        .expect("supervise returns within 5s");
+        assert!(result.is_ok());
     }
 }

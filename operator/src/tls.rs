@@ -2,7 +2,10 @@
 //! against `--dataplane-ca` and presents `--client-cert` (mTLS) when the data planes ask
 //! for one. One crypto provider, ring.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::{Arc, RwLock},
+};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -12,7 +15,11 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use rustls::pki_types::ServerName;
+use rustls::{
+    client::ResolvesClientCert,
+    pki_types::{CertificateDer, ServerName},
+    sign::CertifiedKey,
+};
 
 /// The client that pushes tables and asks for status.
 pub type PushClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -66,12 +73,81 @@ impl PushTls {
     }
 }
 
-/// A TLS 1.2+ client config (ring) trusting `ca_pem`, presenting `client` (chain, key)
-/// when given. Errors name what is wrong with which input.
-pub fn client_config(
-    ca_pem: &[u8],
-    client: Option<(&[u8], &[u8])>,
-) -> anyhow::Result<rustls::ClientConfig> {
+impl PushTls {
+    /// With certificates the operator issued itself: trust `ca_pem`, present `client`
+    /// (replaceable while pushes go on), expect `server_name` in the data planes'
+    /// certificate.
+    pub fn issued(
+        ca_pem: &str,
+        client: Arc<ClientCert>,
+        server_name: &str,
+    ) -> anyhow::Result<Self> {
+        let builder = builder(ca_pem.as_bytes())?;
+        let server_name = ServerName::try_from(server_name.to_string()).map_err(|_| {
+            anyhow::anyhow!("--dataplane-server-name {server_name:?} is not a DNS name")
+        })?;
+        Ok(Self {
+            config: Arc::new(builder.with_client_cert_resolver(client)),
+            server_name: Some(server_name),
+        })
+    }
+}
+
+/// The operator's client certificate, swapped in place when it is issued again, so the
+/// push client (built once) always presents the current one.
+#[derive(Debug)]
+pub struct ClientCert(RwLock<Arc<CertifiedKey>>);
+
+impl ClientCert {
+    pub fn new(chain_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
+        Ok(Self(RwLock::new(certified_key(chain_pem, key_pem)?)))
+    }
+
+    pub fn replace(&self, chain_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        let key = certified_key(chain_pem, key_pem)?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+
+    /// The certificate presented now (DER).
+    pub fn current(&self) -> CertificateDer<'static> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).cert[0].clone()
+    }
+}
+
+impl ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn certified_key(chain_pem: &str, key_pem: &str) -> anyhow::Result<Arc<CertifiedKey>> {
+    let chain: Vec<_> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("the client certificate is not valid PEM")?;
+    anyhow::ensure!(!chain.is_empty(), "the client certificate is empty");
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .context("the client key is not valid PEM")?
+        .context("the client key holds no private key")?;
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key)
+        .context("the client key's type is unsupported")?;
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+}
+
+type RootsBuilder = rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>;
+
+/// TLS 1.2+ (ring), trusting `ca_pem`.
+fn builder(ca_pem: &[u8]) -> anyhow::Result<RootsBuilder> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     let cas: Vec<_> = rustls_pemfile::certs(&mut &ca_pem[..])
@@ -83,10 +159,19 @@ pub fn client_config(
             .add(c)
             .context("--dataplane-ca holds an unusable CA certificate")?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS 1.2 and 1.3 are supported")?
-        .with_root_certificates(roots);
+        .with_root_certificates(roots))
+}
+
+/// A TLS 1.2+ client config (ring) trusting `ca_pem`, presenting `client` (chain, key)
+/// when given. Errors name what is wrong with which input.
+pub fn client_config(
+    ca_pem: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let builder = builder(ca_pem)?;
     // ALPN is set by the connector (http/1.1).
     let cfg = match client {
         Some((cert_pem, key_pem)) => {
@@ -149,6 +234,40 @@ mod tests {
             .signed_by(&key, &ca)
             .unwrap();
         (ca.pem(), leaf.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn an_issued_client_certificate_is_swapped_in_place() {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = crate::pki::Ca::generate(now).unwrap();
+        let first = ca.issue_client(now).unwrap();
+        let cert = Arc::new(ClientCert::new(&first.cert, &first.key).unwrap());
+        let tls = PushTls::issued(&ca.pem().cert, cert.clone(), "dp.parapet.svc").unwrap();
+        assert!(tls.config.client_auth_cert_resolver.has_certs());
+        let presented = |t: &PushTls| {
+            t.config
+                .client_auth_cert_resolver
+                .resolve(&[], &[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+                .unwrap()
+                .cert[0]
+                .clone()
+        };
+        assert_eq!(presented(&tls), cert.current());
+        let second = ca.issue_client(now).unwrap();
+        cert.replace(&second.cert, &second.key).unwrap();
+        assert_ne!(
+            presented(&tls).as_ref(),
+            rustls_pemfile::certs(&mut first.cert.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+                .as_ref()
+        );
+        assert_eq!(presented(&tls), cert.current());
+        // A key that is not the certificate's type is refused, and the old one kept.
+        assert!(cert.replace(&second.cert, "garbage").is_err());
+        assert_eq!(presented(&tls), cert.current());
+        assert!(PushTls::issued(&ca.pem().cert, cert, "not a name!").is_err());
     }
 
     #[test]

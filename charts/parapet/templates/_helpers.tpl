@@ -131,12 +131,36 @@ seccompProfile:
 {{- join "," (uniq .Values.watchNamespaces) -}}
 {{- end -}}
 
-{{/* mTLS on the snapshot channel: the Secret (checked), its mount path, the server name. */}}
-{{- define "parapet.snapshotTLS.secretName" -}}
-{{- if not .Values.snapshotTLS.secretName -}}
-{{- fail "snapshotTLS.enabled needs snapshotTLS.secretName: a Secret with ca.crt, tls.crt and tls.key (e.g. issued by cert-manager)" -}}
+{{/*
+mTLS on the snapshot channel. Who issues the certificate:
+  secret       the user's Secret (snapshotTLS.secretName), mounted by both components;
+  certManager  a cert-manager Certificate the chart renders, mounted by both components;
+  operator     the operator keeps a CA in <fullname>-snapshot-ca and issues
+               <fullname>-snapshot-tls, which only the data plane mounts (the operator's
+               client certificate lives in its memory);
+  off          plain HTTP.
+*/}}
+{{- define "parapet.snapshotTLS.mode" -}}
+{{- $t := .Values.snapshotTLS -}}
+{{- if not $t.enabled -}}off
+{{- else if $t.secretName -}}secret
+{{- else if $t.certManager.enabled -}}
+{{- if not (and $t.certManager.issuerRef $t.certManager.issuerRef.name) -}}
+{{- fail "snapshotTLS.certManager.enabled needs snapshotTLS.certManager.issuerRef.name: the cert-manager Issuer or ClusterIssuer that signs the snapshot certificate" -}}
 {{- end -}}
-{{- .Values.snapshotTLS.secretName -}}
+certManager
+{{- else -}}operator
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret the data plane mounts (ca.crt, tls.crt, tls.key). */}}
+{{- define "parapet.snapshotTLS.secretName" -}}
+{{- default (printf "%s-snapshot-tls" (include "parapet.fullname" .)) .Values.snapshotTLS.secretName -}}
+{{- end -}}
+
+{{/* The Secret holding the CA the operator issues from (operator mode). */}}
+{{- define "parapet.snapshotTLS.caSecretName" -}}
+{{- printf "%s-snapshot-ca" (include "parapet.fullname" .) -}}
 {{- end -}}
 
 {{- define "parapet.snapshotTLS.dir" -}}/etc/parapet/snapshot-tls{{- end -}}

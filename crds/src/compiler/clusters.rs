@@ -367,13 +367,36 @@ pub(super) fn secret<'i>(
         .secrets
         .get(&(namespace.to_string(), name.to_string()));
     if found.is_none() {
-        diags.error(
-            me,
-            Reason::SecretNotFound,
-            format!("{field} names Secret {namespace}/{name}, which does not exist; create it or fix the name"),
-        );
+        let message = match inputs.secret_label_selector.as_deref() {
+            None => format!(
+                "{field} names Secret {namespace}/{name}, which does not exist; create it or fix the name"
+            ),
+            Some(selector) => not_visible(field, namespace, name, selector),
+        };
+        diags.error(me, Reason::SecretNotFound, message);
     }
     found
+}
+
+/// The message for a Secret that is absent or outside the label selector Secrets are read
+/// by: the two look alike to whoever compiles, so it names both fixes.
+fn not_visible(field: &str, namespace: &str, name: &str, selector: &str) -> String {
+    // `kubectl label` takes key=value pairs; other selectors can only be described.
+    let plain = selector.split(',').all(|t| {
+        t.split_once('=')
+            .is_some_and(|(k, v)| !k.is_empty() && !k.ends_with('!') && !v.starts_with('='))
+    });
+    let fix = if plain {
+        format!(
+            "label it (kubectl label secret -n {namespace} {name} {}) so the operator can read it",
+            selector.replace(',', " ")
+        )
+    } else {
+        format!("label it to match {selector} so the operator can read it")
+    };
+    format!(
+        "{field} names Secret {namespace}/{name}, which does not exist or is not labelled {selector} (the operator reads only Secrets with that label); {fix}, or create it or fix the name"
+    )
 }
 
 /// A `kubernetes.io/tls` Secret's `tls.crt` and `tls.key`.

@@ -56,6 +56,10 @@ pub struct Inputs<'a> {
     pub service_endpoints: BTreeMap<ServicePortKey, Vec<Endpoint>>,
     /// Secrets by (namespace, name), for API keys and certificates.
     pub secrets: BTreeMap<(String, String), SecretData>,
+    /// The label selector a Secret must match to be in `secrets` (the operator reads no
+    /// other Secret), so that a missing one is reported with how to make it visible.
+    /// `None`: `secrets` holds every Secret there is.
+    pub secret_label_selector: Option<String>,
     /// Mixed into API-key salts so that hashes differ between installations.
     pub key_salt_seed: Vec<u8>,
 }
