@@ -384,6 +384,12 @@ fn rejections() -> Vec<Reject> {
             &["spec.hosts[0]", "should match"],
         ),
         reject(
+            "h2c allowed as an upgrade",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"upgrades": ["websocket", "H2c"]}))]}}),
+            &["spec.rules[0].upgrades[1]", "should match"],
+        ),
+        reject(
             "timeout \"5 seconds\"",
             "ApiRoute",
             json!({"spec": {"rules": [rule(json!({"timeout": "5 seconds"}))]}}),
@@ -674,6 +680,11 @@ fn acceptances() -> Vec<(&'static str, &'static str, Value)> {
             "wildcard and catch-all hosts",
             "ApiRoute",
             json!({"spec": {"hosts": ["*.bank.example", "*"]}}),
+        ),
+        (
+            "upgrades to WebSocket and a versioned token, or none",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"upgrades": ["websocket", "h2cx", "h3"]})), rule(json!({"name": "none", "upgrades": []}))]}}),
         ),
         (
             "RegularExpression path without a leading /",
