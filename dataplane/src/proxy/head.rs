@@ -310,7 +310,9 @@ mod tests {
             check(&mut r).unwrap_err().status,
             StatusCode::METHOD_NOT_ALLOWED
         );
+        // (Only a request with a body can carry a transfer coding.)
         let mut r = req(Version::HTTP_11, "/", &["a.example"]);
+        *r.body_mut() = "abc".into();
         r.headers_mut().append(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
@@ -322,6 +324,7 @@ mod tests {
         );
         assert_eq!(check(&mut r).unwrap_err().status, StatusCode::BAD_REQUEST);
         let mut r = req(Version::HTTP_11, "/", &["a.example"]);
+        *r.body_mut() = "abc".into();
         r.headers_mut().insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("gzip, chunked"),
