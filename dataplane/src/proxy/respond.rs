@@ -66,7 +66,9 @@ pub(super) fn upstream(
         return Response::from_parts(parts, empty());
     }
     let (mut parts, body): (_, UpstreamBody) = response.into_parts();
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+    if matches!(body, UpstreamBody::Hyper(_))
+        && parts.headers.contains_key(header::TRANSFER_ENCODING)
+    {
         // The coding framed the body (RFC 9112 §6.3): a length beside it is not the body's
         // and would cut it short downstream. Parapet's own client drops it as it reads.
         parts.headers.remove(header::CONTENT_LENGTH);
