@@ -347,6 +347,24 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>
     Ok(resp)
 }
 
+/// Reads the response to a request already sent on `stream`, whose first bytes `buf` holds
+/// (for `crate::fuzzing`).
+pub(crate) async fn read_response(
+    stream: TcpStream,
+    buf: BytesMut,
+    head_only: bool,
+) -> Result<Response<Http1Body>, Error> {
+    let conn = Conn {
+        stream,
+        buf,
+        wbuf: Vec::new(),
+        authority: Authority::from_static("fuzzing.invalid"),
+        idle_since: Instant::now(),
+        head_read: MIN_READ,
+    };
+    exchange(conn, head_only).await.map_err(|f| f.error)
+}
+
 /// The request line and headers (and a body in memory) as they go on the wire.
 fn encode(
     out: &mut Vec<u8>,
