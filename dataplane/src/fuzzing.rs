@@ -6,20 +6,25 @@
 //! waits for bytes that never come ends at the header read timeout, which the runtime
 //! reaches at once instead of after real seconds.
 
-use std::{cell::RefCell, rc::Rc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Request, Response, StatusCode, Version};
+use futures::FutureExt as _;
+use http::{HeaderMap, Request, Response, StatusCode, Version, header};
 use http_body::Body;
 use http_body_util::BodyExt as _;
-use hyper::service::service_fn;
+use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 pub use crate::admin::{DecodeError, decode_snapshot};
 use crate::{
     downstream::{Drain, http1, rewind::Rewind},
-    listener::{ListenerConfig, http1_builder},
+    listener::{ListenerConfig, builder, http1_builder},
     metrics::Metrics,
     proxy::problem::full,
     upstream::ProxyBody,
@@ -57,28 +62,24 @@ pub struct Served {
     pub handed_off: bool,
 }
 
+/// What the handler has seen.
+type SeenLog = Arc<Mutex<Vec<Seen>>>;
+
 /// The handler both servers call: it reads the request's body and answers 200 `ok`.
-fn handler<B>(
-    seen: Rc<RefCell<Vec<Seen>>>,
-) -> impl Fn(Request<B>) -> std::pin::Pin<Box<dyn Future<Output = Response<ProxyBody>>>>
+async fn handle<B>(seen: SeenLog, req: Request<B>) -> Result<Response<ProxyBody>, Infallible>
 where
-    B: Body<Data = Bytes> + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
 {
-    move |req: Request<B>| {
-        let seen = seen.clone();
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let body = body.collect().await.map(|b| b.to_bytes()).map_err(|_| ());
-            seen.borrow_mut().push(Seen {
-                method: parts.method.to_string(),
-                target: parts.uri.to_string(),
-                version: parts.version,
-                headers: parts.headers,
-                body,
-            });
-            Response::new(full("ok"))
-        })
-    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).map_err(|_| ());
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        target: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    });
+    Ok(Response::new(full("ok")))
 }
 
 /// Writes `input` as a client would and reads the answers until the server closes. The
@@ -107,10 +108,11 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, input: &[u8]) -> V
 
 /// Serves `input` as one downstream connection the way the data plane does with its own
 /// codec in front (`downstream::serve`): the codec serves what it can and hands the rest
-/// of the connection to hyper's HTTP/1 server.
+/// of the connection to hyper (its HTTP/1 server, or the HTTP/1 and 2 one after the HTTP/2
+/// preface).
 pub async fn parapet_server(input: &[u8], cfg: &ListenerConfig) -> Served {
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    let seen = Rc::new(RefCell::new(Vec::new()));
+    let seen = SeenLog::default();
     let settings = http1::Settings {
         max_head_bytes: cfg.max_header_bytes,
         max_headers: cfg.max_headers.min(http1::HEADER_SLOTS),
@@ -121,29 +123,30 @@ pub async fn parapet_server(input: &[u8], cfg: &ListenerConfig) -> Served {
     let draining = Drain::default();
     let server = async {
         let mut signal = draining.signal();
-        let ended = http1::serve(
-            server_io,
-            handler(seen.clone()),
-            &metrics,
-            &settings,
-            &mut signal,
-        )
-        .await;
-        let http1::Ended::Handoff { io, read, .. } = ended else {
+        let codec = |req| handle(seen.clone(), req).map(|r| r.unwrap_or_else(|e| match e {}));
+        let ended = http1::serve(server_io, codec, &metrics, &settings, &mut signal).await;
+        let http1::Ended::Handoff {
+            io, read, http2, ..
+        } = ended
+        else {
             return false;
         };
-        let svc = service_fn(|req: Request<hyper::body::Incoming>| {
-            let answer = handler(seen.clone())(req);
-            async move { Ok::<_, std::convert::Infallible>(answer.await) }
-        });
-        let _ = http1_builder(cfg)
-            .serve_connection(TokioIo::new(Rewind::new(io, read)), svc)
-            .with_upgrades()
-            .await;
+        let seen = seen.clone();
+        let svc = service_fn(move |req: Request<Incoming>| handle(seen.clone(), req));
+        let io = TokioIo::new(Rewind::new(io, read));
+        let _ = if http2 {
+            builder(cfg).serve_connection_with_upgrades(io, svc).await
+        } else {
+            http1_builder(cfg)
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await
+                .map_err(Into::into)
+        };
         true
     };
     let (output, handed_off) = tokio::join!(client(client_io, input), server);
-    let requests = seen.take();
+    let requests = std::mem::take(&mut *seen.lock().unwrap());
     Served {
         requests,
         output,
@@ -152,27 +155,138 @@ pub async fn parapet_server(input: &[u8], cfg: &ListenerConfig) -> Served {
 }
 
 /// Serves `input` as one connection with hyper's HTTP/1 server alone, set up as the data
-/// plane sets it up (`--downstream-http1 hyper`).
+/// plane sets it up.
 pub async fn hyper_server(input: &[u8], cfg: &ListenerConfig) -> Served {
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
-    let seen = Rc::new(RefCell::new(Vec::new()));
+    let seen = SeenLog::default();
     let server = async {
-        let svc = service_fn(|req: Request<hyper::body::Incoming>| {
-            let answer = handler(seen.clone())(req);
-            async move { Ok::<_, std::convert::Infallible>(answer.await) }
-        });
+        let seen = seen.clone();
+        let svc = service_fn(move |req: Request<Incoming>| handle(seen.clone(), req));
         let _ = http1_builder(cfg)
             .serve_connection(TokioIo::new(server_io), svc)
             .with_upgrades()
             .await;
     };
     let (output, ()) = tokio::join!(client(client_io, input), server);
-    let requests = seen.take();
+    let requests = std::mem::take(&mut *seen.lock().unwrap());
     Served {
         requests,
         output,
         handed_off: false,
     }
+}
+
+/// The statuses of the responses in a server's output, in order.
+pub fn statuses(mut out: &[u8]) -> Vec<u16> {
+    let mut got = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(n)) = resp.parse(out) else {
+            return got;
+        };
+        got.push(resp.code.unwrap());
+        let len = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        // The handler's answers, and both servers' refusals, are length-framed; a HEAD's
+        // answer has no body, which the next head's status line shows.
+        let rest = &out[n..];
+        out = if rest.len() >= len && !rest.starts_with(b"HTTP/1.") {
+            &rest[len..]
+        } else {
+            rest
+        };
+    }
+}
+
+/// A request with the differences by design taken out (see `compare_servers`).
+fn normalised_request(mut r: Seen) -> Seen {
+    // Exception: repeated `Content-Length: 0` fields (a head Parapet's codec serves).
+    // hyper's server passes one on and Parapet's codec all of them; both read no body, and
+    // the request sent upstream gets a single length of its own either way.
+    let lengths: Vec<_> = r
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .cloned()
+        .collect();
+    if lengths.len() > 1 && lengths.iter().all(|v| v == lengths[0]) {
+        r.headers.insert(header::CONTENT_LENGTH, lengths[0].clone());
+    }
+    r
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether both servers called the handler with the same requests and answered with the
+/// same statuses, but for the differences by design (each commented), for the
+/// differential tests and fuzz target. `max_head_bytes` is the limit both were given.
+pub fn compare_servers(
+    input: &[u8],
+    parapet: &Served,
+    hyper: &Served,
+    max_head_bytes: usize,
+) -> Result<(), String> {
+    let (ps, hs) = (statuses(&parapet.output), statuses(&hyper.output));
+    let requests =
+        |s: &Served| -> Vec<Seen> { s.requests.iter().cloned().map(normalised_request).collect() };
+    if requests(parapet) == requests(hyper) && ps == hs {
+        return Ok(());
+    }
+    // Exception: a head both too large and malformed gets 400 or 431 depending on how much
+    // each server reads before it parses (hyper stops at its buffer's limit, Parapet's
+    // codec parses what its reads brought); either refusal closes the connection.
+    let refusals = [400, 431];
+    if requests(parapet) == requests(hyper)
+        && input.len() > max_head_bytes
+        && ps.len() == hs.len()
+        && ps
+            .split_last()
+            .zip(hs.split_last())
+            .is_some_and(|((p, pr), (h, hr))| {
+                pr == hr && refusals.contains(p) && refusals.contains(h)
+            })
+    {
+        return Ok(());
+    }
+    // Exception: the HTTP/2 preface's request line where a request is due (not at the
+    // connection's start, where both hand the connection to HTTP/2). Parapet's codec answers
+    // 400 as for any request that is not HTTP/1.x; hyper's HTTP/1 server takes it for a
+    // switch to HTTP/2 it is not set up for and closes without an answer.
+    if requests(parapet) == requests(hyper)
+        && ps.split_last() == Some((&400, &hs[..]))
+        && input.windows(14).any(|w| w == b"PRI * HTTP/2.0")
+    {
+        return Ok(());
+    }
+    // Exception: the start of the HTTP/2 preface, and nothing after it. Parapet's codec
+    // waits to tell whether it is the preface (HTTP/2 with prior knowledge) until the header
+    // read timeout; hyper's HTTP/1 server refuses it at once (400).
+    if parapet.requests.is_empty()
+        && ps.is_empty()
+        && hs == [400]
+        && input.len() < H2_PREFACE.len()
+        && H2_PREFACE.starts_with(input)
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "input {:?}\nParapet (handed off: {}): {:?} answers {ps:?}\nhyper: {:?} answers {hs:?}",
+        String::from_utf8_lossy(input),
+        parapet.handed_off,
+        parapet.requests,
+        hyper.requests,
+    ))
 }
 
 /// What Parapet's codec decides for one request head at the start of `buf`.

@@ -9,18 +9,18 @@
 //! Upstream: the same bytes, as an upstream's answer, go to Parapet's upstream client and
 //! to hyper's client: the same accept or refuse, status, headers, body and trailers.
 //!
-//! Where Parapet is stricter or differs by design, the difference is an explicit exception
-//! below, with its reason; everything else must agree. The exceptions: repeated
-//! `Content-Length: 0` in a request (`normalised_request`), 400 or 431 for a head both too
-//! large and malformed (`compare_servers`); in a response, a Content-Length
-//! next to a Transfer-Encoding (`normalised`), a 101 nobody asked for, control bytes in a
-//! chunk extension, invalid or conflicting lengths, and Transfer-Encoding in HTTP/1.0
-//! (`compare_clients`).
+//! Where Parapet is stricter or differs by design, the difference is an explicit exception,
+//! with its reason; everything else must agree. The exceptions: repeated
+//! `Content-Length: 0` in a request, and 400 or 431 for a head both too large and malformed
+//! (in `parapet_dataplane::fuzzing::compare_servers`, which the `downstream_differential`
+//! fuzz target shares); in a response, a Content-Length next to a Transfer-Encoding
+//! (`normalised`), a 101 nobody asked for, control bytes in a chunk extension, invalid or
+//! conflicting lengths, and Transfer-Encoding in HTTP/1.0 (`compare_clients`).
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use parapet_dataplane::fuzzing::{
-    Received, ResponseError, Seen, Served, hyper_client, hyper_server, listener_config,
+    Received, ResponseError, compare_servers, hyper_client, hyper_server, listener_config,
     parapet_client, parapet_server,
 };
 use proptest::{collection::vec, prelude::*, sample::select};
@@ -181,89 +181,6 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// The statuses of the responses in a server's output, in order.
-fn statuses(mut out: &[u8]) -> Vec<u16> {
-    let mut got = Vec::new();
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut headers);
-        let Ok(httparse::Status::Complete(n)) = resp.parse(out) else {
-            return got;
-        };
-        got.push(resp.code.unwrap());
-        let len = resp
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-            })
-            .unwrap_or(0);
-        // The handler's answers, and both servers' refusals, are length-framed; a HEAD's
-        // answer has no body, which the next head's status line shows.
-        let rest = &out[n..];
-        out = if rest.len() >= len && !rest.starts_with(b"HTTP/1.") {
-            &rest[len..]
-        } else {
-            rest
-        };
-    }
-}
-
-/// A request with the differences by design taken out (see `compare_servers`).
-fn normalised_request(mut r: Seen) -> Seen {
-    // Exception: repeated `Content-Length: 0` fields (a head Parapet's codec serves).
-    // hyper's server passes one on and Parapet's codec all of them; both read no body, and
-    // the request sent upstream gets a single length of its own either way.
-    let lengths: Vec<_> = r
-        .headers
-        .get_all(header::CONTENT_LENGTH)
-        .iter()
-        .cloned()
-        .collect();
-    if lengths.len() > 1 && lengths.iter().all(|v| v == lengths[0]) {
-        r.headers.insert(header::CONTENT_LENGTH, lengths[0].clone());
-    }
-    r
-}
-
-/// The same requests reached the handler, and the same statuses went back.
-fn compare_servers(input: &[u8], parapet: &Served, hyper: &Served) -> Result<(), String> {
-    let (ps, hs) = (statuses(&parapet.output), statuses(&hyper.output));
-    let requests =
-        |s: &Served| -> Vec<Seen> { s.requests.iter().cloned().map(normalised_request).collect() };
-    if requests(parapet) == requests(hyper) && ps == hs {
-        return Ok(());
-    }
-    // Exception: a head both too large and malformed gets 400 or 431 depending on how much
-    // each server reads before it parses (hyper stops at its buffer's limit, Parapet's
-    // codec parses what its reads brought); either refusal closes the connection.
-    let refusals = [400, 431];
-    if requests(parapet) == requests(hyper)
-        && input.len() > LIMIT_HEAD_BYTES
-        && ps.len() == hs.len()
-        && ps
-            .split_last()
-            .zip(hs.split_last())
-            .is_some_and(|((p, pr), (h, hr))| {
-                pr == hr && refusals.contains(p) && refusals.contains(h)
-            })
-    {
-        return Ok(());
-    }
-    Err(format!(
-        "input {:?}\nParapet (handed off: {}): {:?} answers {ps:?}\nhyper: {:?} answers {hs:?}",
-        String::from_utf8_lossy(input),
-        parapet.handed_off,
-        parapet.requests,
-        hyper.requests,
-    ))
-}
-
 /// The limits both servers get: small, so generated heads pass them.
 const LIMIT_HEAD_BYTES: usize = 8192;
 const LIMIT_HEADERS: usize = 16;
@@ -272,7 +189,7 @@ fn check_request(rt: &tokio::runtime::Runtime, input: &[u8]) -> Result<(), Strin
     let cfg = listener_config(LIMIT_HEAD_BYTES, LIMIT_HEADERS);
     let parapet = rt.block_on(parapet_server(input, &cfg));
     let hyper = rt.block_on(hyper_server(input, &cfg));
-    compare_servers(input, &parapet, &hyper)
+    compare_servers(input, &parapet, &hyper, LIMIT_HEAD_BYTES)
 }
 
 // ---- responses ----
@@ -499,7 +416,7 @@ fn cases_found_before() {
         let got = rt.block_on(parapet_client(input, 0, false)).unwrap();
         assert_eq!(got.body.len(), if input.ends_with(b"abc") { 3 } else { 1 });
     }
-    // Repeated `Content-Length: 0` (the exception in `normalised_request`).
+    // Repeated `Content-Length: 0` (an exception of `compare_servers`).
     check_request(
         &rt,
         b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
@@ -515,9 +432,9 @@ fn the_comparisons_tell_a_difference() {
     let cfg = listener_config(8192, 16);
     let parapet = rt.block_on(parapet_server(input, &cfg));
     let mut other = rt.block_on(hyper_server(input, &cfg));
-    assert!(compare_servers(input, &parapet, &other).is_ok());
+    assert!(compare_servers(input, &parapet, &other, 8192).is_ok());
     other.requests[0].target = "/other".into();
-    assert!(compare_servers(input, &parapet, &other).is_err());
+    assert!(compare_servers(input, &parapet, &other, 8192).is_err());
 
     let ok = || {
         Ok(Received {
