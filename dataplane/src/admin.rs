@@ -12,7 +12,6 @@ use std::{
     time::UNIX_EPOCH,
 };
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::{body::Incoming, service::service_fn};
@@ -293,25 +292,20 @@ impl Admin {
                 );
             }
         };
-        let body = if gzip {
-            match gunzip(&body, self.max_snapshot_bytes) {
-                Ok(b) => b,
-                Err(msg) => {
-                    self.metrics.push("invalid");
-                    return problem(StatusCode::BAD_REQUEST, &msg, None);
-                }
-            }
-        } else {
-            body
-        };
-        let snapshot: Snapshot = match serde_json::from_slice(&body) {
+        let snapshot = match decode_snapshot(&body, gzip, self.max_snapshot_bytes) {
             Ok(s) => s,
             Err(e) => {
-                self.metrics.push("invalid");
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    &serde_json::json!({"result": "invalid", "reasons": [format!("the body is not a snapshot: {e}")]}),
-                );
+                self.metrics.push(e.metric_reason());
+                return match e {
+                    DecodeError::Json(_) => json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({"result": "invalid", "reasons": [e.to_string()]}),
+                    ),
+                    DecodeError::TooLarge { .. } => {
+                        problem(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None)
+                    }
+                    DecodeError::Gzip(_) => problem(StatusCode::BAD_REQUEST, &e.to_string(), None),
+                };
             }
         };
         let (version, hash) = (snapshot.version, snapshot.hash.clone());
@@ -344,17 +338,50 @@ impl Admin {
     }
 }
 
-fn gunzip(body: &[u8], max: usize) -> Result<Bytes, String> {
-    let mut out = Vec::new();
-    let mut dec = flate2::read::GzDecoder::new(body).take(max as u64 + 1);
-    dec.read_to_end(&mut out)
-        .map_err(|e| format!("the gzip body could not be decompressed: {e}"))?;
-    if out.len() > max {
-        return Err(format!(
-            "the decompressed snapshot is larger than {max} bytes"
-        ));
+/// Why a pushed body is not a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The body, or what it decompresses to, is larger than the limit (a gzip bomb, or a
+    /// table too large).
+    #[error("the snapshot is larger than {max} bytes (decompressed); raise --max-snapshot-bytes")]
+    TooLarge { max: usize },
+    #[error("the gzip body could not be decompressed: {0}")]
+    Gzip(std::io::Error),
+    #[error("the body is not a snapshot: {0}")]
+    Json(serde_json::Error),
+}
+
+impl DecodeError {
+    /// The `reason` label of `snapshot_pushes_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::Gzip(_) | Self::Json(_) => "invalid",
+        }
     }
-    Ok(out.into())
+}
+
+/// The snapshot in a pushed body: at most `max` bytes as sent and, when `gzip`, once
+/// decompressed (decompression stops one byte past the limit, so a small body cannot
+/// inflate into memory). Not validated: applying it does that.
+pub fn decode_snapshot(body: &[u8], gzip: bool, max: usize) -> Result<Snapshot, DecodeError> {
+    if body.len() > max {
+        return Err(DecodeError::TooLarge { max });
+    }
+    let mut inflated = Vec::new();
+    let json = if gzip {
+        flate2::read::GzDecoder::new(body)
+            .take(max as u64 + 1)
+            .read_to_end(&mut inflated)
+            .map_err(DecodeError::Gzip)?;
+        if inflated.len() > max {
+            return Err(DecodeError::TooLarge { max });
+        }
+        &inflated[..]
+    } else {
+        body
+    };
+    serde_json::from_slice(json).map_err(DecodeError::Json)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

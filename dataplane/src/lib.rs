@@ -14,6 +14,8 @@ pub mod breaker;
 pub mod cache;
 pub mod downstream;
 pub mod failover;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod hedge;
 pub mod lanes;

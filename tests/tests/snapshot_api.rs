@@ -149,6 +149,93 @@ async fn pushes_are_authenticated_versioned_and_validated() {
     assert_eq!(metric(&c, dp.admin, "parapet_snapshot_version ").await, 5.0);
 }
 
+fn gzip(data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).unwrap();
+    Bytes::from(enc.finish().unwrap())
+}
+
+async fn push_gzip(
+    c: &Client,
+    admin: std::net::SocketAddr,
+    body: Bytes,
+) -> parapet_tests::client::Reply {
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+        ("authorization", auth.as_str()),
+    ];
+    c.send(
+        admin,
+        http::Method::PUT,
+        "admin",
+        "/v1/snapshot",
+        &headers,
+        body,
+    )
+    .await
+    .expect("admin port answers")
+}
+
+/// A compressed push is limited by its decompressed size too: a small gzip that inflates
+/// past `--max-snapshot-bytes` is refused as too large (413) without being inflated whole,
+/// and the table in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_refused_as_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let dp = Dataplane::start(&[
+        "--snapshot-token-file",
+        &token_file(&dir),
+        "--max-snapshot-bytes",
+        "100000",
+    ]);
+    let c = Client::new();
+    let b = Backend::start("b").await;
+
+    let v1 = snapshot(&table_to(b.port()), 1);
+    let r = push_gzip(&c, dp.admin, gzip(&serde_json::to_vec(&v1).unwrap())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // 32 MiB of spaces (valid JSON whitespace) in about 32 KiB: within the limit as sent.
+    let bomb = gzip(&vec![b' '; 32 << 20]);
+    assert!(bomb.len() < 100_000, "the bomb is {} bytes", bomb.len());
+    let r = push_gzip(&c, dp.admin, bomb).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    assert!(r.text().contains("100000 bytes"), "{}", r.text());
+    // Decompressed to just past the limit is too large as well; to within it, not.
+    let r = push_gzip(&c, dp.admin, gzip(&vec![b' '; 100_001])).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    let r = push_gzip(&c, dp.admin, gzip(&vec![b' '; 100_000])).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = push_gzip(&c, dp.admin, Bytes::from_static(b"not gzip")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+
+    assert_eq!(
+        c.get(dp.proxy, "x", "/").await.unwrap().backend(),
+        Some("b")
+    );
+    assert_eq!(
+        metric(
+            &c,
+            dp.admin,
+            "parapet_snapshot_pushes_total{reason=\"too_large\"}"
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &c,
+            dp.admin,
+            "parapet_snapshot_pushes_total{reason=\"invalid\"}"
+        )
+        .await,
+        2.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_without_a_configured_token_are_refused() {
     let dp = Dataplane::start(&[]);

@@ -782,5 +782,27 @@ impl CachedDate {
     }
 }
 
+/// What `serve` makes of `buf` as a connection's next bytes (for `crate::fuzzing`): `None`
+/// until a head is complete, `Some(Ok(Some(..)))` served here (with the head's length),
+/// `Some(Ok(None))` handed to hyper, `Some(Err(()))` refused.
+#[allow(clippy::type_complexity)]
+pub(crate) fn parse_one(
+    buf: &[u8],
+    settings: &Settings,
+) -> Option<Result<Option<(usize, Request<DownstreamBody>)>, ()>> {
+    let mut conn = Conn {
+        read: BytesMut::from(buf),
+        write: Vec::new(),
+        names: Vec::new(),
+        timer: None,
+    };
+    match conn.parse(settings) {
+        Ok(Parse::Partial) => None,
+        Ok(Parse::Other) => Some(Ok(None)),
+        Ok(Parse::Head(h)) => Some(conn.request(&h).map(|r| Some((h.len, r))).ok_or(())),
+        Err(_) => Some(Err(())),
+    }
+}
+
 #[cfg(test)]
 mod tests;

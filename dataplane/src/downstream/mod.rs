@@ -17,7 +17,7 @@
 
 pub mod drain;
 pub mod http1;
-mod rewind;
+pub(crate) mod rewind;
 
 use std::{
     convert::Infallible,

@@ -347,6 +347,24 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>
     Ok(resp)
 }
 
+/// Reads the response to a request already sent on `stream`, whose first bytes `buf` holds
+/// (for `crate::fuzzing`).
+pub(crate) async fn read_response(
+    stream: TcpStream,
+    buf: BytesMut,
+    head_only: bool,
+) -> Result<Response<Http1Body>, Error> {
+    let conn = Conn {
+        stream,
+        buf,
+        wbuf: Vec::new(),
+        authority: Authority::from_static("fuzzing.invalid"),
+        idle_since: Instant::now(),
+        head_read: MIN_READ,
+    };
+    exchange(conn, head_only).await.map_err(|f| f.error)
+}
+
 /// The request line and headers (and a body in memory) as they go on the wire.
 fn encode(
     out: &mut Vec<u8>,
@@ -535,7 +553,9 @@ pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
     let mut found: Option<u64> = None;
     for part in v.split(|b| *b == b',') {
         let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+        // Leading zeros are valid (any number of them); 19 significant digits always fit.
+        let significant = part.iter().skip_while(|b| **b == b'0').count();
+        if part.is_empty() || significant > 19 || !part.iter().all(u8::is_ascii_digit) {
             return None;
         }
         let n: u64 = std::str::from_utf8(part).ok()?.parse().ok()?;
@@ -560,7 +580,10 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
         return None;
     }
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
+    // Any number of leading zeros is a valid size (RFC 9112 §7.1); more significant
+    // digits than a u64 holds is not one this client takes.
+    let significant = line[..digits].iter().skip_while(|b| **b == b'0').count();
+    if digits == 0 || significant > 16 {
         return None;
     }
     let rest = line[digits..].trim_ascii_start();

@@ -522,12 +522,22 @@ fn lengths_and_chunk_sizes() {
     assert_eq!(content_length(b"-1"), None);
     assert_eq!(content_length(b""), None);
     assert_eq!(content_length(b"99999999999999999999"), None);
+    assert_eq!(
+        content_length(b"0000000000000000000042"),
+        Some(42),
+        "leading zeros"
+    );
+    assert_eq!(content_length(b"000"), Some(0));
     assert_eq!(chunk_size(b"1a"), Some(26));
     assert_eq!(chunk_size(b"1A;name=value"), Some(26));
     assert_eq!(chunk_size(b"0"), Some(0));
     assert_eq!(chunk_size(b""), None);
     assert_eq!(chunk_size(b"g"), None);
     assert_eq!(chunk_size(b"11111111111111111"), None);
+    assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
+    assert_eq!(chunk_size(b"00000000000000001"), Some(1), "leading zeros");
+    assert_eq!(chunk_size(b"0000000000000000000000000;e"), Some(0));
+    assert_eq!(chunk_size(b"0000000000000000010000000000000000"), None);
     assert_eq!(chunk_size(b"5 ;ext"), Some(5), "blanks before an extension");
     // A bare LF (or any control byte) in the line, leading blanks, junk after the digits.
     for bad in [

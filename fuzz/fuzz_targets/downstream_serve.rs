@@ -1,0 +1,29 @@
+//! One downstream connection's bytes through the whole server path: Parapet's HTTP/1.1
+//! codec, and hyper from where the codec hands the connection over. Whatever the bytes,
+//! nothing panics, the connection ends, and what is written back is HTTP.
+#![no_main]
+
+use std::sync::LazyLock;
+
+use libfuzzer_sys::fuzz_target;
+use parapet_dataplane::fuzzing::{listener_config, parapet_server};
+
+// Paused time: a connection waiting for more bytes ends at the header read timeout at once.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+});
+
+fuzz_target!(|data: &[u8]| {
+    // Small limits, so refusals for size and count are reached by small inputs.
+    let cfg = listener_config(8192, 16);
+    let served = RUNTIME.block_on(parapet_server(data, &cfg));
+    assert!(
+        served.output.is_empty() || served.output.starts_with(b"HTTP/1."),
+        "the server wrote something that is not an HTTP response: {:?}",
+        String::from_utf8_lossy(&served.output[..served.output.len().min(64)])
+    );
+});
