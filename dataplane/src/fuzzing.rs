@@ -269,11 +269,18 @@ pub fn compare_servers(
     {
         return Ok(());
     }
+    // Exception: a head begun and not finished when the input ends. At the header read
+    // timeout Parapet's codec says 408 (the client was too slow); hyper's server closes
+    // without an answer.
+    if requests(parapet) == requests(hyper) && ps.split_last() == Some((&408, &hs[..])) {
+        return Ok(());
+    }
     // Exception: the start of the HTTP/2 preface, and nothing after it. Parapet's codec
     // waits to tell whether it is the preface (HTTP/2 with prior knowledge) until the header
-    // read timeout; hyper's HTTP/1 server refuses it at once (400).
+    // read timeout (then 408, as for any head begun and not finished); hyper's HTTP/1 server
+    // refuses it at once (400).
     if parapet.requests.is_empty()
-        && ps.is_empty()
+        && (ps.is_empty() || ps == [408])
         && hs == [400]
         && input.len() < H2_PREFACE.len()
         && H2_PREFACE.starts_with(input)
