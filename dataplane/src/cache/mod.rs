@@ -1,4 +1,4 @@
-//! Response caching (issue 7): Fixed and Auto modes, Vary, request coalescing,
+//! Response caching: Fixed and Auto modes, Vary, request coalescing,
 //! stale-while-revalidate, stale-if-error, refresh-ahead and adaptive TTLs, in a store
 //! bounded by bytes.
 //!
