@@ -471,3 +471,13 @@ where
     got.body = data.freeze();
     Ok(got)
 }
+
+/// The runtime a fuzz target drives its connections on; `paused`: time jumps ahead when
+/// nothing is ready, so a connection waiting for more bytes reaches its timeout at once.
+pub fn runtime(paused: bool) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(paused)
+        .build()
+        .expect("a current-thread runtime")
+}

@@ -7,15 +7,11 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use parapet_dataplane::fuzzing::{compare_servers, hyper_server, listener_config, parapet_server};
+use parapet_dataplane::fuzzing::{
+    compare_servers, hyper_server, listener_config, parapet_server, runtime,
+};
 
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
-});
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| runtime(true));
 
 fuzz_target!(|data: &[u8]| {
     let cfg = listener_config(8192, 16);

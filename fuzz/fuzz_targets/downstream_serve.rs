@@ -7,16 +7,10 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use parapet_dataplane::fuzzing::{listener_config, parapet_server};
+use parapet_dataplane::fuzzing::{listener_config, parapet_server, runtime};
 
 // Paused time: a connection waiting for more bytes ends at the header read timeout at once.
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap()
-});
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| runtime(true));
 
 fuzz_target!(|data: &[u8]| {
     // Small limits, so refusals for size and count are reached by small inputs.

@@ -7,14 +7,9 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use parapet_dataplane::fuzzing::parapet_client;
+use parapet_dataplane::fuzzing::{parapet_client, runtime};
 
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-});
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| runtime(false));
 
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
 

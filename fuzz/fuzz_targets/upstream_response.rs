@@ -8,14 +8,9 @@ use std::sync::LazyLock;
 
 use http::{StatusCode, header};
 use libfuzzer_sys::fuzz_target;
-use parapet_dataplane::fuzzing::parapet_client;
+use parapet_dataplane::fuzzing::{parapet_client, runtime};
 
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-});
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| runtime(false));
 
 fuzz_target!(|data: &[u8]| {
     let [flags, a, b, input @ ..] = data else {

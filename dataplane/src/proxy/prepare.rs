@@ -73,15 +73,12 @@ pub(super) fn upstream_head<'a>(
 ) -> Forwarding<'a> {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::EXPECT);
+    // `Host` is already the authority the router read (the head check set it, for HTTP/2
+    // from :authority); only a rewrite changes it.
     if let Some(h) = forward.rewrite.as_ref().and_then(|r| r.hostname.as_deref())
         && let Ok(v) = HeaderValue::from_str(h)
     {
         parts.headers.insert(header::HOST, v);
-    } else if !parts.headers.contains_key(header::HOST)
-        && let Some(h) = authority.and_then(|h| HeaderValue::from_str(h).ok())
-    {
-        // HTTP/2 clients send :authority, HTTP/1.1 upstreams need Host.
-        parts.headers.insert(header::HOST, h);
     }
     parts.version = http::Version::HTTP_11;
     Forwarding {
