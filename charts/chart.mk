@@ -3,19 +3,25 @@
 #   make helm           build helm from the Go module proxy into the e2e cache (once)
 #   make chart-lint     helm lint --strict on the defaults and every charts/parapet/ci set
 #   make chart-test     the chart's e2e tests against a fresh control plane
-#   make images         build the operator and data-plane images (needs a Docker engine)
+#   make images         OCI image archives of the operator, the data plane and the sample
+#                       backend from the release binaries (crane; no Docker, no base image)
+#   make images-docker  the same two images with the Dockerfiles (needs a Docker engine)
 #   make images-lint    hadolint on both Dockerfiles (when hadolint is on PATH)
 
 CHART_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))/parapet
 BUILD_HELM ?= e2e/scripts/build-helm.sh
 DOCKER ?= docker
-# Images: $(REGISTRY)/parapet/operator:$(IMAGE_TAG), same for dataplane. REGISTRY may be empty.
+# Images: $(REGISTRY)/parapet/operator:$(IMAGE_TAG), same for dataplane and sample-backend.
+# REGISTRY may be empty. The tag is the chart's appVersion, which the chart deploys.
 REGISTRY ?=
-IMAGE_TAG ?= $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' $(CHART_DIR)/Chart.yaml)
 IMAGE_PREFIX = $(if $(REGISTRY),$(REGISTRY)/,)parapet
+IMAGES_DIR ?= $(or $(CARGO_TARGET_DIR),target)/images
+RELEASE_DIR = $(or $(CARGO_TARGET_DIR),target)/release
+IMAGE_ARCHIVES = $(IMAGES_DIR)/operator.tar $(IMAGES_DIR)/dataplane.tar $(IMAGES_DIR)/sample-backend.tar
 HADOLINT ?= hadolint
 
-.PHONY: helm chart-lint chart-test images images-lint
+.PHONY: helm chart-lint chart-test images images-docker images-lint
 
 helm: ## Build helm (Go module proxy, cached under ~/.cache/parapet-e2e)
 	$(BUILD_HELM) path
@@ -30,7 +36,17 @@ chart-lint: ## helm lint --strict on charts/parapet with every values set
 chart-test: ## The chart's tests (template, dry-run, install/upgrade/uninstall) on a fresh cluster
 	$(MAKE) e2e E2E_CARGO_FLAGS='--test chart'
 
-images: ## Build the operator and data-plane images (needs a running Docker engine)
+images: ## OCI image archives (operator, data plane, sample backend) in $(IMAGES_DIR), without Docker
+	$(CARGO) build --release --locked -p parapet-operator -p parapet-dataplane -p parapet-tests \
+	  --bin operator --bin dataplane --bin sample-backend
+	@./scripts/oci-image.sh --binary $(RELEASE_DIR)/operator --ref $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) \
+	  --port 9902 --out $(IMAGES_DIR)/operator.tar
+	@./scripts/oci-image.sh --binary $(RELEASE_DIR)/dataplane --ref $(IMAGE_PREFIX)/dataplane:$(IMAGE_TAG) \
+	  --port 8080 --port 9901 --out $(IMAGES_DIR)/dataplane.tar
+	@./scripts/oci-image.sh --binary $(RELEASE_DIR)/sample-backend --ref $(IMAGE_PREFIX)/sample-backend:$(IMAGE_TAG) \
+	  --port 8080 --out $(IMAGES_DIR)/sample-backend.tar
+
+images-docker: ## Build the operator and data-plane images with the Dockerfiles (needs a running Docker engine)
 	@if ! command -v $(DOCKER) >/dev/null 2>&1; then \
 	  echo "error: make images needs Docker (or DOCKER=podman); '$(DOCKER)' is not on PATH." >&2; exit 2; \
 	fi; \

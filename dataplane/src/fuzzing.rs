@@ -474,6 +474,9 @@ where
 
 /// The runtime a fuzz target drives its connections on; `paused`: time jumps ahead when
 /// nothing is ready, so a connection waiting for more bytes reaches its timeout at once.
+/// Behind the `fuzzing` feature: paused time needs tokio's `test-util`, which release
+/// builds must not carry.
+#[cfg(feature = "fuzzing")]
 pub fn runtime(paused: bool) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd, kubectl, kube-controller-manager and kube-scheduler from the
+# Builds kube-apiserver, etcd, kubectl, kube-controller-manager and kube-scheduler (and, with
+# BUILD_TOOLS_EXTRA="kubelet kube-proxy", the node's binaries) from the
 # Go module proxy into a cache keyed by version. Only the first run pays; later runs find
 # every binary and return at once.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-tools=(kube-apiserver etcd kubectl kube-controller-manager kube-scheduler)
+tools=(kube-apiserver etcd kubectl kube-controller-manager kube-scheduler ${BUILD_TOOLS_EXTRA:-})
 missing=()
 for t in "${tools[@]}"; do [ -x "$TOOLS_BIN/$t" ] || missing+=("$t"); done
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi

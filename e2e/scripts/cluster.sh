@@ -2,9 +2,15 @@
 # A throwaway Kubernetes control plane for tests: etcd and kube-apiserver (plus, by default,
 # kube-controller-manager running the namespace and garbage-collector controllers) on
 # 127.0.0.1, with certificates made here and an admin kubeconfig. No nodes, no pods.
+# With --node real, also one real node (containerd, runc, the CNI bridge, kubelet,
+# kube-proxy, kube-scheduler, metrics-server and every controller; see node.sh): the API
+# server then listens on the node's bridge address, 198.18.0.1, which pods can reach.
 #
-#   cluster.sh up [--owner-pid PID]   start (or reuse a healthy cluster); prints KUBECONFIG=...
-#   cluster.sh down                   stop every process and remove the state dir
+#   cluster.sh up [--owner-pid PID] [--node real]
+#                                     start (or reuse a healthy cluster); prints KUBECONFIG=...
+#   cluster.sh down                   stop every process, undo the node's changes to the
+#                                     machine and remove the state dir
+#   cluster.sh import ARCHIVE...      import image archives into the node's containerd
 #   cluster.sh env [--export]         print KUBECONFIG=<path> (or `export KUBECONFIG=<path>`)
 #   cluster.sh status                 say whether the cluster runs (exit 0 if it does)
 #   cluster.sh tools-dir              print the directory of the cached kubectl, etcd, ...
@@ -31,6 +37,8 @@ CONTROLLERS="${PARAPET_CLUSTER_CONTROLLERS:-namespace-controller,garbage-collect
 MARKER=".parapet-cluster"
 # In start order.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+# "real" when the cluster has a real node; recorded in the state dir as `mode`.
+NODE_MODE=""
 
 usage() {
   sed -n '2,/^set /{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -51,6 +59,9 @@ LOG_DIR="$STATE_DIR/logs"
 LOCK_FILE="$STATE_DIR.lock"
 
 log_of() { printf '%s/%s.log' "$LOG_DIR" "$1"; }
+# shellcheck source=node.sh
+source "$SCRIPTS_DIR/node.sh"
+mode_of_state() { cat "$STATE_DIR/mode" 2>/dev/null || true; }
 pid_of() { cat "$STATE_DIR/$1.pid" 2>/dev/null || true; }
 
 # True if PID is alive and is one of ours: its command line mentions the state dir, so a
@@ -67,7 +78,12 @@ kubectl_admin() {
 
 healthy() {
   [ -f "$STATE_DIR/$MARKER" ] && [ -f "$KUBECONFIG_PATH" ] || return 1
+  [ "$(mode_of_state)" = "$NODE_MODE" ] || return 1
   ours "$(pid_of etcd)" && ours "$(pid_of kube-apiserver)" || return 1
+  if [ "$NODE_MODE" = real ]; then
+    local c
+    for c in "${NODE_COMPONENTS[@]}"; do ours "$(pid_of "$c")" || return 1; done
+  fi
   [ "$(kubectl_admin get --raw /readyz 2>/dev/null)" = "ok" ]
 }
 
@@ -96,7 +112,7 @@ stop_wave() {
     [ "$SECONDS" -lt "$deadline" ] || break
     sleep 0.1
   done
-  step "processes ${alive[*]} ignored SIGTERM for ${STOP_TIMEOUT}s; sending SIGKILL"
+  step "processes ${alive[*]} ($(ps -o comm= -p "$(IFS=,; echo "${alive[*]}")" | tr '\n' ' ')) ignored SIGTERM for ${STOP_TIMEOUT}s; sending SIGKILL"
   kill -KILL "${alive[@]}" 2>/dev/null || true
   deadline=$((SECONDS + 5))
   while [ "$SECONDS" -lt "$deadline" ]; do
@@ -130,11 +146,16 @@ remove_state_dir() {
   if [ ! -f "$STATE_DIR/$MARKER" ] && [ -n "$(ls -A "$STATE_DIR" 2>/dev/null)" ]; then
     die "$STATE_DIR is not empty and has no $MARKER marker; it does not look like a cluster state dir, so it is left alone"
   fi
+  # rm -rf would follow a bind mount into whatever it shows.
+  if awk -v p="$STATE_DIR/" 'index($5, p) == 1 {found=1} END {exit !found}' /proc/self/mountinfo; then
+    die "something is still mounted under $STATE_DIR (see /proc/self/mountinfo); unmount it, then run cluster.sh down again"
+  fi
   rm -rf -- "$STATE_DIR"
 }
 
 cmd_down() {
   with_lock
+  node_down
   stop_processes
   remove_state_dir
   rm -f -- "$LOCK_FILE"
@@ -182,7 +203,7 @@ gen_certs() {
       openssl req -new -key "$d/apiserver.key" -subj "/CN=kube-apiserver" -out "$d/apiserver.csr" &&
       printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
         "extendedKeyUsage=serverAuth" \
-        "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:$NODE_IP,IP:$KUBERNETES_SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc" \
         >"$d/apiserver.ext" &&
       openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
         -days 365 -extfile "$d/apiserver.ext" -out "$d/apiserver.crt" &&
@@ -202,7 +223,8 @@ gen_certs() {
 b64() { base64 -w0 <"$1"; }
 
 write_kubeconfig() {
-  local port="$1" d="$STATE_DIR/pki"
+  local port="$1" d="$STATE_DIR/pki" host=127.0.0.1
+  if [ "$NODE_MODE" = real ]; then host="$NODE_IP"; fi
   umask 077
   cat >"$KUBECONFIG_PATH.tmp" <<EOF
 apiVersion: v1
@@ -210,7 +232,7 @@ kind: Config
 clusters:
 - name: parapet-test
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://$host:$port
     certificate-authority-data: $(b64 "$d/ca.crt")
 users:
 - name: parapet-admin
@@ -249,6 +271,7 @@ fail() {
     tail -n 25 "$logfile" >&2
     printf '%s\n' "---" >&2
   fi
+  node_down || true
   stop_processes || true
   if [ -f "$STATE_DIR/$MARKER" ]; then
     find "$STATE_DIR" -mindepth 1 -maxdepth 1 ! -name logs ! -name "$MARKER" -exec rm -rf -- {} +
@@ -294,30 +317,35 @@ start_etcd() {
 
 start_apiserver() {
   local port="$1" etcd_port="$2" d="$STATE_DIR/pki"
+  local mode_flags=(--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --endpoint-reconciler-type=none
+    --authorization-mode=RBAC --disable-admission-plugins=ServiceAccount)
+  if [ "$NODE_MODE" = real ]; then mapfile -t mode_flags < <(node_apiserver_flags); fi
   spawn kube-apiserver "$TOOLS_BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 \
-    --endpoint-reconciler-type=none \
+    "${mode_flags[@]}" \
     --secure-port="$port" \
     --tls-cert-file="$d/apiserver.crt" \
     --tls-private-key-file="$d/apiserver.key" \
     --client-ca-file="$d/ca.crt" \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
     --service-account-issuer=https://kubernetes.default.svc \
     --service-account-key-file="$d/sa.pub" \
     --service-account-signing-key-file="$d/sa.key" \
-    --authorization-mode=RBAC \
-    --disable-admission-plugins=ServiceAccount \
     --allow-privileged=true
 }
 
 start_controller_manager() {
-  local d="$STATE_DIR/pki"
+  local d="$STATE_DIR/pki" extra=()
+  # With a node: every controller (deployments, endpoint slices, the HPA, ...), the HPA on a
+  # short period so tests see it act in seconds.
+  if [ "$NODE_MODE" = real ]; then
+    extra=(--horizontal-pod-autoscaler-sync-period=5s --node-monitor-grace-period=20s)
+  fi
   spawn kube-controller-manager "$TOOLS_BIN/kube-controller-manager" \
     --kubeconfig="$KUBECONFIG_PATH" \
     --leader-elect=false \
     --controllers="$CONTROLLERS" \
+    "${extra[@]}" \
     --service-account-private-key-file="$d/sa.key" \
     --root-ca-file="$d/ca.crt" \
     --bind-address=127.0.0.1 \
@@ -331,7 +359,7 @@ start_once() {
   step "starting etcd on 127.0.0.1:$etcd_port"
   start_etcd "$etcd_port" "$peer_port"
   wait_for "accept connections" etcd "$((SECONDS + READY_TIMEOUT))" tcp_open "$etcd_port" || return $?
-  step "starting kube-apiserver on https://127.0.0.1:$api_port"
+  step "starting kube-apiserver on https://$([ "$NODE_MODE" = real ] && echo "$NODE_IP" || echo 127.0.0.1):$api_port"
   write_kubeconfig "$api_port"
   start_apiserver "$api_port" "$etcd_port"
   wait_for "become ready (GET /readyz)" kube-apiserver "$((SECONDS + READY_TIMEOUT))" apiserver_ready || return $?
@@ -371,11 +399,18 @@ cmd_up() {
     case "$1" in
       --owner-pid) [ $# -ge 2 ] || die "--owner-pid needs a process id"; owner="$2"; shift 2 ;;
       --owner-pid=*) owner="${1#*=}"; shift ;;
+      --node) [ $# -ge 2 ] || die "--node needs a value: real"; NODE_MODE="$2"; shift 2 ;;
+      --node=*) NODE_MODE="${1#*=}"; shift ;;
       *) die "unknown option for up: $1 (see cluster.sh --help)" ;;
     esac
   done
   [ -z "$owner" ] || [[ "$owner" =~ ^[0-9]+$ ]] || die "--owner-pid takes a process id, not '$owner'"
   [ -z "$owner" ] || kill -0 "$owner" 2>/dev/null || die "--owner-pid $owner is not a running process"
+  case "$NODE_MODE" in
+    "" | none) NODE_MODE="" ;;
+    real) CONTROLLERS="*" ;;
+    *) die "--node takes 'real' (a kubelet node with containerd) or 'none', not '$NODE_MODE'" ;;
+  esac
 
   with_lock
   if healthy; then
@@ -392,13 +427,24 @@ cmd_up() {
 
   "$SCRIPTS_DIR/build-tools.sh" || die "the control plane tools are missing and building them failed (step: build-tools.sh)"
   command -v openssl >/dev/null || die "openssl is needed to make the test cluster's certificates; install it (Debian/Ubuntu: apt-get install openssl)"
+  if [ "$NODE_MODE" = real ]; then
+    [ "$(id -u)" = 0 ] || die "a real node needs root (a bridge, mounts, cgroups); run cluster.sh up --node real as root"
+    node_deps
+    "$SCRIPTS_DIR/build-node.sh" || die "the node's tools are missing and building them failed (step: build-node.sh)"
+  fi
 
   local t0=$SECONDS
   mkdir -p "$LOG_DIR"
   touch "$STATE_DIR/$MARKER"
+  echo "$NODE_MODE" >"$STATE_DIR/mode"
   trap 'fail "interrupted while starting the cluster"' INT TERM
   trap 'fail "cluster.sh up stopped unexpectedly (line $LINENO)"' EXIT
   gen_certs
+  if [ "$NODE_MODE" = real ]; then
+    node_certs
+    node_record
+    node_net_up
+  fi
   local attempt rc
   for attempt in 1 2 3; do
     rc=0
@@ -410,6 +456,7 @@ cmd_up() {
     rm -rf -- "$STATE_DIR/etcd"
   done
   [ "$rc" -eq 0 ] || fail "could not find free ports for etcd and kube-apiserver after 3 attempts"
+  if [ "$NODE_MODE" = real ]; then node_up; fi
   if [ -n "$owner" ]; then start_watchdog "$owner"; fi
   trap - EXIT INT TERM
   step "cluster ready in $((SECONDS - t0))s; state in $STATE_DIR"
@@ -428,12 +475,13 @@ cmd_env() {
 }
 
 cmd_status() {
+  NODE_MODE="$(mode_of_state)"
   if healthy; then
     local server
     server="$(grep -m1 'server:' "$KUBECONFIG_PATH" | awk '{print $2}')"
     echo "running: $server (state in $STATE_DIR)"
     local c pid
-    for c in "${COMPONENTS[@]}" watchdog; do
+    for c in "${COMPONENTS[@]}" "${NODE_COMPONENTS[@]}" watchdog; do
       pid="$(pid_of "$c")"
       if [ -z "$pid" ]; then continue; fi
       if ours "$pid"; then echo "  $c: pid $pid"; else echo "  $c: not running (see $(log_of "$c"))"; fi
@@ -454,6 +502,10 @@ case "${1:-}" in
   env) shift; cmd_env "$@" ;;
   status) shift; cmd_status ;;
   tools-dir) echo "$TOOLS_BIN" ;;
+  import)
+    shift
+    [ "$(mode_of_state)" = real ] || die "the cluster in $STATE_DIR has no real node to import images into (cluster.sh up --node real)"
+    node_import "$@" || die "importing $* into the node's containerd failed" ;;
   __watchdog) shift; [ $# -eq 3 ] || die "internal: __watchdog OWNER START STATE_DIR"; STATE_DIR="$3"; KUBECONFIG_PATH="$STATE_DIR/kubeconfig"; LOCK_FILE="$STATE_DIR.lock"; LOG_DIR="$STATE_DIR/logs"; cmd_watchdog "$1" "$2" ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;

@@ -24,9 +24,10 @@ cd "$E2E_DIR/k8s-tools"
   echo ")"
 } > go.mod
 rm -f go.sum
-step "resolving modules for kube-apiserver, kubectl, kube-controller-manager, kube-scheduler, etcd"
+step "resolving modules for the control plane, the node (kubelet, kube-proxy) and etcd"
 go get -tool k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl \
   k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
   go.etcd.io/etcd/server/v3
 go mod tidy
 step "wrote $(pwd)/go.mod and go.sum"

@@ -11,3 +11,9 @@ export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--mod=mod}"
 
 step() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# The real node's runtime and tools (built by build-node.sh, each cached by its version).
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-2.4.2}"
+CRICTL_VERSION="${CRICTL_VERSION:-1.37.0}"
+METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-0.8.0}"
+CRANE_VERSION="${CRANE_VERSION:-0.22.1}"
+NODE_BIN="$PARAPET_CACHE/node-k8s-v$K8S_VERSION-containerd-v$CONTAINERD_VERSION-crictl-v$CRICTL_VERSION-ms-v$METRICS_SERVER_VERSION-crane-v$CRANE_VERSION/bin"

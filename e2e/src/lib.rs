@@ -3,7 +3,7 @@
 //! One control plane serves a whole test binary run:
 //!
 //! - if `KUBECONFIG` is set (what `make e2e` does), the tests use that cluster; it must be on
-//!   this machine (127.0.0.1, ::1 or localhost) unless `PARAPET_E2E_ALLOW_REMOTE_CLUSTER=1`,
+//!   this machine (loopback, or the real test node's 198.18.x bridge address) unless `PARAPET_E2E_ALLOW_REMOTE_CLUSTER=1`,
 //!   because the tests install CRDs and create and delete namespaces;
 //! - otherwise the first test to ask starts one with `e2e/scripts/cluster.sh up` in a state
 //!   dir of its own, with the test process as `--owner-pid`: the script's watchdog tears the
@@ -14,6 +14,7 @@
 //! [`TestNamespace`], so tests run in parallel. Every wait has a deadline.
 
 pub mod fleet;
+pub mod helm;
 
 use std::{
     ffi::OsString,
@@ -185,7 +186,7 @@ fn check_local(kubeconfig: &OsString) -> Result<()> {
             kubeconfig.to_string_lossy()
         )
     })?;
-    if is_loopback_url(&server) {
+    if is_local_url(&server) {
         Ok(())
     } else {
         bail!(
@@ -216,16 +217,30 @@ fn current_server(kc: &Kubeconfig) -> Option<String> {
 }
 
 fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
-    };
-    host == "localhost"
-        || host
+    host_of(url) == "localhost"
+        || host_of(url)
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Loopback, or the real test node's bridge address: inside 198.18.0.0/15 (where
+/// `cluster.sh up --node real` puts the API server) and assigned to this machine, which
+/// binding a socket to it proves.
+fn is_local_url(url: &str) -> bool {
+    is_loopback_url(url)
+        || host_of(url).parse::<std::net::Ipv4Addr>().is_ok_and(|ip| {
+            (u32::from(ip) >> 17) == (u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) >> 17)
+                && std::net::UdpSocket::bind((ip, 0)).is_ok()
+        })
+}
+
+fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    }
 }
 
 /// A client for the test cluster, with request deadlines. Build one per test.
@@ -649,6 +664,10 @@ mod tests {
         assert!(!is_loopback_url("https://10.0.0.1:6443"));
         assert!(!is_loopback_url("https://prod.example.com"));
         assert!(!is_loopback_url("https://localhost.example.com:443"));
+        // In the test node's range but not on this machine (no bridge holds it).
+        assert!(!is_local_url("https://198.19.255.254:6443"));
+        assert!(!is_local_url("https://192.0.2.10:6443"));
+        assert!(is_local_url("https://127.0.0.1:6443"));
     }
 
     #[test]

@@ -29,111 +29,15 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use parapet_e2e::{
-    TestNamespace, apply_crds, client, cluster, kubectl, kubectl_ok, kubectl_stdin, repo_root,
-    wait_for,
+    TestNamespace, apply_crds, client,
+    helm::{helm, helm_at, helm_ok},
+    kubectl, kubectl_ok, kubectl_stdin, repo_root, wait_for,
 };
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
-/// How long one helm run may take.
-const HELM_DEADLINE: Duration = Duration::from_secs(120);
-
 fn chart_dir() -> PathBuf {
     repo_root().join("charts/parapet")
-}
-
-// ---------------------------------------------------------------------------------------
-// helm
-
-static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-
-/// The helm binary: `PARAPET_HELM`, else the cached build (built on first use).
-fn helm_bin() -> Result<PathBuf> {
-    HELM.get_or_init(|| {
-        if let Some(path) = std::env::var_os("PARAPET_HELM") {
-            return Ok(PathBuf::from(path));
-        }
-        let script = repo_root().join("e2e/scripts/build-helm.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("path")
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed ({}); see its output above",
-                script.display(),
-                out.status
-            ));
-        }
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Ok(PathBuf::from(path))
-    })
-    .clone()
-    .map_err(|e| anyhow!("helm is not available: {e}"))
-}
-
-#[derive(Debug)]
-struct HelmOutput {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs helm against the test cluster with empty homes (no repositories, no plugins), every
-/// connection but the API server's sent to a closed proxy, and a deadline. Returns its output
-/// whatever the exit status.
-async fn helm(args: &[&str]) -> Result<HelmOutput> {
-    helm_at(cluster()?.kubeconfig().as_ref(), args).await
-}
-
-/// [`helm`] against the cluster of another kubeconfig.
-async fn helm_at(kubeconfig: &std::ffi::OsStr, args: &[&str]) -> Result<HelmOutput> {
-    let bin = helm_bin()?;
-    let home = tempfile::tempdir()?;
-    let mut cmd = tokio::process::Command::new(&bin);
-    cmd.args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .env("HELM_NO_PLUGINS", "1")
-        // Anything but the (loopback) API server goes to a closed port and fails loudly.
-        .env("HTTPS_PROXY", "http://127.0.0.1:9")
-        .env("HTTP_PROXY", "http://127.0.0.1:9")
-        .env("NO_PROXY", "127.0.0.1,localhost,::1")
-        .env_remove("HELM_DRIVER")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let out = tokio::time::timeout(HELM_DEADLINE, child.wait_with_output())
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "`helm {}` did not finish within {HELM_DEADLINE:?}",
-                args.join(" ")
-            )
-        })??;
-    Ok(HelmOutput {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
-/// Runs helm and returns its stdout; a failure is an error carrying its stderr.
-async fn helm_ok(args: &[&str]) -> Result<String> {
-    let out = helm(args).await?;
-    if !out.success {
-        bail!("`helm {}` failed: {}", args.join(" "), out.stderr.trim());
-    }
-    Ok(out.stdout)
 }
 
 /// Every non-empty YAML document of a stream.
