@@ -36,6 +36,7 @@ crds: ## Regenerate the CRD YAML (and the chart's copy) from the Rust types
 lint: ## rustfmt and clippy, warnings are errors; then the advisory check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p parapet-e2e --all-targets --features node -- -D warnings
 	@$(MAKE) --no-print-directory audit
 
 # Advisories need the RustSec database from GitHub. Where cargo-deny cannot be installed or
@@ -61,7 +62,7 @@ unit: ## Unit and integration tests (no Kubernetes)
 h2spec: ## HTTP/2 conformance (h2spec from the Go module proxy) against the data plane
 	./scripts/h2spec.sh
 
-test: deps lint build unit h2spec fuzz-smoke e2e ## Everything CI runs: lint, unit, integration, HTTP/2 conformance, fuzz smoke and e2e tiers
+test: deps lint build unit h2spec fuzz-smoke e2e e2e-node ## Everything CI runs: lint, unit, integration, HTTP/2 conformance, fuzz smoke, e2e and real-node tiers
 	@echo "make test: all tiers passed"
 
 # Fuzzing: cargo-fuzz (libFuzzer) on nightly; the targets are in fuzz/fuzz_targets, the
