@@ -14,6 +14,7 @@
 //! [`TestNamespace`], so tests run in parallel. Every wait has a deadline.
 
 pub mod fleet;
+pub mod lb;
 
 use std::{
     ffi::OsString,
