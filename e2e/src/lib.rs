@@ -15,6 +15,7 @@
 
 pub mod fleet;
 pub mod helm;
+pub mod lb;
 
 use std::{
     ffi::OsString,

@@ -43,6 +43,16 @@ pub struct Behaviour {
     pub count_in_body: bool,
 }
 
+/// Where a backend is in its life; connections watch it to know when to finish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Not accepting; open connections finish their current request, then close.
+    Draining,
+    /// Open connections are closed at once.
+    Stopped,
+}
+
 /// The path health checks use in tests (the CRD default). Requests to it are counted in
 /// [`Backend::health_hits`], not [`Backend::hits`].
 pub const HEALTH_PATH: &str = "/healthz";
@@ -56,7 +66,9 @@ pub struct Backend {
     last_headers: Arc<Mutex<Option<http::HeaderMap>>>,
     last_uri: Arc<Mutex<Option<String>>>,
     body_bytes: Arc<AtomicU64>,
-    stop: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
+    /// Held by the accept loop and every open connection: closed once all are gone.
+    open: watch::Sender<()>,
 }
 
 impl Backend {
@@ -66,17 +78,24 @@ impl Backend {
 
     /// Starts on a given address (to bring a stopped backend back on its port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
-        let listener = TcpListener::bind(addr)
+        Self::try_start_on(name, addr)
             .await
-            .expect("bind a backend on 127.0.0.1");
-        let addr = listener.local_addr().expect("local addr");
+            .expect("bind a backend on 127.0.0.1")
+    }
+
+    /// As [`start_on`](Self::start_on), returning the error when the address cannot be
+    /// bound.
+    pub async fn try_start_on(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
         let health_hits = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
         let last_headers = Arc::new(Mutex::new(None));
         let last_uri = Arc::new(Mutex::new(None));
         let body_bytes = Arc::new(AtomicU64::new(0));
-        let (stop, mut stopped) = watch::channel(false);
+        let (phase, mut stopped) = watch::channel(Phase::Serving);
+        let (open, open_guard) = watch::channel(());
         let hh = health_hits.clone();
         let (n, h, b, lh, lu, bb) = (
             name.to_string(),
@@ -88,6 +107,8 @@ impl Backend {
         );
         tokio::spawn(async move {
             loop {
+                // Draining or stopped: returning drops the listener, so new connections
+                // are refused.
                 let (stream, _) = tokio::select! {
                     _ = stopped.changed() => return,
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
@@ -102,6 +123,7 @@ impl Backend {
                 );
                 let hh = hh.clone();
                 let mut conn_stop = stopped.clone();
+                let conn_guard = open_guard.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (n, h, b, lh, lu, bb) = (
@@ -167,14 +189,25 @@ impl Backend {
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = conn_stop.changed() => {}
+                    tokio::pin!(conn);
+                    // The phase changes at most twice (draining, stopped): at most three turns.
+                    loop {
+                        tokio::select! {
+                            _ = conn.as_mut() => break,
+                            changed = conn_stop.changed() => {
+                                if changed.is_ok() && *conn_stop.borrow_and_update() == Phase::Draining {
+                                    conn.as_mut().graceful_shutdown();
+                                } else {
+                                    break;
+                                }
+                            }
+                        }
                     }
+                    drop(conn_guard);
                 });
             }
         });
-        Backend {
+        Ok(Backend {
             name: name.to_string(),
             addr,
             hits,
@@ -183,8 +216,9 @@ impl Backend {
             last_headers,
             last_uri,
             body_bytes,
-            stop,
-        }
+            phase,
+            open,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -218,7 +252,24 @@ impl Backend {
 
     /// Stops accepting and closes open connections.
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        self.phase.send_replace(Phase::Stopped);
+    }
+
+    /// Stops accepting, lets open connections finish the request they are serving (idle
+    /// keep-alive connections close at once, HTTP/1.1 answers in flight carry
+    /// `Connection: close`, HTTP/2 gets a GOAWAY), and waits up to `deadline` for them;
+    /// whatever is still open then is closed. Returns how many connections that cut (0: a
+    /// clean drain).
+    pub async fn graceful_stop(&self, deadline: Duration) -> usize {
+        self.phase.send_replace(Phase::Draining);
+        let drained = tokio::time::timeout(deadline, self.open.closed()).await;
+        let cut = if drained.is_ok() {
+            0
+        } else {
+            self.open.receiver_count()
+        };
+        self.stop();
+        cut
     }
 }
 
