@@ -24,6 +24,8 @@ KUBERNETES_SERVICE_IP="198.19.0.1"
 PAUSE_IMAGE="localhost/parapet-test/pause:1"
 NODE_DIR="$STATE_DIR/node"
 CONTAINERD_SOCK="$NODE_DIR/containerd/containerd.sock"
+# Shim sockets: containerd allows a directory of at most 42 characters, so not the state dir.
+SHIM_SOCKET_DIR="/run/parapet-shim-$(printf '%s' "$STATE_DIR" | sha256sum | cut -c1-8)"
 # Paths outside the state dir that kubelet or containerd write whatever they are told.
 NODE_HOST_DIRS=(/var/lib/kubelet /var/log/containers /var/log/pods /run/containerd /var/lib/cni /run/netns)
 NODE_SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic_on_oops)
@@ -191,7 +193,7 @@ disabled_plugins = ['io.containerd.internal.v1.opt', 'io.containerd.nri.v1.nri',
   [plugins.'io.containerd.server.v1.ttrpc']
     address = '$c/containerd.sock.ttrpc'
   [plugins.'io.containerd.shim.v1.manager']
-    socket_dir = '$c/s'
+    socket_dir = '$SHIM_SOCKET_DIR'
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = 'overlayfs'
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
@@ -422,6 +424,7 @@ node_down() {
     done
   fi
   node_unmount
+  rm -rf -- "$SHIM_SOCKET_DIR"
   node_cgroups_remove
   node_net_down
   node_restore

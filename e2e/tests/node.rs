@@ -169,7 +169,7 @@ async fn deployment_ready(client: &Client, ns: &str, name: &str) -> Result<Optio
         .get_opt(name)
         .await?;
     let Some(d) = d else { return Ok(None) };
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let want = d.spec.replicas.unwrap_or(1);
     let st = d.status.unwrap_or_default();
     let done = st.observed_generation == d.metadata.generation
         && st.updated_replicas == Some(want)
@@ -495,9 +495,11 @@ async fn autoscaling(f: &Fleet) -> Result<()> {
     let before = f.ready_dataplanes().await?;
     let endpoints = lb::EndpointWatch::start(f.client.clone(), &f.ns, "parapet-dataplane", "http");
     endpoints
-        .wait_until("the data plane's ready endpoints", Duration::from_secs(30), |e| {
-            e.len() == before.len()
-        })
+        .wait_until(
+            "the data plane's ready endpoints",
+            Duration::from_secs(30),
+            |e| e.len() == before.len(),
+        )
         .await?;
     let cfg = lb::LoadConfig {
         concurrency: 32,
@@ -584,9 +586,11 @@ where
 {
     let endpoints = lb::EndpointWatch::start(f.client.clone(), &f.ns, "parapet-dataplane", "http");
     endpoints
-        .wait_until("the data plane's ready endpoints", Duration::from_secs(30), |e| {
-            !e.is_empty()
-        })
+        .wait_until(
+            "the data plane's ready endpoints",
+            Duration::from_secs(30),
+            |e| !e.is_empty(),
+        )
         .await?;
     let cfg = lb::LoadConfig {
         concurrency: 4,
@@ -604,9 +608,11 @@ where
         let load = &load;
         async move {
             let base = load.snapshot().ok;
-            wait_for(&format!("{n} more answers"), Duration::from_secs(30), || async {
-                Ok((load.snapshot().ok >= base + n).then_some(()))
-            })
+            wait_for(
+                &format!("{n} more answers"),
+                Duration::from_secs(30),
+                || async { Ok((load.snapshot().ok >= base + n).then_some(())) },
+            )
             .await
         }
     };
@@ -703,11 +709,7 @@ async fn chaos(f: &Fleet) -> Result<()> {
         },
     )
     .await?;
-    eprintln!(
-        "(b) SIGKILL: {} of {} requests failed",
-        b.failed(),
-        b.sent
-    );
+    eprintln!("(b) SIGKILL: {} of {} requests failed", b.failed(), b.sent);
 
     // (c) The leading operator deleted: the standby takes the lease; the data plane keeps
     // its table and never notices.
