@@ -15,7 +15,9 @@ prefix="${IMAGE_PREFIX:-parapet}"
 cluster=e2e/scripts/cluster.sh
 
 "$cluster" up --node real >/dev/null
-"$cluster" import "$@" >/dev/null
+import_log="$(mktemp)"
+"$cluster" import "$@" >"$import_log" 2>&1 || { cat "$import_log" >&2; rm -f "$import_log"; exit 1; }
+rm -f "$import_log"
 eval "$("$cluster" env --export)"
 kubectl="$("$cluster" tools-dir)/kubectl"
 helm="$(e2e/scripts/build-helm.sh path)"

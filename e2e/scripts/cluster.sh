@@ -129,6 +129,10 @@ stop_wave() {
 # first makes the API server retry it until its own deadline).
 stop_processes() {
   local first=() pid c
+  # With a node, the API server keeps waiting after SIGTERM (with pods' watches open) until
+  # it is killed; its state is thrown away, so it gets a short grace.
+  local STOP_TIMEOUT="$STOP_TIMEOUT"
+  if [ "$(mode_of_state)" = real ] && [ "$STOP_TIMEOUT" -gt 3 ]; then STOP_TIMEOUT=3; fi
   pid="$(pid_of watchdog)"
   # The watchdog runs `down` itself when its owner exits: it must not signal itself.
   if [ "$pid" != "$$" ] && ours "$pid"; then first+=("$pid"); fi
