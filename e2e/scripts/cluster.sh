@@ -425,9 +425,11 @@ cmd_up() {
   fi
   if [ -e "$STATE_DIR" ]; then
     step "removing the stale state in $STATE_DIR"
+    node_down
     stop_processes
     remove_state_dir
   fi
+  if [ "$NODE_MODE" = real ]; then node_claim; fi
 
   "$SCRIPTS_DIR/build-tools.sh" || die "the control plane tools are missing and building them failed (step: build-tools.sh)"
   command -v openssl >/dev/null || die "openssl is needed to make the test cluster's certificates; install it (Debian/Ubuntu: apt-get install openssl)"

@@ -65,9 +65,31 @@ node_record() {
   touch "$f/host-dirs-present"
 }
 
+# One node per machine (one bridge, one address). The state dir of the cluster that owns it
+# is recorded here, so a cluster whose processes died with their session (the bridge, mounts
+# and tables outlive them) is cleaned up by the next `up` instead of blocking it.
+NODE_OWNER_FILE="/run/parapet-node.owner"
+
+node_claim() {
+  ip link show "$NODE_BRIDGE" >/dev/null 2>&1 || return 0
+  local owner
+  owner="$(cat "$NODE_OWNER_FILE" 2>/dev/null || true)"
+  if [ -n "$owner" ] && [ "$owner" != "$STATE_DIR" ]; then
+    if PARAPET_CLUSTER_DIR="$owner" bash "$SCRIPTS_DIR/cluster.sh" status >/dev/null 2>&1; then
+      die "another test cluster with a real node runs (state in $owner); one node fits on a machine: PARAPET_CLUSTER_DIR=$owner $SCRIPTS_DIR/cluster.sh down"
+    fi
+    step "the real node of a cluster that no longer runs is still set up (state in $owner); removing it"
+    PARAPET_CLUSTER_DIR="$owner" bash "$SCRIPTS_DIR/cluster.sh" down || die "could not clean up the dead cluster in $owner"
+  fi
+  if ip link show "$NODE_BRIDGE" >/dev/null 2>&1; then
+    step "removing a leftover $NODE_BRIDGE bridge and its guard table (no cluster owns them)"
+    node_net_down
+  fi
+}
+
 node_net_up() {
-  ip link show "$NODE_BRIDGE" >/dev/null 2>&1 && die "a $NODE_BRIDGE bridge exists already: another test node runs (or a crashed one left it); run cluster.sh down with its state dir, or: ip link del $NODE_BRIDGE"
   ip link add "$NODE_BRIDGE" type bridge
+  echo "$STATE_DIR" >"$NODE_OWNER_FILE"
   ip addr add "$NODE_IP/24" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
   # Service IPs route to the bridge too: an address kube-proxy does not translate stays on
@@ -452,6 +474,7 @@ node_cgroups_remove() {
 
 node_net_down() {
   ip link del "$NODE_BRIDGE" 2>/dev/null || true
+  if [ "$(cat "$NODE_OWNER_FILE" 2>/dev/null)" = "$STATE_DIR" ]; then rm -f "$NODE_OWNER_FILE"; fi
   # Interfaces left by pods whose sandbox was not torn down (their veth peers die with the
   # namespaces, but a leftover one is removed here).
   local l
