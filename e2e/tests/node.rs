@@ -384,6 +384,25 @@ async fn requests_reach_the_right_backends(f: &Fleet) -> Result<()> {
             status == 404,
             "{name}: an unknown host answered {status}, want 404"
         );
+        let login = tokio::time::timeout(
+            Duration::from_secs(5),
+            f.http.send(
+                to,
+                http::Method::POST,
+                HOST,
+                "/login",
+                &[],
+                bytes::Bytes::new(),
+            ),
+        )
+        .await
+        .map_err(|_| anyhow!("{name}: POST /login timed out"))??;
+        let backend = login.backend().unwrap_or_default();
+        ensure!(
+            login.status == 200 && backend.starts_with("auth-"),
+            "{name}: POST /login answered {} by {backend:?}, want 200 from an auth pod",
+            login.status
+        );
     }
     // Through the Service's ClusterIP (kube-proxy's nftables rules on this machine).
     let svc = kubectl_ok(&[
@@ -413,11 +432,19 @@ async fn requests_reach_the_right_backends(f: &Fleet) -> Result<()> {
     }
     eprintln!("ClusterIP {vip} answered by {seen:?}");
     // Every route is programmed on every pod.
-    for route in ["accounts", "login", "direct"] {
+    let objects = [
+        ("apiroute", "accounts"),
+        ("apiroute", "login"),
+        ("apiroute", "direct"),
+        ("upstreampool", "accounts"),
+        ("upstreampool", "accounts-backup"),
+        ("upstreampool", "auth"),
+    ];
+    for (kind, route) in objects {
         let want = format!("{n}/{n} pods serve", n = pods.len());
-        wait_for(&format!("ApiRoute {route} Programmed on every pod"), Duration::from_secs(30), || async {
+        wait_for(&format!("{kind} {route} Programmed on every pod"), Duration::from_secs(30), || async {
             let cond = kubectl_ok(&[
-                "get", "apiroute", route, "-n", &f.bank, "-o",
+                "get", kind, route, "-n", &f.bank, "-o",
                 "jsonpath={.status.conditions[?(@.type==\"Programmed\")].status} {.status.conditions[?(@.type==\"Programmed\")].message}",
             ])
             .await?;
