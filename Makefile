@@ -60,6 +60,7 @@ unit: ## Unit and integration tests (no Kubernetes)
 	$(CARGO) test --workspace --exclude parapet-e2e
 
 h2spec: ## HTTP/2 conformance (h2spec from the Go module proxy) against the data plane
+	$(CARGO) build -p parapet-dataplane --bin dataplane
 	./scripts/h2spec.sh
 
 test: deps lint build unit h2spec fuzz-smoke e2e e2e-node ## Everything CI runs: lint, unit, integration, HTTP/2 conformance, fuzz smoke, e2e and real-node tiers

@@ -45,17 +45,20 @@ cluster-env: ## Print `export KUBECONFIG=...` for the local test control plane
 cluster-status: ## Say whether the local test control plane runs
 	@PARAPET_CLUSTER_DIR='$(PARAPET_CLUSTER_DIR)' $(CLUSTER_SH) status
 
-# One shell for the whole recipe. The cluster goes down on every way out: normal exit, test
-# failure, Ctrl-C (the INT/TERM trap), and, should make itself be killed, the --owner-pid
-# watchdog, which notices that this shell is gone. A failed `up` has cleaned up already and
-# kept its logs for the error message, so it is not followed by `down`.
+# The tests start the operator and data-plane binaries, which `cargo test -p parapet-e2e`
+# does not build: they are built first. One shell for the whole recipe. The cluster goes
+# down on every way out: normal exit, test failure, Ctrl-C (the INT/TERM trap), and, should
+# make itself be killed, the --owner-pid watchdog, which notices that this shell is gone. A
+# failed `up` has cleaned up already and kept its logs for the error message, so it is not
+# followed by `down`.
 e2e: ## Tests against a fresh real control plane (always torn down)
 	@export PARAPET_CLUSTER_DIR='$(PARAPET_E2E_CLUSTER_DIR)'; \
 	down() { $(CLUSTER_SH) down || echo "warning: $(CLUSTER_SH) down failed; run it again to clean up $$PARAPET_CLUSTER_DIR" >&2; }; \
 	trap 'down; exit 130' INT TERM; \
 	$(CLUSTER_SH) up --owner-pid $$$$ >/dev/null || exit $$?; \
 	status=0; \
-	KUBECONFIG="$$PARAPET_CLUSTER_DIR/kubeconfig" $(CARGO) test -p parapet-e2e $(E2E_CARGO_FLAGS) -- $(E2E_TEST_ARGS) || status=$$?; \
+	$(CARGO) build -p parapet-operator -p parapet-dataplane --bins $(E2E_CARGO_FLAGS) || status=$$?; \
+	[ $$status -ne 0 ] || KUBECONFIG="$$PARAPET_CLUSTER_DIR/kubeconfig" $(CARGO) test -p parapet-e2e $(E2E_CARGO_FLAGS) -- $(E2E_TEST_ARGS) || status=$$?; \
 	trap - INT TERM; \
 	down; \
 	exit $$status
