@@ -1,6 +1,8 @@
-//! Properties of the request-head path we own. hyper parses HTTP; what comes after is ours:
-//! host normalisation, routing, the proxy's header rewriting, API key and rate-limit key
-//! extraction. Inputs are arbitrary but valid for the `http` crate (what hyper can hand us).
+//! Properties of the request-head path after parsing: host normalisation, routing, the
+//! proxy's header rewriting, API key and rate-limit key extraction. Inputs are arbitrary but
+//! valid for the `http` crate (what either server path, Parapet's codec or hyper, can hand
+//! us); the parsers themselves are compared with hyper's in `differential.rs` and the fuzz
+//! targets.
 //! Invariants: nothing panics; `strip_hop_by_hop` leaves no hop-by-hop header; the
 //! forwarding headers are valid header values; a normalised host is lower-case, portless.
 

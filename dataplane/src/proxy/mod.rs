@@ -7,13 +7,15 @@
 //!    rule's `upgrades` decide whether an `Upgrade` is honoured or dropped.
 //! 3. **auth** (`auth/`): the rule's API keys; missing → 401, wrong → 403.
 //! 4. **rate limit** (`ratelimit/`): the rule's buckets; 429 with `Retry-After`, or a wait
-//!    in Shape mode.
+//!    in Shape mode. A fresh cache entry answers right after this, before admission: hits
+//!    take no lane slot and cost the upstream side nothing.
 //! 5. **admit**: the route's bulkhead and lane (`lanes`); refused requests get 503.
 //! 6. **prepare** (`prepare.rs`): the backend pool by weight, the upstream URI (rewrites),
 //!    headers, the deadline (route timeout, or the client's `x-parapet-timeout-ms` when
 //!    shorter) and the body (buffered when small enough to replay).
-//! 7. **cache** (`cached.rs`, `cache/`): GET/HEAD of rules with a CachePolicy are answered
-//!    from the response cache when they can; misses and refreshes continue below.
+//! 7. **cache** (`cached.rs`, `cache/`): GET/HEAD of rules with a CachePolicy go through
+//!    the response cache (stale entries, coalesced waits); misses and refreshes continue
+//!    below.
 //! 8. **forward** (`forward.rs`): endpoint picks, breaker, attempts, retries, hedges.
 //! 9. **respond** (`respond.rs`): the upstream response streamed back, or the gateway's
 //!    own problem document.
