@@ -7,7 +7,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use k8s_openapi::api::{
@@ -20,7 +20,10 @@ use parapet_crds::{
     compiler::{self, Diagnostics, Inputs, ObjectKey, ServicePortKey},
     snapshot::{Endpoint, Snapshot},
 };
-use tokio::sync::{Notify, watch};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 
 use crate::{index::Index, metrics::Metrics};
 

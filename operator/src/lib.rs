@@ -5,6 +5,8 @@
 //! `metrics`.
 
 #![forbid(unsafe_code)]
+// std's clock and sleeps are refused (operator/clippy.toml): timing follows tokio's clock.
+#![deny(clippy::disallowed_types, clippy::disallowed_methods)]
 
 pub mod args;
 pub mod compile;

@@ -7,7 +7,7 @@ use std::{
     io::Write,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use crate::tls::{PushClient, PushTls};
 use tokio::{
     sync::{Notify, Semaphore, watch},
     task::JoinSet,
+    time::Instant,
 };
 
 use crate::{
