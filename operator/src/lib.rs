@@ -20,6 +20,9 @@ pub mod snapshot_certs;
 pub mod status;
 pub mod tls;
 
+#[cfg(test)]
+mod testkit;
+
 use std::sync::Arc;
 
 use anyhow::Context;
