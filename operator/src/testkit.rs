@@ -13,7 +13,10 @@ use k8s_openapi::api::{
 use kube::{
     Resource,
     api::{ApiResource, DynamicObject},
-    runtime::{reflector::store::Writer, watcher},
+    runtime::{
+        reflector::{Store, store::Writer},
+        watcher,
+    },
 };
 use parapet_crds::api::{ApiRoute, CachePolicy, UpstreamPool};
 use serde_json::json;
@@ -29,6 +32,7 @@ pub struct TestIndex {
     pools: Writer<DynamicObject>,
     services: Writer<Service>,
     slices: Writer<EndpointSlice>,
+    dataplane: Writer<EndpointSlice>,
 }
 
 fn one<K>(writer: &Writer<K>) -> Stores<K>
@@ -69,6 +73,7 @@ impl TestIndex {
             pools,
             services,
             slices,
+            dataplane,
         }
     }
 
@@ -118,6 +123,16 @@ impl TestIndex {
     pub fn delete_slice(&mut self, s: EndpointSlice) {
         self.slices.apply_watcher_event(&watcher::Event::Delete(s));
         self.endpoints_changed();
+    }
+
+    /// A slice of the data plane's own admin Service: where the pusher pushes.
+    pub fn apply_dataplane_slice(&mut self, s: EndpointSlice) {
+        self.dataplane.apply_watcher_event(&apply(s));
+        self.index.dataplane_changed.notify_one();
+    }
+
+    pub fn dataplane_store(&self) -> Store<EndpointSlice> {
+        self.index.dataplane.clone()
     }
 }
 
