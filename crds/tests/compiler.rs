@@ -668,3 +668,35 @@ fn a_secret_outside_the_label_selector_is_reported_with_how_to_label_it() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_rule_with_no_backend_still_reports_its_other_missing_references() {
+    let yaml = format!(
+        "{POOL}{}",
+        route(
+            "r",
+            "2026-01-01T00:00:00Z",
+            "[a.example]",
+            r#"
+    - name: lost
+      backends: [{pool: ghost}]
+      cachePolicyRef: {name: ghost-cache}
+      auth: {apiKeys: {secretRefs: [{name: ghost-keys}]}}
+"#
+        )
+    );
+    let out = compile_yaml(&yaml);
+    let RouteAction::DirectResponse(d) = &out.table.virtual_hosts[0].routes[0].action else {
+        panic!("a rule with no backend answers directly")
+    };
+    assert_eq!(d.status, 500);
+    let (reason, msg) = out
+        .diagnostics
+        .condition("ApiRoute", "default", "r", ConditionKind::ResolvedRefs)
+        .expect("ResolvedRefs is false");
+    assert_eq!(reason, Reason::PoolNotFound);
+    assert!(
+        msg.contains("default/ghost ") && msg.contains("ghost-cache") && msg.contains("ghost-keys"),
+        "{msg}"
+    );
+}

@@ -5,6 +5,8 @@
 //! `metrics`.
 
 #![forbid(unsafe_code)]
+// std's clock and sleeps are refused (operator/clippy.toml): timing follows tokio's clock.
+#![deny(clippy::disallowed_types, clippy::disallowed_methods)]
 
 pub mod args;
 pub mod compile;
@@ -17,6 +19,9 @@ pub mod secrets;
 pub mod snapshot_certs;
 pub mod status;
 pub mod tls;
+
+#[cfg(test)]
+mod testkit;
 
 use std::sync::Arc;
 

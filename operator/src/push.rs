@@ -7,7 +7,7 @@ use std::{
     io::Write,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use crate::tls::{PushClient, PushTls};
 use tokio::{
     sync::{Notify, Semaphore, watch},
     task::JoinSet,
+    time::Instant,
 };
 
 use crate::{
@@ -56,6 +57,8 @@ pub struct PodState {
     pub next_attempt: Option<Instant>,
     pub last_error: Option<String>,
     pub in_flight: bool,
+    /// A version the pod answered with a newer one of its own (409).
+    pub refused_version: Option<u64>,
 }
 
 /// Shared view of the fleet: the targets and what each acknowledged.
@@ -167,28 +170,70 @@ struct Outcome {
     seconds: f64,
 }
 
-#[derive(Debug)]
-enum PushError {
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PushError {
     /// The pod holds a version at or above ours.
-    Behind {
-        current: u64,
-    },
-    Refused {
-        status: StatusCode,
-        body: String,
-    },
+    #[error("the pod holds version {current}, newer than ours")]
+    Behind { current: u64 },
+    #[error("refused with {status}: {body}")]
+    Refused { status: StatusCode, body: String },
+    #[error("{0}")]
     Transport(String),
 }
 
-impl std::fmt::Display for PushError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Behind { current } => {
-                write!(f, "the pod holds version {current}, newer than ours")
-            }
-            Self::Refused { status, body } => write!(f, "refused with {status}: {body}"),
-            Self::Transport(e) => write!(f, "{e}"),
+/// How the pusher reaches a data-plane pod's admin API: HTTP(S) in the operator, an
+/// in-process fake in tests.
+pub(crate) trait Channel: Send + Sync + 'static {
+    /// `PUT /v1/snapshot` with an encoded snapshot.
+    fn push(
+        &self,
+        addr: &str,
+        body: Bytes,
+        gzip: bool,
+    ) -> impl Future<Output = Result<(), PushError>> + Send + 'static;
+
+    /// The (version, hash) the pod serves; `None` when it has no table or cannot be asked.
+    fn status(&self, addr: &str) -> impl Future<Output = Option<(u64, String)>> + Send + 'static;
+}
+
+struct Http {
+    client: PushClient,
+    scheme: &'static str,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+impl Channel for Http {
+    fn push(
+        &self,
+        addr: &str,
+        body: Bytes,
+        gzip: bool,
+    ) -> impl Future<Output = Result<(), PushError>> + Send + 'static {
+        let (client, scheme, addr) = (self.client.clone(), self.scheme, addr.to_string());
+        let (token, timeout) = (self.token.clone(), self.timeout);
+        async move {
+            push_one(
+                &client,
+                scheme,
+                &addr,
+                token.as_deref(),
+                body,
+                gzip,
+                timeout,
+            )
+            .await
         }
+    }
+
+    fn status(&self, addr: &str) -> impl Future<Output = Option<(u64, String)>> + Send + 'static {
+        let (client, scheme, addr, timeout) = (
+            self.client.clone(),
+            self.scheme,
+            addr.to_string(),
+            self.timeout,
+        );
+        async move { status_of(&client, scheme, &addr, timeout).await }
     }
 }
 
@@ -199,14 +244,33 @@ impl Pusher {
         store: Store<EndpointSlice>,
         port_name: String,
         targets_changed: Arc<Notify>,
+        tables: watch::Receiver<Option<Arc<Compiled>>>,
+        leader: watch::Receiver<bool>,
+    ) {
+        let channel = Arc::new(Http {
+            client: crate::tls::push_client(self.tls.as_deref()),
+            scheme: crate::tls::scheme(self.tls.as_deref()),
+            token: self.token.clone(),
+            timeout: self.timeout,
+        });
+        self.drive(channel, store, port_name, targets_changed, tables, leader)
+            .await
+    }
+
+    /// The push loop. It sleeps until something it acts on happens: a new table, a change
+    /// of leadership or of the data-plane pods, a push or check that ends, a pod's backoff
+    /// running out, or the resync interval.
+    pub(crate) async fn drive(
+        self: Arc<Self>,
+        channel: Arc<impl Channel>,
+        store: Store<EndpointSlice>,
+        port_name: String,
+        targets_changed: Arc<Notify>,
         mut tables: watch::Receiver<Option<Arc<Compiled>>>,
         mut leader: watch::Receiver<bool>,
     ) {
-        let client = crate::tls::push_client(self.tls.as_deref());
-        let scheme = crate::tls::scheme(self.tls.as_deref());
         let sem = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut running: JoinSet<Outcome> = JoinSet::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut checks: JoinSet<(String, Option<(u64, String)>)> = JoinSet::new();
         let mut last_check = Instant::now();
         // The body for the current table, encoded once per (version, hash).
@@ -216,6 +280,9 @@ impl Pusher {
         // (compiled version, compiled hash, fleet pods, table to push)
         let mut shared: Option<(u64, String, u32, Arc<Snapshot>)> = None;
         loop {
+            // The earliest moment something falls due without an event: a backoff ends, or
+            // the next resync.
+            let mut wake: Option<Instant> = None;
             let pod_count;
             // Refresh the target list.
             {
@@ -274,37 +341,28 @@ impl Pusher {
                     encoded = Some((c.snapshot.version, c.snapshot.hash.clone(), body, gzip));
                 }
                 let (_, hash, body, gzip) = encoded.clone().expect("encoded above");
+                let version = c.snapshot.version;
                 let now = Instant::now();
                 let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
                 for (addr, (_, st)) in pods.iter_mut() {
-                    let behind = st.acked_hash != hash || st.acked_version != c.snapshot.version;
-                    let due = st.next_attempt.is_none_or(|t| now >= t);
-                    if st.in_flight || !(behind && due) {
+                    let behind = st.acked_hash != hash || st.acked_version != version;
+                    // A version the pod refused as stale is not sent again: the compiler
+                    // republishes above the pod's version, and that one is.
+                    if st.in_flight || !behind || st.refused_version == Some(version) {
+                        continue;
+                    }
+                    if let Some(t) = st.next_attempt.filter(|t| *t > now) {
+                        wake = earliest(wake, t);
                         continue;
                     }
                     st.in_flight = true;
-                    let (client, sem, addr, token, timeout) = (
-                        client.clone(),
-                        sem.clone(),
-                        addr.clone(),
-                        self.token.clone(),
-                        self.timeout,
-                    );
-                    let (body, hash, version) = (body.clone(), hash.clone(), c.snapshot.version);
+                    let (channel, sem, addr) = (channel.clone(), sem.clone(), addr.clone());
+                    let (body, hash) = (body.clone(), hash.clone());
                     let sources = c.sources.clone();
                     running.spawn(async move {
                         let _permit = sem.acquire_owned().await;
                         let started = Instant::now();
-                        let result = push_one(
-                            &client,
-                            scheme,
-                            &addr,
-                            token.as_deref(),
-                            body,
-                            gzip,
-                            timeout,
-                        )
-                        .await;
+                        let result = channel.push(&addr, body, gzip).await;
                         Outcome {
                             addr,
                             version,
@@ -318,16 +376,16 @@ impl Pusher {
             }
             // Resync: ask every pod what it holds; a pod that restarted without its table (or
             // with an older one) is then behind and gets pushed to above.
-            if is_leader && last_check.elapsed() >= self.resync && checks.is_empty() {
-                last_check = Instant::now();
-                let pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
-                for addr in pods.keys() {
-                    let (client, addr, timeout) = (client.clone(), addr.clone(), self.timeout);
-                    checks.spawn(async move {
-                        let held = status_of(&client, scheme, &addr, timeout).await;
-                        (addr, held)
-                    });
+            if is_leader && checks.is_empty() {
+                if last_check.elapsed() >= self.resync {
+                    last_check = Instant::now();
+                    let pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+                    for addr in pods.keys() {
+                        let (held, addr) = (channel.status(addr), addr.clone());
+                        checks.spawn(async move { (addr, held.await) });
+                    }
                 }
+                wake = earliest(wake, last_check + self.resync);
             }
             tokio::select! {
                 Some(Ok((addr, held))) = checks.join_next(), if !checks.is_empty() => {
@@ -353,7 +411,7 @@ impl Pusher {
                 _ = targets_changed.notified() => {}
                 r = tables.changed() => if r.is_err() { return },
                 r = leader.changed() => if r.is_err() { return },
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
             }
         }
     }
@@ -388,6 +446,7 @@ impl Pusher {
                 tracing::info!(pod = %target.name, current, ours = o.version, "pod holds a newer version; re-versioning the table");
                 self.clock.observe(current);
                 st.next_attempt = None;
+                st.refused_version = Some(o.version);
                 drop(pods);
                 self.republish.notify_one();
             }
@@ -503,6 +562,10 @@ async fn status_of(
     ))
 }
 
+fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
 fn backoff(failures: u32) -> Duration {
     // 250ms doubling up to 30s, with jitter so a fleet that failed together retries apart.
     let base = 250u64.saturating_mul(1 << failures.min(7)).min(30_000);
@@ -556,12 +619,16 @@ async fn push_one(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::collections::{BTreeMap, HashSet};
 
-    use parapet_crds::snapshot::{Snapshot, Table};
+    use parapet_crds::snapshot::{FORMAT_VERSION, SourceRef, Table};
+    use tokio::{
+        sync::mpsc,
+        time::{sleep, timeout},
+    };
 
-    use super::with_fleet_pods;
-    use crate::compile::VersionClock;
+    use super::*;
+    use crate::testkit::{Ep, TestIndex, slice};
 
     #[test]
     fn fleet_size_gets_its_own_version_and_hash() {
@@ -586,5 +653,498 @@ mod tests {
         let four = with_fleet_pods(&compiled, 4, &clock);
         assert!(four.version > three.version);
         assert_ne!(four.hash, three.hash);
+    }
+
+    #[test]
+    fn pushes_go_to_ready_and_starting_pods_never_to_terminating_ones() {
+        let pod = |addr: &str, name: &str, ready: Option<bool>, terminating: Option<bool>| Ep {
+            ready,
+            serving: None,
+            terminating,
+            pod: Some(name.to_string()),
+            ..Ep::ready(addr)
+        };
+        let mut t = TestIndex::new();
+        let admin = [(Some("http"), 8080), (Some("admin"), 9901)];
+        t.apply_dataplane_slice(slice(
+            "parapet",
+            "dp-a",
+            "dp-admin",
+            "IPv4",
+            &admin,
+            &[
+                pod("10.1.0.1", "dp-0", Some(true), Some(false)),
+                // Starting: it becomes ready only once it has a table.
+                pod("10.1.0.2", "dp-1", Some(false), None),
+                // Shutting down: never pushed to.
+                pod("10.1.0.3", "dp-2", Some(false), Some(true)),
+                // Unknown conditions count as ready; without a targetRef, named by address.
+                Ep {
+                    ready: None,
+                    serving: None,
+                    terminating: None,
+                    ..Ep::ready("10.1.0.4")
+                },
+            ],
+        ));
+        // The same pod in a second slice (slices are being rebalanced): pushed once.
+        t.apply_dataplane_slice(slice(
+            "parapet",
+            "dp-a2",
+            "dp-admin",
+            "IPv4",
+            &admin,
+            &[pod("10.1.0.1", "dp-0", Some(true), None)],
+        ));
+        // A single port is the admin port, whatever its name.
+        t.apply_dataplane_slice(slice(
+            "parapet",
+            "dp-b",
+            "dp-admin",
+            "IPv4",
+            &[(Some("other"), 9999)],
+            &[pod("10.1.0.5", "dp-3", Some(true), None)],
+        ));
+        // Several ports, none of them admin: nowhere to push.
+        t.apply_dataplane_slice(slice(
+            "parapet",
+            "dp-c",
+            "dp-admin",
+            "IPv4",
+            &[(Some("http"), 8080), (Some("metrics"), 9090)],
+            &[pod("10.1.0.6", "dp-9", Some(true), None)],
+        ));
+        t.apply_dataplane_slice(slice(
+            "parapet",
+            "dp-v6",
+            "dp-admin",
+            "IPv6",
+            &admin,
+            &[pod("fd00::7", "dp-4", Some(true), None)],
+        ));
+        t.apply_dataplane_slice(slice(
+            "parapet",
+            "dp-fqdn",
+            "dp-admin",
+            "FQDN",
+            &admin,
+            &[pod("dp-5.dp.parapet.svc", "dp-5", Some(true), None)],
+        ));
+        // A name in an IP slice is no address.
+        t.apply_dataplane_slice(slice(
+            "parapet",
+            "dp-bad",
+            "dp-admin",
+            "IPv4",
+            &admin,
+            &[pod("dp-6", "dp-6", Some(true), None)],
+        ));
+        let got: Vec<(String, String, bool)> = targets(&t.dataplane_store(), "admin")
+            .into_iter()
+            .map(|t| (t.addr, t.name, t.ready))
+            .collect();
+        let want = |a: &str, n: &str, r| (a.to_string(), n.to_string(), r);
+        assert_eq!(
+            got,
+            [
+                want("10.1.0.1:9901", "dp-0", true),
+                want("10.1.0.2:9901", "dp-1", false),
+                want("10.1.0.4:9901", "10.1.0.4:9901", true),
+                want("10.1.0.5:9999", "dp-3", true),
+                want("[fd00::7]:9901", "dp-4", true),
+                want("dp-5.dp.parapet.svc:9901", "dp-5", true),
+            ]
+        );
+    }
+
+    // ---- the push loop, against an in-process data plane on a paused clock ----
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum What {
+        Push(u64),
+        Status,
+    }
+
+    /// One request a data-plane pod received.
+    #[derive(Debug)]
+    struct Call {
+        at: Instant,
+        addr: String,
+        what: What,
+        /// The pod's backoff deadline in the pusher when the request came.
+        due: Option<Instant>,
+    }
+
+    #[derive(Default)]
+    struct FakePod {
+        held: Option<(u64, String)>,
+        /// Pushes to refuse (503) before accepting.
+        fail_next: u32,
+        /// A version of its own that is newer than anything pushed below it (409).
+        newer: Option<u64>,
+    }
+
+    /// Data-plane pods in the test's memory: they answer at once, or when `gate` lets them.
+    struct FakePlane {
+        fleet: Arc<Fleet>,
+        pods: Mutex<BTreeMap<String, FakePod>>,
+        gate: Option<Arc<Semaphore>>,
+        calls: mpsc::UnboundedSender<Call>,
+    }
+
+    impl FakePlane {
+        fn set(&self, addr: &str, f: impl FnOnce(&mut FakePod)) {
+            f(self
+                .pods
+                .lock()
+                .unwrap()
+                .entry(addr.to_string())
+                .or_default());
+        }
+
+        fn record(&self, addr: &str, what: What, due: Option<Instant>) {
+            let at = Instant::now();
+            let addr = addr.to_string();
+            let _ = self.calls.send(Call {
+                at,
+                addr,
+                what,
+                due,
+            });
+        }
+    }
+
+    impl Channel for FakePlane {
+        fn push(
+            &self,
+            addr: &str,
+            body: Bytes,
+            _gzip: bool,
+        ) -> impl Future<Output = Result<(), PushError>> + Send + 'static {
+            let s: Snapshot = serde_json::from_slice(&body).expect("a snapshot");
+            let due = self.fleet.pods.lock().unwrap()[addr].1.next_attempt;
+            self.record(addr, What::Push(s.version), due);
+            let mut pods = self.pods.lock().unwrap();
+            let pod = pods.entry(addr.to_string()).or_default();
+            let result = if pod.fail_next > 0 {
+                pod.fail_next -= 1;
+                Err(PushError::Refused {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    body: "not now".into(),
+                })
+            } else if let Some(current) = pod.newer.filter(|n| *n >= s.version) {
+                Err(PushError::Behind { current })
+            } else {
+                pod.held = Some((s.version, s.hash));
+                Ok(())
+            };
+            let gate = self.gate.clone();
+            async move {
+                if let Some(g) = gate {
+                    let _open = g.acquire().await;
+                }
+                result
+            }
+        }
+
+        fn status(
+            &self,
+            addr: &str,
+        ) -> impl Future<Output = Option<(u64, String)>> + Send + 'static {
+            self.record(addr, What::Status, None);
+            std::future::ready(
+                self.pods
+                    .lock()
+                    .unwrap()
+                    .entry(addr.to_string())
+                    .or_default()
+                    .held
+                    .clone(),
+            )
+        }
+    }
+
+    /// The admin slice of `n` pods, `10.1.0.{i}:9901`.
+    fn dataplane(n: u8) -> EndpointSlice {
+        let pods: Vec<Ep> = (0..n)
+            .map(|i| Ep {
+                pod: Some(format!("dp-{i}")),
+                ..Ep::ready(&format!("10.1.0.{i}"))
+            })
+            .collect();
+        slice(
+            "parapet",
+            "dp-a",
+            "dp-admin",
+            "IPv4",
+            &[(Some("admin"), 9901)],
+            &pods,
+        )
+    }
+
+    fn addr(i: u8) -> String {
+        format!("10.1.0.{i}:9901")
+    }
+
+    fn table(version: u64) -> Arc<Compiled> {
+        let source = SourceRef {
+            kind: "ApiRoute".into(),
+            namespace: "shop".into(),
+            name: "r".into(),
+            generation: version as i64,
+        };
+        let mut snapshot = Snapshot::new(
+            version,
+            Table {
+                format: FORMAT_VERSION,
+                sources: vec![source.clone()],
+                ..Table::default()
+            },
+        );
+        snapshot.allow_empty = true;
+        let sources: HashSet<_> = [(
+            source.kind,
+            source.namespace,
+            source.name,
+            source.generation,
+        )]
+        .into_iter()
+        .collect();
+        Arc::new(Compiled {
+            snapshot: Arc::new(snapshot),
+            diagnostics: Default::default(),
+            malformed: Vec::new(),
+            objects: Vec::new(),
+            pool_endpoints: Default::default(),
+            bytes: 0,
+            pools: Arc::new(Vec::new()),
+            sources: Arc::new(sources),
+        })
+    }
+
+    /// A running push loop, its inputs and the fake pods it pushes to.
+    struct Rig {
+        t: TestIndex,
+        tables: watch::Sender<Option<Arc<Compiled>>>,
+        _leader: watch::Sender<bool>,
+        plane: Arc<FakePlane>,
+        calls: mpsc::UnboundedReceiver<Call>,
+        fleet: Arc<Fleet>,
+        metrics: Arc<Metrics>,
+        clock: Arc<VersionClock>,
+        republish: Arc<Notify>,
+    }
+
+    fn rig(pods: u8, concurrency: usize, resync: Duration, gate: Option<Arc<Semaphore>>) -> Rig {
+        let mut t = TestIndex::new();
+        t.apply_dataplane_slice(dataplane(pods));
+        let fleet = Arc::new(Fleet::default());
+        let (calls_tx, calls) = mpsc::unbounded_channel();
+        let plane = Arc::new(FakePlane {
+            fleet: fleet.clone(),
+            pods: Mutex::default(),
+            gate,
+            calls: calls_tx,
+        });
+        let (metrics, clock, republish) = (
+            Arc::new(Metrics::new()),
+            Arc::new(VersionClock::default()),
+            Arc::new(Notify::new()),
+        );
+        let pusher = Arc::new(Pusher {
+            fleet: fleet.clone(),
+            token: None,
+            concurrency,
+            resync,
+            timeout: Duration::from_secs(10),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            republish: republish.clone(),
+            events: None,
+            tls: None,
+        });
+        let (tables, tables_rx) = watch::channel(None);
+        let (leader, leader_rx) = watch::channel(true);
+        tokio::spawn(pusher.drive(
+            plane.clone(),
+            t.dataplane_store(),
+            "admin".into(),
+            t.index.dataplane_changed.clone(),
+            tables_rx,
+            leader_rx,
+        ));
+        Rig {
+            t,
+            tables,
+            _leader: leader,
+            plane,
+            calls,
+            fleet,
+            metrics,
+            clock,
+            republish,
+        }
+    }
+
+    impl Rig {
+        /// The next request a pod receives; a minute of virtual time without one fails.
+        async fn next_call(&mut self) -> Call {
+            timeout(Duration::from_secs(60), self.calls.recv())
+                .await
+                .expect("a request within a minute")
+                .expect("the plane is alive")
+        }
+
+        /// No pod receives anything for `d`.
+        async fn quiet(&mut self, d: Duration) {
+            if let Ok(c) = timeout(d, self.calls.recv()).await {
+                panic!("unexpected request {c:?}");
+            }
+        }
+
+        fn state(&self, addr: &str) -> PodState {
+            self.fleet.pods.lock().unwrap()[addr].1.clone()
+        }
+
+        /// Waits until the pusher has recorded `addr`'s acknowledgement of `version`.
+        async fn acked(&self, addr: &str, version: u64) {
+            while self.state(addr).acked_version != version {
+                timeout(Duration::from_secs(60), self.fleet.acked.notified())
+                    .await
+                    .expect("an acknowledgement within a minute");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_table_reaches_the_data_plane_at_once() {
+        let mut r = rig(1, 4, HOUR, None);
+        let t0 = Instant::now();
+        r.tables.send_replace(Some(table(100)));
+        let c = r.next_call().await;
+        assert_eq!(
+            (c.what, c.addr.as_str(), c.at),
+            (What::Push(100), "10.1.0.0:9901", t0)
+        );
+        r.acked(&addr(0), 100).await;
+        assert_eq!(Instant::now(), t0);
+
+        sleep(Duration::from_secs(5)).await;
+        r.tables.send_replace(Some(table(200)));
+        let c = r.next_call().await;
+        assert_eq!(
+            (c.what, c.at),
+            (What::Push(200), t0 + Duration::from_secs(5))
+        );
+        r.acked(&addr(0), 200).await;
+
+        // A pod the autoscaler adds gets the table as soon as its slice lists it.
+        sleep(Duration::from_secs(5)).await;
+        r.t.apply_dataplane_slice(dataplane(2));
+        let c = r.next_call().await;
+        assert_eq!(
+            (c.what, c.addr, c.at),
+            (What::Push(200), addr(1), t0 + Duration::from_secs(10))
+        );
+        r.acked(&addr(1), 200).await;
+        // Everyone holds the table: nothing more is sent.
+        r.quiet(Duration::from_secs(600)).await;
+        assert_eq!(r.metrics.pushes_ok.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_push_is_retried_when_its_backoff_ends() {
+        let mut r = rig(1, 4, HOUR, None);
+        r.plane.set(&addr(0), |p| p.fail_next = 2);
+        r.tables.send_replace(Some(table(100)));
+        let first = r.next_call().await;
+        let second = r.next_call().await;
+        let third = r.next_call().await;
+        for c in [&first, &second, &third] {
+            assert_eq!(c.what, What::Push(100));
+        }
+        // Retried at the deadline the backoff set, not at some later tick.
+        assert_eq!(second.due, Some(second.at));
+        assert_eq!(third.due, Some(third.at));
+        // Jittered doubling: 250-500 ms, then 500-1000 ms.
+        let (b1, b2) = (second.at - first.at, third.at - second.at);
+        assert!(
+            (Duration::from_millis(250)..=Duration::from_millis(500)).contains(&b1),
+            "{b1:?}"
+        );
+        assert!(
+            (Duration::from_millis(500)..=Duration::from_millis(1000)).contains(&b2),
+            "{b2:?}"
+        );
+        r.acked(&addr(0), 100).await;
+        let st = r.state(&addr(0));
+        assert_eq!(
+            (st.failures, st.next_attempt, st.last_error),
+            (0, None, None)
+        );
+        assert_eq!(r.metrics.pushes_failed.get(), 2);
+        r.quiet(Duration::from_secs(600)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resync_re_pushes_to_a_pod_that_lost_its_table() {
+        let resync = Duration::from_millis(3300);
+        let mut r = rig(1, 4, resync, None);
+        let t0 = Instant::now();
+        r.tables.send_replace(Some(table(100)));
+        assert_eq!(r.next_call().await.what, What::Push(100));
+        r.acked(&addr(0), 100).await;
+        // The pod restarts without its table.
+        r.plane.set(&addr(0), |p| p.held = None);
+
+        let c = r.next_call().await;
+        assert_eq!((c.what, c.at), (What::Status, t0 + resync));
+        let c = r.next_call().await;
+        assert_eq!((c.what, c.at), (What::Push(100), t0 + resync));
+        r.acked(&addr(0), 100).await;
+        // The next check finds it current, and so on every interval.
+        for n in 2..4 {
+            let c = r.next_call().await;
+            assert_eq!((c.what, c.at), (What::Status, t0 + resync * n));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_holding_a_newer_version_waits_for_the_republished_table() {
+        let mut r = rig(1, 4, HOUR, None);
+        r.plane.set(&addr(0), |p| p.newer = Some(5_000));
+        r.tables.send_replace(Some(table(100)));
+        assert_eq!(r.next_call().await.what, What::Push(100));
+        timeout(Duration::from_secs(60), r.republish.notified())
+            .await
+            .expect("the compiler is asked to republish");
+        let version = r.clock.next();
+        assert!(version > 5_000, "versions now exceed the pod's");
+        // The refused version is not sent again.
+        r.quiet(Duration::from_secs(60)).await;
+        r.tables.send_replace(Some(table(version)));
+        assert_eq!(r.next_call().await.what, What::Push(version));
+        r.acked(&addr(0), version).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_concurrency_pushes_are_in_flight() {
+        let gate = Arc::new(Semaphore::new(0));
+        let mut r = rig(5, 2, HOUR, Some(gate.clone()));
+        r.tables.send_replace(Some(table(100)));
+        let mut pushed = vec![r.next_call().await.addr, r.next_call().await.addr];
+        // The other three wait for a slot while the first two hang.
+        r.quiet(Duration::from_secs(5)).await;
+        gate.add_permits(1);
+        for _ in 0..3 {
+            pushed.push(r.next_call().await.addr);
+        }
+        pushed.sort();
+        assert_eq!(pushed, (0..5).map(addr).collect::<Vec<_>>());
+        for i in 0..5 {
+            r.acked(&addr(i), 100).await;
+        }
     }
 }

@@ -270,3 +270,208 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use parapet_crds::api::conditions::{ACCEPTED, PROGRAMMED, RESOLVED_REFS};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        compile::{VersionClock, compile_index},
+        push::{PodState, Target},
+        testkit::{TestIndex, route, static_pool},
+    };
+
+    fn want(t: &'static str, ok: bool, reason: &str, message: &str) -> Want {
+        (t, ok, reason.to_string(), message.to_string())
+    }
+
+    fn shop() -> Compiled {
+        let mut t = TestIndex::new();
+        t.apply_pool(&static_pool("shop", "web", &["10.0.0.1"]));
+        t.apply_route(&route("shop", "good", 4, "a.example", &["web"]));
+        t.apply_route(&route("shop", "lost", 2, "b.example", &["ghost"]));
+        // What the API server may hold but the operator cannot read as an ApiRoute.
+        t.apply_raw_route(json!({
+            "apiVersion": "parapet.dev/v1alpha1",
+            "kind": "ApiRoute",
+            "metadata": {"name": "odd", "namespace": "shop", "generation": 1},
+            "spec": {"hosts": "c.example", "rules": []},
+        }));
+        compile_index(&t.index, &VersionClock::default(), None).expect("compiled")
+    }
+
+    #[test]
+    fn conditions_say_what_is_wrong_and_how_many_pods_serve_the_generation() {
+        let c = shop();
+        let good = ObjectKey::new(compiler::KIND_ROUTE, "shop", "good");
+        assert_eq!(
+            desired(&c, &good, 4, (2, 3)),
+            [
+                want(ACCEPTED, true, "Accepted", "the object is valid"),
+                want(
+                    RESOLVED_REFS,
+                    true,
+                    "ResolvedRefs",
+                    "every reference resolved"
+                ),
+                want(PROGRAMMED, false, "Pending", "2/3 pods serve generation 4"),
+            ]
+        );
+        assert_eq!(
+            desired(&c, &good, 4, (3, 3))[2],
+            want(
+                PROGRAMMED,
+                true,
+                "Programmed",
+                "3/3 pods serve generation 4"
+            )
+        );
+        assert_eq!(
+            desired(&c, &good, 4, (0, 0))[2],
+            want(
+                PROGRAMMED,
+                false,
+                "NoDataPlane",
+                "no data-plane pod is known yet"
+            )
+        );
+
+        let lost = ObjectKey::new(compiler::KIND_ROUTE, "shop", "lost");
+        let d = desired(&c, &lost, 2, (1, 1));
+        assert_eq!(
+            d[0],
+            want(ACCEPTED, true, "Accepted", "the object is valid")
+        );
+        let (t, ok, reason, message) = &d[1];
+        assert_eq!(
+            (*t, *ok, reason.as_str()),
+            (RESOLVED_REFS, false, "PoolNotFound")
+        );
+        assert!(
+            message.contains("UpstreamPool shop/ghost does not exist"),
+            "{message}"
+        );
+        // Programmed says whether pods serve it, even though it answers 500.
+        assert!(d[2].1);
+
+        // Unreadable: only Accepted, false, saying why.
+        let odd = ObjectKey::new(compiler::KIND_ROUTE, "shop", "odd");
+        let d = desired(&c, &odd, 1, (1, 1));
+        assert_eq!(d.len(), 1, "{d:?}");
+        let (t, ok, reason, message) = &d[0];
+        assert_eq!((*t, *ok, reason.as_str()), (ACCEPTED, false, "Invalid"));
+        assert!(
+            message.starts_with("the object does not match the ApiRoute schema: "),
+            "{message}"
+        );
+    }
+
+    fn time(s: &str) -> Time {
+        Time(s.parse().expect("a timestamp"))
+    }
+
+    #[test]
+    fn conditions_are_written_only_when_they_change_and_keep_their_transition_time() {
+        let pending = [
+            want(ACCEPTED, true, "Accepted", "the object is valid"),
+            want(PROGRAMMED, false, "Pending", "1/3 pods serve generation 3"),
+        ];
+        let first = build(&pending, &[], 3).expect("new conditions are written");
+        assert!(first.iter().all(|c| c.observed_generation == Some(3)));
+        assert_eq!(first[1].message, "1/3 pods serve generation 3");
+        assert_eq!(first[1].status, "False");
+        assert!(build(&pending, &first, 3).is_none(), "nothing changed");
+
+        // As a previous leader wrote them, long ago.
+        let long_ago = time("2020-01-01T00:00:00Z");
+        let stored: Vec<Condition> = first
+            .iter()
+            .map(|c| Condition {
+                last_transition_time: long_ago.clone(),
+                ..c.clone()
+            })
+            .collect();
+        assert!(
+            build(&pending, &stored, 3).is_none(),
+            "a new leader rewrites nothing"
+        );
+
+        // Progress without a change of status: written, transition time kept.
+        let progress = [
+            pending[0].clone(),
+            want(PROGRAMMED, false, "Pending", "2/3 pods serve generation 3"),
+        ];
+        let next = build(&progress, &stored, 3).expect("the message changed");
+        assert_eq!(next[1].message, "2/3 pods serve generation 3");
+        assert!(next.iter().all(|c| c.last_transition_time == long_ago));
+
+        // The status turns: a new transition time for that condition only.
+        let done = [
+            pending[0].clone(),
+            want(
+                PROGRAMMED,
+                true,
+                "Programmed",
+                "3/3 pods serve generation 3",
+            ),
+        ];
+        let next = build(&done, &stored, 3).expect("the status changed");
+        assert_eq!(next[0].last_transition_time, long_ago);
+        assert_ne!(next[1].last_transition_time, long_ago);
+        assert_eq!(next[1].status, "True");
+
+        // A new generation: observedGeneration moves, transition times stay.
+        let next = build(&pending, &stored, 4).expect("the generation changed");
+        assert!(next.iter().all(|c| c.observed_generation == Some(4)));
+        assert!(next.iter().all(|c| c.last_transition_time == long_ago));
+
+        // A condition no longer wanted is dropped.
+        let next = build(&pending[..1], &stored, 3).expect("one condition fewer");
+        assert_eq!(next.len(), 1);
+    }
+
+    #[test]
+    fn a_pod_serves_an_object_when_its_acknowledged_table_carries_that_generation() {
+        let fleet = Fleet::default();
+        let carries = |g: i64| {
+            Some(Arc::new(
+                [(
+                    "ApiRoute".to_string(),
+                    "shop".to_string(),
+                    "good".to_string(),
+                    g,
+                )]
+                .into_iter()
+                .collect(),
+            ))
+        };
+        let pods: BTreeMap<String, (Target, PodState)> = [
+            ("a", carries(4)),
+            ("b", carries(4)),
+            ("c", carries(3)),
+            ("d", None),
+        ]
+        .into_iter()
+        .map(|(n, sources)| {
+            let target = Target {
+                addr: format!("{n}:9901"),
+                name: n.to_string(),
+                ready: true,
+            };
+            let state = PodState {
+                acked_sources: sources,
+                ..PodState::default()
+            };
+            (target.addr.clone(), (target, state))
+        })
+        .collect();
+        *fleet.pods.lock().unwrap() = pods;
+        assert_eq!(fleet.serving("ApiRoute", "shop", "good", 4), (2, 4));
+        assert_eq!(fleet.serving("ApiRoute", "shop", "good", 3), (1, 4));
+        assert_eq!(fleet.serving("ApiRoute", "shop", "other", 4), (0, 4));
+    }
+}

@@ -408,14 +408,9 @@ fn action(
             false
         }
     });
-    if !backends.iter().any(|b| b.weight > 0) {
-        return RouteAction::DirectResponse(DirectResponse {
-            status: 500,
-            body: "no backend of this route could be resolved".to_string(),
-        });
-    }
 
-    let timeout_ms = rule.timeout.unwrap_or(DEFAULT_TIMEOUT).as_millis();
+    // Every other reference is resolved even when no backend was: its diagnostics belong
+    // in the same status, not one fix later.
     let cache_policy = rule.cache_policy_ref.as_ref().and_then(|r| {
         if policies.contains_key(&(namespace.to_string(), r.name.clone())) {
             Some(qualified(namespace, &r.name))
@@ -431,6 +426,20 @@ fn action(
             None
         }
     });
+    let api_keys = rule
+        .auth
+        .as_ref()
+        .and_then(|a| a.api_keys.as_ref())
+        .map(|k| api_keys(inputs, namespace, k, rule_name, me, diags));
+    let upgrades = upgrades(rule, rule_name, me, diags);
+    if !backends.iter().any(|b| b.weight > 0) {
+        return RouteAction::DirectResponse(DirectResponse {
+            status: 500,
+            body: "no backend of this route could be resolved".to_string(),
+        });
+    }
+
+    let timeout_ms = rule.timeout.unwrap_or(DEFAULT_TIMEOUT).as_millis();
     RouteAction::Forward(Box::new(ForwardAction {
         backends,
         timeout_ms,
@@ -441,12 +450,8 @@ fn action(
         }),
         cache_policy,
         rate_limit: rule.rate_limit.as_ref().map(rate_limit),
-        api_keys: rule
-            .auth
-            .as_ref()
-            .and_then(|a| a.api_keys.as_ref())
-            .map(|k| api_keys(inputs, namespace, k, rule_name, me, diags)),
-        upgrades: upgrades(rule, rule_name, me, diags),
+        api_keys,
+        upgrades,
     }))
 }
 
