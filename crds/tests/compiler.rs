@@ -426,6 +426,55 @@ stringData: {{alice: "s3cret-alice-key\n", bob: s3cret-bob-key}}
 }
 
 #[test]
+fn the_installation_seed_changes_every_salt_and_the_keys_still_verify() {
+    let yaml = format!(
+        r#"{POOL}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: keys}}
+stringData: {{alice: s3cret-alice-key}}
+{}"#,
+        route(
+            "r",
+            "2026-01-01T00:00:00Z",
+            "[a.example]",
+            "    - backends: [{pool: web}]\n      auth: {apiKeys: {secretRefs: [{name: keys}]}}"
+        )
+    );
+    let m = Manifest::parse(&yaml).unwrap();
+    let alice = |seed: &[u8]| {
+        let inputs = Inputs {
+            key_salt_seed: seed.to_vec(),
+            ..m.inputs()
+        };
+        let out = compile(&inputs);
+        let RouteAction::Forward(f) = &out.table.virtual_hosts[0].routes[0].action else {
+            panic!("forward")
+        };
+        f.api_keys.as_ref().unwrap().keys[0].clone()
+    };
+    let (a, b, a_again) = (
+        alice(b"install-a"),
+        alice(b"install-b"),
+        alice(b"install-a"),
+    );
+    assert_ne!(a.salt, b.salt, "two installations share a salt");
+    assert_ne!(a.sha256, b.sha256, "two installations share a hash");
+    assert_eq!(
+        a, a_again,
+        "the same installation must compile the same salt"
+    );
+    for k in [&a, &b] {
+        let want = parapet_crds::snapshot::HashedApiKey::hash_key(
+            &hex::decode(&k.salt).unwrap(),
+            b"s3cret-alice-key",
+        );
+        assert_eq!(k.sha256, hex::encode(want));
+    }
+}
+
+#[test]
 fn compiling_twice_gives_identical_bytes_whatever_the_input_order() {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -153,7 +153,7 @@ pub fn compile_index(
         service_endpoints,
         secrets,
         secret_label_selector: index.secret_label_selector.clone(),
-        key_salt_seed: Vec::new(),
+        key_salt_seed: index.key_salt_seed.clone(),
     };
     let out = compiler::compile(&inputs);
     let pool_endpoints = pool_endpoints(&pools, &inputs.service_endpoints);

@@ -63,6 +63,9 @@ pub struct Index {
     pub secrets: Stores<Secret>,
     /// The label selector the Secrets in `secrets` match (`None`: all of them).
     pub secret_label_selector: Option<String>,
+    /// Mixed into API-key salts, so the same key hashes differently in every installation
+    /// (see [`key_salt_seed`]).
+    pub key_salt_seed: Vec<u8>,
     /// The data plane's own admin Service's EndpointSlices: where to push.
     pub dataplane: Store<EndpointSlice>,
     /// Signalled on any change that can change the table.
@@ -76,7 +79,7 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn start(client: &Client, args: &Args) -> Index {
+    pub fn start(client: &Client, args: &Args, key_salt_seed: Vec<u8>) -> Index {
         let changed = Arc::new(Notify::new());
         let config_dirty = Arc::new(AtomicBool::new(true));
         let endpoints_dirty = Arc::new(AtomicBool::new(true));
@@ -179,6 +182,7 @@ impl Index {
             slices,
             secrets,
             secret_label_selector: crate::secrets::selector(args).map(str::to_string),
+            key_salt_seed,
             dataplane,
             changed,
             dataplane_changed,
@@ -274,4 +278,34 @@ where
         }
     });
     reader
+}
+
+/// The installation's API-key salt seed, derived from the snapshot token: a secret every
+/// installation generates for itself and keeps across restarts and leader changes, so
+/// every replica derives the same salts. One-way: the salts in a table reveal nothing about
+/// the token. Without a token, no seed (salts then differ only by key).
+pub fn key_salt_seed(snapshot_token: Option<&str>) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    snapshot_token.map_or_else(Vec::new, |t| {
+        let mut h = Sha256::new();
+        h.update(b"parapet api-key salt seed\0");
+        h.update(t.as_bytes());
+        h.finalize().to_vec()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_salt_seed;
+
+    #[test]
+    fn the_salt_seed_is_stable_per_token_and_differs_between_tokens() {
+        assert_eq!(key_salt_seed(Some("t1")), key_salt_seed(Some("t1")));
+        assert_ne!(key_salt_seed(Some("t1")), key_salt_seed(Some("t2")));
+        assert_eq!(key_salt_seed(Some("t1")).len(), 32);
+        assert!(key_salt_seed(None).is_empty());
+        // The token itself never appears in what is derived from it.
+        let seed = key_salt_seed(Some("a-secret-token"));
+        assert!(!seed.windows(6).any(|w| w == b"secret"));
+    }
 }

@@ -141,7 +141,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     secrets::check(&client, &args).await?;
-    let index = Arc::new(Index::start(&client, &args));
+    let index = Arc::new(Index::start(
+        &client,
+        &args,
+        index::key_salt_seed(token.as_deref()),
+    ));
     let (leader, lease_ended) = lease::start(client.clone(), &args, metrics.clone()).await?;
 
     // Never compile, and so never push, before every watch has listed its objects.

@@ -61,6 +61,7 @@ impl TestIndex {
             slices: one(&slices),
             secrets: one(&secrets),
             secret_label_selector: None,
+            key_salt_seed: Vec::new(),
             dataplane: dataplane.as_reader(),
             changed: Arc::new(Notify::new()),
             dataplane_changed: Arc::new(Notify::new()),
