@@ -186,6 +186,8 @@ impl Admin {
                 "appliedAt": rt.applied_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default(),
                 "routes": rt.snapshot.table.route_count(),
                 "clusters": rt.snapshot.table.clusters.len(),
+                // The pods fleet-wide rate limits are divided among (0: not divided).
+                "fleetPods": rt.snapshot.table.fleet_pods,
             }),
             None => serde_json::json!({"version": null, "hash": null}),
         };

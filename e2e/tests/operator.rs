@@ -512,6 +512,82 @@ async fn tables_reach_every_dataplane_and_status_says_so() -> Result<()> {
     Ok(())
 }
 
+/// The pods a data plane divides fleet-wide rate limits among, as its status says.
+async fn fleet_pods_of(http: &Http, dp: &Dataplane) -> Option<u64> {
+    let r = http
+        .get(dp.admin, "admin", "/v1/snapshot/status")
+        .await
+        .ok()?;
+    let v: Value = serde_json::from_slice(&r.body).ok()?;
+    v["fleetPods"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_shares_count_the_ready_dataplanes() -> Result<()> {
+    let s = setup("operator-fleet-share").await?;
+    let r = s.running(&["op-share"]).await?;
+    let http = &r.http;
+    s.settled(http, &[&r.dp1, &r.dp2]).await?;
+    s.apply(
+        "ApiRoute",
+        "limited",
+        json!({"hosts": ["limited.example"], "rules": [{"backends": [{"pool": "accounts"}],
+            "rateLimit": {"requests": 90, "period": "1s"}}]}),
+    )
+    .await?;
+    let shares = |dps: Vec<&'static str>, want: u64| {
+        let all: Vec<(&str, &Dataplane)> = dps
+            .into_iter()
+            .map(|n| match n {
+                "dp-1" => (n, &r.dp1),
+                "dp-2" => (n, &r.dp2),
+                _ => unreachable!(),
+            })
+            .collect();
+        async move {
+            wait_for(
+                &format!("every data plane to divide rate limits among {want} pods"),
+                Duration::from_secs(20),
+                || async {
+                    for (_, dp) in &all {
+                        if fleet_pods_of(http, dp).await != Some(want) {
+                            return Ok(None);
+                        }
+                    }
+                    Ok(Some(()))
+                },
+            )
+            .await
+        }
+    };
+    shares(vec!["dp-1", "dp-2"], 2).await?;
+
+    // A third pod, not ready: it gets the table but no traffic, so it does not count.
+    let dp3 = Dataplane::start(&["--snapshot-token-file", &s.token_file]);
+    s.list_dataplane("dp-3", &dp3, false).await?;
+    wait_for(
+        "dp-3 to receive a table",
+        Duration::from_secs(15),
+        || async { Ok((fleet_pods_of(http, &dp3).await == Some(2)).then_some(())) },
+    )
+    .await?;
+    shares(vec!["dp-1", "dp-2"], 2).await?;
+
+    // Ready: three ways.
+    s.list_dataplane("dp-3", &dp3, true).await?;
+    shares(vec!["dp-1", "dp-2"], 3).await?;
+    wait_for("dp-3 to count 3", Duration::from_secs(15), || async {
+        Ok((fleet_pods_of(http, &dp3).await == Some(3)).then_some(()))
+    })
+    .await?;
+
+    // dp-1 turns unready (as when its readiness probe fails): two ways again, and dp-1,
+    // still a target, is told so too.
+    s.list_dataplane("dp-1", &r.dp1, false).await?;
+    shares(vec!["dp-1", "dp-2"], 2).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_dataplane_gets_the_table_before_it_is_ready() -> Result<()> {
     let s = setup("operator-new-dataplane").await?;

@@ -283,7 +283,7 @@ impl Pusher {
             // The earliest moment something falls due without an event: a backoff ends, or
             // the next resync.
             let mut wake: Option<Instant> = None;
-            let pod_count;
+            let share_pods;
             // Refresh the target list.
             {
                 let now = targets(&store, &port_name);
@@ -295,13 +295,13 @@ impl Pusher {
                         .or_insert((t, PodState::default()));
                 }
                 self.metrics.dataplane_pods.set(pods.len() as i64);
-                pod_count = u32::try_from(pods.len()).unwrap_or(u32::MAX);
+                share_pods = fleet_share_pods(pods.values().map(|(t, _)| t));
             }
             let current = tables.borrow().clone();
             let is_leader = *leader.borrow();
             if is_leader && let Some(compiled) = &current {
                 let fleet_pods = if has_rate_limits(&compiled.snapshot.table) {
-                    pod_count
+                    share_pods
                 } else {
                     0
                 };
@@ -512,6 +512,21 @@ fn has_rate_limits(t: &parapet_crds::snapshot::Table) -> bool {
 
 /// The compiled snapshot as is when `fleet_pods` is 0; otherwise a copy whose table carries
 /// the fleet size, hashed again under a fresh version (a version never names two tables).
+/// The pods a fleet-wide rate limit is divided among: the ready ones, which are the pods
+/// that receive traffic (a starting pod gets the table before it turns ready, and counts
+/// once it is). With none ready yet, all of them, so the first pods start with their share
+/// rather than the whole limit each.
+pub fn fleet_share_pods<'a>(targets: impl Iterator<Item = &'a Target>) -> u32 {
+    let (mut ready, mut all) = (0u32, 0u32);
+    for t in targets {
+        all = all.saturating_add(1);
+        if t.ready {
+            ready = ready.saturating_add(1);
+        }
+    }
+    if ready > 0 { ready } else { all }
+}
+
 pub fn with_fleet_pods(
     compiled: &Arc<Snapshot>,
     fleet_pods: u32,
@@ -629,6 +644,20 @@ mod tests {
 
     use super::*;
     use crate::testkit::{Ep, TestIndex, slice};
+
+    #[test]
+    fn rate_limit_shares_divide_among_ready_pods() {
+        let t = |ready: bool| Target {
+            addr: "10.0.0.1:9901".into(),
+            name: "dp".into(),
+            ready,
+        };
+        assert_eq!(fleet_share_pods([t(true), t(true), t(false)].iter()), 2);
+        assert_eq!(fleet_share_pods([t(true)].iter()), 1);
+        // A fleet still starting: every pod, so none starts with the whole limit.
+        assert_eq!(fleet_share_pods([t(false), t(false)].iter()), 2);
+        assert_eq!(fleet_share_pods([].iter()), 0);
+    }
 
     #[test]
     fn fleet_size_gets_its_own_version_and_hash() {
