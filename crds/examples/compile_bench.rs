@@ -70,6 +70,7 @@ fn main() {
                     port: 8080,
                     weight: 1,
                     zone: Some(format!("zone-{}", k % 3)),
+                    for_zones: Vec::new(),
                     ready: true,
                     serving: true,
                     terminating: false,

@@ -426,6 +426,10 @@ pub struct Endpoint {
     pub weight: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// Topology hints (EndpointSlice `hints.forZones`): the zones this endpoint should
+    /// serve. When set, they decide which data planes count it as local, not `zone`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub for_zones: Vec<String>,
     /// EndpointSlice conditions; static endpoints are always ready and serving.
     pub ready: bool,
     pub serving: bool,
@@ -433,6 +437,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Whether a data plane in `zone` counts this endpoint as local: one of its hinted
+    /// zones when the slice gives hints, else its own zone.
+    pub fn local_to(&self, zone: &str) -> bool {
+        if self.for_zones.is_empty() {
+            self.zone.as_deref() == Some(zone)
+        } else {
+            self.for_zones.iter().any(|z| z == zone)
+        }
+    }
+
     /// Whether new requests may go to this endpoint.
     pub fn routable(&self) -> bool {
         self.weight > 0 && (self.ready || (self.serving && !self.terminating))
@@ -570,4 +584,32 @@ pub struct CachePolicy {
     pub ignore_origin_no_store: bool,
     pub cache_authorized: bool,
     pub coalesce_timeout_ms: u64,
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::Endpoint;
+
+    fn ep(zone: Option<&str>, for_zones: &[&str]) -> Endpoint {
+        Endpoint {
+            address: "10.0.0.1".into(),
+            port: 80,
+            weight: 1,
+            zone: zone.map(str::to_string),
+            for_zones: for_zones.iter().map(|z| z.to_string()).collect(),
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn hints_decide_locality_over_the_endpoint_zone() {
+        assert!(ep(Some("a"), &[]).local_to("a"));
+        assert!(!ep(Some("a"), &[]).local_to("b"));
+        assert!(!ep(None, &[]).local_to("a"));
+        assert!(ep(Some("a"), &["b"]).local_to("b"));
+        assert!(!ep(Some("a"), &["b"]).local_to("a"));
+        assert!(ep(None, &["a", "c"]).local_to("c"));
+    }
 }

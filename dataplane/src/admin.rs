@@ -188,6 +188,8 @@ impl Admin {
                 "clusters": rt.snapshot.table.clusters.len(),
                 // The pods fleet-wide rate limits are divided among (0: not divided).
                 "fleetPods": rt.snapshot.table.fleet_pods,
+                // The zone its balancers prefer (--zone, else the one pushes name).
+                "zone": rt.zone,
             }),
             None => serde_json::json!({"version": null, "hash": null}),
         };
@@ -264,6 +266,21 @@ impl Admin {
             .headers()
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        // The operator names the zone of the node this pod runs on.
+        let zone = match req.headers().get(ZONE_HEADER) {
+            None => None,
+            Some(v) => match pushed_zone(v.as_bytes()) {
+                Some(z) => Some(z.to_string()),
+                None => {
+                    self.metrics.push("invalid");
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "the parapet-zone header must be a zone name: 1 to 63 letters, digits, '.', '_' or '-'",
+                        None,
+                    );
+                }
+            },
+        };
         let body = match Limited::new(req.into_body(), self.max_snapshot_bytes)
             .collect()
             .await
@@ -311,6 +328,9 @@ impl Admin {
             }
         };
         let (version, hash) = (snapshot.version, snapshot.hash.clone());
+        if let Some(zone) = &zone {
+            self.store.set_pushed_zone(zone);
+        }
         match self.store.apply(snapshot).await {
             Ok(outcome) => {
                 let result = match outcome {
@@ -406,4 +426,32 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     crate::listener::bind(addr).await
+}
+
+/// The header a push names the pod's zone in (the operator reads it from the EndpointSlice
+/// of the data plane's own admin Service, which carries the node's zone).
+pub const ZONE_HEADER: &str = "parapet-zone";
+
+/// A zone name from a push: a label value's characters, 1 to 63 bytes.
+fn pushed_zone(v: &[u8]) -> Option<&str> {
+    let ok = (1..=63).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    ok.then(|| std::str::from_utf8(v).ok()).flatten()
+}
+
+#[cfg(test)]
+mod zone_tests {
+    use super::pushed_zone;
+
+    #[test]
+    fn pushed_zones_are_label_values() {
+        assert_eq!(pushed_zone(b"eu-west-1a"), Some("eu-west-1a"));
+        assert_eq!(pushed_zone(b"zone_b.2"), Some("zone_b.2"));
+        assert_eq!(pushed_zone(b""), None);
+        assert_eq!(pushed_zone(&[b'a'; 64]), None);
+        assert_eq!(pushed_zone(b"a b"), None);
+        assert_eq!(pushed_zone(b"a\nb"), None);
+        assert_eq!(pushed_zone("z\u{e9}".as_bytes()), None);
+    }
 }

@@ -11,7 +11,9 @@ use std::{
 use anyhow::{Context, Result};
 use k8s_openapi::api::{
     core::v1::{Service, ServicePort, ServiceSpec},
-    discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    discovery::v1::{
+        Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForZone,
+    },
 };
 use kube::{
     Api, Client,
@@ -83,6 +85,8 @@ pub struct Slice<'a> {
     pub port: u16,
     pub ready: bool,
     pub zone: Option<&'a str>,
+    /// Topology hints: the zones the endpoint should serve (`hints.forZones`).
+    pub for_zones: &'a [&'a str],
 }
 
 pub async fn slice(client: &Client, ns: &str, sl: Slice<'_>) -> Result<()> {
@@ -93,6 +97,7 @@ pub async fn slice(client: &Client, ns: &str, sl: Slice<'_>) -> Result<()> {
         port,
         ready,
         zone,
+        for_zones,
     } = sl;
     let s = EndpointSlice {
         metadata: ObjectMeta {
@@ -115,6 +120,17 @@ pub async fn slice(client: &Client, ns: &str, sl: Slice<'_>) -> Result<()> {
                 terminating: Some(false),
             }),
             zone: zone.map(str::to_string),
+            hints: (!for_zones.is_empty()).then(|| EndpointHints {
+                for_zones: Some(
+                    for_zones
+                        .iter()
+                        .map(|z| ForZone {
+                            name: (*z).to_string(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
             ..Default::default()
         }]),
         ports: Some(vec![EndpointPort {

@@ -2,6 +2,7 @@
 //! 127.0.0.1, listed in selector-less Services' EndpointSlices.
 
 use std::{
+    collections::BTreeSet,
     ops::Range,
     sync::{
         Arc, Mutex,
@@ -118,6 +119,7 @@ impl Setup {
                 port: dp.admin.port(),
                 ready,
                 zone: None,
+                for_zones: &[],
             },
         )
         .await
@@ -187,6 +189,7 @@ impl Setup {
                 port: b.port(),
                 ready: true,
                 zone: None,
+                for_zones: &[],
             },
         )
         .await?;
@@ -509,6 +512,124 @@ async fn tables_reach_every_dataplane_and_status_says_so() -> Result<()> {
         }
     }
     assert_eq!(b.hits(), before);
+    Ok(())
+}
+
+/// The zone a data plane's balancers prefer, as its status says.
+async fn zone_of(http: &Http, dp: &Dataplane) -> Option<String> {
+    let r = http
+        .get(dp.admin, "admin", "/v1/snapshot/status")
+        .await
+        .ok()?;
+    let v: Value = serde_json::from_slice(&r.body).ok()?;
+    v["zone"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_from_slices_and_hints_decide_where_a_pod_sends() -> Result<()> {
+    let s = setup("operator-zones").await?;
+    let r = s.running(&["op-zones"]).await?;
+    let http = &r.http;
+    s.settled(http, &[&r.dp1, &r.dp2]).await?;
+    // dp-1's own EndpointSlice says its node is in zone-b (the EndpointSlice controller
+    // copies the node's zone there); the operator tells dp-1 in its pushes.
+    fleet::slice(
+        &s.client,
+        s.ns(),
+        Slice {
+            service: "dp-admin",
+            name: "dp-1",
+            port_name: "admin",
+            port: r.dp1.admin.port(),
+            ready: true,
+            zone: Some("zone-b"),
+            for_zones: &[],
+        },
+    )
+    .await?;
+    wait_for(
+        "dp-1 to learn its zone",
+        Duration::from_secs(20),
+        || async { Ok((zone_of(http, &r.dp1).await.as_deref() == Some("zone-b")).then_some(())) },
+    )
+    .await?;
+    assert_eq!(
+        zone_of(http, &r.dp2).await,
+        None,
+        "dp-2's slice names no zone"
+    );
+
+    // One backend per zone behind one Service, and a pool that prefers the local zone.
+    let a = Backend::start("zoned-a").await;
+    let b = Backend::start("zoned-b").await;
+    fleet::service(&s.client, s.ns(), "zoned", "http", 80).await?;
+    let (client, ns) = (s.client.clone(), s.ns().to_string());
+    let list = |name: &'static str,
+                backend: &Backend,
+                zone: &'static str,
+                for_zones: &'static [&'static str]| {
+        let (port, client, ns) = (backend.port(), client.clone(), ns.clone());
+        async move {
+            fleet::slice(
+                &client,
+                &ns,
+                Slice {
+                    service: "zoned",
+                    name,
+                    port_name: "http",
+                    port,
+                    ready: true,
+                    zone: Some(zone),
+                    for_zones,
+                },
+            )
+            .await
+        }
+    };
+    list("zoned-a", &a, "zone-a", &[]).await?;
+    list("zoned-b", &b, "zone-b", &[]).await?;
+    s.apply(
+        "UpstreamPool",
+        "zoned",
+        json!({"service": {"name": "zoned", "port": 80}, "failover": {"preferLocalZone": true}}),
+    )
+    .await?;
+    s.apply(
+        "ApiRoute",
+        "zoned",
+        json!({"hosts": ["zoned.example"], "rules": [{"backends": [{"pool": "zoned"}]}]}),
+    )
+    .await?;
+    // dp-1 (zone-b) keeps to zone-b's backend; dp-2, with no zone, uses both.
+    wait_serving(http, &[&r.dp1], "zoned.example", "/", "zoned-b").await?;
+    for _ in 0..40 {
+        assert!(
+            serves(http, &r.dp1, "zoned.example", "/", "zoned-b").await,
+            "dp-1 left its zone"
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        if let Ok(reply) = http.get(r.dp2.proxy, "zoned.example", "/").await {
+            seen.insert(reply.backend().unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["zoned-a".to_string(), "zoned-b".to_string()]),
+        "dp-2 has no zone"
+    );
+
+    // Topology hints decide over the zones: zone-a's backend is now meant for zone-b.
+    list("zoned-a", &a, "zone-a", &["zone-b"]).await?;
+    list("zoned-b", &b, "zone-b", &["zone-a"]).await?;
+    wait_serving(http, &[&r.dp1], "zoned.example", "/", "zoned-a").await?;
+    for _ in 0..40 {
+        assert!(
+            serves(http, &r.dp1, "zoned.example", "/", "zoned-a").await,
+            "dp-1 ignored the hints"
+        );
+    }
     Ok(())
 }
 

@@ -352,6 +352,12 @@ fn service_endpoints(
                         port: target,
                         weight: 1,
                         zone: e.zone.clone(),
+                        for_zones: e
+                            .hints
+                            .as_ref()
+                            .and_then(|h| h.for_zones.as_ref())
+                            .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                            .unwrap_or_default(),
                         ready,
                         serving,
                         terminating,

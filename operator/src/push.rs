@@ -44,6 +44,9 @@ pub struct Target {
     /// Pod name from the EndpointSlice's targetRef, else the address.
     pub name: String,
     pub ready: bool,
+    /// The zone of the pod's node, as the EndpointSlice controller records it: sent with
+    /// every push, so the pod knows its zone without a downward-API label.
+    pub zone: Option<String>,
 }
 
 /// What each pod has acknowledged, for status and metrics.
@@ -136,7 +139,12 @@ pub fn targets(store: &Store<EndpointSlice>, port_name: &str) -> Vec<Target> {
                     .as_ref()
                     .and_then(|r| r.name.clone())
                     .unwrap_or_else(|| addr.clone());
-                out.push(Target { addr, name, ready });
+                out.push(Target {
+                    addr,
+                    name,
+                    ready,
+                    zone: e.zone.clone(),
+                });
             }
         }
     }
@@ -188,6 +196,7 @@ pub(crate) trait Channel: Send + Sync + 'static {
     fn push(
         &self,
         addr: &str,
+        zone: Option<&str>,
         body: Bytes,
         gzip: bool,
     ) -> impl Future<Output = Result<(), PushError>> + Send + 'static;
@@ -207,17 +216,20 @@ impl Channel for Http {
     fn push(
         &self,
         addr: &str,
+        zone: Option<&str>,
         body: Bytes,
         gzip: bool,
     ) -> impl Future<Output = Result<(), PushError>> + Send + 'static {
         let (client, scheme, addr) = (self.client.clone(), self.scheme, addr.to_string());
         let (token, timeout) = (self.token.clone(), self.timeout);
+        let zone = zone.map(str::to_string);
         async move {
             push_one(
                 &client,
                 scheme,
                 &addr,
                 token.as_deref(),
+                zone.as_deref(),
                 body,
                 gzip,
                 timeout,
@@ -291,7 +303,14 @@ impl Pusher {
                 pods.retain(|addr, _| now.iter().any(|t| t.addr == *addr));
                 for t in now {
                     pods.entry(t.addr.clone())
-                        .and_modify(|(old, _)| *old = t.clone())
+                        .and_modify(|(old, st)| {
+                            // A zone learnt late (the slice had none yet) goes out with a
+                            // push of the same table.
+                            if old.zone != t.zone {
+                                st.acked_hash.clear();
+                            }
+                            *old = t.clone();
+                        })
                         .or_insert((t, PodState::default()));
                 }
                 self.metrics.dataplane_pods.set(pods.len() as i64);
@@ -344,7 +363,7 @@ impl Pusher {
                 let version = c.snapshot.version;
                 let now = Instant::now();
                 let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
-                for (addr, (_, st)) in pods.iter_mut() {
+                for (addr, (target, st)) in pods.iter_mut() {
                     let behind = st.acked_hash != hash || st.acked_version != version;
                     // A version the pod refused as stale is not sent again: the compiler
                     // republishes above the pod's version, and that one is.
@@ -359,10 +378,11 @@ impl Pusher {
                     let (channel, sem, addr) = (channel.clone(), sem.clone(), addr.clone());
                     let (body, hash) = (body.clone(), hash.clone());
                     let sources = c.sources.clone();
+                    let zone = target.zone.clone();
                     running.spawn(async move {
                         let _permit = sem.acquire_owned().await;
                         let started = Instant::now();
-                        let result = channel.push(&addr, body, gzip).await;
+                        let result = channel.push(&addr, zone.as_deref(), body, gzip).await;
                         Outcome {
                             addr,
                             version,
@@ -587,11 +607,13 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(base / 2 + rand::random_range(0..=base / 2))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn push_one(
     client: &PushClient,
     scheme: &str,
     addr: &str,
     token: Option<&str>,
+    zone: Option<&str>,
     body: Bytes,
     gzip: bool,
     timeout: Duration,
@@ -603,6 +625,9 @@ async fn push_one(
     }
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if let Some(z) = zone {
+        req = req.header("parapet-zone", z);
     }
     let req = req
         .body(Full::new(body))
@@ -651,6 +676,7 @@ mod tests {
             addr: "10.0.0.1:9901".into(),
             name: "dp".into(),
             ready,
+            zone: None,
         };
         assert_eq!(fleet_share_pods([t(true), t(true), t(false)].iter()), 2);
         assert_eq!(fleet_share_pods([t(true)].iter()), 1);
@@ -849,6 +875,7 @@ mod tests {
         fn push(
             &self,
             addr: &str,
+            _zone: Option<&str>,
             body: Bytes,
             _gzip: bool,
         ) -> impl Future<Output = Result<(), PushError>> + Send + 'static {

@@ -461,6 +461,7 @@ mod tests {
                 addr: format!("{n}:9901"),
                 name: n.to_string(),
                 ready: true,
+                zone: None,
             };
             let state = PodState {
                 acked_sources: sources,

@@ -204,6 +204,7 @@ fn endpoints(
                     port: u16::try_from(e.port).ok().filter(|p| *p > 0)?,
                     weight: u32::try_from(e.weight.unwrap_or(1)).unwrap_or(0),
                     zone: e.zone.clone(),
+                    for_zones: Vec::new(),
                     ready: true,
                     serving: true,
                     terminating: false,

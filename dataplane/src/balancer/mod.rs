@@ -57,7 +57,8 @@ pub struct EndpointHandle {
     pub port: u16,
     pub weight: u32,
     pub zone: Option<String>,
-    /// In the data plane's own zone (see `--zone`); false when the zone is not known.
+    /// Local to the data plane's own zone (its zone, or its topology hints name it; see
+    /// `Endpoint::local_to`); false when the data plane's zone is not known.
     pub local: bool,
     /// Whether the snapshot lets new requests go here; see `Endpoint::routable`.
     pub routable: bool,
@@ -130,7 +131,7 @@ impl ClusterBalancer {
                     port: e.port,
                     weight: e.weight,
                     zone: e.zone.clone(),
-                    local: zone.is_some() && e.zone.as_deref() == zone,
+                    local: zone.is_some_and(|z| e.local_to(z)),
                     routable: e.routable(),
                     stats: registry.stats(&cluster.name, &e.address, e.port),
                 })

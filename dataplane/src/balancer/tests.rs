@@ -14,6 +14,7 @@ fn endpoint(address: &str, weight: u32) -> Endpoint {
         port: 8080,
         weight,
         zone: None,
+        for_zones: Vec::new(),
         ready: true,
         serving: true,
         terminating: false,

@@ -98,6 +98,8 @@ pub struct Runtime {
     pub cache_policies: HashMap<String, Arc<parapet_crds::snapshot::CachePolicy>>,
     /// TLS certificates by virtual-host domain, for SNI selection.
     pub certs: crate::tls::CertMap,
+    /// The zone this table's balancers were built for.
+    pub zone: Option<String>,
 }
 
 impl ClusterRuntime {
@@ -125,7 +127,7 @@ impl ClusterRuntime {
                 [true, false].map(|local| {
                     let mut part = c.clone();
                     part.endpoints
-                        .retain(|e| (zone.is_some() && e.zone.as_deref() == zone) == local);
+                        .retain(|e| zone.is_some_and(|z| e.local_to(z)) == local);
                     ClusterBalancer::new_in_zone(&part, registry, zone)
                 })
             });
@@ -236,6 +238,7 @@ impl Runtime {
             .collect();
         Ok(Self {
             certs: crate::tls::cert_map(&snapshot.table),
+            zone: options.zone.clone(),
             cache_policies,
             snapshot,
             applied_at: SystemTime::now(),

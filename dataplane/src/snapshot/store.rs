@@ -53,6 +53,9 @@ pub struct SnapshotStore {
     registry: EndpointRegistry,
     live: LiveState,
     options: BuildOptions,
+    /// The zone the operator says this pod is in (from its node), used when `--zone` is
+    /// not given.
+    pushed_zone: ArcSwapOption<String>,
     health: HealthChecks,
     /// One outlier sweeper per pool with outlier detection: (interval, task).
     sweepers: Mutex<HashMap<String, (u64, JoinHandle<()>)>>,
@@ -99,6 +102,7 @@ impl SnapshotStore {
             registry: EndpointRegistry::default(),
             live: LiveState::default(),
             options,
+            pushed_zone: ArcSwapOption::empty(),
             health: HealthChecks::new(metrics.clone()),
             sweepers: Mutex::default(),
             clients,
@@ -131,6 +135,24 @@ impl SnapshotStore {
         &self.registry
     }
 
+    /// Records the zone the operator says this pod is in; the next apply builds for it (and
+    /// rebuilds an unchanged table that was built for another zone). `--zone` wins.
+    pub fn set_pushed_zone(&self, zone: &str) {
+        if self.pushed_zone.load().as_deref().map(String::as_str) != Some(zone) {
+            tracing::info!(zone, "the operator says this pod's zone is {zone}");
+            self.pushed_zone.store(Some(Arc::new(zone.to_string())));
+        }
+    }
+
+    /// The settings a table is built with now: `--zone`, else the pushed zone.
+    fn build_options(&self) -> BuildOptions {
+        let mut o = self.options.clone();
+        if o.zone.is_none() {
+            o.zone = self.pushed_zone.load().as_deref().cloned();
+        }
+        o
+    }
+
     /// Validates, builds and swaps in a snapshot; persists it when a state directory is set.
     pub async fn apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<ApplyOutcome, ApplyError> {
         let _writer = self.apply_lock.lock().await;
@@ -143,18 +165,22 @@ impl SnapshotStore {
                 });
             }
             if snapshot.version == cur.version() {
-                return if snapshot.hash == cur.hash() {
-                    Ok(ApplyOutcome::Unchanged)
-                } else {
-                    Err(ApplyError::Conflict {
+                if snapshot.hash != cur.hash() {
+                    return Err(ApplyError::Conflict {
                         version: snapshot.version,
-                    })
-                };
+                    });
+                }
+                if cur.zone == self.build_options().zone {
+                    return Ok(ApplyOutcome::Unchanged);
+                }
+                // The same table for a zone learnt since (it was restored from the state
+                // dir before the operator said where this pod is): built again below.
             }
         }
         snapshot.validate().map_err(ApplyError::Invalid)?;
         // Building compiles regexes and balancer tables: keep it off the runtime's workers.
         let this = self.clone();
+        let options = self.build_options();
         let runtime = tokio::task::spawn_blocking(move || {
             Runtime::build(
                 snapshot,
@@ -162,7 +188,7 @@ impl SnapshotStore {
                 &this.live,
                 &this.clients,
                 &this.metrics,
-                &this.options,
+                &options,
             )
         })
         .await
@@ -274,5 +300,96 @@ async fn sweep(store: Weak<SnapshotStore>, cluster: String, every: Duration) {
             c.outlier
                 .sweep(c.balancer.endpoints(), tokio::time::Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod zone_tests {
+    use std::sync::Arc;
+
+    use parapet_crds::snapshot::Snapshot;
+
+    use super::{ApplyOutcome, SnapshotStore};
+    use crate::{metrics::Metrics, snapshot::BuildOptions, upstream::ClientPool};
+
+    fn snapshot() -> Snapshot {
+        let yaml = r#"
+apiVersion: parapet.dev/v1alpha1
+kind: UpstreamPool
+metadata: {name: p}
+spec:
+  static:
+    - {address: 127.0.0.1, port: 1, zone: zone-a}
+    - {address: 127.0.0.1, port: 2, zone: zone-b}
+  failover: {preferLocalZone: true}
+---
+apiVersion: parapet.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: r}
+spec:
+  hosts: ['*']
+  rules: [{backends: [{pool: p}]}]
+"#;
+        let m = parapet_crds::manifest::Manifest::parse(yaml).unwrap();
+        Snapshot::new(7, parapet_crds::compiler::compile(&m.inputs()).table)
+    }
+
+    fn store(zone: Option<&str>) -> Arc<SnapshotStore> {
+        SnapshotStore::with_options(
+            Arc::new(Metrics::new()),
+            ClientPool::default(),
+            None,
+            BuildOptions {
+                zone: zone.map(str::to_string),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_pushed_zone_rebuilds_the_same_table_for_that_zone() {
+        let s = store(None);
+        assert!(matches!(
+            s.apply(snapshot()).await,
+            Ok(ApplyOutcome::Applied)
+        ));
+        assert_eq!(s.load().unwrap().zone, None);
+        // The same table again, now with the zone the operator names: built for it.
+        s.set_pushed_zone("zone-b");
+        assert!(matches!(
+            s.apply(snapshot()).await,
+            Ok(ApplyOutcome::Applied)
+        ));
+        let rt = s.load().unwrap();
+        assert_eq!(rt.zone.as_deref(), Some("zone-b"));
+        assert_eq!(rt.clusters.len(), 1);
+        let local: Vec<u16> = rt
+            .clusters
+            .values()
+            .next()
+            .unwrap()
+            .balancer
+            .endpoints()
+            .iter()
+            .filter(|e| e.local)
+            .map(|e| e.port)
+            .collect();
+        assert_eq!(local, vec![2]);
+        // Nothing new: unchanged.
+        assert!(matches!(
+            s.apply(snapshot()).await,
+            Ok(ApplyOutcome::Unchanged)
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_zone_flag_wins_over_pushes() {
+        let s = store(Some("zone-a"));
+        s.set_pushed_zone("zone-b");
+        assert!(matches!(
+            s.apply(snapshot()).await,
+            Ok(ApplyOutcome::Applied)
+        ));
+        assert_eq!(s.load().unwrap().zone.as_deref(), Some("zone-a"));
     }
 }
