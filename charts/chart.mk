@@ -34,7 +34,7 @@ chart-lint: ## helm lint --strict on charts/parapet with every values set
 	done
 
 chart-test: ## The chart's tests (template, dry-run, install/upgrade/uninstall) on a fresh cluster
-	$(MAKE) e2e E2E_CARGO_FLAGS='--test chart'
+	$(MAKE) e2e E2E_CARGO_FLAGS='--test chart --test chart_fleet --test chart_docs'
 
 images: ## OCI image archives (operator, data plane, sample backend) in $(IMAGES_DIR), without Docker
 	$(CARGO) build --release --locked -p parapet-operator -p parapet-dataplane -p parapet-tests \

@@ -13,6 +13,7 @@
 //! runtime that built it, and every `#[tokio::test]` has its own) and its own
 //! [`TestNamespace`], so tests run in parallel. Every wait has a deadline.
 
+pub mod chart;
 pub mod fleet;
 pub mod helm;
 pub mod lb;
