@@ -16,30 +16,33 @@ static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// The helm binary: `PARAPET_HELM`, else the cached build (built on first use).
 pub fn helm_bin() -> Result<PathBuf> {
-    HELM.get_or_init(|| {
-        if let Some(path) = std::env::var_os("PARAPET_HELM") {
-            return Ok(PathBuf::from(path));
-        }
-        let script = repo_root().join("e2e/scripts/build-helm.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("path")
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed ({}); see its output above",
-                script.display(),
-                out.status
-            ));
-        }
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Ok(PathBuf::from(path))
-    })
-    .clone()
-    .map_err(|e| anyhow!("helm is not available: {e}"))
+    HELM.get_or_init(|| cached_tool("PARAPET_HELM", "e2e/scripts/build-helm.sh", "path"))
+        .clone()
+        .map_err(|e| anyhow!("helm is not available: {e}"))
+}
+
+/// A tool the e2e scripts build once into the cache: the path in `env` if set, else what
+/// `script arg` prints (building it on first use; its progress goes to stderr).
+pub fn cached_tool(env: &str, script: &str, arg: &str) -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
+    }
+    let script = repo_root().join(script);
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} {arg} failed ({}); see its output above",
+            script.display(),
+            out.status
+        ));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 #[derive(Debug)]

@@ -14,7 +14,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use parapet_e2e::{chart::*, helm::helm_at, repo_root, wait_for};
+use parapet_e2e::{
+    chart::*,
+    helm::{cached_tool, helm_at},
+    repo_root, wait_for,
+};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
@@ -24,29 +28,9 @@ static KWOK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// kwok: `PARAPET_KWOK`, else the cached build (built on first use).
 fn kwok_bin() -> Result<PathBuf> {
-    KWOK.get_or_init(|| {
-        if let Some(path) = std::env::var_os("PARAPET_KWOK") {
-            return Ok(PathBuf::from(path));
-        }
-        let script = repo_root().join("e2e/scripts/build-helm.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("kwok-path")
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} kwok-path failed ({})",
-                script.display(),
-                out.status
-            ));
-        }
-        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    })
-    .clone()
-    .map_err(|e| anyhow!("kwok is not available: {e}"))
+    KWOK.get_or_init(|| cached_tool("PARAPET_KWOK", "e2e/scripts/build-helm.sh", "kwok-path"))
+        .clone()
+        .map_err(|e| anyhow!("kwok is not available: {e}"))
 }
 
 /// kwok's behaviour, ours: nodes turn Ready with room for 110 pods; a pod bound to one is

@@ -38,7 +38,9 @@ use kube::{
     api::{DeleteParams, ListParams},
 };
 use parapet_e2e::{
-    TestNamespace, client, helm::helm_ok, kubectl_ok, kubectl_stdin, lb, repo_root, wait_for,
+    TestNamespace, client,
+    helm::{cached_tool, helm_ok},
+    kubectl_ok, kubectl_stdin, lb, repo_root, wait_for,
 };
 use parapet_tests::client::Client as HttpClient;
 use serde_json::Value;
@@ -121,10 +123,22 @@ impl Fleet {
         ready_pods(&self.pods(), DATAPLANE_SELECTOR).await
     }
 
-    async fn helm_values(&self, roll: &str) -> Result<tempfile::NamedTempFile> {
-        let f = tempfile::NamedTempFile::new()?;
-        std::fs::write(f.path(), values(roll))?;
-        Ok(f)
+    /// `helm install` or `upgrade` of the chart with the test values; `roll` is a pod
+    /// annotation, so a new value rolls the data plane.
+    async fn helm(&self, verb: &str, roll: &str) -> Result<()> {
+        let vals = tempfile::NamedTempFile::new()?;
+        std::fs::write(vals.path(), values(roll))?;
+        helm_ok(&[
+            verb,
+            RELEASE,
+            &repo_root().join("charts/parapet").to_string_lossy(),
+            "-n",
+            &self.ns,
+            "--values",
+            &vals.path().to_string_lossy(),
+        ])
+        .await?;
+        Ok(())
     }
 
     async fn leader(&self) -> Result<Option<String>> {
@@ -183,11 +197,9 @@ fn crictl(args: &[&str]) -> Result<String> {
     let dir = PathBuf::from(std::env::var_os("PARAPET_CLUSTER_DIR").ok_or_else(|| {
         anyhow!("PARAPET_CLUSTER_DIR is not set: run these tests with `make e2e-node`")
     })?);
-    let bin = std::process::Command::new("bash")
-        .arg(repo_root().join("e2e/scripts/build-node.sh"))
-        .arg("path")
-        .output()?;
-    let bin = PathBuf::from(String::from_utf8_lossy(&bin.stdout).trim()).join("crictl");
+    let bin = cached_tool("PARAPET_NODE_BIN", "e2e/scripts/build-node.sh", "path")
+        .map_err(|e| anyhow!("the node's tools are not available: {e}"))?
+        .join("crictl");
     let sock = dir.join("node/containerd/containerd.sock");
     let out = std::process::Command::new(&bin)
         .arg("--runtime-endpoint")
@@ -287,17 +299,7 @@ spec:
 "#
     );
     let t0 = Instant::now();
-    let vals = f.helm_values("0").await?;
-    helm_ok(&[
-        "install",
-        RELEASE,
-        &repo_root().join("charts/parapet").to_string_lossy(),
-        "-n",
-        &f.ns,
-        "--values",
-        &vals.path().to_string_lossy(),
-    ])
-    .await?;
+    f.helm("install", "0").await?;
     // The CRDs come with the chart: the example can be applied once they are established.
     wait_for(
         "the chart's CRDs established",
@@ -777,20 +779,7 @@ async fn chaos(f: &Fleet) -> Result<()> {
     let d = chaos_case(
         f,
         "(d) helm upgrade rolls the data plane",
-        async {
-            let vals = f.helm_values("1").await?;
-            helm_ok(&[
-                "upgrade",
-                RELEASE,
-                &repo_root().join("charts/parapet").to_string_lossy(),
-                "-n",
-                &f.ns,
-                "--values",
-                &vals.path().to_string_lossy(),
-            ])
-            .await?;
-            Ok(())
-        },
+        f.helm("upgrade", "1"),
         async {
             wait_for(
                 "the rolled data plane",
