@@ -22,9 +22,11 @@ use tokio::net::TcpListener;
 
 use crate::{
     metrics::Metrics,
-    proxy::problem::{full, problem},
+    proxy::{
+        body::ProxyBody,
+        problem::{full, problem},
+    },
     snapshot::{ApplyOutcome, SnapshotStore},
-    upstream::ProxyBody,
 };
 
 pub struct Admin {

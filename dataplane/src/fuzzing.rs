@@ -26,8 +26,7 @@ use crate::{
     downstream::{Drain, http1, rewind::Rewind},
     listener::{ListenerConfig, builder, http1_builder},
     metrics::Metrics,
-    proxy::problem::full,
-    upstream::ProxyBody,
+    proxy::{body::ProxyBody, problem::full},
 };
 
 /// Listener settings as the data plane's defaults, with `max_header_bytes` and

@@ -43,8 +43,11 @@ use tokio::{
 use super::DrainSignal;
 use crate::{
     metrics::Metrics,
-    proxy::{body::DownstreamBody, problem::problem},
-    upstream::{ProxyBody, http1::content_length},
+    proxy::{
+        body::{DownstreamBody, ProxyBody},
+        problem::problem,
+    },
+    upstream::http1::content_length,
 };
 
 /// Header slots on the stack for one parse; a listener that allows more headers is served

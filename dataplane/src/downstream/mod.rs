@@ -276,7 +276,7 @@ impl Busy {
         Self(activity)
     }
 
-    fn hold(self, body: crate::upstream::ProxyBody) -> crate::upstream::ProxyBody {
+    fn hold(self, body: crate::proxy::body::ProxyBody) -> crate::proxy::body::ProxyBody {
         BusyBody { body, _busy: self }.boxed()
     }
 }
@@ -290,7 +290,7 @@ impl Drop for Busy {
 
 /// A response body that keeps its connection counted as busy.
 struct BusyBody {
-    body: crate::upstream::ProxyBody,
+    body: crate::proxy::body::ProxyBody,
     _busy: Busy,
 }
 

@@ -1,4 +1,5 @@
-//! Body wrappers: one counts bytes as they stream through, without buffering; one sends
+//! The proxy's body types: [`ProxyBody`], which every body it sends or returns is, and
+//! wrappers: one counts bytes as they stream through, without buffering; one sends
 //! frames already read before the rest of a body; one bounds a response body by the route's
 //! deadline.
 
@@ -10,7 +11,13 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
 use prometheus_client::metrics::counter::Counter;
+
+use crate::upstream::BoxError;
+
+/// Every body the proxy sends or returns.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 pub struct Counted<B> {
     inner: B,
@@ -79,10 +86,10 @@ impl<B> Bounded<B> {
 
 impl<B> Body for Bounded<B>
 where
-    B: Body<Data = Bytes, Error = crate::upstream::BoxError> + Unpin,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     type Data = Bytes;
-    type Error = crate::upstream::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

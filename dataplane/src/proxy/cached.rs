@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::{
     ConnInfo,
+    body::ProxyBody,
     forward::{self, Exchange, Outcome, RequestBody},
     headers::{X_REQUEST_ID, append_via},
     prepare::upstream_head,
@@ -20,7 +21,6 @@ use crate::{
     cache::Origin,
     metrics::Metrics,
     snapshot::{ClusterRuntime, Runtime},
-    upstream::ProxyBody,
 };
 
 /// The origin behind the cache for one request: the route's forwarding path, owned so

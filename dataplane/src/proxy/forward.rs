@@ -36,7 +36,11 @@ use hyper::body::Body;
 use parapet_crds::snapshot::RetryPolicy;
 use tokio::time::Instant;
 
-use super::{body::Pace, headers::Forwarding, problem::full};
+use super::{
+    body::{Pace, ProxyBody},
+    headers::Forwarding,
+    problem::full,
+};
 use crate::{
     balancer::EndpointHandle,
     breaker::{Overflow, Permit},
@@ -44,7 +48,7 @@ use crate::{
     outlier::Verdict,
     retry::{self, Denied, Failure},
     snapshot::{ClusterRuntime, RouteRuntime, Runtime},
-    upstream::{ProxyBody, UpstreamBody, http1},
+    upstream::{UpstreamBody, http1},
 };
 
 /// Everything the attempts of one request share.

@@ -36,7 +36,7 @@ use parapet_crds::snapshot::RouteAction;
 use tokio::time::Instant;
 
 use self::{
-    body::DownstreamBody,
+    body::{DownstreamBody, ProxyBody},
     forward::Exchange,
     headers::{X_REQUEST_ID, allowed_upgrade, new_request_id, normalise_host},
     problem::problem,
@@ -50,7 +50,6 @@ use crate::{
     ratelimit::{self, Decision},
     router::RequestInfo,
     snapshot::SnapshotStore,
-    upstream::ProxyBody,
 };
 
 /// The client's deadline for the whole exchange, in milliseconds; honoured when shorter

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
-use crate::upstream::ProxyBody;
+use super::body::ProxyBody;
 
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into())

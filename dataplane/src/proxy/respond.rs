@@ -9,15 +9,12 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use super::{
-    body::{Bounded, Counted},
+    body::{Bounded, Counted, ProxyBody},
     forward::{Answer, Outcome},
     headers::{X_REQUEST_ID, append_via, strip_hop_by_hop, upgrade_name},
     problem::{empty, problem},
 };
-use crate::{
-    breaker,
-    upstream::{ProxyBody, UpstreamBody},
-};
+use crate::{breaker, upstream::UpstreamBody};
 
 /// Passes an upstream response on. `deadline` bounds the body too (not for upgrades).
 /// `upgrade`: the client's side of a switch the rule allows, and the protocol it asked for;

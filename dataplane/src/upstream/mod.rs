@@ -18,7 +18,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::{
     client::legacy::{
@@ -33,9 +32,9 @@ use rustls::{
     pki_types::{CertificateDer, ServerName},
 };
 
+use crate::proxy::body::ProxyBody;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Every body the proxy sends or returns.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// One client type for every pool: plain pools send `http` URIs, TLS pools `https` ones.
 pub type UpstreamClient = Client<NoExtras<HttpsConnector<HttpConnector>>, ProxyBody>;
 
