@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod cache;
 pub mod downstream;
 pub mod failover;
+pub mod fnv;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;

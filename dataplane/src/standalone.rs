@@ -49,11 +49,11 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     let content = std::fs::read(path).ok()?;
     // Content too, since editors may keep mtime and size on a quick save.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in &content {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    Some((meta.modified().ok()?, meta.len(), h))
+    Some((
+        meta.modified().ok()?,
+        meta.len(),
+        crate::fnv::fnv1a(&content),
+    ))
 }
 
 /// Applies the file now, then polls it for changes. Polling (not inotify) survives editors

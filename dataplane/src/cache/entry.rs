@@ -137,11 +137,7 @@ impl Entry {
 
 /// FNV-1a over the body: only compares a refresh with what was stored.
 pub fn fingerprint(body: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in body {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^ body.len() as u64
+    crate::fnv::fnv1a(body) ^ body.len() as u64
 }
 
 /// Adaptive TTL: an unchanged refresh lengthens the TTL by half, a changed one halves it,

@@ -826,34 +826,15 @@ mod idle {
     use std::hash::BuildHasherDefault;
 
     use super::*;
+    use crate::fnv::Fnv1a;
 
     #[derive(Default)]
     struct Pool {
-        by_endpoint: HashMap<Authority, Vec<Conn>, BuildHasherDefault<Fnv>>,
+        /// By FNV-1a. The keys are endpoint addresses from the table in force, not attacker
+        /// input, so a keyed hash buys nothing; SipHash over an `Authority` (which hashes
+        /// byte by byte) cost about 900 instructions per lookup, two lookups per request.
+        by_endpoint: HashMap<Authority, Vec<Conn>, BuildHasherDefault<Fnv1a>>,
         swept: Option<Instant>,
-    }
-
-    /// FNV-1a. The keys are endpoint addresses from the table in force, not attacker
-    /// input, so a keyed hash buys nothing; SipHash over an `Authority` (which hashes
-    /// byte by byte) cost about 900 instructions per lookup, two lookups per request.
-    struct Fnv(u64);
-
-    impl Default for Fnv {
-        fn default() -> Self {
-            Self(0xcbf2_9ce4_8422_2325)
-        }
-    }
-
-    impl std::hash::Hasher for Fnv {
-        fn finish(&self) -> u64 {
-            self.0
-        }
-
-        fn write(&mut self, bytes: &[u8]) {
-            for b in bytes {
-                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
     }
 
     impl Pool {
