@@ -185,18 +185,7 @@ fn duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
-pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PARAPET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
+pub use parapet_process::init_logging;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -235,17 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let token = match &args.snapshot_token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read the snapshot token file {}", p.display()))?;
-            let t = t.trim().as_bytes().to_vec();
-            anyhow::ensure!(
-                !t.is_empty(),
-                "the snapshot token file {} is empty",
-                p.display()
-            );
-            Some(t)
-        }
+        Some(p) => Some(parapet_process::read_secret_file("snapshot token", p)?.into_bytes()),
         None => None,
     };
 
@@ -397,7 +376,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(exited_tx);
 
     tokio::select! {
-        _ = wait_for_signal() => {}
+        _ = parapet_process::stop_signal() => {}
         Some((i, result)) = exited_rx.recv() => {
             // A worker only stops by itself if its runtime failed: stop the others and
             // exit non-zero so the pod restarts instead of serving with fewer workers.
@@ -432,19 +411,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// One worker per core the process may use.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -42,18 +42,7 @@ use crate::{
 /// (leader election, certificate renewal); `run` then returns the error.
 pub type Ended = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Error> + Send>>;
 
-pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PARAPET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
-}
+pub use parapet_process::init_logging;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // Checked first: a bad certificate file is a configuration error, reported at once.
@@ -112,17 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => (push_tls, Box::pin(std::future::pending())),
     };
     let token = match &args.snapshot_token_file {
-        Some(p) => {
-            let t = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read the snapshot token file {}", p.display()))?;
-            let t = t.trim().to_string();
-            anyhow::ensure!(
-                !t.is_empty(),
-                "the snapshot token file {} is empty",
-                p.display()
-            );
-            Some(t)
-        }
+        Some(p) => Some(parapet_process::read_secret_file("snapshot token", p)?),
         None => {
             tracing::warn!(
                 "no --snapshot-token-file: pushes carry no token and data planes will refuse them"
@@ -220,7 +199,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 e = certs_ended => e,
             }
         }),
-        shutdown_signal(),
+        parapet_process::stop_signal(),
     )
     .await
 }
@@ -239,21 +218,6 @@ async fn supervise(
         _ = shutdown => {
             tracing::info!("shutting down");
             Ok(())
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
