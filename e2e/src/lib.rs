@@ -586,7 +586,21 @@ pub async fn kubectl_ok(args: &[&str]) -> Result<String> {
 
 async fn run_kubectl(args: &[&str], stdin: Option<&str>) -> Result<KubectlOutput> {
     let cluster = cluster()?;
-    let mut cmd = tokio::process::Command::from(cluster.kubectl_command());
+    kubectl_run(
+        tokio::process::Command::from(cluster.kubectl_command()),
+        args,
+        stdin,
+    )
+    .await
+}
+
+/// Runs `kubectl` (`cmd`, set up with its binary and cluster) with `args`, feeding `stdin`,
+/// within the kubectl deadline; returns its output whatever the exit status.
+pub async fn kubectl_run(
+    mut cmd: tokio::process::Command,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<KubectlOutput> {
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -598,7 +612,7 @@ async fn run_kubectl(args: &[&str], stdin: Option<&str>) -> Result<KubectlOutput
         .kill_on_drop(true);
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("cannot run {}", cluster.kubectl.display()))?;
+        .with_context(|| format!("cannot run {:?}", cmd.as_std().get_program()))?;
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin is piped");
         pipe.write_all(input.as_bytes()).await?;

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use parapet_e2e::{
     chart::*,
     helm::{cached_tool, helm_at},
-    repo_root, wait_for,
+    kubectl_run, repo_root, wait_for,
 };
 use serde_json::Value;
 
@@ -217,32 +217,15 @@ impl SimCluster {
 
     async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
         let mut cmd = tokio::process::Command::new(&self.kubectl);
-        cmd.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn()?;
-        if let Some(input) = stdin {
-            use tokio::io::AsyncWriteExt as _;
-            let mut pipe = child.stdin.take().expect("stdin is piped");
-            pipe.write_all(input.as_bytes()).await?;
-        }
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .map_err(|_| anyhow!("`kubectl {}` did not finish within 60s", args.join(" ")))??;
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        let out = kubectl_run(cmd, args, stdin).await?;
         ensure!(
-            out.status.success(),
+            out.success(),
             "`kubectl {}` failed: {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.stderr.trim()
         );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(out.stdout)
     }
 
     async fn get_json(&self, args: &[&str]) -> Result<Value> {
