@@ -45,7 +45,6 @@ use crate::{
     balancer::EndpointHandle,
     breaker::{Overflow, Permit},
     failover::{self, Picked},
-    metrics::RouteMetrics,
     outlier::Verdict,
     retry::{self, Denied, Failure},
     snapshot::{ClusterRuntime, RouteRuntime, Runtime},
@@ -191,27 +190,18 @@ pub(super) async fn forward(
     ex: &mut Exchange<'_>,
     mut body: RequestBody,
 ) -> Result<Answer, Outcome> {
-    let metrics = &ex.route.metrics;
-    let max_attempts = ex.policy.map_or(1, |p| p.attempts.max(1));
-    let per_try = ex
-        .policy
-        .map(|p| Duration::from_millis(p.per_try_timeout_ms))
-        .filter(|d| !d.is_zero());
-    // Most requests have one attempt: they keep no list of endpoints tried, and their head
-    // moves instead of being copied.
-    let one_attempt = max_attempts == 1 && ex.hedge_after.is_none();
+    let (max_attempts, per_try, one_attempt) = plan(ex);
     let mut tried: Vec<Arc<EndpointHandle>> = Vec::new();
-    let (first, first_head, first_body) = first_attempt(ex, &mut body, one_attempt, &mut tried)?;
+    let (first, first_body) = first_attempt(ex, one_attempt, &mut body, &mut tried)?;
+    let first_head = ex.first_head(one_attempt);
     let ex = &*ex;
-
     // Two slots: the current attempt, and a hedge. Each is pinned once and refilled.
     let mut main = pin!(OptionFuture::from(Some(attempt(
         ex, first, first_head, first_body, per_try
     ))));
     // Boxed when used: most requests never hedge, and an attempt is a large future to carry.
     let mut hedge: OptionFuture<Pin<Box<_>>> = None.into();
-    let (mut main_running, mut hedge_running) = (true, false);
-    let mut hedged = false;
+    let (mut main_running, mut hedge_running, mut hedged) = (true, false, false);
     let mut attempts = 1u32;
     let mut last: Option<Tried> = None;
     let hedge_at = ex.hedge_after.map(|d| ex.started + d);
@@ -222,7 +212,13 @@ pub(super) async fn forward(
     ));
 
     loop {
-        let hedge_due = sleep_until(hedge_at.filter(|_| !hedged && main_running && !hedge_running));
+        let hedge_when = hedge_at.filter(|_| !hedged && main_running && !hedge_running);
+        let hedge_due = async move {
+            match hedge_when {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let (result, from_hedge) = tokio::select! {
             Some(r) = &mut main, if main_running => {
                 main_running = false;
@@ -244,18 +240,23 @@ pub(super) async fn forward(
             }
             Some(()) = &mut out_of_time, if !one_attempt => return Err(ex.out_of_time()),
         };
-        if let Some(answer) = keep(&mut last, result, from_hedge, metrics) {
-            return Ok(answer);
+        // Matched here, not in a helper: an answer is large, and every move of it costs.
+        discard_kept(&mut last);
+        match result {
+            Tried::Answer(a) => {
+                if from_hedge {
+                    ex.route.metrics.hedges_won.inc();
+                }
+                return Ok(a);
+            }
+            other => last = Some(other),
         }
         if main_running || hedge_running {
             // The other attempt may still answer.
             continue;
         }
-        let Some(Tried::Failed { failure, .. }) = last else {
-            break;
-        };
         let Some((next, b)) =
-            retry_attempt(ex, failure, attempts, max_attempts, &mut body, &mut tried).await
+            retry_attempt(ex, &last, attempts, max_attempts, &mut body, &mut tried).await
         else {
             break;
         };
@@ -266,13 +267,30 @@ pub(super) async fn forward(
     settle(ex, last)
 }
 
-/// The first attempt's endpoint, head and body; the retry budget earns its deposit here.
+/// How many attempts the request may make, how long each may take (`None`: until the
+/// deadline), and whether it is the only one. Most requests have one attempt: they keep no
+/// list of endpoints tried, and their head moves instead of being copied.
+fn plan(ex: &Exchange<'_>) -> (u32, Option<Duration>, bool) {
+    let max_attempts = ex.policy.map_or(1, |p| p.attempts.max(1));
+    let per_try = ex
+        .policy
+        .map(|p| Duration::from_millis(p.per_try_timeout_ms))
+        .filter(|d| !d.is_zero());
+    (
+        max_attempts,
+        per_try,
+        max_attempts == 1 && ex.hedge_after.is_none(),
+    )
+}
+
+/// The first attempt's endpoint and body. A request that may retry or hedge pays into the
+/// retry budget first.
 fn first_attempt(
-    ex: &mut Exchange<'_>,
-    body: &mut RequestBody,
+    ex: &Exchange<'_>,
     one_attempt: bool,
+    body: &mut RequestBody,
     tried: &mut Vec<Arc<EndpointHandle>>,
-) -> Result<(Picked, Parts, Outgoing), Outcome> {
+) -> Result<(Picked, Outgoing), Outcome> {
     if ex.policy.is_some() || ex.hedge_after.is_some() {
         ex.route.live.budget.deposit(ex.started);
     }
@@ -282,38 +300,17 @@ fn first_attempt(
         tried.push(first.endpoint.clone());
     }
     let first_body = body.take().ok_or(Outcome::UpstreamFailed)?;
-    let first_head = if one_attempt {
-        std::mem::replace(&mut ex.parts, Request::new(()).into_parts().0)
-    } else {
-        ex.parts.clone()
-    };
-    Ok((first, first_head, first_body))
+    Ok((first, first_body))
 }
 
-/// Keeps what an attempt came to: an answer is returned, to be passed on; a failure takes
-/// the place of the one before (whose upstream response, if any, is dropped).
-fn keep(
-    last: &mut Option<Tried>,
-    result: Tried,
-    from_hedge: bool,
-    metrics: &RouteMetrics,
-) -> Option<Answer> {
-    let (answer, before) = match result {
-        Tried::Answer(a) => {
-            if from_hedge {
-                metrics.hedges_won.inc();
-            }
-            (Some(a), last.take())
-        }
-        other => (None, last.replace(other)),
-    };
-    if let Some(Tried::Failed {
-        answer: Some(a), ..
-    }) = before
+/// Drops the upstream response a failed attempt kept (a retriable 5xx), if there is one:
+/// a later result replaces it.
+fn discard_kept(last: &mut Option<Tried>) {
+    if let Some(Tried::Failed { answer, .. }) = last
+        && let Some(a) = answer.take()
     {
         discard(a.response);
     }
-    answer
 }
 
 /// What the client gets when no attempt answered: the upstream's last 5xx when there was
@@ -344,6 +341,15 @@ impl Exchange<'_> {
         &self.route.name
     }
 
+    /// The first attempt's head: moved out when no other attempt can need it, else copied.
+    fn first_head(&mut self, one_attempt: bool) -> Parts {
+        if one_attempt {
+            std::mem::replace(&mut self.parts, Request::new(()).into_parts().0)
+        } else {
+            self.parts.clone()
+        }
+    }
+
     /// The deadline passed before any attempt answered: the client's fault when the
     /// upstream side was waiting for its body.
     fn out_of_time(&self) -> Outcome {
@@ -355,25 +361,20 @@ impl Exchange<'_> {
     }
 }
 
-/// Sleeps until `at`; forever without one.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// After a failure: the next attempt's endpoint and body once the backoff has passed, or
-/// `None` when the failure is not retried.
+/// After a failure (`last`): the next attempt's endpoint and body once the backoff has
+/// passed, or `None` when the failure is not retried.
 async fn retry_attempt(
     ex: &Exchange<'_>,
-    failure: Failure,
+    last: &Option<Tried>,
     attempts: u32,
     max_attempts: u32,
     body: &mut RequestBody,
     tried: &mut Vec<Arc<EndpointHandle>>,
 ) -> Option<(Picked, Outgoing)> {
     let metrics = &ex.route.metrics;
+    let Some(Tried::Failed { failure, .. }) = *last else {
+        return None;
+    };
     match may_retry(ex, failure, attempts, max_attempts, body) {
         Ok(()) => {}
         Err(None) => return None,
@@ -507,10 +508,9 @@ async fn attempt(
             // The wait itself is the latency sample: the endpoint was this slow.
             guard.finish_at(now);
             tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), "attempt timed out");
-            let failure = Failure::Timeout;
             (
                 Tried::Failed {
-                    failure,
+                    failure: Failure::Timeout,
                     answer: None,
                 },
                 Some(Verdict::GatewayError),
@@ -521,7 +521,16 @@ async fn attempt(
             let took = now.saturating_duration_since(sent);
             cluster.metrics.duration.observe(took.as_secs_f64());
             ex.route.live.latency.record(took, now);
-            answered(ex, Answer { response, permit })
+            let status = response.status().as_u16();
+            let answer = Answer { response, permit };
+            let tried = match retry::status_failure(ex.policy, status) {
+                Some(failure) => Tried::Failed {
+                    failure,
+                    answer: Some(answer),
+                },
+                None => Tried::Answer(answer),
+            };
+            (tried, Some(Verdict::of_status(status)))
         }
         Ok(Err(e)) => {
             // A fast failure is no latency sample: it would make the endpoint look fast.
@@ -603,20 +612,6 @@ async fn send(
             })
         }
     }
-}
-
-/// What an upstream response comes to: an answer, or a status the route's policy retries
-/// (kept in case nothing better comes); and the endpoint's verdict.
-fn answered(ex: &Exchange<'_>, answer: Answer) -> (Tried, Option<Verdict>) {
-    let status = answer.response.status().as_u16();
-    let tried = match retry::status_failure(ex.policy, status) {
-        Some(failure) => Tried::Failed {
-            failure,
-            answer: Some(answer),
-        },
-        None => Tried::Answer(answer),
-    };
-    (tried, Some(Verdict::of_status(status)))
 }
 
 /// What a failed send comes to, and the endpoint's verdict (none when the client's body was

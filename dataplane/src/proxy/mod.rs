@@ -35,7 +35,7 @@ mod prepare;
 pub mod problem;
 mod respond;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use parapet_crds::snapshot::{CachePolicy, ForwardAction, RouteAction};
@@ -263,20 +263,22 @@ impl Proxy {
         let host = host_norm.as_deref().unwrap_or("");
         let routed = self.route(table, &req, host, at, trail)?;
         trail.key_id = self.authenticate(&mut req, routed.route, at)?;
-        self.rate_limit(req.headers(), at, &routed, trail).await?;
+        if let Some(wait) = self.rate_limit(req.headers(), at, &routed, trail)? {
+            // Shape mode: the request waits for its turn.
+            tokio::time::sleep(wait).await;
+        }
         self.fresh_hit(&req, at, &routed, host)?;
         let lane = self.admit(routed.route, at)?;
         let (mut prepared, body) = self.prepare(req, at, &routed, authority_str)?;
         let body = self
             .read_body(body, &mut prepared, declared_length, at)
             .await?;
-        self.cache(&mut prepared, &body, at, &routed, host, &authority)
-            .await?;
-        let (result, answered) = self.forward(&mut prepared, body, &routed, lane).await;
-        Ok(Answered {
-            response: self.respond(result, prepared, routed.upgrade_to, at),
-            at: answered,
-        })
+        if let Some(cached) = self.cache(&mut prepared, &body, at, &routed, host, &authority) {
+            // The cache answered (from an entry, or from the origin on a miss).
+            return Err(cached.await);
+        }
+        let result = self.forward(&mut prepared, body, &routed).await;
+        Ok(self.respond(result, lane, &mut prepared, routed.upgrade_to, at))
     }
 
     /// Stage 1, limits: the URI's length and the declared body size. Returns the declared
@@ -417,17 +419,17 @@ impl Proxy {
         }
     }
 
-    /// Stage 4, rate limit: the rule's buckets; 429 with `Retry-After`, or a wait in Shape
-    /// mode.
-    async fn rate_limit(
+    /// Stage 4, rate limit: the rule's buckets; 429 with `Retry-After`, or how long to wait
+    /// in Shape mode.
+    fn rate_limit(
         &self,
         headers: &HeaderMap,
         at: &Arrival,
         routed: &Routed<'_>,
         trail: &mut Trail<'_>,
-    ) -> Result<(), Early> {
+    ) -> Result<Option<Duration>, Early> {
         let Some(limiter) = &routed.route.rate_limit else {
-            return Ok(());
+            return Ok(None);
         };
         let decision = {
             let key = ratelimit::request_key(
@@ -455,10 +457,9 @@ impl Proxy {
             )),
             Decision::Allow { wait, .. } if !wait.is_zero() => {
                 tracing::debug!(route = %routed.route.name, wait_ms = wait.as_millis() as u64, "rate limit: request shaped");
-                tokio::time::sleep(wait).await;
-                Ok(())
+                Ok(Some(wait))
             }
-            Decision::Allow { .. } => Ok(()),
+            Decision::Allow { .. } => Ok(None),
         }
     }
 
@@ -598,20 +599,20 @@ impl Proxy {
 
     /// Stage 7, cache: GET and HEAD of rules with a CachePolicy go through the response
     /// cache, whose misses and refreshes come back to the attempts (`cached::RouteOrigin`).
-    async fn cache(
-        &self,
+    /// The cache's answer, to await, when it serves this request; checked before anything
+    /// is awaited, as most requests do not go through the cache.
+    fn cache<'a>(
+        &'a self,
         prepared: &mut Prepared<'_>,
         body: &RequestBody,
-        at: &Arrival,
-        routed: &Routed<'_>,
-        host: &str,
+        at: &'a Arrival,
+        routed: &Routed<'a>,
+        host: &'a str,
         authority: &Option<HeaderValue>,
-    ) -> Result<(), Early> {
-        let Some(policy) = routed.cache_policy else {
-            return Ok(());
-        };
+    ) -> Option<impl Future<Output = Early> + use<'a>> {
+        let policy = routed.cache_policy?;
         if prepared.upgrade.is_some() || !body.is_empty_replayable() {
-            return Ok(());
+            return None;
         }
         let ex = &mut prepared.exchange;
         // The upstream head (forwarding headers…) is made only if the origin is asked: a
@@ -626,65 +627,69 @@ impl Proxy {
             path_and_query: ex.path_and_query.clone(),
             hash: ex.hash,
             deadline: ex.deadline,
-            timeout: std::time::Duration::from_millis(routed.forward.timeout_ms.max(1)),
+            timeout: Duration::from_millis(routed.forward.timeout_ms.max(1)),
             hedge_after: ex.hedge_after,
             request_id: at.request_id.clone(),
             metrics: self.metrics.clone(),
         };
         let parts = std::mem::replace(&mut ex.parts, Request::new(()).into_parts().0);
         let scheme = if at.conn.tls { "https" } else { "http" };
-        let mut resp = self
-            .store
-            .cache()
-            .serve(policy, parts, scheme, host, origin)
-            .await;
-        cached::finish(&mut resp, &at.request_id);
-        Err(Early::answer(resp))
+        Some(async move {
+            let mut resp = self
+                .store
+                .cache()
+                .serve(policy, parts, scheme, host, origin)
+                .await;
+            cached::finish(&mut resp, &at.request_id);
+            Early::answer(resp)
+        })
     }
 
-    /// Stage 8, forward: the upstream head, then the attempts (`forward.rs`); the lane
-    /// learns how long the upstream took. Returns when the answer (or the failure) came.
-    async fn forward(
+    /// Stage 8, forward: the upstream head, then the attempts (`forward.rs`). Not an `async
+    /// fn`: the request awaits the attempts themselves, with no layer around them that would
+    /// move their answer once more.
+    fn forward(
         &self,
         prepared: &mut Prepared<'_>,
         body: RequestBody,
         routed: &Routed<'_>,
-        lane: LaneGuard,
-    ) -> (Result<Answer, Outcome>, Instant) {
+    ) -> impl Future<Output = Result<Answer, Outcome>> {
         let ex = &mut prepared.exchange;
         prepare::upstream_head(&mut ex.parts, routed.forward, prepared.upgrade.is_some());
-        let result = forward::forward(ex, body).await;
-        let answered = Instant::now();
-        lane.finish_at(answered);
-        (result, answered)
+        forward::forward(ex, body)
     }
 
     /// Stage 9, respond: the upstream's response on its way back, or the gateway's own
-    /// answer when none came. `upgrade_to`: the protocol the client asked for, when the
-    /// rule allows it.
+    /// answer when none came. Now is when the answer came, for the lane and the route's
+    /// metrics. `upgrade_to`: the protocol the client asked for, when the rule allows it.
     fn respond(
         &self,
         result: Result<Answer, Outcome>,
-        prepared: Prepared<'_>,
+        lane: LaneGuard,
+        prepared: &mut Prepared<'_>,
         upgrade_to: Option<HeaderValue>,
         at: &Arrival,
-    ) -> Response<ProxyBody> {
-        match result {
+    ) -> Answered {
+        let answered = Instant::now();
+        lane.finish_at(answered);
+        let response = match result {
             Ok(answer) => {
+                let upgrade = prepared.upgrade.take().zip(upgrade_to);
                 // An upgraded connection outlives the route's deadline.
-                let deadline = prepared
-                    .upgrade
-                    .is_none()
-                    .then_some(prepared.exchange.deadline);
+                let deadline = upgrade.is_none().then_some(prepared.exchange.deadline);
                 respond::upstream(
                     answer,
                     &at.request_id,
-                    prepared.upgrade.zip(upgrade_to),
+                    upgrade,
                     &self.metrics.response_bytes,
                     deadline,
                 )
             }
             Err(outcome) => outcome_response(outcome, at.rid()),
+        };
+        Answered {
+            response,
+            at: answered,
         }
     }
 
