@@ -730,8 +730,11 @@ impl Proxy {
             ..
         } = trail;
         let h = resp.headers_mut();
-        for (k, v) in headers.drain().filter_map(|(k, v)| Some((k?, v))) {
-            h.insert(k, v);
+        // Most requests leave none (their route has no rate limit).
+        if !headers.is_empty() {
+            for (k, v) in headers.drain().filter_map(|(k, v)| Some((k?, v))) {
+                h.insert(k, v);
+            }
         }
         if let Some(server) = &self.edge.server_header {
             h.insert(header::SERVER, server.clone());
