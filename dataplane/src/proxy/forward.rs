@@ -195,6 +195,18 @@ pub(super) async fn forward(
     let (first, first_body) = first_attempt(ex, one_attempt, &mut body, &mut tried)?;
     let first_head = ex.first_head(one_attempt);
     let ex = &*ex;
+    if one_attempt {
+        // Most requests: one attempt, with nothing to race it (no hedge, no retry, its
+        // timeout is the deadline).
+        let result = attempt(ex, first, first_head, first_body, per_try).await;
+        if let Tried::Answer(a) = result {
+            return Ok(a);
+        }
+        let last = Some(result);
+        // Only counts why it is not retried (a policy of one attempt).
+        let _ = retry_attempt(ex, &last, 1, max_attempts, &mut body, &mut tried).await;
+        return settle(ex, last);
+    }
     // Two slots: the current attempt, and a hedge. Each is pinned once and refilled.
     let mut main = pin!(OptionFuture::from(Some(attempt(
         ex, first, first_head, first_body, per_try
@@ -205,11 +217,7 @@ pub(super) async fn forward(
     let mut attempts = 1u32;
     let mut last: Option<Tried> = None;
     let hedge_at = ex.hedge_after.map(|d| ex.started + d);
-    // A single attempt is bounded by the deadline itself (its timeout never runs past it),
-    // so only requests that may retry or hedge need a timer of their own for it.
-    let mut out_of_time = pin!(OptionFuture::from(
-        (!one_attempt).then(|| tokio::time::sleep_until(ex.deadline))
-    ));
+    let mut out_of_time = pin!(tokio::time::sleep_until(ex.deadline));
 
     loop {
         let hedge_when = hedge_at.filter(|_| !hedged && main_running && !hedge_running);
@@ -238,7 +246,7 @@ pub(super) async fn forward(
                 }
                 continue;
             }
-            Some(()) = &mut out_of_time, if !one_attempt => return Err(ex.out_of_time()),
+            () = &mut out_of_time => return Err(ex.out_of_time()),
         };
         // Matched here, not in a helper: an answer is large, and every move of it costs.
         discard_kept(&mut last);
