@@ -407,9 +407,7 @@ impl Pusher {
                 gzip,
             });
         }
-        let Some(Encoded { body, gzip, .. }) = round.encoded.clone() else {
-            return None;
-        };
+        let Encoded { body, gzip, .. } = round.encoded.clone()?;
         let now = Instant::now();
         let mut wake = None;
         let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());

@@ -321,7 +321,7 @@ impl Cache {
         let status = resp.status();
         if let Some(e) = &stale
             && let Some(answer) =
-                self.from_stale(policy, skey, e, resp.headers(), status, head, now)
+                self.answer_from_stale(policy, skey, e, resp.headers(), status, head, now)
         {
             return answer;
         }
@@ -388,7 +388,7 @@ impl Cache {
     /// origin says it has not changed (304), or as it is when the origin failed and the
     /// entry may be served stale-if-error; `None` when the origin's response is the answer.
     #[allow(clippy::too_many_arguments)]
-    fn from_stale(
+    fn answer_from_stale(
         &self,
         policy: &CachePolicy,
         skey: &str,
