@@ -281,149 +281,32 @@ impl Pusher {
         mut tables: watch::Receiver<Option<Arc<Compiled>>>,
         mut leader: watch::Receiver<bool>,
     ) {
-        let sem = Arc::new(Semaphore::new(self.concurrency.max(1)));
-        let mut running: JoinSet<Outcome> = JoinSet::new();
-        let mut checks: JoinSet<(String, Option<(u64, String)>)> = JoinSet::new();
-        let mut last_check = Instant::now();
-        // The body for the current table, encoded once per (version, hash).
-        let mut encoded: Option<(u64, String, Bytes, bool)> = None;
-        // The table as pushed: the compiled one, or (when it has rate limits) a copy that
-        // carries the fleet size under its own version, made again when the fleet changes.
-        // (compiled version, compiled hash, fleet pods, table to push)
-        let mut shared: Option<(u64, String, u32, Arc<Snapshot>)> = None;
+        let mut round = Round {
+            sem: Arc::new(Semaphore::new(self.concurrency.max(1))),
+            running: JoinSet::new(),
+            checks: JoinSet::new(),
+            last_check: Instant::now(),
+            encoded: None,
+            shared: None,
+        };
         loop {
-            // The earliest moment something falls due without an event: a backoff ends, or
-            // the next resync.
-            let mut wake: Option<Instant> = None;
-            let share_pods;
-            // Refresh the target list.
-            {
-                let now = targets(&store, &port_name);
-                let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
-                pods.retain(|addr, _| now.iter().any(|t| t.addr == *addr));
-                for t in now {
-                    pods.entry(t.addr.clone())
-                        .and_modify(|(old, st)| {
-                            // A zone learnt late (the slice had none yet) goes out with a
-                            // push of the same table.
-                            if old.zone != t.zone {
-                                st.acked_hash.clear();
-                            }
-                            *old = t.clone();
-                        })
-                        .or_insert((t, PodState::default()));
-                }
-                self.metrics.dataplane_pods.set(pods.len() as i64);
-                share_pods = fleet_share_pods(pods.values().map(|(t, _)| t));
-            }
+            let share_pods = self.refresh_targets(&store, &port_name);
             let current = tables.borrow().clone();
             let is_leader = *leader.borrow();
+            // The earliest moment something falls due without an event: a backoff ends, or
+            // the next resync.
+            let mut wake = None;
             if is_leader && let Some(compiled) = &current {
-                let fleet_pods = if has_rate_limits(&compiled.snapshot.table) {
-                    share_pods
-                } else {
-                    0
-                };
-                if shared.as_ref().is_none_or(|(v, h, n, _)| {
-                    (*v, h.as_str(), *n)
-                        != (
-                            compiled.snapshot.version,
-                            compiled.snapshot.hash.as_str(),
-                            fleet_pods,
-                        )
-                }) {
-                    let snap = with_fleet_pods(&compiled.snapshot, fleet_pods, &self.clock);
-                    if fleet_pods > 0 {
-                        tracing::info!(
-                            version = snap.version,
-                            fleet_pods,
-                            "rate limits divided among the data-plane pods"
-                        );
-                    }
-                    shared = Some((
-                        compiled.snapshot.version,
-                        compiled.snapshot.hash.clone(),
-                        fleet_pods,
-                        snap,
-                    ));
-                }
-                let snapshot = shared.as_ref().map(|s| s.3.clone()).expect("set above");
-                let c = Pushed {
-                    snapshot,
-                    sources: compiled.sources.clone(),
-                };
-                if encoded
-                    .as_ref()
-                    .is_none_or(|(v, h, _, _)| *v != c.snapshot.version || *h != c.snapshot.hash)
-                {
-                    let (body, gzip) = encode(&c.snapshot);
-                    encoded = Some((c.snapshot.version, c.snapshot.hash.clone(), body, gzip));
-                }
-                let (_, hash, body, gzip) = encoded.clone().expect("encoded above");
-                let version = c.snapshot.version;
-                let now = Instant::now();
-                let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
-                for (addr, (target, st)) in pods.iter_mut() {
-                    let behind = st.acked_hash != hash || st.acked_version != version;
-                    // A version the pod refused as stale is not sent again: the compiler
-                    // republishes above the pod's version, and that one is.
-                    if st.in_flight || !behind || st.refused_version == Some(version) {
-                        continue;
-                    }
-                    if let Some(t) = st.next_attempt.filter(|t| *t > now) {
-                        wake = earliest(wake, t);
-                        continue;
-                    }
-                    st.in_flight = true;
-                    let (channel, sem, addr) = (channel.clone(), sem.clone(), addr.clone());
-                    let (body, hash) = (body.clone(), hash.clone());
-                    let sources = c.sources.clone();
-                    let zone = target.zone.clone();
-                    running.spawn(async move {
-                        let _permit = sem.acquire_owned().await;
-                        let started = Instant::now();
-                        let result = channel.push(&addr, zone.as_deref(), body, gzip).await;
-                        Outcome {
-                            addr,
-                            version,
-                            hash,
-                            sources,
-                            result,
-                            seconds: started.elapsed().as_secs_f64(),
-                        }
-                    });
-                }
+                wake = self.push_behind(&channel, &mut round, compiled, share_pods);
             }
-            // Resync: ask every pod what it holds; a pod that restarted without its table (or
-            // with an older one) is then behind and gets pushed to above.
-            if is_leader && checks.is_empty() {
-                if last_check.elapsed() >= self.resync {
-                    last_check = Instant::now();
-                    let pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
-                    for addr in pods.keys() {
-                        let (held, addr) = (channel.status(addr), addr.clone());
-                        checks.spawn(async move { (addr, held.await) });
-                    }
-                }
-                wake = earliest(wake, last_check + self.resync);
+            if is_leader && round.checks.is_empty() {
+                wake = earliest(wake, self.resync_due(&channel, &mut round));
             }
             tokio::select! {
-                Some(Ok((addr, held))) = checks.join_next(), if !checks.is_empty() => {
-                    let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some((t, st)) = pods.get_mut(&addr)
-                        && !st.in_flight
-                    {
-                        let (v, h) = held.unwrap_or_default();
-                        if (v, h.as_str()) != (st.acked_version, st.acked_hash.as_str()) {
-                            tracing::info!(pod = %t.name, held = v, acked = st.acked_version, "pod does not hold the acknowledged table; re-pushing");
-                            st.acked_version = v;
-                            st.acked_hash = h;
-                            st.acked_sources = None;
-                            st.next_attempt = None;
-                        }
-                    }
+                Some(Ok((addr, held))) = round.checks.join_next(), if !round.checks.is_empty() => {
+                    self.checked(&addr, held);
                 }
-                Some(done) = running.join_next(), if !running.is_empty() => {
+                Some(done) = round.running.join_next(), if !round.running.is_empty() => {
                     if let Ok(o) = done {
                         self.record(o);
                     }
@@ -432,6 +315,163 @@ impl Pusher {
                 r = tables.changed() => if r.is_err() { return },
                 r = leader.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
+            }
+        }
+    }
+
+    /// Brings the pod list up to date with the data-plane slices; returns how many pods
+    /// share the fleet's rate limits.
+    fn refresh_targets(&self, store: &Store<EndpointSlice>, port_name: &str) -> u32 {
+        let now = targets(store, port_name);
+        let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+        pods.retain(|addr, _| now.iter().any(|t| t.addr == *addr));
+        for t in now {
+            pods.entry(t.addr.clone())
+                .and_modify(|(old, st)| {
+                    // A zone learnt late (the slice had none yet) goes out with a push of
+                    // the same table.
+                    if old.zone != t.zone {
+                        st.acked_hash.clear();
+                    }
+                    *old = t.clone();
+                })
+                .or_insert((t, PodState::default()));
+        }
+        self.metrics.dataplane_pods.set(pods.len() as i64);
+        fleet_share_pods(pods.values().map(|(t, _)| t))
+    }
+
+    /// The table as pushed: the compiled one, or (when it has rate limits) a copy that
+    /// carries the fleet size under its own version, made again when the fleet changes.
+    fn table_to_push(
+        &self,
+        round: &mut Round,
+        compiled: &Compiled,
+        share_pods: u32,
+    ) -> Arc<Snapshot> {
+        let fleet_pods = if has_rate_limits(&compiled.snapshot.table) {
+            share_pods
+        } else {
+            0
+        };
+        let snap = &compiled.snapshot;
+        match &round.shared {
+            Some(s)
+                if (s.version, s.hash.as_str(), s.fleet_pods)
+                    == (snap.version, snap.hash.as_str(), fleet_pods) =>
+            {
+                s.table.clone()
+            }
+            _ => {
+                let table = with_fleet_pods(snap, fleet_pods, &self.clock);
+                if fleet_pods > 0 {
+                    tracing::info!(
+                        version = table.version,
+                        fleet_pods,
+                        "rate limits divided among the data-plane pods"
+                    );
+                }
+                round.shared = Some(SharedTable {
+                    version: snap.version,
+                    hash: snap.hash.clone(),
+                    fleet_pods,
+                    table: table.clone(),
+                });
+                table
+            }
+        }
+    }
+
+    /// Starts a push to every pod that is behind the table and not waiting out a backoff;
+    /// returns the earliest backoff's end.
+    fn push_behind(
+        &self,
+        channel: &Arc<impl Channel>,
+        round: &mut Round,
+        compiled: &Compiled,
+        share_pods: u32,
+    ) -> Option<Instant> {
+        let snapshot = self.table_to_push(round, compiled, share_pods);
+        let (version, hash) = (snapshot.version, snapshot.hash.clone());
+        // The body for the current table, encoded once per (version, hash).
+        if round
+            .encoded
+            .as_ref()
+            .is_none_or(|e| (e.version, e.hash.as_str()) != (version, hash.as_str()))
+        {
+            let (body, gzip) = encode(&snapshot);
+            round.encoded = Some(Encoded {
+                version,
+                hash: hash.clone(),
+                body,
+                gzip,
+            });
+        }
+        let Encoded { body, gzip, .. } = round.encoded.clone()?;
+        let now = Instant::now();
+        let mut wake = None;
+        let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+        for (addr, (target, st)) in pods.iter_mut() {
+            let behind = st.acked_hash != hash || st.acked_version != version;
+            // A version the pod refused as stale is not sent again: the compiler
+            // republishes above the pod's version, and that one is.
+            if st.in_flight || !behind || st.refused_version == Some(version) {
+                continue;
+            }
+            if let Some(t) = st.next_attempt.filter(|t| *t > now) {
+                wake = earliest(wake, t);
+                continue;
+            }
+            st.in_flight = true;
+            let (channel, sem, addr) = (channel.clone(), round.sem.clone(), addr.clone());
+            let (body, hash) = (body.clone(), hash.clone());
+            let sources = compiled.sources.clone();
+            let zone = target.zone.clone();
+            round.running.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let started = Instant::now();
+                let result = channel.push(&addr, zone.as_deref(), body, gzip).await;
+                Outcome {
+                    addr,
+                    version,
+                    hash,
+                    sources,
+                    result,
+                    seconds: started.elapsed().as_secs_f64(),
+                }
+            });
+        }
+        wake
+    }
+
+    /// Resync: when it is due, asks every pod what it holds; a pod that restarted without
+    /// its table (or with an older one) is then behind and gets pushed to. Returns when the
+    /// next one is due.
+    fn resync_due(&self, channel: &Arc<impl Channel>, round: &mut Round) -> Instant {
+        if round.last_check.elapsed() >= self.resync {
+            round.last_check = Instant::now();
+            let pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+            for addr in pods.keys() {
+                let (held, addr) = (channel.status(addr), addr.clone());
+                round.checks.spawn(async move { (addr, held.await) });
+            }
+        }
+        round.last_check + self.resync
+    }
+
+    /// A resync check's answer: a pod that does not hold what it acknowledged is behind.
+    fn checked(&self, addr: &str, held: Option<(u64, String)>) {
+        let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, st)) = pods.get_mut(addr)
+            && !st.in_flight
+        {
+            let (v, h) = held.unwrap_or_default();
+            if (v, h.as_str()) != (st.acked_version, st.acked_hash.as_str()) {
+                tracing::info!(pod = %t.name, held = v, acked = st.acked_version, "pod does not hold the acknowledged table; re-pushing");
+                st.acked_version = v;
+                st.acked_hash = h;
+                st.acked_sources = None;
+                st.next_attempt = None;
             }
         }
     }
@@ -518,9 +558,34 @@ impl Pusher {
 }
 
 /// What the loop pushes: the table (maybe with the fleet size) and its sources.
-struct Pushed {
-    snapshot: Arc<Snapshot>,
-    sources: Arc<crate::compile::Sources>,
+/// What the push loop keeps between its turns.
+struct Round {
+    /// Bounds the pushes in flight.
+    sem: Arc<Semaphore>,
+    running: JoinSet<Outcome>,
+    /// Resync checks in flight: each pod's address and what it holds.
+    checks: JoinSet<(String, Option<(u64, String)>)>,
+    last_check: Instant,
+    encoded: Option<Encoded>,
+    shared: Option<SharedTable>,
+}
+
+/// The push body of one table.
+#[derive(Clone)]
+struct Encoded {
+    version: u64,
+    hash: String,
+    body: Bytes,
+    gzip: bool,
+}
+
+/// The table as pushed for one compiled table and fleet size.
+struct SharedTable {
+    /// The compiled table's version and hash.
+    version: u64,
+    hash: String,
+    fleet_pods: u32,
+    table: Arc<Snapshot>,
 }
 
 /// Whether any rule of the table has a rate limit (only then does the fleet size matter).

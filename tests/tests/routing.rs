@@ -383,6 +383,42 @@ async fn proxy_headers_are_set_and_hop_by_hop_stripped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_to_an_invalid_path_is_refused_and_counted_on_its_route() {
+    let b = Backend::start("b").await;
+    let yaml = format!(
+        "{}{}",
+        pool_yaml("p", &[b.port()], ""),
+        route_yaml(
+            "r",
+            "[api.example]",
+            "    - matches: [{path: {value: /v1}}]\n      backends: [{pool: p}]\n      rewrite: {pathPrefix: \"/in valid\"}"
+        )
+    );
+    let (dp, _dir) = standalone(&yaml).await;
+    let c = Client::new();
+    let route = "route=\"default/r/0\"";
+    let counted = |code: &'static str| {
+        let c = c.clone();
+        async move { admin::metric_sum(&c, dp.admin, "parapet_requests_total", &[route, code]).await }
+    };
+    assert_eq!(counted("code=\"4xx\"").await, 0.0);
+    let r = c.get(dp.proxy, "api.example", "/v1/x").await.unwrap();
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("rewritten path"), "{}", r.text());
+    assert_eq!(b.hits(), 0, "the request went upstream");
+    // Every answer to a routed request is in its route's metrics, this one too.
+    assert_eq!(counted("code=\"4xx\"").await, 1.0);
+    let durations = admin::metric_sum(
+        &c,
+        dp.admin,
+        "parapet_request_duration_seconds_count",
+        &[route],
+    )
+    .await;
+    assert_eq!(durations, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_reload_keeps_serving_through_a_broken_file() {
     let (one, two) = (Backend::start("one").await, Backend::start("two").await);
     let yaml = |port| {

@@ -319,17 +319,11 @@ impl Cache {
         let resp = origin.fetch(Request::from_parts(up, empty())).await;
         let now = Instant::now();
         let status = resp.status();
-        if let Some(e) = &stale {
-            if status == StatusCode::NOT_MODIFIED {
-                let refreshed = self.revalidated(policy, skey, e, resp.headers());
-                self.count(policy, &Result_::Revalidated);
-                return from_entry(&refreshed, Result_::Revalidated, head, now);
-            }
-            if is_origin_failure(status) && e.freshness(now, false) == Freshness::StaleIfError {
-                self.count(policy, &Result_::Stale);
-                tracing::debug!(policy = %policy.name, %status, "origin failed; serving stale-if-error");
-                return from_entry(e, Result_::Stale, head, now);
-            }
+        if let Some(e) = &stale
+            && let Some(answer) =
+                self.answer_from_stale(policy, skey, e, resp.headers(), status, head, now)
+        {
+            return answer;
         }
         self.count(policy, &Result_::Miss);
         let (resp_parts, body) = resp.into_parts();
@@ -345,13 +339,7 @@ impl Cache {
         };
         // Bodies larger than the entry bound stream through uncached.
         let max = usize::try_from(policy.max_entry_bytes).unwrap_or(usize::MAX);
-        if resp_parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > policy.max_entry_bytes)
-        {
+        if declared_length(&resp_parts.headers).is_some_and(|n| n > policy.max_entry_bytes) {
             return tag(Response::from_parts(resp_parts, body), Result_::Miss, None);
         }
         let bytes = match collect_bounded(body, max).await {
@@ -394,6 +382,33 @@ impl Cache {
         resp.headers_mut()
             .insert(header::AGE, HeaderValue::from_static("0"));
         tag(resp, Result_::Miss, None)
+    }
+
+    /// The answer from the stale entry a refresh was asked for: the entry again when the
+    /// origin says it has not changed (304), or as it is when the origin failed and the
+    /// entry may be served stale-if-error; `None` when the origin's response is the answer.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_from_stale(
+        &self,
+        policy: &CachePolicy,
+        skey: &str,
+        stale: &Arc<Entry>,
+        headers: &HeaderMap,
+        status: StatusCode,
+        head: bool,
+        now: Instant,
+    ) -> Option<Response<ProxyBody>> {
+        if status == StatusCode::NOT_MODIFIED {
+            let refreshed = self.revalidated(policy, skey, stale, headers);
+            self.count(policy, &Result_::Revalidated);
+            return Some(from_entry(&refreshed, Result_::Revalidated, head, now));
+        }
+        if is_origin_failure(status) && stale.freshness(now, false) == Freshness::StaleIfError {
+            self.count(policy, &Result_::Stale);
+            tracing::debug!(policy = %policy.name, %status, "origin failed; serving stale-if-error");
+            return Some(from_entry(stale, Result_::Stale, head, now));
+        }
+        None
     }
 
     fn revalidated(
@@ -586,4 +601,14 @@ fn full(b: Bytes) -> ProxyBody {
 
 fn empty() -> ProxyBody {
     full(Bytes::new())
+}
+
+/// The response's `content-length`, when it declares one valid length.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

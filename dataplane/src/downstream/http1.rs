@@ -139,49 +139,75 @@ where
             return Ended::Closed;
         };
         served += 1;
-        // The client's side is watched while the answer is made: a client that goes away
-        // cancels its request (as hyper's server does), and bytes of a pipelined request
-        // are kept. Costs no system call: the last read drained the socket, so tokio knows
-        // it is not readable until the peer sends.
-        let mut resp = {
-            let mut answer = std::pin::pin!(handle(req));
-            loop {
-                let watch = conn.read.len() < settings.max_head_bytes;
-                tokio::select! {
-                    biased;
-                    resp = answer.as_mut() => break resp,
-                    n = io.read_buf(&mut conn.read), if watch => match n {
-                        Ok(0) | Err(_) => {
-                            tracing::debug!("the client closed the connection before its answer; request cancelled");
-                            return Ended::Closed;
-                        }
-                        Ok(_) => {}
-                    },
-                }
-            }
+        let answer = std::pin::pin!(handle(req));
+        let Some(resp) = answer_watching(&mut io, &mut conn.read, answer, settings).await else {
+            return Ended::Closed;
         };
-        if resp.status().is_informational() {
-            // A 1xx as the final answer would leave the client waiting for the real one,
-            // and take the next answer for it.
-            resp = problem(
-                StatusCode::BAD_GATEWAY,
-                "the upstream sent an informational status as its final answer",
-                None,
-            );
-        }
         let close = head.close
             || (settings.max_requests > 0 && served >= settings.max_requests)
             || drain.is_draining();
-        match write_response(&mut io, &mut conn.write, resp, &head, close).await {
-            Ok(false) => {}
-            Ok(true) => {
-                let _ = io.shutdown().await;
-                return Ended::Closed;
-            }
-            Err(e) => {
-                tracing::trace!(error = %e, "response not sent in full");
-                return Ended::Closed;
-            }
+        if !send(&mut io, &mut conn.write, resp, &head, close).await {
+            return Ended::Closed;
+        }
+    }
+}
+
+/// The handler's answer. The client's side is watched while it is made: a client that goes
+/// away cancels its request (as hyper's server does; `None`), and bytes of a pipelined
+/// request are kept. Costs no system call: the last read drained the socket, so tokio knows
+/// it is not readable until the peer sends.
+async fn answer_watching<IO, F>(
+    io: &mut IO,
+    read: &mut BytesMut,
+    mut answer: Pin<&mut F>,
+    settings: &Settings,
+) -> Option<Response<ProxyBody>>
+where
+    IO: AsyncRead + Unpin,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    loop {
+        let watch = read.len() < settings.max_head_bytes;
+        tokio::select! {
+            biased;
+            resp = answer.as_mut() => return Some(resp),
+            n = io.read_buf(read), if watch => match n {
+                Ok(0) | Err(_) => {
+                    tracing::debug!("the client closed the connection before its answer; request cancelled");
+                    return None;
+                }
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Sends the answer; whether the connection goes on to its next request.
+async fn send<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    out: &mut Vec<u8>,
+    mut resp: Response<ProxyBody>,
+    head: &Head,
+    close: bool,
+) -> bool {
+    if resp.status().is_informational() {
+        // A 1xx as the final answer would leave the client waiting for the real one, and
+        // take the next answer for it.
+        resp = problem(
+            StatusCode::BAD_GATEWAY,
+            "the upstream sent an informational status as its final answer",
+            None,
+        );
+    }
+    match write_response(io, out, resp, head, close).await {
+        Ok(false) => true,
+        Ok(true) => {
+            let _ = io.shutdown().await;
+            false
+        }
+        Err(e) => {
+            tracing::trace!(error = %e, "response not sent in full");
+            false
         }
     }
 }
@@ -554,10 +580,31 @@ fn encode_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let exact = body.size_hint().exact();
-    let framing = if status.is_informational() || status == StatusCode::NO_CONTENT {
-        Framing::None
-    } else if req.method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+    let framing = framing(out, status, body.size_hint().exact(), declared, req)?;
+    if !dated {
+        DATE.with_borrow_mut(|d| out.extend_from_slice(d.now()));
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok((framing, close))
+}
+
+/// How the body is framed, with the `content-length` it takes written to `out`. `exact`:
+/// the body's size when known; `declared`: the response's `content-length` (`Some(None)`:
+/// declared, but not one valid length).
+fn framing(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    exact: Option<u64>,
+    declared: Option<Option<u64>>,
+    req: &Head,
+) -> Result<Framing, &'static str> {
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        return Ok(Framing::None);
+    }
+    if req.method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
         // The length a GET would get, as declared; or, for the gateway's own answers to a
         // HEAD, the size of the body it would send.
         let n = match declared {
@@ -568,33 +615,24 @@ fn encode_head(
         if let Some(n) = n {
             let _ = write!(out, "content-length: {n}\r\n");
         }
-        Framing::None
-    } else {
-        match (exact, declared) {
-            (Some(n), Some(Some(d))) if n != d => {
-                return Err("the response's content-length does not match its body");
-            }
-            (None, Some(None)) | (Some(_), Some(None)) => {
-                return Err("the response's content-length is not valid");
-            }
-            (Some(n), _) | (None, Some(Some(n))) => {
-                let _ = write!(out, "content-length: {n}\r\n");
-                Framing::Length(n)
-            }
-            (None, None) => {
-                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                Framing::Chunked
-            }
+        return Ok(Framing::None);
+    }
+    match (exact, declared) {
+        (Some(n), Some(Some(d))) if n != d => {
+            Err("the response's content-length does not match its body")
         }
-    };
-    if !dated {
-        DATE.with_borrow_mut(|d| out.extend_from_slice(d.now()));
+        (None, Some(None)) | (Some(_), Some(None)) => {
+            Err("the response's content-length is not valid")
+        }
+        (Some(n), _) | (None, Some(Some(n))) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+            Ok(Framing::Length(n))
+        }
+        (None, None) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Ok(Framing::Chunked)
+        }
     }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok((framing, close))
 }
 
 /// Sends the head in `out` and the body after it; `Ok(true)` when the connection must
@@ -623,20 +661,7 @@ async fn send_body<IO: AsyncWrite + Unpin>(
     };
     // The body's end: `None`, or its trailers.
     let trailers = loop {
-        let frame = if head_sent {
-            body.frame().await
-        } else {
-            // A frame ready now leaves with the head, in one write.
-            match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
-                Poll::Ready(f) => f,
-                Poll::Pending => {
-                    write_all(io, &mut [IoSlice::new(out)]).await?;
-                    head_sent = true;
-                    body.frame().await
-                }
-            }
-        };
-        let data = match frame {
+        let data = match next_frame(io, out, &mut body, &mut head_sent).await? {
             None => break None,
             Some(Err(e)) => return Err(io::Error::other(e)),
             Some(Ok(frame)) => match frame.into_data() {
@@ -649,20 +674,7 @@ async fn send_body<IO: AsyncWrite + Unpin>(
         head_sent = true;
         if framing == Framing::Chunked {
             let end = body.is_end_stream();
-            let mut size = [0u8; 20];
-            let n = {
-                let mut w = &mut size[..];
-                let _ = write!(w, "{:x}\r\n", data.len());
-                20 - w.len()
-            };
-            let tail: &[u8] = if end { b"\r\n0\r\n\r\n" } else { b"\r\n" };
-            let mut parts = [
-                IoSlice::new(head),
-                IoSlice::new(&size[..n]),
-                IoSlice::new(&data),
-                IoSlice::new(tail),
-            ];
-            write_all(io, &mut parts).await?;
+            write_chunk(io, head, &data, end).await?;
             if end {
                 return Ok(close);
             }
@@ -694,23 +706,71 @@ async fn send_body<IO: AsyncWrite + Unpin>(
         }
         return Ok(close);
     }
-    // The last chunk, with the trailers a client that takes them gets: only the fields the
-    // response's `Trailer` announces (as hyper does).
+    let end = last_chunk(headers, trailers.as_ref().filter(|_| req.trailers));
+    write_all(io, &mut [IoSlice::new(head), IoSlice::new(&end)]).await?;
+    Ok(close)
+}
+
+/// The body's next frame. Until the head is sent, a frame ready now leaves with the head
+/// in one write; when none is, the head is sent first (`head_sent`).
+async fn next_frame<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    out: &[u8],
+    body: &mut ProxyBody,
+    head_sent: &mut bool,
+) -> io::Result<Option<Result<http_body::Frame<Bytes>, <ProxyBody as http_body::Body>::Error>>> {
+    if *head_sent {
+        return Ok(body.frame().await);
+    }
+    match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+        Poll::Ready(f) => Ok(f),
+        Poll::Pending => {
+            write_all(io, &mut [IoSlice::new(out)]).await?;
+            *head_sent = true;
+            Ok(body.frame().await)
+        }
+    }
+}
+
+/// One chunk of a chunked body (after `head`, when not sent yet), with the last chunk
+/// when the body ends with it.
+async fn write_chunk<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    head: &[u8],
+    data: &[u8],
+    end: bool,
+) -> io::Result<()> {
+    let mut size = [0u8; 20];
+    let n = {
+        let mut w = &mut size[..];
+        let _ = write!(w, "{:x}\r\n", data.len());
+        20 - w.len()
+    };
+    let tail: &[u8] = if end { b"\r\n0\r\n\r\n" } else { b"\r\n" };
+    let mut parts = [
+        IoSlice::new(head),
+        IoSlice::new(&size[..n]),
+        IoSlice::new(data),
+        IoSlice::new(tail),
+    ];
+    write_all(io, &mut parts).await
+}
+
+/// The last chunk, with the trailers a client that takes them gets: only the fields the
+/// response's `Trailer` announces (as hyper does).
+fn last_chunk(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Vec<u8> {
     let mut end = Vec::with_capacity(64);
     end.extend_from_slice(b"0\r\n");
-    if req.trailers {
-        for (name, value) in trailers.iter().flatten() {
-            if announced(headers, name) {
-                end.extend_from_slice(name.as_str().as_bytes());
-                end.extend_from_slice(b": ");
-                end.extend_from_slice(value.as_bytes());
-                end.extend_from_slice(b"\r\n");
-            }
+    for (name, value) in trailers.into_iter().flatten() {
+        if announced(headers, name) {
+            end.extend_from_slice(name.as_str().as_bytes());
+            end.extend_from_slice(b": ");
+            end.extend_from_slice(value.as_bytes());
+            end.extend_from_slice(b"\r\n");
         }
     }
     end.extend_from_slice(b"\r\n");
-    write_all(io, &mut [IoSlice::new(head), IoSlice::new(&end)]).await?;
-    Ok(close)
+    end
 }
 
 /// Whether a trailer field may be sent: named in the response's `Trailer` header, and not

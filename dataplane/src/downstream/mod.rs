@@ -15,6 +15,45 @@
 //! flight, no response streaming) for the header read timeout: an HTTP/2 connection that
 //! sends nothing after its preface is not kept for the keep-alive pings to find.
 
+/// Serves a hyper connection until it ends, or until a drain or the idle timeout closes
+/// it gracefully. `biased`, the connection first: a request already read is served before a
+/// drain (or the idle timeout) that started meanwhile closes the connection. (A macro:
+/// hyper's connection types share no trait with `graceful_shutdown`.)
+macro_rules! until_drained {
+    ($conn:expr, $drain:ident, $activity:ident, $idle_timeout:ident, $info:ident) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        // Resolves with how long the connection may take to close once told to: a drain is
+        // bounded by the listener's drain timeout; an idle connection gets one more header
+        // read timeout (an HTTP/2 peer that never answers the GOAWAY's ping would otherwise
+        // hold it).
+        let stop = async {
+            tokio::select! {
+                () = $drain.draining() => None,
+                () = $activity.idle($idle_timeout) => {
+                    tracing::debug!(peer = %$info.peer, "connection idle for the header read timeout; closing");
+                    Some($idle_timeout)
+                }
+            }
+        };
+        let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> = tokio::select! {
+            biased;
+            ended = conn.as_mut() => ended.map_err(Into::into),
+            grace = stop => {
+                conn.as_mut().graceful_shutdown();
+                match grace {
+                    None => conn.await.map_err(Into::into),
+                    Some(grace) => match tokio::time::timeout(grace, conn).await {
+                        Ok(ended) => ended.map_err(Into::into),
+                        Err(_) => Ok(()),
+                    },
+                }
+            }
+        };
+        ended
+    }};
+}
+
 pub mod drain;
 pub mod http1;
 pub(crate) mod rewind;
@@ -99,7 +138,7 @@ pub enum Protocol {
 }
 
 /// Serves one connection to its end (or until the drain signal and its in-flight request
-/// are done).
+/// are done): the codec first, when it serves this connection, then hyper.
 pub async fn serve<IO>(
     io: IO,
     shared: Arc<Shared>,
@@ -109,45 +148,118 @@ pub async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, served, http1) = if protocol == Protocol::Http2 {
-        (Rewind::new(io, Bytes::new()), 0, false)
-    } else if shared.own_http1 {
-        let proxy = &shared.proxy;
-        // Not boxed: the codec polls the request's future where it is, in the
-        // connection's own future (about 1.3k fewer instructions per request than a box
-        // per request, for about 3.4 KB more per idle connection, measured: 19.5 against
-        // 16.1 KB; hyper's server, 24.2 KB).
-        let handle = |req| proxy.clone().handle(req, info);
-        match http1::serve(io, handle, &proxy.metrics, &shared.settings, &mut drain).await {
-            http1::Ended::Closed => return,
-            http1::Ended::Handoff {
-                io,
-                read,
-                served,
-                http2,
-            } => (
-                Rewind::new(io, read),
-                served,
-                // A preface on a connection ALPN made HTTP/1 is HTTP/1's to refuse.
-                !http2 || protocol == Protocol::Http1,
-            ),
-        }
+    let Some(handoff) = serve_own_http1(io, &shared, info, &mut drain, protocol).await else {
+        return;
+    };
+    let activity = Arc::new(Activity::new());
+    let svc = hyper_service(&shared, info, handoff.served, activity.clone());
+    let io = TokioIo::new(handoff.io);
+    let idle_timeout = shared.settings.header_read_timeout;
+    let ended = if handoff.http1 {
+        until_drained!(
+            shared.hyper_http1.serve_connection(io, svc).with_upgrades(),
+            drain,
+            activity,
+            idle_timeout,
+            info
+        )
+    } else if protocol == Protocol::Http2 {
+        // (`http2_only` holds for `serve_connection`, not for the variant with upgrades;
+        // HTTP/2 has none to serve.)
+        until_drained!(
+            shared.hyper_h2.serve_connection(io, svc),
+            drain,
+            activity,
+            idle_timeout,
+            info
+        )
     } else {
-        (
-            Rewind::new(io, Bytes::new()),
-            0,
-            protocol == Protocol::Http1,
+        until_drained!(
+            shared.hyper.serve_connection_with_upgrades(io, svc),
+            drain,
+            activity,
+            idle_timeout,
+            info
         )
     };
+    if let Err(e) = ended {
+        tracing::trace!(peer = %info.peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What hyper takes over: the connection with the bytes the codec read but did not serve.
+struct Handoff<IO> {
+    io: Rewind<IO>,
+    /// Requests the codec already served on it.
+    served: u32,
+    /// Whether hyper serves it as HTTP/1 only.
+    http1: bool,
+}
+
+/// The codec's part of the connection, when it serves HTTP/1.1 here: `None` when the
+/// connection ended in the codec, else what hyper takes over.
+async fn serve_own_http1<IO>(
+    io: IO,
+    shared: &Shared,
+    info: ConnInfo,
+    drain: &mut DrainSignal,
+    protocol: Protocol,
+) -> Option<Handoff<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if protocol == Protocol::Http2 || !shared.own_http1 {
+        return Some(Handoff {
+            io: Rewind::new(io, Bytes::new()),
+            served: 0,
+            http1: protocol == Protocol::Http1,
+        });
+    }
+    let proxy = &shared.proxy;
+    // Not boxed: the codec polls the request's future where it is, in the connection's own
+    // future (about 1.3k fewer instructions per request than a box per request, for about
+    // 3.4 KB more per idle connection, measured: 19.5 against 16.1 KB; hyper's server,
+    // 24.2 KB).
+    let handle = |req| proxy.clone().handle(req, info);
+    match http1::serve(io, handle, &proxy.metrics, &shared.settings, drain).await {
+        http1::Ended::Closed => None,
+        http1::Ended::Handoff {
+            io,
+            read,
+            served,
+            http2,
+        } => Some(Handoff {
+            io: Rewind::new(io, read),
+            served,
+            // A preface on a connection ALPN made HTTP/1 is HTTP/1's to refuse.
+            http1: !http2 || protocol == Protocol::Http1,
+        }),
+    }
+}
+
+/// The service hyper calls for each request of a connection: the proxy, with the
+/// connection's request count (for `--max-requests-per-connection`) and its activity (for
+/// the idle timeout).
+fn hyper_service(
+    shared: &Shared,
+    info: ConnInfo,
+    served: u32,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<crate::proxy::body::ProxyBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
     let limit = shared.settings.max_requests;
     let served = Arc::new(AtomicU32::new(served));
     let proxy = shared.proxy.clone();
-    let activity = Arc::new(Activity::new());
-    let active = activity.clone();
-    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let proxy = proxy.clone();
         let served = served.clone();
-        let busy = Busy::new(active.clone());
+        let busy = Busy::new(activity.clone());
         async move {
             let http1 = req.version() <= http::Version::HTTP_11;
             // Boxed: the request's future is several KiB, and hyper moves the service
@@ -164,65 +276,7 @@ pub async fn serve<IO>(
             // The connection is busy until the response body is done, not just its head.
             Ok::<_, Infallible>(resp.map(|b| Busy::hold(busy, b)))
         }
-    });
-    // `biased`, the connection first: a request already read is served before a drain
-    // (or the idle timeout) that started meanwhile closes the connection. (A macro: hyper's
-    // two connection types share no trait with `graceful_shutdown`.)
-    let idle_timeout = shared.settings.header_read_timeout;
-    macro_rules! until_drained {
-        ($conn:expr) => {{
-            let conn = $conn;
-            tokio::pin!(conn);
-            // Resolves with how long the connection may take to close once told to: a
-            // drain is bounded by the listener's drain timeout; an idle connection gets one
-            // more header read timeout (an HTTP/2 peer that never answers the GOAWAY's ping
-            // would otherwise hold it).
-            let stop = async {
-                tokio::select! {
-                    () = drain.draining() => None,
-                    () = activity.idle(idle_timeout) => {
-                        tracing::debug!(peer = %info.peer, "connection idle for the header read timeout; closing");
-                        Some(idle_timeout)
-                    }
-                }
-            };
-            tokio::select! {
-                biased;
-                ended = conn.as_mut() => ended.map_err(Into::into),
-                grace = stop => {
-                    conn.as_mut().graceful_shutdown();
-                    match grace {
-                        None => conn.await.map_err(Into::into),
-                        Some(grace) => match tokio::time::timeout(grace, conn).await {
-                            Ok(ended) => ended.map_err(Into::into),
-                            Err(_) => Ok(()),
-                        },
-                    }
-                }
-            }
-        }};
-    }
-    let ended: Result<(), Box<dyn std::error::Error + Send + Sync>> = if http1 {
-        until_drained!(
-            shared
-                .hyper_http1
-                .serve_connection(TokioIo::new(io), svc)
-                .with_upgrades()
-        )
-    } else if protocol == Protocol::Http2 {
-        // (`http2_only` holds for `serve_connection`, not for the variant with upgrades;
-        // HTTP/2 has none to serve.)
-        until_drained!(shared.hyper_h2.serve_connection(TokioIo::new(io), svc))
-    } else {
-        until_drained!(
-            shared
-                .hyper
-                .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        )
-    };
-    if let Err(e) = ended {
-        tracing::trace!(peer = %info.peer, error = %e, "connection ended with an error");
-    }
+    })
 }
 
 /// When a connection hyper serves was last busy, and how many of its requests are.

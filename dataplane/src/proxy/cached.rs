@@ -14,7 +14,7 @@ use super::{
     body::ProxyBody,
     forward::{self, Exchange, Outcome, RequestBody},
     headers::{X_REQUEST_ID, append_via},
-    prepare::upstream_head,
+    prepare::{forwarding, upstream_head},
     respond::{outcome_response, upstream},
 };
 use crate::{
@@ -59,16 +59,13 @@ impl Origin for RouteOrigin {
             return outcome_response(Outcome::NoEndpoint, Some(&self.request_id));
         };
         let mut parts = req.into_parts().0;
-        let forwarding = upstream_head(
-            &mut parts,
-            self.conn,
-            self.authority.as_ref().and_then(|a| a.to_str().ok()),
-            forward,
-            false,
-            self.trusted,
-        );
+        upstream_head(&mut parts, forward, false);
         let mut exchange = Exchange {
-            forwarding,
+            forwarding: forwarding(
+                self.conn,
+                self.authority.as_ref().and_then(|a| a.to_str().ok()),
+                self.trusted,
+            ),
             table: &self.table,
             route: &self.table.routes[self.route],
             primary: &self.cluster,

@@ -34,7 +34,7 @@ use http::{
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use parapet_crds::snapshot::RetryPolicy;
-use tokio::time::Instant;
+use tokio::time::{Instant, error::Elapsed};
 
 use super::{
     body::{Pace, ProxyBody},
@@ -126,6 +126,28 @@ impl Outgoing {
 enum SendError {
     Hyper(hyper_util::client::legacy::Error),
     Http1(http1::Error),
+    /// The endpoint and path make no URI: nothing was sent.
+    Uri,
+}
+
+impl SendError {
+    fn is_connect(&self) -> bool {
+        match self {
+            Self::Hyper(e) => e.is_connect(),
+            Self::Http1(e) => e.is_connect(),
+            Self::Uri => false,
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Hyper(e) => e.fmt(f),
+            Self::Http1(e) => e.fmt(f),
+            Self::Uri => f.write_str("the endpoint and path make no URI"),
+        }
+    }
 }
 
 /// What the gateway answers itself when no upstream response is passed on.
@@ -168,51 +190,34 @@ pub(super) async fn forward(
     ex: &mut Exchange<'_>,
     mut body: RequestBody,
 ) -> Result<Answer, Outcome> {
-    let live = &ex.route.live;
-    let metrics = &ex.route.metrics;
-    let max_attempts = ex.policy.map_or(1, |p| p.attempts.max(1));
-    let per_try = ex
-        .policy
-        .map(|p| Duration::from_millis(p.per_try_timeout_ms))
-        .filter(|d| !d.is_zero());
-    let started = ex.started;
-    if ex.policy.is_some() || ex.hedge_after.is_some() {
-        live.budget.deposit(started);
-    }
-
-    // Most requests have one attempt: they keep no list of endpoints tried, and their head
-    // moves instead of being copied.
-    let one_attempt = max_attempts == 1 && ex.hedge_after.is_none();
+    let (max_attempts, per_try, one_attempt) = plan(ex);
     let mut tried: Vec<Arc<EndpointHandle>> = Vec::new();
-    let first = failover::pick(ex.table, ex.primary, ex.hash, &tried, started)
-        .ok_or(Outcome::NoEndpoint)?;
-    if !one_attempt {
-        tried.push(first.endpoint.clone());
-    }
-    let first_body = body.take().ok_or(Outcome::UpstreamFailed)?;
-    let first_head = if one_attempt {
-        std::mem::replace(&mut ex.parts, Request::new(()).into_parts().0)
-    } else {
-        ex.parts.clone()
-    };
+    let (first, first_body) = first_attempt(ex, one_attempt, &mut body, &mut tried)?;
+    let first_head = ex.first_head(one_attempt);
     let ex = &*ex;
-
+    if one_attempt {
+        // Most requests: one attempt, with nothing to race it (no hedge, no retry, its
+        // timeout is the deadline).
+        let result = attempt(ex, first, first_head, first_body, per_try).await;
+        if let Tried::Answer(a) = result {
+            return Ok(a);
+        }
+        let last = Some(result);
+        // Only counts why it is not retried (a policy of one attempt).
+        let _ = retry_attempt(ex, &last, 1, max_attempts, &mut body, &mut tried).await;
+        return settle(ex, last);
+    }
     // Two slots: the current attempt, and a hedge. Each is pinned once and refilled.
     let mut main = pin!(OptionFuture::from(Some(attempt(
         ex, first, first_head, first_body, per_try
     ))));
     // Boxed when used: most requests never hedge, and an attempt is a large future to carry.
     let mut hedge: OptionFuture<Pin<Box<_>>> = None.into();
-    let (mut main_running, mut hedge_running) = (true, false);
-    let mut hedged = false;
+    let (mut main_running, mut hedge_running, mut hedged) = (true, false, false);
     let mut attempts = 1u32;
     let mut last: Option<Tried> = None;
-    let hedge_at = ex.hedge_after.map(|d| started + d);
-    // A single attempt is bounded by the deadline itself (its timeout never runs past it),
-    // so only requests that may retry or hedge need a timer of their own for it.
-    let mut out_of_time = pin!(OptionFuture::from(
-        (!one_attempt).then(|| tokio::time::sleep_until(ex.deadline))
-    ));
+    let hedge_at = ex.hedge_after.map(|d| ex.started + d);
+    let mut out_of_time = pin!(tokio::time::sleep_until(ex.deadline));
 
     loop {
         let hedge_when = hedge_at.filter(|_| !hedged && main_running && !hedge_running);
@@ -235,102 +240,90 @@ pub(super) async fn forward(
             }
             () = hedge_due => {
                 hedged = true;
-                if let Some(p) = may_hedge(ex, &body, &tried) {
-                    tried.push(p.endpoint.clone());
-                    if let Some(b) = body.take() {
-                        metrics.hedges.inc();
-                        tracing::debug!(route = %ex.route_name(), endpoint = %p.endpoint.authority(), "hedging: second attempt sent");
-                        hedge = Some(Box::pin(attempt(ex, p, ex.parts.clone(), b, per_try))).into();
-                        hedge_running = true;
-                    }
+                if let Some((p, b)) = hedge_attempt(ex, &mut body, &mut tried) {
+                    hedge = Some(Box::pin(attempt(ex, p, ex.parts.clone(), b, per_try))).into();
+                    hedge_running = true;
                 }
                 continue;
             }
-            Some(()) = &mut out_of_time, if !one_attempt => {
-                if ex.waiting_on_client() {
-                    return Err(Outcome::ClientTimeout);
-                }
-                metrics.deadline_exceeded.inc();
-                return Err(Outcome::Timeout);
-            }
+            () = &mut out_of_time => return Err(ex.out_of_time()),
         };
+        // Matched here, not in a helper: an answer is large, and every move of it costs.
+        discard_kept(&mut last);
         match result {
             Tried::Answer(a) => {
                 if from_hedge {
-                    metrics.hedges_won.inc();
-                }
-                if let Some(Tried::Failed {
-                    answer: Some(a), ..
-                }) = last
-                {
-                    discard(a.response);
+                    ex.route.metrics.hedges_won.inc();
                 }
                 return Ok(a);
             }
-            other => {
-                if let Some(Tried::Failed {
-                    answer: Some(a), ..
-                }) = last.replace(other)
-                {
-                    discard(a.response);
-                }
-            }
+            other => last = Some(other),
         }
         if main_running || hedge_running {
             // The other attempt may still answer.
             continue;
         }
-        let Some(Tried::Failed { failure, .. }) = &last else {
+        let Some((next, b)) =
+            retry_attempt(ex, &last, attempts, max_attempts, &mut body, &mut tried).await
+        else {
             break;
         };
-        let failure = *failure;
-        match may_retry(ex, failure, attempts, max_attempts, &body) {
-            Ok(()) => {}
-            Err(None) => break,
-            Err(Some(denied)) => {
-                metrics.retries_denied[denied.index()].inc();
-                if denied == Denied::Budget {
-                    metrics.retry_budget_exhausted.inc();
-                }
-                tracing::debug!(route = %ex.route_name(), reason = denied.label(), ?failure, "retriable failure not retried");
-                break;
-            }
-        }
-        // Back off, never past the deadline.
-        let policy = ex.policy.expect("may_retry checked");
-        let wait = retry::backoff(
-            Duration::from_millis(policy.backoff_base_ms),
-            Duration::from_millis(policy.backoff_max_ms),
-            attempts,
-            &mut rand::rng(),
-        );
-        let resume = Instant::now() + wait;
-        if resume >= ex.deadline {
-            metrics.retries_denied[Denied::Deadline.index()].inc();
-            break;
-        }
-        tokio::time::sleep_until(resume).await;
-        let Some(next) = failover::pick(ex.table, ex.primary, ex.hash, &tried, resume) else {
-            break;
-        };
-        let Some(b) = body.take() else {
-            break;
-        };
-        metrics.retries[failure.reason().index()].inc();
-        tracing::debug!(
-            route = %ex.route_name(),
-            attempt = attempts + 1,
-            ?failure,
-            endpoint = %next.endpoint.authority(),
-            backoff_ms = wait.as_secs_f64() * 1e3,
-            "retrying"
-        );
-        tried.push(next.endpoint.clone());
         attempts += 1;
         main.set(Some(attempt(ex, next, ex.parts.clone(), b, per_try)).into());
         main_running = true;
     }
+    settle(ex, last)
+}
 
+/// How many attempts the request may make, how long each may take (`None`: until the
+/// deadline), and whether it is the only one. Most requests have one attempt: they keep no
+/// list of endpoints tried, and their head moves instead of being copied.
+fn plan(ex: &Exchange<'_>) -> (u32, Option<Duration>, bool) {
+    let max_attempts = ex.policy.map_or(1, |p| p.attempts.max(1));
+    let per_try = ex
+        .policy
+        .map(|p| Duration::from_millis(p.per_try_timeout_ms))
+        .filter(|d| !d.is_zero());
+    (
+        max_attempts,
+        per_try,
+        max_attempts == 1 && ex.hedge_after.is_none(),
+    )
+}
+
+/// The first attempt's endpoint and body. A request that may retry or hedge pays into the
+/// retry budget first.
+fn first_attempt(
+    ex: &Exchange<'_>,
+    one_attempt: bool,
+    body: &mut RequestBody,
+    tried: &mut Vec<Arc<EndpointHandle>>,
+) -> Result<(Picked, Outgoing), Outcome> {
+    if ex.policy.is_some() || ex.hedge_after.is_some() {
+        ex.route.live.budget.deposit(ex.started);
+    }
+    let first = failover::pick(ex.table, ex.primary, ex.hash, tried, ex.started)
+        .ok_or(Outcome::NoEndpoint)?;
+    if !one_attempt {
+        tried.push(first.endpoint.clone());
+    }
+    let first_body = body.take().ok_or(Outcome::UpstreamFailed)?;
+    Ok((first, first_body))
+}
+
+/// Drops the upstream response a failed attempt kept (a retriable 5xx), if there is one:
+/// a later result replaces it.
+fn discard_kept(last: &mut Option<Tried>) {
+    if let Some(Tried::Failed { answer, .. }) = last
+        && let Some(a) = answer.take()
+    {
+        discard(a.response);
+    }
+}
+
+/// What the client gets when no attempt answered: the upstream's last 5xx when there was
+/// one, else the gateway's answer to the last failure.
+fn settle(ex: &Exchange<'_>, last: Option<Tried>) -> Result<Answer, Outcome> {
     match last {
         Some(Tried::Answer(a)) => Ok(a),
         Some(Tried::Failed {
@@ -340,7 +333,7 @@ pub(super) async fn forward(
             Failure::Connect => Outcome::ConnectFailed,
             Failure::Timeout => {
                 if Instant::now() >= ex.deadline {
-                    metrics.deadline_exceeded.inc();
+                    ex.route.metrics.deadline_exceeded.inc();
                 }
                 Outcome::Timeout
             }
@@ -355,6 +348,80 @@ impl Exchange<'_> {
     fn route_name(&self) -> &str {
         &self.route.name
     }
+
+    /// The first attempt's head: moved out when no other attempt can need it, else copied.
+    fn first_head(&mut self, one_attempt: bool) -> Parts {
+        if one_attempt {
+            std::mem::replace(&mut self.parts, Request::new(()).into_parts().0)
+        } else {
+            self.parts.clone()
+        }
+    }
+
+    /// The deadline passed before any attempt answered: the client's fault when the
+    /// upstream side was waiting for its body.
+    fn out_of_time(&self) -> Outcome {
+        if self.waiting_on_client() {
+            return Outcome::ClientTimeout;
+        }
+        self.route.metrics.deadline_exceeded.inc();
+        Outcome::Timeout
+    }
+}
+
+/// After a failure (`last`): the next attempt's endpoint and body once the backoff has
+/// passed, or `None` when the failure is not retried.
+async fn retry_attempt(
+    ex: &Exchange<'_>,
+    last: &Option<Tried>,
+    attempts: u32,
+    max_attempts: u32,
+    body: &mut RequestBody,
+    tried: &mut Vec<Arc<EndpointHandle>>,
+) -> Option<(Picked, Outgoing)> {
+    let metrics = &ex.route.metrics;
+    let Some(Tried::Failed { failure, .. }) = *last else {
+        return None;
+    };
+    match may_retry(ex, failure, attempts, max_attempts, body) {
+        Ok(()) => {}
+        Err(None) => return None,
+        Err(Some(denied)) => {
+            metrics.retries_denied[denied.index()].inc();
+            if denied == Denied::Budget {
+                metrics.retry_budget_exhausted.inc();
+            }
+            tracing::debug!(route = %ex.route_name(), reason = denied.label(), ?failure, "retriable failure not retried");
+            return None;
+        }
+    }
+    // Back off, never past the deadline.
+    let policy = ex.policy.expect("may_retry checked");
+    let wait = retry::backoff(
+        Duration::from_millis(policy.backoff_base_ms),
+        Duration::from_millis(policy.backoff_max_ms),
+        attempts,
+        &mut rand::rng(),
+    );
+    let resume = Instant::now() + wait;
+    if resume >= ex.deadline {
+        metrics.retries_denied[Denied::Deadline.index()].inc();
+        return None;
+    }
+    tokio::time::sleep_until(resume).await;
+    let next = failover::pick(ex.table, ex.primary, ex.hash, tried, resume)?;
+    let b = body.take()?;
+    metrics.retries[failure.reason().index()].inc();
+    tracing::debug!(
+        route = %ex.route_name(),
+        attempt = attempts + 1,
+        ?failure,
+        endpoint = %next.endpoint.authority(),
+        backoff_ms = wait.as_secs_f64() * 1e3,
+        "retrying"
+    );
+    tried.push(next.endpoint.clone());
+    Some((next, b))
 }
 
 /// `Ok` to retry; `Err(None)` when the failure is not retriable at all; `Err(Some(why))`
@@ -391,12 +458,12 @@ fn may_retry(
     Ok(())
 }
 
-/// An endpoint for a hedge, if this request may be hedged now.
-fn may_hedge(
+/// A hedge's endpoint and body, if this request may be hedged now.
+fn hedge_attempt(
     ex: &Exchange<'_>,
-    body: &RequestBody,
-    tried: &[Arc<EndpointHandle>],
-) -> Option<Picked> {
+    body: &mut RequestBody,
+    tried: &mut Vec<Arc<EndpointHandle>>,
+) -> Option<(Picked, Outgoing)> {
     if !body.replayable() || !ex.repeatable {
         return None;
     }
@@ -408,7 +475,11 @@ fn may_hedge(
         ex.route.metrics.retries_denied[Denied::Budget.index()].inc();
         return None;
     }
-    Some(p)
+    tried.push(p.endpoint.clone());
+    let b = body.take()?;
+    ex.route.metrics.hedges.inc();
+    tracing::debug!(route = %ex.route_name(), endpoint = %p.endpoint.authority(), "hedging: second attempt sent");
+    Some((p, b))
 }
 
 /// One attempt: breaker, request, classification, outlier detection.
@@ -425,62 +496,14 @@ async fn attempt(
         probe,
     } = picked;
     let until = per_try.map_or(ex.deadline, |d| (Instant::now() + d).min(ex.deadline));
-    let permit = match cluster.breaker.enter(cluster.limits, until).await {
+    let permit = match enter(&cluster, until).await {
         Ok(p) => p,
-        Err(o) => {
-            match o {
-                Overflow::Requests => cluster.metrics.overflow_requests.inc(),
-                Overflow::Pending => cluster.metrics.overflow_pending.inc(),
-            };
-            tracing::debug!(cluster = %cluster.spec.name, limit = o.label(), "circuit breaker overflow");
-            return Tried::Fatal(Outcome::Overflow(o));
-        }
+        Err(o) => return Tried::Fatal(Outcome::Overflow(o)),
     };
     cluster.metrics.requests.inc();
     let sent = Instant::now();
     let guard = endpoint.stats.start_at(sent);
-    let result = match (&cluster.http1, body) {
-        // Plain HTTP/1.1 with the body in memory: sent from this task (`upstream::http1`).
-        (Some(client), Outgoing::Bytes(bytes)) if !head.headers.contains_key(header::UPGRADE) => {
-            let send = client.send(
-                endpoint.authority(),
-                &head,
-                &ex.path_and_query,
-                &bytes,
-                &ex.forwarding,
-                // Sent again on a new connection only when the method may be repeated
-                // whatever the route says: this is outside its retry policy and budget.
-                super::idempotent(&head.method),
-            );
-            tokio::time::timeout_at(until, send).await.map(|r| {
-                r.map(|resp| resp.map(UpstreamBody::Http1))
-                    .map_err(SendError::Http1)
-            })
-        }
-        (_, body) => {
-            ex.forwarding.apply(&mut head.headers);
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(if cluster.spec.tls.is_some() {
-                Scheme::HTTPS
-            } else {
-                Scheme::HTTP
-            });
-            uri.authority = Some(endpoint.authority().clone());
-            uri.path_and_query = Some(ex.path_and_query.clone());
-            let Ok(uri) = Uri::from_parts(uri) else {
-                guard.cancel();
-                return Tried::Fatal(Outcome::NoEndpoint);
-            };
-            let mut req = Request::from_parts(head, body.into_body());
-            *req.uri_mut() = uri;
-            tokio::time::timeout_at(until, cluster.client.request(req))
-                .await
-                .map(|r| {
-                    r.map(|resp| resp.map(UpstreamBody::Hyper))
-                        .map_err(SendError::Hyper)
-                })
-        }
-    };
+    let result = send(ex, &cluster, &endpoint, &mut head, body, until).await;
     let now = Instant::now();
     let (tried, verdict) = match result {
         // Held up by the client, not the endpoint: no latency sample, no verdict.
@@ -520,40 +543,7 @@ async fn attempt(
         Ok(Err(e)) => {
             // A fast failure is no latency sample: it would make the endpoint look fast.
             guard.cancel();
-            match e {
-                SendError::Hyper(e) if is_body_too_large(&e) => {
-                    (Tried::Fatal(Outcome::BodyTooLarge), None)
-                }
-                SendError::Hyper(e) if super::is_bad_request_body(&e) => {
-                    (Tried::Fatal(Outcome::BadRequestBody), None)
-                }
-                // The client's body broke off (a reset, a truncated body): its fault, not
-                // the endpoint's, which gets no verdict.
-                _ if ex.pace.as_ref().is_some_and(Pace::client_failed) => {
-                    (Tried::Fatal(Outcome::BadRequestBody), None)
-                }
-                e => {
-                    let (connect, error): (bool, &dyn std::fmt::Display) = match &e {
-                        SendError::Hyper(e) => (e.is_connect(), e),
-                        SendError::Http1(e) => (e.is_connect(), e),
-                    };
-                    let failure = if connect {
-                        cluster.metrics.connect_errors.inc();
-                        tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), %error, "connect failed");
-                        Failure::Connect
-                    } else {
-                        tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), %error, "upstream request failed");
-                        Failure::Reset
-                    };
-                    (
-                        Tried::Failed {
-                            failure,
-                            answer: None,
-                        },
-                        Some(Verdict::GatewayError),
-                    )
-                }
-            }
+            send_failed(ex, &cluster, &endpoint, e)
         }
     };
     if let Some(v) = verdict {
@@ -562,6 +552,112 @@ async fn attempt(
             .record(cluster.balancer.endpoints(), &endpoint, v, probe, now);
     }
     tried
+}
+
+/// The pool's circuit breaker: a slot for the attempt, or the limit it is at (counted).
+async fn enter(cluster: &ClusterRuntime, until: Instant) -> Result<Permit, Overflow> {
+    cluster
+        .breaker
+        .enter(cluster.limits, until)
+        .await
+        .inspect_err(|o| {
+            match o {
+                Overflow::Requests => cluster.metrics.overflow_requests.inc(),
+                Overflow::Pending => cluster.metrics.overflow_pending.inc(),
+            };
+            tracing::debug!(cluster = %cluster.spec.name, limit = o.label(), "circuit breaker overflow");
+        })
+}
+
+/// Sends the attempt's request and waits for the response head, until `until`.
+async fn send(
+    ex: &Exchange<'_>,
+    cluster: &ClusterRuntime,
+    endpoint: &EndpointHandle,
+    head: &mut Parts,
+    body: Outgoing,
+    until: Instant,
+) -> Result<Result<Response<UpstreamBody>, SendError>, Elapsed> {
+    match (&cluster.http1, body) {
+        // Plain HTTP/1.1 with the body in memory: sent from this task (`upstream::http1`).
+        (Some(client), Outgoing::Bytes(bytes)) if !head.headers.contains_key(header::UPGRADE) => {
+            let send = client.send(
+                endpoint.authority(),
+                head,
+                &ex.path_and_query,
+                &bytes,
+                &ex.forwarding,
+                // Sent again on a new connection only when the method may be repeated
+                // whatever the route says: this is outside its retry policy and budget.
+                super::idempotent(&head.method),
+            );
+            let sent = tokio::time::timeout_at(until, send).await;
+            sent.map(|r| {
+                r.map(|resp| resp.map(UpstreamBody::Http1))
+                    .map_err(SendError::Http1)
+            })
+        }
+        (_, body) => {
+            ex.forwarding.apply(&mut head.headers);
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(if cluster.spec.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
+            uri.authority = Some(endpoint.authority().clone());
+            uri.path_and_query = Some(ex.path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
+                return Ok(Err(SendError::Uri));
+            };
+            let head = std::mem::replace(head, Request::new(()).into_parts().0);
+            let mut req = Request::from_parts(head, body.into_body());
+            *req.uri_mut() = uri;
+            let sent = tokio::time::timeout_at(until, cluster.client.request(req)).await;
+            sent.map(|r| {
+                r.map(|resp| resp.map(UpstreamBody::Hyper))
+                    .map_err(SendError::Hyper)
+            })
+        }
+    }
+}
+
+/// What a failed send comes to, and the endpoint's verdict (none when the client's body was
+/// at fault).
+fn send_failed(
+    ex: &Exchange<'_>,
+    cluster: &ClusterRuntime,
+    endpoint: &EndpointHandle,
+    e: SendError,
+) -> (Tried, Option<Verdict>) {
+    match e {
+        // The head cannot be addressed to this endpoint.
+        SendError::Uri => (Tried::Fatal(Outcome::NoEndpoint), None),
+        SendError::Hyper(e) if is_body_too_large(&e) => (Tried::Fatal(Outcome::BodyTooLarge), None),
+        SendError::Hyper(e) if is_bad_request_body(&e) => {
+            (Tried::Fatal(Outcome::BadRequestBody), None)
+        }
+        // The client's body broke off (a reset, a truncated body): its fault, not the
+        // endpoint's, which gets no verdict.
+        _ if ex.pace.as_ref().is_some_and(Pace::client_failed) => {
+            (Tried::Fatal(Outcome::BadRequestBody), None)
+        }
+        e => {
+            let failure = if e.is_connect() {
+                cluster.metrics.connect_errors.inc();
+                tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), error = %e, "connect failed");
+                Failure::Connect
+            } else {
+                tracing::debug!(cluster = %cluster.spec.name, endpoint = %endpoint.authority(), error = %e, "upstream request failed");
+                Failure::Reset
+            };
+            let tried = Tried::Failed {
+                failure,
+                answer: None,
+            };
+            (tried, Some(Verdict::GatewayError))
+        }
+    }
 }
 
 /// Drops a response that will not be passed on; a small body is read to the end first (in
@@ -582,6 +678,29 @@ fn is_body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Whether an upstream exchange failed because the client's body could not be decoded
+/// (an invalid chunk, a truncated body): the client's fault, answered 400.
+fn is_bad_request_body(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut user_body = false;
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            user_body |= h.is_user();
+        }
+        if user_body
+            && let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        {
             return true;
         }
         src = s.source();

@@ -524,4 +524,13 @@ mod tests {
         add_forwarding(&mut h6, "::1".parse().unwrap(), "https", None);
         assert_eq!(h6.get("forwarded").unwrap(), "for=\"[::1]\";proto=https");
     }
+
+    #[test]
+    fn host_without_port_lowercased() {
+        assert_eq!(normalise_host("API.Example:8080"), "api.example");
+        assert_eq!(normalise_host("[::1]:80"), "[::1]");
+        // A Host header is any visible ASCII: an unclosed bracket must not panic.
+        assert_eq!(normalise_host("[AbC"), "[abc");
+        assert_eq!(normalise_host("["), "[");
+    }
 }

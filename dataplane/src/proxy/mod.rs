@@ -1,24 +1,30 @@
-//! One request's life, in stages:
+//! One request's life, in stages. [`Proxy::handle`] takes the request and finishes it;
+//! `Proxy::serve` runs the stages in order, each a function below it that returns what the
+//! next one needs, or an early answer that ends the request there:
 //!
 //! 1. **limits**: URI and declared body size; then the **head** (`head.rs`): one reading of
 //!    the authority for the router, the API-key check and the backend, and nothing
 //!    ambiguous (`CONNECT`, repeated `Transfer-Encoding`, dot segments).
 //! 2. **route**: the table in force and the router's match; direct answers end here. The
 //!    rule's `upgrades` decide whether an `Upgrade` is honoured or dropped.
-//! 3. **auth** (`auth/`): the rule's API keys; missing → 401, wrong → 403.
+//! 3. **authenticate** (`auth/`): the rule's API keys; missing → 401, wrong → 403.
 //! 4. **rate limit** (`ratelimit/`): the rule's buckets; 429 with `Retry-After`, or a wait
-//!    in Shape mode. A fresh cache entry answers right after this, before admission: hits
+//!    in Shape mode. A **fresh cache hit** answers right after this, before admission: hits
 //!    take no lane slot and cost the upstream side nothing.
 //! 5. **admit**: the route's bulkhead and lane (`lanes`); refused requests get 503.
 //! 6. **prepare** (`prepare.rs`): the backend pool by weight, the upstream URI (rewrites),
-//!    headers, the deadline (route timeout, or the client's `x-parapet-timeout-ms` when
-//!    shorter) and the body (buffered when small enough to replay).
+//!    the deadline (route timeout, or the client's `x-parapet-timeout-ms` when shorter);
+//!    then the **body** (buffered when small enough to replay).
 //! 7. **cache** (`cached.rs`, `cache/`): GET/HEAD of rules with a CachePolicy go through
-//!    the response cache (stale entries, coalesced waits); misses and refreshes continue
-//!    below.
-//! 8. **forward** (`forward.rs`): endpoint picks, breaker, attempts, retries, hedges.
+//!    the response cache (stale entries, coalesced waits); misses and refreshes come back
+//!    through the forward stage's attempts.
+//! 8. **forward** (`forward.rs`): the upstream head, then endpoint picks, breaker,
+//!    attempts, retries, hedges.
 //! 9. **respond** (`respond.rs`): the upstream response streamed back, or the gateway's
 //!    own problem document.
+//!
+//! Then `Proxy::finish`, the one place every request ends, early or not: route metrics,
+//! reject counters, the response headers stages left behind, the access log.
 
 pub mod body;
 mod cached;
@@ -29,15 +35,15 @@ mod prepare;
 pub mod problem;
 mod respond;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use parapet_crds::snapshot::RouteAction;
+use parapet_crds::snapshot::{CachePolicy, ForwardAction, RouteAction};
 use tokio::time::Instant;
 
 use self::{
     body::{DownstreamBody, ProxyBody},
-    forward::Exchange,
+    forward::{Answer, Exchange, Outcome, RequestBody},
     headers::{X_REQUEST_ID, allowed_upgrade, new_request_id, normalise_host},
     problem::problem,
     respond::{outcome_response, overloaded},
@@ -45,11 +51,11 @@ use self::{
 use crate::{
     auth::{Refusal, Source},
     hedge::HedgeDelay,
-    lanes::Lanes,
+    lanes::{LaneGuard, Lanes},
     metrics::Metrics,
     ratelimit::{self, Decision},
-    router::RequestInfo,
-    snapshot::SnapshotStore,
+    router::{Matched, RequestInfo},
+    snapshot::{RouteRuntime, Runtime, SnapshotStore},
 };
 
 /// The client's deadline for the whole exchange, in milliseconds; honoured when shorter
@@ -112,15 +118,6 @@ impl EdgeConfig {
     }
 }
 
-/// What stages learn that the response and the access log need.
-#[derive(Default)]
-struct Extras {
-    /// The identity of the API key the request presented (never the key).
-    key_id: Option<Arc<str>>,
-    /// `RateLimit-*` and `Retry-After`.
-    headers: HeaderMap,
-}
-
 /// What the listener knows about the connection a request came on.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnInfo {
@@ -128,70 +125,174 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+/// What every stage may need to know of the request, fixed when it arrived.
+struct Arrival {
+    conn: ConnInfo,
+    /// When the proxy took the request (the clock is read once for all its stages).
+    started: Instant,
+    /// The client's `x-request-id`, or one made for it.
+    request_id: HeaderValue,
+}
+
+impl Arrival {
+    fn rid(&self) -> Option<&HeaderValue> {
+        Some(&self.request_id)
+    }
+}
+
+/// What the stages leave for the end of the request, besides its answer.
+#[derive(Default)]
+struct Trail<'t> {
+    /// The route the request matched, whose metrics count it.
+    route: Option<&'t RouteRuntime>,
+    /// The identity of the API key the request presented (never the key).
+    key_id: Option<Arc<str>>,
+    /// Headers for the response, whatever it is: `RateLimit-*` and `Retry-After`.
+    headers: HeaderMap,
+}
+
+/// An answer that ends the request before the forward stage, and what it counts as.
+struct Early {
+    response: Response<ProxyBody>,
+    count: Count,
+}
+
+/// What an early answer counts as besides the route's metrics.
+#[derive(Clone, Copy)]
+enum Count {
+    /// An answer like any other: a direct response, a cache hit, a body that could not be
+    /// read.
+    Answer,
+    /// A refusal: `rejected_requests_total{reason}`.
+    Rejected(&'static str),
+    /// `no_route_total`.
+    NoRoute,
+}
+
+impl Early {
+    fn answer(response: Response<ProxyBody>) -> Self {
+        Self {
+            response,
+            count: Count::Answer,
+        }
+    }
+
+    fn rejected(reason: &'static str, response: Response<ProxyBody>) -> Self {
+        Self {
+            response,
+            count: Count::Rejected(reason),
+        }
+    }
+}
+
+/// The forward stage's answer (the upstream's, or the gateway's when none came) and when
+/// it came: the route's duration ends there, not after the response head is made.
+struct Answered {
+    response: Response<ProxyBody>,
+    at: Instant,
+}
+
+/// The route stage's finding: the rule that matched, in the table in force.
+struct Routed<'t> {
+    table: &'t Arc<Runtime>,
+    matched: Matched<'t>,
+    route: &'t RouteRuntime,
+    forward: &'t ForwardAction,
+    cache_policy: Option<&'t Arc<CachePolicy>>,
+    /// The protocol the client may switch to, if it asks for one the rule allows; any
+    /// other `Upgrade` is dropped and the request served as an ordinary one.
+    upgrade_to: Option<HeaderValue>,
+    /// The peer is a trusted proxy: its forwarding headers are kept.
+    trusted: bool,
+}
+
+impl Routed<'_> {
+    fn upgrade(&self) -> bool {
+        self.upgrade_to.is_some()
+    }
+}
+
+/// The prepare stage's product: the exchange the attempts share, and the client's side of
+/// an upgrade.
+struct Prepared<'a> {
+    exchange: Exchange<'a>,
+    /// For an `Upgrade` the rule allows; `None` for ordinary requests.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+// An early answer is made once per request and handed back by value; boxing it would
+// allocate for every refusal and cache hit.
+#[allow(clippy::result_large_err)]
 impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<DownstreamBody>,
-        conn: ConnInfo,
-    ) -> Response<ProxyBody> {
-        self.metrics.in_flight.inc();
-        let logged = self.access_log.then(|| {
-            (
-                req.method().clone(),
-                req.uri().path().to_owned(),
-                Instant::now(),
-            )
-        });
-        let mut extras = Extras::default();
-        let mut resp = self.serve(req, conn, &mut extras).await;
-        self.metrics.in_flight.dec();
-        let h = resp.headers_mut();
-        for (k, v) in extras.headers.drain().filter_map(|(k, v)| Some((k?, v))) {
-            h.insert(k, v);
-        }
-        if let Some(server) = &self.edge.server_header {
-            h.insert(header::SERVER, server.clone());
-        }
-        if let Some((method, path, started)) = logged {
-            tracing::info!(
-                target: "parapet::access",
-                client = %conn.peer.ip(),
-                %method,
-                %path,
-                status = resp.status().as_u16(),
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                request_id = resp.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
-                key_id = extras.key_id.as_deref().unwrap_or(""),
-            );
-        }
-        resp
-    }
-
-    async fn serve(
-        &self,
         mut req: Request<DownstreamBody>,
         conn: ConnInfo,
-        extras: &mut Extras,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let request_id = match req.headers().get(&X_REQUEST_ID) {
-            Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
-            _ => {
-                let id = new_request_id();
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
-                id
-            }
+        self.metrics.in_flight.inc();
+        let logged = self
+            .access_log
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        let at = Arrival {
+            conn,
+            started,
+            request_id: request_id(&mut req),
         };
-        let rid = Some(&request_id);
+        // The table in force, held until the request is counted: its routes hold the
+        // metrics.
+        let table = self.store.load();
+        let mut trail = Trail::default();
+        let ended = self.serve(req, &at, table.as_ref(), &mut trail).await;
+        self.metrics.in_flight.dec();
+        self.finish(ended, trail, &at, logged)
+    }
 
-        // 1. limits
+    /// The stages, in the order a request meets them.
+    async fn serve<'t>(
+        &self,
+        mut req: Request<DownstreamBody>,
+        at: &Arrival,
+        table: Option<&'t Arc<Runtime>>,
+        trail: &mut Trail<'t>,
+    ) -> Result<Answered, Early> {
+        let declared_length = self.limits(&req, at)?;
+        let authority = self.check_head(&mut req, at)?;
+        let authority_str = authority.as_ref().and_then(|a| a.to_str().ok());
+        let host_norm = authority_str.map(normalise_host);
+        let host = host_norm.as_deref().unwrap_or("");
+        let routed = self.route(table, &req, host, at, trail)?;
+        trail.key_id = self.authenticate(&mut req, routed.route, at)?;
+        if let Some(wait) = self.rate_limit(req.headers(), at, &routed, trail)? {
+            // Shape mode: the request waits for its turn.
+            tokio::time::sleep(wait).await;
+        }
+        self.fresh_hit(&req, at, &routed, host)?;
+        let lane = self.admit(routed.route, at)?;
+        let (mut prepared, body) = self.prepare(req, at, &routed, authority_str)?;
+        let body = self
+            .read_body(body, &mut prepared, declared_length, at)
+            .await?;
+        if let Some(cached) = self.cache(&mut prepared, &body, at, &routed, host, &authority) {
+            // The cache answered (from an entry, or from the origin on a miss).
+            return Err(cached.await);
+        }
+        let result = self.forward(&mut prepared, body, &routed).await;
+        Ok(self.respond(result, lane, &mut prepared, routed.upgrade_to, at))
+    }
+
+    /// Stage 1, limits: the URI's length and the declared body size. Returns the declared
+    /// length, when there is one.
+    fn limits(&self, req: &Request<DownstreamBody>, at: &Arrival) -> Result<Option<u64>, Early> {
         if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > self.limits.max_uri_bytes {
-            self.metrics.reject("uri_too_long");
-            return problem(
-                StatusCode::URI_TOO_LONG,
-                "the request URI is longer than this gateway accepts",
-                rid,
-            );
+            return Err(Early::rejected(
+                "uri_too_long",
+                problem(
+                    StatusCode::URI_TOO_LONG,
+                    "the request URI is longer than this gateway accepts",
+                    at.rid(),
+                ),
+            ));
         }
         // Request smuggling: hyper's HTTP/1 parser refuses malformed framing (duplicate
         // differing lengths, obs-fold, bad bytes, codings other than a final chunked,
@@ -199,51 +300,62 @@ impl Proxy {
         // Transfer-Encoding is read as chunked with the length dropped, and its connection
         // closes after the answer (RFC 9112 §6.3), so nothing can ride behind it; a body
         // that fails to decode is answered 400 (`is_bad_request_body`).
-        let declared_length = content_length(&req);
-        if let Some(len) = declared_length
+        let declared = content_length(req);
+        if let Some(len) = declared
             && len > self.limits.max_body_bytes
         {
-            self.metrics.reject("body_too_large");
             let mut r = problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!(
                     "the request body is larger than the {} bytes this gateway accepts",
                     self.limits.max_body_bytes
                 ),
-                rid,
+                at.rid(),
             );
             // The body is left unread, so the connection cannot be reused.
             r.headers_mut()
-                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-            return r;
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(Early::rejected("body_too_large", r));
         }
+        Ok(declared)
+    }
 
-        // As the client wrote it (for Host upstream), and normalised (for routing): one
-        // reading for the router, the API-key check and the backend.
-        let authority = match head::check(&mut req) {
-            Ok(a) => a,
-            Err(refused) => {
-                self.metrics.reject(refused.reason);
-                let mut r = problem(refused.status, refused.detail, rid);
-                // Whatever the client sends next is not read as another request.
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return r;
-            }
-        };
+    /// Stage 1, the head: the authority as the client wrote it (for Host upstream), and
+    /// nothing ambiguous. A refusal closes the connection: whatever the client sends next
+    /// is not read as another request.
+    fn check_head(
+        &self,
+        req: &mut Request<DownstreamBody>,
+        at: &Arrival,
+    ) -> Result<Option<HeaderValue>, Early> {
+        head::check(req).map_err(|refused| {
+            let mut r = problem(refused.status, refused.detail, at.rid());
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Early::rejected(refused.reason, r)
+        })
+    }
 
-        // 2. route
-        let Some(table) = self.store.load() else {
-            self.metrics.reject("no_table");
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the gateway has no routing table yet",
-                rid,
-            );
+    /// Stage 2, route: the table in force and the router's match. From here on the route's
+    /// metrics count the request (`trail.route`); a direct answer ends it here.
+    fn route<'t>(
+        &self,
+        table: Option<&'t Arc<Runtime>>,
+        req: &Request<DownstreamBody>,
+        host: &str,
+        at: &Arrival,
+        trail: &mut Trail<'t>,
+    ) -> Result<Routed<'t>, Early> {
+        let Some(table) = table else {
+            return Err(Early::rejected(
+                "no_table",
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the gateway has no routing table yet",
+                    at.rid(),
+                ),
+            ));
         };
-        let authority_str = authority.as_ref().and_then(|a| a.to_str().ok());
-        let host_norm = authority_str.map(normalise_host);
-        let host = host_norm.as_deref().unwrap_or("");
         let Some(matched) = table.router.route(&RequestInfo {
             host,
             path: req.uri().path(),
@@ -251,263 +363,407 @@ impl Proxy {
             method: req.method(),
             headers: req.headers(),
         }) else {
-            self.metrics.no_route.inc();
-            return problem(
-                StatusCode::NOT_FOUND,
-                "no route matches this host and path",
-                rid,
-            );
+            return Err(Early {
+                response: problem(
+                    StatusCode::NOT_FOUND,
+                    "no route matches this host and path",
+                    at.rid(),
+                ),
+                count: Count::NoRoute,
+            });
         };
-        let route_rt = &table.routes[matched.index];
+        let route = &table.routes[matched.index];
+        trail.route = Some(route);
         let forward = match &matched.route.action {
             RouteAction::DirectResponse(d) => {
                 let status =
                     StatusCode::from_u16(d.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                route_rt
-                    .metrics
-                    .record(status.as_u16(), started.elapsed().as_secs_f64());
-                return problem(status, &d.body, rid);
+                return Err(Early::answer(problem(status, &d.body, at.rid())));
             }
             RouteAction::Forward(f) => f,
         };
-        // The protocol the client may switch to, if it asks for one the rule allows; any
-        // other Upgrade is dropped below and the request served as an ordinary one.
-        let upgrade_to = allowed_upgrade(req.headers(), &forward.upgrades).cloned();
-        let upgrade = upgrade_to.is_some();
-        let trusted = self.edge.trusts(conn.peer.ip());
+        Ok(Routed {
+            table,
+            route,
+            forward,
+            cache_policy: forward
+                .cache_policy
+                .as_ref()
+                .and_then(|n| table.cache_policies.get(n)),
+            upgrade_to: allowed_upgrade(req.headers(), &forward.upgrades).cloned(),
+            trusted: self.edge.trusts(at.conn.peer.ip()),
+            matched,
+        })
+    }
 
-        // 3. auth
-        let key_id = match &route_rt.api_keys {
-            None => None,
-            Some(keys) => match keys.authenticate(req.headers(), req.uri().query()) {
-                Ok(id) => {
-                    // The key is a credential for the gateway, not for the backend.
-                    if let Source::Header(h) = &keys.source {
-                        req.headers_mut().remove(h);
-                    }
-                    Some(id)
-                }
-                Err(why) => {
-                    self.metrics.reject(why.label());
-                    let resp = refused(why, rid);
-                    route_rt
-                        .metrics
-                        .record(resp.status().as_u16(), started.elapsed().as_secs_f64());
-                    return resp;
-                }
-            },
+    /// Stage 3, authenticate: the rule's API keys; missing → 401, wrong → 403. Returns the
+    /// key's identity, when the rule has keys.
+    fn authenticate(
+        &self,
+        req: &mut Request<DownstreamBody>,
+        route: &RouteRuntime,
+        at: &Arrival,
+    ) -> Result<Option<Arc<str>>, Early> {
+        let Some(keys) = &route.api_keys else {
+            return Ok(None);
         };
-        extras.key_id = key_id.clone();
-
-        // 4. rate limit
-        if let Some(limiter) = &route_rt.rate_limit {
-            let decision = {
-                let key = ratelimit::request_key(
-                    &limiter.limit().key,
-                    req.headers(),
-                    conn.peer.ip(),
-                    key_id.as_deref(),
-                    if trusted { self.edge.trusted_hops } else { 0 },
-                );
-                limiter.acquire(&key)
-            };
-            limiter.headers(&decision, &mut extras.headers);
-            match decision {
-                Decision::Deny { .. } => {
-                    self.metrics.reject("rate_limited");
-                    route_rt
-                        .metrics
-                        .record(429, started.elapsed().as_secs_f64());
-                    return problem(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "the rate limit of this route is exhausted; retry after the time retry-after gives",
-                        rid,
-                    );
+        match keys.authenticate(req.headers(), req.uri().query()) {
+            Ok(id) => {
+                // The key is a credential for the gateway, not for the backend.
+                if let Source::Header(h) = &keys.source {
+                    req.headers_mut().remove(h);
                 }
-                Decision::Allow { wait, .. } if !wait.is_zero() => {
-                    tracing::debug!(route = %route_rt.name, wait_ms = wait.as_millis() as u64, "rate limit: request shaped");
-                    tokio::time::sleep(wait).await;
-                }
-                Decision::Allow { .. } => {}
+                Ok(Some(id))
             }
+            Err(why) => Err(Early::rejected(why.label(), refused(why, at.rid()))),
         }
+    }
 
-        // 4½. a fresh cache entry answers here, before anything is spent on the upstream
-        // side (lane, body, upstream head): hits do not load the backends the lanes protect.
-        let cache_policy = forward
-            .cache_policy
-            .as_ref()
-            .and_then(|n| table.cache_policies.get(n));
-        if let Some(policy) = cache_policy
-            && hyper::body::Body::is_end_stream(req.body())
-            && !upgrade
-            && let Some(mut resp) = self.store.cache().fresh(
-                policy,
-                req.method(),
-                if conn.tls { "https" } else { "http" },
-                host,
-                req.uri(),
-                req.headers(),
-            )
-        {
-            cached::finish(&mut resp, &request_id);
-            route_rt
-                .metrics
-                .record(resp.status().as_u16(), started.elapsed().as_secs_f64());
-            return resp;
-        }
-
-        // 5. admit
-        let lane = match self.lanes.admit_at(&route_rt.live.lane, started) {
-            Ok(g) => g,
-            Err(why) => {
-                self.metrics.reject(why.label());
-                tracing::debug!(route = %route_rt.name, reason = why.label(), "request refused by its lane");
-                route_rt
-                    .metrics
-                    .record(503, started.elapsed().as_secs_f64());
-                return overloaded(
-                    "the gateway is at its limit for this route; retry shortly",
-                    rid,
-                );
-            }
+    /// Stage 4, rate limit: the rule's buckets; 429 with `Retry-After`, or how long to wait
+    /// in Shape mode.
+    fn rate_limit(
+        &self,
+        headers: &HeaderMap,
+        at: &Arrival,
+        routed: &Routed<'_>,
+        trail: &mut Trail<'_>,
+    ) -> Result<Option<Duration>, Early> {
+        let Some(limiter) = &routed.route.rate_limit else {
+            return Ok(None);
         };
+        let decision = {
+            let key = ratelimit::request_key(
+                &limiter.limit().key,
+                headers,
+                at.conn.peer.ip(),
+                trail.key_id.as_deref(),
+                if routed.trusted {
+                    self.edge.trusted_hops
+                } else {
+                    0
+                },
+            );
+            limiter.acquire(&key)
+        };
+        limiter.headers(&decision, &mut trail.headers);
+        match decision {
+            Decision::Deny { .. } => Err(Early::rejected(
+                "rate_limited",
+                problem(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "the rate limit of this route is exhausted; retry after the time retry-after gives",
+                    at.rid(),
+                ),
+            )),
+            Decision::Allow { wait, .. } if !wait.is_zero() => {
+                tracing::debug!(route = %routed.route.name, wait_ms = wait.as_millis() as u64, "rate limit: request shaped");
+                Ok(Some(wait))
+            }
+            Decision::Allow { .. } => Ok(None),
+        }
+    }
 
-        // 6. prepare
-        let roll = if route_rt.backends.len() > 1 {
-            rand::random_range(0..route_rt.total_weight)
+    /// Stage 4, then: a fresh cache entry answers here, before anything is spent on the
+    /// upstream side (lane, body, upstream head): hits do not load the backends the lanes
+    /// protect.
+    fn fresh_hit(
+        &self,
+        req: &Request<DownstreamBody>,
+        at: &Arrival,
+        routed: &Routed<'_>,
+        host: &str,
+    ) -> Result<(), Early> {
+        let Some(policy) = routed.cache_policy else {
+            return Ok(());
+        };
+        if !hyper::body::Body::is_end_stream(req.body()) || routed.upgrade() {
+            return Ok(());
+        }
+        let Some(mut resp) = self.store.cache().fresh(
+            policy,
+            req.method(),
+            if at.conn.tls { "https" } else { "http" },
+            host,
+            req.uri(),
+            req.headers(),
+        ) else {
+            return Ok(());
+        };
+        cached::finish(&mut resp, &at.request_id);
+        Err(Early::answer(resp))
+    }
+
+    /// Stage 5, admit: the route's bulkhead and lane; refused requests get 503.
+    fn admit(&self, route: &RouteRuntime, at: &Arrival) -> Result<LaneGuard, Early> {
+        self.lanes
+            .admit_at(&route.live.lane, at.started)
+            .map_err(|why| {
+                tracing::debug!(route = %route.name, reason = why.label(), "request refused by its lane");
+                Early::rejected(
+                    why.label(),
+                    overloaded(
+                        "the gateway is at its limit for this route; retry shortly",
+                        at.rid(),
+                    ),
+                )
+            })
+    }
+
+    /// Stage 6, prepare: the backend pool by weight, the upstream path (rewrites), the
+    /// deadline, and what the attempts share. The body is returned as it came.
+    fn prepare<'a>(
+        &self,
+        mut req: Request<DownstreamBody>,
+        at: &Arrival,
+        routed: &Routed<'a>,
+        authority: Option<&'a str>,
+    ) -> Result<(Prepared<'a>, DownstreamBody), Early> {
+        let route = routed.route;
+        let roll = if route.backends.len() > 1 {
+            rand::random_range(0..route.total_weight)
         } else {
             0
         };
-        let Some(cluster) = route_rt.pick_cluster(roll) else {
-            route_rt
-                .metrics
-                .record(503, started.elapsed().as_secs_f64());
-            return problem(
+        let Some(cluster) = route.pick_cluster(roll) else {
+            return Err(Early::answer(problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no backend is available for this route",
-                rid,
-            );
+                at.rid(),
+            )));
         };
-
-        let Some(path_and_query) = prepare::upstream_path(&req, forward, &matched) else {
-            return problem(
+        let Some(path_and_query) = prepare::upstream_path(&req, routed.forward, &routed.matched)
+        else {
+            return Err(Early::answer(problem(
                 StatusCode::BAD_REQUEST,
                 "the rewritten path is not a valid URI path",
-                rid,
-            );
+                at.rid(),
+            )));
         };
-        let deadline = prepare::deadline(req.headers_mut(), forward.timeout_ms, started);
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-
-        let policy = forward.retry.as_ref();
-        let repeatable =
-            !upgrade && (idempotent(&parts.method) || policy.is_some_and(|p| p.non_idempotent));
-        let hedge_after = match route_rt.hedge {
+        let deadline = prepare::deadline(req.headers_mut(), routed.forward.timeout_ms, at.started);
+        let upgrade = routed.upgrade().then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let policy = routed.forward.retry.as_ref();
+        let repeatable = upgrade.is_none()
+            && (idempotent(&parts.method) || policy.is_some_and(|p| p.non_idempotent));
+        let hedge_after = match route.hedge {
             _ if !repeatable => None,
             None => None,
             Some(HedgeDelay::Fixed(d)) => Some(d),
-            Some(HedgeDelay::P95) => route_rt.live.latency.p95(started),
+            Some(HedgeDelay::P95) => route.live.latency.p95(at.started),
         };
-        let hash = cluster
-            .balancer
-            .request_hash(&parts.headers, conn.peer.ip());
-        // Buffered when a retry or hedge might send it again and it is small enough.
-        let replay = !upgrade && (policy.is_some() || hedge_after.is_some());
-        let (body, pace) = match prepare::request_body(
+        let exchange = Exchange {
+            forwarding: prepare::forwarding(at.conn, authority, routed.trusted),
+            table: routed.table,
+            route,
+            primary: cluster,
+            policy,
+            hash: cluster
+                .balancer
+                .request_hash(&parts.headers, at.conn.peer.ip()),
+            parts,
+            path_and_query,
+            deadline,
+            started: at.started,
+            repeatable,
+            hedge_after,
+            pace: None,
+        };
+        Ok((Prepared { exchange, upgrade }, body))
+    }
+
+    /// Stage 6, the body: buffered when a retry or hedge might send it again and it
+    /// is small enough, else streamed once (with a [`Pace`](body::Pace) the attempts read).
+    async fn read_body(
+        &self,
+        body: DownstreamBody,
+        prepared: &mut Prepared<'_>,
+        declared_length: Option<u64>,
+        at: &Arrival,
+    ) -> Result<RequestBody, Early> {
+        let ex = &mut prepared.exchange;
+        let replay =
+            prepared.upgrade.is_none() && (ex.policy.is_some() || ex.hedge_after.is_some());
+        let (body, pace) = prepare::request_body(
             body,
             &self.limits,
             &self.metrics,
             replay,
             declared_length,
-            deadline,
+            ex.deadline,
         )
         .await
-        {
-            Ok(b) => b,
-            Err((status, detail)) => {
-                route_rt
-                    .metrics
-                    .record(status.as_u16(), started.elapsed().as_secs_f64());
-                return problem(status, detail, rid);
-            }
-        };
+        .map_err(|(status, detail)| Early::answer(problem(status, detail, at.rid())))?;
+        ex.pace = pace;
+        Ok(body)
+    }
 
-        // 7. cache: GET/HEAD of rules with a CachePolicy
-        if !upgrade
-            && body.is_empty_replayable()
-            && let Some(cache_policy) = cache_policy
-        {
-            // The upstream head (forwarding headers…) is made only if the origin is asked:
-            // a hit never needs it.
-            let origin = cached::RouteOrigin {
-                conn,
-                trusted,
-                authority: authority.clone(),
-                table: table.clone(),
-                route: matched.index,
-                cluster: cluster.clone(),
-                path_and_query,
-                hash,
-                deadline,
-                timeout: std::time::Duration::from_millis(forward.timeout_ms.max(1)),
-                hedge_after,
-                request_id: request_id.clone(),
-                metrics: self.metrics.clone(),
-            };
-            let scheme = if conn.tls { "https" } else { "http" };
+    /// Stage 7, cache: GET and HEAD of rules with a CachePolicy go through the response
+    /// cache, whose misses and refreshes come back to the attempts (`cached::RouteOrigin`).
+    /// The cache's answer, to await, when it serves this request; checked before anything
+    /// is awaited, as most requests do not go through the cache.
+    fn cache<'a>(
+        &'a self,
+        prepared: &mut Prepared<'_>,
+        body: &RequestBody,
+        at: &'a Arrival,
+        routed: &Routed<'a>,
+        host: &'a str,
+        authority: &Option<HeaderValue>,
+    ) -> Option<impl Future<Output = Early> + use<'a>> {
+        let policy = routed.cache_policy?;
+        if prepared.upgrade.is_some() || !body.is_empty_replayable() {
+            return None;
+        }
+        let ex = &mut prepared.exchange;
+        // The upstream head (forwarding headers…) is made only if the origin is asked: a
+        // hit never needs it.
+        let origin = cached::RouteOrigin {
+            conn: at.conn,
+            trusted: routed.trusted,
+            authority: authority.clone(),
+            table: routed.table.clone(),
+            route: routed.matched.index,
+            cluster: ex.primary.clone(),
+            path_and_query: ex.path_and_query.clone(),
+            hash: ex.hash,
+            deadline: ex.deadline,
+            timeout: Duration::from_millis(routed.forward.timeout_ms.max(1)),
+            hedge_after: ex.hedge_after,
+            request_id: at.request_id.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let parts = std::mem::replace(&mut ex.parts, Request::new(()).into_parts().0);
+        let scheme = if at.conn.tls { "https" } else { "http" };
+        Some(async move {
             let mut resp = self
                 .store
                 .cache()
-                .serve(cache_policy, parts, scheme, host, origin)
+                .serve(policy, parts, scheme, host, origin)
                 .await;
-            drop(lane);
-            cached::finish(&mut resp, &request_id);
-            route_rt
-                .metrics
-                .record(resp.status().as_u16(), started.elapsed().as_secs_f64());
-            return resp;
-        }
+            cached::finish(&mut resp, &at.request_id);
+            Early::answer(resp)
+        })
+    }
 
-        // 8. forward
-        let forwarding =
-            prepare::upstream_head(&mut parts, conn, authority_str, forward, upgrade, trusted);
-        let mut exchange = Exchange {
-            forwarding,
-            table: &table,
-            route: route_rt,
-            primary: cluster,
-            policy,
-            parts,
-            path_and_query,
-            hash,
-            deadline,
-            started,
-            repeatable,
-            hedge_after,
-            pace,
-        };
-        let result = forward::forward(&mut exchange, body).await;
+    /// Stage 8, forward: the upstream head, then the attempts (`forward.rs`). Not an `async
+    /// fn`: the request awaits the attempts themselves, with no layer around them that would
+    /// move their answer once more.
+    fn forward(
+        &self,
+        prepared: &mut Prepared<'_>,
+        body: RequestBody,
+        routed: &Routed<'_>,
+    ) -> impl Future<Output = Result<Answer, Outcome>> {
+        let ex = &mut prepared.exchange;
+        prepare::upstream_head(&mut ex.parts, routed.forward, prepared.upgrade.is_some());
+        forward::forward(ex, body)
+    }
+
+    /// Stage 9, respond: the upstream's response on its way back, or the gateway's own
+    /// answer when none came. Now is when the answer came, for the lane and the route's
+    /// metrics. `upgrade_to`: the protocol the client asked for, when the rule allows it.
+    fn respond(
+        &self,
+        result: Result<Answer, Outcome>,
+        lane: LaneGuard,
+        prepared: &mut Prepared<'_>,
+        upgrade_to: Option<HeaderValue>,
+        at: &Arrival,
+    ) -> Answered {
         let answered = Instant::now();
         lane.finish_at(answered);
-
-        // 9. respond
-        let resp = match result {
-            Ok(answer) => respond::upstream(
-                answer,
-                &request_id,
-                downstream_upgrade.zip(upgrade_to),
-                &self.metrics.response_bytes,
-                (!upgrade).then_some(deadline),
-            ),
-            Err(outcome) => outcome_response(outcome, rid),
+        let response = match result {
+            Ok(answer) => {
+                let upgrade = prepared.upgrade.take().zip(upgrade_to);
+                // An upgraded connection outlives the route's deadline.
+                let deadline = upgrade.is_none().then_some(prepared.exchange.deadline);
+                respond::upstream(
+                    answer,
+                    &at.request_id,
+                    upgrade,
+                    &self.metrics.response_bytes,
+                    deadline,
+                )
+            }
+            Err(outcome) => outcome_response(outcome, at.rid()),
         };
-        route_rt.metrics.record(
-            resp.status().as_u16(),
-            answered.saturating_duration_since(started).as_secs_f64(),
-        );
+        Answered {
+            response,
+            at: answered,
+        }
+    }
+
+    /// The end of every request, however it ended. The route's metrics count every answer
+    /// to a request that matched a route. One that matched none (refused before routing,
+    /// no table yet, no route) has no route to count it in: only its reason is counted
+    /// (`rejected_requests_total`, `no_route_total`), as refusals after routing are too.
+    fn finish(
+        &self,
+        ended: Result<Answered, Early>,
+        trail: Trail<'_>,
+        at: &Arrival,
+        logged: Option<(Method, String)>,
+    ) -> Response<ProxyBody> {
+        let (mut resp, answered) = match ended {
+            Ok(Answered { response, at }) => (response, Some(at)),
+            Err(Early { response, count }) => {
+                match count {
+                    Count::Answer => {}
+                    Count::Rejected(reason) => self.metrics.reject(reason),
+                    Count::NoRoute => {
+                        self.metrics.no_route.inc();
+                    }
+                }
+                (response, None)
+            }
+        };
+        if let Some(route) = trail.route {
+            let answered = answered.unwrap_or_else(Instant::now);
+            route.metrics.record(
+                resp.status().as_u16(),
+                answered.saturating_duration_since(at.started).as_secs_f64(),
+            );
+        }
+        let Trail {
+            key_id,
+            mut headers,
+            ..
+        } = trail;
+        let h = resp.headers_mut();
+        // Most requests leave none (their route has no rate limit).
+        if !headers.is_empty() {
+            for (k, v) in headers.drain().filter_map(|(k, v)| Some((k?, v))) {
+                h.insert(k, v);
+            }
+        }
+        if let Some(server) = &self.edge.server_header {
+            h.insert(header::SERVER, server.clone());
+        }
+        if let Some((method, path)) = logged {
+            tracing::info!(
+                target: "parapet::access",
+                client = %at.conn.peer.ip(),
+                %method,
+                %path,
+                status = resp.status().as_u16(),
+                duration_ms = at.started.elapsed().as_secs_f64() * 1000.0,
+                request_id = resp.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
+                key_id = key_id.as_deref().unwrap_or(""),
+            );
+        }
         resp
+    }
+}
+
+/// The client's `x-request-id` when it is usable, else a new one, set on the request.
+fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
+    match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
+        _ => {
+            let id = new_request_id();
+            req.headers_mut().insert(X_REQUEST_ID, id.clone());
+            id
+        }
     }
 }
 
@@ -530,29 +786,6 @@ fn refused(why: Refusal, rid: Option<&HeaderValue>) -> Response<ProxyBody> {
     }
 }
 
-/// Whether an upstream exchange failed because the client's body could not be decoded
-/// (an invalid chunk, a truncated body): the client's fault, answered 400.
-fn is_bad_request_body(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    let mut user_body = false;
-    while let Some(s) = src {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            user_body |= h.is_user();
-        }
-        if user_body
-            && let Some(io) = s.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
-            )
-        {
-            return true;
-        }
-        src = s.source();
-    }
-    false
-}
-
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)?
@@ -562,48 +795,10 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// Replaces the first `prefix_len` bytes of `path` (the matched prefix) with `new_prefix`,
-/// keeping exactly one slash at the seam.
-fn rewrite_prefix(path: &str, prefix_len: usize, new_prefix: &str) -> String {
-    let rest = path.get(prefix_len..).unwrap_or("");
-    match (new_prefix.ends_with('/'), rest.starts_with('/')) {
-        (true, true) => format!("{new_prefix}{}", &rest[1..]),
-        (false, false) if !rest.is_empty() => format!("{new_prefix}/{rest}"),
-        _ if rest.is_empty() && new_prefix.is_empty() => "/".to_string(),
-        _ => format!("{new_prefix}{rest}"),
-    }
-}
-
 /// Whether the method is idempotent (RFC 9110 §9.2.2): safe to retry after sending.
 pub fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_rewrite_keeps_one_slash() {
-        assert_eq!(
-            rewrite_prefix("/api/v1/x", 4, "/internal"),
-            "/internal/v1/x"
-        );
-        assert_eq!(rewrite_prefix("/api/v1/x", 4, "/"), "/v1/x");
-        assert_eq!(rewrite_prefix("/api", 4, "/internal"), "/internal");
-        assert_eq!(rewrite_prefix("/api", 4, "/"), "/");
-        assert_eq!(rewrite_prefix("/api/", 4, "/new/"), "/new/");
-    }
-
-    #[test]
-    fn host_without_port_lowercased() {
-        assert_eq!(normalise_host("API.Example:8080"), "api.example");
-        assert_eq!(normalise_host("[::1]:80"), "[::1]");
-        // A Host header is any visible ASCII: an unclosed bracket must not panic.
-        assert_eq!(normalise_host("[AbC"), "[abc");
-        assert_eq!(normalise_host("["), "[");
-    }
 }

@@ -18,7 +18,6 @@ use super::{
     body::{Counted, Pace, Paced, Prefixed},
     forward::RequestBody,
     headers::{Forwarding, strip_hop_by_hop},
-    rewrite_prefix,
 };
 use crate::{metrics::Metrics, router::Matched, upstream::BoxError};
 
@@ -48,6 +47,18 @@ pub(super) fn upstream_path<B>(
     }
 }
 
+/// Replaces the first `prefix_len` bytes of `path` (the matched prefix) with `new_prefix`,
+/// keeping exactly one slash at the seam.
+fn rewrite_prefix(path: &str, prefix_len: usize, new_prefix: &str) -> String {
+    let rest = path.get(prefix_len..).unwrap_or("");
+    match (new_prefix.ends_with('/'), rest.starts_with('/')) {
+        (true, true) => format!("{new_prefix}{}", &rest[1..]),
+        (false, false) if !rest.is_empty() => format!("{new_prefix}/{rest}"),
+        _ if rest.is_empty() && new_prefix.is_empty() => "/".to_string(),
+        _ => format!("{new_prefix}{rest}"),
+    }
+}
+
 /// When the whole exchange must be over: the route's timeout from `started`, or the
 /// client's `x-parapet-timeout-ms` when shorter (the header is consumed).
 pub(super) fn deadline(headers: &mut HeaderMap, timeout_ms: u64, started: Instant) -> Instant {
@@ -61,16 +72,20 @@ pub(super) fn deadline(headers: &mut HeaderMap, timeout_ms: u64, started: Instan
     started + timeout
 }
 
-/// The request head as it goes upstream, and the forwarding headers each attempt adds
-/// (`forward.rs`: into the head for hyper's client, or as it is encoded by Parapet's own).
-pub(super) fn upstream_head<'a>(
-    parts: &mut Parts,
-    conn: ConnInfo,
-    authority: Option<&'a str>,
-    forward: &ForwardAction,
-    upgrade: bool,
-    trusted: bool,
-) -> Forwarding<'a> {
+/// The forwarding headers each attempt adds (`forward.rs`: into the head for hyper's
+/// client, or as it is encoded by Parapet's own).
+pub(super) fn forwarding(conn: ConnInfo, authority: Option<&str>, trusted: bool) -> Forwarding<'_> {
+    Forwarding {
+        client: conn.peer.ip(),
+        proto: if conn.tls { "https" } else { "http" },
+        host: authority,
+        trusted,
+    }
+}
+
+/// The request head as it goes upstream: hop-by-hop headers out, `Host` rewritten when the
+/// rule says so.
+pub(super) fn upstream_head(parts: &mut Parts, forward: &ForwardAction, upgrade: bool) {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::EXPECT);
     // `Host` is already the authority the router read (the head check set it, for HTTP/2
@@ -81,12 +96,6 @@ pub(super) fn upstream_head<'a>(
         parts.headers.insert(header::HOST, v);
     }
     parts.version = http::Version::HTTP_11;
-    Forwarding {
-        client: conn.peer.ip(),
-        proto: if conn.tls { "https" } else { "http" },
-        host: authority,
-        trusted,
-    }
 }
 
 /// The body to send. When `replay` (a retry or hedge may need it again), a body declared at
@@ -164,4 +173,21 @@ pub(super) async fn request_body(
         }
     }
     Ok((RequestBody::Replayable(all.freeze()), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrite_keeps_one_slash() {
+        assert_eq!(
+            rewrite_prefix("/api/v1/x", 4, "/internal"),
+            "/internal/v1/x"
+        );
+        assert_eq!(rewrite_prefix("/api/v1/x", 4, "/"), "/v1/x");
+        assert_eq!(rewrite_prefix("/api", 4, "/internal"), "/internal");
+        assert_eq!(rewrite_prefix("/api", 4, "/"), "/");
+        assert_eq!(rewrite_prefix("/api/", 4, "/new/"), "/new/");
+    }
 }

@@ -241,6 +241,15 @@ impl Conn {
         }
     }
 
+    /// Reads more of a body that has not ended: an end of stream is an error.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match ready!(self.poll_fill(cx, 0)) {
+            Ok(0) => Poll::Ready(Err(Error::Closed)),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e.into())),
+        }
+    }
+
     /// Up to `rest` bytes of a body: what the buffer holds, or else what one read brings.
     /// An end of stream is an error: the body was promised to be longer.
     fn poll_take(&mut self, cx: &mut Context<'_>, rest: u64) -> Poll<Result<Bytes, Error>> {
@@ -428,71 +437,14 @@ struct Head {
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Error> {
     // Parsed once; the names are made and the values' places noted, then the head is taken
     // off the buffer (frozen) and the values become slices of it.
-    let mut length: Option<u64> = None;
-    let (mut coded, mut chunked) = (false, false);
-    let (mut close, mut keep_alive) = (false, false);
-    let (len, code, version) = {
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut res = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
-        {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Error::Protocol("the response has more than 100 headers"));
-            }
-            Err(_) => return Err(Error::Protocol("the response head is not valid HTTP/1.x")),
-        };
-        let code = res.code.unwrap_or(0);
-        let version = if res.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        if (100..200).contains(&code) {
-            if code == 101 {
-                return Err(Error::Protocol(
-                    "101 Switching Protocols to a request that did not ask to upgrade",
-                ));
-            }
+    let mut seen = FramingHeaders::default();
+    let (len, code, version) = match scan_head(buf, &mut seen)? {
+        Scanned::Partial => return Ok(None),
+        Scanned::Informational(len) => {
             buf.advance(len);
             return Ok(Some(Parsed::Informational));
         }
-        let base = buf.as_ptr() as usize;
-        SCRATCH.with_borrow_mut(|names| -> Result<(), Error> {
-            names.clear();
-            for h in res.headers.iter() {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| Error::Protocol("a header name is invalid"))?;
-                let value = h.value;
-                if name == header::CONTENT_LENGTH {
-                    let n = content_length(value)
-                        .ok_or(Error::Protocol("the content-length is invalid"))?;
-                    if length.is_some_and(|l| l != n) {
-                        return Err(Error::Protocol("the response has two different lengths"));
-                    }
-                    length = Some(n);
-                } else if name == header::TRANSFER_ENCODING {
-                    coded = true;
-                    // Chunked only when it is the last coding applied.
-                    chunked = value
-                        .rsplit(|b| *b == b',')
-                        .next()
-                        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                } else if name == header::CONNECTION {
-                    for t in value.split(|b| *b == b',') {
-                        let t = t.trim_ascii();
-                        close |= t.eq_ignore_ascii_case(b"close");
-                        keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-                    }
-                }
-                let start = value.as_ptr() as usize - base;
-                names.push((name, start..start + value.len()));
-            }
-            Ok(())
-        })?;
-        (len, code, version)
+        Scanned::Final { len, code, version } => (len, code, version),
     };
     let status =
         StatusCode::from_u16(code).map_err(|_| Error::Protocol("the status code is invalid"))?;
@@ -507,7 +459,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Err
         }
         Ok(headers)
     })?;
-    if coded {
+    if seen.coded {
         // RFC 9112 §6.1: a coding in HTTP/1.0 is faulty framing.
         if version == Version::HTTP_10 {
             return Err(Error::Protocol(
@@ -518,34 +470,138 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Err
         // client would frame the re-coded body by it).
         headers.remove(header::CONTENT_LENGTH);
     }
-    // RFC 9112 §6.3, in order.
-    let framing =
+    let framing = seen.framing(head_only, status);
+    Ok(Some(Parsed::Final(Head {
+        status,
+        version,
+        headers,
+        reusable: seen.reusable(version, &framing),
+        framing,
+    })))
+}
+
+/// What [`scan_head`] found at the start of the buffer.
+enum Scanned {
+    Partial,
+    /// A 1xx head of `len` bytes, to skip.
+    Informational(usize),
+    /// A final head of `len` bytes; its header names and values' places are in `SCRATCH`.
+    Final {
+        len: usize,
+        code: u16,
+        version: Version,
+    },
+}
+
+/// Parses the head in place: its status line, and each header's name and the place of its
+/// value (into `SCRATCH`), noting the framing headers in `seen`.
+fn scan_head(buf: &BytesMut, seen: &mut FramingHeaders) -> Result<Scanned, Error> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(Scanned::Partial),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Protocol("the response has more than 100 headers"));
+        }
+        Err(_) => return Err(Error::Protocol("the response head is not valid HTTP/1.x")),
+    };
+    let code = res.code.unwrap_or(0);
+    let version = if res.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    if (100..200).contains(&code) {
+        if code == 101 {
+            return Err(Error::Protocol(
+                "101 Switching Protocols to a request that did not ask to upgrade",
+            ));
+        }
+        return Ok(Scanned::Informational(len));
+    }
+    let base = buf.as_ptr() as usize;
+    SCRATCH.with_borrow_mut(|names| -> Result<(), Error> {
+        names.clear();
+        for h in res.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| Error::Protocol("a header name is invalid"))?;
+            seen.note(&name, h.value)?;
+            let start = h.value.as_ptr() as usize - base;
+            names.push((name, start..start + h.value.len()));
+        }
+        Ok(())
+    })?;
+    Ok(Scanned::Final { len, code, version })
+}
+
+/// What a response's framing headers say.
+#[derive(Default)]
+struct FramingHeaders {
+    length: Option<u64>,
+    /// A Transfer-Encoding is present.
+    coded: bool,
+    /// Its last coding is chunked.
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl FramingHeaders {
+    #[inline]
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Error> {
+        if name == header::CONTENT_LENGTH {
+            let n =
+                content_length(value).ok_or(Error::Protocol("the content-length is invalid"))?;
+            if self.length.is_some_and(|l| l != n) {
+                return Err(Error::Protocol("the response has two different lengths"));
+            }
+            self.length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            self.coded = true;
+            // Chunked only when it is the last coding applied.
+            self.chunked = value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for t in value.split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+
+    /// RFC 9112 §6.3, in order.
+    fn framing(&self, head_only: bool, status: StatusCode) -> Framing {
         if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
-        } else if coded {
-            if chunked {
+        } else if self.coded {
+            if self.chunked {
                 Framing::Chunked(Chunk::Size)
             } else {
                 Framing::UntilClose
             }
         } else {
-            match length {
+            match self.length {
                 Some(n) => Framing::Length(n),
                 None => Framing::UntilClose,
             }
-        };
-    let reusable = !close
-        && (version == Version::HTTP_11 || keep_alive)
-        // Both a coding and a length: a smuggling risk; read it as chunked, then close.
-        && !(coded && length.is_some())
-        && !matches!(framing, Framing::UntilClose);
-    Ok(Some(Parsed::Final(Head {
-        status,
-        version,
-        headers,
-        framing,
-        reusable,
-    })))
+        }
+    }
+
+    /// Whether the connection may carry another request after this response.
+    fn reusable(&self, version: Version, framing: &Framing) -> bool {
+        !self.close
+            && (version == Version::HTTP_11 || self.keep_alive)
+            // Both a coding and a length: a smuggling risk; read it as chunked, then close.
+            && !(self.coded && self.length.is_some())
+            && !matches!(framing, Framing::UntilClose)
+    }
 }
 
 /// A Content-Length value: digits, or a list of the same digits repeated.
@@ -637,11 +693,105 @@ impl Http1Body {
         }
     }
 
-    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    /// Failed: the connection is closed, the error is the body's last frame.
+    fn fail(&mut self, e: Error) -> Option<Result<Frame<Bytes>, Error>> {
         self.framing = Framing::Done;
         self.conn = None;
-        Poll::Ready(Some(Err(e)))
+        Some(Err(e))
     }
+
+    /// Reads more of a chunked body whose framing is not complete in the buffer.
+    fn read_more(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Step::Done(None));
+        };
+        match ready!(conn.poll_more(cx)) {
+            Ok(()) => Poll::Ready(Step::Again),
+            Err(e) => Poll::Ready(Step::Done(self.fail(e))),
+        }
+    }
+
+    /// One step of a chunked body: `Again` when a size line or a chunk's CRLF was
+    /// consumed, else the frame (or end) to return.
+    fn poll_chunked(&mut self, cx: &mut Context<'_>, state: Chunk) -> Poll<Step> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Step::Done(None));
+        };
+        match state {
+            Chunk::Size => {
+                let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") else {
+                    if conn.buf.len() > MAX_CHUNK_LINE {
+                        return Poll::Ready(Step::Done(
+                            self.fail(Error::Protocol("a chunk-size line is too long")),
+                        ));
+                    }
+                    return self.read_more(cx);
+                };
+                let Some(size) = chunk_size(&conn.buf[..end]) else {
+                    return Poll::Ready(Step::Done(
+                        self.fail(Error::Protocol("a chunk size is invalid")),
+                    ));
+                };
+                conn.buf.advance(end + 2);
+                self.framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Chunk::Data(rest) => {
+                let data = match ready!(conn.poll_take(cx, rest)) {
+                    Ok(d) => d,
+                    Err(e) => return Poll::Ready(Step::Done(self.fail(e))),
+                };
+                let n = data.len() as u64;
+                self.framing = Framing::Chunked(if rest == n {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(rest - n)
+                });
+                return Poll::Ready(Step::Done(Some(Ok(Frame::data(data)))));
+            }
+            Chunk::DataEnd => {
+                if conn.buf.len() < 2 {
+                    return self.read_more(cx);
+                }
+                if &conn.buf[..2] != b"\r\n" {
+                    return Poll::Ready(Step::Done(
+                        self.fail(Error::Protocol("a chunk does not end with CRLF")),
+                    ));
+                }
+                conn.buf.advance(2);
+                self.framing = Framing::Chunked(Chunk::Size);
+            }
+            Chunk::Trailers => match parse_trailers(&conn.buf) {
+                Ok(Some((n, trailers))) => {
+                    conn.buf.advance(n);
+                    self.finish();
+                    let trailers = (!trailers.is_empty()).then(|| Ok(Frame::trailers(trailers)));
+                    return Poll::Ready(Step::Done(trailers));
+                }
+                Ok(None) => {
+                    if conn.buf.len() > MAX_TRAILER_BYTES {
+                        return Poll::Ready(Step::Done(
+                            self.fail(Error::Protocol("the trailers are too large")),
+                        ));
+                    }
+                    return self.read_more(cx);
+                }
+                Err(e) => return Poll::Ready(Step::Done(self.fail(e))),
+            },
+        }
+        Poll::Ready(Step::Again)
+    }
+}
+
+/// What one step of reading a body gives [`Http1Body::poll_frame`].
+enum Step {
+    /// Framing was consumed; read on.
+    Again,
+    /// The frame to return (or the end of the body).
+    Done(Option<Result<Frame<Bytes>, Error>>),
 }
 
 impl http_body::Body for Http1Body {
@@ -665,7 +815,7 @@ impl http_body::Body for Http1Body {
                 Framing::Length(rest) => {
                     let data = match ready!(conn.poll_take(cx, rest)) {
                         Ok(d) => d,
-                        Err(e) => return this.fail(e),
+                        Err(e) => return Poll::Ready(this.fail(e)),
                     };
                     let n = data.len() as u64;
                     this.framing = Framing::Length(rest - n);
@@ -684,81 +834,15 @@ impl http_body::Body for Http1Body {
                                 return Poll::Ready(None);
                             }
                             Ok(_) => {}
-                            Err(e) => return this.fail(e.into()),
+                            Err(e) => return Poll::Ready(this.fail(e.into())),
                         }
                     }
                     let data = conn.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Framing::Chunked(state) => match state {
-                    Chunk::Size => {
-                        let Some(end) = conn.buf.windows(2).position(|w| w == b"\r\n") else {
-                            if conn.buf.len() > MAX_CHUNK_LINE {
-                                return this.fail(Error::Protocol("a chunk-size line is too long"));
-                            }
-                            match ready!(conn.poll_fill(cx, 0)) {
-                                Ok(0) => return this.fail(Error::Closed),
-                                Ok(_) => continue,
-                                Err(e) => return this.fail(e.into()),
-                            }
-                        };
-                        let Some(size) = chunk_size(&conn.buf[..end]) else {
-                            return this.fail(Error::Protocol("a chunk size is invalid"));
-                        };
-                        conn.buf.advance(end + 2);
-                        this.framing = Framing::Chunked(if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        });
-                    }
-                    Chunk::Data(rest) => {
-                        let data = match ready!(conn.poll_take(cx, rest)) {
-                            Ok(d) => d,
-                            Err(e) => return this.fail(e),
-                        };
-                        let n = data.len() as u64;
-                        this.framing = Framing::Chunked(if rest == n {
-                            Chunk::DataEnd
-                        } else {
-                            Chunk::Data(rest - n)
-                        });
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    Chunk::DataEnd => {
-                        if conn.buf.len() < 2 {
-                            match ready!(conn.poll_fill(cx, 0)) {
-                                Ok(0) => return this.fail(Error::Closed),
-                                Ok(_) => continue,
-                                Err(e) => return this.fail(e.into()),
-                            }
-                        }
-                        if &conn.buf[..2] != b"\r\n" {
-                            return this.fail(Error::Protocol("a chunk does not end with CRLF"));
-                        }
-                        conn.buf.advance(2);
-                        this.framing = Framing::Chunked(Chunk::Size);
-                    }
-                    Chunk::Trailers => match parse_trailers(&conn.buf) {
-                        Ok(Some((n, trailers))) => {
-                            conn.buf.advance(n);
-                            this.finish();
-                            return Poll::Ready(
-                                (!trailers.is_empty()).then(|| Ok(Frame::trailers(trailers))),
-                            );
-                        }
-                        Ok(None) => {
-                            if conn.buf.len() > MAX_TRAILER_BYTES {
-                                return this.fail(Error::Protocol("the trailers are too large"));
-                            }
-                            match ready!(conn.poll_fill(cx, 0)) {
-                                Ok(0) => return this.fail(Error::Closed),
-                                Ok(_) => {}
-                                Err(e) => return this.fail(e.into()),
-                            }
-                        }
-                        Err(e) => return this.fail(e),
-                    },
+                Framing::Chunked(state) => match ready!(this.poll_chunked(cx, state)) {
+                    Step::Again => {}
+                    Step::Done(frame) => return Poll::Ready(frame),
                 },
             }
         }
