@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Diagnostics, Inputs, KIND_ROUTE, ObjectKey, Reason,
     clusters::{certificate_pair, secret},
-    name, ns, qualified,
+    hedge, lanes, name, ns, qualified,
 };
 use crate::{
     Duration,
@@ -474,6 +474,8 @@ fn action(
         .map(|k| api_keys(inputs, namespace, k, rule_name, me, diags));
     let upgrades = upgrades(rule, rule_name, me, diags);
     let timeout_ms = rule.timeout.unwrap_or(DEFAULT_TIMEOUT).as_millis();
+    let hedge = hedge::hedge(rule, timeout_ms, rule_name, me, diags);
+    let lanes = lanes::lanes(rule, timeout_ms, rule_name, me, diags);
     if !backends.iter().any(|b| b.weight > 0) {
         return RouteAction::DirectResponse(DirectResponse {
             status: 500,
@@ -485,6 +487,8 @@ fn action(
         backends,
         timeout_ms,
         retry: rule.retries.as_ref().map(|r| retry(r, timeout_ms)),
+        hedge,
+        lanes,
         rewrite: rule.rewrite.as_ref().map(|r| Rewrite {
             path_prefix: r.path_prefix.clone(),
             hostname: r.hostname.clone(),
