@@ -44,7 +44,6 @@ use self::{
 };
 use crate::{
     auth::{Refusal, Source},
-    hedge::HedgeDelay,
     lanes::Lanes,
     metrics::Metrics,
     ratelimit::{self, Decision},
@@ -404,12 +403,7 @@ impl Proxy {
         let policy = forward.retry.as_ref();
         let repeatable =
             !upgrade && (idempotent(&parts.method) || policy.is_some_and(|p| p.non_idempotent));
-        let hedge_after = match route_rt.hedge {
-            _ if !repeatable => None,
-            None => None,
-            Some(HedgeDelay::Fixed(d)) => Some(d),
-            Some(HedgeDelay::P95) => route_rt.live.latency.p95(started),
-        };
+        let hedge_after = repeatable.then(|| route_rt.hedge_after(started)).flatten();
         let hash = cluster
             .balancer
             .request_hash(&parts.headers, conn.peer.ip());
