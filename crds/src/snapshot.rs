@@ -89,6 +89,7 @@ impl Snapshot {
                             r.name
                         ));
                     }
+                    route_settings_reasons(&r.name, f, &mut reasons);
                 }
                 if let PathMatch::Regex(re) = &r.matcher.path
                     && let Err(e) = regex::Regex::new(re)
@@ -118,6 +119,42 @@ impl Snapshot {
             Ok(())
         } else {
             Err(reasons)
+        }
+    }
+}
+
+/// What is out of range in a route's hedge and lane settings (the compiler never writes
+/// such values; a hand-written table might).
+fn route_settings_reasons(route: &str, f: &ForwardAction, reasons: &mut Vec<String>) {
+    if let Some(h) = &f.hedge {
+        if let HedgeAfter::Percentile(p) = h.after
+            && !HEDGE_PERCENTILES.contains(&p)
+        {
+            reasons.push(format!(
+                "route {route} hedges after percentile {p}, which is not between {} and {}",
+                HEDGE_PERCENTILES.start(),
+                HEDGE_PERCENTILES.end()
+            ));
+        }
+        if !HEDGE_MAX_EXTRA_ATTEMPTS.contains(&h.max_extra_attempts) {
+            reasons.push(format!(
+                "route {route} allows {} hedges per request, which is not between {} and {}",
+                h.max_extra_attempts,
+                HEDGE_MAX_EXTRA_ATTEMPTS.start(),
+                HEDGE_MAX_EXTRA_ATTEMPTS.end()
+            ));
+        }
+    }
+    if let Some(l) = &f.lanes {
+        if l.max_in_flight == Some(0) {
+            reasons.push(format!(
+                "route {route} has maxInFlight 0, which would refuse every request"
+            ));
+        }
+        if l.slow_threshold_ms == Some(0) {
+            reasons.push(format!(
+                "route {route} has slowThresholdMs 0, which would put it in the slow lane for good"
+            ));
         }
     }
 }
@@ -267,6 +304,12 @@ pub struct ForwardAction {
     pub timeout_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Absent: the data plane's `--hedge` flag decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgePolicy>,
+    /// Absent (or a field absent): the data plane's lane flags decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<RouteLanes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
     /// Name of a [`CachePolicy`] in the table.
@@ -308,6 +351,39 @@ pub struct RetryPolicy {
     pub budget_percent: u32,
     pub budget_min_per_second: u32,
     pub non_idempotent: bool,
+}
+
+/// Percentiles a route may hedge after.
+pub const HEDGE_PERCENTILES: std::ops::RangeInclusive<u32> = 50..=99;
+/// Hedges one request may send.
+pub const HEDGE_MAX_EXTRA_ATTEMPTS: std::ops::RangeInclusive<u32> = 1..=3;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HedgePolicy {
+    /// When the first hedge goes, and each further one after the previous.
+    pub after: HedgeAfter,
+    /// Hedges per request at most, in [`HEDGE_MAX_EXTRA_ATTEMPTS`].
+    pub max_extra_attempts: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum HedgeAfter {
+    DelayMs(u64),
+    /// A percentile of the route's recent upstream latency, in [`HEDGE_PERCENTILES`].
+    Percentile(u32),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteLanes {
+    /// The route's bulkhead: requests in flight at once, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Average latency above which the route is in the slow lane, above 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_threshold_ms: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -593,8 +593,15 @@ fn arb_rule() -> impl Strategy<Value = serde_json::Value> {
         prop::option::of(("[a-z-]{1,5}", ".{0,6}", any::<bool>())),
         any::<bool>(),
         prop::option::of("k[0-1]"),
+        (
+            prop::option::of(prop_oneof!["0s", "50ms", "20s"]),
+            prop::option::of(0i32..120),
+            prop::option::of(-1i32..5),
+            prop::option::of(-1i32..3),
+            prop::option::of(prop_oneof!["0s", "1ms", "30s"]),
+        ),
     )
-        .prop_map(|(paths, backends, cache, header, rewrite, keys)| {
+        .prop_map(|(paths, backends, cache, header, rewrite, keys, (delay, pct, extra, max, slow))| {
             let mut rule = serde_json::json!({
                 "matches": paths.into_iter().map(|p| {
                     let mut m = serde_json::json!({"path": p, "methods": ["GET"]});
@@ -615,6 +622,13 @@ fn arb_rule() -> impl Strategy<Value = serde_json::Value> {
             }
             if let Some(k) = keys {
                 rule["auth"] = serde_json::json!({"apiKeys": {"secretRefs": [{"name": k}]}});
+            }
+            // Hedge and lane settings in and out of the schema's bounds.
+            if delay.is_some() || pct.is_some() || extra.is_some() {
+                rule["hedge"] = serde_json::json!({"delay": delay, "percentile": pct, "maxExtraAttempts": extra});
+            }
+            if max.is_some() || slow.is_some() {
+                rule["lanes"] = serde_json::json!({"maxInFlight": max, "slowThreshold": slow});
             }
             rule
         })

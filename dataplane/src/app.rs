@@ -8,7 +8,7 @@ use clap::Parser;
 use crate::{
     admin::Admin,
     hedge::HedgeConfig,
-    lanes::{LaneConfig, Lanes},
+    lanes::{LaneConfig, Lanes, RouteLaneSettings},
     listener::{self, ListenerConfig},
     metrics::Metrics,
     proxy::{EdgeConfig, Limits, Proxy},
@@ -48,19 +48,20 @@ pub struct Args {
     /// Requests in flight through the whole proxy; over it, 503 with retry-after.
     #[arg(long, env = "PARAPET_MAX_IN_FLIGHT", default_value_t = 10_000)]
     pub max_in_flight: u32,
-    /// Requests in flight per route (the route's bulkhead).
+    /// Requests in flight per route (the route's bulkhead), for routes whose rule sets no
+    /// `lanes.maxInFlight`.
     #[arg(long, env = "PARAPET_ROUTE_MAX_IN_FLIGHT", default_value_t = 5_000)]
     pub route_max_in_flight: u32,
     /// Share of --max-in-flight that routes in the slow lane may hold, in percent.
     #[arg(long, env = "PARAPET_SLOW_LANE_PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub slow_lane_percent: u32,
     /// A route whose average latency passes this moves to the slow lane (and back below
-    /// half of it).
+    /// half of it), for routes whose rule sets no `lanes.slowThreshold`.
     #[arg(long, env = "PARAPET_SLOW_LANE_THRESHOLD", default_value = "1s", value_parser = duration)]
     pub slow_lane_threshold: Duration,
     /// Hedge a route's idempotent requests: ROUTE[=DELAY], ROUTE a route name
     /// (namespace/apiroute/rule) or `*`; without DELAY, after the route's p95 latency.
-    /// Repeatable.
+    /// Repeatable. Only for routes whose rule has no `hedge` of its own (which wins).
     #[arg(long = "hedge", env = "PARAPET_HEDGE", value_delimiter = ',')]
     pub hedge: Vec<String>,
     /// Request bodies up to this many bytes are buffered so they can be retried or hedged;
@@ -198,6 +199,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         BuildOptions {
             zone: args.zone.clone().filter(|z| !z.is_empty()),
             hedge,
+            route_lanes: RouteLaneSettings {
+                max_in_flight: args.route_max_in_flight.max(1),
+                slow_threshold: args.slow_lane_threshold,
+            },
             cache_max_bytes: args.cache_max_bytes,
             rate_limit_max_keys: args.rate_limit_max_keys.max(1),
         },
@@ -321,9 +326,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         lanes: Lanes::new(
             LaneConfig {
                 capacity: args.max_in_flight.max(1),
-                route_limit: args.route_max_in_flight.max(1),
                 slow_percent: args.slow_lane_percent,
-                slow_threshold: args.slow_lane_threshold,
             },
             &metrics,
         ),

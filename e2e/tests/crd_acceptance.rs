@@ -426,6 +426,42 @@ fn rejections() -> Vec<Reject> {
             ],
         ),
         reject(
+            "hedge percentile 100",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"hedge": {"percentile": 100}}))]}}),
+            &[
+                "spec.rules[0].hedge.percentile",
+                "should be less than or equal to 99",
+            ],
+        ),
+        reject(
+            "hedge percentile 49",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"hedge": {"percentile": 49}}))]}}),
+            &[
+                "spec.rules[0].hedge.percentile",
+                "should be greater than or equal to 50",
+            ],
+        ),
+        reject(
+            "hedge maxExtraAttempts 4",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"hedge": {"delay": "50ms", "maxExtraAttempts": 4}}))]}}),
+            &[
+                "spec.rules[0].hedge.maxExtraAttempts",
+                "should be less than or equal to 3",
+            ],
+        ),
+        reject(
+            "lanes maxInFlight 0",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"lanes": {"maxInFlight": 0}}))]}}),
+            &[
+                "spec.rules[0].lanes.maxInFlight",
+                "should be greater than or equal to 1",
+            ],
+        ),
+        reject(
             "upper-case rule name",
             "ApiRoute",
             json!({"spec": {"rules": [rule(json!({"name": "Balance"}))]}}),
@@ -488,6 +524,36 @@ fn rejections() -> Vec<Reject> {
                 "spec.rules[0].rateLimit",
                 "rateLimit.key Header needs rateLimit.header",
             ],
+        ),
+        reject(
+            "hedge with both delay and percentile",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"hedge": {"delay": "50ms", "percentile": 95}}))]}}),
+            &[
+                "spec.rules[0].hedge",
+                "hedge takes exactly one of delay or percentile",
+            ],
+        ),
+        reject(
+            "hedge with neither delay nor percentile",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"hedge": {"maxExtraAttempts": 2}}))]}}),
+            &["hedge takes exactly one of delay or percentile"],
+        ),
+        reject(
+            "lanes slowThreshold 0s",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"lanes": {"slowThreshold": "0s"}}))]}}),
+            &[
+                "spec.rules[0].lanes",
+                "lanes.slowThreshold must be above 0s",
+            ],
+        ),
+        reject(
+            "lanes slowThreshold 0m0ms",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"lanes": {"slowThreshold": "0m0ms"}}))]}}),
+            &["lanes.slowThreshold must be above 0s"],
         ),
         reject(
             "apiKeys with header and queryParam",
@@ -706,6 +772,22 @@ fn acceptances() -> Vec<(&'static str, &'static str, Value)> {
             "rateLimit key Header with header",
             "ApiRoute",
             json!({"spec": {"rules": [rule(json!({"rateLimit": {"requests": 5, "key": "Header", "header": "x-user"}}))]}}),
+        ),
+        (
+            "hedge after a delay, after the p50 and p99 with the most hedges",
+            "ApiRoute",
+            json!({"spec": {"rules": [
+                rule(json!({"hedge": {"delay": "50ms"}})),
+                rule(json!({"name": "p50", "hedge": {"percentile": 50, "maxExtraAttempts": 1}})),
+                rule(json!({"name": "p99", "hedge": {"percentile": 99, "maxExtraAttempts": 3}}))]}}),
+        ),
+        (
+            "lanes at their smallest, and each field alone",
+            "ApiRoute",
+            json!({"spec": {"rules": [
+                rule(json!({"lanes": {"maxInFlight": 1, "slowThreshold": "1ms"}})),
+                rule(json!({"name": "bulkhead", "lanes": {"maxInFlight": 200}})),
+                rule(json!({"name": "threshold", "lanes": {"slowThreshold": "1m30s"}}))]}}),
         ),
         (
             "static endpoints, one weight 0",

@@ -137,3 +137,115 @@ async fn hedging_cuts_the_tail() {
     .await;
     assert_eq!(unhedged, 0.0, "routes that did not opt in are not hedged");
 }
+
+/// Sends `n` requests one after another; their latencies (every answer must be 200).
+async fn one_by_one(c: &Client, to: std::net::SocketAddr, host: &str, n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let r = c.get(to, host, "/").await.expect("an answer");
+        assert_eq!(r.status, http::StatusCode::OK, "{host}: {}", r.text());
+        out.push(t.elapsed());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_hedges_by_its_own_field_without_the_flag() {
+    const SLOW: Duration = Duration::from_millis(600);
+    let (slow, fast) = (Backend::start("slow").await, Backend::start("fast").await);
+    slow.set(Behaviour {
+        delay: SLOW,
+        ..Default::default()
+    });
+    // Three endpoints that all answer late: every request sends its two hedges.
+    let late = [
+        Backend::start("late1").await,
+        Backend::start("late2").await,
+        Backend::start("late3").await,
+    ];
+    for b in &late {
+        b.set(Behaviour {
+            delay: Duration::from_millis(300),
+            ..Default::default()
+        });
+    }
+    let pair = [slow.port(), fast.port()];
+    let yaml = format!(
+        "{}{}{}{}{}{}",
+        pool_yaml("hedged-pool", &pair, ""),
+        pool_yaml("plain-pool", &pair, ""),
+        pool_yaml("late-pool", &late.each_ref().map(|b| b.port()), ""),
+        route_yaml(
+            "hedged",
+            "[hedged.example]",
+            "    - backends: [{pool: hedged-pool}]\n      hedge: {delay: 50ms}"
+        ),
+        route_yaml(
+            "plain",
+            "[plain.example]",
+            "    - backends: [{pool: plain-pool}]"
+        ),
+        route_yaml(
+            "twice",
+            "[twice.example]",
+            "    - backends: [{pool: late-pool}]\n      hedge: {delay: 50ms, maxExtraAttempts: 2}"
+        )
+    );
+    // No --hedge flag: only the rules' own fields hedge.
+    let (dp, _dir) = standalone(&yaml, &[]).await;
+    let c = Client::new();
+    let n = 10;
+
+    let plain = one_by_one(&c, dp.proxy, "plain.example", n).await;
+    let hedged = one_by_one(&c, dp.proxy, "hedged.example", n).await;
+    let hedges = |route: &'static str| {
+        let c = c.clone();
+        async move {
+            let label = format!("route=\"default/{route}/0\"");
+            let sent = admin::metric_sum(&c, dp.admin, "parapet_hedges_total", &[&label]).await;
+            let won = admin::metric_sum(&c, dp.admin, "parapet_hedges_won_total", &[&label]).await;
+            (sent, won)
+        }
+    };
+    let (plain_sent, _) = hedges("plain").await;
+    let (sent, won) = hedges("hedged").await;
+    eprintln!(
+        "per-rule hedge: slowest {:?} without, {:?} with; {sent} hedges sent, {won} won",
+        plain.iter().max().unwrap(),
+        hedged.iter().max().unwrap()
+    );
+    // Round robin sends every other request of each route to the slow endpoint.
+    assert!(
+        plain.iter().filter(|d| **d >= SLOW).count() >= n / 2 - 1,
+        "the plain route waits for the slow endpoint: {plain:?}"
+    );
+    assert_eq!(plain_sent, 0.0, "a rule without hedge does not hedge");
+    assert!(
+        hedged.iter().all(|d| *d < SLOW / 2),
+        "the hedged route does not wait for it: {hedged:?}"
+    );
+    assert!(sent >= (n / 2 - 1) as f64 && won >= (n / 2 - 1) as f64);
+
+    // maxExtraAttempts 2: each request reaches all three endpoints (its first attempt and
+    // two hedges, 50 ms apart), the first answer wins.
+    let twice = one_by_one(&c, dp.proxy, "twice.example", n).await;
+    let (sent, _) = hedges("twice").await;
+    assert_eq!(sent, 2.0 * n as f64, "two hedges per request: {twice:?}");
+    let hits = || late.iter().map(Backend::hits).sum::<usize>();
+    parapet_tests::wait_for(
+        "every attempt to reach its backend",
+        Duration::from_secs(5),
+        || {
+            let total = hits();
+            async move { (total >= 3 * n).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(hits(), 3 * n, "three attempts per request, no more");
+    eprintln!(
+        "two hedges per request: {sent} sent for {n} requests, {} backend hits, slowest {:?}",
+        hits(),
+        twice.iter().max().unwrap()
+    );
+}

@@ -213,3 +213,117 @@ async fn a_circuit_breaker_refuses_at_once_with_retry_after() {
     );
     eprintln!("breaker: 2 served, 4 refused with retry-after; queued burst served in {slowest:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_bulkhead_of_its_own_refuses_the_next_request_and_no_other() {
+    const HOLD: Duration = Duration::from_secs(4);
+    let (held, quick) = (Backend::start("held").await, Backend::start("quick").await);
+    held.set(Behaviour {
+        delay: HOLD,
+        ..Default::default()
+    });
+    quick.set(Behaviour {
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let yaml = format!(
+        "{}{}{}{}",
+        pool_yaml("held-pool", &[held.port()], ""),
+        pool_yaml("quick-pool", &[quick.port()], ""),
+        route_yaml(
+            "limited",
+            "[limited.example]",
+            "    - backends: [{pool: held-pool}]\n      lanes: {maxInFlight: 3}"
+        ),
+        route_yaml(
+            "other",
+            "[other.example]",
+            "    - backends: [{pool: quick-pool}]"
+        )
+    );
+    // The flag is the default for rules that set nothing: 8 here, well above 3.
+    let (dp, _dir) = standalone(&yaml, &["--route-max-in-flight", "8"]).await;
+    let c = Client::new();
+    let to = dp.proxy;
+
+    // Three requests fill the rule's bulkhead and stay in flight for HOLD.
+    let filling: Vec<_> = (0..3)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(to, "limited.example", "/").await.unwrap().status })
+        })
+        .collect();
+    parapet_tests::wait_for(
+        "three requests in flight at the held backend",
+        Duration::from_secs(5),
+        || {
+            let hits = held.hits();
+            async move { (hits == 3).then_some(()) }
+        },
+    )
+    .await;
+
+    // The fourth is refused at once.
+    let t = Instant::now();
+    let fourth = c.get(to, "limited.example", "/").await.unwrap();
+    assert_eq!(
+        fourth.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        fourth.text()
+    );
+    assert!(fourth.headers.contains_key("retry-after"));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "refused at once: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        held.hits(),
+        3,
+        "the refused request never reached the backend"
+    );
+
+    // Meanwhile the other rule takes six at once, twice the limited rule's bulkhead.
+    let burst: Vec<_> = (0..6)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(to, "other.example", "/").await.unwrap().status })
+        })
+        .collect();
+    for b in burst {
+        assert_eq!(
+            b.await.unwrap(),
+            StatusCode::OK,
+            "the other rule is unaffected"
+        );
+    }
+    assert!(
+        filling.iter().all(|f| !f.is_finished()),
+        "the limited rule was full throughout"
+    );
+    let in_flight = admin::metric_sum(
+        &c,
+        dp.admin,
+        "parapet_route_in_flight",
+        &["route=\"default/limited/0\""],
+    )
+    .await;
+    assert_eq!(in_flight, 3.0);
+    let refused = admin::metric_sum(
+        &c,
+        dp.admin,
+        "parapet_rejected_requests_total",
+        &["reason=\"route_bulkhead\""],
+    )
+    .await;
+    assert_eq!(refused, 1.0, "only the fourth request was refused");
+
+    // The three held ones are served; their slots come back.
+    for f in filling {
+        assert_eq!(f.await.unwrap(), StatusCode::OK);
+    }
+    let after = c.get(to, "limited.example", "/").await.unwrap();
+    assert_eq!(after.status, StatusCode::OK);
+    eprintln!("per-rule bulkhead: 3 in flight, the 4th refused, 6 at once on the other rule");
+}

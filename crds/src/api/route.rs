@@ -68,6 +68,15 @@ pub struct RouteRule {
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetryPolicy>,
+    /// Hedging: when an attempt has not answered after a delay, another goes to a different
+    /// endpoint and the first answer wins. Default: the data plane's `--hedge` flag, which
+    /// hedges no route unless it names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgePolicy>,
+    /// This rule's share of the data plane's capacity: its bulkhead and when it counts as
+    /// slow. Default: the data plane's `--route-max-in-flight` and `--slow-lane-threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<RouteLanes>,
     /// A CachePolicy in this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_policy_ref: Option<LocalObjectReference>,
@@ -241,6 +250,45 @@ pub struct RetryPolicy {
     /// Retry non-idempotent methods (POST, PATCH) after the request was sent. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub non_idempotent: Option<bool>,
+}
+
+/// When the rule's attempt has not answered in time, another goes to an endpoint not tried
+/// yet; the first answer wins and the others are cancelled. Only requests that may be sent
+/// twice (idempotent methods, or `retries.nonIdempotent`) with a replayable body are hedged,
+/// and every hedge spends a token of the rule's retry budget.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.delay) != has(self.percentile)").message("hedge takes exactly one of delay or percentile"))]
+#[serde(rename_all = "camelCase")]
+pub struct HedgePolicy {
+    /// Hedge after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// Hedge after this percentile of the rule's recent upstream latency (last 10–20 s, per
+    /// data-plane pod); no hedge until the rule has answered 20 requests in that window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 50, max = 99))]
+    pub percentile: Option<i32>,
+    /// Hedges per request at most, each sent one delay after the previous while no
+    /// attempt has answered. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3))]
+    pub max_extra_attempts: Option<i32>,
+}
+
+/// The rule's bulkhead and slow-lane threshold in each data-plane pod (fast and slow lanes).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.slowThreshold) || duration(self.slowThreshold) > duration('0s')").message("lanes.slowThreshold must be above 0s"))]
+#[serde(rename_all = "camelCase")]
+pub struct RouteLanes {
+    /// Requests of this rule in flight at once; more are answered 503 with `retry-after`.
+    /// Default: `--route-max-in-flight` (5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_in_flight: Option<i32>,
+    /// Average latency above which the rule moves to the slow lane (and back below half of
+    /// it). Default: `--slow-lane-threshold` (1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_threshold: Option<Duration>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -61,6 +61,8 @@ pub enum Reason {
     InvalidRegex,
     InvalidRewrite,
     InvalidUpgrade,
+    InvalidHedge,
+    InvalidLanes,
     InvalidHost,
     RuleConflict,
     PoolNotFound,
@@ -78,6 +80,8 @@ impl Reason {
             Self::InvalidRegex => "InvalidRegex",
             Self::InvalidRewrite => "InvalidRewrite",
             Self::InvalidUpgrade => "InvalidUpgrade",
+            Self::InvalidHedge => "InvalidHedge",
+            Self::InvalidLanes => "InvalidLanes",
             Self::InvalidHost => "InvalidHost",
             Self::RuleConflict => "RuleConflict",
             Self::PoolNotFound => "PoolNotFound",
@@ -92,9 +96,12 @@ impl Reason {
 
     pub fn condition(&self) -> ConditionKind {
         match self {
-            Self::InvalidRegex | Self::InvalidRewrite | Self::InvalidHost | Self::RuleConflict => {
-                ConditionKind::Accepted
-            }
+            Self::InvalidRegex
+            | Self::InvalidRewrite
+            | Self::InvalidHedge
+            | Self::InvalidLanes
+            | Self::InvalidHost
+            | Self::RuleConflict => ConditionKind::Accepted,
             _ => ConditionKind::ResolvedRefs,
         }
     }

@@ -16,6 +16,8 @@
 mod cache;
 mod clusters;
 mod diagnostics;
+mod hedge;
+mod lanes;
 mod routes;
 
 use std::collections::BTreeMap;

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Diagnostics, Inputs, KIND_ROUTE, ObjectKey, Reason,
     clusters::{certificate_pair, secret},
-    name, ns, qualified,
+    hedge, lanes, name, ns, qualified,
 };
 use crate::{
     Duration,
@@ -57,12 +57,53 @@ struct Candidate {
     route: Route,
 }
 
+/// What the rules of every route add up to, before hosts are put in order.
+#[derive(Default)]
+struct Collected {
+    by_host: BTreeMap<String, Vec<Candidate>>,
+    certs: BTreeMap<String, (ObjectKey, CertificatePair)>,
+    referenced_pools: BTreeSet<(String, String)>,
+    referenced_policies: BTreeSet<String>,
+}
+
+/// Where a rule's matches go: the route it belongs to and the hosts it serves.
+struct RuleSite<'a> {
+    route: &'a ApiRoute,
+    me: &'a ObjectKey,
+    hosts: &'a [String],
+    index: usize,
+}
+
 pub(super) fn compile_routes(
     inputs: &Inputs<'_>,
     pools: &BTreeMap<Key, &UpstreamPool>,
     policies: &BTreeMap<Key, &CachePolicy>,
     diags: &mut Diagnostics,
 ) -> CompiledRoutes {
+    let mut collected = Collected::default();
+    for route in oldest_first(inputs) {
+        let me = ObjectKey::new(KIND_ROUTE, ns(&route.metadata), name(&route.metadata));
+        let hosts = hosts(&route.spec.hosts, &me, diags);
+        certificate(inputs, route, &me, &hosts, &mut collected.certs, diags);
+        for (index, rule) in route.spec.rules.iter().enumerate() {
+            let site = RuleSite {
+                route,
+                me: &me,
+                hosts: &hosts,
+                index,
+            };
+            compile_rule(inputs, pools, policies, &site, rule, &mut collected, diags);
+        }
+    }
+    CompiledRoutes {
+        virtual_hosts: virtual_hosts(collected.by_host, &collected.certs, diags),
+        referenced_pools: collected.referenced_pools,
+        referenced_policies: collected.referenced_policies,
+    }
+}
+
+/// The routes in the order ties are broken (older first, then namespace/name), each once.
+fn oldest_first<'a>(inputs: &Inputs<'a>) -> Vec<&'a ApiRoute> {
     let mut routes: Vec<&ApiRoute> = inputs.routes.clone();
     routes.sort_by_key(|r| {
         (
@@ -74,101 +115,134 @@ pub(super) fn compile_routes(
     routes.dedup_by(|a, b| {
         ns(&a.metadata) == ns(&b.metadata) && name(&a.metadata) == name(&b.metadata)
     });
+    routes
+}
 
-    let mut by_host: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
-    let mut certs: BTreeMap<String, (ObjectKey, CertificatePair)> = BTreeMap::new();
-    let mut referenced_pools = BTreeSet::new();
-    let mut referenced_policies = BTreeSet::new();
-
-    for route in routes {
-        let (namespace, route_name) = (ns(&route.metadata), name(&route.metadata));
-        let me = ObjectKey::new(KIND_ROUTE, namespace, route_name);
-        let hosts = hosts(&route.spec.hosts, &me, diags);
-
-        if let Some(tls) = &route.spec.tls
-            && let Some(pair) = certificate_pair(
-                inputs,
-                namespace,
-                &tls.secret_name,
-                "spec.tls.secretName",
-                &me,
-                diags,
-            )
-        {
-            for h in &hosts {
-                match certs.entry(h.clone()) {
-                    Entry::Vacant(v) => {
-                        v.insert((me.clone(), pair.clone()));
-                    }
-                    Entry::Occupied(o) if o.get().0 != me && o.get().1 != pair => diags.warning(
-                        &me,
-                        Reason::RuleConflict,
-                        format!("host {h} already has a certificate from {}; this route's certificate is not used for it", o.get().0),
-                    ),
-                    Entry::Occupied(_) => {}
-                }
+/// Records the route's certificate for each of its hosts; the first route to claim a host
+/// keeps it.
+fn certificate(
+    inputs: &Inputs<'_>,
+    route: &ApiRoute,
+    me: &ObjectKey,
+    hosts: &[String],
+    certs: &mut BTreeMap<String, (ObjectKey, CertificatePair)>,
+    diags: &mut Diagnostics,
+) {
+    let Some(tls) = &route.spec.tls else {
+        return;
+    };
+    let namespace = ns(&route.metadata);
+    let Some(pair) = certificate_pair(
+        inputs,
+        namespace,
+        &tls.secret_name,
+        "spec.tls.secretName",
+        me,
+        diags,
+    ) else {
+        return;
+    };
+    for h in hosts {
+        match certs.entry(h.clone()) {
+            Entry::Vacant(v) => {
+                v.insert((me.clone(), pair.clone()));
             }
-        }
-
-        for (ri, rule) in route.spec.rules.iter().enumerate() {
-            let rule_name = rule.name.clone().unwrap_or_else(|| ri.to_string());
-            let full_name = format!("{namespace}/{route_name}/{rule_name}");
-            let action = action(
-                inputs, pools, policies, namespace, rule, &rule_name, &me, diags,
-            );
-            if let RouteAction::Forward(f) = &action {
-                for b in &f.backends {
-                    if let Some((n, p)) = b.cluster.split_once('/') {
-                        referenced_pools.insert((n.to_string(), p.to_string()));
-                    }
-                }
-                if let Some(p) = &f.cache_policy {
-                    referenced_policies.insert(p.clone());
-                }
-            }
-            let default_match = [api::RouteMatch::default()];
-            let matches: &[api::RouteMatch] = if rule.matches.is_empty() {
-                &default_match
-            } else {
-                &rule.matches
-            };
-            for (mi, m) in matches.iter().enumerate() {
-                let Some(matcher) = matcher(m, rule, &rule_name, &me, diags) else {
-                    continue;
-                };
-                let sort = (
-                    match matcher.path {
-                        PathMatch::Exact(_) => 0,
-                        PathMatch::Regex(_) => 1,
-                        PathMatch::Prefix(_) => 2,
-                    },
-                    Reverse(match &matcher.path {
-                        PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::Regex(p) => p.len(),
-                    }),
-                    matcher.methods.is_empty(),
-                    Reverse(matcher.headers.len()),
-                    Reverse(matcher.query_params.len()),
-                    created(route),
-                    namespace.to_string(),
-                    route_name.to_string(),
-                    ri,
-                    mi,
-                );
-                for h in &hosts {
-                    by_host.entry(h.clone()).or_default().push(Candidate {
-                        sort: sort.clone(),
-                        owner: me.clone(),
-                        route: Route {
-                            name: full_name.clone(),
-                            matcher: matcher.clone(),
-                            action: action.clone(),
-                        },
-                    });
-                }
-            }
+            Entry::Occupied(o) if o.get().0 != *me && o.get().1 != pair => diags.warning(
+                me,
+                Reason::RuleConflict,
+                format!("host {h} already has a certificate from {}; this route's certificate is not used for it", o.get().0),
+            ),
+            Entry::Occupied(_) => {}
         }
     }
+}
 
+/// One rule: its action, the references it makes, and a candidate route per match and host.
+fn compile_rule(
+    inputs: &Inputs<'_>,
+    pools: &BTreeMap<Key, &UpstreamPool>,
+    policies: &BTreeMap<Key, &CachePolicy>,
+    site: &RuleSite<'_>,
+    rule: &api::RouteRule,
+    collected: &mut Collected,
+    diags: &mut Diagnostics,
+) {
+    let (namespace, route_name) = (ns(&site.route.metadata), name(&site.route.metadata));
+    let rule_name = rule.name.clone().unwrap_or_else(|| site.index.to_string());
+    let full_name = format!("{namespace}/{route_name}/{rule_name}");
+    let action = action(
+        inputs, pools, policies, namespace, rule, &rule_name, site.me, diags,
+    );
+    if let RouteAction::Forward(f) = &action {
+        for b in &f.backends {
+            if let Some((n, p)) = b.cluster.split_once('/') {
+                collected
+                    .referenced_pools
+                    .insert((n.to_string(), p.to_string()));
+            }
+        }
+        if let Some(p) = &f.cache_policy {
+            collected.referenced_policies.insert(p.clone());
+        }
+    }
+    let default_match = [api::RouteMatch::default()];
+    let matches: &[api::RouteMatch] = if rule.matches.is_empty() {
+        &default_match
+    } else {
+        &rule.matches
+    };
+    for (mi, m) in matches.iter().enumerate() {
+        let Some(matcher) = matcher(m, rule, &rule_name, site.me, diags) else {
+            continue;
+        };
+        let sort = sort_key(&matcher, site, mi);
+        for h in site.hosts {
+            collected
+                .by_host
+                .entry(h.clone())
+                .or_default()
+                .push(Candidate {
+                    sort: sort.clone(),
+                    owner: site.me.clone(),
+                    route: Route {
+                        name: full_name.clone(),
+                        matcher: matcher.clone(),
+                        action: action.clone(),
+                    },
+                });
+        }
+    }
+}
+
+/// Where a match goes in its host's order; see the module docs.
+fn sort_key(matcher: &RouteMatcher, site: &RuleSite<'_>, match_index: usize) -> SortKey {
+    (
+        match matcher.path {
+            PathMatch::Exact(_) => 0,
+            PathMatch::Regex(_) => 1,
+            PathMatch::Prefix(_) => 2,
+        },
+        Reverse(match &matcher.path {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::Regex(p) => p.len(),
+        }),
+        matcher.methods.is_empty(),
+        Reverse(matcher.headers.len()),
+        Reverse(matcher.query_params.len()),
+        created(site.route),
+        ns(&site.route.metadata).to_string(),
+        name(&site.route.metadata).to_string(),
+        site.index,
+        match_index,
+    )
+}
+
+/// Each host's candidates in order, without those an earlier one shadows exactly (reported
+/// as conflicts); hosts exact first, then wildcards, then `*`.
+fn virtual_hosts(
+    by_host: BTreeMap<String, Vec<Candidate>>,
+    certs: &BTreeMap<String, (ObjectKey, CertificatePair)>,
+    diags: &mut Diagnostics,
+) -> Vec<VirtualHost> {
     let mut virtual_hosts: Vec<VirtualHost> = by_host
         .into_iter()
         .map(|(domain, mut candidates)| {
@@ -197,12 +271,7 @@ pub(super) fn compile_routes(
         })
         .collect();
     virtual_hosts.sort_by(|a, b| host_order(&a.domain).cmp(&host_order(&b.domain)));
-
-    CompiledRoutes {
-        virtual_hosts,
-        referenced_pools,
-        referenced_policies,
-    }
+    virtual_hosts
 }
 
 /// Exact names first (alphabetically), then wildcards with more labels first, then `*`.
@@ -380,35 +449,7 @@ fn action(
     me: &ObjectKey,
     diags: &mut Diagnostics,
 ) -> RouteAction {
-    let mut backends = Vec::new();
-    for b in &rule.backends {
-        if pools.contains_key(&(namespace.to_string(), b.pool.clone())) {
-            backends.push(WeightedCluster {
-                cluster: qualified(namespace, &b.pool),
-                weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
-            });
-        } else {
-            diags.error(
-                me,
-                Reason::PoolNotFound,
-                format!(
-                    "rule {rule_name}: UpstreamPool {namespace}/{} does not exist; create it or fix backends[].pool",
-                    b.pool
-                ),
-            );
-        }
-    }
-    // Merge repeated pools so weights stay what the user meant.
-    backends.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-    backends.dedup_by(|a, b| {
-        if a.cluster == b.cluster {
-            b.weight = b.weight.saturating_add(a.weight);
-            true
-        } else {
-            false
-        }
-    });
-
+    let backends = backends(pools, namespace, rule, rule_name, me, diags);
     // Every other reference is resolved even when no backend was: its diagnostics belong
     // in the same status, not one fix later.
     let cache_policy = rule.cache_policy_ref.as_ref().and_then(|r| {
@@ -432,6 +473,9 @@ fn action(
         .and_then(|a| a.api_keys.as_ref())
         .map(|k| api_keys(inputs, namespace, k, rule_name, me, diags));
     let upgrades = upgrades(rule, rule_name, me, diags);
+    let timeout_ms = rule.timeout.unwrap_or(DEFAULT_TIMEOUT).as_millis();
+    let hedge = hedge::hedge(rule, timeout_ms, rule_name, me, diags);
+    let lanes = lanes::lanes(rule, timeout_ms, rule_name, me, diags);
     if !backends.iter().any(|b| b.weight > 0) {
         return RouteAction::DirectResponse(DirectResponse {
             status: 500,
@@ -439,11 +483,12 @@ fn action(
         });
     }
 
-    let timeout_ms = rule.timeout.unwrap_or(DEFAULT_TIMEOUT).as_millis();
     RouteAction::Forward(Box::new(ForwardAction {
         backends,
         timeout_ms,
         retry: rule.retries.as_ref().map(|r| retry(r, timeout_ms)),
+        hedge,
+        lanes,
         rewrite: rule.rewrite.as_ref().map(|r| Rewrite {
             path_prefix: r.path_prefix.clone(),
             hostname: r.hostname.clone(),
@@ -453,6 +498,46 @@ fn action(
         api_keys,
         upgrades,
     }))
+}
+
+/// The rule's pools that exist, each once (repeated pools merged, so weights stay what the
+/// user meant).
+fn backends(
+    pools: &BTreeMap<Key, &UpstreamPool>,
+    namespace: &str,
+    rule: &api::RouteRule,
+    rule_name: &str,
+    me: &ObjectKey,
+    diags: &mut Diagnostics,
+) -> Vec<WeightedCluster> {
+    let mut backends = Vec::new();
+    for b in &rule.backends {
+        if pools.contains_key(&(namespace.to_string(), b.pool.clone())) {
+            backends.push(WeightedCluster {
+                cluster: qualified(namespace, &b.pool),
+                weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
+            });
+        } else {
+            diags.error(
+                me,
+                Reason::PoolNotFound,
+                format!(
+                    "rule {rule_name}: UpstreamPool {namespace}/{} does not exist; create it or fix backends[].pool",
+                    b.pool
+                ),
+            );
+        }
+    }
+    backends.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    backends.dedup_by(|a, b| {
+        if a.cluster == b.cluster {
+            b.weight = b.weight.saturating_add(a.weight);
+            true
+        } else {
+            false
+        }
+    });
+    backends
 }
 
 /// The protocols a rule allows to upgrade to, lower-case; `h2c` never (the CRD's CEL rule

@@ -1,7 +1,9 @@
-//! A route's recent latency distribution, for "hedge after the p95": log-spaced buckets of
-//! atomic counters over two rotating windows (the current one and the one before), so the
-//! quantile follows the last 10–20 s of traffic. Recording is one or two atomic adds; the
-//! quantile is recomputed at most every [`REFRESH`] and cached.
+//! A route's recent latency distribution, for "hedge after the p95" (or any percentile):
+//! log-spaced buckets of atomic counters over two rotating windows (the current one and the
+//! one before), so the quantile follows the last 10–20 s of traffic. Recording is one or two
+//! atomic adds; the route's percentile is recomputed at most every [`REFRESH`] and cached in
+//! one atomic word with the percentile it is for, so reading it allocates nothing and a
+//! route whose percentile changes (a new table) never reads the old one's value.
 
 use std::{
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
@@ -41,11 +43,17 @@ impl Default for Window {
 pub struct LatencyWindow {
     epoch: Instant,
     windows: [Window; 2],
-    /// Cached p95 in µs (0: not enough samples) and when it was computed, in ms since the
+    /// The cached percentile: the percentile in the top [`PERCENT_BITS`] bits, its value
+    /// in µs below (0: not enough samples); and when it was computed, in ms since the
     /// epoch (`u64::MAX`: never).
-    p95_us: AtomicU64,
-    p95_at_ms: AtomicU64,
+    cached: AtomicU64,
+    cached_at_ms: AtomicU64,
 }
+
+/// Bits of the cached word that say which percentile it holds (1–99 fit in 7).
+const PERCENT_BITS: u32 = 7;
+const VALUE_BITS: u32 = 64 - PERCENT_BITS;
+const VALUE_MASK: u64 = (1 << VALUE_BITS) - 1;
 
 impl Default for LatencyWindow {
     fn default() -> Self {
@@ -70,8 +78,8 @@ impl LatencyWindow {
         Self {
             epoch: now,
             windows: Default::default(),
-            p95_us: AtomicU64::new(0),
-            p95_at_ms: AtomicU64::new(u64::MAX),
+            cached: AtomicU64::new(0),
+            cached_at_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -126,21 +134,31 @@ impl LatencyWindow {
         None
     }
 
+    /// The `percent`th percentile (1–99), cached for [`REFRESH`]; `None` with fewer than
+    /// [`MIN_SAMPLES`] samples.
+    pub fn percentile(&self, percent: u8, now: Instant) -> Option<Duration> {
+        let percent = percent.clamp(1, 99);
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let at = self.cached_at_ms.load(Ordering::Acquire);
+        if at != u64::MAX && now_ms.saturating_sub(at) < REFRESH.as_millis() as u64 {
+            let word = self.cached.load(Ordering::Relaxed);
+            if word >> VALUE_BITS == u64::from(percent) {
+                let us = word & VALUE_MASK;
+                return (us > 0).then(|| Duration::from_micros(us));
+            }
+        }
+        let us = self
+            .quantile(f64::from(percent) / 100.0, now)
+            .map_or(0, |d| (d.as_micros() as u64).clamp(1, VALUE_MASK));
+        self.cached
+            .store(u64::from(percent) << VALUE_BITS | us, Ordering::Relaxed);
+        self.cached_at_ms.store(now_ms, Ordering::Release);
+        (us > 0).then(|| Duration::from_micros(us))
+    }
+
     /// The p95, cached for [`REFRESH`].
     pub fn p95(&self, now: Instant) -> Option<Duration> {
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        let at = self.p95_at_ms.load(Ordering::Acquire);
-        if at != u64::MAX && now_ms.saturating_sub(at) < REFRESH.as_millis() as u64 {
-            let us = self.p95_us.load(Ordering::Relaxed);
-            return (us > 0).then(|| Duration::from_micros(us));
-        }
-        let p = self.quantile(0.95, now);
-        self.p95_us.store(
-            p.map_or(0, |d| d.as_micros().max(1) as u64),
-            Ordering::Relaxed,
-        );
-        self.p95_at_ms.store(now_ms, Ordering::Release);
-        p
+        self.percentile(95, now)
     }
 }
 
@@ -178,6 +196,47 @@ mod tests {
         assert!(p >= 10 * MS && p < 13 * MS, "{p:?}");
         let p99 = w.quantile(0.99, now).unwrap();
         assert!(p99 >= 400 * MS && p99 < 480 * MS, "{p99:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_percentile_is_read_from_the_same_samples() {
+        let w = LatencyWindow::default();
+        let now = Instant::now();
+        // 1..=100 ms, one sample each: the n-th percentile is about n ms.
+        for ms in 1..=100u64 {
+            w.record(Duration::from_millis(ms), now);
+        }
+        for (percent, truth) in [(50u8, 50u32), (90, 90), (95, 95), (99, 99)] {
+            let p = w.percentile(percent, now).unwrap();
+            // Within one bucket (×1.2) above the truth.
+            assert!(
+                p >= MS * truth && p <= MS * truth * 6 / 5,
+                "p{percent} {p:?}"
+            );
+        }
+        assert!(w.percentile(50, now) < w.percentile(99, now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_never_answers_for_another_percentile() {
+        let w = LatencyWindow::default();
+        for ms in 1..=100u64 {
+            w.record(Duration::from_millis(ms), Instant::now());
+        }
+        let p50 = w.percentile(50, Instant::now()).unwrap();
+        // Within REFRESH of the cached p50, a route now asking for its p99 gets the p99.
+        let p99 = w.percentile(99, Instant::now()).unwrap();
+        assert!(
+            p99 >= 99 * MS,
+            "{p99:?} is not the p99 (the p50 was {p50:?})"
+        );
+        // That value is cached for REFRESH, then follows the samples.
+        for _ in 0..1000 {
+            w.record(500 * MS, Instant::now());
+        }
+        assert_eq!(w.percentile(99, Instant::now()), Some(p99));
+        tokio::time::advance(REFRESH).await;
+        assert!(w.percentile(99, Instant::now()).unwrap() >= 500 * MS);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,12 +2,14 @@
 //! capacity from every other route.
 //!
 //! The proxy admits at most `--max-in-flight` requests at once. Inside that:
-//! - **Route bulkheads**: one route has at most `--route-max-in-flight` requests in flight.
+//! - **Route bulkheads**: one route has at most its rule's `lanes.maxInFlight` requests in
+//!   flight, or `--route-max-in-flight` when the rule does not say.
 //! - **Lanes**: each route's latency (to response headers, timeouts included) is tracked as
-//!   an exponentially weighted average. A route whose average passes
-//!   `--slow-lane-threshold` moves to the **slow lane**, which may hold only
-//!   `--slow-lane-percent` of the capacity; it moves back once the average falls below
-//!   half the threshold. Fast routes may use all the capacity the slow lane does not hold.
+//!   an exponentially weighted average. A route whose average passes its rule's
+//!   `lanes.slowThreshold` (or `--slow-lane-threshold`) moves to the **slow lane**, which
+//!   may hold only `--slow-lane-percent` of the capacity; it moves back once the average
+//!   falls below half the threshold. Fast routes may use all the capacity the slow lane
+//!   does not hold.
 //!
 //! So a backend that hangs fills at most its route's bulkhead, then (as its timeouts
 //! arrive) at most the slow lane, and everything else keeps the rest. A refused request is
@@ -15,12 +17,14 @@
 //! `parapet_rejected_requests_total{reason}` (`route_bulkhead`, `slow_lane_full`,
 //! `overloaded`).
 //!
-//! Everything is atomics; the counters are the exported gauges themselves.
+//! Everything is atomics; the counters are the exported gauges themselves. A route's own
+//! limits live in its [`RouteLane`] (which outlives tables) and are set when a table is
+//! installed ([`RouteLane::configure`]), so admission reads them with one relaxed load.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -30,25 +34,52 @@ use tokio::time::Instant;
 
 use crate::metrics::{LaneLabel, Metrics, RouteMetrics};
 
+/// The proxy-wide settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaneConfig {
     /// Requests in flight through the whole proxy.
     pub capacity: u32,
-    /// Requests in flight per route.
-    pub route_limit: u32,
     /// The slow lane's share of `capacity`, in percent.
     pub slow_percent: u32,
-    /// Average latency above which a route is slow.
-    pub slow_threshold: Duration,
 }
 
 impl Default for LaneConfig {
     fn default() -> Self {
         Self {
             capacity: 10_000,
-            route_limit: 5_000,
             slow_percent: 25,
+        }
+    }
+}
+
+/// One route's settings: its rule's `lanes`, each field defaulting to the flags'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteLaneSettings {
+    /// Requests in flight for the route (its bulkhead), at least 1.
+    pub max_in_flight: u32,
+    /// Average latency above which the route is slow.
+    pub slow_threshold: Duration,
+}
+
+impl Default for RouteLaneSettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 5_000,
             slow_threshold: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RouteLaneSettings {
+    /// The rule's own settings where it has them, these (the flags') elsewhere.
+    pub fn with_rule(self, own: Option<&parapet_crds::snapshot::RouteLanes>) -> Self {
+        let Some(own) = own else { return self };
+        Self {
+            max_in_flight: own.max_in_flight.unwrap_or(self.max_in_flight).max(1),
+            slow_threshold: own
+                .slow_threshold_ms
+                .filter(|ms| *ms > 0)
+                .map_or(self.slow_threshold, Duration::from_millis),
         }
     }
 }
@@ -90,15 +121,43 @@ pub struct RouteLane {
     /// Average latency in seconds (`f64` bits); starts at 0.
     average: AtomicU64,
     slow: AtomicBool,
+    /// The route's bulkhead ([`RouteLaneSettings::max_in_flight`]).
+    limit: AtomicU32,
+    /// Its slow threshold in seconds (`f64` bits).
+    threshold: AtomicU64,
 }
 
 impl RouteLane {
     pub fn new(metrics: &RouteMetrics) -> Self {
+        let defaults = RouteLaneSettings::default();
         Self {
             in_flight: metrics.in_flight.clone(),
             slow_gauge: metrics.slow.clone(),
             average: AtomicU64::new(0f64.to_bits()),
             slow: AtomicBool::new(false),
+            limit: AtomicU32::new(defaults.max_in_flight),
+            threshold: AtomicU64::new(defaults.slow_threshold.as_secs_f64().to_bits()),
+        }
+    }
+
+    /// Takes the route's settings from the table being installed; requests in flight keep
+    /// their slots, new ones meet the new limit.
+    pub fn configure(&self, settings: RouteLaneSettings) {
+        self.limit
+            .store(settings.max_in_flight.max(1), Ordering::Relaxed);
+        self.threshold.store(
+            settings.slow_threshold.as_secs_f64().to_bits(),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> RouteLaneSettings {
+        RouteLaneSettings {
+            max_in_flight: self.limit.load(Ordering::Relaxed),
+            slow_threshold: Duration::from_secs_f64(f64::from_bits(
+                self.threshold.load(Ordering::Relaxed),
+            )),
         }
     }
 
@@ -115,9 +174,10 @@ impl RouteLane {
     }
 
     /// Adds one latency sample; moves the route between lanes (with hysteresis).
-    pub fn observe(&self, latency: Duration, threshold: Duration) {
+    pub fn observe(&self, latency: Duration) {
+        let t = f64::from_bits(self.threshold.load(Ordering::Relaxed));
         // One very slow request should not flip a fast route: clamp samples.
-        let sample = latency.min(threshold * 2).as_secs_f64();
+        let sample = latency.as_secs_f64().min(t * 2.0);
         let prev = self
             .average
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
@@ -126,7 +186,6 @@ impl RouteLane {
             })
             .unwrap_or_else(|b| b);
         let avg = f64::from_bits(prev) + ALPHA * (sample - f64::from_bits(prev));
-        let t = threshold.as_secs_f64();
         if !self.is_slow() && avg > t {
             self.slow.store(true, Ordering::Relaxed);
             self.slow_gauge.set(1);
@@ -184,7 +243,7 @@ impl Lanes {
         now: Instant,
     ) -> Result<LaneGuard, Rejected> {
         let capacity = i64::from(self.config.capacity);
-        if route.in_flight.inc() >= i64::from(self.config.route_limit) {
+        if route.in_flight.inc() >= i64::from(route.limit.load(Ordering::Relaxed)) {
             route.in_flight.dec();
             return Err(Rejected::RouteBulkhead);
         }
@@ -240,10 +299,8 @@ impl LaneGuard {
     pub fn finish_at(mut self, now: Instant) {
         if self.record {
             self.record = false;
-            self.route.observe(
-                now.saturating_duration_since(self.started),
-                self.lanes.config.slow_threshold,
-            );
+            self.route
+                .observe(now.saturating_duration_since(self.started));
         }
     }
 }
@@ -257,8 +314,7 @@ impl Drop for LaneGuard {
         }
         self.route.in_flight.dec();
         if self.record {
-            self.route
-                .observe(self.started.elapsed(), self.lanes.config.slow_threshold);
+            self.route.observe(self.started.elapsed());
         }
     }
 }
@@ -270,16 +326,25 @@ mod tests {
     fn setup(config: LaneConfig) -> (Arc<Lanes>, Arc<RouteLane>, Arc<RouteLane>) {
         let m = Metrics::new();
         let lanes = Lanes::new(config, &m);
-        let a = Arc::new(RouteLane::new(&RouteMetrics::new(&m, "a")));
-        let b = Arc::new(RouteLane::new(&RouteMetrics::new(&m, "b")));
-        (lanes, a, b)
+        let route = |name| {
+            let r = Arc::new(RouteLane::new(&RouteMetrics::new(&m, name)));
+            r.configure(route_defaults());
+            r
+        };
+        (lanes, route("a"), route("b"))
     }
 
     fn config() -> LaneConfig {
         LaneConfig {
             capacity: 10,
-            route_limit: 6,
             slow_percent: 20,
+        }
+    }
+
+    /// What the flags give routes whose rule says nothing, in these tests.
+    fn route_defaults() -> RouteLaneSettings {
+        RouteLaneSettings {
+            max_in_flight: 6,
             slow_threshold: Duration::from_millis(100),
         }
     }
@@ -332,5 +397,82 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         drop(g);
         assert!(!a.is_slow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_limit_of_its_own_holds_while_another_keeps_the_default() {
+        let (lanes, a, b) = setup(config());
+        let own = parapet_crds::snapshot::RouteLanes {
+            max_in_flight: Some(2),
+            slow_threshold_ms: None,
+        };
+        a.configure(route_defaults().with_rule(Some(&own)));
+        let held: Vec<LaneGuard> = (0..2).map(|_| lanes.admit(&a).unwrap()).collect();
+        assert_eq!(lanes.admit(&a).err(), Some(Rejected::RouteBulkhead));
+        // The other route still has the default bulkhead of 6.
+        let others: Vec<LaneGuard> = (0..6).map(|_| lanes.admit(&b).unwrap()).collect();
+        assert_eq!(lanes.admit(&b).err(), Some(Rejected::RouteBulkhead));
+        drop(others);
+        // A new table raises the limit: the route takes more at once.
+        a.configure(route_defaults());
+        let more: Vec<LaneGuard> = (0..4).map(|_| lanes.admit(&a).unwrap()).collect();
+        assert_eq!(lanes.admit(&a).err(), Some(Rejected::RouteBulkhead));
+        drop((held, more));
+        assert_eq!(a.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_slow_threshold_of_its_own_decides_its_lane() {
+        let (lanes, a, b) = setup(config());
+        let own = parapet_crds::snapshot::RouteLanes {
+            max_in_flight: None,
+            slow_threshold_ms: Some(1000),
+        };
+        a.configure(route_defaults().with_rule(Some(&own)));
+        assert_eq!(
+            a.settings().max_in_flight,
+            6,
+            "unset fields keep the default"
+        );
+        // Both answer in 300 ms: above the default 100 ms, below a's own 1 s.
+        for _ in 0..30 {
+            let (ga, gb) = (lanes.admit(&a).unwrap(), lanes.admit(&b).unwrap());
+            tokio::time::advance(Duration::from_millis(300)).await;
+            drop((ga, gb));
+        }
+        assert!(!a.is_slow(), "a: average {:?}", a.average());
+        assert!(b.is_slow(), "b: average {:?}", b.average());
+    }
+
+    #[test]
+    fn rule_settings_fall_back_field_by_field() {
+        let flags = RouteLaneSettings {
+            max_in_flight: 50,
+            slow_threshold: Duration::from_millis(700),
+        };
+        assert_eq!(flags.with_rule(None), flags);
+        let own = |max, ms| parapet_crds::snapshot::RouteLanes {
+            max_in_flight: max,
+            slow_threshold_ms: ms,
+        };
+        assert_eq!(
+            flags.with_rule(Some(&own(Some(3), None))),
+            RouteLaneSettings {
+                max_in_flight: 3,
+                slow_threshold: Duration::from_millis(700)
+            }
+        );
+        assert_eq!(
+            flags.with_rule(Some(&own(None, Some(200)))),
+            RouteLaneSettings {
+                max_in_flight: 50,
+                slow_threshold: Duration::from_millis(200)
+            }
+        );
+        // Values a valid table never holds still leave a usable lane.
+        assert_eq!(
+            flags.with_rule(Some(&own(Some(0), Some(0)))).max_in_flight,
+            1
+        );
     }
 }

@@ -11,18 +11,14 @@
 //!    method allows it, the body can be replayed, the budget has a token and time is left.
 //!    The last failure is what the client sees: the upstream's own 5xx, or the gateway's
 //!    502/504.
-//! 5. On hedged routes, if the first attempt has not answered after the hedge delay, a
-//!    second one goes to another endpoint; the first usable answer wins, the other attempt
-//!    is cancelled.
+//! 5. On hedged routes, if no attempt has answered after the hedge delay, another goes to
+//!    an endpoint not tried yet (up to the route's `maxExtraAttempts`, one delay apart); the
+//!    first usable answer wins, the other attempts are cancelled.
 //!
 //! Attempts run inside the request's task (no spawn); without hedging no allocation is
 //! made per attempt.
 
-use std::{
-    pin::{Pin, pin},
-    sync::Arc,
-    time::Duration,
-};
+use std::{pin::pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::future::OptionFuture;
@@ -45,6 +41,7 @@ use crate::{
     balancer::EndpointHandle,
     breaker::{Overflow, Permit},
     failover::{self, Picked},
+    hedge::Hedges,
     outlier::Verdict,
     retry::{self, Denied, Failure},
     snapshot::{ClusterRuntime, RouteRuntime, Runtime},
@@ -207,20 +204,20 @@ pub(super) async fn forward(
         let _ = retry_attempt(ex, &last, 1, max_attempts, &mut body, &mut tried).await;
         return settle(ex, last);
     }
-    // Two slots: the current attempt, and a hedge. Each is pinned once and refilled.
+    // The current attempt, pinned once and refilled; hedges beside it, boxed when used
+    // (most requests never hedge, and an attempt is a large future to carry).
     let mut main = pin!(OptionFuture::from(Some(attempt(
         ex, first, first_head, first_body, per_try
     ))));
-    // Boxed when used: most requests never hedge, and an attempt is a large future to carry.
-    let mut hedge: OptionFuture<Pin<Box<_>>> = None.into();
-    let (mut main_running, mut hedge_running, mut hedged) = (true, false, false);
+    let max_hedges = ex.route.hedge.as_ref().map_or(1, |h| h.max_extra);
+    let mut hedges = Hedges::new(ex.started, ex.hedge_after, max_hedges);
+    let mut main_running = true;
     let mut attempts = 1u32;
     let mut last: Option<Tried> = None;
-    let hedge_at = ex.hedge_after.map(|d| ex.started + d);
     let mut out_of_time = pin!(tokio::time::sleep_until(ex.deadline));
 
     loop {
-        let hedge_when = hedge_at.filter(|_| !hedged && main_running && !hedge_running);
+        let hedge_when = hedges.due(main_running);
         let hedge_due = async move {
             match hedge_when {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -233,16 +230,11 @@ pub(super) async fn forward(
                 main.set(None.into());
                 (r, false)
             }
-            Some(r) = &mut hedge, if hedge_running => {
-                hedge_running = false;
-                hedge = None.into();
-                (r, true)
-            }
+            r = hedges.next_done(), if hedges.running() => (r, true),
             () = hedge_due => {
-                hedged = true;
-                if let Some((p, b)) = hedge_attempt(ex, &mut body, &mut tried) {
-                    hedge = Some(Box::pin(attempt(ex, p, ex.parts.clone(), b, per_try))).into();
-                    hedge_running = true;
+                match hedge_attempt(ex, &mut body, &mut tried) {
+                    Some((p, b)) => hedges.launch(attempt(ex, p, ex.parts.clone(), b, per_try)),
+                    None => hedges.stop(),
                 }
                 continue;
             }
@@ -259,8 +251,8 @@ pub(super) async fn forward(
             }
             other => last = Some(other),
         }
-        if main_running || hedge_running {
-            // The other attempt may still answer.
+        if main_running || hedges.running() {
+            // Another attempt may still answer.
             continue;
         }
         let Some((next, b)) =
@@ -478,7 +470,7 @@ fn hedge_attempt(
     tried.push(p.endpoint.clone());
     let b = body.take()?;
     ex.route.metrics.hedges.inc();
-    tracing::debug!(route = %ex.route_name(), endpoint = %p.endpoint.authority(), "hedging: second attempt sent");
+    tracing::debug!(route = %ex.route_name(), endpoint = %p.endpoint.authority(), attempts = tried.len(), "hedging: another attempt sent");
     Some((p, b))
 }
 

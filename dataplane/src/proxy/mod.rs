@@ -50,7 +50,6 @@ use self::{
 };
 use crate::{
     auth::{Refusal, Source},
-    hedge::HedgeDelay,
     lanes::{LaneGuard, Lanes},
     metrics::Metrics,
     ratelimit::{self, Decision},
@@ -545,12 +544,7 @@ impl Proxy {
         let policy = routed.forward.retry.as_ref();
         let repeatable = upgrade.is_none()
             && (idempotent(&parts.method) || policy.is_some_and(|p| p.non_idempotent));
-        let hedge_after = match route.hedge {
-            _ if !repeatable => None,
-            None => None,
-            Some(HedgeDelay::Fixed(d)) => Some(d),
-            Some(HedgeDelay::P95) => route.live.latency.p95(at.started),
-        };
+        let hedge_after = repeatable.then(|| route.hedge_after(at.started)).flatten();
         let exchange = Exchange {
             forwarding: prepare::forwarding(at.conn, authority, routed.trusted),
             table: routed.table,

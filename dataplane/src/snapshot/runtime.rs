@@ -11,7 +11,8 @@ use crate::{
     balancer::{ClusterBalancer, EndpointRegistry},
     breaker::{self, BreakerState},
     failover::Availability,
-    hedge::{HedgeConfig, HedgeDelay},
+    hedge::{HedgeConfig, HedgePlan},
+    lanes::RouteLaneSettings,
     metrics::{ClusterMetrics, Metrics, RouteMetrics},
     outlier::ClusterOutlier,
     ratelimit::{PodLimit, RateLimiter},
@@ -24,8 +25,11 @@ use crate::{
 pub struct BuildOptions {
     /// This pod's zone (`--zone`), for pools that prefer their local zone.
     pub zone: Option<String>,
-    /// Which routes hedge (`--hedge`).
+    /// Which routes hedge (`--hedge`) when their rule does not say.
     pub hedge: HedgeConfig,
+    /// Bulkhead and slow threshold of routes whose rule does not say
+    /// (`--route-max-in-flight`, `--slow-lane-threshold`).
+    pub route_lanes: RouteLaneSettings,
     /// The response cache's memory bound in bytes (`--cache-max-bytes`).
     pub cache_max_bytes: u64,
     /// Keys a route's rate limiter holds at most (`--rate-limit-max-keys`).
@@ -40,6 +44,7 @@ impl Default for BuildOptions {
         Self {
             zone: None,
             hedge: HedgeConfig::default(),
+            route_lanes: RouteLaneSettings::default(),
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             rate_limit_max_keys: crate::ratelimit::DEFAULT_MAX_KEYS,
         }
@@ -81,7 +86,8 @@ pub struct RouteRuntime {
     pub metrics: RouteMetrics,
     /// Retry budget, lane and latency window, kept across tables.
     pub live: Arc<RouteLive>,
-    pub hedge: Option<HedgeDelay>,
+    /// How the route hedges: its rule's `hedge`, else `--hedge`.
+    pub hedge: Option<HedgePlan>,
     /// The rule's API keys (`auth.apiKeys`).
     pub api_keys: Option<ApiKeys>,
     /// The rule's buckets (`rateLimit`), this pod's share.
@@ -184,7 +190,9 @@ impl Runtime {
                 let mut total = 0u64;
                 let mut budget = (DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_MIN_PER_SECOND);
                 let (mut api_keys, mut rate_limit) = (None, None);
+                let (mut own_hedge, mut own_lanes) = (None, None);
                 if let RouteAction::Forward(f) = &route.action {
+                    (own_hedge, own_lanes) = (f.hedge.as_ref(), f.lanes.as_ref());
                     if let Some(check) = &f.api_keys {
                         // An unusable header name leaves a checker with no keys: every
                         // request is refused rather than let through.
@@ -218,13 +226,17 @@ impl Runtime {
                     }
                 }
                 let route_metrics = RouteMetrics::new(metrics, &route.name);
+                let live = live.route(&route.name, &route_metrics, budget.0, budget.1);
+                // Set after every step that can fail, so a refused table changes no route.
+                live.lane
+                    .configure(options.route_lanes.with_rule(own_lanes));
                 RouteRuntime {
                     name: route.name.clone(),
                     backends,
                     total_weight: total,
-                    live: live.route(&route.name, &route_metrics, budget.0, budget.1),
+                    live,
                     metrics: route_metrics,
-                    hedge: options.hedge.for_route(&route.name),
+                    hedge: HedgePlan::resolve(&route.name, own_hedge, &options.hedge),
                     api_keys,
                     rate_limit,
                 }
@@ -258,6 +270,12 @@ impl Runtime {
 }
 
 impl RouteRuntime {
+    /// When a request's first hedge is due, if the route hedges now: read per request
+    /// because a percentile follows the traffic (a cached atomic load, nothing allocated).
+    pub fn hedge_after(&self, now: tokio::time::Instant) -> Option<std::time::Duration> {
+        self.hedge.as_ref()?.delay(&self.live.latency, now)
+    }
+
     /// Picks a backend cluster by weight; `roll` is uniform in `0..total_weight`.
     pub fn pick_cluster(&self, roll: u64) -> Option<&Arc<ClusterRuntime>> {
         if self.backends.len() == 1 {
@@ -267,5 +285,91 @@ impl RouteRuntime {
             .iter()
             .find(|(_, cumulative)| roll < *cumulative)
             .map(|(c, _)| c)
+    }
+}
+
+#[cfg(test)]
+mod route_settings_tests {
+    use std::time::Duration;
+
+    use parapet_crds::snapshot::Snapshot;
+
+    use super::*;
+    use crate::hedge::HedgeDelay;
+
+    fn table(rules: &str) -> Snapshot {
+        let yaml = format!(
+            "apiVersion: parapet.dev/v1alpha1\nkind: UpstreamPool\nmetadata: {{name: p}}\nspec:\n  static: [{{address: 127.0.0.1, port: 1}}]\n---\napiVersion: parapet.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: r}}\nspec:\n  hosts: ['*']\n  rules:\n{rules}"
+        );
+        let m = parapet_crds::manifest::Manifest::parse(&yaml).unwrap();
+        Snapshot::new(1, parapet_crds::compiler::compile(&m.inputs()).table)
+    }
+
+    fn route<'a>(rt: &'a Runtime, name: &str) -> &'a RouteRuntime {
+        rt.routes.iter().find(|r| r.name == name).unwrap()
+    }
+
+    #[test]
+    fn a_rule_own_settings_win_and_the_flags_fill_in_the_rest() {
+        let options = BuildOptions {
+            hedge: HedgeConfig::parse(["*=20ms"]).unwrap(),
+            route_lanes: RouteLaneSettings {
+                max_in_flight: 7,
+                slow_threshold: Duration::from_millis(300),
+            },
+            ..Default::default()
+        };
+        let live = LiveState::default();
+        let build = |snapshot| {
+            Runtime::build(
+                snapshot,
+                &EndpointRegistry::default(),
+                &live,
+                &ClientPool::default(),
+                &Metrics::new(),
+                &options,
+            )
+            .unwrap()
+        };
+        let rt = build(table(
+            "    - {name: own, matches: [{path: {value: /own}}], backends: [{pool: p}], hedge: {percentile: 99, maxExtraAttempts: 2}, lanes: {maxInFlight: 3}}\n    - {name: flags, backends: [{pool: p}]}\n",
+        ));
+        let own = route(&rt, "default/r/own");
+        assert_eq!(
+            own.hedge,
+            Some(HedgePlan {
+                delay: HedgeDelay::Percentile(99),
+                max_extra: 2
+            })
+        );
+        assert_eq!(
+            own.live.lane.settings(),
+            RouteLaneSettings {
+                max_in_flight: 3,
+                slow_threshold: Duration::from_millis(300)
+            }
+        );
+        let flags = route(&rt, "default/r/flags");
+        assert_eq!(
+            flags.hedge,
+            Some(HedgePlan {
+                delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+                max_extra: 1
+            })
+        );
+        assert_eq!(flags.live.lane.settings(), options.route_lanes);
+        // A fixed delay needs no samples.
+        assert_eq!(
+            flags.hedge_after(tokio::time::Instant::now()),
+            Some(Duration::from_millis(20))
+        );
+
+        // The next table drops the rule's lanes: the same live lane takes the flags again.
+        let lane = own.live.lane.clone();
+        let rt = build(table(
+            "    - {name: own, matches: [{path: {value: /own}}], backends: [{pool: p}]}\n",
+        ));
+        assert!(Arc::ptr_eq(&route(&rt, "default/r/own").live.lane, &lane));
+        assert_eq!(lane.settings(), options.route_lanes);
     }
 }
