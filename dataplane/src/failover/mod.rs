@@ -34,7 +34,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::{
-    balancer::{EndpointHandle, health_epoch},
+    endpoint::{EndpointHandle, health_epoch},
     outlier::{self, Admission, ProbeGuard},
     snapshot::{ClusterRuntime, Runtime},
 };

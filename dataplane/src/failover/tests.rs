@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::{
-    balancer::EndpointRegistry,
+    endpoint::EndpointRegistry,
     metrics::Metrics,
     snapshot::{BuildOptions, LiveState},
     upstream::ClientPool,

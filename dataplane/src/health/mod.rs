@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 
 pub use self::verdicts::Verdicts;
 use crate::{
-    balancer::{EndpointKey, EndpointStats},
+    endpoint::{EndpointKey, EndpointStats},
     metrics::{ClusterReasonLabels, EndpointLabels, Metrics},
     snapshot::Runtime,
     upstream::TlsKey,

@@ -4,7 +4,7 @@ use parapet_crds::snapshot::Snapshot;
 
 use super::*;
 use crate::{
-    balancer::EndpointRegistry,
+    endpoint::EndpointRegistry,
     snapshot::{BuildOptions, LiveState},
     upstream::ClientPool,
 };

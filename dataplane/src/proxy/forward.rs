@@ -42,8 +42,8 @@ use super::{
     problem::full,
 };
 use crate::{
-    balancer::EndpointHandle,
     breaker::{Overflow, Permit},
+    endpoint::EndpointHandle,
     failover::{self, Picked},
     outlier::Verdict,
     retry::{self, Denied, Failure},

@@ -8,8 +8,9 @@ use parapet_crds::snapshot::{Cluster, RouteAction, Snapshot};
 use super::live::{ClusterLive, LiveState, RouteLive};
 use crate::{
     auth::ApiKeys,
-    balancer::{ClusterBalancer, EndpointRegistry},
+    balancer::ClusterBalancer,
     breaker::{self, BreakerState},
+    endpoint::EndpointRegistry,
     failover::Availability,
     hedge::{HedgeConfig, HedgeDelay},
     metrics::{ClusterMetrics, Metrics, RouteMetrics},

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::{BuildOptions, LiveState, Runtime, persist};
 use crate::{
-    balancer::EndpointRegistry, cache::Cache, health::HealthChecks, metrics::Metrics,
+    cache::Cache, endpoint::EndpointRegistry, health::HealthChecks, metrics::Metrics,
     upstream::ClientPool,
 };
 
