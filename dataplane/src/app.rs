@@ -237,7 +237,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let tls = if fallback.is_some() || args.tls {
-        Some(crate::tls::acceptor(store.clone(), fallback)?)
+        Some(crate::tls::acceptor(
+            store.certificates().clone(),
+            fallback,
+        )?)
     } else {
         None
     };

@@ -17,6 +17,7 @@ use crate::{
     outlier::ClusterOutlier,
     ratelimit::{PodLimit, RateLimiter},
     router::{Router, RouterError},
+    tls::{CertMap, cert_map},
     upstream::{ClientPool, UpstreamClient, http1::Http1Client},
 };
 
@@ -97,8 +98,9 @@ pub struct Runtime {
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
     /// Cache policies by name, as routes name them.
     pub cache_policies: HashMap<String, Arc<parapet_crds::snapshot::CachePolicy>>,
-    /// TLS certificates by virtual-host domain, for SNI selection.
-    pub certs: crate::tls::CertMap,
+    /// TLS certificates by virtual-host domain, for SNI selection (installed in the store's
+    /// `Certificates` with the table).
+    pub certs: Arc<CertMap>,
     /// The zone this table's balancers were built for.
     pub zone: Option<String>,
 }
@@ -238,7 +240,7 @@ impl Runtime {
             .map(|p| (p.name.clone(), Arc::new(p.clone())))
             .collect();
         Ok(Self {
-            certs: crate::tls::cert_map(&snapshot.table),
+            certs: Arc::new(cert_map(&snapshot.table)),
             zone: options.zone.clone(),
             cache_policies,
             snapshot,
