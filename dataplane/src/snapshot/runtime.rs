@@ -1,7 +1,11 @@
 //! A snapshot turned into what the request path needs: a router, balancers, per-route and
 //! per-cluster handles. Built off the request path, then swapped in whole.
 
-use std::{collections::HashMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock, Weak},
+    time::SystemTime,
+};
 
 use parapet_crds::snapshot::{Cluster, RouteAction, Snapshot};
 
@@ -10,8 +14,7 @@ use crate::{
     auth::ApiKeys,
     balancer::ClusterBalancer,
     breaker::{self, BreakerState},
-    endpoint::EndpointRegistry,
-    failover::Availability,
+    endpoint::{Availability, EndpointRegistry},
     hedge::{HedgeConfig, HedgeDelay},
     metrics::{ClusterMetrics, Metrics, RouteMetrics},
     outlier::ClusterOutlier,
@@ -68,8 +71,10 @@ pub struct ClusterRuntime {
     /// balancer for the local zone's endpoints and one for the others, so each keeps its
     /// own rotation (the endpoints share their live state with `balancer`'s).
     pub zones: Option<[ClusterBalancer; 2]>,
-    /// `failover.backupCluster`, and below what healthy share it takes the traffic.
-    pub backup: Option<String>,
+    /// `failover.backupCluster`, resolved when the table is built (see [`backup`](Self::backup)).
+    /// Weak, as two pools may back each other up; the table owns them both.
+    backup: OnceLock<Weak<ClusterRuntime>>,
+    /// Below what healthy share the backup takes the traffic.
     pub min_healthy_percent: u32,
 }
 
@@ -136,7 +141,7 @@ impl ClusterRuntime {
             });
         Ok(Self {
             zones,
-            backup: failover.and_then(|f| f.backup_cluster.clone()),
+            backup: OnceLock::new(),
             min_healthy_percent: failover.map_or(0, |f| f.min_healthy_percent),
             availability,
             limits: breaker::Limits::of(c.circuit_breaker.as_ref(), c.protocol),
@@ -153,6 +158,11 @@ impl ClusterRuntime {
             metrics: ClusterMetrics::new(metrics, &c.name),
             spec: c.clone(),
         })
+    }
+
+    /// The backup pool (`failover.backupCluster`) of the same table, if it has one.
+    pub fn backup(&self) -> Option<Arc<ClusterRuntime>> {
+        self.backup.get().and_then(Weak::upgrade)
     }
 }
 
@@ -180,6 +190,18 @@ impl Runtime {
                 ))
             })
             .collect::<Result<_, RouterError>>()?;
+        // Backups by reference, so a request follows one instead of looking a name up. A
+        // name the table lacks (validation refuses such tables) leaves the pool without one.
+        for c in clusters.values() {
+            let named = c
+                .spec
+                .failover
+                .as_ref()
+                .and_then(|f| f.backup_cluster.as_ref());
+            if let Some(backup) = named.and_then(|b| clusters.get(b)) {
+                let _ = c.backup.set(Arc::downgrade(backup));
+            }
+        }
         let routes = router
             .routes()
             .map(|(_, route)| {
