@@ -13,6 +13,7 @@ pub mod auth;
 pub mod balancer;
 pub mod breaker;
 pub mod cache;
+pub mod codec;
 pub mod downstream;
 pub mod endpoint;
 pub mod failover;
