@@ -777,7 +777,11 @@ fn sources() -> Vec<(PathBuf, String)> {
 
 /// Cycles not removed yet, each as the files of one strongly connected component (sorted). A
 /// cycle found must be listed exactly, so a new cycle fails, and so does one that grows; a
-/// listed cycle that is gone fails too, so the list only shrinks.
+/// listed cycle that is gone fails too, so the list only shrinks. Both left are in the
+/// request path, which is being restructured:
+/// - `upstream` sends `proxy::body::ProxyBody`, and `proxy/body.rs` uses `upstream::BoxError`;
+/// - `proxy/mod.rs` uses its children, and they use its `ConnInfo`, `idempotent` and
+///   `is_bad_request_body`.
 const KNOWN: &[&[&str]] = &[
     &["proxy/body.rs", "upstream/mod.rs"],
     &[
@@ -787,7 +791,6 @@ const KNOWN: &[&[&str]] = &[
         "proxy/prepare.rs",
         "proxy/respond.rs",
     ],
-    &["router/matcher.rs", "router/mod.rs"],
 ];
 
 #[test]
