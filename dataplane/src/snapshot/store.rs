@@ -231,7 +231,12 @@ impl SnapshotStore {
         self.live.retain_table(&runtime.snapshot.table);
         // Clients of settings no pool uses now (e.g. a rotated client certificate) go.
         self.clients.retain_used(&runtime.snapshot.table.clusters);
-        self.health.reconcile(&runtime);
+        self.health.reconcile(
+            runtime
+                .clusters
+                .values()
+                .map(|c| (&c.spec, c.balancer.endpoints())),
+        );
         self.reconcile_sweepers(&runtime);
 
         self.metrics.snapshot_version.set(runtime.version() as i64);
