@@ -7,6 +7,7 @@ use clap::Parser;
 
 use crate::{
     admin::Admin,
+    codec::Http1Codec,
     hedge::HedgeConfig,
     lanes::{LaneConfig, Lanes, RouteLaneSettings},
     listener::{self, ListenerConfig},
@@ -14,7 +15,7 @@ use crate::{
     proxy::{EdgeConfig, Limits, Proxy},
     snapshot::{BuildOptions, SnapshotStore, load_persisted},
     standalone,
-    upstream::{ClientPool, Http1Choice},
+    upstream::ClientPool,
 };
 
 /// Parapet data plane: a reverse proxy that serves the routing table compiled from
@@ -161,14 +162,14 @@ pub struct Args {
     /// Client for plain HTTP/1.1 pools: `parapet` (its own, sending from the request's task;
     /// requests with streamed bodies and upgrades still use hyper's) or `hyper` (hyper-util's
     /// pooled client for everything, as TLS and HTTP/2 pools always use).
-    #[arg(long, env = "PARAPET_UPSTREAM_HTTP1", value_enum, default_value_t = Http1Choice::Parapet)]
-    pub upstream_http1: Http1Choice,
+    #[arg(long, env = "PARAPET_UPSTREAM_HTTP1", value_enum, default_value_t = Http1Codec::Parapet)]
+    pub upstream_http1: Http1Codec,
     /// Which codec serves downstream HTTP/1.1 requests without a body: `parapet` (Parapet's
     /// own, which hands a connection to hyper at its first request with a body, upgrade or
     /// `Expect`, and for HTTP/1.0 and HTTP/2) or `hyper` (hyper's server for every
     /// connection).
-    #[arg(long, env = "PARAPET_DOWNSTREAM_HTTP1", value_enum, default_value_t = Http1Choice::Parapet)]
-    pub downstream_http1: Http1Choice,
+    #[arg(long, env = "PARAPET_DOWNSTREAM_HTTP1", value_enum, default_value_t = Http1Codec::Parapet)]
+    pub downstream_http1: Http1Codec,
 }
 
 /// A CIDR range, or one address (a /32 or /128).
@@ -242,7 +243,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let tls = if fallback.is_some() || args.tls {
-        Some(crate::tls::acceptor(store.clone(), fallback)?)
+        Some(crate::tls::acceptor(
+            store.certificates().clone(),
+            fallback,
+        )?)
     } else {
         None
     };
@@ -414,4 +418,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// One worker per core the process may use.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+    use crate::codec::Http1Codec;
+
+    #[test]
+    fn the_http1_codec_flags_keep_their_names_and_values() {
+        let codecs = |args: &[&str]| {
+            let a = Args::try_parse_from(std::iter::once("dataplane").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((a.downstream_http1, a.upstream_http1))
+        };
+        use Http1Codec::{Hyper, Parapet};
+        assert_eq!(codecs(&[]), Ok((Parapet, Parapet)));
+        assert_eq!(
+            codecs(&["--downstream-http1", "hyper", "--upstream-http1", "parapet"]),
+            Ok((Hyper, Parapet))
+        );
+        assert_eq!(
+            codecs(&["--downstream-http1", "parapet", "--upstream-http1", "hyper"]),
+            Ok((Parapet, Hyper))
+        );
+        assert!(codecs(&["--downstream-http1", "nginx"]).is_err());
+    }
 }

@@ -2,7 +2,8 @@
 //! connection's codec) → `proxy` (`router` → `auth` → `ratelimit` → `lanes` → `failover` →
 //! `balancer` → `breaker` → `upstream`, with `retry` and `hedge` around the attempts and
 //! `outlier` judging their results), with `health`, `admin`, `snapshot` and `standalone`
-//! beside them.
+//! beside them. `endpoint` holds the per-endpoint state that `balancer`, `health`,
+//! `outlier` and `failover` share.
 
 #![forbid(unsafe_code)]
 
@@ -12,7 +13,9 @@ pub mod auth;
 pub mod balancer;
 pub mod breaker;
 pub mod cache;
+pub mod codec;
 pub mod downstream;
+pub mod endpoint;
 pub mod failover;
 pub mod fnv;
 #[doc(hidden)]

@@ -12,9 +12,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
+    codec::Http1Codec,
     downstream::{self, Drain, Protocol},
     proxy::{ConnInfo, Proxy},
-    upstream::Http1Choice,
 };
 
 #[derive(Clone, Debug)]
@@ -31,7 +31,7 @@ pub struct ListenerConfig {
     /// the last one says `connection: close`.
     pub max_requests_per_connection: u32,
     /// Which codec serves plain HTTP/1.1 requests (`--downstream-http1`).
-    pub http1: Http1Choice,
+    pub http1: Http1Codec,
 }
 
 impl Default for ListenerConfig {
@@ -43,7 +43,7 @@ impl Default for ListenerConfig {
             h2_keepalive: Duration::from_secs(30),
             max_concurrent_streams: 1000,
             max_requests_per_connection: 0,
-            http1: Http1Choice::Parapet,
+            http1: Http1Codec::Parapet,
         }
     }
 }

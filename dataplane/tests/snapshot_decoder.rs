@@ -3,7 +3,7 @@
 
 use parapet_crds::snapshot::Snapshot;
 use parapet_dataplane::{
-    balancer::EndpointRegistry,
+    endpoint::EndpointRegistry,
     metrics::Metrics,
     router::Router,
     snapshot::{BuildOptions, LiveState, Runtime},

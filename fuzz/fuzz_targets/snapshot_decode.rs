@@ -8,7 +8,7 @@ use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
 use parapet_dataplane::{
-    balancer::EndpointRegistry,
+    endpoint::EndpointRegistry,
     fuzzing::{DecodeError, decode_snapshot},
     metrics::Metrics,
     router::Router,

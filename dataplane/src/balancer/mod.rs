@@ -1,7 +1,7 @@
 //! Load balancing: which endpoint of a cluster gets a request.
 //!
 //! A [`ClusterBalancer`] is built per cluster per snapshot and then only read: picks take
-//! no lock. Live per-endpoint state ([`EndpointStats`]: requests in flight, latency, health)
+//! no lock. Live per-endpoint state (requests in flight, latency, health; see `endpoint`)
 //! lives in an [`EndpointRegistry`] shared across snapshots, so an endpoint keeps it when
 //! the table is swapped.
 //!
@@ -23,10 +23,8 @@
 
 mod hash;
 mod maglev;
-mod registry;
 mod ring_hash;
 mod round_robin;
-mod stats;
 mod weighted;
 
 #[cfg(test)]
@@ -38,56 +36,12 @@ use http::HeaderMap;
 use parapet_crds::snapshot::{Algorithm, Cluster, HashOn};
 use rand::Rng;
 
+pub use self::hash::{request_hash, stable_hash};
 use self::{
     hash::StableHasher, maglev::Maglev, ring_hash::Ring, round_robin::RoundRobin,
     weighted::WeightedSampler,
 };
-pub use self::{
-    hash::{request_hash, stable_hash},
-    registry::{EndpointKey, EndpointRegistry},
-    stats::{EndpointStats, EwmaConfig, RequestGuard, health_epoch},
-};
-
-/// One endpoint of a cluster, as this snapshot describes it, with its live state.
-#[derive(Debug)]
-pub struct EndpointHandle {
-    pub address: String,
-    /// `address:port` (brackets around an IPv6 address), parsed once for every request.
-    pub authority: http::uri::Authority,
-    pub port: u16,
-    pub weight: u32,
-    pub zone: Option<String>,
-    /// Local to the data plane's own zone (its zone, or its topology hints name it; see
-    /// `Endpoint::local_to`); false when the data plane's zone is not known.
-    pub local: bool,
-    /// Whether the snapshot lets new requests go here; see `Endpoint::routable`.
-    pub routable: bool,
-    pub stats: Arc<EndpointStats>,
-}
-
-impl EndpointHandle {
-    pub fn routable(&self) -> bool {
-        self.routable
-    }
-
-    /// `address:port`, with brackets around an IPv6 address.
-    pub fn authority(&self) -> &http::uri::Authority {
-        &self.authority
-    }
-}
-
-/// `address:port` as a URI authority. The compiler only lets IP addresses and DNS names
-/// through; anything else gets a name under `.invalid` (RFC 6761), which never resolves, so
-/// requests to it fail as connect errors instead of the table failing to load.
-pub fn endpoint_authority(address: &str, port: u16) -> http::uri::Authority {
-    let s = if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    };
-    s.parse()
-        .unwrap_or_else(|_| http::uri::Authority::from_static("unparsable-endpoint.invalid:1"))
-}
+use crate::endpoint::{EndpointHandle, EndpointRegistry, endpoint_authority};
 
 /// Picks endpoints of one cluster for one snapshot.
 #[derive(Debug)]

@@ -84,8 +84,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use self::drain::{Drain, DrainSignal};
 use self::rewind::Rewind;
 use crate::{
+    codec::Http1Codec,
     proxy::{ConnInfo, Proxy, body::DownstreamBody},
-    upstream::Http1Choice,
 };
 
 /// What every connection of a listener shares.
@@ -108,13 +108,13 @@ impl Shared {
         proxy: Arc<Proxy>,
         hyper: auto::Builder<TokioExecutor>,
         hyper_http1: hyper::server::conn::http1::Builder,
-        choice: Http1Choice,
+        choice: Http1Codec,
         settings: http1::Settings,
     ) -> Self {
         // The codec parses into a fixed array of header slots; more allowed than that is
         // hyper's to serve.
         let own_http1 =
-            choice == Http1Choice::Parapet && settings.max_headers <= http1::HEADER_SLOTS;
+            choice == Http1Codec::Parapet && settings.max_headers <= http1::HEADER_SLOTS;
         Self {
             proxy,
             hyper_h2: hyper.clone().http2_only(),

@@ -2,7 +2,8 @@
 //! (a backup pool), locality (the data plane's own zone first), and panic mode.
 //!
 //! [`pick`] chooses an endpoint for one attempt:
-//! 1. **Tiers.** A pool with `failover.backupCluster` sends its traffic to the backup only
+//! 1. **Tiers.** A pool with `failover.backupCluster` (resolved to the backup's runtime when
+//!    the table is built) sends its traffic to the backup only
 //!    while its healthy share (healthy and not ejected, over routable endpoints) is below
 //!    `minHealthyPercent` and the backup has a healthy endpoint; traffic returns as soon as
 //!    the share recovers. The other tier is the fallback when every endpoint of the first
@@ -25,16 +26,13 @@
 #[cfg(test)]
 mod tests;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use rand::Rng;
 use tokio::time::Instant;
 
 use crate::{
-    balancer::{EndpointHandle, health_epoch},
+    endpoint::{Availability, EndpointHandle},
     outlier::{self, Admission, ProbeGuard},
     snapshot::{ClusterRuntime, Runtime},
 };
@@ -42,66 +40,13 @@ use crate::{
 /// Envoy's overprovisioning factor: a tier or zone at 1/1.4 ≈ 72% health keeps its traffic.
 pub const OVERPROVISIONING: f64 = 1.4;
 
-/// A cluster's healthy endpoint counts (all zones, local zone), recounted only after some
-/// endpoint's health or ejection changed.
-#[derive(Debug)]
-pub struct Availability {
-    routable: u32,
-    local_routable: u32,
-    /// Health epoch (low 32 bits) | available (16 bits) | local available (16 bits).
-    cache: AtomicU64,
-}
-
-impl Availability {
-    pub fn new(endpoints: &[Arc<EndpointHandle>]) -> Self {
-        let routable = endpoints.iter().filter(|e| e.routable).count() as u32;
-        let local_routable = endpoints.iter().filter(|e| e.routable && e.local).count() as u32;
-        Self {
-            routable,
-            local_routable,
-            // Epoch 0 never matches: the first call counts.
-            cache: AtomicU64::new(0),
-        }
+/// Share of traffic the local zone keeps: `min(1, 1.4 × local healthy share)`.
+pub fn local_share(availability: &Availability, endpoints: &[Arc<EndpointHandle>]) -> f64 {
+    if availability.local_routable() == 0 {
+        return 0.0;
     }
-
-    pub fn routable(&self) -> u32 {
-        self.routable
-    }
-
-    pub fn local_routable(&self) -> u32 {
-        self.local_routable
-    }
-
-    /// (available, locally available) endpoints now.
-    pub fn counts(&self, endpoints: &[Arc<EndpointHandle>]) -> (u32, u32) {
-        let epoch = health_epoch() & 0xffff_ffff;
-        let cached = self.cache.load(Ordering::Acquire);
-        if cached >> 32 == epoch {
-            return (((cached >> 16) & 0xffff) as u32, (cached & 0xffff) as u32);
-        }
-        let mut avail = 0u64;
-        let mut local = 0u64;
-        for e in endpoints
-            .iter()
-            .filter(|e| e.routable && e.stats.is_available())
-        {
-            avail += 1;
-            local += u64::from(e.local);
-        }
-        let (avail, local) = (avail.min(0xffff), local.min(0xffff));
-        self.cache
-            .store((epoch << 32) | (avail << 16) | local, Ordering::Release);
-        (avail as u32, local as u32)
-    }
-
-    /// Share of traffic the local zone keeps: `min(1, 1.4 × local healthy share)`.
-    pub fn local_share(&self, endpoints: &[Arc<EndpointHandle>]) -> f64 {
-        if self.local_routable == 0 {
-            return 0.0;
-        }
-        let (_, local) = self.counts(endpoints);
-        (OVERPROVISIONING * f64::from(local) / f64::from(self.local_routable)).min(1.0)
-    }
+    let (_, local) = availability.counts(endpoints);
+    (OVERPROVISIONING * f64::from(local) / f64::from(availability.local_routable())).min(1.0)
 }
 
 /// An endpoint chosen for one attempt.
@@ -113,12 +58,9 @@ pub struct Picked {
 }
 
 /// The pools in the order they are tried: the backup first while failover is active.
-pub fn tiers<'a>(
-    table: &'a Runtime,
-    primary: &'a Arc<ClusterRuntime>,
-) -> [Option<&'a Arc<ClusterRuntime>>; 2] {
-    let Some(backup) = primary.backup.as_ref().and_then(|b| table.clusters.get(b)) else {
-        return [Some(primary), None];
+pub fn tiers(primary: &Arc<ClusterRuntime>) -> [Option<Arc<ClusterRuntime>>; 2] {
+    let Some(backup) = primary.backup() else {
+        return [Some(primary.clone()), None];
     };
     let endpoints = primary.balancer.endpoints();
     let (avail, _) = primary.availability.counts(endpoints);
@@ -141,9 +83,9 @@ pub fn tiers<'a>(
         );
     }
     if active {
-        [Some(backup), Some(primary)]
+        [Some(backup), Some(primary.clone())]
     } else {
-        [Some(primary), Some(backup)]
+        [Some(primary.clone()), Some(backup)]
     }
 }
 
@@ -159,15 +101,16 @@ enum Pass {
 }
 
 /// An endpoint for the next attempt of a request that has tried `tried`, or `None` when
-/// the pools have no routable endpoint at all.
+/// the pools have no routable endpoint at all. `_table` is the table `primary` belongs to;
+/// it is not read, as `primary` carries its backup.
 pub fn pick(
-    table: &Runtime,
+    _table: &Runtime,
     primary: &Arc<ClusterRuntime>,
     hash: Option<u64>,
     tried: &[Arc<EndpointHandle>],
     now: Instant,
 ) -> Option<Picked> {
-    let tiers = tiers(table, primary);
+    let tiers = tiers(primary);
     if let Some(p) = pick_from(&tiers, hash, tried, &[Pass::Fresh, Pass::Again], now) {
         return Some(p);
     }
@@ -181,7 +124,7 @@ pub fn pick(
                     "no usable endpoint: panic mode sends to an unhealthy or ejected one"
                 );
                 return Some(Picked {
-                    cluster: (*c).clone(),
+                    cluster: c.clone(),
                     endpoint,
                     probe: None,
                 });
@@ -191,19 +134,20 @@ pub fn pick(
     None
 }
 
-/// A usable endpoint this request has not tried yet (for hedges), or `None`.
+/// A usable endpoint this request has not tried yet (for hedges), or `None`. `_table` as for
+/// [`pick`].
 pub fn pick_fresh(
-    table: &Runtime,
+    _table: &Runtime,
     primary: &Arc<ClusterRuntime>,
     hash: Option<u64>,
     tried: &[Arc<EndpointHandle>],
     now: Instant,
 ) -> Option<Picked> {
-    pick_from(&tiers(table, primary), hash, tried, &[Pass::Fresh], now)
+    pick_from(&tiers(primary), hash, tried, &[Pass::Fresh], now)
 }
 
 fn pick_from(
-    tiers: &[Option<&Arc<ClusterRuntime>>; 2],
+    tiers: &[Option<Arc<ClusterRuntime>>; 2],
     hash: Option<u64>,
     tried: &[Arc<EndpointHandle>],
     passes: &[Pass],
@@ -213,7 +157,7 @@ fn pick_from(
         for c in tiers.iter().flatten() {
             if let Some((endpoint, probe)) = pick_in(c, hash, tried, pass, now) {
                 return Some(Picked {
-                    cluster: (*c).clone(),
+                    cluster: c.clone(),
                     endpoint,
                     probe,
                 });
@@ -234,7 +178,7 @@ fn pick_in(
     let untried = |e: &EndpointHandle| !tried.iter().any(|t| Arc::ptr_eq(&t.stats, &e.stats));
     // Which zones, in order: local/remote by the spill-over roll, or any.
     let order: [Option<bool>; 2] = if c.zones.is_some() {
-        let share = c.availability.local_share(c.balancer.endpoints());
+        let share = local_share(&c.availability, c.balancer.endpoints());
         let local_first = share >= 1.0 || (share > 0.0 && rand::rng().random_bool(share));
         [Some(local_first), Some(!local_first)]
     } else {

@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::{
-    balancer::EndpointRegistry,
+    endpoint::EndpointRegistry,
     metrics::Metrics,
     snapshot::{BuildOptions, LiveState},
     upstream::ClientPool,
@@ -14,7 +14,10 @@ use crate::{
 /// Primary pool `p` (ports 1–4; 1–2 in zone-a, 3–4 in zone-b) preferring the local zone,
 /// with backup pool `b` (ports 11–12) below 50% healthy.
 fn table(zone: Option<&str>) -> Runtime {
-    let yaml = r#"
+    build(TABLE, zone)
+}
+
+const TABLE: &str = r#"
 apiVersion: parapet.dev/v1alpha1
 kind: UpstreamPool
 metadata: {name: p}
@@ -39,6 +42,8 @@ spec:
   hosts: ['*']
   rules: [{backends: [{pool: p}]}]
 "#;
+
+fn build(yaml: &str, zone: Option<&str>) -> Runtime {
     let m = parapet_crds::manifest::Manifest::parse(yaml).unwrap();
     let out = parapet_crds::compiler::compile(&m.inputs());
     Runtime::build(
@@ -65,25 +70,59 @@ fn set_healthy(c: &ClusterRuntime, port: u16, healthy: bool) {
         .set_healthy(healthy);
 }
 
-fn names(tiers: [Option<&Arc<ClusterRuntime>>; 2]) -> Vec<&str> {
+fn names(tiers: [Option<Arc<ClusterRuntime>>; 2]) -> Vec<String> {
     tiers
         .iter()
         .flatten()
-        .map(|c| c.spec.name.as_str())
+        .map(|c| c.spec.name.clone())
         .collect()
+}
+
+#[tokio::test]
+async fn backups_are_resolved_when_the_table_is_built() {
+    let t = table(None);
+    let (p, b) = (&t.clusters["default/p"], &t.clusters["default/b"]);
+    // The primary holds its backup of this very table; the request path reads no names.
+    assert!(Arc::ptr_eq(&p.backup().unwrap(), b));
+    assert!(b.backup().is_none());
+    // Another table's pool of the same name is another runtime.
+    let t2 = table(None);
+    assert!(!Arc::ptr_eq(&t2.clusters["default/p"].backup().unwrap(), b));
+    assert!(Arc::ptr_eq(
+        &t2.clusters["default/p"].backup().unwrap(),
+        &t2.clusters["default/b"]
+    ));
+}
+
+#[tokio::test]
+async fn pools_backing_each_other_up_are_freed_with_their_table() {
+    let mutual = TABLE.replace(
+        "  static: [{address: 127.0.0.1, port: 11}, {address: 127.0.0.1, port: 12}]",
+        "  static: [{address: 127.0.0.1, port: 11}, {address: 127.0.0.1, port: 12}]\n  failover: {backupPool: {name: p}}",
+    );
+    let t = build(&mutual, None);
+    let (p, b) = (&t.clusters["default/p"], &t.clusters["default/b"]);
+    assert!(Arc::ptr_eq(&p.backup().unwrap(), b));
+    assert!(Arc::ptr_eq(&b.backup().unwrap(), p));
+    let (p, b) = (Arc::downgrade(p), Arc::downgrade(b));
+    drop(t);
+    assert!(
+        p.upgrade().is_none() && b.upgrade().is_none(),
+        "a reference cycle kept them"
+    );
 }
 
 #[tokio::test]
 async fn the_backup_takes_over_below_the_threshold_and_hands_back() {
     let t = table(None);
     let p = &t.clusters["default/p"];
-    assert_eq!(names(tiers(&t, p)), ["default/p", "default/b"]);
+    assert_eq!(names(tiers(p)), ["default/p", "default/b"]);
     set_healthy(p, 1, false);
     set_healthy(p, 2, false);
     // 2 of 4 healthy is 50%: not below.
-    assert_eq!(names(tiers(&t, p)), ["default/p", "default/b"]);
+    assert_eq!(names(tiers(p)), ["default/p", "default/b"]);
     set_healthy(p, 3, false);
-    assert_eq!(names(tiers(&t, p)), ["default/b", "default/p"]);
+    assert_eq!(names(tiers(p)), ["default/b", "default/p"]);
     assert_eq!(p.metrics.failover_active.get(), 1);
     let picked = pick(&t, p, None, &[], Instant::now()).unwrap();
     assert_eq!(picked.cluster.spec.name, "default/b");
@@ -91,10 +130,10 @@ async fn the_backup_takes_over_below_the_threshold_and_hands_back() {
     let b = &t.clusters["default/b"];
     set_healthy(b, 11, false);
     set_healthy(b, 12, false);
-    assert_eq!(names(tiers(&t, p)), ["default/p", "default/b"]);
+    assert_eq!(names(tiers(p)), ["default/p", "default/b"]);
     set_healthy(b, 11, true);
     set_healthy(p, 3, true);
-    assert_eq!(names(tiers(&t, p)), ["default/p", "default/b"]);
+    assert_eq!(names(tiers(p)), ["default/p", "default/b"]);
     assert_eq!(p.metrics.failover_active.get(), 0);
 }
 
@@ -104,10 +143,10 @@ async fn the_local_share_follows_local_health_with_overprovisioning() {
     let p = &t.clusters["default/p"];
     assert!(p.zones.is_some());
     let eps = p.balancer.endpoints();
-    assert_eq!(p.availability.local_share(eps), 1.0);
+    assert_eq!(local_share(&p.availability, eps), 1.0);
     set_healthy(p, 2, false);
     // 1 of 2 local healthy: 1.4 × 0.5 = 0.7.
-    assert!((p.availability.local_share(eps) - 0.7).abs() < 1e-9);
+    assert!((local_share(&p.availability, eps) - 0.7).abs() < 1e-9);
     let mut local = 0;
     for _ in 0..2000 {
         let picked = pick(&t, p, None, &[], Instant::now()).unwrap();
@@ -117,7 +156,7 @@ async fn the_local_share_follows_local_health_with_overprovisioning() {
     // Binomial(2000, 0.7): sd ≈ 20.
     assert!((1300..=1500).contains(&local), "{local}");
     set_healthy(p, 1, false);
-    assert_eq!(p.availability.local_share(eps), 0.0);
+    assert_eq!(local_share(&p.availability, eps), 0.0);
     // Without a zone, no preference.
     let t = table(None);
     assert!(t.clusters["default/p"].zones.is_none());

@@ -10,7 +10,8 @@
 //! - **One checker per endpoint per process**: checkers are keyed by address, port and
 //!   check settings, not by route or pool. Two pools with the same endpoint and the same
 //!   check share one checker, which sets the verdict on both.
-//! - [`HealthChecks::reconcile`] runs after every table swap: checkers of endpoints still
+//! - [`HealthChecks::reconcile`] runs after every table swap, with the new table's pools and
+//!   their endpoints: checkers of endpoints still
 //!   present with the same settings keep running with their state; new ones start; gone
 //!   ones stop, and their endpoints are marked healthy (no check, no verdict).
 //!
@@ -39,16 +40,15 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
-use parapet_crds::snapshot::{HealthCheck, UpstreamProtocol};
+use parapet_crds::snapshot::{Cluster, HealthCheck, UpstreamProtocol};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use rand::Rng;
 use tokio::task::JoinHandle;
 
 pub use self::verdicts::Verdicts;
 use crate::{
-    balancer::{EndpointKey, EndpointStats},
+    endpoint::{EndpointHandle, EndpointKey, EndpointStats},
     metrics::{ClusterReasonLabels, EndpointLabels, Metrics},
-    snapshot::Runtime,
     upstream::TlsKey,
 };
 
@@ -152,28 +152,32 @@ impl HealthChecks {
         self.len() == 0
     }
 
-    /// Starts, keeps and stops checkers to match `table`. Must run inside a Tokio runtime.
-    pub fn reconcile(&self, table: &Runtime) {
+    /// Starts, keeps and stops checkers to match a table's `pools` (each with its endpoints).
+    /// Must run inside a Tokio runtime.
+    pub fn reconcile<'a>(
+        &self,
+        pools: impl IntoIterator<Item = (&'a Cluster, &'a [Arc<EndpointHandle>])>,
+    ) {
         let mut wanted: HashMap<CheckKey, Vec<Target>> = HashMap::new();
         let mut tls_of: HashMap<CheckKey, parapet_crds::snapshot::UpstreamTls> = HashMap::new();
-        for c in table.clusters.values() {
-            let Some(hc) = &c.spec.health_check else {
+        for (spec, endpoints) in pools {
+            let Some(hc) = &spec.health_check else {
                 continue;
             };
-            for e in c.balancer.endpoints().iter().filter(|e| e.routable) {
+            for e in endpoints.iter().filter(|e| e.routable) {
                 let key = CheckKey {
                     address: e.address.clone(),
                     port: e.port,
-                    http2: c.spec.protocol == UpstreamProtocol::Http2,
+                    http2: spec.protocol == UpstreamProtocol::Http2,
                     path: hc.path.clone(),
                     interval_ms: hc.interval_ms,
                     timeout_ms: hc.timeout_ms,
                     healthy_threshold: hc.healthy_threshold,
                     unhealthy_threshold: hc.unhealthy_threshold,
                     expected: hc.expected_statuses.clone(),
-                    tls: c.spec.tls.as_ref().map(TlsKey::of),
+                    tls: spec.tls.as_ref().map(TlsKey::of),
                 };
-                if let Some(tls) = &c.spec.tls {
+                if let Some(tls) = &spec.tls {
                     tls_of.entry(key.clone()).or_insert_with(|| tls.clone());
                 }
                 let endpoint = e.authority().to_string();
@@ -182,14 +186,14 @@ impl HealthChecks {
                         .ha
                         .health_checks
                         .get_or_create(&ClusterReasonLabels {
-                            cluster: c.spec.name.clone(),
+                            cluster: spec.name.clone(),
                             reason,
                         })
                         .clone()
                 };
                 wanted.entry(key).or_default().push(Target {
                     key: EndpointKey {
-                        cluster: c.spec.name.clone(),
+                        cluster: spec.name.clone(),
                         address: e.address.clone(),
                         port: e.port,
                     },
@@ -199,7 +203,7 @@ impl HealthChecks {
                         .ha
                         .endpoint_healthy
                         .get_or_create(&EndpointLabels {
-                            cluster: c.spec.name.clone(),
+                            cluster: spec.name.clone(),
                             endpoint,
                         })
                         .clone(),

@@ -4,8 +4,8 @@ use parapet_crds::snapshot::Snapshot;
 
 use super::*;
 use crate::{
-    balancer::EndpointRegistry,
-    snapshot::{BuildOptions, LiveState},
+    endpoint::EndpointRegistry,
+    snapshot::{BuildOptions, LiveState, Runtime},
     upstream::ClientPool,
 };
 
@@ -65,6 +65,12 @@ impl Env {
     }
 }
 
+fn pools(rt: &Runtime) -> impl Iterator<Item = (&Cluster, &[Arc<EndpointHandle>])> {
+    rt.clusters
+        .values()
+        .map(|c| (&c.spec, c.balancer.endpoints()))
+}
+
 fn stats(rt: &Runtime, pool: &str, port: u16) -> Arc<EndpointStats> {
     rt.clusters[&format!("default/{pool}")]
         .balancer
@@ -99,7 +105,7 @@ async fn checkers_follow_tables_and_keep_their_state() {
     let env = Env::new();
     let h = HealthChecks::new(env.metrics.clone());
     let a = env.table(&[("p", &[1, 2], true)]);
-    h.reconcile(&a);
+    h.reconcile(pools(&a));
     assert_eq!(h.len(), 2);
     let s2 = stats(&a, "p", 2);
     until("both endpoints unhealthy", || {
@@ -110,7 +116,7 @@ async fn checkers_follow_tables_and_keep_their_state() {
 
     // Endpoint 2 stays, 1 leaves, 3 arrives: 2 keeps its checker and its verdict.
     let b = env.table(&[("p", &[2, 3], true)]);
-    h.reconcile(&b);
+    h.reconcile(pools(&b));
     assert_eq!(h.len(), 2);
     assert!(
         Arc::ptr_eq(&checker2, &state_of(&h, 2)),
@@ -121,7 +127,7 @@ async fn checkers_follow_tables_and_keep_their_state() {
 
     // Another pool with the same endpoint and check: still one checker for it.
     let c = env.table(&[("p", &[2, 3], true), ("q", &[2], true)]);
-    h.reconcile(&c);
+    h.reconcile(pools(&c));
     assert_eq!(h.len(), 2);
     assert!(Arc::ptr_eq(&checker2, &state_of(&h, 2)));
     let q2 = stats(&c, "q", 2);
@@ -136,7 +142,7 @@ async fn checkers_follow_tables_and_keep_their_state() {
 
     // Checks removed: no checker, no verdict, healthy again.
     let d = env.table(&[("p", &[2, 3], false)]);
-    h.reconcile(&d);
+    h.reconcile(pools(&d));
     assert!(h.is_empty());
     assert!(stats(&d, "p", 2).is_healthy());
     assert!(stats(&d, "p", 3).is_healthy());

@@ -15,17 +15,14 @@
 //!   decides: the next request that picks it is let through alone ([`admit`]); success
 //!   returns it to service, failure ejects it again, for longer.
 //!
-//! All per-endpoint state is atomics in [`EndpointOutlier`], inside the endpoint's
+//! All per-endpoint state is atomics in `endpoint::EndpointOutlier`, inside the endpoint's
 //! `EndpointStats`, so it survives table swaps. Ejecting takes the cluster's ejection
 //! mutex, which only ejections (rare) contend on.
 
 #[cfg(test)]
 mod tests;
 
-use std::sync::{
-    Arc, Mutex, PoisonError,
-    atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use parapet_crds::snapshot::{OutlierDetection, SuccessRate};
 use tokio::time::Instant;
@@ -33,50 +30,12 @@ use tokio::time::Instant;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 
 use crate::{
-    balancer::{EndpointHandle, EndpointStats},
+    endpoint::{EndpointHandle, EndpointStats},
     metrics::{ClusterReasonLabels, EndpointLabels, Metrics},
 };
 
 /// The longest ejection, in multiples of the base time.
 pub const MAX_EJECTION_MULTIPLIER: u32 = 10;
-
-/// One endpoint's outlier state.
-#[derive(Debug, Default)]
-pub struct EndpointOutlier {
-    consecutive_5xx: AtomicU32,
-    consecutive_gateway: AtomicU32,
-    interval_total: AtomicU32,
-    interval_success: AtomicU32,
-    /// Ejections so far, less one per interval spent in service.
-    ejections: AtomicU32,
-    /// While ejected: when the ejection ends, in ms since the endpoint's stats epoch.
-    until_ms: AtomicU64,
-    probing: AtomicBool,
-}
-
-impl EndpointOutlier {
-    /// Ejection over and no probe in flight: the next request may probe.
-    pub fn probe_ready(&self, now_ms: u64) -> bool {
-        self.until_ms.load(Ordering::Acquire) <= now_ms && !self.probing.load(Ordering::Acquire)
-    }
-
-    pub fn ejections(&self) -> u32 {
-        self.ejections.load(Ordering::Relaxed)
-    }
-
-    /// Takes the interval's (requests, successes) and starts a new interval.
-    fn take_interval(&self) -> (u32, u32) {
-        (
-            self.interval_total.swap(0, Ordering::AcqRel),
-            self.interval_success.swap(0, Ordering::AcqRel),
-        )
-    }
-
-    fn reset_consecutive(&self) {
-        self.consecutive_5xx.store(0, Ordering::Relaxed);
-        self.consecutive_gateway.store(0, Ordering::Relaxed);
-    }
-}
 
 /// What an attempt told about its endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,18 +103,12 @@ pub fn admit(stats: &Arc<EndpointStats>, now: Instant) -> Admission {
         return Admission::Normal;
     }
     let o = &stats.outlier;
-    if o.until_ms.load(Ordering::Acquire) > stats.ms_at(now) {
+    if o.until_ms() > stats.ms_at(now) || !o.try_start_probe() {
         return Admission::Refused;
     }
-    match o
-        .probing
-        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-    {
-        Ok(_) => Admission::Probe(ProbeGuard {
-            stats: stats.clone(),
-        }),
-        Err(_) => Admission::Refused,
-    }
+    Admission::Probe(ProbeGuard {
+        stats: stats.clone(),
+    })
 }
 
 /// The right to probe an ejected endpoint. Dropped without a verdict (the request was
@@ -167,7 +120,7 @@ pub struct ProbeGuard {
 
 impl Drop for ProbeGuard {
     fn drop(&mut self) {
-        self.stats.outlier.probing.store(false, Ordering::Release);
+        self.stats.outlier.end_probe();
     }
 }
 
@@ -212,10 +165,7 @@ impl ClusterOutlier {
             return;
         };
         let o = &ep.stats.outlier;
-        o.interval_total.fetch_add(1, Ordering::Relaxed);
-        if verdict == Verdict::Success {
-            o.interval_success.fetch_add(1, Ordering::Relaxed);
-        }
+        o.count(verdict == Verdict::Success);
         if let Some(probe) = probe {
             if verdict == Verdict::Success {
                 self.return_to_service(ep);
@@ -235,13 +185,11 @@ impl ClusterOutlier {
                 return;
             }
             Verdict::ServerError => {
-                o.consecutive_gateway.store(0, Ordering::Relaxed);
-                let n = o.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1;
+                let n = o.server_error();
                 (n >= cfg.consecutive_5xx).then_some(Reason::Consecutive5xx)
             }
             Verdict::GatewayError => {
-                let n5 = o.consecutive_5xx.fetch_add(1, Ordering::AcqRel) + 1;
-                let ngw = o.consecutive_gateway.fetch_add(1, Ordering::AcqRel) + 1;
+                let (n5, ngw) = o.gateway_error();
                 if ngw >= cfg.consecutive_gateway_errors {
                     Some(Reason::ConsecutiveGatewayErrors)
                 } else {
@@ -300,10 +248,9 @@ impl ClusterOutlier {
         now: Instant,
     ) {
         let o = &ep.stats.outlier;
-        let n = o.ejections.fetch_add(1, Ordering::AcqRel) + 1;
+        let n = o.start_ejection();
         let ms = ejection_ms(cfg.base_ejection_time_ms, n);
-        o.until_ms
-            .store(ep.stats.ms_at(now) + ms, Ordering::Release);
+        o.eject_until(ep.stats.ms_at(now) + ms);
         o.reset_consecutive();
         ep.stats.set_ejected(true);
         self.ejections
@@ -349,11 +296,8 @@ impl ClusterOutlier {
             .map(|e| e.stats.outlier.take_interval())
             .collect();
         for e in &routable {
-            let o = &e.stats.outlier;
             if !e.stats.is_ejected() {
-                let _ = o
-                    .ejections
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                e.stats.outlier.decay_ejections();
             }
         }
         let Some(sr) = &cfg.success_rate else {

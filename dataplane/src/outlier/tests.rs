@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::{
-    balancer::{EndpointHandle, EndpointStats, EwmaConfig},
+    endpoint::{EndpointHandle, EndpointStats, EwmaConfig},
     metrics::Metrics,
 };
 
@@ -17,7 +17,7 @@ fn endpoints(n: usize) -> Vec<Arc<EndpointHandle>> {
         .map(|i| {
             Arc::new(EndpointHandle {
                 address: format!("10.0.0.{i}"),
-                authority: crate::balancer::endpoint_authority(&format!("10.0.0.{i}"), 80),
+                authority: crate::endpoint::endpoint_authority(&format!("10.0.0.{i}"), 80),
                 port: 80,
                 weight: 1,
                 zone: None,

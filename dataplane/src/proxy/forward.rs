@@ -38,8 +38,8 @@ use super::{
     problem::full,
 };
 use crate::{
-    balancer::EndpointHandle,
     breaker::{Overflow, Permit},
+    endpoint::EndpointHandle,
     failover::{self, Picked},
     hedge::Hedges,
     outlier::Verdict,

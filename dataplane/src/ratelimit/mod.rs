@@ -8,12 +8,18 @@
 //! `min(maxDelay, queueSize·T)` in the future take the slot and wait for it (a leaky
 //! bucket with a queue of `queueSize`); beyond that it is refused like Reject mode.
 //!
+//! **Concurrency**: the keys live in a `DashMap`, whose sharded locks are held for one
+//! lookup or update; a request takes one shard's lock, never a lock all requests share.
+//!
 //! **Bounded memory**: a key whose TAT is in the past has a full bucket, so forgetting it
-//! changes nothing. Keys live in shards with a capacity; a full shard first drops every
-//! such idle key and, when a flood of distinct keys keeps it full, the key nearest to
-//! being idle. So `max_keys` bounds memory whatever the traffic; under such a flood the
-//! limit stays exact for the keys that hold state and errs towards letting a request pass
-//! for the rest (documented in the README).
+//! changes nothing. The map holds at most `max_keys` keys, counted beside it. The request
+//! that finds it full makes room: it drops every such idle key and, when a flood of
+//! distinct keys leaves it still above 7/8 full, the keys nearest to being idle down to 7/8
+//! (so room is made once per `max_keys / 8` new keys at most). Requests that bring a new key
+//! while it does are answered as a full bucket would be, without keeping state. So
+//! `max_keys` bounds memory whatever the traffic; under such a flood the limit stays exact
+//! for the keys that hold state and errs towards letting a request pass for the rest
+//! (documented in the README).
 //!
 //! **Fleet share**: the table's `fleetPods` divides `requests` and `burst` (rounded up), so
 //! N pods together enforce the written limit.
@@ -23,18 +29,23 @@ mod tests;
 
 use std::{
     collections::HashMap,
-    hash::BuildHasher,
     net::IpAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
+use dashmap::{DashMap, mapref::entry::Entry};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use parapet_crds::snapshot::{RateLimit, RateLimitKey, RateLimitMode};
 use tokio::time::Instant;
 
 /// Keys kept per route by default (about 80 bytes each with the map's overhead).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// Shards of the key map: each a lock of its own, so requests of different keys rarely
+/// meet, and making room never holds one long.
 const SHARDS: usize = 64;
 
 pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -83,11 +94,6 @@ pub enum Decision {
     Deny { retry_after: Duration },
 }
 
-struct Shard {
-    /// TAT in nanoseconds since the limiter's epoch.
-    tats: HashMap<Box<[u8]>, u64>,
-}
-
 /// One route's buckets.
 pub struct RateLimiter {
     limit: PodLimit,
@@ -98,9 +104,13 @@ pub struct RateLimiter {
     /// Nanoseconds a Shape request may wait.
     max_wait: u64,
     epoch: Instant,
-    shards: Box<[Mutex<Shard>]>,
-    per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
+    /// TAT in nanoseconds since `epoch`, by key.
+    tats: DashMap<Box<[u8]>, u64>,
+    /// Keys in `tats` plus those being inserted: never more than `max_keys`.
+    held: AtomicUsize,
+    max_keys: usize,
+    /// Set while a request makes room.
+    evicting: AtomicBool,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -122,22 +132,16 @@ impl RateLimiter {
                 .unwrap_or(u64::MAX)
                 .min(interval.saturating_mul(u64::from(limit.queue_size))),
         };
-        let per_shard = max_keys.div_ceil(SHARDS).max(1);
         Self {
             limit,
             interval,
             tolerance,
             max_wait,
             epoch: Instant::now(),
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        tats: HashMap::new(),
-                    })
-                })
-                .collect(),
-            per_shard,
-            hasher: Default::default(),
+            tats: DashMap::with_shard_amount(SHARDS),
+            held: AtomicUsize::new(0),
+            max_keys: max_keys.max(1),
+            evicting: AtomicBool::new(false),
         }
     }
 
@@ -147,10 +151,7 @@ impl RateLimiter {
 
     /// Keys holding state now.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).tats.len())
-            .sum()
+        self.tats.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,18 +161,12 @@ impl RateLimiter {
     /// Bytes the keyed state takes: table slots plus the keys' own bytes.
     pub fn memory_bytes(&self) -> usize {
         let slot = std::mem::size_of::<(Box<[u8]>, u64)>() + 1;
-        self.shards
-            .iter()
-            .map(|s| {
-                let s = s.lock().unwrap_or_else(PoisonError::into_inner);
-                s.tats.capacity() * slot + s.tats.keys().map(|k| k.len()).sum::<usize>()
-            })
-            .sum()
+        self.tats.capacity() * slot + self.tats.iter().map(|e| e.key().len()).sum::<usize>()
     }
 
     /// The most keys this limiter ever holds.
     pub fn capacity(&self) -> usize {
-        self.per_shard * SHARDS
+        self.max_keys
     }
 
     fn now(&self) -> u64 {
@@ -189,31 +184,101 @@ impl RateLimiter {
     }
 
     fn acquire_at(&self, key: &[u8], now: u64) -> Decision {
-        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        let tat = shard.tats.get(key).copied().unwrap_or(now).max(now);
-        let new_tat = tat.saturating_add(self.interval);
+        // A known key: its shard's lock for one update, no allocation.
+        if let Some(mut tat) = self.tats.get_mut(key) {
+            return self.take(&mut tat, now);
+        }
+        // A new key has a full bucket: allowed whether or not there is room to remember it.
+        if !self.reserve(now) {
+            let mut fresh = now;
+            return self.take(&mut fresh, now);
+        }
+        match self.tats.entry(key.into()) {
+            // Another request brought the same key meanwhile.
+            Entry::Occupied(mut tat) => {
+                self.held.fetch_sub(1, Ordering::AcqRel);
+                self.take(tat.get_mut(), now)
+            }
+            Entry::Vacant(slot) => {
+                let mut tat = now;
+                let d = self.take(&mut tat, now);
+                slot.insert(tat);
+                d
+            }
+        }
+    }
+
+    /// Takes a token from the bucket whose TAT is `tat`, moving it on when one is free.
+    fn take(&self, tat: &mut u64, now: u64) -> Decision {
+        let new_tat = (*tat).max(now).saturating_add(self.interval);
         let ahead = new_tat - now;
         if ahead > self.tolerance.saturating_add(self.max_wait) {
             return Decision::Deny {
                 retry_after: Duration::from_nanos(ahead - self.tolerance),
             };
         }
-        match shard.tats.get_mut(key) {
-            Some(t) => *t = new_tat,
-            None => {
-                if shard.tats.len() >= self.per_shard {
-                    evict(&mut shard.tats, now, self.per_shard);
-                }
-                shard.tats.insert(key.into(), new_tat);
-            }
-        }
+        *tat = new_tat;
         Decision::Allow {
             wait: Duration::from_nanos(ahead.saturating_sub(self.tolerance)),
             remaining: u32::try_from(self.tolerance.saturating_sub(ahead) / self.interval)
                 .unwrap_or(u32::MAX),
             reset: Duration::from_nanos(ahead),
         }
+    }
+
+    /// Claims room for one more key, making room when the limiter is full; false when it is
+    /// full and another request is making room.
+    fn reserve(&self, now: u64) -> bool {
+        let claim = || {
+            self.held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.max_keys).then_some(n + 1)
+                })
+                .is_ok()
+        };
+        claim() || (self.make_room(now) && claim())
+    }
+
+    /// Frees room in a full limiter: every idle key (its bucket is full again, so forgetting
+    /// it is exact), and when that leaves it above 7/8 full, the keys closest to idle down to
+    /// 7/8, so a flood of distinct keys costs amortised O(1) per new key. One request at a
+    /// time (false if another is at it). Keys are dropped shard by shard, never holding two
+    /// shards' locks, and each key dropped is room for another request at once.
+    fn make_room(&self, now: u64) -> bool {
+        let Some(_evicting) = Flag::raise(&self.evicting) else {
+            return false;
+        };
+        // Another request may have made room since this one found the limiter full.
+        if self.held.load(Ordering::Acquire) < self.max_keys {
+            return true;
+        }
+        self.drop_keys(|tat| tat > now);
+        // At least one slot, however small the bound.
+        let target = (self.max_keys - self.max_keys / 8).min(self.max_keys - 1);
+        if self.tats.len() > target {
+            let mut tats: Vec<u64> = self.tats.iter().map(|e| *e.value()).collect();
+            if tats.len() > target {
+                let cut = tats.len() - target;
+                let (_, threshold, _) = tats.select_nth_unstable(cut - 1);
+                let threshold = *threshold;
+                self.drop_keys(|tat| tat > threshold);
+            }
+        }
+        if self.tats.capacity() > 4 * self.tats.len().max(16) {
+            self.tats.shrink_to_fit();
+        }
+        true
+    }
+
+    /// Drops the keys whose TAT `keep` refuses, giving their room back as it goes.
+    fn drop_keys(&self, keep: impl Fn(u64) -> bool) {
+        self.tats.retain(|_, tat| {
+            let kept = keep(*tat);
+            if !kept {
+                self.held.fetch_sub(1, Ordering::AcqRel);
+            }
+            kept
+        });
     }
 
     /// The `RateLimit-*` headers for a decision (draft-ietf-httpapi-ratelimit-headers),
@@ -237,21 +302,18 @@ impl RateLimiter {
     }
 }
 
-/// Frees room in a full shard: every idle key (its bucket is full again, so forgetting it
-/// is exact), and when that leaves the shard above 7/8 full, the keys closest to idle down
-/// to 7/8 — so a flood of distinct keys costs amortised O(1) per new key.
-fn evict(tats: &mut HashMap<Box<[u8]>, u64>, now: u64, cap: usize) {
-    tats.retain(|_, tat| *tat > now);
-    let target = cap - cap / 8;
-    if tats.len() > target {
-        let mut all: Vec<u64> = tats.values().copied().collect();
-        let cut = all.len() - target;
-        let (_, threshold, _) = all.select_nth_unstable(cut - 1);
-        let threshold = *threshold;
-        tats.retain(|_, tat| *tat > threshold);
+/// A flag one holder at a time raises, lowered when the holder is dropped (panics included).
+struct Flag<'a>(&'a AtomicBool);
+
+impl<'a> Flag<'a> {
+    fn raise(flag: &'a AtomicBool) -> Option<Self> {
+        (!flag.swap(true, Ordering::AcqRel)).then(|| Self(flag))
     }
-    if tats.capacity() > 4 * tats.len().max(16) {
-        tats.shrink_to_fit();
+}
+
+impl Drop for Flag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -314,12 +376,7 @@ impl Limiters {
     pub fn for_route(&self, route: &str, limit: PodLimit, max_keys: usize) -> Arc<RateLimiter> {
         let mut map = self.by_route.lock().unwrap_or_else(PoisonError::into_inner);
         match map.get(route) {
-            Some(l)
-                if l.limit == limit
-                    && l.capacity() == max_keys.div_ceil(SHARDS).max(1) * SHARDS =>
-            {
-                l.clone()
-            }
+            Some(l) if l.limit == limit && l.capacity() == max_keys.max(1) => l.clone(),
             _ => {
                 let l = Arc::new(RateLimiter::new(limit, max_keys));
                 map.insert(route.to_string(), l.clone());

@@ -168,3 +168,81 @@ fn forwarded_for_is_trusted_only_for_configured_hops() {
     h.insert("x-forwarded-for", "garbage".parse().unwrap());
     assert_eq!(client_ip(&h, peer, 1), peer);
 }
+
+#[test]
+fn the_bound_holds_under_concurrent_floods() {
+    let l = RateLimiter::new(limit(10, 1000, 10, RateLimitMode::Reject), 10_000);
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0u8..4 {
+            let l = &l;
+            s.spawn(move || {
+                let mut key = [t; 16];
+                for i in 0u64..100_000 {
+                    key[..8].copy_from_slice(&i.to_le_bytes());
+                    // Distinct keys, none idle: every new key is let through.
+                    assert!(allowed(l.acquire_at(&key, i * 1000)));
+                    // A known key keeps its bucket: its burst runs out.
+                    if i % 1000 == 0 {
+                        let hot = [0xff, t];
+                        for _ in 0..20 {
+                            l.acquire_at(&hot, i * 1000);
+                        }
+                        assert!(!allowed(l.acquire_at(&hot, i * 1000)));
+                    }
+                }
+            });
+        }
+    });
+    println!(
+        "400k distinct keys from 4 threads: {} held (cap {}) in {:?}",
+        l.len(),
+        l.capacity(),
+        started.elapsed()
+    );
+    assert!(l.len() <= l.capacity());
+    // The count kept beside the map is the map's.
+    assert_eq!(l.held.load(std::sync::atomic::Ordering::Acquire), l.len());
+}
+
+fn remaining(d: Decision) -> Option<u32> {
+    match d {
+        Decision::Allow { remaining, .. } => Some(remaining),
+        Decision::Deny { .. } => None,
+    }
+}
+
+#[test]
+fn a_full_limiter_forgets_idle_keys_first_then_those_nearest_to_idle() {
+    // 10/s (a token per 100 ms), burst 10, room for 8 keys.
+    let l = RateLimiter::new(limit(10, 1000, 10, RateLimitMode::Reject), 8);
+    for k in 0u8..8 {
+        assert_eq!(remaining(l.acquire_at(&[k], u64::from(k) * MS)), Some(9));
+    }
+    // Key 0 spends its burst: its TAT is now the furthest from idle.
+    for _ in 0..9 {
+        l.acquire_at(&[0], 8 * MS);
+    }
+    assert_eq!(l.len(), 8);
+    // Full, nothing idle: a new key takes the room of key 1, the nearest to idle.
+    assert_eq!(remaining(l.acquire_at(&[8], 9 * MS)), Some(9));
+    assert_eq!(l.len(), 8);
+    assert_eq!(
+        remaining(l.acquire_at(&[0], 9 * MS)),
+        None,
+        "key 0 kept its state"
+    );
+    assert_eq!(
+        remaining(l.acquire_at(&[2], 9 * MS)),
+        Some(8),
+        "key 2 kept its state"
+    );
+    assert_eq!(
+        remaining(l.acquire_at(&[1], 10 * MS)),
+        Some(9),
+        "key 1 starts afresh"
+    );
+    // Seconds later every bucket is full again: a new key clears them all.
+    assert_eq!(remaining(l.acquire_at(&[9], 5_000 * MS)), Some(9));
+    assert_eq!(l.len(), 1);
+}

@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, Method};
 use parapet_crds::snapshot::{RouteMatcher, StringMatch, ValueMatcher};
 use regex::Regex;
 
-use super::{RouterError, query};
+use super::{error::RouterError, query};
 
 /// A route's method, header and query conditions, compiled.
 #[derive(Debug)]

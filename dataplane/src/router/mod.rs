@@ -27,6 +27,7 @@
 //!   value), names and values are percent-decoded with `+` read as a space, as HTML forms
 //!   encode them; names are case-sensitive.
 
+mod error;
 mod host;
 mod matcher;
 mod query;
@@ -42,6 +43,7 @@ use http::{HeaderMap, Method};
 use parapet_crds::snapshot::{PathMatch, Route, Table};
 use regex::{RegexSet, RegexSetBuilder};
 
+pub use self::error::RouterError;
 use self::{
     host::{Domain, HostIndex},
     matcher::{Conditions, RegexCache},
@@ -79,27 +81,6 @@ pub struct Matched<'r> {
     /// A prefix rewrite to `new` is `new.trim_end_matches('/')` followed by that rest
     /// (or `/` when both are empty).
     pub prefix_len: usize,
-}
-
-/// Why a table cannot be routed. The messages read as sentences for logs.
-#[derive(Debug, thiserror::Error)]
-pub enum RouterError {
-    #[error("route {route} has a path regex that does not compile: {reason}")]
-    PathRegex { route: String, reason: String },
-    #[error("route {route} matches {what} {name} with a regex that does not compile: {reason}")]
-    ValueRegex {
-        route: String,
-        what: &'static str,
-        name: String,
-        reason: String,
-    },
-    #[error(
-        "the path regexes of host {domain} are too large to compile together ({reason}); use fewer or simpler regexes there"
-    )]
-    RegexSetTooLarge { domain: String, reason: String },
-    /// Not a routing error, but refused with the table like one.
-    #[error("pool {cluster} has unusable upstream TLS settings: {reason}")]
-    UpstreamTls { cluster: String, reason: String },
 }
 
 /// Request → route for one table. Cheap to share: build once, wrap in an `Arc`.

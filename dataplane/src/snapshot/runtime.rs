@@ -1,22 +1,27 @@
 //! A snapshot turned into what the request path needs: a router, balancers, per-route and
 //! per-cluster handles. Built off the request path, then swapped in whole.
 
-use std::{collections::HashMap, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock, Weak},
+    time::SystemTime,
+};
 
 use parapet_crds::snapshot::{Cluster, RouteAction, Snapshot};
 
 use super::live::{ClusterLive, LiveState, RouteLive};
 use crate::{
     auth::ApiKeys,
-    balancer::{ClusterBalancer, EndpointRegistry},
+    balancer::ClusterBalancer,
     breaker::{self, BreakerState},
-    failover::Availability,
+    endpoint::{Availability, EndpointRegistry},
     hedge::{HedgeConfig, HedgePlan},
     lanes::RouteLaneSettings,
     metrics::{ClusterMetrics, Metrics, RouteMetrics},
     outlier::ClusterOutlier,
     ratelimit::{PodLimit, RateLimiter},
     router::{Router, RouterError},
+    tls::{CertMap, cert_map},
     upstream::{ClientPool, UpstreamClient, http1::Http1Client},
 };
 
@@ -71,8 +76,10 @@ pub struct ClusterRuntime {
     /// balancer for the local zone's endpoints and one for the others, so each keeps its
     /// own rotation (the endpoints share their live state with `balancer`'s).
     pub zones: Option<[ClusterBalancer; 2]>,
-    /// `failover.backupCluster`, and below what healthy share it takes the traffic.
-    pub backup: Option<String>,
+    /// `failover.backupCluster`, resolved when the table is built (see [`backup`](Self::backup)).
+    /// Weak, as two pools may back each other up; the table owns them both.
+    backup: OnceLock<Weak<ClusterRuntime>>,
+    /// Below what healthy share the backup takes the traffic.
     pub min_healthy_percent: u32,
 }
 
@@ -102,8 +109,9 @@ pub struct Runtime {
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
     /// Cache policies by name, as routes name them.
     pub cache_policies: HashMap<String, Arc<parapet_crds::snapshot::CachePolicy>>,
-    /// TLS certificates by virtual-host domain, for SNI selection.
-    pub certs: crate::tls::CertMap,
+    /// TLS certificates by virtual-host domain, for SNI selection (installed in the store's
+    /// `Certificates` with the table).
+    pub certs: Arc<CertMap>,
     /// The zone this table's balancers were built for.
     pub zone: Option<String>,
 }
@@ -139,7 +147,7 @@ impl ClusterRuntime {
             });
         Ok(Self {
             zones,
-            backup: failover.and_then(|f| f.backup_cluster.clone()),
+            backup: OnceLock::new(),
             min_healthy_percent: failover.map_or(0, |f| f.min_healthy_percent),
             availability,
             limits: breaker::Limits::of(c.circuit_breaker.as_ref(), c.protocol),
@@ -156,6 +164,11 @@ impl ClusterRuntime {
             metrics: ClusterMetrics::new(metrics, &c.name),
             spec: c.clone(),
         })
+    }
+
+    /// The backup pool (`failover.backupCluster`) of the same table, if it has one.
+    pub fn backup(&self) -> Option<Arc<ClusterRuntime>> {
+        self.backup.get().and_then(Weak::upgrade)
     }
 }
 
@@ -183,6 +196,18 @@ impl Runtime {
                 ))
             })
             .collect::<Result<_, RouterError>>()?;
+        // Backups by reference, so a request follows one instead of looking a name up. A
+        // name the table lacks (validation refuses such tables) leaves the pool without one.
+        for c in clusters.values() {
+            let named = c
+                .spec
+                .failover
+                .as_ref()
+                .and_then(|f| f.backup_cluster.as_ref());
+            if let Some(backup) = named.and_then(|b| clusters.get(b)) {
+                let _ = c.backup.set(Arc::downgrade(backup));
+            }
+        }
         let routes = router
             .routes()
             .map(|(_, route)| {
@@ -249,7 +274,7 @@ impl Runtime {
             .map(|p| (p.name.clone(), Arc::new(p.clone())))
             .collect();
         Ok(Self {
-            certs: crate::tls::cert_map(&snapshot.table),
+            certs: Arc::new(cert_map(&snapshot.table)),
             zone: options.zone.clone(),
             cache_policies,
             snapshot,

@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 
 use super::{BuildOptions, LiveState, Runtime, persist};
 use crate::{
-    balancer::EndpointRegistry, cache::Cache, health::HealthChecks, metrics::Metrics,
-    upstream::ClientPool,
+    cache::Cache, endpoint::EndpointRegistry, health::HealthChecks, metrics::Metrics,
+    tls::Certificates, upstream::ClientPool,
 };
 
 #[derive(Debug, PartialEq, Eq)]
@@ -47,6 +47,8 @@ impl ApplyError {
 
 pub struct SnapshotStore {
     current: ArcSwapOption<Runtime>,
+    /// The certificates of `current`, for TLS handshakes.
+    certs: Arc<Certificates>,
     /// Serialises writers (pushes, reloads) so version checks and swaps are atomic together;
     /// readers never touch it.
     apply_lock: tokio::sync::Mutex<()>,
@@ -64,6 +66,12 @@ pub struct SnapshotStore {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     state_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore").finish_non_exhaustive()
+    }
 }
 
 impl Drop for SnapshotStore {
@@ -98,6 +106,7 @@ impl SnapshotStore {
         let cache = Arc::new(Cache::new(options.cache_max_bytes, metrics.cache.clone()));
         Arc::new(Self {
             current: ArcSwapOption::empty(),
+            certs: Arc::default(),
             apply_lock: tokio::sync::Mutex::new(()),
             registry: EndpointRegistry::default(),
             live: LiveState::default(),
@@ -120,6 +129,11 @@ impl SnapshotStore {
     /// The health checkers (one per endpoint and check).
     pub fn health(&self) -> &HealthChecks {
         &self.health
+    }
+
+    /// The certificates of the table in force, which TLS handshakes pick from.
+    pub fn certificates(&self) -> &Arc<Certificates> {
+        &self.certs
     }
 
     /// The table in force; a request holds on to it from start to end.
@@ -196,6 +210,7 @@ impl SnapshotStore {
         .map_err(|e| ApplyError::Invalid(vec![e.to_string()]))?;
         let runtime = Arc::new(runtime);
         let previous = self.current.swap(Some(runtime.clone()));
+        self.certs.install(runtime.certs.clone());
         // A changed (or removed) cache policy invalidates its own entries, nothing else.
         if let Some(prev) = previous {
             for (name, old) in &prev.cache_policies {
@@ -216,7 +231,12 @@ impl SnapshotStore {
         self.live.retain_table(&runtime.snapshot.table);
         // Clients of settings no pool uses now (e.g. a rotated client certificate) go.
         self.clients.retain_used(&runtime.snapshot.table.clusters);
-        self.health.reconcile(&runtime);
+        self.health.reconcile(
+            runtime
+                .clusters
+                .values()
+                .map(|c| (&c.spec, c.balancer.endpoints())),
+        );
         self.reconcile_sweepers(&runtime);
 
         self.metrics.snapshot_version.set(runtime.version() as i64);

@@ -3,17 +3,22 @@
 //! restart, and connections already open keep the session they negotiated. `--tls-cert`
 //! is the fallback for names the table has no certificate for. TLS 1.2 and 1.3 only, ALPN
 //! h2 and http/1.1, and the ring provider only.
+//!
+//! Handshakes read [`Certificates`], which the snapshot store swaps whole when it installs a
+//! table: one atomic load per handshake, no lock, and no dependency on the store.
+
+#[cfg(test)]
+mod tests;
 
 use std::{collections::HashMap, sync::Arc};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use rustls::{
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
 use tokio_rustls::TlsAcceptor;
-
-use crate::snapshot::SnapshotStore;
 
 /// Certificates by virtual-host domain (`api.example`, `*.example`, `*`), parsed once per
 /// table.
@@ -66,33 +71,42 @@ pub fn lookup<'m>(map: &'m CertMap, name: &str) -> Option<&'m Arc<CertifiedKey>>
         .or_else(|| map.get("*"))
 }
 
+/// The certificates of the table in force (empty before the first table), replaced whole by
+/// [`install`](Self::install) when a table is installed.
+#[derive(Debug, Default)]
+pub struct Certificates(ArcSwap<CertMap>);
+
+impl Certificates {
+    /// Serves `map` from the next handshake on; handshakes under way keep the map they read.
+    pub fn install(&self, map: Arc<CertMap>) {
+        self.0.store(map);
+    }
+
+    /// The certificate for a server name in the map in force (see [`lookup`]).
+    pub fn get(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        lookup(&self.0.load(), name).cloned()
+    }
+}
+
 /// Picks a certificate per handshake from the table in force.
 #[derive(Debug)]
 pub struct SniResolver {
-    store: Arc<SnapshotStore>,
+    certs: Arc<Certificates>,
     fallback: Option<Arc<CertifiedKey>>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let table = self.store.load();
-        let from_table = match (hello.server_name(), table.as_ref()) {
-            (Some(name), Some(t)) => lookup(&t.certs, name).cloned(),
-            _ => None,
-        };
-        from_table.or_else(|| self.fallback.clone())
+        hello
+            .server_name()
+            .and_then(|name| self.certs.get(name))
+            .or_else(|| self.fallback.clone())
     }
 }
 
-impl std::fmt::Debug for SnapshotStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotStore").finish_non_exhaustive()
-    }
-}
-
-/// A TLS 1.2+ acceptor with ALPN h2 / http/1.1 that selects certificates by SNI.
+/// A TLS 1.2+ acceptor with ALPN h2 / http/1.1 that selects certificates by SNI from `certs`.
 pub fn acceptor(
-    store: Arc<SnapshotStore>,
+    certs: Arc<Certificates>,
     fallback: Option<Arc<CertifiedKey>>,
 ) -> anyhow::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -100,7 +114,7 @@ pub fn acceptor(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS 1.2 and 1.3 are supported")?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { store, fallback }));
+        .with_cert_resolver(Arc::new(SniResolver { certs, fallback }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }

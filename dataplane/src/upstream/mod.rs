@@ -32,7 +32,7 @@ use rustls::{
     pki_types::{CertificateDer, ServerName},
 };
 
-use crate::proxy::body::ProxyBody;
+use crate::{codec::Http1Codec, proxy::body::ProxyBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// One client type for every pool: plain pools send `http` URIs, TLS pools `https` ones.
@@ -71,16 +71,6 @@ impl http_body::Body for UpstreamBody {
             Self::Http1(b) => b.size_hint(),
         }
     }
-}
-
-/// Which client plain HTTP/1.1 pools use (`--upstream-http1`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Http1Choice {
-    /// Parapet's own (`http1`): requests sent from the request's task.
-    #[default]
-    Parapet,
-    /// hyper-util's pooled client, as TLS and HTTP/2 pools use.
-    Hyper,
 }
 
 /// A connector whose connections carry no "extra" (hyper-util's `HttpInfo`, which its client
@@ -207,11 +197,11 @@ struct PoolKey {
 #[derive(Clone, Default)]
 pub struct ClientPool {
     clients: Arc<Mutex<HashMap<PoolKey, UpstreamClient>>>,
-    http1: Http1Choice,
+    http1: Http1Codec,
 }
 
 impl ClientPool {
-    pub fn new(http1: Http1Choice) -> Self {
+    pub fn new(http1: Http1Codec) -> Self {
         Self {
             clients: Arc::default(),
             http1,
@@ -220,7 +210,7 @@ impl ClientPool {
 
     /// Parapet's own client for a plain HTTP/1.1 pool (when chosen); `None` for the others.
     pub fn http1_for(&self, cluster: &Cluster) -> Option<http1::Http1Client> {
-        (self.http1 == Http1Choice::Parapet
+        (self.http1 == Http1Codec::Parapet
             && cluster.tls.is_none()
             && cluster.protocol != UpstreamProtocol::Http2)
             .then(|| http1::Http1Client::new(Duration::from_millis(cluster.connect_timeout_ms)))

@@ -27,7 +27,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::outlier::EndpointOutlier;
+use super::outlier::EndpointOutlier;
 
 /// Bumped whenever any endpoint's health or ejection changes.
 static HEALTH_EPOCH: AtomicU64 = AtomicU64::new(1);

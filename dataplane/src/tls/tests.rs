@@ -1,0 +1,60 @@
+use std::sync::Arc;
+
+use rustls::{
+    SignatureAlgorithm, SignatureScheme,
+    pki_types::CertificateDer,
+    sign::{CertifiedKey, Signer, SigningKey},
+};
+
+use super::{CertMap, Certificates};
+
+/// A key that never signs: lookups only compare which certificate comes back.
+#[derive(Debug)]
+struct NoKey;
+
+impl SigningKey for NoKey {
+    fn choose_scheme(&self, _: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        None
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::ECDSA
+    }
+}
+
+fn key(tag: u8) -> Arc<CertifiedKey> {
+    Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(vec![tag])],
+        Arc::new(NoKey),
+    ))
+}
+
+fn map(entries: &[(&str, &Arc<CertifiedKey>)]) -> Arc<CertMap> {
+    Arc::new(
+        entries
+            .iter()
+            .map(|(d, k)| (d.to_string(), Arc::clone(k)))
+            .collect(),
+    )
+}
+
+#[test]
+fn an_installed_map_is_served_on_the_next_lookup() {
+    let certs = Certificates::default();
+    assert!(
+        certs.get("api.example").is_none(),
+        "no table yet: no certificate"
+    );
+    let (old, new, wild) = (key(1), key(2), key(3));
+    certs.install(map(&[("api.example", &old)]));
+    assert!(Arc::ptr_eq(&certs.get("api.example").unwrap(), &old));
+    // A lookup made before the swap keeps what it got; the next one sees the new map.
+    let before = certs.get("API.example.").unwrap();
+    certs.install(map(&[("api.example", &new), ("*.example", &wild)]));
+    assert!(Arc::ptr_eq(&before, &old));
+    assert!(Arc::ptr_eq(&certs.get("api.example").unwrap(), &new));
+    assert!(Arc::ptr_eq(&certs.get("www.example").unwrap(), &wild));
+    // A map without the name takes it away.
+    certs.install(map(&[]));
+    assert!(certs.get("api.example").is_none());
+}
