@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::{
     Entry, Fill, Freshness, Store, adapt_ttl, cacheable_request, entry::fingerprint, key, lifetime,
 };
-use crate::{proxy::body::ProxyBody, upstream::BoxError};
+use crate::proxy::body::{BoxError, ProxyBody};
 
 pub const X_CACHE: &str = "x-cache";
 

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use parapet_crds::snapshot::{CacheMode, CachePolicy};
 
 use super::{Cache, Origin};
-use crate::{proxy::body::ProxyBody, upstream::BoxError};
+use crate::proxy::body::{BoxError, ProxyBody};
 
 type Answer = Box<
     dyn Fn(&Request<ProxyBody>, usize) -> (u16, Vec<(&'static str, String)>, String) + Send + Sync,

@@ -350,7 +350,7 @@ struct BusyBody {
 
 impl Body for BusyBody {
     type Data = Bytes;
-    type Error = crate::upstream::BoxError;
+    type Error = crate::proxy::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -14,7 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::upstream::BoxError;
+/// What a body's failure is, whichever side it came from.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every body the proxy sends or returns.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;

@@ -10,8 +10,8 @@ use parapet_crds::snapshot::RouteAction;
 use tokio::time::Instant;
 
 use super::{
-    ConnInfo,
     body::ProxyBody,
+    conn::ConnInfo,
     forward::{self, Exchange, Outcome, RequestBody},
     headers::{X_REQUEST_ID, append_via},
     prepare::{forwarding, upstream_head},

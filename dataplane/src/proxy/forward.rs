@@ -581,7 +581,7 @@ async fn send(
                 &ex.forwarding,
                 // Sent again on a new connection only when the method may be repeated
                 // whatever the route says: this is outside its retry policy and budget.
-                super::idempotent(&head.method),
+                idempotent(&head.method),
             );
             let sent = tokio::time::timeout_at(until, send).await;
             sent.map(|r| {
@@ -663,6 +663,19 @@ fn discard(response: Response<UpstreamBody>) {
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(1), body.collect()).await;
     });
+}
+
+/// Whether the method is idempotent (RFC 9110 §9.2.2): safe to retry after sending.
+pub(super) fn idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
 }
 
 /// Whether an upstream send failed because the request body outgrew its limit.

@@ -33,6 +33,10 @@ pub const PROTECTED: [HeaderName; 8] = [
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client's deadline for the whole exchange, in milliseconds; honoured when shorter
+/// than the route's timeout, and not forwarded.
+pub const X_PARAPET_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-parapet-timeout-ms");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -28,6 +28,7 @@
 
 pub mod body;
 mod cached;
+mod conn;
 mod forward;
 mod head;
 pub mod headers;
@@ -35,15 +36,21 @@ mod prepare;
 pub mod problem;
 mod respond;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+pub use self::{
+    conn::{ConnInfo, EdgeConfig},
+    headers::X_PARAPET_TIMEOUT_MS,
+    prepare::Limits,
+};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use std::{sync::Arc, time::Duration};
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use parapet_crds::snapshot::{CachePolicy, ForwardAction, RouteAction};
 use tokio::time::Instant;
 
 use self::{
     body::{DownstreamBody, ProxyBody},
-    forward::{Answer, Exchange, Outcome, RequestBody},
+    forward::{Answer, Exchange, Outcome, RequestBody, idempotent},
     headers::{X_REQUEST_ID, allowed_upgrade, new_request_id, normalise_host},
     problem::problem,
     respond::{outcome_response, overloaded},
@@ -57,30 +64,6 @@ use crate::{
     snapshot::{RouteRuntime, Runtime, SnapshotStore},
 };
 
-/// The client's deadline for the whole exchange, in milliseconds; honoured when shorter
-/// than the route's timeout, and not forwarded.
-pub const X_PARAPET_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-parapet-timeout-ms");
-
-/// Request limits, with defaults in line with Envoy's and nginx's.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub max_uri_bytes: usize,
-    pub max_body_bytes: u64,
-    /// Request bodies up to this size are buffered so a retry or hedge can send them again;
-    /// larger ones stream once and are never retried.
-    pub max_replay_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_uri_bytes: 8 * 1024,
-            max_body_bytes: 10 * 1024 * 1024,
-            max_replay_bytes: 64 * 1024,
-        }
-    }
-}
-
 pub struct Proxy {
     pub store: Arc<SnapshotStore>,
     pub metrics: Arc<Metrics>,
@@ -90,38 +73,6 @@ pub struct Proxy {
     /// Log one line per request (target `parapet::access`).
     pub access_log: bool,
     pub edge: EdgeConfig,
-}
-
-/// Edge settings: which peers' forwarding headers are trusted, what `Server` says.
-#[derive(Clone, Debug, Default)]
-pub struct EdgeConfig {
-    /// Peers whose `X-Forwarded-*` and `Forwarded` are kept and extended
-    /// (`--trusted-proxies`); from any other peer they are replaced.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// For requests from trusted proxies: how many `X-Forwarded-For` entries from the
-    /// right are proxies, so the client address for rate limits is the one before them
-    /// (`--trusted-hops`); 0: the peer address.
-    pub trusted_hops: u32,
-    /// `Server` header on every response (`--server-header`); none by default.
-    pub server_header: Option<HeaderValue>,
-}
-
-impl EdgeConfig {
-    /// Whether `peer` is a proxy whose forwarding headers are believed.
-    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
-        if self.trusted_proxies.is_empty() {
-            return false;
-        }
-        let peer = peer.to_canonical();
-        self.trusted_proxies.iter().any(|n| n.contains(&peer))
-    }
-}
-
-/// What the listener knows about the connection a request came on.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
 }
 
 /// What every stage may need to know of the request, fixed when it arrived.
@@ -787,12 +738,4 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-/// Whether the method is idempotent (RFC 9110 §9.2.2): safe to retry after sending.
-pub fn idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }

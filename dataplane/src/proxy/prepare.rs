@@ -14,12 +14,33 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    ConnInfo, Limits, X_PARAPET_TIMEOUT_MS,
     body::{Counted, Pace, Paced, Prefixed},
+    conn::ConnInfo,
     forward::RequestBody,
+    headers::X_PARAPET_TIMEOUT_MS,
     headers::{Forwarding, strip_hop_by_hop},
 };
-use crate::{metrics::Metrics, router::Matched, upstream::BoxError};
+use crate::{metrics::Metrics, proxy::body::BoxError, router::Matched};
+
+/// Request limits, with defaults in line with Envoy's and nginx's.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    /// Request bodies up to this size are buffered so a retry or hedge can send them again;
+    /// larger ones stream once and are never retried.
+    pub max_replay_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_replay_bytes: 64 * 1024,
+        }
+    }
+}
 
 /// The upstream path and query, after the rule's prefix rewrite; `None` if the rewrite
 /// makes an invalid path.

@@ -32,9 +32,11 @@ use rustls::{
     pki_types::{CertificateDer, ServerName},
 };
 
-use crate::{codec::Http1Codec, proxy::body::ProxyBody};
+use crate::{
+    codec::Http1Codec,
+    proxy::body::{BoxError, ProxyBody},
+};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// One client type for every pool: plain pools send `http` URIs, TLS pools `https` ones.
 pub type UpstreamClient = Client<NoExtras<HttpsConnector<HttpConnector>>, ProxyBody>;
 

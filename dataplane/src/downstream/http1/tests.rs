@@ -217,7 +217,7 @@ async fn a_body_of_unknown_length_is_chunked_with_trailers_only_when_asked() {
         // Not announced, and not allowed as a trailer anyway: never sent.
         trailers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         trailers.insert("x-unannounced", HeaderValue::from_static("1"));
-        let frames: Vec<Result<http_body::Frame<Bytes>, crate::upstream::BoxError>> = vec![
+        let frames: Vec<Result<http_body::Frame<Bytes>, crate::proxy::body::BoxError>> = vec![
             Ok(http_body::Frame::data(Bytes::from_static(b"hello "))),
             Ok(http_body::Frame::data(Bytes::new())),
             Ok(http_body::Frame::data(Bytes::from_static(b"world"))),
@@ -256,7 +256,7 @@ async fn a_body_of_unknown_length_is_chunked_with_trailers_only_when_asked() {
 
 /// A body that streams (no exact size) `data`, then ends.
 fn stream_of(data: &'static [u8]) -> ProxyBody {
-    let frames: Vec<Result<http_body::Frame<Bytes>, crate::upstream::BoxError>> =
+    let frames: Vec<Result<http_body::Frame<Bytes>, crate::proxy::body::BoxError>> =
         vec![Ok(http_body::Frame::data(Bytes::from_static(data)))];
     StreamBody::new(futures::stream::iter(frames)).boxed()
 }

@@ -1,0 +1,37 @@
+//! The connection a request came on, and what the edge believes of its peer.
+
+use std::net::SocketAddr;
+
+use http::HeaderValue;
+
+/// Edge settings: which peers' forwarding headers are trusted, what `Server` says.
+#[derive(Clone, Debug, Default)]
+pub struct EdgeConfig {
+    /// Peers whose `X-Forwarded-*` and `Forwarded` are kept and extended
+    /// (`--trusted-proxies`); from any other peer they are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// For requests from trusted proxies: how many `X-Forwarded-For` entries from the
+    /// right are proxies, so the client address for rate limits is the one before them
+    /// (`--trusted-hops`); 0: the peer address.
+    pub trusted_hops: u32,
+    /// `Server` header on every response (`--server-header`); none by default.
+    pub server_header: Option<HeaderValue>,
+}
+
+impl EdgeConfig {
+    /// Whether `peer` is a proxy whose forwarding headers are believed.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        if self.trusted_proxies.is_empty() {
+            return false;
+        }
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+}
+
+/// What the listener knows about the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
