@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::{
     endpoint::{Availability, EndpointHandle},
     outlier::{self, Admission, ProbeGuard},
-    snapshot::{ClusterRuntime, Runtime},
+    snapshot::ClusterRuntime,
 };
 
 /// Envoy's overprovisioning factor: a tier or zone at 1/1.4 ≈ 72% health keeps its traffic.
@@ -104,7 +104,6 @@ enum Pass {
 /// the pools have no routable endpoint at all. `_table` is the table `primary` belongs to;
 /// it is not read, as `primary` carries its backup.
 pub fn pick(
-    _table: &Runtime,
     primary: &Arc<ClusterRuntime>,
     hash: Option<u64>,
     tried: &[Arc<EndpointHandle>],
@@ -137,7 +136,6 @@ pub fn pick(
 /// A usable endpoint this request has not tried yet (for hedges), or `None`. `_table` as for
 /// [`pick`].
 pub fn pick_fresh(
-    _table: &Runtime,
     primary: &Arc<ClusterRuntime>,
     hash: Option<u64>,
     tried: &[Arc<EndpointHandle>],

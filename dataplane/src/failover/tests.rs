@@ -7,7 +7,7 @@ use super::*;
 use crate::{
     endpoint::EndpointRegistry,
     metrics::Metrics,
-    snapshot::{BuildOptions, LiveState},
+    snapshot::{BuildOptions, LiveState, Runtime},
     upstream::ClientPool,
 };
 
@@ -124,7 +124,7 @@ async fn the_backup_takes_over_below_the_threshold_and_hands_back() {
     set_healthy(p, 3, false);
     assert_eq!(names(tiers(p)), ["default/b", "default/p"]);
     assert_eq!(p.metrics.failover_active.get(), 1);
-    let picked = pick(&t, p, None, &[], Instant::now()).unwrap();
+    let picked = pick(p, None, &[], Instant::now()).unwrap();
     assert_eq!(picked.cluster.spec.name, "default/b");
     // A backup with nothing healthy takes nothing.
     let b = &t.clusters["default/b"];
@@ -149,7 +149,7 @@ async fn the_local_share_follows_local_health_with_overprovisioning() {
     assert!((local_share(&p.availability, eps) - 0.7).abs() < 1e-9);
     let mut local = 0;
     for _ in 0..2000 {
-        let picked = pick(&t, p, None, &[], Instant::now()).unwrap();
+        let picked = pick(p, None, &[], Instant::now()).unwrap();
         assert_ne!(picked.endpoint.port, 2);
         local += usize::from(picked.endpoint.local);
     }
@@ -179,22 +179,22 @@ async fn each_try_prefers_an_endpoint_not_tried_and_panics_last() {
     let t = table(None);
     let b = &t.clusters["default/b"];
     let now = Instant::now();
-    let first = pick(&t, b, None, &[], now).unwrap().endpoint;
-    let second = pick(&t, b, None, std::slice::from_ref(&first), now)
+    let first = pick(b, None, &[], now).unwrap().endpoint;
+    let second = pick(b, None, std::slice::from_ref(&first), now)
         .unwrap()
         .endpoint;
     assert_ne!(first.port, second.port);
     // Both tried: tried ones are used again rather than failing.
     let tried = [first.clone(), second.clone()];
-    assert!(pick(&t, b, None, &tried, now).is_some());
+    assert!(pick(b, None, &tried, now).is_some());
     // Hedges only go to untried endpoints.
-    assert!(pick_fresh(&t, b, None, &tried, now).is_none());
+    assert!(pick_fresh(b, None, &tried, now).is_none());
     // Nothing healthy: panic mode still answers, and counts it.
     set_healthy(b, 11, false);
     set_healthy(b, 12, false);
-    assert!(pick(&t, b, None, &[], now).is_some());
+    assert!(pick(b, None, &[], now).is_some());
     assert_eq!(b.metrics.panic.get(), 1);
-    assert!(pick_fresh(&t, b, None, &[], now).is_none());
+    assert!(pick_fresh(b, None, &[], now).is_none());
 }
 
 #[tokio::test]
@@ -208,10 +208,10 @@ async fn panic_tries_the_other_tier_before_repeating_an_endpoint() {
     set_healthy(b, 12, false);
     let now = Instant::now();
     // Nothing healthy anywhere: the primary first.
-    let first = pick(&t, p, None, &[], now).unwrap();
+    let first = pick(p, None, &[], now).unwrap();
     assert_eq!(first.cluster.spec.name, "default/p");
     // Every primary endpoint tried: the backup's, not a primary one again.
     let tried: Vec<_> = p.balancer.endpoints().to_vec();
-    let next = pick(&t, p, None, &tried, now).unwrap();
+    let next = pick(p, None, &tried, now).unwrap();
     assert_eq!(next.cluster.spec.name, "default/b");
 }

@@ -66,7 +66,6 @@ impl Origin for RouteOrigin {
                 self.authority.as_ref().and_then(|a| a.to_str().ok()),
                 self.trusted,
             ),
-            table: &self.table,
             route: &self.table.routes[self.route],
             primary: &self.cluster,
             policy: forward.retry.as_ref(),

@@ -44,13 +44,12 @@ use crate::{
     hedge::Hedges,
     outlier::Verdict,
     retry::{self, Denied, Failure},
-    snapshot::{ClusterRuntime, RouteRuntime, Runtime},
+    snapshot::{ClusterRuntime, RouteRuntime},
     upstream::{UpstreamBody, http1},
 };
 
 /// Everything the attempts of one request share.
 pub(super) struct Exchange<'a> {
-    pub table: &'a Runtime,
     pub route: &'a RouteRuntime,
     pub primary: &'a Arc<ClusterRuntime>,
     pub policy: Option<&'a RetryPolicy>,
@@ -294,7 +293,7 @@ fn first_attempt(
     if ex.policy.is_some() || ex.hedge_after.is_some() {
         ex.route.live.budget.deposit(ex.started);
     }
-    let first = failover::pick(ex.table, ex.primary, ex.hash, tried, ex.started)
+    let first = failover::pick(ex.primary, ex.hash, tried, ex.started)
         .ok_or(Outcome::NoEndpoint)?;
     if !one_attempt {
         tried.push(first.endpoint.clone());
@@ -401,7 +400,7 @@ async fn retry_attempt(
         return None;
     }
     tokio::time::sleep_until(resume).await;
-    let next = failover::pick(ex.table, ex.primary, ex.hash, tried, resume)?;
+    let next = failover::pick(ex.primary, ex.hash, tried, resume)?;
     let b = body.take()?;
     metrics.retries[failure.reason().index()].inc();
     tracing::debug!(
@@ -461,7 +460,7 @@ fn hedge_attempt(
     }
     let now = Instant::now();
     // Only to an endpoint not tried yet: hedging on the same one would not help.
-    let p = failover::pick_fresh(ex.table, ex.primary, ex.hash, tried, now)?;
+    let p = failover::pick_fresh(ex.primary, ex.hash, tried, now)?;
     if !ex.route.live.budget.try_withdraw(now) {
         ex.route.metrics.retry_budget_exhausted.inc();
         ex.route.metrics.retries_denied[Denied::Budget.index()].inc();

@@ -498,7 +498,6 @@ impl Proxy {
         let hedge_after = repeatable.then(|| route.hedge_after(at.started)).flatten();
         let exchange = Exchange {
             forwarding: prepare::forwarding(at.conn, authority, routed.trusted),
-            table: routed.table,
             route,
             primary: cluster,
             policy,
