@@ -19,7 +19,10 @@ use super::{
 };
 use crate::{
     Duration,
-    api::{self, ApiRoute, CachePolicy, PathMatchType, UpstreamPool, ValueMatchType},
+    api::{
+        self, ApiRouteSpec, CachePolicySpec, Object, PathMatchType, UpstreamPoolSpec,
+        ValueMatchType,
+    },
     snapshot::{
         ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, KeySource,
         PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy, Rewrite,
@@ -59,11 +62,11 @@ struct Candidate {
 
 pub(super) fn compile_routes(
     inputs: &Inputs<'_>,
-    pools: &BTreeMap<Key, &UpstreamPool>,
-    policies: &BTreeMap<Key, &CachePolicy>,
+    pools: &BTreeMap<Key, &Object<UpstreamPoolSpec>>,
+    policies: &BTreeMap<Key, &Object<CachePolicySpec>>,
     diags: &mut Diagnostics,
 ) -> CompiledRoutes {
-    let mut routes: Vec<&ApiRoute> = inputs.routes.clone();
+    let mut routes: Vec<&Object<ApiRouteSpec>> = inputs.routes.clone();
     routes.sort_by_key(|r| {
         (
             created(r),
@@ -216,12 +219,9 @@ fn host_order(domain: &str) -> (u8, Reverse<usize>, &str) {
     }
 }
 
-fn created(r: &ApiRoute) -> Option<String> {
+fn created(r: &Object<ApiRouteSpec>) -> Option<String> {
     // RFC 3339 in UTC at second precision sorts correctly as text.
-    r.metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| format!("{:?}", t.0))
+    r.metadata.creation_timestamp.clone()
 }
 
 fn hosts(raw: &[String], me: &ObjectKey, diags: &mut Diagnostics) -> Vec<String> {
@@ -372,8 +372,8 @@ fn first_line(e: &regex::Error) -> String {
 #[allow(clippy::too_many_arguments)]
 fn action(
     inputs: &Inputs<'_>,
-    pools: &BTreeMap<Key, &UpstreamPool>,
-    policies: &BTreeMap<Key, &CachePolicy>,
+    pools: &BTreeMap<Key, &Object<UpstreamPoolSpec>>,
+    policies: &BTreeMap<Key, &Object<CachePolicySpec>>,
     namespace: &str,
     rule: &api::RouteRule,
     rule_name: &str,
