@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use parapet_crds::{
-    api::{ApiRoute, UpstreamPool},
+    api::{ApiRouteSpec, Object, UpstreamPoolSpec},
     compiler::{Inputs, ServicePortKey, compile, refresh_endpoints},
     snapshot::{Endpoint, Snapshot},
 };
@@ -30,7 +30,7 @@ fn main() {
     for routes_n in [1_000usize, 10_000] {
         let pools_n = 500;
         let endpoints_total = 50_000;
-        let pools: Vec<UpstreamPool> = (0..pools_n)
+        let pools: Vec<Object<UpstreamPoolSpec>> = (0..pools_n)
             .map(|i| {
                 serde_json::from_value(serde_json::json!({
                     "apiVersion": "parapet.dev/v1alpha1", "kind": "UpstreamPool",
@@ -41,7 +41,7 @@ fn main() {
             })
             .collect();
         // 10 rules per ApiRoute, each with an exact path, a prefix and a regex route spread.
-        let routes: Vec<ApiRoute> = (0..routes_n / 10)
+        let routes: Vec<Object<ApiRouteSpec>> = (0..routes_n / 10)
             .map(|i| {
                 let rules: Vec<serde_json::Value> = (0..10)
                     .map(|j| {

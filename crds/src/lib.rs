@@ -5,6 +5,10 @@
 //!   `PUT /v1/snapshot`).
 //! - [`compiler`]: the pure function from resources (plus endpoints and secrets) to a
 //!   snapshot and per-object diagnostics. No I/O, no Kubernetes client.
+//!
+//! Feature `kube` (off by default) adds the Kubernetes side: the custom resource types
+//! and their CRDs ([`crd_yaml`], the `crdgen` binary). The operator turns it on; the data
+//! plane leaves it off, so it neither compiles nor links the Kubernetes client.
 
 pub mod api;
 pub mod compiler;
@@ -14,10 +18,10 @@ pub mod snapshot;
 
 pub use duration::{DURATION_PATTERN, Duration, ParseDurationError};
 
-use kube::CustomResourceExt;
-
 /// The CRDs as (file name, YAML), in a stable order: what `make crds` writes.
+#[cfg(feature = "kube")]
 pub fn crd_yaml() -> Vec<(String, String)> {
+    use kube::CustomResourceExt;
     [
         api::ApiRoute::crd(),
         api::UpstreamPool::crd(),

@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Secret;
-use serde::Deserialize;
+use base64::Engine;
+use serde::{Deserialize, Deserializer};
 
 use crate::{
-    api::{ApiRoute, CachePolicy, UpstreamPool},
+    api::{ApiRouteSpec, CachePolicySpec, Metadata, Object, UpstreamPoolSpec},
     compiler::Inputs,
 };
 
@@ -40,10 +40,43 @@ pub enum ManifestError {
 /// The resources of one file.
 #[derive(Debug, Default, Clone)]
 pub struct Manifest {
-    pub routes: Vec<ApiRoute>,
-    pub pools: Vec<UpstreamPool>,
-    pub cache_policies: Vec<CachePolicy>,
+    pub routes: Vec<Object<ApiRouteSpec>>,
+    pub pools: Vec<Object<UpstreamPoolSpec>>,
+    pub cache_policies: Vec<Object<CachePolicySpec>>,
     pub secrets: Vec<Secret>,
+}
+
+/// A `v1` Secret: what the compiler reads of it (API keys, certificates).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// Values in base64, decoded.
+    #[serde(default, deserialize_with = "base64_values")]
+    pub data: BTreeMap<String, Vec<u8>>,
+    /// Values in plain text; they win over `data` for the same key, as the API server does.
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
+}
+
+/// `data`'s values, base64-decoded; a null value is empty.
+fn base64_values<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+    let raw: Option<BTreeMap<String, Option<String>>> = Deserialize::deserialize(d)?;
+    raw.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let v = v.unwrap_or_default();
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .map(|bytes| (k.clone(), bytes))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "data.{k} is not base64 ({e}): encode it, or put the plain value under stringData"
+                    ))
+                })
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -105,19 +138,22 @@ impl Manifest {
             match tm.kind.as_str() {
                 "ApiRoute" => {
                     expect(PARAPET_API)?;
-                    let mut o: ApiRoute = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    let mut o: Object<ApiRouteSpec> =
+                        serde_yaml_ng::from_value(value).map_err(invalid)?;
                     o.metadata.namespace.get_or_insert_with(|| "default".into());
                     m.routes.push(o);
                 }
                 "UpstreamPool" => {
                     expect(PARAPET_API)?;
-                    let mut o: UpstreamPool = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    let mut o: Object<UpstreamPoolSpec> =
+                        serde_yaml_ng::from_value(value).map_err(invalid)?;
                     o.metadata.namespace.get_or_insert_with(|| "default".into());
                     m.pools.push(o);
                 }
                 "CachePolicy" => {
                     expect(PARAPET_API)?;
-                    let mut o: CachePolicy = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    let mut o: Object<CachePolicySpec> =
+                        serde_yaml_ng::from_value(value).map_err(invalid)?;
                     o.metadata.namespace.get_or_insert_with(|| "default".into());
                     m.cache_policies.push(o);
                 }
@@ -143,15 +179,9 @@ impl Manifest {
     pub fn inputs(&self) -> Inputs<'_> {
         let mut secrets = BTreeMap::new();
         for s in &self.secrets {
-            let mut data: BTreeMap<String, Vec<u8>> = s
-                .data
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            for (k, v) in s.string_data.clone().unwrap_or_default() {
-                data.insert(k, v.into_bytes());
+            let mut data = s.data.clone();
+            for (k, v) in &s.string_data {
+                data.insert(k.clone(), v.clone().into_bytes());
             }
             secrets.insert(
                 (

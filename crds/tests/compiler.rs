@@ -560,6 +560,74 @@ fn manifest_errors_say_which_document_and_what_is_wrong() {
 }
 
 #[test]
+fn a_secret_reads_base64_data_and_plain_string_data() {
+    // base64 of "alice-key" and "bob-old"; stringData wins for the same key, as on a cluster.
+    let m = Manifest::parse(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: keys, namespace: bank}\n\
+         data: {alice: YWxpY2Uta2V5, bob: Ym9iLW9sZA==}\nstringData: {bob: bob-new}\n",
+    )
+    .unwrap();
+    let inputs = m.inputs();
+    let data = &inputs.secrets[&("bank".to_string(), "keys".to_string())];
+    assert_eq!(data["alice"], b"alice-key");
+    assert_eq!(data["bob"], b"bob-new");
+}
+
+#[test]
+fn a_secret_whose_data_is_not_base64_says_where_plain_text_goes() {
+    let e = Manifest::parse(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: keys}\ndata: {alice: not base64!}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("document 1")
+            && e.contains("data.alice is not base64")
+            && e.contains("stringData"),
+        "{e}"
+    );
+}
+
+/// What `kubectl get -o yaml` prints (server-set metadata, status) is a valid file: the
+/// compiler reads the name, namespace and generation and ignores the rest.
+#[test]
+fn an_object_as_the_api_server_returns_it_compiles() {
+    let yaml = format!(
+        r#"{POOL}
+---
+apiVersion: parapet.dev/v1alpha1
+kind: ApiRoute
+metadata:
+  name: r
+  namespace: default
+  generation: 4
+  creationTimestamp: "2026-01-01T00:00:00Z"
+  resourceVersion: "123"
+  uid: 0b7c1f2e-5d1a-4c8e-9f3b-2a6d8e4c1b7a
+  labels: {{team: payments}}
+  annotations: {{kubectl.kubernetes.io/last-applied-configuration: "{{}}"}}
+  managedFields: [{{manager: kubectl, operation: Apply}}]
+spec:
+  hosts: [a.example]
+  rules: [{{backends: [{{pool: web}}]}}]
+status:
+  conditions:
+    - {{type: Accepted, status: "True", reason: Accepted, message: ok, lastTransitionTime: "2026-01-01T00:00:01Z", observedGeneration: 4}}
+"#
+    );
+    let out = compile_yaml(&yaml);
+    assert!(out.diagnostics.is_empty(), "{:?}", out.diagnostics);
+    let route = out
+        .table
+        .sources
+        .iter()
+        .find(|s| s.kind == "ApiRoute")
+        .expect("the route is a source");
+    assert_eq!((route.name.as_str(), route.generation), ("r", 4));
+    assert_eq!(paths(&out.table, "a.example"), ["/*"]);
+}
+
+#[test]
 fn an_empty_table_needs_allow_empty() {
     let out = compile(&Inputs::default());
     let mut s = Snapshot::new(3, out.table);

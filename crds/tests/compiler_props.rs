@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use parapet_crds::{
-    api::{ApiRoute, CachePolicy, UpstreamPool},
+    api::{ApiRouteSpec, CachePolicySpec, Metadata, Object, UpstreamPoolSpec},
     compiler::{
         Inputs, MAX_MESSAGE, ObjectKey, Output, Reason, SecretData, ServicePortKey, Severity,
         compile, refresh_endpoints,
@@ -369,9 +369,9 @@ fn arb_world(valid: bool) -> impl Strategy<Value = World> {
 /// The resources of a world, owned, in the shapes the compiler reads.
 #[derive(Clone)]
 struct Resources {
-    routes: Vec<ApiRoute>,
-    pools: Vec<UpstreamPool>,
-    policies: Vec<CachePolicy>,
+    routes: Vec<Object<ApiRouteSpec>>,
+    pools: Vec<Object<UpstreamPoolSpec>>,
+    policies: Vec<Object<CachePolicySpec>>,
     service_endpoints: BTreeMap<ServicePortKey, Vec<Endpoint>>,
     secrets: BTreeMap<(String, String), SecretData>,
 }
@@ -674,7 +674,7 @@ struct Expect {
     sources: BTreeSet<SourceRef>,
 }
 
-fn meta_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+fn meta_of(m: &Metadata) -> (String, String) {
     (
         m.namespace.clone().unwrap_or_default(),
         m.name.clone().unwrap_or_default(),

@@ -16,7 +16,7 @@ use k8s_openapi::api::{
 };
 use kube::{ResourceExt, api::DynamicObject};
 use parapet_crds::{
-    api::{ApiRoute, CachePolicy, UpstreamPool},
+    api::{ApiRouteSpec, CachePolicySpec, Object, UpstreamPoolSpec},
     compiler::{self, Diagnostics, Inputs, ObjectKey, ServicePortKey},
     snapshot::{Endpoint, Snapshot},
 };
@@ -40,7 +40,7 @@ pub struct Compiled {
     /// JSON bytes of the snapshot (as pushed, before compression).
     pub bytes: usize,
     /// The pools as read, for the endpoint-only fast path.
-    pub pools: Arc<Vec<UpstreamPool>>,
+    pub pools: Arc<Vec<Object<UpstreamPoolSpec>>>,
     /// The objects (and generations) this table carries, for per-object `Programmed`.
     pub sources: Arc<Sources>,
 }
@@ -118,7 +118,7 @@ pub fn compile_index(
         objects.push((key.clone(), o.metadata.generation.unwrap_or(0)));
         key
     };
-    let mut routes: Vec<ApiRoute> = Vec::new();
+    let mut routes: Vec<Object<ApiRouteSpec>> = Vec::new();
     for o in index.routes.all() {
         let key = read(compiler::KIND_ROUTE, &o);
         match convert(&o) {
@@ -126,7 +126,7 @@ pub fn compile_index(
             Err(e) => malformed.push((key, e)),
         }
     }
-    let mut pools: Vec<UpstreamPool> = Vec::new();
+    let mut pools: Vec<Object<UpstreamPoolSpec>> = Vec::new();
     for o in index.pools.all() {
         let key = read(compiler::KIND_POOL, &o);
         match convert(&o) {
@@ -134,7 +134,7 @@ pub fn compile_index(
             Err(e) => malformed.push((key, e)),
         }
     }
-    let mut policies: Vec<CachePolicy> = Vec::new();
+    let mut policies: Vec<Object<CachePolicySpec>> = Vec::new();
     for o in index.cache_policies.all() {
         let key = read(compiler::KIND_CACHE_POLICY, &o);
         match convert(&o) {
@@ -238,12 +238,12 @@ pub fn refresh_index(index: &Index, clock: &VersionClock, prev: &Compiled) -> Op
 }
 
 fn pool_endpoints(
-    pools: &[UpstreamPool],
+    pools: &[Object<UpstreamPoolSpec>],
     service_endpoints: &BTreeMap<ServicePortKey, Vec<Endpoint>>,
 ) -> BTreeMap<(String, String), (usize, usize)> {
     let mut out = BTreeMap::new();
     for p in pools {
-        let ns = p.namespace().unwrap_or_default();
+        let ns = p.metadata.namespace().to_string();
         let counts = match (&p.spec.static_endpoints, &p.spec.service) {
             (Some(st), _) => (st.len(), st.len()),
             (None, Some(s)) => {
@@ -259,7 +259,7 @@ fn pool_endpoints(
             }
             (None, None) => (0, 0),
         };
-        out.insert((ns, p.name_any()), counts);
+        out.insert((ns, p.metadata.name().to_string()), counts);
     }
     out
 }
@@ -268,13 +268,13 @@ fn pool_endpoints(
 /// Service port mapped to the slice port by name as Kubernetes does.
 fn service_endpoints(
     index: &Index,
-    pools: &[UpstreamPool],
+    pools: &[Object<UpstreamPoolSpec>],
 ) -> BTreeMap<ServicePortKey, Vec<Endpoint>> {
     let wanted: BTreeSet<ServicePortKey> = pools
         .iter()
         .filter_map(|p| {
             p.spec.service.as_ref().map(|s| ServicePortKey {
-                namespace: p.namespace().unwrap_or_default(),
+                namespace: p.metadata.namespace().to_string(),
                 service: s.name.clone(),
                 port: s.port,
             })
@@ -372,12 +372,12 @@ fn service_endpoints(
 
 fn referenced_secrets(
     index: &Index,
-    routes: &[ApiRoute],
-    pools: &[UpstreamPool],
+    routes: &[Object<ApiRouteSpec>],
+    pools: &[Object<UpstreamPoolSpec>],
 ) -> BTreeMap<(String, String), BTreeMap<String, Vec<u8>>> {
     let mut names: BTreeSet<(String, String)> = BTreeSet::new();
     for r in routes {
-        let ns = r.namespace().unwrap_or_default();
+        let ns = r.metadata.namespace().to_string();
         if let Some(t) = &r.spec.tls {
             names.insert((ns.clone(), t.secret_name.clone()));
         }
@@ -393,7 +393,7 @@ fn referenced_secrets(
         }
     }
     for p in pools {
-        let ns = p.namespace().unwrap_or_default();
+        let ns = p.metadata.namespace().to_string();
         if let Some(t) = &p.spec.tls {
             for s in t
                 .ca_secret_ref
@@ -593,7 +593,7 @@ mod tests {
             service_pool("shop", "no-port", "web", 81),
             service_pool("shop", "no-service", "ghost", 80),
         ];
-        let eps = service_endpoints(&t.index, &pools);
+        let eps = service_endpoints(&t.index, &pools.clone().map(Object::from));
         let got = |k: ServicePortKey| {
             let mut v: Vec<(String, u16, bool, bool, bool)> = eps[&k]
                 .iter()

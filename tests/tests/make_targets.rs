@@ -12,7 +12,10 @@ const EXPECTED: &[(&str, &str)] = &[
     ("help", "grep -hE"),
     ("deps", "getent hosts"),
     ("build", "cargo build --workspace --all-targets"),
-    ("crds", "cargo run -q -p parapet-crds --bin crdgen"),
+    (
+        "crds",
+        "cargo run -q -p parapet-crds --features kube --bin crdgen",
+    ),
     ("lint", "cargo clippy --workspace --all-targets"),
     ("audit", "cargo deny"),
     ("unit", "cargo test --workspace"),

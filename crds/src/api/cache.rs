@@ -1,7 +1,9 @@
+#[cfg(feature = "kube")]
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "kube")]
 use super::CommonStatus;
 use crate::Duration;
 
@@ -23,22 +25,27 @@ pub enum CacheMethod {
 }
 
 /// How responses of the rules that reference this policy are cached.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[kube(
-    group = "parapet.dev",
-    version = "v1alpha1",
-    kind = "CachePolicy",
-    namespaced,
-    status = "CommonStatus",
-    shortname = "cp",
-    category = "parapet",
-    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl"}"#,
-    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "kube", derive(CustomResource, KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "parapet.dev",
+        version = "v1alpha1",
+        kind = "CachePolicy",
+        namespaced,
+        status = "CommonStatus",
+        shortname = "cp",
+        category = "parapet",
+        printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+        printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
-#[x_kube(validation = Rule::new("self.mode != 'Fixed' || has(self.ttl)").message("mode Fixed requires ttl"))]
-#[x_kube(validation = Rule::new("!has(self.cacheAuthorized) || !self.cacheAuthorized || (has(self.key) && has(self.key.headers) && self.key.headers.exists(h, h.lowerAscii() == 'authorization' || h.lowerAscii() == 'cookie'))").message("cacheAuthorized needs key.headers to include Authorization or Cookie, so one client's response is never served to another"))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.mode != 'Fixed' || has(self.ttl)").message("mode Fixed requires ttl")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.cacheAuthorized) || !self.cacheAuthorized || (has(self.key) && has(self.key.headers) && self.key.headers.exists(h, h.lowerAscii() == 'authorization' || h.lowerAscii() == 'cookie'))").message("cacheAuthorized needs key.headers to include Authorization or Cookie, so one client's response is never served to another")))]
 #[serde(rename_all = "camelCase")]
 pub struct CachePolicySpec {
     pub mode: CacheMode,

@@ -1,3 +1,4 @@
+#[cfg(feature = "kube")]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ pub struct LocalObjectReference {
 
 /// Status shared by every Parapet resource: conditions in the Kubernetes / Gateway API
 /// shape (`Accepted`, `ResolvedRefs`, `Programmed`), each with `observedGeneration`.
+#[cfg(feature = "kube")]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommonStatus {

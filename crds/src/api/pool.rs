@@ -1,7 +1,9 @@
+#[cfg(feature = "kube")]
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "kube")]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::LocalObjectReference;
@@ -9,25 +11,30 @@ use crate::Duration;
 
 /// Where traffic can go: the endpoints of a Service, or a static list of addresses, and how
 /// to spread, check and protect them.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[kube(
-    group = "parapet.dev",
-    version = "v1alpha1",
-    kind = "UpstreamPool",
-    namespaced,
-    status = "UpstreamPoolStatus",
-    shortname = "up",
-    category = "parapet",
-    printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.service.name"}"#,
-    printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.loadBalancing.algorithm"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.readyEndpoints"}"#,
-    printcolumn = r#"{"name":"Endpoints","type":"string","jsonPath":".status.endpoints"}"#,
-    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
-    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "kube", derive(CustomResource, KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "parapet.dev",
+        version = "v1alpha1",
+        kind = "UpstreamPool",
+        namespaced,
+        status = "UpstreamPoolStatus",
+        shortname = "up",
+        category = "parapet",
+        printcolumn = r#"{"name":"Service","type":"string","jsonPath":".spec.service.name"}"#,
+        printcolumn = r#"{"name":"Algorithm","type":"string","jsonPath":".spec.loadBalancing.algorithm"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.readyEndpoints"}"#,
+        printcolumn = r#"{"name":"Endpoints","type":"string","jsonPath":".status.endpoints"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+        printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
-#[x_kube(validation = Rule::new("has(self.service) != has(self.static)").message("set exactly one of spec.service or spec.static"))]
-#[x_kube(validation = Rule::new("!has(self.static) || self.static.exists(e, !has(e.weight) || e.weight > 0)").message("at least one static endpoint needs a weight above 0"))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("has(self.service) != has(self.static)").message("set exactly one of spec.service or spec.static")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.static) || self.static.exists(e, !has(e.weight) || e.weight > 0)").message("at least one static endpoint needs a weight above 0")))]
 #[serde(rename_all = "camelCase")]
 pub struct UpstreamPoolSpec {
     /// Take endpoints from this Service's EndpointSlices (same namespace).
@@ -100,8 +107,10 @@ pub enum BalancingAlgorithm {
     Random,
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("!has(self.algorithm) || (self.algorithm != 'RingHash' && self.algorithm != 'Maglev') || has(self.hashOn)").message("RingHash and Maglev need hashOn: say which header, cookie or sourceIP to hash"))]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.algorithm) || (self.algorithm != 'RingHash' && self.algorithm != 'Maglev') || has(self.hashOn)").message("RingHash and Maglev need hashOn: say which header, cookie or sourceIP to hash")))]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,8 +120,10 @@ pub struct LoadBalancing {
 }
 
 /// What consistent hashing hashes: exactly one of header, cookie or sourceIP.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[x_kube(validation = Rule::new("(has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.sourceIP) && self.sourceIP ? 1 : 0) == 1").message("hashOn takes exactly one of header, cookie or sourceIP: true"))]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("(has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.sourceIP) && self.sourceIP ? 1 : 0) == 1").message("hashOn takes exactly one of header, cookie or sourceIP: true")))]
 #[serde(rename_all = "camelCase")]
 pub struct HashOn {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,8 +137,10 @@ pub struct HashOn {
 }
 
 /// Active HTTP health checking, run by every data-plane pod, once per endpoint.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[x_kube(validation = Rule::new("!has(self.path) || self.path.startsWith('/')").message("healthCheck.path must start with /"))]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.path) || self.path.startsWith('/')").message("healthCheck.path must start with /")))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// Path to GET. Default /healthz.
@@ -154,8 +167,10 @@ pub struct HealthCheck {
     pub expected_statuses: Vec<StatusRange>,
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[x_kube(validation = Rule::new("self.start <= self.end").message("a status range needs start <= end"))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.start <= self.end").message("a status range needs start <= end")))]
 pub struct StatusRange {
     #[schemars(range(min = 100, max = 599))]
     pub start: i32,
@@ -269,6 +284,7 @@ pub enum UpstreamProtocol {
     HTTP2,
 }
 
+#[cfg(feature = "kube")]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpstreamPoolStatus {

@@ -1,27 +1,34 @@
+#[cfg(feature = "kube")]
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{CommonStatus, HttpMethod, LocalObjectReference};
+#[cfg(feature = "kube")]
+use super::CommonStatus;
+use super::{HttpMethod, LocalObjectReference};
 use crate::Duration;
 
 /// What traffic matches and what happens to it: hosts, rules of matches, weighted backends
 /// (UpstreamPools in the same namespace), and per-rule timeouts, retries, caching, rate
 /// limits and API keys.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "parapet.dev",
-    version = "v1alpha1",
-    kind = "ApiRoute",
-    namespaced,
-    status = "CommonStatus",
-    shortname = "ar",
-    category = "parapet",
-    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
-    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
-    printcolumn = r#"{"name":"ResolvedRefs","type":"string","jsonPath":".status.conditions[?(@.type==\"ResolvedRefs\")].status","priority":1}"#,
-    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[cfg_attr(feature = "kube", derive(CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "parapet.dev",
+        version = "v1alpha1",
+        kind = "ApiRoute",
+        namespaced,
+        status = "CommonStatus",
+        shortname = "ar",
+        category = "parapet",
+        printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts"}"#,
+        printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+        printcolumn = r#"{"name":"ResolvedRefs","type":"string","jsonPath":".status.conditions[?(@.type==\"ResolvedRefs\")].status","priority":1}"#,
+        printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ApiRouteSpec {
@@ -47,8 +54,10 @@ pub struct RouteTls {
     pub secret_name: String,
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("self.backends.exists(b, !has(b.weight) || b.weight > 0)").message("at least one backend needs a weight above 0"))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.backends.exists(b, !has(b.weight) || b.weight > 0)").message("at least one backend needs a weight above 0")))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRule {
     /// Optional name, used in metrics and status messages. Default: the rule's index.
@@ -144,9 +153,11 @@ pub enum PathMatchType {
     RegularExpression,
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[x_kube(validation = Rule::new("(has(self.type) && self.type == 'RegularExpression') || self.value.startsWith('/')").message("an Exact or PathPrefix path must start with /"))]
-#[x_kube(validation = Rule::new("(has(self.type) && self.type == 'RegularExpression') || !self.value.matches('[?#]|//')").message("a path must not contain '?', '#' or '//'"))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("(has(self.type) && self.type == 'RegularExpression') || self.value.startsWith('/')").message("an Exact or PathPrefix path must start with /")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("(has(self.type) && self.type == 'RegularExpression') || !self.value.matches('[?#]|//')").message("a path must not contain '?', '#' or '//'")))]
 pub struct PathMatch {
     /// Default PathPrefix.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
@@ -214,8 +225,10 @@ pub enum RetryOn {
     RetriableStatus,
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("!has(self.retryOn) || !self.retryOn.exists(c, c == 'RetriableStatus') || (has(self.retriableStatuses) && size(self.retriableStatuses) > 0)").message("retry on RetriableStatus needs retriableStatuses"))]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.retryOn) || !self.retryOn.exists(c, c == 'RetriableStatus') || (has(self.retriableStatuses) && size(self.retriableStatuses) > 0)").message("retry on RetriableStatus needs retriableStatuses")))]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     /// Total tries including the first. Default 2.
@@ -256,8 +269,10 @@ pub struct RetryPolicy {
 /// yet; the first answer wins and the others are cancelled. Only requests that may be sent
 /// twice (idempotent methods, or `retries.nonIdempotent`) with a replayable body are hedged,
 /// and every hedge spends a token of the rule's retry budget.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.delay) != has(self.percentile)").message("hedge takes exactly one of delay or percentile"))]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("has(self.delay) != has(self.percentile)").message("hedge takes exactly one of delay or percentile")))]
 #[serde(rename_all = "camelCase")]
 pub struct HedgePolicy {
     /// Hedge after this long.
@@ -276,8 +291,10 @@ pub struct HedgePolicy {
 }
 
 /// The rule's bulkhead and slow-lane threshold in each data-plane pod (fast and slow lanes).
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("!has(self.slowThreshold) || duration(self.slowThreshold) > duration('0s')").message("lanes.slowThreshold must be above 0s"))]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.slowThreshold) || duration(self.slowThreshold) > duration('0s')").message("lanes.slowThreshold must be above 0s")))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteLanes {
     /// Requests of this rule in flight at once; more are answered 503 with `retry-after`.
@@ -315,8 +332,10 @@ pub enum RateLimitMode {
 
 /// A token bucket: `requests` per `period`, with bursts up to `burst`. The limit is for the
 /// whole fleet; each data-plane pod enforces its share.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("!has(self.key) || self.key != 'Header' || has(self.header)").message("rateLimit.key Header needs rateLimit.header"))]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.key) || self.key != 'Header' || has(self.header)").message("rateLimit.key Header needs rateLimit.header")))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     #[schemars(range(min = 1))]
@@ -354,8 +373,10 @@ pub struct RouteAuth {
 }
 
 /// API keys: each key of each Secret's data is one key; the data key is its identity.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[x_kube(validation = Rule::new("!(has(self.header) && has(self.queryParam))").message("apiKeys reads the key from a header or a queryParam, not both"))]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!(has(self.header) && has(self.queryParam))").message("apiKeys reads the key from a header or a queryParam, not both")))]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyAuth {
     #[schemars(length(min = 1, max = 16))]
@@ -370,8 +391,10 @@ pub struct ApiKeyAuth {
     pub query_param: Option<String>,
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[x_kube(validation = Rule::new("!has(self.pathPrefix) || self.pathPrefix.startsWith('/')").message("rewrite.pathPrefix must start with /"))]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.pathPrefix) || self.pathPrefix.startsWith('/')").message("rewrite.pathPrefix must start with /")))]
 #[serde(rename_all = "camelCase")]
 pub struct Rewrite {
     /// Replace the matched PathPrefix with this.

@@ -3,7 +3,7 @@
 use super::{name, ns, qualified};
 use crate::{
     Duration,
-    api::{self, CacheMethod},
+    api::{self, CacheMethod, CachePolicySpec, Object},
     snapshot::{CacheMode, CachePolicy},
 };
 
@@ -14,14 +14,14 @@ const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_COALESCE: Duration = Duration::from_secs(5);
 
-pub(super) fn compile_policies(policies: &[&api::CachePolicy]) -> Vec<CachePolicy> {
+pub(super) fn compile_policies(policies: &[&Object<CachePolicySpec>]) -> Vec<CachePolicy> {
     let mut out: Vec<CachePolicy> = policies.iter().map(|p| compile_policy(p)).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out.dedup_by(|a, b| a.name == b.name);
     out
 }
 
-fn compile_policy(p: &api::CachePolicy) -> CachePolicy {
+fn compile_policy(p: &Object<CachePolicySpec>) -> CachePolicy {
     let s = &p.spec;
     let ms = |d: Option<Duration>, default: Duration| d.unwrap_or(default).as_millis();
     let mode = match s.mode {

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     Duration,
-    api::{self, UpstreamPool},
+    api::{self, Object, UpstreamPoolSpec},
     snapshot::{
         Algorithm, CertificatePair, CircuitBreaker, Cluster, Endpoint, Failover, HashOn,
         HealthCheck, LoadBalancing, OutlierDetection, SuccessRate, UpstreamProtocol, UpstreamTls,
@@ -16,7 +16,7 @@ use crate::{
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Pools<'a> = BTreeMap<(String, String), &'a UpstreamPool>;
+type Pools<'a> = BTreeMap<(String, String), &'a Object<UpstreamPoolSpec>>;
 
 /// Compiles every pool (so each gets its diagnostics) but emits only those a route reaches,
 /// directly or as a backup, so unreferenced pools cost the data plane nothing.
@@ -57,7 +57,7 @@ pub(super) fn compile_clusters(
 fn compile_pool(
     inputs: &Inputs<'_>,
     pools: &Pools<'_>,
-    pool: &UpstreamPool,
+    pool: &Object<UpstreamPoolSpec>,
     diags: &mut Diagnostics,
 ) -> Cluster {
     let (namespace, pool_name) = (ns(&pool.metadata), name(&pool.metadata));

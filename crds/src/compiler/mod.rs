@@ -27,7 +27,7 @@ pub use diagnostics::{
 };
 
 use crate::{
-    api::{ApiRoute, CachePolicy, UpstreamPool},
+    api::{ApiRouteSpec, CachePolicySpec, Metadata, Object, UpstreamPoolSpec},
     snapshot::{Endpoint, FORMAT_VERSION, SourceRef, Table},
 };
 
@@ -50,9 +50,9 @@ pub type SecretData = BTreeMap<String, Vec<u8>>;
 /// mode from a file.
 #[derive(Default)]
 pub struct Inputs<'a> {
-    pub routes: Vec<&'a ApiRoute>,
-    pub pools: Vec<&'a UpstreamPool>,
-    pub cache_policies: Vec<&'a CachePolicy>,
+    pub routes: Vec<&'a Object<ApiRouteSpec>>,
+    pub pools: Vec<&'a Object<UpstreamPoolSpec>>,
+    pub cache_policies: Vec<&'a Object<CachePolicySpec>>,
     /// Endpoints of each Service port that pools reference, already resolved to the
     /// target port. A key present with no endpoints: the Service exists but has none.
     pub service_endpoints: BTreeMap<ServicePortKey, Vec<Endpoint>>,
@@ -139,10 +139,7 @@ pub fn refresh_endpoints(previous: &Table, inputs: &Inputs<'_>) -> Table {
     table
 }
 
-fn source(
-    kind: &str,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> SourceRef {
+fn source(kind: &str, meta: &Metadata) -> SourceRef {
     SourceRef {
         kind: kind.to_string(),
         namespace: ns(meta).to_string(),
@@ -151,12 +148,12 @@ fn source(
     }
 }
 
-pub(crate) fn ns(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
-    meta.namespace.as_deref().unwrap_or("default")
+pub(crate) fn ns(meta: &Metadata) -> &str {
+    meta.namespace()
 }
 
-pub(crate) fn name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
-    meta.name.as_deref().unwrap_or("")
+pub(crate) fn name(meta: &Metadata) -> &str {
+    meta.name()
 }
 
 /// Qualified name used in the table: `namespace/name`.
@@ -166,10 +163,10 @@ pub(crate) fn qualified(namespace: &str, name: &str) -> String {
 
 /// Objects by (namespace, name). With duplicates (impossible from an API server, possible
 /// from a file), the first wins.
-fn index<'a, T: kube::Resource>(objs: &[&'a T]) -> BTreeMap<(String, String), &'a T> {
+fn index<'a, S>(objs: &[&'a Object<S>]) -> BTreeMap<(String, String), &'a Object<S>> {
     let mut map = BTreeMap::new();
     for o in objs {
-        let m = o.meta();
+        let m = &o.metadata;
         map.entry((ns(m).to_string(), name(m).to_string()))
             .or_insert(*o);
     }

@@ -19,7 +19,10 @@ use super::{
 };
 use crate::{
     Duration,
-    api::{self, ApiRoute, CachePolicy, PathMatchType, UpstreamPool, ValueMatchType},
+    api::{
+        self, ApiRouteSpec, CachePolicySpec, Object, PathMatchType, UpstreamPoolSpec,
+        ValueMatchType,
+    },
     snapshot::{
         ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, KeySource,
         PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy, Rewrite,
@@ -68,7 +71,7 @@ struct Collected {
 
 /// Where a rule's matches go: the route it belongs to and the hosts it serves.
 struct RuleSite<'a> {
-    route: &'a ApiRoute,
+    route: &'a Object<ApiRouteSpec>,
     me: &'a ObjectKey,
     hosts: &'a [String],
     index: usize,
@@ -76,8 +79,8 @@ struct RuleSite<'a> {
 
 pub(super) fn compile_routes(
     inputs: &Inputs<'_>,
-    pools: &BTreeMap<Key, &UpstreamPool>,
-    policies: &BTreeMap<Key, &CachePolicy>,
+    pools: &BTreeMap<Key, &Object<UpstreamPoolSpec>>,
+    policies: &BTreeMap<Key, &Object<CachePolicySpec>>,
     diags: &mut Diagnostics,
 ) -> CompiledRoutes {
     let mut collected = Collected::default();
@@ -103,8 +106,8 @@ pub(super) fn compile_routes(
 }
 
 /// The routes in the order ties are broken (older first, then namespace/name), each once.
-fn oldest_first<'a>(inputs: &Inputs<'a>) -> Vec<&'a ApiRoute> {
-    let mut routes: Vec<&ApiRoute> = inputs.routes.clone();
+fn oldest_first<'a>(inputs: &Inputs<'a>) -> Vec<&'a Object<ApiRouteSpec>> {
+    let mut routes: Vec<&Object<ApiRouteSpec>> = inputs.routes.clone();
     routes.sort_by_key(|r| {
         (
             created(r),
@@ -122,7 +125,7 @@ fn oldest_first<'a>(inputs: &Inputs<'a>) -> Vec<&'a ApiRoute> {
 /// keeps it.
 fn certificate(
     inputs: &Inputs<'_>,
-    route: &ApiRoute,
+    route: &Object<ApiRouteSpec>,
     me: &ObjectKey,
     hosts: &[String],
     certs: &mut BTreeMap<String, (ObjectKey, CertificatePair)>,
@@ -160,8 +163,8 @@ fn certificate(
 /// One rule: its action, the references it makes, and a candidate route per match and host.
 fn compile_rule(
     inputs: &Inputs<'_>,
-    pools: &BTreeMap<Key, &UpstreamPool>,
-    policies: &BTreeMap<Key, &CachePolicy>,
+    pools: &BTreeMap<Key, &Object<UpstreamPoolSpec>>,
+    policies: &BTreeMap<Key, &Object<CachePolicySpec>>,
     site: &RuleSite<'_>,
     rule: &api::RouteRule,
     collected: &mut Collected,
@@ -285,12 +288,9 @@ fn host_order(domain: &str) -> (u8, Reverse<usize>, &str) {
     }
 }
 
-fn created(r: &ApiRoute) -> Option<String> {
+fn created(r: &Object<ApiRouteSpec>) -> Option<String> {
     // RFC 3339 in UTC at second precision sorts correctly as text.
-    r.metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| format!("{:?}", t.0))
+    r.metadata.creation_timestamp.clone()
 }
 
 fn hosts(raw: &[String], me: &ObjectKey, diags: &mut Diagnostics) -> Vec<String> {
@@ -441,8 +441,8 @@ fn first_line(e: &regex::Error) -> String {
 #[allow(clippy::too_many_arguments)]
 fn action(
     inputs: &Inputs<'_>,
-    pools: &BTreeMap<Key, &UpstreamPool>,
-    policies: &BTreeMap<Key, &CachePolicy>,
+    pools: &BTreeMap<Key, &Object<UpstreamPoolSpec>>,
+    policies: &BTreeMap<Key, &Object<CachePolicySpec>>,
     namespace: &str,
     rule: &api::RouteRule,
     rule_name: &str,
@@ -503,7 +503,7 @@ fn action(
 /// The rule's pools that exist, each once (repeated pools merged, so weights stay what the
 /// user meant).
 fn backends(
-    pools: &BTreeMap<Key, &UpstreamPool>,
+    pools: &BTreeMap<Key, &Object<UpstreamPoolSpec>>,
     namespace: &str,
     rule: &api::RouteRule,
     rule_name: &str,

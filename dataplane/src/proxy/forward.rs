@@ -293,8 +293,8 @@ fn first_attempt(
     if ex.policy.is_some() || ex.hedge_after.is_some() {
         ex.route.live.budget.deposit(ex.started);
     }
-    let first = failover::pick(ex.primary, ex.hash, tried, ex.started)
-        .ok_or(Outcome::NoEndpoint)?;
+    let first =
+        failover::pick(ex.primary, ex.hash, tried, ex.started).ok_or(Outcome::NoEndpoint)?;
     if !one_attempt {
         tried.push(first.endpoint.clone());
     }
