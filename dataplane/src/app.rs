@@ -191,83 +191,18 @@ pub use parapet_process::init_logging;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let hedge = HedgeConfig::parse(args.hedge.iter().map(String::as_str))
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let store = SnapshotStore::with_options(
-        metrics.clone(),
-        ClientPool::new(args.upstream_http1),
-        args.state_dir.clone(),
-        BuildOptions {
-            zone: args.zone.clone().filter(|z| !z.is_empty()),
-            hedge,
-            route_lanes: RouteLaneSettings {
-                max_in_flight: args.route_max_in_flight.max(1),
-                slow_threshold: args.slow_lane_threshold,
-            },
-            cache_max_bytes: args.cache_max_bytes,
-            rate_limit_max_keys: args.rate_limit_max_keys.max(1),
-        },
-    );
-
+    let store = snapshot_store(&args, &metrics)?;
     // Static stability: serve the last good table before anyone pushes.
     if args.config.is_none()
         && let Some(dir) = &args.state_dir
     {
-        match load_persisted(dir) {
-            Ok(Some(s)) => {
-                let v = s.version;
-                match store.apply(s).await {
-                    Ok(_) => tracing::info!(
-                        version = v,
-                        "serving the persisted snapshot until the operator pushes"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "the persisted snapshot was not applied"),
-                }
-            }
-            Ok(None) => tracing::info!("no persisted snapshot; not ready until the first push"),
-            Err(e) => tracing::warn!(error = %e, "ignoring the persisted snapshot"),
-        }
+        serve_persisted(&store, dir).await;
     }
-
     let token = match &args.snapshot_token_file {
         Some(p) => Some(parapet_process::read_secret_file("snapshot token", p)?.into_bytes()),
         None => None,
     };
-
-    let fallback = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => {
-            let cert = std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?;
-            let key = std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?;
-            Some(crate::tls::certified_key(&cert, &key).context("--tls-cert / --tls-key")?)
-        }
-        _ => None,
-    };
-    let tls = if fallback.is_some() || args.tls {
-        Some(crate::tls::acceptor(
-            store.certificates().clone(),
-            fallback,
-        )?)
-    } else {
-        None
-    };
-
-    let admin_tls = match (&args.admin_tls_cert, &args.admin_tls_key) {
-        (Some(c), Some(k)) => {
-            let cert = std::fs::read(c).with_context(|| format!("cannot read {}", c.display()))?;
-            let key = std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?;
-            let ca = match &args.admin_client_ca {
-                Some(p) => {
-                    Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
-                }
-                None => None,
-            };
-            Some(crate::admin::AdminTls {
-                acceptor: crate::tls::admin_acceptor(&cert, &key, ca.as_deref())?,
-                require_client_cert: ca.is_some(),
-            })
-        }
-        _ => None,
-    };
+    let tls = traffic_tls(&args, &store)?;
     if args.trusted_hops > 0 && args.trusted_proxies.is_empty() {
         tracing::warn!(
             "--trusted-hops has no effect without --trusted-proxies: no peer's X-Forwarded-For is believed; list your load balancers' addresses in --trusted-proxies"
@@ -289,7 +224,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         token,
         max_snapshot_bytes: args.max_snapshot_bytes,
         draining: Default::default(),
-        tls: admin_tls,
+        tls: admin_tls(&args)?,
         liveness: liveness.clone(),
     });
     let admin_listener = listener::bind(args.admin_listen).await?;
@@ -307,84 +242,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "listening"
     );
     tokio::spawn(admin.clone().serve(admin_listener));
-
     if let Some(path) = args.config.clone() {
         // First load before serving, so a newcomer sees errors at once.
-        match standalone::load(&path, standalone::next_version(0)) {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "configuration not loaded; fix the file and it is reloaded")
-            }
+        if let Err(e) = standalone::load(&path, standalone::next_version(0)) {
+            tracing::error!(error = %e, "configuration not loaded; fix the file and it is reloaded");
         }
         tokio::spawn(standalone::watch(path, store.clone(), args.reload_interval));
     }
-
-    let proxy = Arc::new(Proxy {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        limits: Limits {
-            max_uri_bytes: args.max_uri_bytes,
-            max_body_bytes: args.max_body_bytes,
-            max_replay_bytes: args.max_replay_bytes.min(args.max_body_bytes),
-        },
-        lanes: Lanes::new(
-            LaneConfig {
-                capacity: args.max_in_flight.max(1),
-                slow_percent: args.slow_lane_percent,
-            },
-            &metrics,
-        ),
-        access_log: args.access_log,
-        edge: EdgeConfig {
-            trusted_proxies: args.trusted_proxies.clone(),
-            trusted_hops: args.trusted_hops,
-            server_header: match &args.server_header {
-                Some(s) => Some(http::HeaderValue::from_str(s).map_err(|_| {
-                    anyhow::anyhow!("--server-header {s:?} is not a valid header value")
-                })?),
-                None => None,
-            },
-        },
-    });
-    let cfg = ListenerConfig {
-        max_header_bytes: args.max_header_bytes,
-        max_headers: args.max_headers,
-        header_read_timeout: args.header_read_timeout,
-        max_requests_per_connection: args.max_requests_per_connection,
-        http1: args.downstream_http1,
-        ..ListenerConfig::default()
-    };
+    let proxy = proxy(&args, store, metrics)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (exited_tx, mut exited_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut threads = Vec::with_capacity(traffic.len());
-    for (i, socket) in traffic.into_iter().enumerate() {
-        let worker = listener::Worker {
-            socket,
-            tls: tls.clone(),
-            proxy: proxy.clone(),
-            cfg: cfg.clone(),
-            drain: args.drain_timeout,
-            stop: stop_rx.clone(),
-            heartbeat: (liveness.clone(), i),
-        };
-        let exited = exited_tx.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("parapet-worker-{i}"))
-            .spawn(move || {
-                // A panic outside a task would end the thread silently; report it instead.
-                let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()))
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker panicked")));
-                let _ = exited.send((i, result));
-            })
-            .context("cannot start a worker thread")?;
-        threads.push(thread);
-    }
-    drop(exited_tx);
-
+    let mut workers = start_workers(&args, traffic, tls, proxy, stop_rx, liveness)?;
     tokio::select! {
         _ = parapet_process::stop_signal() => {}
-        Some((i, result)) = exited_rx.recv() => {
+        Some((i, result)) = workers.exited.recv() => {
             // A worker only stops by itself if its runtime failed: stop the others and
             // exit non-zero so the pod restarts instead of serving with fewer workers.
             let _ = stop_tx.send(true);
@@ -400,19 +270,193 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(args.shutdown_delay).await;
     let _ = stop_tx.send(true);
-    // Each worker drains its own connections (bounded by --drain-timeout).
-    tokio::task::spawn_blocking(move || {
-        for t in threads {
-            let _ = t.join();
+    workers.drained().await
+}
+
+/// The snapshot store with the table-build options the flags give.
+fn snapshot_store(args: &Args, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<SnapshotStore>> {
+    let hedge = HedgeConfig::parse(args.hedge.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(SnapshotStore::with_options(
+        metrics.clone(),
+        ClientPool::new(args.upstream_http1),
+        args.state_dir.clone(),
+        BuildOptions {
+            zone: args.zone.clone().filter(|z| !z.is_empty()),
+            hedge,
+            route_lanes: RouteLaneSettings {
+                max_in_flight: args.route_max_in_flight.max(1),
+                slow_threshold: args.slow_lane_threshold,
+            },
+            cache_max_bytes: args.cache_max_bytes,
+            rate_limit_max_keys: args.rate_limit_max_keys.max(1),
+        },
+    ))
+}
+
+/// Applies the table kept in the state directory, if there is a good one.
+async fn serve_persisted(store: &Arc<SnapshotStore>, dir: &std::path::Path) {
+    match load_persisted(dir) {
+        Ok(Some(s)) => {
+            let v = s.version;
+            match store.apply(s).await {
+                Ok(_) => tracing::info!(
+                    version = v,
+                    "serving the persisted snapshot until the operator pushes"
+                ),
+                Err(e) => tracing::warn!(error = %e, "the persisted snapshot was not applied"),
+            }
         }
-    })
-    .await?;
-    while let Some((i, result)) = exited_rx.recv().await {
-        if let Err(e) = result {
-            tracing::warn!(worker = i, error = %format!("{e:#}"), "worker failed while draining");
-        }
+        Ok(None) => tracing::info!("no persisted snapshot; not ready until the first push"),
+        Err(e) => tracing::warn!(error = %e, "ignoring the persisted snapshot"),
     }
-    Ok(())
+}
+
+fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The traffic listener's TLS: the table's certificates by SNI, with `--tls-cert` as the
+/// fallback; none unless one of them is asked for.
+fn traffic_tls(
+    args: &Args,
+    store: &SnapshotStore,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let fallback = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(
+            crate::tls::certified_key(&read(c)?, &read(k)?).context("--tls-cert / --tls-key")?,
+        ),
+        _ => None,
+    };
+    if fallback.is_none() && !args.tls {
+        return Ok(None);
+    }
+    Ok(Some(crate::tls::acceptor(
+        store.certificates().clone(),
+        fallback,
+    )?))
+}
+
+/// The admin listener's TLS (and client certificates, with `--admin-client-ca`).
+fn admin_tls(args: &Args) -> anyhow::Result<Option<crate::admin::AdminTls>> {
+    let (Some(c), Some(k)) = (&args.admin_tls_cert, &args.admin_tls_key) else {
+        return Ok(None);
+    };
+    let ca = match &args.admin_client_ca {
+        Some(p) => Some(read(p)?),
+        None => None,
+    };
+    Ok(Some(crate::admin::AdminTls {
+        acceptor: crate::tls::admin_acceptor(&read(c)?, &read(k)?, ca.as_deref())?,
+        require_client_cert: ca.is_some(),
+    }))
+}
+
+/// The proxy every worker serves with: limits, lanes and edge settings from the flags.
+fn proxy(
+    args: &Args,
+    store: Arc<SnapshotStore>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<Proxy>> {
+    let server_header =
+        match &args.server_header {
+            Some(s) => Some(http::HeaderValue::from_str(s).map_err(|_| {
+                anyhow::anyhow!("--server-header {s:?} is not a valid header value")
+            })?),
+            None => None,
+        };
+    Ok(Arc::new(Proxy {
+        store,
+        limits: Limits {
+            max_uri_bytes: args.max_uri_bytes,
+            max_body_bytes: args.max_body_bytes,
+            max_replay_bytes: args.max_replay_bytes.min(args.max_body_bytes),
+        },
+        lanes: Lanes::new(
+            LaneConfig {
+                capacity: args.max_in_flight.max(1),
+                slow_percent: args.slow_lane_percent,
+            },
+            &metrics,
+        ),
+        metrics,
+        access_log: args.access_log,
+        edge: EdgeConfig {
+            trusted_proxies: args.trusted_proxies.clone(),
+            trusted_hops: args.trusted_hops,
+            server_header,
+        },
+    }))
+}
+
+/// The traffic workers, each a thread with its own runtime and listening socket.
+struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each worker's end: its index and how it ended.
+    exited: tokio::sync::mpsc::UnboundedReceiver<(usize, anyhow::Result<()>)>,
+}
+
+impl Workers {
+    /// Waits for every worker to finish draining (each bounded by --drain-timeout).
+    async fn drained(mut self) -> anyhow::Result<()> {
+        let threads = std::mem::take(&mut self.threads);
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await?;
+        while let Some((i, result)) = self.exited.recv().await {
+            if let Err(e) = result {
+                tracing::warn!(worker = i, error = %format!("{e:#}"), "worker failed while draining");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn start_workers(
+    args: &Args,
+    traffic: Vec<std::net::TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    liveness: Arc<crate::liveness::Heartbeats>,
+) -> anyhow::Result<Workers> {
+    let cfg = ListenerConfig {
+        max_header_bytes: args.max_header_bytes,
+        max_headers: args.max_headers,
+        header_read_timeout: args.header_read_timeout,
+        max_requests_per_connection: args.max_requests_per_connection,
+        http1: args.downstream_http1,
+        ..ListenerConfig::default()
+    };
+    let (exited_tx, exited) = tokio::sync::mpsc::unbounded_channel();
+    let mut threads = Vec::with_capacity(traffic.len());
+    for (i, socket) in traffic.into_iter().enumerate() {
+        let worker = listener::Worker {
+            socket,
+            tls: tls.clone(),
+            proxy: proxy.clone(),
+            cfg: cfg.clone(),
+            drain: args.drain_timeout,
+            stop: stop.clone(),
+            heartbeat: (liveness.clone(), i),
+        };
+        let exited = exited_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("parapet-worker-{i}"))
+            .spawn(move || {
+                // A panic outside a task would end the thread silently; report it instead.
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()))
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker panicked")));
+                let _ = exited.send((i, result));
+            })
+            .context("cannot start a worker thread")?;
+        threads.push(thread);
+    }
+    Ok(Workers { threads, exited })
 }
 
 /// One worker per core the process may use.
