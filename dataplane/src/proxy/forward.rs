@@ -191,20 +191,35 @@ pub(super) async fn forward(
     let (first, first_body) = first_attempt(ex, one_attempt, &mut body, &mut tried)?;
     let first_head = ex.first_head(one_attempt);
     let ex = &*ex;
-    if one_attempt {
-        // Most requests: one attempt, with nothing to race it (no hedge, no retry, its
-        // timeout is the deadline).
-        let result = attempt(ex, first, first_head, first_body, per_try).await;
-        if let Tried::Answer(a) = result {
-            return Ok(a);
-        }
-        let last = Some(result);
-        // Only counts why it is not retried (a policy of one attempt).
-        let _ = retry_attempt(ex, &last, 1, max_attempts, &mut body, &mut tried).await;
-        return settle(ex, last);
+    if !one_attempt {
+        // Boxed: the race below (hedge slots, deadline timer, retries) would make every
+        // request's future larger, and most requests have one attempt.
+        let first = (first, first_head, first_body);
+        return Box::pin(race(ex, first, body, tried, max_attempts, per_try)).await;
     }
-    // The current attempt, pinned once and refilled; hedges beside it, boxed when used
-    // (most requests never hedge, and an attempt is a large future to carry).
+    // Most requests: one attempt, with nothing to race it (no hedge, no retry, its timeout
+    // is the deadline).
+    let result = attempt(ex, first, first_head, first_body, per_try).await;
+    if let Tried::Answer(a) = result {
+        return Ok(a);
+    }
+    let last = Some(result);
+    // Only counts why it is not retried (a policy of one attempt).
+    let _ = retry_attempt(ex, &last, 1, max_attempts, &mut body, &mut tried).await;
+    settle(ex, last)
+}
+
+/// The attempts of a request that may retry or hedge: the current attempt and its hedges
+/// race until one answers, the deadline passes, or the policy says stop.
+async fn race(
+    ex: &Exchange<'_>,
+    (first, first_head, first_body): (Picked, Parts, Outgoing),
+    mut body: RequestBody,
+    mut tried: Vec<Arc<EndpointHandle>>,
+    max_attempts: u32,
+    per_try: Option<Duration>,
+) -> Result<Answer, Outcome> {
+    // The current attempt, pinned once and refilled; hedges beside it, boxed when used.
     let mut main = pin!(OptionFuture::from(Some(attempt(
         ex, first, first_head, first_body, per_try
     ))));
