@@ -70,9 +70,17 @@ impl Snapshot {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        for vh in &self.table.virtual_hosts {
+        for vh in self.table.all_virtual_hosts() {
             for r in &vh.routes {
                 if let RouteAction::Forward(f) = &r.action {
+                    for m in &f.mirrors {
+                        if !clusters.contains(m.cluster.as_str()) {
+                            reasons.push(format!(
+                                "route {} mirrors to cluster {} which the table does not define",
+                                r.name, m.cluster
+                            ));
+                        }
+                    }
                     for b in &f.backends {
                         if !clusters.contains(b.cluster.as_str()) {
                             reasons.push(format!(
@@ -178,6 +186,29 @@ pub struct Table {
     /// after compiling (the compiler leaves it 0, so its output stays deterministic).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fleet_pods: u32,
+    /// A Gateway's listeners, for a fleet that serves one Gateway: each traffic port has
+    /// its own protocol and virtual hosts. Empty: every traffic port serves
+    /// `virtual_hosts`. Ordered by port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<Listener>,
+}
+
+/// The routes one port of a Gateway serves.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// The Gateway listener port (what clients dial; the data plane maps its sockets to it).
+    pub port: u16,
+    pub protocol: ListenerProtocol,
+    /// Ordered as `Table::virtual_hosts`; with `Https`, each carries its certificate.
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ListenerProtocol {
+    Http,
+    Https,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -192,7 +223,14 @@ impl Table {
     }
 
     pub fn route_count(&self) -> usize {
-        self.virtual_hosts.iter().map(|v| v.routes.len()).sum()
+        self.all_virtual_hosts().map(|v| v.routes.len()).sum()
+    }
+
+    /// The virtual hosts of the table and of every listener.
+    pub fn all_virtual_hosts(&self) -> impl Iterator<Item = &VirtualHost> {
+        self.virtual_hosts
+            .iter()
+            .chain(self.listeners.iter().flat_map(|l| l.virtual_hosts.iter()))
     }
 }
 
@@ -287,6 +325,75 @@ pub enum RouteAction {
     /// Answer directly, e.g. 500 for a rule none of whose backends could be resolved
     /// (as Gateway API prescribes), so its traffic never falls through to another rule.
     DirectResponse(DirectResponse),
+    /// Answer with a redirect to a URL built from the request's.
+    Redirect(Redirect),
+}
+
+/// A redirect: each part left `None` is the request's own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    /// `http` or `https`; `None`: the scheme the request came with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// `None`: the request's host, without its port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `None`: the port the request's Host names, if any. The Location leaves out a port
+    /// that is the scheme's default (80 for http, 443 for https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `None`: the request's path. The query is kept either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathReplacement>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// A new path for a redirect or a rewrite.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum PathReplacement {
+    /// The whole path.
+    Full(String),
+    /// The part the route's `Prefix` match matched (segment-wise, as `Rewrite::path_prefix`).
+    Prefix(String),
+}
+
+/// Header edits, applied in the order remove, set, add. Names are lower-case.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderModifier {
+    /// Replace every field line of the name with this one (or add it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HeaderPair>,
+    /// Append a field line, keeping those already there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HeaderPair>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderModifier {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderPair {
+    pub name: String,
+    pub value: String,
+}
+
+/// A copy of each selected request, sent to another cluster; its answer is dropped.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    pub cluster: String,
+    /// Share of requests mirrored, in parts per million (1,000,000: all).
+    pub per_million: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -312,6 +419,19 @@ pub struct ForwardAction {
     pub lanes: Option<RouteLanes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+    /// Bound on each attempt (the backend's part); `timeout_ms` bounds them all. Absent:
+    /// only `timeout_ms` (and the retry policy's per-try timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_timeout_ms: Option<u64>,
+    /// Edits to the request before it goes upstream (after `rewrite`).
+    #[serde(default, skip_serializing_if = "HeaderModifier::is_empty")]
+    pub request_headers: HeaderModifier,
+    /// Edits to the upstream's response before it goes to the client.
+    #[serde(default, skip_serializing_if = "HeaderModifier::is_empty")]
+    pub response_headers: HeaderModifier,
+    /// Copies of the request to other clusters, answers dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
     /// Name of a [`CachePolicy`] in the table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_policy: Option<String>,
@@ -402,6 +522,9 @@ pub struct Rewrite {
     /// Replaces the matched prefix (Prefix routes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
+    /// Replaces the whole path (the query stays). At most one of the two is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
 }

@@ -113,6 +113,7 @@ pub fn compile(inputs: &Inputs<'_>) -> Output {
             cache_policies,
             sources,
             fleet_pods: 0,
+            listeners: Vec::new(),
         },
         diagnostics: diags,
     }

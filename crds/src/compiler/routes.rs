@@ -25,7 +25,7 @@ use crate::{
     },
     snapshot::{
         ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, KeySource,
-        PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy, Rewrite,
+        HeaderModifier, PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy, Rewrite,
         Route, RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost, WeightedCluster,
     },
 };
@@ -491,8 +491,13 @@ fn action(
         lanes,
         rewrite: rule.rewrite.as_ref().map(|r| Rewrite {
             path_prefix: r.path_prefix.clone(),
+            full_path: None,
             hostname: r.hostname.clone(),
         }),
+        backend_timeout_ms: None,
+        request_headers: HeaderModifier::default(),
+        response_headers: HeaderModifier::default(),
+        mirrors: Vec::new(),
         cache_policy,
         rate_limit: rule.rate_limit.as_ref().map(rate_limit),
         api_keys,
