@@ -13,6 +13,7 @@
 pub mod api;
 pub mod compiler;
 mod duration;
+pub mod gateway_api;
 pub mod manifest;
 pub mod snapshot;
 

@@ -1,5 +1,6 @@
-//! Multi-document YAML of Parapet resources (plus Secrets), as standalone mode and the
-//! examples use them.
+//! Multi-document YAML of Parapet resources, Gateway API resources and the core objects
+//! they refer to (Secrets, Services, EndpointSlices, Namespaces), as standalone mode and
+//! the examples use them.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,12 @@ use serde::{Deserialize, Deserializer};
 
 use crate::{
     api::{ApiRouteSpec, CachePolicySpec, Metadata, Object, UpstreamPoolSpec},
-    compiler::Inputs,
+    compiler::{Inputs, ServicePortKey, gateway::GatewayInputs},
+    gateway_api::{
+        gatewayclasses::GatewayClassSpec, gateways::GatewaySpec, grpcroutes::GrpcRouteSpec,
+        httproutes::HttpRouteSpec, referencegrants::ReferenceGrantSpec,
+    },
+    snapshot::Endpoint,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +32,7 @@ pub enum ManifestError {
         message: String,
     },
     #[error(
-        "document {doc}: kind {kind:?} is not one of ApiRoute, UpstreamPool, CachePolicy or Secret"
+        "document {doc}: kind {kind:?} is not one of ApiRoute, UpstreamPool, CachePolicy, GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, Secret, Service, EndpointSlice or Namespace"
     )]
     UnknownKind { doc: usize, kind: String },
     #[error("document {doc}: apiVersion {api_version:?} is not {expected}")]
@@ -37,6 +43,110 @@ pub enum ManifestError {
     },
 }
 
+/// The Gateway API resources of one file.
+#[derive(Debug, Default, Clone)]
+pub struct GatewayManifest {
+    pub classes: Vec<Object<GatewayClassSpec>>,
+    pub gateways: Vec<Object<GatewaySpec>>,
+    pub http_routes: Vec<Object<HttpRouteSpec>>,
+    pub grpc_routes: Vec<Object<GrpcRouteSpec>>,
+    pub reference_grants: Vec<Object<ReferenceGrantSpec>>,
+}
+
+impl GatewayManifest {
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+            && self.gateways.is_empty()
+            && self.http_routes.is_empty()
+            && self.grpc_routes.is_empty()
+    }
+}
+
+/// A `v1` Service: its ports, to map a backendRef's port to the EndpointSlices' ports.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Service {
+    #[serde(default)]
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: ServiceSpec,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: i32,
+    /// A number or a container port's name; absent: `port`.
+    #[serde(default)]
+    pub target_port: Option<serde_yaml_ng::Value>,
+}
+
+/// A `discovery.k8s.io/v1` EndpointSlice: the addresses behind a Service.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct EndpointSlice {
+    #[serde(default)]
+    pub metadata: LabelledMetadata,
+    #[serde(default)]
+    pub endpoints: Vec<SliceEndpoint>,
+    #[serde(default)]
+    pub ports: Vec<SlicePort>,
+}
+
+/// A `v1` Namespace: its labels.
+#[derive(Debug, Default, Clone, Deserialize)]
+struct Namespace {
+    #[serde(default)]
+    metadata: LabelledMetadata,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct LabelledMetadata {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct SliceEndpoint {
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub conditions: SliceConditions,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SliceConditions {
+    #[serde(default = "yes")]
+    pub ready: bool,
+}
+
+impl Default for SliceConditions {
+    fn default() -> Self {
+        Self { ready: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct SlicePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: Option<i32>,
+}
+
 /// The resources of one file.
 #[derive(Debug, Default, Clone)]
 pub struct Manifest {
@@ -44,6 +154,11 @@ pub struct Manifest {
     pub pools: Vec<Object<UpstreamPoolSpec>>,
     pub cache_policies: Vec<Object<CachePolicySpec>>,
     pub secrets: Vec<Secret>,
+    pub gateway: GatewayManifest,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Namespaces and their labels (for Gateway listeners' namespace selectors).
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A `v1` Secret: what the compiler reads of it (API keys, certificates).
@@ -97,6 +212,17 @@ struct NameOnly {
 }
 
 const PARAPET_API: &str = "parapet.dev/v1alpha1";
+const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+const GATEWAY_API_BETA: &str = "gateway.networking.k8s.io/v1beta1";
+
+/// Reads a namespaced object, `default` when the file leaves the namespace out.
+fn namespaced<S: serde::de::DeserializeOwned>(
+    value: serde_yaml_ng::Value,
+) -> Result<Object<S>, serde_yaml_ng::Error> {
+    let mut o: Object<S> = serde_yaml_ng::from_value(value)?;
+    o.metadata.namespace.get_or_insert_with(|| "default".into());
+    Ok(o)
+}
 
 impl Manifest {
     /// Parses every document; objects without a namespace go to `default`.
@@ -157,6 +283,54 @@ impl Manifest {
                     o.metadata.namespace.get_or_insert_with(|| "default".into());
                     m.cache_policies.push(o);
                 }
+                "GatewayClass" => {
+                    expect(GATEWAY_API)?;
+                    let o: Object<GatewayClassSpec> =
+                        serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    m.gateway.classes.push(o);
+                }
+                "Gateway" => {
+                    expect(GATEWAY_API)?;
+                    m.gateway.gateways.push(namespaced(value).map_err(invalid)?);
+                }
+                "HTTPRoute" => {
+                    expect(GATEWAY_API)?;
+                    m.gateway
+                        .http_routes
+                        .push(namespaced(value).map_err(invalid)?);
+                }
+                "GRPCRoute" => {
+                    expect(GATEWAY_API)?;
+                    m.gateway
+                        .grpc_routes
+                        .push(namespaced(value).map_err(invalid)?);
+                }
+                "ReferenceGrant" => {
+                    if tm.api_version != GATEWAY_API_BETA {
+                        expect(GATEWAY_API)?;
+                    }
+                    m.gateway
+                        .reference_grants
+                        .push(namespaced(value).map_err(invalid)?);
+                }
+                "Service" => {
+                    expect("v1")?;
+                    let mut o: Service = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    o.metadata.namespace.get_or_insert_with(|| "default".into());
+                    m.services.push(o);
+                }
+                "EndpointSlice" => {
+                    expect("discovery.k8s.io/v1")?;
+                    let mut o: EndpointSlice = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    o.metadata.namespace.get_or_insert_with(|| "default".into());
+                    m.endpoint_slices.push(o);
+                }
+                "Namespace" => {
+                    expect("v1")?;
+                    let o: Namespace = serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    m.namespaces
+                        .insert(o.metadata.name.unwrap_or_default(), o.metadata.labels);
+                }
                 "Secret" => {
                     expect("v1")?;
                     let mut o: Secret = serde_yaml_ng::from_value(value).map_err(invalid)?;
@@ -174,8 +348,78 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Compiler inputs that borrow from this manifest. Standalone pools use `static`
-    /// endpoints, so no Service endpoints are given.
+    /// Gateway API inputs that borrow from this manifest.
+    pub fn gateway_inputs(&self) -> GatewayInputs<'_> {
+        let g = &self.gateway;
+        GatewayInputs {
+            classes: g.classes.iter().collect(),
+            gateways: g.gateways.iter().collect(),
+            http_routes: g.http_routes.iter().collect(),
+            grpc_routes: g.grpc_routes.iter().collect(),
+            reference_grants: g.reference_grants.iter().collect(),
+            namespace_labels: self.namespaces.clone(),
+        }
+    }
+
+    /// The endpoints of each Service port, from the file's Services and EndpointSlices,
+    /// as the operator resolves them from the API server: a Service port's target port
+    /// matched by number, or by the port's name in the slice.
+    fn service_endpoints(&self) -> BTreeMap<ServicePortKey, Vec<Endpoint>> {
+        let mut out = BTreeMap::new();
+        for svc in &self.services {
+            let namespace = svc.metadata.namespace().to_string();
+            let name = svc.metadata.name().to_string();
+            for p in &svc.spec.ports {
+                let target = p
+                    .target_port
+                    .as_ref()
+                    .and_then(serde_yaml_ng::Value::as_i64)
+                    .and_then(|n| i32::try_from(n).ok());
+                let mut endpoints = Vec::new();
+                for slice in self.endpoint_slices.iter().filter(|s| {
+                    s.metadata.namespace.as_deref() == Some(namespace.as_str())
+                        && s.metadata.labels.get("kubernetes.io/service-name") == Some(&name)
+                }) {
+                    let port = slice.ports.iter().find_map(|sp| {
+                        let by_name = p.name.is_some() && sp.name == p.name;
+                        let by_number = sp.port.is_some() && sp.port == target.or(Some(p.port));
+                        (by_name || by_number || slice.ports.len() == 1)
+                            .then_some(sp.port)
+                            .flatten()
+                    });
+                    let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
+                        continue;
+                    };
+                    for e in &slice.endpoints {
+                        for address in &e.addresses {
+                            endpoints.push(Endpoint {
+                                address: address.clone(),
+                                port,
+                                weight: 1,
+                                zone: None,
+                                for_zones: Vec::new(),
+                                ready: e.conditions.ready,
+                                serving: e.conditions.ready,
+                                terminating: false,
+                            });
+                        }
+                    }
+                }
+                out.insert(
+                    ServicePortKey {
+                        namespace: namespace.clone(),
+                        service: name.clone(),
+                        port: p.port,
+                    },
+                    endpoints,
+                );
+            }
+        }
+        out
+    }
+
+    /// Compiler inputs that borrow from this manifest. Pools use `static` endpoints or
+    /// the file's Services and EndpointSlices.
     pub fn inputs(&self) -> Inputs<'_> {
         let mut secrets = BTreeMap::new();
         for s in &self.secrets {
@@ -195,6 +439,7 @@ impl Manifest {
             routes: self.routes.iter().collect(),
             pools: self.pools.iter().collect(),
             cache_policies: self.cache_policies.iter().collect(),
+            service_endpoints: self.service_endpoints(),
             secrets,
             ..Inputs::default()
         }

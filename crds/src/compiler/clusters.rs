@@ -14,7 +14,7 @@ use crate::{
     },
 };
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Pools<'a> = BTreeMap<(String, String), &'a Object<UpstreamPoolSpec>>;
 

@@ -16,6 +16,7 @@
 mod cache;
 mod clusters;
 mod diagnostics;
+pub mod gateway;
 mod hedge;
 mod lanes;
 mod routes;

@@ -24,13 +24,14 @@ use crate::{
         ValueMatchType,
     },
     snapshot::{
-        ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, KeySource,
-        HeaderModifier, PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy, Rewrite,
-        Route, RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost, WeightedCluster,
+        ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, HeaderModifier,
+        KeySource, PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy,
+        Rewrite, Route, RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost,
+        WeightedCluster,
     },
 };
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(super) struct CompiledRoutes {
     pub virtual_hosts: Vec<VirtualHost>,
@@ -278,7 +279,7 @@ fn virtual_hosts(
 }
 
 /// Exact names first (alphabetically), then wildcards with more labels first, then `*`.
-fn host_order(domain: &str) -> (u8, Reverse<usize>, &str) {
+pub(super) fn host_order(domain: &str) -> (u8, Reverse<usize>, &str) {
     if domain == "*" {
         (2, Reverse(0), domain)
     } else if let Some(rest) = domain.strip_prefix("*.") {
@@ -329,7 +330,7 @@ fn valid_host(h: &str) -> bool {
 }
 
 /// Anchors a user's regex so it must match the whole value, and checks that it compiles.
-fn anchored(re: &str) -> Result<String, regex::Error> {
+pub(super) fn anchored(re: &str) -> Result<String, regex::Error> {
     let anchored = format!("^(?:{re})$");
     regex::RegexBuilder::new(&anchored)
         .size_limit(1 << 20)
