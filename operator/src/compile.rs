@@ -99,7 +99,7 @@ impl VersionClock {
     }
 }
 
-fn convert<T: serde::de::DeserializeOwned>(o: &DynamicObject) -> Result<T, String> {
+pub(crate) fn convert<T: serde::de::DeserializeOwned>(o: &DynamicObject) -> Result<T, String> {
     serde_json::to_value(o)
         .and_then(serde_json::from_value)
         .map_err(|e| e.to_string())
@@ -270,7 +270,12 @@ fn service_endpoints(
     index: &Index,
     pools: &[Object<UpstreamPoolSpec>],
 ) -> BTreeMap<ServicePortKey, Vec<Endpoint>> {
-    let wanted: BTreeSet<ServicePortKey> = pools
+    service_endpoints_for(index, pool_services(pools))
+}
+
+/// The Service ports pools target.
+pub(crate) fn pool_services(pools: &[Object<UpstreamPoolSpec>]) -> BTreeSet<ServicePortKey> {
+    pools
         .iter()
         .filter_map(|p| {
             p.spec.service.as_ref().map(|s| ServicePortKey {
@@ -279,7 +284,15 @@ fn service_endpoints(
                 port: s.port,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Endpoints of each wanted (Service, port); a key is left out when the Service or the
+/// port does not exist, so the compiler can tell "missing" from "no endpoints".
+pub(crate) fn service_endpoints_for(
+    index: &Index,
+    wanted: BTreeSet<ServicePortKey>,
+) -> BTreeMap<ServicePortKey, Vec<Endpoint>> {
     if wanted.is_empty() {
         return BTreeMap::new();
     }

@@ -217,7 +217,7 @@ where
 
 /// Which watch events mean the table may have changed.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Signal {
+pub(crate) enum Signal {
     EveryChange,
     /// For objects whose status this operator writes: only a new generation (a spec change)
     /// or a deletion, so the operator's own status writes never trigger a recompile.
@@ -226,7 +226,7 @@ enum Signal {
 
 /// Runs a reflector in the background and signals `changed` (and sets `dirty`) on the
 /// events `signal` selects.
-fn watch<K>(
+pub(crate) fn watch<K>(
     api: Api<K>,
     cfg: watcher::Config,
     writer: Writer<K>,

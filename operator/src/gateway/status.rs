@@ -1,0 +1,262 @@
+//! Gateway API status, exactly as the spec shapes it: GatewayClass `Accepted` and
+//! `supportedFeatures`; Gateway `Accepted`, `Programmed`, listeners and addresses; route
+//! `parents` entries of this controller (other controllers' entries are kept). Each is
+//! written by the leader only, and only when it differs from what the object holds
+//! (transition times are kept for conditions whose status did not change).
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use parapet_crds::{
+    compiler::gateway::{
+        ClassStatus, CompiledGateway, Condition, GatewayOutput, KIND_GRPC_ROUTE, RouteStatus,
+    },
+    gateway_api::{
+        CONTROLLER_NAME, gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
+        httproutes::HttpRoute,
+    },
+};
+use serde_json::{Value, json};
+
+use super::GatewayIndex;
+
+/// What only the operator knows about a Gateway's fleet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetState {
+    /// The fleet Service's address (ClusterIP, or the load balancer's).
+    pub address: Option<String>,
+    /// Some pod serves the Gateway's current table.
+    pub serving: bool,
+}
+
+fn condition_json(c: &Condition, existing: &[Value], now: &str) -> Value {
+    let status = if c.status { "True" } else { "False" };
+    let kept = existing.iter().find(|e| {
+        e.get("type").and_then(Value::as_str) == Some(c.kind)
+            && e.get("status").and_then(Value::as_str) == Some(status)
+    });
+    let time = kept
+        .and_then(|e| e.get("lastTransitionTime").cloned())
+        .unwrap_or_else(|| Value::String(now.to_string()));
+    json!({
+        "type": c.kind,
+        "status": status,
+        "reason": c.reason,
+        "message": c.message,
+        "observedGeneration": c.observed_generation,
+        "lastTransitionTime": time,
+    })
+}
+
+fn conditions_json(conds: &[Condition], existing: Option<&Value>, now: &str) -> Value {
+    let existing: Vec<Value> = existing
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Value::Array(conds.iter().map(|c| condition_json(c, &existing, now)).collect())
+}
+
+/// The class's status, or `None` when it already holds it.
+pub fn class_status(c: &ClassStatus, existing: Option<&Value>, now: &str) -> Option<Value> {
+    let want = json!({
+        "conditions": conditions_json(&c.conditions, existing.and_then(|s| s.get("conditions")), now),
+        "supportedFeatures": c.supported_features.iter().map(|f| json!({"name": f})).collect::<Vec<_>>(),
+    });
+    changed(want, existing)
+}
+
+/// The Gateway's status with what its fleet says: `Programmed` needs an address and a
+/// pod serving the table.
+pub fn gateway_status(g: &CompiledGateway, fleet: &FleetState, existing: Option<&Value>, now: &str) -> Option<Value> {
+    let mut conds = g.conditions.clone();
+    if let Some(p) = conds.iter_mut().find(|c| c.kind == "Programmed" && c.status) {
+        if fleet.address.is_none() {
+            *p = Condition {
+                status: false,
+                reason: "AddressNotAssigned".into(),
+                message: "the Gateway's fleet Service has no address yet".into(),
+                ..p.clone()
+            };
+        } else if !fleet.serving {
+            *p = Condition {
+                status: false,
+                reason: "Pending".into(),
+                message: "no pod of the Gateway's fleet serves its current table yet".into(),
+                ..p.clone()
+            };
+        }
+    }
+    let existing_listeners: Vec<Value> = existing
+        .and_then(|s| s.get("listeners"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let listeners: Vec<Value> = g
+        .listeners
+        .iter()
+        .map(|l| {
+            let before = existing_listeners
+                .iter()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(l.name.as_str()))
+                .and_then(|e| e.get("conditions"));
+            json!({
+                "name": l.name,
+                "supportedKinds": l.supported_kinds.iter().map(|k| json!({"group": k.group, "kind": k.kind})).collect::<Vec<_>>(),
+                "attachedRoutes": l.attached_routes,
+                "conditions": conditions_json(&l.conditions, before, now),
+            })
+        })
+        .collect();
+    let mut want = json!({
+        "conditions": conditions_json(&conds, existing.and_then(|s| s.get("conditions")), now),
+        "listeners": listeners,
+    });
+    if let Some(a) = &fleet.address {
+        let kind = if a.parse::<std::net::IpAddr>().is_ok() { "IPAddress" } else { "Hostname" };
+        want["addresses"] = json!([{"type": kind, "value": a}]);
+    }
+    changed(want, existing)
+}
+
+/// A route's `parents`: this controller's entries as compiled, others' as they are.
+pub fn route_status(r: &RouteStatus, existing: Option<&Value>, now: &str) -> Option<Value> {
+    let before: Vec<Value> = existing
+        .and_then(|s| s.get("parents"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut parents: Vec<Value> = before
+        .iter()
+        .filter(|p| p.get("controllerName").and_then(Value::as_str) != Some(CONTROLLER_NAME))
+        .cloned()
+        .collect();
+    for p in &r.parents {
+        let mut parent_ref = json!({"name": p.parent_ref.name});
+        let pr = &p.parent_ref;
+        for (k, v) in [("group", &pr.group), ("kind", &pr.kind), ("namespace", &pr.namespace), ("sectionName", &pr.section_name)] {
+            if let Some(v) = v {
+                parent_ref[k] = json!(v);
+            }
+        }
+        if let Some(port) = pr.port {
+            parent_ref["port"] = json!(port);
+        }
+        let prior = before
+            .iter()
+            .find(|b| {
+                b.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
+                    && b.get("parentRef") == Some(&parent_ref)
+            })
+            .and_then(|b| b.get("conditions"));
+        parents.push(json!({
+            "parentRef": parent_ref,
+            "controllerName": CONTROLLER_NAME,
+            "conditions": conditions_json(&p.conditions, prior, now),
+        }));
+    }
+    changed(json!({ "parents": parents }), existing)
+}
+
+/// `want`, unless `existing` holds the same (fields `want` does not set are ignored).
+fn changed(want: Value, existing: Option<&Value>) -> Option<Value> {
+    let same = existing.is_some_and(|e| {
+        want.as_object()
+            .is_some_and(|w| w.iter().all(|(k, v)| e.get(k) == Some(v)))
+    });
+    (!same).then_some(want)
+}
+
+fn now() -> String {
+    // Seconds precision, as the API server writes it.
+    let t = Timestamp::now();
+    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+}
+
+/// Writes every status that changed. Errors are logged; the next round retries.
+pub async fn write(
+    client: &Client,
+    out: &GatewayOutput,
+    index: &GatewayIndex,
+    fleet: impl Fn(&str, &str) -> FleetState,
+) {
+    let now = now();
+    let pp = PatchParams::default();
+    for c in &out.classes {
+        let existing = index
+            .classes
+            .state()
+            .into_iter()
+            .find(|o| o.name_any() == c.name)
+            .and_then(|o| serde_json::to_value(&o.status).ok());
+        if let Some(s) = class_status(c, existing.as_ref().filter(|v| !v.is_null()), &now) {
+            let api: Api<GatewayClass> = Api::all(client.clone());
+            if let Err(e) = api.patch_status(&c.name, &pp, &Patch::Merge(json!({ "status": s }))).await {
+                tracing::warn!(class = %c.name, error = %e, "cannot write GatewayClass status");
+            }
+        }
+    }
+    for g in &out.gateways {
+        let existing = index
+            .gateways
+            .state()
+            .into_iter()
+            .find(|o| o.namespace().as_deref() == Some(g.namespace.as_str()) && o.name_any() == g.name)
+            .and_then(|o| serde_json::to_value(&o.status).ok());
+        let state = fleet(&g.namespace, &g.name);
+        if let Some(s) = gateway_status(g, &state, existing.as_ref().filter(|v| !v.is_null()), &now) {
+            let api: Api<Gateway> = Api::namespaced(client.clone(), &g.namespace);
+            if let Err(e) = api.patch_status(&g.name, &pp, &Patch::Merge(json!({ "status": s }))).await {
+                tracing::warn!(gateway = %format!("{}/{}", g.namespace, g.name), error = %e, "cannot write Gateway status");
+            }
+        }
+    }
+    for r in &out.routes {
+        let (existing, result) = if r.kind == KIND_GRPC_ROUTE {
+            let existing = index
+                .grpc_routes
+                .state()
+                .into_iter()
+                .find(|o| o.namespace().as_deref() == Some(r.namespace.as_str()) && o.name_any() == r.name)
+                .and_then(|o| serde_json::to_value(&o.status).ok());
+            let api: Api<GrpcRoute> = Api::namespaced(client.clone(), &r.namespace);
+            (existing, api)
+                .0
+                .as_ref()
+                .filter(|v| !v.is_null())
+                .cloned()
+                .map_or((None, Some(api)), |e| (Some(e), None))
+        } else {
+            (None, None)
+        };
+        let _ = result;
+        let existing = existing.or_else(|| {
+            index
+                .http_routes
+                .state()
+                .into_iter()
+                .find(|o| o.namespace().as_deref() == Some(r.namespace.as_str()) && o.name_any() == r.name)
+                .and_then(|o| serde_json::to_value(&o.status).ok())
+                .filter(|v| !v.is_null())
+        });
+        let Some(s) = route_status(r, existing.as_ref(), &now) else {
+            continue;
+        };
+        let patch = Patch::Merge(json!({ "status": s }));
+        let res = if r.kind == KIND_GRPC_ROUTE {
+            Api::<GrpcRoute>::namespaced(client.clone(), &r.namespace)
+                .patch_status(&r.name, &pp, &patch)
+                .await
+                .map(|_| ())
+        } else {
+            Api::<HttpRoute>::namespaced(client.clone(), &r.namespace)
+                .patch_status(&r.name, &pp, &patch)
+                .await
+                .map(|_| ())
+        };
+        if let Err(e) = res {
+            tracing::warn!(route = %format!("{} {}/{}", r.kind, r.namespace, r.name), error = %e, "cannot write route status");
+        }
+    }
+}
