@@ -212,6 +212,7 @@ fn manifests_have_no_yaml_1_1_boolean_keys() -> Result<()> {
     let mut files = parapet_e2e::crd_files()?;
     files.push(repo_root().join("examples/banking.yaml"));
     files.push(repo_root().join("examples/standalone.yaml"));
+    files.push(repo_root().join("examples/filters.yaml"));
     let boolean_words = [
         "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
         "OFF",
@@ -1231,6 +1232,11 @@ async fn banking_example_is_accepted() -> Result<()> {
 #[tokio::test]
 async fn standalone_example_is_accepted() -> Result<()> {
     example_is_accepted("standalone.yaml").await
+}
+
+#[tokio::test]
+async fn filters_example_is_accepted() -> Result<()> {
+    example_is_accepted("filters.yaml").await
 }
 
 #[tokio::test]
