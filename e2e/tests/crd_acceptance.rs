@@ -299,6 +299,23 @@ async fn kubectl_lists_and_explains_the_resources() -> Result<()> {
         explain.contains("pool") && explain.contains("-required-") && explain.contains("weight"),
         "explain apiroute.spec.rules.backends:\n{explain}"
     );
+    let explain = kubectl_ok(&["explain", "apiroute.spec.rules", "--recursive"]).await?;
+    for field in [
+        "redirect",
+        "replacePrefixMatch",
+        "requestHeaders",
+        "responseHeaders",
+        "remove",
+        "mirrors",
+        "percent",
+        "backendTimeout",
+        "fullPath",
+    ] {
+        assert!(
+            explain.contains(field),
+            "explain apiroute.spec.rules lacks {field}:\n{explain}"
+        );
+    }
     let explain = kubectl_ok(&["explain", "upstreampool.spec.loadBalancing.algorithm"]).await?;
     for value in ["RoundRobin", "LeastRequest", "RingHash", "Maglev", "Random"] {
         assert!(
