@@ -35,9 +35,10 @@ pub enum ManifestError {
         "document {doc}: kind {kind:?} is not one of ApiRoute, UpstreamPool, CachePolicy, GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, Secret, Service, EndpointSlice or Namespace"
     )]
     UnknownKind { doc: usize, kind: String },
-    #[error("document {doc}: apiVersion {api_version:?} is not {expected}")]
+    #[error("document {doc} ({kind}): apiVersion {api_version:?} is not {expected}")]
     WrongVersion {
         doc: usize,
+        kind: String,
         api_version: String,
         expected: &'static str,
     },
@@ -256,6 +257,7 @@ impl Manifest {
                 } else {
                     Err(ManifestError::WrongVersion {
                         doc: doc_no,
+                        kind: tm.kind.clone(),
                         api_version: tm.api_version.clone(),
                         expected,
                     })

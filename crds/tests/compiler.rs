@@ -500,7 +500,13 @@ fn compiling_twice_gives_identical_bytes_whatever_the_input_order() {
 }
 
 fn with_services(mut inputs: Inputs<'_>) -> Inputs<'_> {
-    for (svc, n) in [("accounts", 3), ("accounts-dr", 1), ("auth", 2)] {
+    for (svc, n) in [
+        ("accounts", 3),
+        ("accounts-dr", 1),
+        ("auth", 2),
+        ("statements", 2),
+        ("statements-next", 1),
+    ] {
         inputs.service_endpoints.insert(
             ServicePortKey {
                 namespace: "default".into(),
@@ -526,7 +532,7 @@ fn with_services(mut inputs: Inputs<'_>) -> Inputs<'_> {
 
 #[test]
 fn examples_compile_without_diagnostics() {
-    for file in ["banking.yaml", "standalone.yaml"] {
+    for file in ["banking.yaml", "standalone.yaml", "filters.yaml"] {
         let text =
             std::fs::read_to_string(format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR")))
                 .unwrap();
@@ -542,10 +548,17 @@ fn examples_compile_without_diagnostics() {
 
 #[test]
 fn manifest_errors_say_which_document_and_what_is_wrong() {
+    let e = Manifest::parse("kind: Ingress\napiVersion: networking.k8s.io/v1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("document 1") && e.contains("Ingress"), "{e}");
     let e = Manifest::parse("kind: Gateway\napiVersion: x/v1\n")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("document 1") && e.contains("Gateway"), "{e}");
+    assert!(
+        e.contains("document 1 (Gateway)") && e.contains("gateway.networking.k8s.io/v1"),
+        "{e}"
+    );
     let e = Manifest::parse(&format!("{POOL}---\napiVersion: parapet.dev/v1alpha1\nkind: CachePolicy\nmetadata: {{name: c}}\nspec: {{mode: Sometimes}}\n"))
         .unwrap_err()
         .to_string();

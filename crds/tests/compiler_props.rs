@@ -1050,6 +1050,14 @@ fn check(out: &Output, exp: &Expect) -> Result<(), TestCaseError> {
                         cache: f.cache_policy.clone(),
                         keys: f.api_keys.as_ref().map(|k| k.keys.len()),
                     },
+                    RouteAction::Redirect(redirect) => {
+                        prop_assert!(
+                            false,
+                            "{} redirects ({redirect:?}), yet no generated rule has a redirect",
+                            rule.name
+                        );
+                        unreachable!()
+                    }
                 };
                 prop_assert_eq!(&got, &rule.action, "{}", rule.name);
             }

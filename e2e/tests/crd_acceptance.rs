@@ -212,6 +212,7 @@ fn manifests_have_no_yaml_1_1_boolean_keys() -> Result<()> {
     let mut files = parapet_e2e::crd_files()?;
     files.push(repo_root().join("examples/banking.yaml"));
     files.push(repo_root().join("examples/standalone.yaml"));
+    files.push(repo_root().join("examples/filters.yaml"));
     let boolean_words = [
         "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
         "OFF",
@@ -298,6 +299,23 @@ async fn kubectl_lists_and_explains_the_resources() -> Result<()> {
         explain.contains("pool") && explain.contains("-required-") && explain.contains("weight"),
         "explain apiroute.spec.rules.backends:\n{explain}"
     );
+    let explain = kubectl_ok(&["explain", "apiroute.spec.rules", "--recursive"]).await?;
+    for field in [
+        "redirect",
+        "replacePrefixMatch",
+        "requestHeaders",
+        "responseHeaders",
+        "remove",
+        "mirrors",
+        "percent",
+        "backendTimeout",
+        "fullPath",
+    ] {
+        assert!(
+            explain.contains(field),
+            "explain apiroute.spec.rules lacks {field}:\n{explain}"
+        );
+    }
     let explain = kubectl_ok(&["explain", "upstreampool.spec.loadBalancing.algorithm"]).await?;
     for value in ["RoundRobin", "LeastRequest", "RingHash", "Maglev", "Random"] {
         assert!(
@@ -366,10 +384,211 @@ fn rejections() -> Vec<Reject> {
             &["spec.hosts", "should have at least 1 items"],
         ),
         reject(
-            "rule without backends",
+            "rule without backends or a redirect",
             "ApiRoute",
             json!({"spec": {"rules": [{"name": "no-backends"}]}}),
-            &["spec.rules[0].backends: Required value"],
+            &["spec.rules[0]", "a rule needs backends or a redirect"],
+        ),
+        reject(
+            "rule with an empty backend list",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"backends": []}]}}),
+            &["a rule needs backends or a redirect"],
+        ),
+        reject(
+            "17 backends",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"backends": (0..17).map(|i| json!({"pool": format!("p{i}")})).collect::<Vec<_>>()}]}}),
+            &["spec.rules[0].backends", "must have at most 16 items"],
+        ),
+        reject(
+            "header value with CR/LF",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"requestHeaders": {"set": [{"name": "x-a", "value": "a\r\nx-injected: 1"}]}}))]}}),
+            &["spec.rules[0].requestHeaders.set[0].value", "should match"],
+        ),
+        reject(
+            "header name with a space",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"responseHeaders": {"add": [{"name": "x a", "value": "1"}]}}))]}}),
+            &["spec.rules[0].responseHeaders.add[0].name", "should match"],
+        ),
+        reject(
+            "header name with a colon in remove",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"requestHeaders": {"remove": ["x:y"]}}))]}}),
+            &["spec.rules[0].requestHeaders.remove[0]", "should match"],
+        ),
+        reject(
+            "17 headers to set",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"requestHeaders": {"set": (0..17).map(|i| json!({"name": format!("x-{i}"), "value": "v"})).collect::<Vec<_>>()}}))]}}),
+            &[
+                "spec.rules[0].requestHeaders.set",
+                "must have at most 16 items",
+            ],
+        ),
+        reject(
+            "the same header set twice",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"requestHeaders": {"set": [{"name": "x-a", "value": "1"}, {"name": "x-a", "value": "2"}]}}))]}}),
+            &["spec.rules[0].requestHeaders.set[1]", "Duplicate value"],
+        ),
+        reject(
+            "Transfer-Encoding set",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"requestHeaders": {"set": [{"name": "Transfer-Encoding", "value": "chunked"}]}}))]}}),
+            &[
+                "spec.rules[0].requestHeaders.set[0]",
+                "connection, transfer-encoding, content-length, host, te, upgrade, keep-alive and proxy-connection belong to the proxy and cannot be set or added",
+            ],
+        ),
+        reject(
+            "Host added to a response",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"responseHeaders": {"add": [{"name": "HOST", "value": "x"}]}}))]}}),
+            &["belong to the proxy and cannot be set or added"],
+        ),
+        reject(
+            "Connection removed",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"responseHeaders": {"remove": ["x-ok", "Connection"]}}))]}}),
+            &[
+                "spec.rules[0].responseHeaders.remove",
+                "connection, transfer-encoding, content-length, host, te, upgrade, keep-alive and proxy-connection belong to the proxy and cannot be removed",
+            ],
+        ),
+        reject(
+            "rule with backends and a redirect",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"redirect": {"scheme": "https"}}))]}}),
+            &[
+                "spec.rules[0]",
+                "a rule takes backends or a redirect, not both",
+            ],
+        ),
+        reject(
+            "redirect with mirrors and a rewrite",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"scheme": "https"}, "rewrite": {"fullPath": "/x"}, "mirrors": [{"backend": "shadow"}]}]}}),
+            &[
+                "spec.rules[0]",
+                "a redirect rule forwards nothing: remove rewrite, mirrors, requestHeaders, responseHeaders and backendTimeout",
+            ],
+        ),
+        reject(
+            "redirect hostname with a path",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"hostname": "evil.example/x"}}]}}),
+            &["spec.rules[0].redirect.hostname", "should match"],
+        ),
+        reject(
+            "redirect hostname with a user",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"hostname": "user@evil.example"}}]}}),
+            &["spec.rules[0].redirect.hostname", "should match"],
+        ),
+        reject(
+            "redirect scheme ftp",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"scheme": "ftp"}}]}}),
+            &[
+                "spec.rules[0].redirect.scheme",
+                "Unsupported value: \"ftp\"",
+            ],
+        ),
+        reject(
+            "redirect port 0",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"port": 0}}]}}),
+            &[
+                "spec.rules[0].redirect.port",
+                "should be greater than or equal to 1",
+            ],
+        ),
+        reject(
+            "redirect port 65536",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"port": 65536}}]}}),
+            &[
+                "spec.rules[0].redirect.port",
+                "should be less than or equal to 65535",
+            ],
+        ),
+        reject(
+            "redirect status 200",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"statusCode": 200}}]}}),
+            &[
+                "spec.rules[0].redirect",
+                "redirect.statusCode must be 301, 302, 303, 307 or 308",
+            ],
+        ),
+        reject(
+            "redirect path with both replacements",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"path": {"replaceFullPath": "/a", "replacePrefixMatch": "/b"}}}]}}),
+            &[
+                "spec.rules[0].redirect.path",
+                "redirect.path takes exactly one of replaceFullPath or replacePrefixMatch",
+            ],
+        ),
+        reject(
+            "redirect to a protocol-relative path",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"path": {"replaceFullPath": "//evil.example/"}}}]}}),
+            &[
+                "spec.rules[0].redirect.path",
+                "redirect.path.replaceFullPath must start with / and hold only URL path characters: no '?', '#', '//', '\\', spaces or control characters",
+            ],
+        ),
+        reject(
+            "redirect prefix with a query",
+            "ApiRoute",
+            json!({"spec": {"rules": [{"redirect": {"path": {"replacePrefixMatch": "/new?x=1"}}}]}}),
+            &[
+                "spec.rules[0].redirect.path",
+                "redirect.path.replacePrefixMatch must start with / and hold only URL path characters: no '?', '#', '//', '\\', spaces or control characters",
+            ],
+        ),
+        reject(
+            "rewrite with pathPrefix and fullPath",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"rewrite": {"pathPrefix": "/a", "fullPath": "/b"}}))]}}),
+            &[
+                "spec.rules[0].rewrite",
+                "rewrite takes pathPrefix or fullPath, not both",
+            ],
+        ),
+        reject(
+            "rewrite fullPath without a leading /",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"rewrite": {"fullPath": "v2#x"}}))]}}),
+            &[
+                "spec.rules[0].rewrite",
+                "rewrite.fullPath must start with / and hold only URL path characters: no '?', '#', '//', '\\', spaces or control characters",
+            ],
+        ),
+        reject(
+            "five mirrors",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"mirrors": (0..5).map(|i| json!({"backend": format!("m{i}")})).collect::<Vec<_>>()}))]}}),
+            &["spec.rules[0].mirrors", "must have at most 4 items"],
+        ),
+        reject(
+            "mirror percent 101",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"mirrors": [{"backend": "shadow", "percent": 101}]}))]}}),
+            &[
+                "spec.rules[0].mirrors[0].percent",
+                "should be less than or equal to 100",
+            ],
+        ),
+        reject(
+            "backendTimeout 0s",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"backendTimeout": "0s"}))]}}),
+            &["spec.rules[0]", "backendTimeout must be above 0s"],
         ),
         reject(
             "bad host name",
@@ -758,6 +977,28 @@ fn acceptances() -> Vec<(&'static str, &'static str, Value)> {
             json!({"spec": {"rules": [rule(json!({"matches": [{"path": {"type": "RegularExpression", "value": "^.*/balance$"}}]}))]}}),
         ),
         (
+            "header edits, a full-path rewrite, mirrors and a backend timeout",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({
+                "requestHeaders": {"set": [{"name": "X-Tenant", "value": "bank\tA ~!"}], "add": [{"name": "x-b", "value": ""}], "remove": ["Cookie", "x-internal"]},
+                "responseHeaders": {"set": [{"name": "Strict-Transport-Security", "value": "max-age=31536000"}], "remove": ["server"]},
+                "rewrite": {"fullPath": "/v2/accounts;v=1", "hostname": "internal.example"},
+                "mirrors": [{"backend": "shadow"}, {"backend": "shadow", "percent": 0}, {"backend": "other", "percent": 100}],
+                "timeout": "5s",
+                "backendTimeout": "1s"}))]}}),
+        ),
+        (
+            "redirects: to https, a new host and prefix, a full path, nothing changed",
+            "ApiRoute",
+            json!({"spec": {"rules": [
+                {"redirect": {"scheme": "https", "port": 443, "statusCode": 301}},
+                {"name": "moved", "matches": [{"path": {"value": "/old"}}],
+                 "redirect": {"hostname": "www.bank.example", "path": {"replacePrefixMatch": "/"}, "statusCode": 308}},
+                {"name": "login", "matches": [{"path": {"type": "Exact", "value": "/signin"}}],
+                 "redirect": {"scheme": "http", "port": 65535, "path": {"replaceFullPath": "/auth/login"}, "statusCode": 303}},
+                {"name": "same", "redirect": {}, "timeout": "1s"}]}}),
+        ),
+        (
             "one backend of two weight 0",
             "ApiRoute",
             json!({"spec": {"rules": [{"backends": [{"pool": "a", "weight": 0}, {"pool": "b", "weight": 1}]}]}}),
@@ -1008,6 +1249,11 @@ async fn banking_example_is_accepted() -> Result<()> {
 #[tokio::test]
 async fn standalone_example_is_accepted() -> Result<()> {
     example_is_accepted("standalone.yaml").await
+}
+
+#[tokio::test]
+async fn filters_example_is_accepted() -> Result<()> {
+    example_is_accepted("filters.yaml").await
 }
 
 #[tokio::test]

@@ -57,7 +57,11 @@ pub struct RouteTls {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
-#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.backends.exists(b, !has(b.weight) || b.weight > 0)").message("at least one backend needs a weight above 0")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.backends) || size(self.backends) == 0 || self.backends.exists(b, !has(b.weight) || b.weight > 0)").message("at least one backend needs a weight above 0")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("has(self.redirect) || (has(self.backends) && size(self.backends) > 0)").message("a rule needs backends or a redirect")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.redirect) || !has(self.backends) || size(self.backends) == 0").message("a rule takes backends or a redirect, not both")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.redirect) || !(has(self.rewrite) || has(self.mirrors) || has(self.requestHeaders) || has(self.responseHeaders) || has(self.backendTimeout))").message("a redirect rule forwards nothing: remove rewrite, mirrors, requestHeaders, responseHeaders and backendTimeout")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.backendTimeout) || duration(self.backendTimeout) > duration('0s')").message("backendTimeout must be above 0s")))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRule {
     /// Optional name, used in metrics and status messages. Default: the rule's index.
@@ -70,11 +74,31 @@ pub struct RouteRule {
     #[schemars(length(max = 16))]
     pub matches: Vec<RouteMatch>,
     /// UpstreamPools in this namespace and their share of traffic (canary, blue-green).
-    #[schemars(length(min = 1, max = 16))]
+    /// A rule has backends or a `redirect`, never both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub backends: Vec<BackendRef>,
+    /// Answer with a redirect instead of forwarding; the rule then has no backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RouteRedirect>,
     /// Bound on the whole exchange, retries included. Default 15s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Bound on each attempt at a backend (at most `timeout`, which bounds them all).
+    /// Default: only `timeout` and `retries.perTryTimeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_timeout: Option<Duration>,
+    /// Edits to the request's headers before it goes upstream (after `rewrite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderFilter>,
+    /// Edits to the backend's response headers before they go to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderFilter>,
+    /// A copy of each request (or of a share of them) also goes to each of these
+    /// UpstreamPools; their answers are dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub mirrors: Vec<RequestMirror>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetryPolicy>,
     /// Hedging: when an attempt has not answered after a delay, another goes to a different
@@ -395,14 +419,145 @@ pub struct ApiKeyAuth {
 #[cfg_attr(feature = "kube", derive(KubeSchema))]
 #[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
 #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.pathPrefix) || self.pathPrefix.startsWith('/')").message("rewrite.pathPrefix must start with /")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!(has(self.pathPrefix) && has(self.fullPath))").message("rewrite takes pathPrefix or fullPath, not both")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new(r#"!has(self.fullPath) || self.fullPath.matches("^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$")"#).message(r"rewrite.fullPath must start with / and hold only URL path characters: no '?', '#', '//', '\', spaces or control characters")))]
 #[serde(rename_all = "camelCase")]
 pub struct Rewrite {
     /// Replace the matched PathPrefix with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub path_prefix: Option<String>,
+    /// Replace the whole path with this (the query stays). Not with `pathPrefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub full_path: Option<String>,
     /// Send this Host upstream instead of the client's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub hostname: Option<String>,
+}
+
+/// Header edits, applied in the order remove, set, add; names match in any case. The
+/// hop-by-hop and framing headers (`connection`, `transfer-encoding`, `content-length`,
+/// `host`, `te`, `upgrade`, `keep-alive`, `proxy-connection`) cannot be edited: the proxy
+/// owns them, and editing them would let one request smuggle another.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderFilter {
+    /// Replace every line of each header with this one (added when absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub set: Vec<HeaderEntry>,
+    /// Append a line to each header, keeping those already there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub add: Vec<HeaderEntry>,
+    /// Remove every line of these headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(inner(length(min = 1, max = 256)))]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.all(n, !(n.lowerAscii() in ['connection', 'transfer-encoding', 'content-length', 'host', 'te', 'upgrade', 'keep-alive', 'proxy-connection']))").message("connection, transfer-encoding, content-length, host, te, upgrade, keep-alive and proxy-connection belong to the proxy and cannot be removed")))]
+    pub remove: Vec<String>,
+}
+
+/// One header line: a name (an HTTP token) and a value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!(self.name.lowerAscii() in ['connection', 'transfer-encoding', 'content-length', 'host', 'te', 'upgrade', 'keep-alive', 'proxy-connection'])").message("connection, transfer-encoding, content-length, host, te, upgrade, keep-alive and proxy-connection belong to the proxy and cannot be set or added")))]
+pub struct HeaderEntry {
+    #[schemars(length(min = 1, max = 256))]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    pub name: String,
+    /// Visible ASCII, spaces and tabs; no CR, LF or other control characters.
+    #[schemars(length(max = 4096))]
+    #[schemars(regex(pattern = r"^[\t\x20-\x7E]*$"))]
+    pub value: String,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectScheme {
+    Http,
+    Https,
+}
+
+impl RedirectScheme {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// A redirect built from the request's URL: each part left out stays the request's own,
+/// and the query is always kept.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("!has(self.statusCode) || self.statusCode in [301, 302, 303, 307, 308]").message("redirect.statusCode must be 301, 302, 303, 307 or 308")))]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRedirect {
+    /// `http` or `https`. Default: the scheme the request came with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<RedirectScheme>,
+    /// A DNS name (no port, user or path). Default: the request's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+    ))]
+    pub hostname: Option<String>,
+    /// Default: the port the request's Host names, if any. The Location leaves out the
+    /// scheme's default port (80 for http, 443 for https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Default: the request's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<RedirectPath>,
+    /// 301, 302, 303, 307 or 308. Default 302.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<i32>,
+}
+
+/// The redirect's new path: exactly one of the two.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("has(self.replaceFullPath) != has(self.replacePrefixMatch)").message("redirect.path takes exactly one of replaceFullPath or replacePrefixMatch")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new(r#"!has(self.replaceFullPath) || self.replaceFullPath.matches("^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$")"#).message(r"redirect.path.replaceFullPath must start with / and hold only URL path characters: no '?', '#', '//', '\', spaces or control characters")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new(r#"!has(self.replacePrefixMatch) || self.replacePrefixMatch.matches("^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$")"#).message(r"redirect.path.replacePrefixMatch must start with / and hold only URL path characters: no '?', '#', '//', '\', spaces or control characters")))]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectPath {
+    /// The whole new path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub replace_full_path: Option<String>,
+    /// Replaces the part the rule's PathPrefix match matched (segment-wise); every match of
+    /// the rule must then be a PathPrefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub replace_prefix_match: Option<String>,
+}
+
+/// A copy of requests sent to another UpstreamPool; its answers are dropped.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct RequestMirror {
+    /// An UpstreamPool in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub backend: String,
+    /// Share of requests mirrored. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<i32>,
 }

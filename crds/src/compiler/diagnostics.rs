@@ -60,6 +60,12 @@ pub enum Severity {
 pub enum Reason {
     InvalidRegex,
     InvalidRewrite,
+    InvalidRedirect,
+    InvalidHeaderFilter,
+    InvalidMirror,
+    InvalidTimeout,
+    /// A rule with neither backends nor a redirect, or with both.
+    InvalidRule,
     InvalidUpgrade,
     InvalidHedge,
     InvalidLanes,
@@ -79,6 +85,11 @@ impl Reason {
         match self {
             Self::InvalidRegex => "InvalidRegex",
             Self::InvalidRewrite => "InvalidRewrite",
+            Self::InvalidRedirect => "InvalidRedirect",
+            Self::InvalidHeaderFilter => "InvalidHeaderFilter",
+            Self::InvalidMirror => "InvalidMirror",
+            Self::InvalidTimeout => "InvalidTimeout",
+            Self::InvalidRule => "InvalidRule",
             Self::InvalidUpgrade => "InvalidUpgrade",
             Self::InvalidHedge => "InvalidHedge",
             Self::InvalidLanes => "InvalidLanes",
@@ -98,6 +109,11 @@ impl Reason {
         match self {
             Self::InvalidRegex
             | Self::InvalidRewrite
+            | Self::InvalidRedirect
+            | Self::InvalidHeaderFilter
+            | Self::InvalidMirror
+            | Self::InvalidTimeout
+            | Self::InvalidRule
             | Self::InvalidHedge
             | Self::InvalidLanes
             | Self::InvalidHost

@@ -5,6 +5,8 @@
 //! then rules that name methods, then more header matches, then more query matches; ties
 //! go to the older object, then namespace/name, then rule and match order.
 
+mod filters;
+
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BTreeSet, btree_map::Entry},
@@ -24,12 +26,12 @@ use crate::{
         ValueMatchType,
     },
     snapshot::{
-        ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, HeaderModifier,
-        KeySource, PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy,
-        Rewrite, Route, RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost,
-        WeightedCluster,
+        ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, KeySource,
+        PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy, Route,
+        RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost, WeightedCluster,
     },
 };
+use filters::RuleRef;
 
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -174,12 +176,17 @@ fn compile_rule(
     let (namespace, route_name) = (ns(&site.route.metadata), name(&site.route.metadata));
     let rule_name = rule.name.clone().unwrap_or_else(|| site.index.to_string());
     let full_name = format!("{namespace}/{route_name}/{rule_name}");
-    let action = action(
+    let Some(action) = action(
         inputs, pools, policies, namespace, rule, &rule_name, site.me, diags,
-    );
+    ) else {
+        return;
+    };
     if let RouteAction::Forward(f) = &action {
-        for b in &f.backends {
-            if let Some((n, p)) = b.cluster.split_once('/') {
+        // Mirrored pools are clusters of the table like the backends, or the data plane
+        // would have nowhere to send the copies.
+        let clusters = f.backends.iter().map(|b| &b.cluster);
+        for c in clusters.chain(f.mirrors.iter().map(|m| &m.cluster)) {
+            if let Some((n, p)) = c.split_once('/') {
                 collected
                     .referenced_pools
                     .insert((n.to_string(), p.to_string()));
@@ -439,6 +446,8 @@ fn first_line(e: &regex::Error) -> String {
         .to_string()
 }
 
+/// What the rule does with its requests; `None` (with a diagnostic) when the rule is left
+/// out of the table.
 #[allow(clippy::too_many_arguments)]
 fn action(
     inputs: &Inputs<'_>,
@@ -449,7 +458,22 @@ fn action(
     rule_name: &str,
     me: &ObjectKey,
     diags: &mut Diagnostics,
-) -> RouteAction {
+) -> Option<RouteAction> {
+    let at = RuleRef {
+        name: rule_name,
+        me,
+    };
+    if let Some(r) = &rule.redirect {
+        return redirect_action(r, rule, &at, diags);
+    }
+    if rule.backends.is_empty() {
+        diags.error(
+            me,
+            Reason::InvalidRule,
+            format!("rule {rule_name} has neither backends nor a redirect, so it answers 500; add backends or a redirect"),
+        );
+    }
+    let rewrite = filters::rewrite(rule.rewrite.as_ref(), &at, diags).ok()?;
     let backends = backends(pools, namespace, rule, rule_name, me, diags);
     // Every other reference is resolved even when no backend was: its diagnostics belong
     // in the same status, not one fix later.
@@ -477,33 +501,84 @@ fn action(
     let timeout_ms = rule.timeout.unwrap_or(DEFAULT_TIMEOUT).as_millis();
     let hedge = hedge::hedge(rule, timeout_ms, rule_name, me, diags);
     let lanes = lanes::lanes(rule, timeout_ms, rule_name, me, diags);
+    let backend_timeout_ms = filters::backend_timeout(rule.backend_timeout, timeout_ms, &at, diags);
+    let request_headers =
+        filters::header_modifier(rule.request_headers.as_ref(), "requestHeaders", &at, diags);
+    let response_headers = filters::header_modifier(
+        rule.response_headers.as_ref(),
+        "responseHeaders",
+        &at,
+        diags,
+    );
+    let mirrors = filters::mirrors(pools, namespace, &rule.mirrors, &at, diags);
     if !backends.iter().any(|b| b.weight > 0) {
-        return RouteAction::DirectResponse(DirectResponse {
+        return Some(RouteAction::DirectResponse(DirectResponse {
             status: 500,
             body: "no backend of this route could be resolved".to_string(),
-        });
+        }));
     }
 
-    RouteAction::Forward(Box::new(ForwardAction {
+    Some(RouteAction::Forward(Box::new(ForwardAction {
         backends,
         timeout_ms,
         retry: rule.retries.as_ref().map(|r| retry(r, timeout_ms)),
         hedge,
         lanes,
-        rewrite: rule.rewrite.as_ref().map(|r| Rewrite {
-            path_prefix: r.path_prefix.clone(),
-            full_path: None,
-            hostname: r.hostname.clone(),
-        }),
-        backend_timeout_ms: None,
-        request_headers: HeaderModifier::default(),
-        response_headers: HeaderModifier::default(),
-        mirrors: Vec::new(),
+        rewrite,
+        backend_timeout_ms,
+        request_headers,
+        response_headers,
+        mirrors,
         cache_policy,
         rate_limit: rule.rate_limit.as_ref().map(rate_limit),
         api_keys,
         upgrades,
-    }))
+    })))
+}
+
+/// A redirect rule: the redirect, or `None` when the rule is left out (it also has
+/// backends, or its redirect is invalid). Forwarding fields are reported, not applied.
+fn redirect_action(
+    r: &api::RouteRedirect,
+    rule: &api::RouteRule,
+    at: &RuleRef<'_>,
+    diags: &mut Diagnostics,
+) -> Option<RouteAction> {
+    if !rule.backends.is_empty() {
+        diags.error(
+            at.me,
+            Reason::InvalidRule,
+            format!(
+                "rule {} has both backends and a redirect; keep one of them (the rule is left out)",
+                at.name
+            ),
+        );
+        return None;
+    }
+    let (refused, ignored) = filters::forward_only_fields(rule);
+    if !refused.is_empty() {
+        diags.error(
+            at.me,
+            Reason::InvalidRedirect,
+            format!(
+                "rule {} redirects, so {} cannot apply; remove them (the redirect works without them)",
+                at.name,
+                refused.join(", ")
+            ),
+        );
+    }
+    if !ignored.is_empty() {
+        diags.warning(
+            at.me,
+            Reason::InvalidRedirect,
+            format!(
+                "rule {} redirects, so {} have no effect on it; remove them",
+                at.name,
+                ignored.join(", ")
+            ),
+        );
+    }
+    filters::redirect(r, &rule.matches, at, diags).map(RouteAction::Redirect)
 }
 
 /// The rule's pools that exist, each once (repeated pools merged, so weights stay what the
