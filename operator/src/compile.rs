@@ -48,7 +48,7 @@ pub struct Compiled {
 /// (kind, namespace, name, generation) of every object a table was compiled from.
 pub type Sources = HashSet<(String, String, String, i64)>;
 
-fn sources(s: &Snapshot) -> Arc<Sources> {
+pub(crate) fn sources(s: &Snapshot) -> Arc<Sources> {
     Arc::new(
         s.table
             .sources

@@ -238,13 +238,29 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
+    watch_until_aborted(api, cfg, writer, changed, dirty, signal).0
+}
+
+/// [`watch`], with the handle that stops it (for watches that live as long as an object).
+pub(crate) fn watch_until_aborted<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    writer: Writer<K>,
+    changed: Arc<Notify>,
+    dirty: Arc<AtomicBool>,
+    signal: Signal,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
     let reader = writer.as_reader();
     let kind = std::any::type_name::<K>()
         .rsplit("::")
         .next()
         .unwrap_or("object")
         .to_string();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut events = watcher(api, cfg).default_backoff().reflect(writer).boxed();
         // Generation seen per object, for `Signal::SpecChanges`.
         let mut seen: HashMap<(Option<String>, Option<String>), Option<i64>> = HashMap::new();
@@ -277,7 +293,7 @@ where
             }
         }
     });
-    reader
+    (reader, task)
 }
 
 /// The installation's API-key salt seed, derived from the snapshot token: a secret every

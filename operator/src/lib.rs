@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod compile;
+pub mod gateway;
 pub mod index;
 pub mod lease;
 pub mod metrics;
@@ -155,7 +156,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let pusher = Arc::new(Pusher {
         fleet: fleet.clone(),
-        token,
+        token: token.clone(),
         concurrency: args.push_concurrency,
         resync: args.resync_interval,
         timeout: args.push_timeout,
@@ -163,7 +164,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         clock: clock.clone(),
         republish: republish.clone(),
         events: Some((recorder.clone(), dataplane_ref)),
-        tls: push_tls,
+        tls: push_tls.clone(),
     });
     tokio::spawn(pusher.run(
         index.dataplane.clone(),
@@ -177,10 +178,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         index.clone(),
         fleet,
         tables_rx,
-        leader,
+        leader.clone(),
         metrics.clone(),
         Some(recorder),
     ));
+    if gateway::installed(&client).await {
+        let controller = gateway::fleets::Controller {
+            client: client.clone(),
+            gateways: Arc::new(gateway::GatewayIndex::start(&client)),
+            index: index.clone(),
+            clock: clock.clone(),
+            leader: leader.clone(),
+            metrics: metrics.clone(),
+            push: gateway::fleets::PushConfig {
+                token: token.clone(),
+                tls: push_tls.clone(),
+                concurrency: args.push_concurrency,
+                resync: args.resync_interval,
+                timeout: args.push_timeout,
+                admin_port_name: args.dataplane_port_name.clone(),
+            },
+        };
+        tokio::spawn(controller.run());
+        tracing::info!(
+            "Gateway API installed: serving GatewayClasses of {}",
+            parapet_crds::gateway_api::CONTROLLER_NAME
+        );
+    } else {
+        tracing::info!("Gateway API CRDs not installed: serving ApiRoutes only");
+    }
     let compiler = tokio::spawn(compile::run(
         index,
         clock,

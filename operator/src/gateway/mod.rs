@@ -149,15 +149,48 @@ impl Snapshot {
                 .collect()
         };
         let mut secrets = BTreeMap::new();
-        for s in gw.tls_secrets.state().iter().chain(index.secrets.all().collect::<Vec<_>>().iter()) {
-            secrets.insert((s.namespace().unwrap_or_default(), s.name_any()), secret_data(s));
+        for s in gw
+            .tls_secrets
+            .state()
+            .iter()
+            .chain(index.secrets.all().collect::<Vec<_>>().iter())
+        {
+            secrets.insert(
+                (s.namespace().unwrap_or_default(), s.name_any()),
+                secret_data(s),
+            );
         }
         Self {
-            classes: gw.classes.state().iter().map(|o| object(&o.metadata, &o.spec)).collect(),
-            gateways: gw.gateways.state().iter().map(|o| object(&o.metadata, &o.spec)).collect(),
-            http_routes: gw.http_routes.state().iter().map(|o| object(&o.metadata, &o.spec)).collect(),
-            grpc_routes: gw.grpc_routes.state().iter().map(|o| object(&o.metadata, &o.spec)).collect(),
-            grants: gw.grants.state().iter().map(|o| object(&o.metadata, &o.spec)).collect(),
+            classes: gw
+                .classes
+                .state()
+                .iter()
+                .map(|o| object(&o.metadata, &o.spec))
+                .collect(),
+            gateways: gw
+                .gateways
+                .state()
+                .iter()
+                .map(|o| object(&o.metadata, &o.spec))
+                .collect(),
+            http_routes: gw
+                .http_routes
+                .state()
+                .iter()
+                .map(|o| object(&o.metadata, &o.spec))
+                .collect(),
+            grpc_routes: gw
+                .grpc_routes
+                .state()
+                .iter()
+                .map(|o| object(&o.metadata, &o.spec))
+                .collect(),
+            grants: gw
+                .grants
+                .state()
+                .iter()
+                .map(|o| object(&o.metadata, &o.spec))
+                .collect(),
             namespace_labels: gw
                 .namespaces
                 .state()
@@ -165,7 +198,11 @@ impl Snapshot {
                 .map(|n| (n.name_any(), n.labels().clone()))
                 .collect(),
             pools: index.pools.all().filter_map(|o| convert(&o).ok()).collect(),
-            policies: index.cache_policies.all().filter_map(|o| convert(&o).ok()).collect(),
+            policies: index
+                .cache_policies
+                .all()
+                .filter_map(|o| convert(&o).ok())
+                .collect(),
             secrets,
         }
     }
@@ -179,10 +216,16 @@ impl Snapshot {
             collect_refs(route_ns, &v, &mut wanted);
         };
         for r in &self.http_routes {
-            add(r.metadata.namespace(), serde_json::to_value(&r.spec.rules).unwrap_or_default());
+            add(
+                r.metadata.namespace(),
+                serde_json::to_value(&r.spec.rules).unwrap_or_default(),
+            );
         }
         for r in &self.grpc_routes {
-            add(r.metadata.namespace(), serde_json::to_value(&r.spec.rules).unwrap_or_default());
+            add(
+                r.metadata.namespace(),
+                serde_json::to_value(&r.spec.rules).unwrap_or_default(),
+            );
         }
         wanted
     }
@@ -191,12 +234,19 @@ impl Snapshot {
 /// Every `{name, port[, namespace]}` object below `v` that is a Service reference.
 fn collect_refs(route_ns: &str, v: &serde_json::Value, out: &mut BTreeSet<ServicePortKey>) {
     match v {
-        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_refs(route_ns, i, out)),
+        serde_json::Value::Array(items) => {
+            items.iter().for_each(|i| collect_refs(route_ns, i, out))
+        }
         serde_json::Value::Object(map) => {
-            let kind = map.get("kind").and_then(|k| k.as_str()).unwrap_or("Service");
+            let kind = map
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("Service");
             let group = map.get("group").and_then(|k| k.as_str()).unwrap_or("");
-            if let (Some(name), Some(port)) = (map.get("name").and_then(|n| n.as_str()), map.get("port").and_then(|p| p.as_i64()))
-                && kind == "Service"
+            if let (Some(name), Some(port)) = (
+                map.get("name").and_then(|n| n.as_str()),
+                map.get("port").and_then(|p| p.as_i64()),
+            ) && kind == "Service"
                 && group.is_empty()
             {
                 out.insert(ServicePortKey {
@@ -235,4 +285,35 @@ pub fn compile(index: &Index, snap: &Snapshot) -> GatewayOutput {
         namespace_labels: snap.namespace_labels.clone(),
     };
     compile_gateways(&gw, &inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_and_mirror_references_are_the_service_ports_wanted() {
+        let rules = serde_json::json!([{
+            "backendRefs": [
+                {"name": "web", "port": 8080},
+                {"name": "api", "namespace": "apps", "port": 80, "weight": 2},
+                {"group": "example.com", "kind": "Thing", "name": "x", "port": 1},
+            ],
+            "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "copy", "port": 9000}}}],
+        }]);
+        let mut out = BTreeSet::new();
+        collect_refs("infra", &rules, &mut out);
+        let got: Vec<(String, String, i32)> = out
+            .into_iter()
+            .map(|k| (k.namespace, k.service, k.port))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("apps".into(), "api".into(), 80),
+                ("infra".into(), "copy".into(), 9000),
+                ("infra".into(), "web".into(), 8080),
+            ]
+        );
+    }
 }

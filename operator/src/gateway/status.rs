@@ -55,7 +55,12 @@ fn conditions_json(conds: &[Condition], existing: Option<&Value>, now: &str) -> 
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    Value::Array(conds.iter().map(|c| condition_json(c, &existing, now)).collect())
+    Value::Array(
+        conds
+            .iter()
+            .map(|c| condition_json(c, &existing, now))
+            .collect(),
+    )
 }
 
 /// The class's status, or `None` when it already holds it.
@@ -69,9 +74,17 @@ pub fn class_status(c: &ClassStatus, existing: Option<&Value>, now: &str) -> Opt
 
 /// The Gateway's status with what its fleet says: `Programmed` needs an address and a
 /// pod serving the table.
-pub fn gateway_status(g: &CompiledGateway, fleet: &FleetState, existing: Option<&Value>, now: &str) -> Option<Value> {
+pub fn gateway_status(
+    g: &CompiledGateway,
+    fleet: &FleetState,
+    existing: Option<&Value>,
+    now: &str,
+) -> Option<Value> {
     let mut conds = g.conditions.clone();
-    if let Some(p) = conds.iter_mut().find(|c| c.kind == "Programmed" && c.status) {
+    if let Some(p) = conds
+        .iter_mut()
+        .find(|c| c.kind == "Programmed" && c.status)
+    {
         if fleet.address.is_none() {
             *p = Condition {
                 status: false,
@@ -114,7 +127,11 @@ pub fn gateway_status(g: &CompiledGateway, fleet: &FleetState, existing: Option<
         "listeners": listeners,
     });
     if let Some(a) = &fleet.address {
-        let kind = if a.parse::<std::net::IpAddr>().is_ok() { "IPAddress" } else { "Hostname" };
+        let kind = if a.parse::<std::net::IpAddr>().is_ok() {
+            "IPAddress"
+        } else {
+            "Hostname"
+        };
         want["addresses"] = json!([{"type": kind, "value": a}]);
     }
     changed(want, existing)
@@ -135,7 +152,12 @@ pub fn route_status(r: &RouteStatus, existing: Option<&Value>, now: &str) -> Opt
     for p in &r.parents {
         let mut parent_ref = json!({"name": p.parent_ref.name});
         let pr = &p.parent_ref;
-        for (k, v) in [("group", &pr.group), ("kind", &pr.kind), ("namespace", &pr.namespace), ("sectionName", &pr.section_name)] {
+        for (k, v) in [
+            ("group", &pr.group),
+            ("kind", &pr.kind),
+            ("namespace", &pr.namespace),
+            ("sectionName", &pr.section_name),
+        ] {
             if let Some(v) = v {
                 parent_ref[k] = json!(v);
             }
@@ -171,7 +193,9 @@ fn changed(want: Value, existing: Option<&Value>) -> Option<Value> {
 fn now() -> String {
     // Seconds precision, as the API server writes it.
     let t = Timestamp::now();
-    Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+    Timestamp::from_second(t.as_second())
+        .unwrap_or(t)
+        .to_string()
 }
 
 /// Writes every status that changed. Errors are logged; the next round retries.
@@ -192,7 +216,10 @@ pub async fn write(
             .and_then(|o| serde_json::to_value(&o.status).ok());
         if let Some(s) = class_status(c, existing.as_ref().filter(|v| !v.is_null()), &now) {
             let api: Api<GatewayClass> = Api::all(client.clone());
-            if let Err(e) = api.patch_status(&c.name, &pp, &Patch::Merge(json!({ "status": s }))).await {
+            if let Err(e) = api
+                .patch_status(&c.name, &pp, &Patch::Merge(json!({ "status": s })))
+                .await
+            {
                 tracing::warn!(class = %c.name, error = %e, "cannot write GatewayClass status");
             }
         }
@@ -202,44 +229,44 @@ pub async fn write(
             .gateways
             .state()
             .into_iter()
-            .find(|o| o.namespace().as_deref() == Some(g.namespace.as_str()) && o.name_any() == g.name)
+            .find(|o| {
+                o.namespace().as_deref() == Some(g.namespace.as_str()) && o.name_any() == g.name
+            })
             .and_then(|o| serde_json::to_value(&o.status).ok());
         let state = fleet(&g.namespace, &g.name);
-        if let Some(s) = gateway_status(g, &state, existing.as_ref().filter(|v| !v.is_null()), &now) {
+        if let Some(s) = gateway_status(g, &state, existing.as_ref().filter(|v| !v.is_null()), &now)
+        {
             let api: Api<Gateway> = Api::namespaced(client.clone(), &g.namespace);
-            if let Err(e) = api.patch_status(&g.name, &pp, &Patch::Merge(json!({ "status": s }))).await {
+            if let Err(e) = api
+                .patch_status(&g.name, &pp, &Patch::Merge(json!({ "status": s })))
+                .await
+            {
                 tracing::warn!(gateway = %format!("{}/{}", g.namespace, g.name), error = %e, "cannot write Gateway status");
             }
         }
     }
     for r in &out.routes {
-        let (existing, result) = if r.kind == KIND_GRPC_ROUTE {
-            let existing = index
-                .grpc_routes
-                .state()
-                .into_iter()
-                .find(|o| o.namespace().as_deref() == Some(r.namespace.as_str()) && o.name_any() == r.name)
-                .and_then(|o| serde_json::to_value(&o.status).ok());
-            let api: Api<GrpcRoute> = Api::namespaced(client.clone(), &r.namespace);
-            (existing, api)
-                .0
-                .as_ref()
-                .filter(|v| !v.is_null())
-                .cloned()
-                .map_or((None, Some(api)), |e| (Some(e), None))
-        } else {
-            (None, None)
+        let held = |ns: Option<String>, name: String, status: Value| {
+            (ns.as_deref() == Some(r.namespace.as_str()) && name == r.name && !status.is_null())
+                .then_some(status)
         };
-        let _ = result;
-        let existing = existing.or_else(|| {
-            index
-                .http_routes
-                .state()
-                .into_iter()
-                .find(|o| o.namespace().as_deref() == Some(r.namespace.as_str()) && o.name_any() == r.name)
-                .and_then(|o| serde_json::to_value(&o.status).ok())
-                .filter(|v| !v.is_null())
-        });
+        let existing = if r.kind == KIND_GRPC_ROUTE {
+            index.grpc_routes.state().into_iter().find_map(|o| {
+                held(
+                    o.namespace(),
+                    o.name_any(),
+                    serde_json::to_value(&o.status).unwrap_or_default(),
+                )
+            })
+        } else {
+            index.http_routes.state().into_iter().find_map(|o| {
+                held(
+                    o.namespace(),
+                    o.name_any(),
+                    serde_json::to_value(&o.status).unwrap_or_default(),
+                )
+            })
+        };
         let Some(s) = route_status(r, existing.as_ref(), &now) else {
             continue;
         };
@@ -258,5 +285,164 @@ pub async fn write(
         if let Err(e) = res {
             tracing::warn!(route = %format!("{} {}/{}", r.kind, r.namespace, r.name), error = %e, "cannot write route status");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parapet_crds::compiler::gateway::{
+        ListenerStatus, ParentReference, ParentStatus, RouteGroupKind,
+    };
+
+    use super::*;
+
+    fn cond(kind: &'static str, status: bool, reason: &str) -> Condition {
+        Condition {
+            kind,
+            status,
+            reason: reason.into(),
+            message: "m".into(),
+            observed_generation: 3,
+        }
+    }
+
+    fn gateway() -> CompiledGateway {
+        CompiledGateway {
+            namespace: "infra".into(),
+            name: "gw".into(),
+            generation: 3,
+            class: "parapet".into(),
+            conditions: vec![
+                cond("Accepted", true, "Accepted"),
+                cond("Programmed", true, "Programmed"),
+            ],
+            listeners: vec![ListenerStatus {
+                name: "http".into(),
+                supported_kinds: vec![RouteGroupKind {
+                    group: "gateway.networking.k8s.io".into(),
+                    kind: "HTTPRoute".into(),
+                }],
+                attached_routes: 2,
+                conditions: vec![cond("Accepted", true, "Accepted")],
+            }],
+            table: Default::default(),
+        }
+    }
+
+    fn programmed(s: &Value) -> (&str, &str) {
+        let c = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Programmed")
+            .unwrap();
+        (c["status"].as_str().unwrap(), c["reason"].as_str().unwrap())
+    }
+
+    #[test]
+    fn a_gateway_is_programmed_only_with_an_address_and_a_serving_pod() {
+        let g = gateway();
+        let none = gateway_status(&g, &FleetState::default(), None, "t0").unwrap();
+        assert_eq!(programmed(&none), ("False", "AddressNotAssigned"));
+        assert!(none.get("addresses").is_none());
+        let pending = FleetState {
+            address: Some("198.19.0.7".into()),
+            serving: false,
+        };
+        let s = gateway_status(&g, &pending, None, "t0").unwrap();
+        assert_eq!(programmed(&s), ("False", "Pending"));
+        assert_eq!(
+            s["addresses"],
+            json!([{"type": "IPAddress", "value": "198.19.0.7"}])
+        );
+        let ready = FleetState {
+            address: Some("lb.example.com".into()),
+            serving: true,
+        };
+        let s = gateway_status(&g, &ready, None, "t0").unwrap();
+        assert_eq!(programmed(&s), ("True", "Programmed"));
+        assert_eq!(s["addresses"][0]["type"], "Hostname");
+        assert_eq!(s["listeners"][0]["attachedRoutes"], 2);
+        assert_eq!(s["listeners"][0]["conditions"][0]["observedGeneration"], 3);
+    }
+
+    #[test]
+    fn status_is_written_only_when_it_changes_and_keeps_transition_times() {
+        let g = gateway();
+        let ready = FleetState {
+            address: Some("198.19.0.7".into()),
+            serving: true,
+        };
+        let first = gateway_status(&g, &ready, None, "t0").unwrap();
+        assert!(
+            gateway_status(&g, &ready, Some(&first), "t1").is_none(),
+            "unchanged: no write"
+        );
+        let mut newer = gateway();
+        newer.conditions[0].message = "another".into();
+        let second = gateway_status(&newer, &ready, Some(&first), "t1").unwrap();
+        assert_eq!(
+            second["conditions"][0]["lastTransitionTime"], "t0",
+            "same status keeps its time"
+        );
+        newer.conditions[0].status = false;
+        let third = gateway_status(&newer, &ready, Some(&second), "t2").unwrap();
+        assert_eq!(third["conditions"][0]["lastTransitionTime"], "t2");
+    }
+
+    #[test]
+    fn route_status_keeps_other_controllers_parents_and_replaces_its_own() {
+        let existing = json!({"parents": [
+            {"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []},
+            {"parentRef": {"name": "old"}, "controllerName": CONTROLLER_NAME, "conditions": []},
+        ]});
+        let r = RouteStatus {
+            kind: "HTTPRoute",
+            namespace: "infra".into(),
+            name: "r".into(),
+            parents: vec![ParentStatus {
+                parent_ref: ParentReference {
+                    group: None,
+                    kind: None,
+                    namespace: Some("infra".into()),
+                    name: "new".into(),
+                    section_name: Some("http".into()),
+                    port: None,
+                },
+                conditions: vec![cond("Accepted", false, "NotAllowedByListeners")],
+            }],
+        };
+        let s = route_status(&r, Some(&existing), "t0").unwrap();
+        let names: Vec<&str> = s["parents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["parentRef"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["theirs", "new"], "the route moved from old to new");
+        assert_eq!(
+            s["parents"][1]["parentRef"],
+            json!({"name": "new", "namespace": "infra", "sectionName": "http"})
+        );
+        assert_eq!(
+            s["parents"][1]["conditions"][0]["reason"],
+            "NotAllowedByListeners"
+        );
+        assert!(route_status(&r, Some(&s), "t1").is_none());
+    }
+
+    #[test]
+    fn a_class_lists_its_features() {
+        let c = ClassStatus {
+            name: "parapet".into(),
+            conditions: vec![cond("Accepted", true, "Accepted")],
+            supported_features: vec!["HTTPRoute".into(), "Gateway".into()],
+        };
+        let s = class_status(&c, None, "t0").unwrap();
+        assert_eq!(
+            s["supportedFeatures"],
+            json!([{"name": "HTTPRoute"}, {"name": "Gateway"}])
+        );
+        assert!(class_status(&c, Some(&s), "t1").is_none());
     }
 }

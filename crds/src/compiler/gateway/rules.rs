@@ -167,7 +167,7 @@ fn virtual_hosts(
     let mut out: Vec<VirtualHost> = hosts
         .into_iter()
         .map(|(domain, mut candidates)| {
-            candidates.sort_by(|a, b| a.sort.cmp(&b.sort));
+            candidates.sort_by_key(|c| c.sort);
             // The first of identical matches wins (the older route, then the earlier rule).
             let mut seen: BTreeSet<RouteMatcher> = BTreeSet::new();
             let routes = candidates
