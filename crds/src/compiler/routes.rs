@@ -24,9 +24,10 @@ use crate::{
         ValueMatchType,
     },
     snapshot::{
-        ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, KeySource,
-        HeaderModifier, PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy, Rewrite,
-        Route, RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost, WeightedCluster,
+        ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, HeaderModifier,
+        KeySource, PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy,
+        Rewrite, Route, RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost,
+        WeightedCluster,
     },
 };
 
