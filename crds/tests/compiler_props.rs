@@ -1050,6 +1050,10 @@ fn check(out: &Output, exp: &Expect) -> Result<(), TestCaseError> {
                         cache: f.cache_policy.clone(),
                         keys: f.api_keys.as_ref().map(|k| k.keys.len()),
                     },
+                    RouteAction::Redirect(_) => {
+                        prop_assert!(false, "{}: an ApiRoute rule never redirects", rule.name);
+                        ActionExpect::Fail
+                    }
                 };
                 prop_assert_eq!(&got, &rule.action, "{}", rule.name);
             }

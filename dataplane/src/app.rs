@@ -263,9 +263,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         liveness: liveness.clone(),
     });
     let admin_listener = listener::bind(args.admin_listen).await?;
-    let (traffic, bound) = bind_traffic(&args.listen, workers, tls.as_ref(), |port| {
-        crate::tls::acceptor_on(store.certificates().clone(), fallback.clone(), Some(port))
-    })?;
+    let Traffic { per_worker, bound } =
+        bind_traffic(&args.listen, workers, tls.as_ref(), |port| {
+            crate::tls::acceptor_on(store.certificates().clone(), fallback.clone(), Some(port))
+        })?;
     let (proxy_addr, admin_addr) = (bound[0].0, admin_listener.local_addr()?);
     let sockets = bound
         .iter()
@@ -295,7 +296,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let proxy = proxy(&args, store, metrics)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut workers = start_workers(&args, traffic, proxy, stop_rx, liveness)?;
+    let mut workers = start_workers(&args, per_worker, proxy, stop_rx, liveness)?;
     tokio::select! {
         _ = parapet_process::stop_signal() => {}
         Some((i, result)) = workers.exited.recv() => {
@@ -380,14 +381,20 @@ fn traffic_tls(
     Ok((Some(acceptor), fallback))
 }
 
-/// Binds every `--listen` socket for every worker. Returns each worker's sockets, and each
-/// socket's bound address with the Gateway port it serves, in flag order.
+/// The traffic sockets once bound: each worker's, and each `--listen` socket's bound
+/// address with the Gateway port it serves, in flag order.
+struct Traffic {
+    per_worker: Vec<Vec<listener::Socket>>,
+    bound: Vec<(SocketAddr, u16)>,
+}
+
+/// Binds every `--listen` socket for every worker.
 fn bind_traffic(
     specs: &[ListenSpec],
     workers: usize,
     tls: Option<&tokio_rustls::TlsAcceptor>,
     listener_tls: impl Fn(u16) -> anyhow::Result<tokio_rustls::TlsAcceptor>,
-) -> anyhow::Result<(Vec<Vec<listener::Socket>>, Vec<(SocketAddr, u16)>)> {
+) -> anyhow::Result<Traffic> {
     let mut per_worker: Vec<Vec<listener::Socket>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -405,7 +412,7 @@ fn bind_traffic(
         }
         bound.push((addr, port));
     }
-    Ok((per_worker, bound))
+    Ok(Traffic { per_worker, bound })
 }
 
 /// The admin listener's TLS (and client certificates, with `--admin-client-ca`).
