@@ -98,6 +98,16 @@ impl Snapshot {
                         ));
                     }
                     route_settings_reasons(&r.name, f, &mut reasons);
+                    header_modifier_reasons(&r.name, "request", &f.request_headers, &mut reasons);
+                    header_modifier_reasons(&r.name, "response", &f.response_headers, &mut reasons);
+                }
+                if let RouteAction::Redirect(rd) = &r.action
+                    && !REDIRECT_STATUSES.contains(&rd.status)
+                {
+                    reasons.push(format!(
+                        "route {} redirects with status {}, which is not one of 301, 302, 303, 307 or 308",
+                        r.name, rd.status
+                    ));
                 }
                 if let PathMatch::Regex(re) = &r.matcher.path
                     && let Err(e) = regex::Regex::new(re)
@@ -114,6 +124,15 @@ impl Snapshot {
                 reasons.push(format!(
                     "cluster {} names backup cluster {b} which the table does not define",
                     c.name
+                ));
+            }
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        for l in &self.table.listeners {
+            if !ports.insert(l.port) {
+                reasons.push(format!(
+                    "listener port {} appears more than once; each port has one listener",
+                    l.port
                 ));
             }
         }
@@ -165,6 +184,70 @@ fn route_settings_reasons(route: &str, f: &ForwardAction, reasons: &mut Vec<Stri
             ));
         }
     }
+}
+
+/// The statuses a redirect may answer with.
+pub const REDIRECT_STATUSES: [u16; 5] = [301, 302, 303, 307, 308];
+
+/// Headers that frame the message or belong to one hop: header modifiers never set, add or
+/// remove them (the data plane skips them too).
+pub const UNMODIFIABLE_HEADERS: [&str; 8] = [
+    "connection",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// What is wrong in a route's header modifier (`which`: request or response).
+fn header_modifier_reasons(
+    route: &str,
+    which: &str,
+    m: &HeaderModifier,
+    reasons: &mut Vec<String>,
+) {
+    let names = m
+        .set
+        .iter()
+        .chain(&m.add)
+        .map(|p| p.name.as_str())
+        .chain(m.remove.iter().map(String::as_str));
+    for name in names {
+        if !is_header_name(name) {
+            reasons.push(format!(
+                "route {route} modifies {which} header {name:?}, which is not a valid header name"
+            ));
+        } else if UNMODIFIABLE_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            reasons.push(format!(
+                "route {route} modifies {which} header {name}, which frames the message or belongs to one hop and cannot be modified"
+            ));
+        }
+    }
+    for p in m.set.iter().chain(&m.add) {
+        if !is_header_value(&p.value) {
+            reasons.push(format!(
+                "route {route} gives {which} header {} the value {:?}, which is not a valid header value",
+                p.name, p.value
+            ));
+        }
+    }
+}
+
+/// An HTTP field name: one or more token characters (RFC 9110 §5.1).
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A field value as the data plane can send it: no control characters but tab (so no CR,
+/// LF or NUL).
+pub fn is_header_value(value: &str) -> bool {
+    value.bytes().all(|b| (b >= 32 && b != 127) || b == b'\t')
 }
 
 /// The content of a snapshot: everything but its version.
@@ -339,8 +422,9 @@ pub struct Redirect {
     /// `None`: the request's host, without its port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
-    /// `None`: the port the request's Host names, if any. The Location leaves out a port
-    /// that is the scheme's default (80 for http, 443 for https).
+    /// `None`: with `scheme` set, that scheme's default port; without, the port the
+    /// request's Host names, if any (as Gateway API derives it). The Location leaves out a
+    /// port that is the scheme's default (80 for http, 443 for https).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// `None`: the request's path. The query is kept either way.

@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
+use rustls::sign::CertifiedKey;
 
 use crate::{
     admin::Admin,
@@ -30,9 +31,13 @@ pub struct Args {
     /// and reloaded on change. Without it, tables come from `PUT /v1/snapshot`.
     #[arg(long, env = "PARAPET_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address for client traffic.
-    #[arg(long, env = "PARAPET_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Address for client traffic: ADDR, or ADDR=PORT where PORT is the Gateway listener
+    /// port the socket serves (default: the socket's own port). Repeatable (comma-separated
+    /// in PARAPET_LISTEN); every worker accepts on every socket. A table with listeners
+    /// routes each socket's connections with its port's listener, e.g.
+    /// `--listen 0.0.0.0:8080=80 --listen 0.0.0.0:8443=443`.
+    #[arg(long, env = "PARAPET_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_spec, value_delimiter = ',')]
+    pub listen: Vec<ListenSpec>,
     /// Address of the admin API (snapshot, health, metrics). Use 0.0.0.0:9901 in a cluster.
     #[arg(long, env = "PARAPET_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
     pub admin_listen: SocketAddr,
@@ -172,6 +177,36 @@ pub struct Args {
     pub downstream_http1: Http1Codec,
 }
 
+/// One `--listen` value: a socket address and the Gateway listener port it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub addr: SocketAddr,
+    /// `None`: the port the socket is bound to.
+    pub port: Option<u16>,
+}
+
+/// `ADDR` or `ADDR=PORT`.
+fn listen_spec(s: &str) -> Result<ListenSpec, String> {
+    let s = s.trim();
+    let (addr, port) = match s.split_once('=') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr = addr.parse::<SocketAddr>().map_err(|_| {
+        format!("{addr:?} is not a socket address such as 0.0.0.0:8080 (optionally followed by =PORT, the Gateway listener port it serves)")
+    })?;
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("{p:?} after {addr}= is not a port between 1 and 65535"))?,
+        ),
+    };
+    Ok(ListenSpec { addr, port })
+}
+
 /// A CIDR range, or one address (a /32 or /128).
 fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
@@ -202,7 +237,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => Some(parapet_process::read_secret_file("snapshot token", p)?.into_bytes()),
         None => None,
     };
-    let tls = traffic_tls(&args, &store)?;
+    let (tls, fallback) = traffic_tls(&args, &store)?;
     if args.trusted_hops > 0 && args.trusted_proxies.is_empty() {
         tracing::warn!(
             "--trusted-hops has no effect without --trusted-proxies: no peer's X-Forwarded-For is believed; list your load balancers' addresses in --trusted-proxies"
@@ -228,13 +263,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         liveness: liveness.clone(),
     });
     let admin_listener = listener::bind(args.admin_listen).await?;
-    let traffic = listener::bind_workers(args.listen, workers)?;
-    let (proxy_addr, admin_addr) = (traffic[0].local_addr()?, admin_listener.local_addr()?);
-    // A stable line on stdout that scripts and tests read to find the ports.
-    println!("parapet-dataplane listening proxy={proxy_addr} admin={admin_addr}");
+    let Traffic { per_worker, bound } =
+        bind_traffic(&args.listen, workers, tls.as_ref(), |port| {
+            crate::tls::acceptor_on(store.certificates().clone(), fallback.clone(), Some(port))
+        })?;
+    let (proxy_addr, admin_addr) = (bound[0].0, admin_listener.local_addr()?);
+    let sockets = bound
+        .iter()
+        .map(|(addr, port)| format!("{addr}={port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // A stable line on stdout that scripts and tests read to find the ports: `proxy=` is
+    // the first socket, `listen=` every socket with the Gateway port it serves.
+    println!("parapet-dataplane listening proxy={proxy_addr} admin={admin_addr} listen={sockets}");
     tracing::info!(
         %proxy_addr,
         %admin_addr,
+        %sockets,
         workers,
         tls = tls.is_some(),
         admin_tls = admin.tls.is_some(),
@@ -251,7 +296,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let proxy = proxy(&args, store, metrics)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut workers = start_workers(&args, traffic, tls, proxy, stop_rx, liveness)?;
+    let mut workers = start_workers(&args, per_worker, proxy, stop_rx, liveness)?;
     tokio::select! {
         _ = parapet_process::stop_signal() => {}
         Some((i, result)) = workers.exited.recv() => {
@@ -316,12 +361,13 @@ fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// The traffic listener's TLS: the table's certificates by SNI, with `--tls-cert` as the
-/// fallback; none unless one of them is asked for.
+/// The traffic listener's TLS for tables without listeners: the table's certificates by
+/// SNI, with `--tls-cert` as the fallback; none unless one of them is asked for. Also the
+/// fallback itself, which `Https` listeners fall back on too.
 fn traffic_tls(
     args: &Args,
     store: &SnapshotStore,
-) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+) -> anyhow::Result<(Option<tokio_rustls::TlsAcceptor>, Option<Arc<CertifiedKey>>)> {
     let fallback = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some(
             crate::tls::certified_key(&read(c)?, &read(k)?).context("--tls-cert / --tls-key")?,
@@ -329,12 +375,44 @@ fn traffic_tls(
         _ => None,
     };
     if fallback.is_none() && !args.tls {
-        return Ok(None);
+        return Ok((None, None));
     }
-    Ok(Some(crate::tls::acceptor(
-        store.certificates().clone(),
-        fallback,
-    )?))
+    let acceptor = crate::tls::acceptor(store.certificates().clone(), fallback.clone())?;
+    Ok((Some(acceptor), fallback))
+}
+
+/// The traffic sockets once bound: each worker's, and each `--listen` socket's bound
+/// address with the Gateway port it serves, in flag order.
+struct Traffic {
+    per_worker: Vec<Vec<listener::Socket>>,
+    bound: Vec<(SocketAddr, u16)>,
+}
+
+/// Binds every `--listen` socket for every worker.
+fn bind_traffic(
+    specs: &[ListenSpec],
+    workers: usize,
+    tls: Option<&tokio_rustls::TlsAcceptor>,
+    listener_tls: impl Fn(u16) -> anyhow::Result<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<Traffic> {
+    let mut per_worker: Vec<Vec<listener::Socket>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let group = listener::bind_workers(spec.addr, workers)?;
+        let addr = group[0].local_addr()?;
+        let port = spec.port.unwrap_or(addr.port());
+        let listener_tls = listener_tls(port)?;
+        for (sockets, socket) in per_worker.iter_mut().zip(group) {
+            sockets.push(listener::Socket {
+                listener: socket,
+                port,
+                tls: tls.cloned(),
+                listener_tls: listener_tls.clone(),
+            });
+        }
+        bound.push((addr, port));
+    }
+    Ok(Traffic { per_worker, bound })
 }
 
 /// The admin listener's TLS (and client certificates, with `--admin-client-ca`).
@@ -417,8 +495,7 @@ impl Workers {
 
 fn start_workers(
     args: &Args,
-    traffic: Vec<std::net::TcpListener>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    traffic: Vec<Vec<listener::Socket>>,
     proxy: Arc<Proxy>,
     stop: tokio::sync::watch::Receiver<bool>,
     liveness: Arc<crate::liveness::Heartbeats>,
@@ -433,10 +510,9 @@ fn start_workers(
     };
     let (exited_tx, exited) = tokio::sync::mpsc::unbounded_channel();
     let mut threads = Vec::with_capacity(traffic.len());
-    for (i, socket) in traffic.into_iter().enumerate() {
+    for (i, sockets) in traffic.into_iter().enumerate() {
         let worker = listener::Worker {
-            socket,
-            tls: tls.clone(),
+            sockets,
             proxy: proxy.clone(),
             cfg: cfg.clone(),
             drain: args.drain_timeout,
@@ -468,8 +544,72 @@ fn default_workers() -> usize {
 mod tests {
     use clap::Parser;
 
-    use super::Args;
+    use super::{Args, ListenSpec, listen_spec};
     use crate::codec::Http1Codec;
+
+    #[test]
+    fn listen_values_are_an_address_and_optionally_the_gateway_port() {
+        let spec = |addr: &str, port| ListenSpec {
+            addr: addr.parse().unwrap(),
+            port,
+        };
+        assert_eq!(listen_spec("0.0.0.0:8080"), Ok(spec("0.0.0.0:8080", None)));
+        assert_eq!(
+            listen_spec("0.0.0.0:8443=443"),
+            Ok(spec("0.0.0.0:8443", Some(443)))
+        );
+        assert_eq!(listen_spec("[::]:8080=80"), Ok(spec("[::]:8080", Some(80))));
+        assert_eq!(
+            listen_spec(" 127.0.0.1:0=80 "),
+            Ok(spec("127.0.0.1:0", Some(80)))
+        );
+        for bad in [
+            "",
+            "8080",
+            "localhost:80",
+            "0.0.0.0:80=",
+            "0.0.0.0:80=0",
+            "0.0.0.0:80=x",
+            "0.0.0.0:80=70000",
+        ] {
+            assert!(listen_spec(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(
+            listen_spec("0.0.0.0:80=http").unwrap_err(),
+            "\"http\" after 0.0.0.0:80= is not a port between 1 and 65535"
+        );
+    }
+
+    #[test]
+    fn listen_keeps_its_default_and_repeats() {
+        let listen = |args: &[&str]| {
+            Args::try_parse_from(std::iter::once("dataplane").chain(args.iter().copied()))
+                .map(|a| a.listen)
+                .map_err(|e| e.to_string())
+        };
+        let spec = |addr: &str, port| ListenSpec {
+            addr: addr.parse().unwrap(),
+            port,
+        };
+        assert_eq!(listen(&[]), Ok(vec![spec("127.0.0.1:8080", None)]));
+        assert_eq!(
+            listen(&["--listen", "0.0.0.0:9000"]),
+            Ok(vec![spec("0.0.0.0:9000", None)])
+        );
+        assert_eq!(
+            listen(&[
+                "--listen",
+                "0.0.0.0:8080=80",
+                "--listen",
+                "0.0.0.0:8443=443"
+            ]),
+            Ok(vec![
+                spec("0.0.0.0:8080", Some(80)),
+                spec("0.0.0.0:8443", Some(443))
+            ])
+        );
+        assert!(listen(&["--listen", "0.0.0.0:8080=x"]).is_err());
+    }
 
     #[test]
     fn the_http1_codec_flags_keep_their_names_and_values() {

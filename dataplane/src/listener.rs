@@ -1,6 +1,12 @@
 //! Accepts downstream connections (HTTP/1.1, h2c, and TLS with ALPN when a certificate is
 //! given) and hands each request to the proxy. Stops accepting on shutdown and lets
 //! in-flight requests finish.
+//!
+//! Each socket serves one Gateway listener port. While the table in force has listeners,
+//! that port's listener decides how a connection is served: `Https` terminates TLS with the
+//! listener's certificates, `Http` is plain, and a port with no listener has its connections
+//! closed at once. A table without listeners serves every socket alike (TLS when `--tls` or
+//! `--tls-cert` is given).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -11,11 +17,25 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use parapet_crds::snapshot::ListenerProtocol;
+
 use crate::{
     codec::Http1Codec,
-    downstream::{self, Drain, Protocol},
+    downstream::{self, Drain, Protocol, Shared},
     proxy::{ConnInfo, Proxy},
 };
+
+/// One traffic socket and how its connections are served.
+pub struct Socket<L = std::net::TcpListener> {
+    pub listener: L,
+    /// The Gateway listener port its connections are routed with.
+    pub port: u16,
+    /// TLS for tables without listeners (`--tls`, `--tls-cert`); `None`: plain.
+    pub tls: Option<TlsAcceptor>,
+    /// TLS with the certificates of listener `port`, for tables whose listener on it is
+    /// `Https`.
+    pub listener_tls: TlsAcceptor,
+}
 
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
@@ -76,15 +96,15 @@ pub fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// One traffic worker: a thread with its own single-threaded runtime and listening socket.
+/// One traffic worker: a thread with its own single-threaded runtime and listening sockets.
 ///
 /// Thread-per-core instead of one work-stealing runtime: a connection's tasks (downstream
 /// connection, request, upstream connections it opens) stay on one thread, so wake-ups are
 /// local and need no cross-thread synchronisation. Measured on the 1-worker benchmark: about
 /// 15% less CPU per request and a lower p99 than tokio's multi-threaded scheduler.
 pub struct Worker {
-    pub socket: std::net::TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    /// This worker's socket for each `--listen` address.
+    pub sockets: Vec<Socket>,
     pub proxy: Arc<Proxy>,
     pub cfg: ListenerConfig,
     pub drain: Duration,
@@ -101,8 +121,7 @@ impl Worker {
             .enable_all()
             .build()?;
         let Worker {
-            socket,
-            tls,
+            sockets,
             proxy,
             cfg,
             drain,
@@ -110,7 +129,17 @@ impl Worker {
             heartbeat,
         } = self;
         rt.block_on(async move {
-            let listener = TcpListener::from_std(socket)?;
+            let sockets = sockets
+                .into_iter()
+                .map(|s| {
+                    Ok(Socket {
+                        listener: TcpListener::from_std(s.listener)?,
+                        port: s.port,
+                        tls: s.tls,
+                        listener_tls: s.listener_tls,
+                    })
+                })
+                .collect::<std::io::Result<Vec<_>>>()?;
             // Ends with the runtime.
             tokio::spawn(crate::upstream::http1::sweep_idle());
             tokio::spawn(heartbeat.0.beat(heartbeat.1));
@@ -118,16 +147,16 @@ impl Worker {
                 // An error means the sender is gone: the process is ending anyway.
                 let _ = stop.wait_for(|s| *s).await;
             };
-            serve(listener, tls, proxy, cfg, shutdown, drain).await;
+            serve(sockets, proxy, cfg, shutdown, drain).await;
             Ok(())
         })
     }
 }
 
-/// Serves until `shutdown` resolves, then waits up to `drain` for open connections.
+/// Serves every socket until `shutdown` resolves, then waits up to `drain` for open
+/// connections.
 pub async fn serve(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    sockets: Vec<Socket<TcpListener>>,
     proxy: Arc<Proxy>,
     cfg: ListenerConfig,
     shutdown: impl std::future::Future<Output = ()>,
@@ -146,30 +175,59 @@ pub async fn serve(
         },
     ));
     let connections = Drain::default();
-    tokio::pin!(shutdown);
+    {
+        // The accept loops never end by themselves; dropping them stops accepting.
+        let accepting = futures::future::join_all(
+            sockets
+                .iter()
+                .map(|s| accept(s, &shared, &connections, cfg.header_read_timeout)),
+        );
+        tokio::select! {
+            () = shutdown => {}
+            _ = accepting => {}
+        }
+    }
+    drop(sockets);
+    tracing::info!(
+        drain_secs = drain.as_secs_f64(),
+        "listener closed; draining open connections"
+    );
+    tokio::select! {
+        () = connections.drain() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}
+
+/// Accepts on one socket, each connection served by a task of its own.
+async fn accept(
+    socket: &Socket<TcpListener>,
+    shared: &Arc<Shared>,
+    connections: &Drain,
+    handshake_timeout: Duration,
+) {
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, peer) = match socket.listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(tls) = connection_tls(socket, shared) else {
+            tracing::debug!(%peer, port = socket.port, "connection closed: the table has no listener on this port");
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let signal = connections.signal();
-        let tls = tls.clone();
-        let handshake_timeout = cfg.header_read_timeout;
+        let info = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+            port: socket.port,
+        };
         tokio::spawn(async move {
-            let info = ConnInfo {
-                peer,
-                tls: tls.is_some(),
-            };
             match tls {
                 None => downstream::serve(stream, shared, info, signal, Protocol::Sniff).await,
                 Some(acceptor) => {
@@ -199,14 +257,18 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
-    tracing::info!(
-        drain_secs = drain.as_secs_f64(),
-        "listener closed; draining open connections"
-    );
-    tokio::select! {
-        () = connections.drain() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+}
+
+/// How a new connection on `socket` is served under the table in force: `Some(None)`
+/// plain, `Some(Some(_))` TLS, `None` not at all (the table has listeners, none on this
+/// port). Read per connection, so a new table applies to the next one.
+fn connection_tls(socket: &Socket<TcpListener>, shared: &Shared) -> Option<Option<TlsAcceptor>> {
+    match shared.proxy.store.load() {
+        Some(table) if table.has_listeners() => match table.listener(socket.port)? {
+            ListenerProtocol::Https => Some(Some(socket.listener_tls.clone())),
+            ListenerProtocol::Http => Some(None),
+        },
+        _ => Some(socket.tls.clone()),
     }
 }
 

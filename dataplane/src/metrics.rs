@@ -92,6 +92,12 @@ pub struct RouteReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteResultLabels {
+    pub route: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LaneLabel {
     pub lane: &'static str,
 }
@@ -122,6 +128,8 @@ pub struct Metrics {
     pub snapshot_apply_duration: Histogram,
     pub snapshot_pushes: Family<ReasonLabel, Counter>,
     pub rejected_requests: Family<ReasonLabel, Counter>,
+    /// Mirrored copies by route and result (sent, failed, skipped).
+    pub mirror_requests: Family<RouteResultLabels, Counter>,
     pub ha: HaMetrics,
 }
 
@@ -391,8 +399,15 @@ impl Metrics {
             "Downstream requests refused before routing, by reason",
             rejected_requests.clone(),
         );
+        let mirror_requests = Family::<RouteResultLabels, Counter>::default();
+        registry.register(
+            "mirror_requests",
+            "Copies of requests sent to mirror clusters, by route and result: sent (an answer came), failed (no endpoint, no answer in time, or an error), skipped (the body was streamed, not buffered)",
+            mirror_requests.clone(),
+        );
         let ha = HaMetrics::register(&mut registry);
         Self {
+            mirror_requests,
             cache,
             registry,
             ha,
@@ -535,6 +550,31 @@ impl ClusterMetrics {
             failover_active: m.ha.failover_active.get_or_create(&l).clone(),
             zone_local: locality("local"),
             zone_remote: locality("remote"),
+        }
+    }
+}
+
+/// Handles for one route's mirrors, created only for routes that mirror.
+pub struct MirrorMetrics {
+    pub sent: Counter,
+    pub failed: Counter,
+    pub skipped: Counter,
+}
+
+impl MirrorMetrics {
+    pub fn new(m: &Metrics, route: &str) -> Self {
+        let result = |result| {
+            m.mirror_requests
+                .get_or_create(&RouteResultLabels {
+                    route: route.to_string(),
+                    result,
+                })
+                .clone()
+        };
+        Self {
+            sent: result("sent"),
+            failed: result("failed"),
+            skipped: result("skipped"),
         }
     }
 }

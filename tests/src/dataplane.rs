@@ -25,6 +25,9 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Dataplane {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// Every traffic socket with the Gateway listener port it serves, in `--listen` order
+    /// (the first is `proxy`).
+    pub sockets: Vec<(SocketAddr, u16)>,
     child: Child,
     _stderr: std::thread::JoinHandle<()>,
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -86,9 +89,23 @@ impl Dataplane {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no {k} in {line:?}"))
         };
+        // `listen=ADDR=PORT,ADDR=PORT`
+        let sockets = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .map(|v| {
+                v.split(',')
+                    .map(|s| {
+                        let (addr, port) = s.rsplit_once('=').expect("ADDR=PORT");
+                        (addr.parse().expect("address"), port.parse().expect("port"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Dataplane {
             proxy: field("proxy="),
             admin: field("admin="),
+            sockets,
             child,
             _stderr: echo,
             logs,

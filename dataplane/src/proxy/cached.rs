@@ -58,15 +58,16 @@ impl Origin for RouteOrigin {
         else {
             return outcome_response(Outcome::NoEndpoint, Some(&self.request_id));
         };
+        let route = &self.table.routes[self.route];
         let mut parts = req.into_parts().0;
-        upstream_head(&mut parts, forward, false);
+        upstream_head(&mut parts, forward, route.request_edits.as_ref(), false);
         let mut exchange = Exchange {
             forwarding: forwarding(
                 self.conn,
                 self.authority.as_ref().and_then(|a| a.to_str().ok()),
                 self.trusted,
             ),
-            route: &self.table.routes[self.route],
+            route,
             primary: &self.cluster,
             policy: forward.retry.as_ref(),
             parts,
@@ -85,13 +86,19 @@ impl Origin for RouteOrigin {
         ))
         .await
         {
-            Ok(answer) => upstream(
-                answer,
-                &self.request_id,
-                None,
-                &self.metrics.response_bytes,
-                Some(deadline),
-            ),
+            Ok(mut answer) => {
+                // Edited before the cache keeps it: hits carry the same edits.
+                if let Some(edits) = &route.response_edits {
+                    edits.apply(answer.response.headers_mut());
+                }
+                upstream(
+                    answer,
+                    &self.request_id,
+                    None,
+                    &self.metrics.response_bytes,
+                    Some(deadline),
+                )
+            }
             Err(outcome) => outcome_response(outcome, Some(&self.request_id)),
         }
     }

@@ -34,4 +34,7 @@ impl EdgeConfig {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The Gateway listener port the socket serves (`--listen ADDR=PORT`; by default the
+    /// socket's own port): routing picks that listener's virtual hosts.
+    pub port: u16,
 }

@@ -282,7 +282,8 @@ async fn race(
 }
 
 /// How many attempts the request may make, how long each may take (`None`: until the
-/// deadline), and whether it is the only one. Most requests have one attempt: they keep no
+/// deadline; else the smaller of the retry policy's per-try timeout and the route's backend
+/// timeout), and whether it is the only one. Most requests have one attempt: they keep no
 /// list of endpoints tried, and their head moves instead of being copied.
 fn plan(ex: &Exchange<'_>) -> (u32, Option<Duration>, bool) {
     let max_attempts = ex.policy.map_or(1, |p| p.attempts.max(1));
@@ -290,6 +291,11 @@ fn plan(ex: &Exchange<'_>) -> (u32, Option<Duration>, bool) {
         .policy
         .map(|p| Duration::from_millis(p.per_try_timeout_ms))
         .filter(|d| !d.is_zero());
+    // The route's backend timeout bounds each attempt too: the smaller bound wins.
+    let per_try = match (per_try, ex.route.backend_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     (
         max_attempts,
         per_try,

@@ -5,23 +5,28 @@
 //! 1. **limits**: URI and declared body size; then the **head** (`head.rs`): one reading of
 //!    the authority for the router, the API-key check and the backend, and nothing
 //!    ambiguous (`CONNECT`, repeated `Transfer-Encoding`, dot segments).
-//! 2. **route**: the table in force and the router's match; direct answers end here. The
-//!    rule's `upgrades` decide whether an `Upgrade` is honoured or dropped.
+//! 2. **route**: the table in force and the router's match (with the virtual hosts of the
+//!    connection's Gateway listener port, when the table has listeners); direct answers and
+//!    redirects (`redirect.rs`: a `Location` from the request's URL) end here. The rule's
+//!    `upgrades` decide whether an `Upgrade` is honoured or dropped.
 //! 3. **authenticate** (`auth/`): the rule's API keys; missing → 401, wrong → 403.
 //! 4. **rate limit** (`ratelimit/`): the rule's buckets; 429 with `Retry-After`, or a wait
 //!    in Shape mode. A **fresh cache hit** answers right after this, before admission: hits
 //!    take no lane slot and cost the upstream side nothing.
 //! 5. **admit**: the route's bulkhead and lane (`lanes`); refused requests get 503.
-//! 6. **prepare** (`prepare.rs`): the backend pool by weight, the upstream URI (rewrites),
-//!    the deadline (route timeout, or the client's `x-parapet-timeout-ms` when shorter);
-//!    then the **body** (buffered when small enough to replay).
+//! 6. **prepare** (`prepare.rs`): the backend pool by weight, the upstream URI (prefix or
+//!    full-path rewrites), the deadline (route timeout, or the client's
+//!    `x-parapet-timeout-ms` when shorter); then the **body** (buffered when small enough to
+//!    replay, or to copy to a mirror).
 //! 7. **cache** (`cached.rs`, `cache/`): GET/HEAD of rules with a CachePolicy go through
 //!    the response cache (stale entries, coalesced waits); misses and refreshes come back
 //!    through the forward stage's attempts.
-//! 8. **forward** (`forward.rs`): the upstream head, then endpoint picks, breaker,
-//!    attempts, retries, hedges.
-//! 9. **respond** (`respond.rs`): the upstream response streamed back, or the gateway's
-//!    own problem document.
+//! 8. **forward** (`forward.rs`): the upstream head (with the rule's request header edits,
+//!    `edits.rs`), the **mirrors** (`mirror.rs`: copies sent from tasks of their own, never
+//!    awaited), then endpoint picks, breaker, attempts (each bounded by the backend timeout
+//!    and the retry policy's per-try timeout), retries, hedges.
+//! 9. **respond** (`respond.rs`): the upstream response, with the rule's response header
+//!    edits, streamed back; or the gateway's own problem document (never edited).
 //!
 //! Then `Proxy::finish`, the one place every request ends, early or not: route metrics,
 //! reject counters, the response headers stages left behind, the access log.
@@ -29,15 +34,19 @@
 pub mod body;
 mod cached;
 mod conn;
+mod edits;
 mod forward;
 mod head;
 pub mod headers;
+mod mirror;
 mod prepare;
 pub mod problem;
+mod redirect;
 mod respond;
 
 pub use self::{
     conn::{ConnInfo, EdgeConfig},
+    edits::HeaderEdits,
     headers::X_PARAPET_TIMEOUT_MS,
     prepare::Limits,
 };
@@ -45,7 +54,7 @@ pub use self::{
 use std::{sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use parapet_crds::snapshot::{CachePolicy, ForwardAction, RouteAction};
+use parapet_crds::snapshot::{CachePolicy, ForwardAction, PathMatch, RouteAction};
 use tokio::time::Instant;
 
 use self::{
@@ -211,7 +220,7 @@ impl Proxy {
         let authority_str = authority.as_ref().and_then(|a| a.to_str().ok());
         let host_norm = authority_str.map(normalise_host);
         let host = host_norm.as_deref().unwrap_or("");
-        let routed = self.route(table, &req, host, at, trail)?;
+        let routed = self.route(table, &req, (host, authority_str), at, trail)?;
         trail.key_id = self.authenticate(&mut req, routed.route, at)?;
         if let Some(wait) = self.rate_limit(req.headers(), at, &routed, trail)? {
             // Shape mode: the request waits for its turn.
@@ -287,12 +296,13 @@ impl Proxy {
     }
 
     /// Stage 2, route: the table in force and the router's match. From here on the route's
-    /// metrics count the request (`trail.route`); a direct answer ends it here.
+    /// metrics count the request (`trail.route`); a direct answer or a redirect ends it here.
+    /// `host`: the normalised host, and the authority as the client wrote it.
     fn route<'t>(
         &self,
         table: Option<&'t Arc<Runtime>>,
         req: &Request<DownstreamBody>,
-        host: &str,
+        (host, authority): (&str, Option<&str>),
         at: &Arrival,
         trail: &mut Trail<'t>,
     ) -> Result<Routed<'t>, Early> {
@@ -306,13 +316,16 @@ impl Proxy {
                 ),
             ));
         };
-        let Some(matched) = table.router.route(&RequestInfo {
-            host,
-            path: req.uri().path(),
-            query: req.uri().query(),
-            method: req.method(),
-            headers: req.headers(),
-        }) else {
+        let Some(matched) = table.router.route_on(
+            at.conn.port,
+            &RequestInfo {
+                host,
+                path: req.uri().path(),
+                query: req.uri().query(),
+                method: req.method(),
+                headers: req.headers(),
+            },
+        ) else {
             return Err(Early {
                 response: problem(
                     StatusCode::NOT_FOUND,
@@ -329,6 +342,18 @@ impl Proxy {
                 let status =
                     StatusCode::from_u16(d.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 return Err(Early::answer(problem(status, &d.body, at.rid())));
+            }
+            RouteAction::Redirect(r) => {
+                let origin = redirect::Origin {
+                    tls: at.conn.tls,
+                    authority,
+                    host,
+                    path: req.uri().path(),
+                    query: req.uri().query(),
+                    prefix_len: matches!(matched.route.matcher.path, PathMatch::Prefix(_))
+                        .then_some(matched.prefix_len),
+                };
+                return Err(Early::answer(redirect::answer(r, &origin, at.rid())));
             }
             RouteAction::Forward(f) => f,
         };
@@ -525,8 +550,9 @@ impl Proxy {
         at: &Arrival,
     ) -> Result<RequestBody, Early> {
         let ex = &mut prepared.exchange;
-        let replay =
-            prepared.upgrade.is_none() && (ex.policy.is_some() || ex.hedge_after.is_some());
+        // A mirror gets the body only when it is kept in full.
+        let replay = prepared.upgrade.is_none()
+            && (ex.policy.is_some() || ex.hedge_after.is_some() || ex.route.mirrors.is_some());
         let (body, pace) = prepare::request_body(
             body,
             &self.limits,
@@ -589,9 +615,9 @@ impl Proxy {
         })
     }
 
-    /// Stage 8, forward: the upstream head, then the attempts (`forward.rs`). Not an `async
-    /// fn`: the request awaits the attempts themselves, with no layer around them that would
-    /// move their answer once more.
+    /// Stage 8, forward: the upstream head, the mirrors' copies, then the attempts
+    /// (`forward.rs`). Not an `async fn`: the request awaits the attempts themselves, with no
+    /// layer around them that would move their answer once more.
     fn forward(
         &self,
         prepared: &mut Prepared<'_>,
@@ -599,7 +625,16 @@ impl Proxy {
         routed: &Routed<'_>,
     ) -> impl Future<Output = Result<Answer, Outcome>> {
         let ex = &mut prepared.exchange;
-        prepare::upstream_head(&mut ex.parts, routed.forward, prepared.upgrade.is_some());
+        let upgrade = prepared.upgrade.is_some();
+        prepare::upstream_head(
+            &mut ex.parts,
+            routed.forward,
+            routed.route.request_edits.as_ref(),
+            upgrade,
+        );
+        if let Some(mirrors) = &routed.route.mirrors {
+            mirror::send(ex, &body, mirrors, upgrade);
+        }
         forward::forward(ex, body)
     }
 
@@ -617,7 +652,10 @@ impl Proxy {
         let answered = Instant::now();
         lane.finish_at(answered);
         let response = match result {
-            Ok(answer) => {
+            Ok(mut answer) => {
+                if let Some(edits) = &prepared.exchange.route.response_edits {
+                    edits.apply(answer.response.headers_mut());
+                }
                 let upgrade = prepared.upgrade.take().zip(upgrade_to);
                 // An upgraded connection outlives the route's deadline.
                 let deadline = upgrade.is_none().then_some(prepared.exchange.deadline);

@@ -1,6 +1,7 @@
 //! The prepare stage: what goes upstream. The URI's path (with the rule's rewrite), the
-//! deadline, the request head (hop-by-hop headers out, forwarding headers in, Host), and the
-//! body — buffered when it may have to be sent again.
+//! deadline, the request head (hop-by-hop headers out, forwarding headers in, Host, the
+//! rule's header edits), and the body — buffered when it may have to be sent again (or
+//! copied to a mirror).
 
 use bytes::{Bytes, BytesMut};
 use http::{
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use super::{
     body::{Counted, Pace, Paced, Prefixed},
     conn::ConnInfo,
+    edits::HeaderEdits,
     forward::RequestBody,
     headers::X_PARAPET_TIMEOUT_MS,
     headers::{Forwarding, strip_hop_by_hop},
@@ -42,14 +44,15 @@ impl Default for Limits {
     }
 }
 
-/// The upstream path and query, after the rule's prefix rewrite; `None` if the rewrite
-/// makes an invalid path.
+/// The upstream path and query, after the rule's rewrite (the whole path, or the matched
+/// prefix); `None` if the rewrite makes an invalid path.
 pub(super) fn upstream_path<B>(
     req: &Request<B>,
     forward: &ForwardAction,
     matched: &Matched<'_>,
 ) -> Option<PathAndQuery> {
     let new_path: Option<String> = match (&forward.rewrite, &matched.route.matcher.path) {
+        (Some(rw), _) if rw.full_path.is_some() => rw.full_path.clone(),
         (Some(rw), PathMatch::Prefix(_)) => rw
             .path_prefix
             .as_ref()
@@ -70,7 +73,7 @@ pub(super) fn upstream_path<B>(
 
 /// Replaces the first `prefix_len` bytes of `path` (the matched prefix) with `new_prefix`,
 /// keeping exactly one slash at the seam.
-fn rewrite_prefix(path: &str, prefix_len: usize, new_prefix: &str) -> String {
+pub(super) fn rewrite_prefix(path: &str, prefix_len: usize, new_prefix: &str) -> String {
     let rest = path.get(prefix_len..).unwrap_or("");
     match (new_prefix.ends_with('/'), rest.starts_with('/')) {
         (true, true) => format!("{new_prefix}{}", &rest[1..]),
@@ -105,8 +108,13 @@ pub(super) fn forwarding(conn: ConnInfo, authority: Option<&str>, trusted: bool)
 }
 
 /// The request head as it goes upstream: hop-by-hop headers out, `Host` rewritten when the
-/// rule says so.
-pub(super) fn upstream_head(parts: &mut Parts, forward: &ForwardAction, upgrade: bool) {
+/// rule says so, then the rule's header edits.
+pub(super) fn upstream_head(
+    parts: &mut Parts,
+    forward: &ForwardAction,
+    edits: Option<&HeaderEdits>,
+    upgrade: bool,
+) {
     strip_hop_by_hop(&mut parts.headers, upgrade);
     parts.headers.remove(header::EXPECT);
     // `Host` is already the authority the router read (the head check set it, for HTTP/2
@@ -115,6 +123,9 @@ pub(super) fn upstream_head(parts: &mut Parts, forward: &ForwardAction, upgrade:
         && let Ok(v) = HeaderValue::from_str(h)
     {
         parts.headers.insert(header::HOST, v);
+    }
+    if let Some(edits) = edits {
+        edits.apply(&mut parts.headers);
     }
     parts.version = http::Version::HTTP_11;
 }
@@ -199,6 +210,77 @@ pub(super) async fn request_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_rewrites_match_gateway_api_conformance() {
+        // httproute-rewrite-path: `/prefix/one` → `/one`, `/strip-prefix` → `/`.
+        assert_eq!(rewrite_prefix("/prefix/one/two", 11, "/one"), "/one/two");
+        assert_eq!(rewrite_prefix("/strip-prefix/three", 13, "/"), "/three");
+        assert_eq!(rewrite_prefix("/strip-prefix", 13, "/"), "/");
+        assert_eq!(
+            rewrite_prefix("/prefix/rewrite-path-and-modify-headers/one", 39, "/prefix"),
+            "/prefix/one"
+        );
+    }
+
+    fn forward(rewrite: serde_json::Value) -> ForwardAction {
+        serde_json::from_value(serde_json::json!({
+            "backends": [], "timeoutMs": 1000, "rewrite": rewrite
+        }))
+        .unwrap()
+    }
+
+    fn route(path: PathMatch) -> parapet_crds::snapshot::Route {
+        parapet_crds::snapshot::Route {
+            name: "r".into(),
+            matcher: parapet_crds::snapshot::RouteMatcher {
+                path,
+                methods: Vec::new(),
+                headers: Vec::new(),
+                query_params: Vec::new(),
+            },
+            action: parapet_crds::snapshot::RouteAction::DirectResponse(
+                parapet_crds::snapshot::DirectResponse {
+                    status: 200,
+                    body: String::new(),
+                },
+            ),
+        }
+    }
+
+    #[test]
+    fn a_full_path_rewrite_replaces_the_path_and_keeps_the_query() {
+        let prefix = route(PathMatch::Prefix("/full/one".into()));
+        let matched = Matched {
+            route: &prefix,
+            index: 0,
+            prefix_len: 9,
+        };
+        let req = |uri: &str| Request::get(uri).body(()).unwrap();
+        let full = forward(serde_json::json!({"fullPath": "/one"}));
+        assert_eq!(
+            upstream_path(&req("/full/one/two?x=1&y"), &full, &matched).unwrap(),
+            "/one?x=1&y"
+        );
+        assert_eq!(
+            upstream_path(&req("/full/one"), &full, &matched).unwrap(),
+            "/one"
+        );
+        // Any route kind: an exact or regex route has no prefix, but a whole path to replace.
+        let exact = route(PathMatch::Exact("/a".into()));
+        let matched = Matched {
+            route: &exact,
+            index: 0,
+            prefix_len: 0,
+        };
+        assert_eq!(upstream_path(&req("/a"), &full, &matched).unwrap(), "/one");
+        // No rewrite: the path as it came.
+        let none = forward(serde_json::Value::Null);
+        assert_eq!(
+            upstream_path(&req("/a?q"), &none, &matched).unwrap(),
+            "/a?q"
+        );
+    }
 
     #[test]
     fn prefix_rewrite_keeps_one_slash() {

@@ -90,9 +90,12 @@ pub struct Router {
     routes: Vec<Route>,
     /// Parallel to `routes`.
     compiled: Vec<CompiledRoute>,
-    /// Parallel to the table's virtual hosts.
+    /// Parallel to the table's virtual hosts, then each listener's.
     hosts: Vec<HostRoutes>,
+    /// The table's own virtual hosts (`Table::virtual_hosts`).
     host_index: HostIndex,
+    /// Each listener's virtual hosts, by Gateway port; empty when the table has none.
+    listeners: Vec<(u16, HostIndex)>,
 }
 
 #[derive(Debug)]
@@ -126,12 +129,28 @@ impl Router {
     pub fn new(table: &Table) -> Result<Self, RouterError> {
         let mut routes = Vec::with_capacity(table.route_count());
         let mut compiled = Vec::with_capacity(table.route_count());
-        let mut hosts = Vec::with_capacity(table.virtual_hosts.len());
+        let mut hosts = Vec::with_capacity(table.all_virtual_hosts().count());
         let mut host_index = HostIndex::default();
+        let mut listeners: Vec<(u16, HostIndex)> = table
+            .listeners
+            .iter()
+            .map(|l| (l.port, HostIndex::default()))
+            .collect();
         let mut regexes = RegexCache::default();
+        // Which host index each virtual host goes in: the table's, then each listener's.
+        let groups = std::iter::repeat_n(None, table.virtual_hosts.len()).chain(
+            table
+                .listeners
+                .iter()
+                .enumerate()
+                .flat_map(|(i, l)| std::iter::repeat_n(Some(i), l.virtual_hosts.len())),
+        );
 
-        for (h, vh) in table.virtual_hosts.iter().enumerate() {
-            host_index.insert(Domain::parse(&vh.domain), h);
+        for (h, (vh, group)) in table.all_virtual_hosts().zip(groups).enumerate() {
+            match group {
+                None => host_index.insert(Domain::parse(&vh.domain), h),
+                Some(l) => listeners[l].1.insert(Domain::parse(&vh.domain), h),
+            }
             let mut host = HostRoutes::default();
             let mut path_regexes: Vec<(usize, &str)> = Vec::new();
             for route in &vh.routes {
@@ -173,17 +192,33 @@ impl Router {
             compiled,
             hosts,
             host_index,
+            listeners,
         })
     }
 
-    /// The route that serves `req`, if any.
+    /// The route that serves `req` with the table's own virtual hosts, if any.
     pub fn route(&self, req: &RequestInfo<'_>) -> Option<Matched<'_>> {
+        self.route_in(&self.host_index, req)
+    }
+
+    /// The route that serves `req` arriving on Gateway port `port`: with that listener's
+    /// virtual hosts when the table has listeners (none when it has none for the port),
+    /// else with the table's own.
+    pub fn route_on(&self, port: u16, req: &RequestInfo<'_>) -> Option<Matched<'_>> {
+        if self.listeners.is_empty() {
+            return self.route(req);
+        }
+        let (_, index) = self.listeners.iter().find(|(p, _)| *p == port)?;
+        self.route_in(index, req)
+    }
+
+    fn route_in(&self, index: &HostIndex, req: &RequestInfo<'_>) -> Option<Matched<'_>> {
         let (path, query) = match req.path.split_once('?') {
             Some((path, query)) => (path, req.query.or(Some(query))),
             None => (req.path, req.query),
         };
         let host = host::normalize(req.host);
-        let host = &self.hosts[self.host_index.lookup(&host)?];
+        let host = &self.hosts[index.lookup(&host)?];
         let index = host.find(path, |i| {
             self.compiled[i]
                 .conditions

@@ -725,3 +725,67 @@ fn large_table_lookup_speed() {
         );
     }
 }
+
+#[test]
+fn listeners_route_each_port_with_its_own_hosts() {
+    use parapet_crds::snapshot::{Listener, ListenerProtocol};
+    let listener = |port, hosts: Vec<(&str, Vec<Route>)>| Listener {
+        port,
+        protocol: ListenerProtocol::Http,
+        virtual_hosts: table(hosts).virtual_hosts,
+    };
+    let mut t = table(vec![("*", vec![prefix("own", "/")])]);
+    let r = Router::new(&t).unwrap();
+    let get = |r: &Router, port, line: &str| {
+        r.route_on(port, &req(line).info())
+            .map(|m| (m.route.name.clone(), m.index))
+    };
+    // No listeners: every port serves the table's own hosts.
+    assert_eq!(get(&r, 80, "GET a.example /x"), Some(("own".into(), 0)));
+    assert_eq!(get(&r, 443, "GET a.example /x"), Some(("own".into(), 0)));
+
+    t.listeners = vec![
+        listener(80, vec![("*", vec![prefix("http-any", "/")])]),
+        listener(
+            443,
+            vec![
+                (
+                    "secure.example",
+                    vec![exact("https-exact", "/a"), prefix("https-prefix", "/b")],
+                ),
+                ("*.example", vec![prefix("https-wild", "/")]),
+            ],
+        ),
+    ];
+    let r = Router::new(&t).unwrap();
+    assert_eq!(r.route_count(), 5);
+    // Indexes run over the table's hosts, then each listener's, in order.
+    assert_eq!(
+        get(&r, 80, "GET a.example /x"),
+        Some(("http-any".into(), 1))
+    );
+    assert_eq!(
+        get(&r, 443, "GET secure.example /a"),
+        Some(("https-exact".into(), 2))
+    );
+    assert_eq!(
+        get(&r, 443, "GET secure.example /b/c"),
+        Some(("https-prefix".into(), 3))
+    );
+    assert_eq!(
+        get(&r, 443, "GET other.example /a"),
+        Some(("https-wild".into(), 4))
+    );
+    // Only the port's own hosts: no fallback to another listener's or the table's.
+    assert_eq!(get(&r, 443, "GET secure.example /x"), None);
+    assert_eq!(get(&r, 443, "GET a.test /"), None);
+    assert_eq!(get(&r, 8080, "GET a.example /x"), None);
+    // `route` still reads the table's own hosts.
+    assert_eq!(
+        r.route(&req("GET a.example /x").info()).unwrap().route.name,
+        "own"
+    );
+    for (i, route) in r.routes() {
+        assert_eq!(r.get(i).unwrap().name, route.name);
+    }
+}

@@ -77,14 +77,12 @@ impl LiveState {
         let clusters: HashSet<&str> = table.clusters.iter().map(|c| c.name.as_str()).collect();
         lock(&self.clusters).retain(|k, _| clusters.contains(k.as_str()));
         let routes: HashSet<&str> = table
-            .virtual_hosts
-            .iter()
+            .all_virtual_hosts()
             .flat_map(|v| v.routes.iter().map(|r| r.name.as_str()))
             .collect();
         lock(&self.routes).retain(|k, _| routes.contains(k.as_str()));
         let limited: HashSet<&str> = table
-            .virtual_hosts
-            .iter()
+            .all_virtual_hosts()
             .flat_map(|v| v.routes.iter())
             .filter(|r| matches!(&r.action, RouteAction::Forward(f) if f.rate_limit.is_some()))
             .map(|r| r.name.as_str())

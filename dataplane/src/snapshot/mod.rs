@@ -10,6 +10,6 @@ pub use live::{ClusterLive, LiveState, RouteLive};
 pub use persist::{load_persisted, persist};
 pub use runtime::{
     BuildOptions, ClusterRuntime, DEFAULT_BUDGET_MIN_PER_SECOND, DEFAULT_BUDGET_PERCENT,
-    DEFAULT_CACHE_MAX_BYTES, RouteRuntime, Runtime,
+    DEFAULT_CACHE_MAX_BYTES, RouteMirrors, RouteRuntime, Runtime,
 };
 pub use store::{ApplyError, ApplyOutcome, SnapshotStore};

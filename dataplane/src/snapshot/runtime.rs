@@ -4,10 +4,10 @@
 use std::{
     collections::HashMap,
     sync::{Arc, OnceLock, Weak},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
-use parapet_crds::snapshot::{Cluster, RouteAction, Snapshot};
+use parapet_crds::snapshot::{Cluster, ListenerProtocol, RouteAction, Snapshot};
 
 use super::live::{ClusterLive, LiveState, RouteLive};
 use crate::{
@@ -17,11 +17,12 @@ use crate::{
     endpoint::{Availability, EndpointRegistry},
     hedge::{HedgeConfig, HedgePlan},
     lanes::RouteLaneSettings,
-    metrics::{ClusterMetrics, Metrics, RouteMetrics},
+    metrics::{ClusterMetrics, Metrics, MirrorMetrics, RouteMetrics},
     outlier::ClusterOutlier,
+    proxy::HeaderEdits,
     ratelimit::{PodLimit, RateLimiter},
     router::{Router, RouterError},
-    tls::{CertMap, cert_map},
+    tls::{TableCerts, table_certs},
     upstream::{ClientPool, UpstreamClient, http1::Http1Client},
 };
 
@@ -99,6 +100,21 @@ pub struct RouteRuntime {
     pub api_keys: Option<ApiKeys>,
     /// The rule's buckets (`rateLimit`), this pod's share.
     pub rate_limit: Option<Arc<RateLimiter>>,
+    /// Edits to the request before it goes upstream (`requestHeaders`).
+    pub request_edits: Option<HeaderEdits>,
+    /// Edits to the upstream's response (`responseHeaders`).
+    pub response_edits: Option<HeaderEdits>,
+    /// Bound on each attempt (`backendTimeoutMs`).
+    pub backend_timeout: Option<Duration>,
+    /// Where copies of the route's requests go; `None` for routes that do not mirror.
+    pub mirrors: Option<Box<RouteMirrors>>,
+}
+
+/// A route's mirrors: each cluster with the share of requests it gets, in parts per
+/// million.
+pub struct RouteMirrors {
+    pub targets: Vec<(Arc<ClusterRuntime>, u32)>,
+    pub metrics: MirrorMetrics,
 }
 
 pub struct Runtime {
@@ -109,9 +125,9 @@ pub struct Runtime {
     pub clusters: HashMap<String, Arc<ClusterRuntime>>,
     /// Cache policies by name, as routes name them.
     pub cache_policies: HashMap<String, Arc<parapet_crds::snapshot::CachePolicy>>,
-    /// TLS certificates by virtual-host domain, for SNI selection (installed in the store's
-    /// `Certificates` with the table).
-    pub certs: Arc<CertMap>,
+    /// TLS certificates by virtual-host domain (per listener, too), for SNI selection
+    /// (installed in the store's `Certificates` with the table).
+    pub certs: Arc<TableCerts>,
     /// The zone this table's balancers were built for.
     pub zone: Option<String>,
 }
@@ -216,8 +232,27 @@ impl Runtime {
                 let mut budget = (DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_MIN_PER_SECOND);
                 let (mut api_keys, mut rate_limit) = (None, None);
                 let (mut own_hedge, mut own_lanes) = (None, None);
+                let (mut request_edits, mut response_edits) = (None, None);
+                let (mut backend_timeout, mut mirrors) = (None, None);
                 if let RouteAction::Forward(f) = &route.action {
                     (own_hedge, own_lanes) = (f.hedge.as_ref(), f.lanes.as_ref());
+                    request_edits = HeaderEdits::new(&f.request_headers);
+                    response_edits = HeaderEdits::new(&f.response_headers);
+                    backend_timeout = f
+                        .backend_timeout_ms
+                        .map(|ms| Duration::from_millis(ms.max(1)));
+                    let targets: Vec<_> = f
+                        .mirrors
+                        .iter()
+                        .filter(|m| m.per_million > 0)
+                        .filter_map(|m| Some((clusters.get(&m.cluster)?.clone(), m.per_million)))
+                        .collect();
+                    if !targets.is_empty() {
+                        mirrors = Some(Box::new(RouteMirrors {
+                            targets,
+                            metrics: MirrorMetrics::new(metrics, &route.name),
+                        }));
+                    }
                     if let Some(check) = &f.api_keys {
                         // An unusable header name leaves a checker with no keys: every
                         // request is refused rather than let through.
@@ -264,6 +299,10 @@ impl Runtime {
                     hedge: HedgePlan::resolve(&route.name, own_hedge, &options.hedge),
                     api_keys,
                     rate_limit,
+                    request_edits,
+                    response_edits,
+                    backend_timeout,
+                    mirrors,
                 }
             })
             .collect();
@@ -274,7 +313,7 @@ impl Runtime {
             .map(|p| (p.name.clone(), Arc::new(p.clone())))
             .collect();
         Ok(Self {
-            certs: Arc::new(cert_map(&snapshot.table)),
+            certs: Arc::new(table_certs(&snapshot.table)),
             zone: options.zone.clone(),
             cache_policies,
             snapshot,
@@ -291,6 +330,21 @@ impl Runtime {
 
     pub fn hash(&self) -> &str {
         &self.snapshot.hash
+    }
+
+    /// Whether the table serves a Gateway's listeners (routes and TLS per port).
+    pub fn has_listeners(&self) -> bool {
+        !self.snapshot.table.listeners.is_empty()
+    }
+
+    /// The protocol of the listener on Gateway port `port`, if the table has one.
+    pub fn listener(&self, port: u16) -> Option<ListenerProtocol> {
+        self.snapshot
+            .table
+            .listeners
+            .iter()
+            .find(|l| l.port == port)
+            .map(|l| l.protocol)
     }
 }
 

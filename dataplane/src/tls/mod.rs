@@ -1,7 +1,9 @@
 //! TLS termination: the certificate for each handshake is picked by SNI from the table in
 //! force (`VirtualHost.tls`), so a pushed or reloaded table rotates certificates with no
 //! restart, and connections already open keep the session they negotiated. `--tls-cert`
-//! is the fallback for names the table has no certificate for. TLS 1.2 and 1.3 only, ALPN
+//! is the fallback for names the table has no certificate for. A table with listeners has
+//! certificates per Gateway port: a socket serving an `Https` listener offers only those of
+//! that listener's virtual hosts. TLS 1.2 and 1.3 only, ALPN
 //! h2 and http/1.1, and the ring provider only.
 //!
 //! Handshakes read [`Certificates`], which the snapshot store swaps whole when it installs a
@@ -41,11 +43,45 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<Cert
     Ok(Arc::new(ck))
 }
 
+/// A table's certificates: those of its own virtual hosts, and those of each listener's
+/// (a listener's connections only ever see its own).
+#[derive(Debug, Default)]
+pub struct TableCerts {
+    pub hosts: CertMap,
+    /// By Gateway port, as the table orders its listeners.
+    pub listeners: Vec<(u16, CertMap)>,
+}
+
+impl TableCerts {
+    /// The certificates of connections on Gateway port `port`: the listener's when `port`
+    /// is given, else the table's own.
+    fn map(&self, port: Option<u16>) -> Option<&CertMap> {
+        match port {
+            None => Some(&self.hosts),
+            Some(port) => self
+                .listeners
+                .iter()
+                .find(|(p, _)| *p == port)
+                .map(|(_, m)| m),
+        }
+    }
+}
+
 /// The table's certificates; hosts whose certificate does not parse are skipped (and
 /// logged): their handshakes use the fallback or fail, other hosts are unaffected.
-pub fn cert_map(table: &parapet_crds::snapshot::Table) -> CertMap {
-    table
-        .virtual_hosts
+pub fn table_certs(table: &parapet_crds::snapshot::Table) -> TableCerts {
+    TableCerts {
+        hosts: cert_map(&table.virtual_hosts),
+        listeners: table
+            .listeners
+            .iter()
+            .map(|l| (l.port, cert_map(&l.virtual_hosts)))
+            .collect(),
+    }
+}
+
+fn cert_map(hosts: &[parapet_crds::snapshot::VirtualHost]) -> CertMap {
+    hosts
         .iter()
         .filter_map(|vh| {
             let pair = vh.tls.as_ref()?;
@@ -74,17 +110,23 @@ pub fn lookup<'m>(map: &'m CertMap, name: &str) -> Option<&'m Arc<CertifiedKey>>
 /// The certificates of the table in force (empty before the first table), replaced whole by
 /// [`install`](Self::install) when a table is installed.
 #[derive(Debug, Default)]
-pub struct Certificates(ArcSwap<CertMap>);
+pub struct Certificates(ArcSwap<TableCerts>);
 
 impl Certificates {
-    /// Serves `map` from the next handshake on; handshakes under way keep the map they read.
-    pub fn install(&self, map: Arc<CertMap>) {
-        self.0.store(map);
+    /// Serves `certs` from the next handshake on; handshakes under way keep what they read.
+    pub fn install(&self, certs: Arc<TableCerts>) {
+        self.0.store(certs);
     }
 
-    /// The certificate for a server name in the map in force (see [`lookup`]).
+    /// The certificate for a server name among the table's own hosts (see [`lookup`]).
     pub fn get(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        lookup(&self.0.load(), name).cloned()
+        self.get_on(None, name)
+    }
+
+    /// The certificate for a server name on Gateway port `port` (the listener's hosts), or
+    /// among the table's own hosts when `port` is `None`.
+    pub fn get_on(&self, port: Option<u16>, name: &str) -> Option<Arc<CertifiedKey>> {
+        lookup(self.0.load().map(port)?, name).cloned()
     }
 }
 
@@ -93,13 +135,16 @@ impl Certificates {
 pub struct SniResolver {
     certs: Arc<Certificates>,
     fallback: Option<Arc<CertifiedKey>>,
+    /// The Gateway port whose listener's certificates this socket serves; `None`: the
+    /// table's own.
+    port: Option<u16>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         hello
             .server_name()
-            .and_then(|name| self.certs.get(name))
+            .and_then(|name| self.certs.get_on(self.port, name))
             .or_else(|| self.fallback.clone())
     }
 }
@@ -109,12 +154,26 @@ pub fn acceptor(
     certs: Arc<Certificates>,
     fallback: Option<Arc<CertifiedKey>>,
 ) -> anyhow::Result<TlsAcceptor> {
+    acceptor_on(certs, fallback, None)
+}
+
+/// As [`acceptor`], with the certificates of the listener on Gateway port `port` (when
+/// given) instead of the table's own.
+pub fn acceptor_on(
+    certs: Arc<Certificates>,
+    fallback: Option<Arc<CertifiedKey>>,
+    port: Option<u16>,
+) -> anyhow::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS 1.2 and 1.3 are supported")?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { certs, fallback }));
+        .with_cert_resolver(Arc::new(SniResolver {
+            certs,
+            fallback,
+            port,
+        }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }

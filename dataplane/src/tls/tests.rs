@@ -6,7 +6,7 @@ use rustls::{
     sign::{CertifiedKey, Signer, SigningKey},
 };
 
-use super::{CertMap, Certificates};
+use super::{CertMap, Certificates, TableCerts};
 
 /// A key that never signs: lookups only compare which certificate comes back.
 #[derive(Debug)]
@@ -29,13 +29,18 @@ fn key(tag: u8) -> Arc<CertifiedKey> {
     ))
 }
 
-fn map(entries: &[(&str, &Arc<CertifiedKey>)]) -> Arc<CertMap> {
-    Arc::new(
-        entries
-            .iter()
-            .map(|(d, k)| (d.to_string(), Arc::clone(k)))
-            .collect(),
-    )
+fn certs(entries: &[(&str, &Arc<CertifiedKey>)]) -> CertMap {
+    entries
+        .iter()
+        .map(|(d, k)| (d.to_string(), Arc::clone(k)))
+        .collect()
+}
+
+fn map(entries: &[(&str, &Arc<CertifiedKey>)]) -> Arc<TableCerts> {
+    Arc::new(TableCerts {
+        hosts: certs(entries),
+        listeners: Vec::new(),
+    })
 }
 
 #[test]
@@ -57,4 +62,29 @@ fn an_installed_map_is_served_on_the_next_lookup() {
     // A map without the name takes it away.
     certs.install(map(&[]));
     assert!(certs.get("api.example").is_none());
+}
+
+#[test]
+fn a_listener_port_sees_only_its_own_certificates() {
+    let (table, https, other) = (key(1), key(2), key(3));
+    let store = Certificates::default();
+    store.install(Arc::new(TableCerts {
+        hosts: certs(&[("api.example", &table)]),
+        listeners: vec![
+            (443, certs(&[("*", &https)])),
+            (8443, certs(&[("other.example", &other)])),
+        ],
+    }));
+    assert!(Arc::ptr_eq(&store.get("api.example").unwrap(), &table));
+    assert!(Arc::ptr_eq(
+        &store.get_on(Some(443), "api.example").unwrap(),
+        &https
+    ));
+    assert!(store.get_on(Some(8443), "api.example").is_none());
+    assert!(Arc::ptr_eq(
+        &store.get_on(Some(8443), "other.example").unwrap(),
+        &other
+    ));
+    // A port with no listener has no certificates.
+    assert!(store.get_on(Some(80), "api.example").is_none());
 }
