@@ -703,6 +703,9 @@ fn pod_template(
     annotations.insert(SECRET_HASH_ANNOTATION.into(), secret_hash);
     let spec = pod.spec.get_or_insert_default();
     spec.service_account_name = Some(gw.name.clone());
+    // The deprecated alias, which the API server fills in on read: left to it, or it
+    // would name the default fleet's account.
+    spec.service_account = None;
     spec.automount_service_account_token = Some(false);
     let sc = spec
         .security_context

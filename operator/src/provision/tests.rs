@@ -25,6 +25,7 @@ fn default_deployment() -> Deployment {
                 },
                 "spec": {
                     "serviceAccountName": "parapet-dataplane",
+                    "serviceAccount": "parapet-dataplane",
                     "automountServiceAccountToken": false,
                     "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
                         "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -472,6 +473,7 @@ fn provision_pod_template_gets_the_sysctl_its_own_account_and_rolls_without_unav
     // The rest of the default fleet's pod security context is kept.
     assert_eq!(sc.run_as_user, Some(65532));
     assert_eq!(pod.service_account_name.as_deref(), Some("edge"));
+    assert_eq!(pod.service_account, None);
     assert_eq!(pod.automount_service_account_token, Some(false));
     assert_eq!(pod.termination_grace_period_seconds, Some(35));
     assert_eq!(
