@@ -404,8 +404,9 @@ fn check_safe_defaults(docs: &[Value], ns: &str) -> Result<()> {
     );
     ensure!(ingress.len() == 2, "{ingress:?}");
 
-    // Secret RBAC: list/watch cluster-wide (labels cannot be granted), and in the release
-    // namespace create (unnamed, as Kubernetes requires) plus get/update of the two Secrets.
+    // Secret RBAC: list/watch cluster-wide (labels cannot be granted), write access for
+    // the Gateway fleets' copies of the snapshot credentials, and in the release namespace
+    // create (unnamed, as Kubernetes requires) plus get/update of the two Secrets.
     let cluster_role = one(docs, "ClusterRole", &format!("{ns}-parapet-operator"))?;
     let secret_rules = |role: &Value| -> Vec<Value> {
         role["rules"]
@@ -422,7 +423,11 @@ fn check_safe_defaults(docs: &[Value], ns: &str) -> Result<()> {
     };
     ensure!(
         secret_rules(cluster_role)
-            == [json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]})],
+            == [
+                json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}),
+                json!({"apiGroups": [""], "resources": ["services", "serviceaccounts", "secrets"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}),
+            ],
         "{:?}",
         secret_rules(cluster_role)
     );
@@ -437,6 +442,18 @@ fn check_safe_defaults(docs: &[Value], ns: &str) -> Result<()> {
             ],
         "{:?}",
         secret_rules(role)
+    );
+    // Gateway API status, written by update or patch; ReferenceGrants have none.
+    ensure!(
+        cluster_role["rules"]
+            .as_array()
+            .is_some_and(|rules| rules.contains(&json!({
+            "apiGroups": ["gateway.networking.k8s.io"],
+            "resources": ["gatewayclasses/status", "gateways/status", "httproutes/status",
+                "grpcroutes/status"],
+            "verbs": ["update", "patch"]}))),
+        "{}",
+        cluster_role["rules"]
     );
     // And a rolling restart of the data plane (after a renewal), of that Deployment only.
     ensure!(
@@ -1069,35 +1086,49 @@ async fn install_upgrade_uninstall_on_the_api_server() -> Result<()> {
         ("delete", "apiroutes.parapet.dev", None, false),
         ("watch", "endpointslices.discovery.k8s.io", None, true),
         ("list", "secrets", None, true),
-        ("get", "secrets", None, false),
-        ("delete", "secrets", None, false),
-        ("create", "secrets", None, false),
-        // The snapshot CA and certificate: exactly those two by name; create cannot be
-        // limited to a name, so it covers the release namespace.
-        ("get", "secrets/parapet-snapshot-ca", Some(n), true),
-        ("update", "secrets/parapet-snapshot-tls", Some(n), true),
-        ("get", "secrets/parapet-snapshot-token", Some(n), false),
-        ("update", "secrets/parapet-snapshot-token", Some(n), false),
-        ("patch", "secrets/parapet-snapshot-ca", Some(n), false),
-        ("delete", "secrets/parapet-snapshot-ca", Some(n), false),
-        ("create", "secrets", Some(n), true),
-        ("create", "secrets", Some("default"), false),
+        // Gateway API: read the kinds (their status is checked in the rendered rules),
+        // Namespaces and the GatewayClass parameters (ConfigMaps); never write Gateways.
         (
-            "update",
-            "secrets/parapet-snapshot-tls",
-            Some("default"),
+            "watch",
+            "gatewayclasses.gateway.networking.k8s.io",
+            None,
+            true,
+        ),
+        ("list", "gateways.gateway.networking.k8s.io", None, true),
+        (
+            "list",
+            "referencegrants.gateway.networking.k8s.io",
+            None,
+            true,
+        ),
+        ("update", "gateways.gateway.networking.k8s.io", None, false),
+        (
+            "delete",
+            "httproutes.gateway.networking.k8s.io",
+            None,
             false,
         ),
+        ("list", "namespaces", None, true),
+        ("update", "namespaces", None, false),
+        ("get", "configmaps", None, true),
+        ("create", "configmaps", None, false),
+        // Each Gateway's data-plane fleet, in the Gateway's namespace (any namespace): its
+        // Deployment, Service, ServiceAccount, autoscaler, budget and the Secret with its
+        // copy of the snapshot credentials.
+        ("create", "deployments.apps", None, true),
+        ("delete", "services", None, true),
+        ("patch", "serviceaccounts", None, true),
+        ("update", "horizontalpodautoscalers.autoscaling", None, true),
+        ("delete", "poddisruptionbudgets.policy", None, true),
+        ("create", "secrets", Some("default"), true),
+        ("get", "secrets", None, true),
+        ("delete", "secrets", None, true),
+        // Granted by name in the release namespace (and by the ClusterRole as well).
         ("patch", "deployments.apps/parapet-dataplane", Some(n), true),
-        ("patch", "deployments.apps/parapet-operator", Some(n), false),
-        (
-            "update",
-            "deployments.apps/parapet-dataplane",
-            Some(n),
-            false,
-        ),
         ("create", "events.events.k8s.io", None, true),
         ("create", "pods", None, false),
+        ("delete", "pods", None, false),
+        ("update", "statefulsets.apps", None, false),
         ("create", "leases.coordination.k8s.io", Some(n), true),
         (
             "update",

@@ -15,6 +15,7 @@ pub mod index;
 pub mod lease;
 pub mod metrics;
 pub mod pki;
+pub mod provision;
 pub mod push;
 pub mod secrets;
 pub mod snapshot_certs;
