@@ -199,6 +199,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 timeout: args.push_timeout,
                 admin_port_name: args.dataplane_port_name.clone(),
             },
+            provisioner: match (&args.dataplane_deployment, &token) {
+                (Some(deployment), Some(token)) => Some(gateway::provisioner::Provisioner::new(
+                    client.clone(),
+                    args.dataplane_namespace.clone(),
+                    deployment.clone(),
+                    args.dataplane_port_name.clone(),
+                    token.clone(),
+                    args.snapshot_tls_secret.clone(),
+                )),
+                _ => {
+                    tracing::warn!(
+                        "Gateway fleets are not provisioned: they need --dataplane-deployment (the fleet they copy) and --snapshot-token-file"
+                    );
+                    None
+                }
+            },
         };
         tokio::spawn(controller.run());
         tracing::info!(

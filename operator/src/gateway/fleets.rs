@@ -25,7 +25,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{GatewayIndex, Snapshot, compile, status};
+use super::{GatewayIndex, Snapshot, compile, provisioner::Provisioner, status};
 use crate::{
     compile::{Compiled, VersionClock, sources},
     index::{Index, Signal, watch_until_aborted},
@@ -75,18 +75,45 @@ pub struct Controller {
     pub leader: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
     pub push: PushConfig,
+    /// `None`: fleets are not provisioned (no default fleet to copy); Gateways then stay
+    /// without an address.
+    pub provisioner: Option<Provisioner>,
 }
 
+/// What was provisioned last: the Gateways and classes (with generations), and when.
+struct Provisioned {
+    seen: Vec<(String, String, i64)>,
+    at: tokio::time::Instant,
+}
+
+/// Fleets are provisioned again when Gateways or classes change, and at least this often.
+const PROVISION_EVERY: Duration = Duration::from_secs(30);
+
 impl Controller {
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         self.gateways.wait_ready().await;
         tracing::info!("Gateway API caches synced");
         let republish = Arc::new(Notify::new());
         let mut fleets: BTreeMap<(String, String), GatewayFleet> = BTreeMap::new();
+        let mut provisioned: Option<Provisioned> = None;
+        let mut invalid_classes = BTreeMap::new();
         loop {
             let snap = Snapshot::read(&self.index, &self.gateways);
-            let out = compile(&self.index, &snap);
+            let mut out = compile(&self.index, &snap);
             self.publish(&out, &mut fleets, &republish);
+            if *self.leader.borrow() {
+                self.provision(&out, &mut provisioned, &mut invalid_classes)
+                    .await;
+            }
+            for c in &mut out.classes {
+                if let Some(why) = invalid_classes.get(&c.name)
+                    && let Some(a) = c.conditions.iter_mut().find(|a| a.kind == "Accepted")
+                {
+                    a.status = false;
+                    a.reason = "InvalidParameters".into();
+                    a.message = why.clone();
+                }
+            }
             if *self.leader.borrow() {
                 status::write(&self.client, &out, &self.gateways, |ns, name| {
                     self.fleet_state(&fleets, ns, name)
@@ -104,6 +131,64 @@ impl Controller {
                 }
                 _ = tokio::time::sleep(TICK) => {}
             }
+        }
+    }
+
+    /// Provisions the accepted Gateways' fleets when Gateways or classes changed since the
+    /// last time, or it is due again; records the classes whose parameters are invalid.
+    async fn provision(
+        &mut self,
+        out: &GatewayOutput,
+        last: &mut Option<Provisioned>,
+        invalid_classes: &mut BTreeMap<String, String>,
+    ) {
+        let Some(p) = self.provisioner.as_mut() else {
+            return;
+        };
+        let accepted: Vec<_> = self
+            .gateways
+            .gateways
+            .state()
+            .into_iter()
+            .filter(|g| {
+                out.gateway(&g.namespace().unwrap_or_default(), &g.name_any())
+                    .is_some_and(|c| c.accepted())
+            })
+            .collect();
+        let classes: Vec<_> = self
+            .gateways
+            .classes
+            .state()
+            .into_iter()
+            .filter(|c| out.classes.iter().any(|o| o.name == c.name_any()))
+            .collect();
+        let mut seen: Vec<(String, String, i64)> = accepted
+            .iter()
+            .map(|g| {
+                (
+                    g.namespace().unwrap_or_default(),
+                    g.name_any(),
+                    g.metadata.generation.unwrap_or(0),
+                )
+            })
+            .chain(classes.iter().map(|c| {
+                (
+                    String::new(),
+                    c.name_any(),
+                    c.metadata.generation.unwrap_or(0),
+                )
+            }))
+            .collect();
+        seen.sort();
+        let due = last
+            .as_ref()
+            .is_none_or(|l| l.seen != seen || l.at.elapsed() >= PROVISION_EVERY);
+        if due {
+            *invalid_classes = p.reconcile(&accepted, &classes).await;
+            *last = Some(Provisioned {
+                seen,
+                at: tokio::time::Instant::now(),
+            });
         }
     }
 

@@ -12,6 +12,7 @@
 //! All of it runs only when the Gateway API CRDs are installed.
 
 pub mod fleets;
+pub mod provisioner;
 pub mod status;
 
 use std::{
