@@ -31,6 +31,10 @@ pub struct Args {
     /// and reloaded on change. Without it, tables come from `PUT /v1/snapshot`.
     #[arg(long, env = "PARAPET_CONFIG")]
     pub config: Option<PathBuf>,
+    /// With --config: the Gateway (NAMESPACE/NAME) whose listeners to serve, when the file
+    /// has more than one of a Parapet GatewayClass.
+    #[arg(long, env = "PARAPET_GATEWAY", requires = "config")]
+    pub gateway: Option<String>,
     /// Address for client traffic: ADDR, or ADDR=PORT where PORT is the Gateway listener
     /// port the socket serves (default: the socket's own port). Repeatable (comma-separated
     /// in PARAPET_LISTEN); every worker accepts on every socket. A table with listeners
@@ -289,10 +293,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(admin.clone().serve(admin_listener));
     if let Some(path) = args.config.clone() {
         // First load before serving, so a newcomer sees errors at once.
-        if let Err(e) = standalone::load(&path, standalone::next_version(0)) {
+        if let Err(e) =
+            standalone::load(&path, standalone::next_version(0), args.gateway.as_deref())
+        {
             tracing::error!(error = %e, "configuration not loaded; fix the file and it is reloaded");
         }
-        tokio::spawn(standalone::watch(path, store.clone(), args.reload_interval));
+        tokio::spawn(standalone::watch(
+            path,
+            args.gateway.clone(),
+            store.clone(),
+            args.reload_interval,
+        ));
     }
     let proxy = proxy(&args, store, metrics)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

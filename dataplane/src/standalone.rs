@@ -1,5 +1,8 @@
 //! Standalone mode: the same resources from a YAML file, compiled with the same compiler,
-//! reloaded when the file changes. A broken file is logged and the old table stays; so is
+//! reloaded when the file changes. Gateway API resources in the file (a GatewayClass of
+//! Parapet's controller, a Gateway, routes, and the Services and EndpointSlices they send
+//! to) are compiled as the operator compiles them, and the Gateway's listeners are served
+//! beside the ApiRoutes. A broken file is logged and the old table stays; so is
 //! a file with no routes (an editor that truncates before it writes can be caught between
 //! the two), unless it says `# parapet: allowEmpty` on a line of its own.
 
@@ -9,24 +12,103 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use parapet_crds::{compiler::compile, manifest::Manifest, snapshot::Snapshot};
+use parapet_crds::{
+    compiler::{
+        compile,
+        gateway::{self, GatewayOutput},
+    },
+    manifest::Manifest,
+    snapshot::{Snapshot, Table},
+};
 
 use crate::snapshot::SnapshotStore;
 
 /// Reads and compiles the file into a snapshot. Errors say which document is wrong.
-pub fn load(path: &Path, version: u64) -> anyhow::Result<Snapshot> {
+/// `gateway` (`namespace/name`) picks the Gateway to serve when the file has several.
+pub fn load(path: &Path, version: u64, gateway: Option<&str>) -> anyhow::Result<Snapshot> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let manifest =
         Manifest::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let out = compile(&manifest.inputs());
+    let inputs = manifest.inputs();
+    let out = compile(&inputs);
     for d in out.diagnostics.iter() {
         tracing::warn!(file = %path.display(), "{d}");
     }
-    let mut snapshot = Snapshot::new(version, out.table);
+    let mut table = out.table;
+    if !manifest.gateway.is_empty() {
+        let gw = gateway::compile_gateways(&manifest.gateway_inputs(), &inputs);
+        report(path, &gw);
+        table = gateway::merge(table, pick(&gw, gateway)?);
+    }
+    let mut snapshot = Snapshot::new(version, table);
     // As with pushes, a table without routes must be asked for.
     snapshot.allow_empty = allows_empty(&text);
     Ok(snapshot)
+}
+
+/// The table of the Gateway to serve: the one named, or the only one of a Parapet class.
+fn pick(out: &GatewayOutput, wanted: Option<&str>) -> anyhow::Result<Table> {
+    let accepted: Vec<_> = out.gateways.iter().filter(|g| g.accepted()).collect();
+    match wanted {
+        Some(w) => {
+            let (ns, name) = w.split_once('/').unwrap_or(("default", w));
+            let g = out.gateway(ns, name).ok_or_else(|| {
+                anyhow::anyhow!("--gateway {w}: the file has no Gateway {ns}/{name} of a GatewayClass whose controllerName is {}", parapet_crds::gateway_api::CONTROLLER_NAME)
+            })?;
+            if !g.accepted() {
+                anyhow::bail!("--gateway {w}: the Gateway is not accepted; see the warnings above");
+            }
+            Ok(g.table.clone())
+        }
+        None => match accepted.as_slice() {
+            [] => {
+                tracing::warn!(
+                    "the file has Gateway API resources but no accepted Gateway of a GatewayClass whose controllerName is {}; only ApiRoutes are served",
+                    parapet_crds::gateway_api::CONTROLLER_NAME
+                );
+                Ok(Table::default())
+            }
+            [g] => Ok(g.table.clone()),
+            many => anyhow::bail!(
+                "the file has {} accepted Gateways ({}); choose the one to serve with --gateway NAMESPACE/NAME",
+                many.len(),
+                many.iter()
+                    .map(|g| format!("{}/{}", g.namespace, g.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+    }
+}
+
+/// Logs every condition that is not as it should be, as the operator would write it.
+fn report(path: &Path, out: &GatewayOutput) {
+    let file = path.display();
+    for g in &out.gateways {
+        for c in g.conditions.iter().filter(|c| !c.status) {
+            tracing::warn!(%file, gateway = %format!("{}/{}", g.namespace, g.name), condition = c.kind, reason = %c.reason, "{}", c.message);
+        }
+        for l in &g.listeners {
+            for c in &l.conditions {
+                let bad = if c.kind == "Conflicted" {
+                    c.status
+                } else {
+                    !c.status
+                };
+                if bad {
+                    tracing::warn!(%file, gateway = %format!("{}/{}", g.namespace, g.name), listener = %l.name, condition = c.kind, reason = %c.reason, "{}", c.message);
+                }
+            }
+        }
+    }
+    for r in &out.routes {
+        for p in &r.parents {
+            for c in p.conditions.iter().filter(|c| !c.status) {
+                tracing::warn!(%file, route = %format!("{} {}/{}", r.kind, r.namespace, r.name), parent = %p.parent_ref.name, condition = c.kind, reason = %c.reason, "{}", c.message);
+            }
+        }
+    }
 }
 
 /// The marker line that makes a file without routes a deliberate empty table.
@@ -58,7 +140,12 @@ fn fingerprint(path: &Path) -> Option<(SystemTime, u64, u64)> {
 
 /// Applies the file now, then polls it for changes. Polling (not inotify) survives editors
 /// that replace the file and ConfigMap symlink swaps alike.
-pub async fn watch(path: PathBuf, store: Arc<SnapshotStore>, every: Duration) {
+pub async fn watch(
+    path: PathBuf,
+    gateway: Option<String>,
+    store: Arc<SnapshotStore>,
+    every: Duration,
+) {
     let mut version = 0u64;
     let mut last = None;
     loop {
@@ -66,7 +153,7 @@ pub async fn watch(path: PathBuf, store: Arc<SnapshotStore>, every: Duration) {
         if fp != last {
             last = fp;
             version = next_version(version);
-            match load(&path, version) {
+            match load(&path, version, gateway.as_deref()) {
                 Ok(s) => match store.apply(s).await {
                     Ok(_) => {
                         tracing::info!(file = %path.display(), version, "configuration loaded")

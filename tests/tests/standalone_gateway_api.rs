@@ -1,0 +1,166 @@
+//! Standalone mode reads Gateway API resources from its file as the operator reads them
+//! from a cluster: a GatewayClass of Parapet's controller, a Gateway whose listener port a
+//! socket is mapped to, HTTPRoutes, and the Service and EndpointSlice they send to.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use parapet_tests::{admin, backend::Backend, client::Client, dataplane::Dataplane, wait_for};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn gateway_yaml(backend_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: parapet}}
+spec: {{controllerName: parapet.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  gatewayClassName: parapet
+  listeners:
+  - {{name: http, port: 80, protocol: HTTP}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec: {{ports: [{{port: 8080, targetPort: {backend_port}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
+endpoints: [{{addresses: [127.0.0.1]}}]
+ports: [{{port: {backend_port}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: shop}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [shop.example]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: X-Via, value: gateway-api}}]}}
+    - type: URLRewrite
+      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}}
+    backendRefs: [{{name: web, port: 8080}}]
+  - matches: [{{path: {{type: Exact, value: /old}}}}]
+    filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /new}}, statusCode: 301}}}}]
+  - matches: [{{path: {{type: Exact, value: /missing}}}}]
+    backendRefs: [{{name: nothing, port: 80}}]
+{extra}"#
+    )
+}
+
+async fn ready(dp: &Dataplane) {
+    let c = Client::new();
+    let a = dp.admin;
+    wait_for("the data plane to be ready", WAIT, || {
+        let c = c.clone();
+        async move { admin::ready(&c, a).await.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_in_the_file_is_served_on_the_socket_mapped_to_its_listener() {
+    let backend = Backend::start("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, gateway_yaml(backend.port(), "")).unwrap();
+    let dp = Dataplane::start(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0=80",
+    ]);
+    ready(&dp).await;
+    let c = Client::new();
+    let to = dp.sockets[0].0;
+
+    let r = c.get(to, "shop.example", "/api/items?x=1").await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(backend.last_uri().as_deref(), Some("/v2/items?x=1"));
+    assert_eq!(
+        backend.last_headers().unwrap().get("x-via").unwrap(),
+        "gateway-api"
+    );
+
+    let r = c.get(to, "shop.example", "/old").await.unwrap();
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        r.headers.get("location").unwrap(),
+        "http://shop.example/new"
+    );
+
+    // A backendRef that does not resolve answers 500; another host is not routed.
+    let r = c.get(to, "shop.example", "/missing").await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let r = c.get(to, "other.example", "/api/items").await.unwrap();
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The refused reference is reported as the operator would write it.
+    let logs = dp.logs().join("\n");
+    assert!(
+        logs.contains("BackendNotFound") && logs.contains("shop/nothing"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_need_a_choice_and_the_chosen_one_is_served() {
+    let backend = Backend::start("web").await;
+    let second = r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: other, namespace: shop}
+spec:
+  gatewayClassName: parapet
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, gateway_yaml(backend.port(), second)).unwrap();
+    let path = path.to_str().unwrap();
+
+    let ambiguous = Dataplane::start(&["--config", path, "--listen", "127.0.0.1:0=80"]);
+    let c = Client::new();
+    let logs = {
+        let dp = &ambiguous;
+        wait_for("the refusal to be logged", WAIT, || {
+            let logs = dp.logs().join("\n");
+            async move {
+                logs.contains("choose the one to serve with --gateway")
+                    .then_some(logs)
+            }
+        })
+        .await
+    };
+    assert!(
+        logs.contains("shop/edge") && logs.contains("shop/other"),
+        "{logs}"
+    );
+    drop(ambiguous);
+
+    let dp = Dataplane::start(&[
+        "--config",
+        path,
+        "--gateway",
+        "shop/edge",
+        "--listen",
+        "127.0.0.1:0=80",
+    ]);
+    ready(&dp).await;
+    let r = c
+        .get(dp.sockets[0].0, "shop.example", "/api/x")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
