@@ -13,6 +13,9 @@
 #                        (always, even when the tests fail; make's exit code is the tests')
 #   make e2e-node        the same with a real node: the images are built and imported, and
 #                        the `node` tests install the chart on it (cargo feature `node`)
+#   make conformance     the upstream Gateway API conformance suite on a fresh cluster with a
+#                        real node; writes e2e/conformance/report.yaml (CONFORMANCE_ARGS=...
+#                        passes suite flags, e.g. --run-test=NAME)
 #
 # cluster-up/down/env/status share one long-lived dev cluster (PARAPET_CLUSTER_DIR); `e2e`
 # uses its own state dir (PARAPET_E2E_CLUSTER_DIR), so it never touches the dev cluster.
@@ -31,7 +34,7 @@ CARGO ?= cargo
 E2E_CARGO_FLAGS ?=
 E2E_TEST_ARGS ?=
 
-.PHONY: cluster-up cluster-down cluster-env cluster-status cluster-demo e2e e2e-node
+.PHONY: cluster-up cluster-down cluster-env cluster-status cluster-demo e2e e2e-node conformance
 
 cluster-up: ## Start the local test control plane (etcd + kube-apiserver on 127.0.0.1); NODE=real adds a real node
 	PARAPET_CLUSTER_DIR='$(PARAPET_CLUSTER_DIR)' $(CLUSTER_SH) up $(if $(NODE),--node $(NODE))
@@ -77,6 +80,9 @@ e2e-node: images ## Tests on a real node: the chart's pods, autoscaling and chao
 	trap - INT TERM; \
 	down; \
 	exit $$status
+
+conformance: images ## The Gateway API conformance suite on a real node (report: e2e/conformance/report.yaml)
+	IMAGE_TAG='$(IMAGE_TAG)' IMAGE_PREFIX='$(IMAGE_PREFIX)' $(PARAPET_E2E_DIR)/scripts/conformance.sh run $(IMAGE_ARCHIVES)
 
 cluster-demo: images ## The cluster with a real node, the chart and the banking example (stays up)
 	PARAPET_CLUSTER_DIR='$(PARAPET_CLUSTER_DIR)' IMAGE_TAG='$(IMAGE_TAG)' IMAGE_PREFIX='$(IMAGE_PREFIX)' \

@@ -40,6 +40,8 @@ const EXPECTED: &[(&str, &str)] = &[
         "cargo build -p parapet-operator -p parapet-dataplane --bins",
     ),
     ("e2e-node", "cargo build --release --locked"),
+    // The script builds the suite, echo-basic and coredns itself (Go module proxy).
+    ("conformance", "cargo build --release --locked"),
     ("helm", "build-helm.sh path"),
     ("chart-lint", "build-helm.sh path"),
     (
