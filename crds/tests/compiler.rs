@@ -547,6 +547,26 @@ fn examples_compile_without_diagnostics() {
 }
 
 #[test]
+fn the_gateway_api_example_is_accepted_with_every_reference_resolved() {
+    let text = std::fs::read_to_string(format!(
+        "{}/../examples/gateway-api.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let m = Manifest::parse(&text).unwrap();
+    let out = parapet_crds::compiler::gateway::compile_gateways(&m.gateway_inputs(), &m.inputs());
+    let g = out.gateway("shop", "edge").expect("the Gateway compiles");
+    assert!(g.conditions.iter().all(|c| c.status), "{:?}", g.conditions);
+    for r in &out.routes {
+        for p in &r.parents {
+            assert!(p.conditions.iter().all(|c| c.status), "{:?}", p.conditions);
+        }
+    }
+    assert_eq!(g.table.route_count(), 2);
+    Snapshot::new(1, g.table.clone()).validate().unwrap();
+}
+
+#[test]
 fn manifest_errors_say_which_document_and_what_is_wrong() {
     let e = Manifest::parse("kind: Ingress\napiVersion: networking.k8s.io/v1\n")
         .unwrap_err()
