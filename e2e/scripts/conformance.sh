@@ -76,7 +76,9 @@ crd_dir() {
 }
 
 # The chart as the suite needs it: Parapet's images (never pulled), one operator, a default
-# fleet to copy, every Gateway's fleet one pod (the GatewayClass's parameters).
+# fleet to copy, every Gateway's fleet one pod (the GatewayClass's parameters). CPU requests
+# are small: the suite runs a dozen Gateways at once on this 2-core node, and each fleet
+# requests what the default fleet does.
 values() {
   cat <<EOF
 image:
@@ -86,6 +88,7 @@ operator:
   replicaCount: 1
   resyncInterval: 5s
   image: {repository: "${IMAGE_PREFIX:-parapet}/operator"}
+  resources: {requests: {cpu: 10m, memory: 32Mi}, limits: {memory: 256Mi}}
 dataplane:
   image: {repository: "${IMAGE_PREFIX:-parapet}/dataplane"}
   replicaCount: 1
@@ -93,6 +96,7 @@ dataplane:
   shutdownDelaySeconds: 1
   drainTimeoutSeconds: 5
   autoscaling: {enabled: false}
+  resources: {requests: {cpu: 5m, memory: 16Mi}, limits: {memory: 128Mi}}
 EOF
 }
 

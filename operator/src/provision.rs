@@ -217,9 +217,17 @@ pub struct FleetObjects {
     pub secret: k8s_openapi::api::core::v1::Secret,
     pub service_account: ServiceAccount,
     pub deployment: Deployment,
+    /// The Gateway's traffic: one port per listener port.
     pub service: Service,
+    /// The admin port alone, headless: what the operator pushes tables to.
+    pub admin_service: Service,
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// The name of a fleet's admin Service, whose EndpointSlices list the pods to push to.
+pub fn admin_service_name(gateway: &str) -> String {
+    format!("{gateway}-parapet-admin")
 }
 
 /// The name of the Secret holding a fleet's copy of the snapshot credentials.
@@ -613,7 +621,7 @@ pub fn render(
         },
         ..Default::default()
     };
-    let mut ports: Vec<ServicePort> = gw
+    let ports: Vec<ServicePort> = gw
         .ports
         .iter()
         .map(|&p| ServicePort {
@@ -624,19 +632,31 @@ pub fn render(
             ..Default::default()
         })
         .collect();
-    ports.push(ServicePort {
-        name: Some(template.admin_port_name.clone()),
-        port: i32::from(template.admin_port),
-        target_port: Some(IntOrString::Int(i32::from(template.admin_port))),
-        protocol: Some("TCP".into()),
-        ..Default::default()
-    });
     let service = Service {
         metadata: meta(gw, gw.name.clone()),
         spec: Some(ServiceSpec {
             type_: Some(template.service_type.clone()),
             selector: Some(fleet_labels(gw)),
             ports: Some(ports),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // The admin port in a headless Service of its own: the traffic Service may be a load
+    // balancer, and the snapshot API is never published through one.
+    let admin_service = Service {
+        metadata: meta(gw, admin_service_name(&gw.name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(fleet_labels(gw)),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![ServicePort {
+                name: Some(template.admin_port_name.clone()),
+                port: i32::from(template.admin_port),
+                target_port: Some(IntOrString::Int(i32::from(template.admin_port))),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
             ..Default::default()
         }),
         ..Default::default()
@@ -680,6 +700,7 @@ pub fn render(
         service_account,
         deployment,
         service,
+        admin_service,
         hpa,
         pdb,
     }
@@ -847,6 +868,7 @@ pub async fn apply(client: &Client, objects: &FleetObjects) -> anyhow::Result<()
     apply_one(client, &ns, &objects.secret).await?;
     apply_one(client, &ns, &objects.service_account).await?;
     apply_one(client, &ns, &objects.service).await?;
+    apply_one(client, &ns, &objects.admin_service).await?;
     apply_one(client, &ns, &objects.deployment).await?;
     match &objects.hpa {
         Some(h) => apply_one(client, &ns, h).await?,

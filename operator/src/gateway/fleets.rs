@@ -234,7 +234,10 @@ impl Controller {
         let targets_changed = Arc::new(Notify::new());
         let (store, watch_task) = watch_until_aborted(
             Api::<EndpointSlice>::namespaced(self.client.clone(), namespace),
-            watcher::Config::default().labels(&format!("kubernetes.io/service-name={name}")),
+            watcher::Config::default().labels(&format!(
+                "kubernetes.io/service-name={}",
+                crate::provision::admin_service_name(name)
+            )),
             Writer::default(),
             targets_changed.clone(),
             Arc::new(AtomicBool::new(false)),

@@ -334,9 +334,23 @@ fn provision_one_listen_flag_and_port_per_listener_port_and_the_admin_port_kept(
         [
             (Some("l-80"), 80, Some(IntOrString::Int(80))),
             (Some("l-443"), 443, Some(IntOrString::Int(443))),
-            (Some("admin"), 9901, Some(IntOrString::Int(9901))),
         ]
     );
+    let admin = f.admin_service.spec.clone().unwrap();
+    assert_eq!(
+        f.admin_service.metadata.name.as_deref(),
+        Some("edge-parapet-admin")
+    );
+    assert_eq!(admin.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(admin.publish_not_ready_addresses, Some(true));
+    let aports: Vec<(Option<&str>, i32)> = admin
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.as_deref(), p.port))
+        .collect();
+    assert_eq!(aports, [(Some("admin"), 9901)]);
+    assert_eq!(admin.selector, svc.selector);
     assert_eq!(
         svc.selector.unwrap(),
         f.deployment.spec.selector.match_labels.unwrap()
