@@ -81,6 +81,13 @@ pub fn table(
         let port = ports.entry(l.port).or_default();
         port.protocol
             .get_or_insert(l.protocol.unwrap_or(ListenerProtocol::Http));
+        // An HTTPS listener completes the handshake for every name it covers, routes or
+        // not: a name no route serves then gets 404 over TLS, not a refused handshake.
+        if let Some(c) = &l.certificate {
+            let domain = l.hostname.clone().unwrap_or_else(|| "*".to_string());
+            port.hosts.entry(domain.clone()).or_default();
+            port.certs.entry(domain).or_insert_with(|| c.clone());
+        }
     }
     let mut used: BTreeSet<ClusterSource> = BTreeSet::new();
     let mut policies: BTreeSet<String> = BTreeSet::new();

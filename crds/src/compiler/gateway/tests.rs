@@ -478,6 +478,41 @@ spec:
 }
 
 #[test]
+fn an_https_listener_answers_names_without_routes_over_tls() {
+    let cert = "-----BEGIN CERTIFICATE-----\nTUlJ\n-----END CERTIFICATE-----\n";
+    let key = "-----BEGIN PRIVATE KEY-----\nTUlJ\n-----END PRIVATE KEY-----\n";
+    let out = compile(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: cert, namespace: infra}}
+stringData: {{tls.crt: "{cert}", tls.key: "{key}"}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: tls, namespace: infra}}
+spec:
+  gatewayClassName: parapet
+  listeners:
+  - {{name: https, port: 443, protocol: HTTPS, tls: {{certificateRefs: [{{name: cert}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: h, namespace: infra}}
+spec:
+  parentRefs: [{{name: tls}}]
+  hostnames: [example.org]
+  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
+"#
+    ));
+    let t = gateway(&out, "tls");
+    let any = host(t, 443, "*");
+    assert!(any.routes.is_empty(), "other names get 404");
+    assert!(any.tls.is_some(), "but complete the handshake");
+    assert_eq!(host(t, 443, "example.org").routes.len(), 1);
+}
+
+#[test]
 fn grpc_routes_match_methods_as_paths_and_speak_http2_upstream() {
     let m = Manifest::parse(&format!(
         "{BASE}\n---\n{}",
