@@ -65,7 +65,7 @@ h2spec: ## HTTP/2 conformance (h2spec from the Go module proxy) against the data
 	$(CARGO) build -p parapet-dataplane --bin dataplane
 	./scripts/h2spec.sh
 
-test: deps lint build unit h2spec fuzz-smoke e2e e2e-node ## Everything CI runs: lint, unit, integration, HTTP/2 conformance, fuzz smoke, e2e and real-node tiers
+test: deps lint build unit h2spec fuzz-smoke e2e e2e-node conformance ## Everything CI runs: lint, unit, integration, HTTP/2 conformance, fuzz smoke, e2e, real-node and Gateway API conformance tiers
 	@echo "make test: all tiers passed"
 
 # Fuzzing: cargo-fuzz (libFuzzer) on nightly; the targets are in fuzz/fuzz_targets, the

@@ -14,7 +14,7 @@
 #   make e2e-node        the same with a real node: the images are built and imported, and
 #                        the `node` tests install the chart on it (cargo feature `node`)
 #   make conformance     the upstream Gateway API conformance suite on a fresh cluster with a
-#                        real node; writes e2e/conformance/report.yaml (CONFORMANCE_ARGS=...
+#                        real node; writes target/conformance/report.yaml (CONFORMANCE_ARGS=...
 #                        passes suite flags, e.g. --run-test=NAME)
 #
 # cluster-up/down/env/status share one long-lived dev cluster (PARAPET_CLUSTER_DIR); `e2e`
@@ -81,7 +81,7 @@ e2e-node: images ## Tests on a real node: the chart's pods, autoscaling and chao
 	down; \
 	exit $$status
 
-conformance: images ## The Gateway API conformance suite on a real node (report: e2e/conformance/report.yaml)
+conformance: images ## The Gateway API conformance suite on a real node (report: target/conformance/report.yaml)
 	IMAGE_TAG='$(IMAGE_TAG)' IMAGE_PREFIX='$(IMAGE_PREFIX)' $(PARAPET_E2E_DIR)/scripts/conformance.sh run $(IMAGE_ARCHIVES)
 
 cluster-demo: images ## The cluster with a real node, the chart and the banking example (stays up)

@@ -18,7 +18,8 @@
 #
 # Environment:
 #   PARAPET_CONFORMANCE_CLUSTER_DIR  the cluster's state dir (default /tmp/parapet-conformance-cluster)
-#   CONFORMANCE_REPORT               where the report goes (default e2e/conformance/report.yaml)
+#   CONFORMANCE_REPORT               where the report goes (default target/conformance/report.yaml;
+#                                    the published one is e2e/conformance/reports/)
 #   CONFORMANCE_ARGS                 extra suite flags, e.g. "--run-test=HTTPRouteSimpleSameNamespace"
 #   IMAGE_TAG, IMAGE_PREFIX          Parapet's images, as `make images` built them
 set -euo pipefail
@@ -151,7 +152,8 @@ run() {
   [ $# -gt 0 ] || die "run needs Parapet's image archives (make images)"
   tools
   local state="${PARAPET_CONFORMANCE_CLUSTER_DIR:-${TMPDIR:-/tmp}/parapet-conformance-cluster}"
-  local report="${CONFORMANCE_REPORT:-$MOD_DIR/report.yaml}"
+  local report="${CONFORMANCE_REPORT:-$ROOT/target/conformance/report.yaml}"
+  mkdir -p "$(dirname "$report")"
   local cluster="$E2E_DIR/scripts/cluster.sh"
   export PARAPET_CLUSTER_DIR="$state"
   down() { "$cluster" down || echo "warning: cluster.sh down failed; run it again to clean up $state" >&2; }
