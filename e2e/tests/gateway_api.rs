@@ -54,9 +54,10 @@ struct Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        // The operator first, so that it writes nothing more; then the class, which no
+        // The operator first, so that it writes nothing more; then the classes, which no
         // namespace deletion removes.
         drop(self.operator.take());
+        let other = self.other_class();
         let _ = std::process::Command::new(
             parapet_e2e::cluster()
                 .map(|c| c.kubectl_path().to_path_buf())
@@ -72,6 +73,7 @@ impl Drop for Setup {
             "delete",
             "gatewayclass",
             &self.class,
+            &other,
             "--wait=false",
             "--ignore-not-found",
             "--request-timeout=10s",
@@ -123,6 +125,21 @@ fn resource<K: Resource<DynamicType = ()>>() -> ApiResource {
 impl Setup {
     fn ns(&self) -> &str {
         self.ns.name()
+    }
+
+    /// The name of a GatewayClass of another controller, for this test.
+    fn other_class(&self) -> String {
+        format!("{}-other", self.class)
+    }
+
+    async fn apply_other_class(&self) -> Result<String> {
+        let other = self.other_class();
+        self.apply_cluster::<GatewayClass>(
+            &other,
+            json!({"spec": {"controllerName": "example.com/another-controller"}}),
+        )
+        .await?;
+        Ok(other)
     }
 
     fn other(&self, i: usize) -> &str {
@@ -394,14 +411,9 @@ fn route_to(parent: Value, backends: Value) -> Value {
 async fn gateway_classes_of_parapet_are_accepted_with_their_features_others_left_alone()
 -> Result<()> {
     let mut s = setup("gateway class", 0).await?;
-    let other = format!("{}-other", s.class);
-    s.apply_cluster::<GatewayClass>(
-        &other,
-        json!({"spec": {"controllerName": "example.com/another-controller"}}),
-    )
-    .await?;
-    let result = async {
-        s.start(&[])?;
+    let other = s.apply_other_class().await?;
+    s.start(&[])?;
+    {
         let class = s
             .wait_status::<GatewayClass>(None, &s.class, "Accepted=True", |_, st| {
                 has(st, "Accepted", "True", "Accepted")
@@ -438,11 +450,6 @@ async fn gateway_classes_of_parapet_are_accepted_with_their_features_others_left
         );
         Ok(())
     }
-    .await;
-    let _ = Api::<DynamicObject>::all_with(s.client.clone(), &resource::<GatewayClass>())
-        .delete(&other, &DeleteParams::default())
-        .await;
-    result
 }
 
 #[tokio::test]
@@ -703,8 +710,8 @@ async fn route_parent_reasons() -> Result<()> {
         .await?;
     let entry = ours(&st, "gw").unwrap();
     ensure!(
-        entry["parentRef"] == json!({"name": "gw"}),
-        "parentRef is repeated as written: {entry:#}"
+        entry["parentRef"] == json!({"group": GROUP, "kind": "Gateway", "name": "gw"}),
+        "parentRef is repeated as stored (with the defaults): {entry:#}"
     );
     let route = s.get::<HttpRoute>(Some(&ns), "fine").await?;
     ensure!(
@@ -837,7 +844,59 @@ async fn a_route_moves_between_gateways_and_other_controllers_entries_stay() -> 
         parents(&st).contains(&&theirs),
         "another controller's entry: {st:#}"
     );
-    Ok(())
+
+    // To a Gateway of another controller: Parapet's entry goes, theirs stays.
+    let other_class = s.apply_other_class().await?;
+    s.apply::<Gateway>(
+        "c",
+        json!({"spec": {"gatewayClassName": other_class, "listeners": [http_listener("http", 80)]}}),
+    )
+    .await?;
+    s.apply::<HttpRoute>("r", route_to(json!({"name": "c"}), web.clone()))
+        .await?;
+    let st = s
+        .wait_status::<HttpRoute>(Some(&ns), "r", "no entry of Parapet's", |_, st| {
+            parents(st)
+                .iter()
+                .all(|p| p["controllerName"] != CONTROLLER_NAME)
+        })
+        .await?
+        .data["status"]
+        .clone();
+    ensure!(parents(&st) == [&theirs], "parents: {st:#}");
+    s.wait_gateway("b", "no route attached", |st| {
+        attached(st, "http") == Some(0)
+    })
+    .await?;
+    let c = s.get::<Gateway>(Some(&ns), "c").await?;
+    let c_status = c.data.get("status").cloned().unwrap_or(Value::Null);
+    ensure!(
+        condition(&c_status, "Accepted").is_none_or(|c| c["status"] == "Unknown"),
+        "Parapet wrote the status of another controller's Gateway: {c_status:#}"
+    );
+
+    // Its Gateway deleted: Parapet's entry goes too.
+    s.apply::<HttpRoute>("r", route_to(json!({"name": "b"}), web.clone()))
+        .await?;
+    s.wait_route(&ns, "r", "b", "Accepted", |p| {
+        has(p, "Accepted", "True", "Accepted")
+    })
+    .await?;
+    s.api::<Gateway>(&ns)
+        .delete("b", &DeleteParams::default())
+        .await?;
+    s.wait_status::<HttpRoute>(
+        Some(&ns),
+        "r",
+        "no entry of Parapet's after b is deleted",
+        |_, st| {
+            parents(st)
+                .iter()
+                .all(|p| p["controllerName"] != CONTROLLER_NAME)
+        },
+    )
+    .await?;
+    s.assert_quiet(&[("HTTPRoute", Some(&ns), "r")]).await
 }
 
 #[tokio::test]
@@ -864,16 +923,27 @@ async fn status_is_written_only_when_it_changes() -> Result<()> {
         ),
     )
     .await?;
+    s.apply::<GrpcRoute>(
+        "grpc",
+        route_to(json!({"name": "gw"}), json!([{"name": "web", "port": 80}])),
+    )
+    .await?;
     s.wait_route(&ns, "r", "gw", "Accepted and ResolvedRefs", |p| {
         has(p, "Accepted", "True", "Accepted") && has(p, "ResolvedRefs", "True", "ResolvedRefs")
+    })
+    .await?;
+    s.wait_status::<GrpcRoute>(Some(&ns), "grpc", "Accepted and ResolvedRefs", |_, st| {
+        ours(st, "gw").is_some_and(|p| {
+            has(p, "Accepted", "True", "Accepted") && has(p, "ResolvedRefs", "True", "ResolvedRefs")
+        })
     })
     .await?;
     s.wait_route(&ns, "broken", "gw", "BackendNotFound", |p| {
         has(p, "ResolvedRefs", "False", "BackendNotFound")
     })
     .await?;
-    s.wait_gateway("gw", "2 routes on each listener", |st| {
-        attached(st, "http") == Some(2) && attached(st, "alt") == Some(2)
+    s.wait_gateway("gw", "3 routes on each listener", |st| {
+        attached(st, "http") == Some(3) && attached(st, "alt") == Some(3)
     })
     .await?;
     s.assert_quiet(&[
@@ -881,6 +951,7 @@ async fn status_is_written_only_when_it_changes() -> Result<()> {
         ("Gateway", Some(&ns), "gw"),
         ("HTTPRoute", Some(&ns), "r"),
         ("HTTPRoute", Some(&ns), "broken"),
+        ("GRPCRoute", Some(&ns), "grpc"),
     ])
     .await
 }

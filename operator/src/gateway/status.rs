@@ -11,7 +11,8 @@ use kube::{
 };
 use parapet_crds::{
     compiler::gateway::{
-        ClassStatus, CompiledGateway, Condition, GatewayOutput, KIND_GRPC_ROUTE, RouteStatus,
+        ClassStatus, CompiledGateway, Condition, GatewayOutput, KIND_GRPC_ROUTE, KIND_HTTP_ROUTE,
+        RouteStatus,
     },
     gateway_api::{
         CONTROLLER_NAME, gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
@@ -181,6 +182,34 @@ pub fn route_status(r: &RouteStatus, existing: Option<&Value>, now: &str) -> Opt
     changed(json!({ "parents": parents }), existing)
 }
 
+/// Routes (kind, namespace, name, status) that hold an entry of this controller but have
+/// no Parapet parent any more: each with no parents, so that [`route_status`] removes the
+/// entries and keeps other controllers'.
+pub fn orphaned(
+    out: &GatewayOutput,
+    held: &[(&'static str, String, String, Value)],
+) -> Vec<RouteStatus> {
+    held.iter()
+        .filter(|(kind, ns, name, status)| {
+            out.route(kind, ns, name).is_none()
+                && status
+                    .get("parents")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ps| {
+                        ps.iter().any(|p| {
+                            p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
+                        })
+                    })
+        })
+        .map(|(kind, ns, name, _)| RouteStatus {
+            kind,
+            namespace: ns.clone(),
+            name: name.clone(),
+            parents: Vec::new(),
+        })
+        .collect()
+}
+
 /// `want`, unless `existing` holds the same (fields `want` does not set are ignored).
 fn changed(want: Value, existing: Option<&Value>) -> Option<Value> {
     let same = existing.is_some_and(|e| {
@@ -245,7 +274,31 @@ pub async fn write(
             }
         }
     }
-    for r in &out.routes {
+    // Routes that lost every Parapet parent (moved to another controller's Gateway, or
+    // their Gateway is gone) are not in `out.routes`, but still hold Parapet's entries.
+    let held_entries: Vec<(&'static str, String, String, Value)> = index
+        .http_routes
+        .state()
+        .iter()
+        .map(|o| {
+            (
+                KIND_HTTP_ROUTE,
+                o.namespace().unwrap_or_default(),
+                o.name_any(),
+                serde_json::to_value(&o.status).unwrap_or_default(),
+            )
+        })
+        .chain(index.grpc_routes.state().iter().map(|o| {
+            (
+                KIND_GRPC_ROUTE,
+                o.namespace().unwrap_or_default(),
+                o.name_any(),
+                serde_json::to_value(&o.status).unwrap_or_default(),
+            )
+        }))
+        .collect();
+    let orphans = orphaned(out, &held_entries);
+    for r in out.routes.iter().chain(&orphans) {
         let held = |ns: Option<String>, name: String, status: Value| {
             (ns.as_deref() == Some(r.namespace.as_str()) && name == r.name && !status.is_null())
                 .then_some(status)
@@ -429,6 +482,55 @@ mod tests {
             "NotAllowedByListeners"
         );
         assert!(route_status(&r, Some(&s), "t1").is_none());
+    }
+
+    #[test]
+    fn routes_that_lost_every_parapet_parent_lose_parapets_entries_only() {
+        let held = vec![
+            (
+                KIND_HTTP_ROUTE,
+                "infra".to_string(),
+                "moved".to_string(),
+                json!({"parents": [
+                    {"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []},
+                    {"parentRef": {"name": "gone"}, "controllerName": CONTROLLER_NAME, "conditions": []},
+                ]}),
+            ),
+            (
+                KIND_HTTP_ROUTE,
+                "infra".to_string(),
+                "never-ours".to_string(),
+                json!({"parents": [
+                    {"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []},
+                ]}),
+            ),
+            (
+                KIND_GRPC_ROUTE,
+                "infra".to_string(),
+                "no-status".to_string(),
+                Value::Null,
+            ),
+        ];
+        let orphans = orphaned(&GatewayOutput::default(), &held);
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(orphans[0].name, "moved");
+        let s = route_status(&orphans[0], Some(&held[0].3), "t0").unwrap();
+        assert_eq!(
+            s["parents"],
+            json!([{"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []}])
+        );
+        assert!(route_status(&orphans[0], Some(&s), "t1").is_none());
+        // A route still compiled is not an orphan, whatever it holds.
+        let out = GatewayOutput {
+            routes: vec![RouteStatus {
+                kind: KIND_HTTP_ROUTE,
+                namespace: "infra".into(),
+                name: "moved".into(),
+                parents: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        assert!(orphaned(&out, &held).is_empty());
     }
 
     #[test]
