@@ -22,6 +22,7 @@ use parapet_crds::{
 use serde_json::{Value, json};
 
 use super::GatewayIndex;
+use crate::metrics::Metrics;
 
 /// What only the operator knows about a Gateway's fleet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -227,9 +228,24 @@ fn now() -> String {
         .to_string()
 }
 
+/// Counts a status write in the operator's status metrics (the ApiRoute status writer's
+/// too), so that writes made for nothing show.
+fn count<T>(metrics: &Metrics, res: &Result<T, kube::Error>, what: &dyn std::fmt::Display) {
+    match res {
+        Ok(_) => {
+            metrics.status_writes.inc();
+            tracing::debug!(object = %what, "status written");
+        }
+        Err(_) => {
+            metrics.status_errors.inc();
+        }
+    };
+}
+
 /// Writes every status that changed. Errors are logged; the next round retries.
 pub async fn write(
     client: &Client,
+    metrics: &Metrics,
     out: &GatewayOutput,
     index: &GatewayIndex,
     fleet: impl Fn(&str, &str) -> FleetState,
@@ -245,10 +261,11 @@ pub async fn write(
             .and_then(|o| serde_json::to_value(&o.status).ok());
         if let Some(s) = class_status(c, existing.as_ref().filter(|v| !v.is_null()), &now) {
             let api: Api<GatewayClass> = Api::all(client.clone());
-            if let Err(e) = api
+            let res = api
                 .patch_status(&c.name, &pp, &Patch::Merge(json!({ "status": s })))
-                .await
-            {
+                .await;
+            count(metrics, &res, &format!("GatewayClass {}", c.name));
+            if let Err(e) = res {
                 tracing::warn!(class = %c.name, error = %e, "cannot write GatewayClass status");
             }
         }
@@ -266,10 +283,15 @@ pub async fn write(
         if let Some(s) = gateway_status(g, &state, existing.as_ref().filter(|v| !v.is_null()), &now)
         {
             let api: Api<Gateway> = Api::namespaced(client.clone(), &g.namespace);
-            if let Err(e) = api
+            let res = api
                 .patch_status(&g.name, &pp, &Patch::Merge(json!({ "status": s })))
-                .await
-            {
+                .await;
+            count(
+                metrics,
+                &res,
+                &format!("Gateway {}/{}", g.namespace, g.name),
+            );
+            if let Err(e) = res {
                 tracing::warn!(gateway = %format!("{}/{}", g.namespace, g.name), error = %e, "cannot write Gateway status");
             }
         }
@@ -335,6 +357,11 @@ pub async fn write(
                 .await
                 .map(|_| ())
         };
+        count(
+            metrics,
+            &res,
+            &format!("{} {}/{}", r.kind, r.namespace, r.name),
+        );
         if let Err(e) = res {
             tracing::warn!(route = %format!("{} {}/{}", r.kind, r.namespace, r.name), error = %e, "cannot write route status");
         }
