@@ -827,29 +827,64 @@ async fn a_route_moves_between_gateways_and_other_controllers_entries_stay() -> 
     })
     .await?;
 
-    // Another controller's entry, written as that controller would.
-    let route = s.get::<HttpRoute>(Some(&ns), "r").await?;
-    let mut entries: Vec<Value> = parents(&route.data["status"])
-        .into_iter()
-        .cloned()
-        .collect();
-    let theirs = json!({
-        "parentRef": {"name": "theirs", "kind": "Gateway", "group": GROUP},
-        "controllerName": "example.com/another-controller",
-        "conditions": [{
-            "type": "Accepted", "status": "True", "reason": "Accepted", "message": "theirs",
-            "observedGeneration": route.metadata.generation.unwrap_or_default(),
-            "lastTransitionTime": "2026-01-01T00:00:00Z",
-        }],
-    });
-    entries.push(theirs.clone());
-    s.api::<HttpRoute>(&ns)
+    // Another controller's entry, written as that controller would: read, add, write
+    // conditionally on what was read, again if the route changed meanwhile.
+    let theirs = |generation: i64| {
+        json!({
+            "parentRef": {"name": "theirs", "kind": "Gateway", "group": GROUP},
+            "controllerName": "example.com/another-controller",
+            "conditions": [{
+                "type": "Accepted", "status": "True", "reason": "Accepted", "message": "theirs",
+                "observedGeneration": generation,
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }],
+        })
+    };
+    let mut attempts = 0;
+    let (read, theirs) = loop {
+        let route = s.get::<HttpRoute>(Some(&ns), "r").await?;
+        let theirs = theirs(route.metadata.generation.unwrap_or_default());
+        let mut entries: Vec<Value> = parents(&route.data["status"])
+            .into_iter()
+            .cloned()
+            .collect();
+        entries.push(theirs.clone());
+        let read = route.metadata.resource_version.clone();
+        let res = s
+            .api::<HttpRoute>(&ns)
+            .patch_status(
+                "r",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"resourceVersion": read}, "status": {"parents": entries}}),
+                ),
+            )
+            .await;
+        attempts += 1;
+        match res {
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => continue,
+            res => {
+                res?;
+                break (read, theirs);
+            }
+        }
+    };
+    // Parapet writes route status on the same condition: a patch made from a read older
+    // than the other controller's write is refused rather than dropping its entry.
+    let stale = s
+        .api::<HttpRoute>(&ns)
         .patch_status(
             "r",
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"parents": entries}})),
+            &Patch::Merge(
+                json!({"metadata": {"resourceVersion": read}, "status": {"parents": []}}),
+            ),
         )
-        .await?;
+        .await;
+    ensure!(
+        matches!(&stale, Err(kube::Error::Api(e)) if e.code == 409),
+        "a status patch conditional on an old resourceVersion: {stale:?}"
+    );
 
     s.apply::<HttpRoute>("r", route_to(json!({"name": "b"}), web.clone()))
         .await?;

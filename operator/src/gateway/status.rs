@@ -321,31 +321,34 @@ pub async fn write(
         .collect();
     let orphans = orphaned(out, &held_entries);
     for r in out.routes.iter().chain(&orphans) {
-        let held = |ns: Option<String>, name: String, status: Value| {
-            (ns.as_deref() == Some(r.namespace.as_str()) && name == r.name && !status.is_null())
-                .then_some(status)
+        let cached = |ns: Option<String>, name: String, status: Value, rv: Option<String>| {
+            (ns.as_deref() == Some(r.namespace.as_str()) && name == r.name)
+                .then(|| (Some(status).filter(|s| !s.is_null()), rv))
         };
-        let existing = if r.kind == KIND_GRPC_ROUTE {
+        let (existing, rv) = if r.kind == KIND_GRPC_ROUTE {
             index.grpc_routes.state().into_iter().find_map(|o| {
-                held(
+                cached(
                     o.namespace(),
                     o.name_any(),
                     serde_json::to_value(&o.status).unwrap_or_default(),
+                    o.resource_version(),
                 )
             })
         } else {
             index.http_routes.state().into_iter().find_map(|o| {
-                held(
+                cached(
                     o.namespace(),
                     o.name_any(),
                     serde_json::to_value(&o.status).unwrap_or_default(),
+                    o.resource_version(),
                 )
             })
-        };
+        }
+        .unwrap_or_default();
         let Some(s) = route_status(r, existing.as_ref(), &now) else {
             continue;
         };
-        let patch = Patch::Merge(json!({ "status": s }));
+        let patch = Patch::Merge(route_patch(s, rv.as_deref()));
         let res = if r.kind == KIND_GRPC_ROUTE {
             Api::<GrpcRoute>::namespaced(client.clone(), &r.namespace)
                 .patch_status(&r.name, &pp, &patch)
@@ -357,14 +360,28 @@ pub async fn write(
                 .await
                 .map(|_| ())
         };
-        count(
-            metrics,
-            &res,
-            &format!("{} {}/{}", r.kind, r.namespace, r.name),
-        );
-        if let Err(e) = res {
-            tracing::warn!(route = %format!("{} {}/{}", r.kind, r.namespace, r.name), error = %e, "cannot write route status");
+        let what = format!("{} {}/{}", r.kind, r.namespace, r.name);
+        match res {
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(route = %what, "route changed since it was read; its status is written next round");
+            }
+            res => {
+                count(metrics, &res, &what);
+                if let Err(e) = res {
+                    tracing::warn!(route = %what, error = %e, "cannot write route status");
+                }
+            }
         }
+    }
+}
+
+/// A route's status patch, conditional on the version its `parents` were computed from:
+/// other controllers write their entries into the same list, and a patch from a stale read
+/// would drop an entry written since (the API server answers 409 instead).
+fn route_patch(status: Value, resource_version: Option<&str>) -> Value {
+    match resource_version {
+        Some(rv) => json!({"metadata": {"resourceVersion": rv}, "status": status}),
+        None => json!({ "status": status }),
     }
 }
 
@@ -558,6 +575,16 @@ mod tests {
             ..Default::default()
         };
         assert!(orphaned(&out, &held).is_empty());
+    }
+
+    #[test]
+    fn route_status_patches_are_conditional_on_the_version_read() {
+        let s = json!({"parents": []});
+        assert_eq!(
+            route_patch(s.clone(), Some("42")),
+            json!({"metadata": {"resourceVersion": "42"}, "status": {"parents": []}})
+        );
+        assert_eq!(route_patch(s, None), json!({"status": {"parents": []}}));
     }
 
     #[test]
