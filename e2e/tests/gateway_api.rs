@@ -1049,7 +1049,26 @@ async fn status_is_written_only_when_it_changes() -> Result<()> {
 
 #[tokio::test]
 async fn each_gateway_gets_a_fleet_of_its_own() -> Result<()> {
-    let mut s = setup("gateway fleet", 0).await?;
+    gateway_fleet(true).await
+}
+
+#[tokio::test]
+async fn gateway_fleets_without_snapshot_tls() -> Result<()> {
+    gateway_fleet(false).await
+}
+
+/// A Gateway's fleet copied from the default fleet, with the certificates the operator
+/// issues (`tls`, the chart's default) or with the token only (`snapshotTLS.enabled=false`).
+async fn gateway_fleet(tls: bool) -> Result<()> {
+    let mut s = setup(
+        if tls {
+            "gateway fleet"
+        } else {
+            "gateway fleet plain"
+        },
+        0,
+    )
+    .await?;
     let ns = s.ns().to_string();
     // The default fleet, which Gateway fleets copy. No pod of it ever runs here.
     let default_fleet: Deployment = serde_json::from_value(json!({
@@ -1073,18 +1092,19 @@ async fn each_gateway_gets_a_fleet_of_its_own() -> Result<()> {
     Api::<Deployment>::namespaced(s.client.clone(), &ns)
         .create(&Default::default(), &default_fleet)
         .await?;
-    // The chart's default: the operator issues the snapshot channel's certificates, and
-    // names the default fleet (--dataplane-deployment needs --snapshot-ca-secret).
-    s.start(&[
-        "--snapshot-ca-secret",
-        "snapshot-ca",
-        "--snapshot-tls-secret",
-        "snapshot-tls",
-        "--dataplane-server-name",
-        "parapet-dataplane-admin",
-        "--dataplane-deployment",
-        "parapet-dataplane",
-    ])?;
+    // As the chart runs the operator in either mode.
+    let mut flags = vec!["--dataplane-deployment", "parapet-dataplane"];
+    if tls {
+        flags.extend([
+            "--snapshot-ca-secret",
+            "snapshot-ca",
+            "--snapshot-tls-secret",
+            "snapshot-tls",
+            "--dataplane-server-name",
+            "parapet-dataplane-admin",
+        ]);
+    }
+    s.start(&flags)?;
     s.gateway(
         "edge",
         json!([http_listener("http", 80), http_listener("alt", 8080)]),
@@ -1159,13 +1179,15 @@ async fn each_gateway_gets_a_fleet_of_its_own() -> Result<()> {
         .await?;
     owned(&secret.metadata)?;
     let data = secret.data.clone().unwrap_or_default();
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    let want: &[&str] = if tls {
+        &["ca.crt", "tls.crt", "tls.key", "token"]
+    } else {
+        &["token"]
+    };
     ensure!(
-        data.get("token").map(|t| t.0.as_slice()) == Some(TOKEN.as_bytes())
-            && ["tls.crt", "tls.key", "ca.crt"]
-                .iter()
-                .all(|k| data.contains_key(*k)),
-        "the fleet's Secret holds the snapshot credentials: keys {:?}",
-        data.keys().collect::<Vec<_>>()
+        data.get("token").map(|t| t.0.as_slice()) == Some(TOKEN.as_bytes()) && keys == want,
+        "the fleet's Secret holds the snapshot credentials: keys {keys:?}, want {want:?}"
     );
 
     // The fleet Service has a cluster IP, but no pod serves: Pending, with the address.
