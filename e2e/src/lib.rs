@@ -15,6 +15,7 @@
 
 pub mod chart;
 pub mod fleet;
+pub mod gateway_api;
 pub mod helm;
 pub mod lb;
 
@@ -343,10 +344,19 @@ pub fn load_crds() -> Result<Vec<(PathBuf, CustomResourceDefinition)>> {
 /// unquoted `on:` key is the boolean `true`; the acceptance tests apply the files with kubectl
 /// as well, to catch that.
 pub async fn apply_crds(client: &Client) -> Result<Vec<CustomResourceDefinition>> {
+    apply_crd_list(client, load_crds()?).await
+}
+
+/// Applies CRDs (each with the file it came from, for messages) server-side and waits until
+/// each is Established; returns them as the API server has them.
+pub async fn apply_crd_list(
+    client: &Client,
+    crds: Vec<(PathBuf, CustomResourceDefinition)>,
+) -> Result<Vec<CustomResourceDefinition>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut names = Vec::new();
-    for (file, crd) in load_crds()? {
+    for (file, crd) in crds {
         let name = crd
             .metadata
             .name

@@ -1026,6 +1026,8 @@ async fn token_of(ns: &str) -> Result<String> {
 async fn install_upgrade_uninstall_on_the_api_server() -> Result<()> {
     let client = client().await?;
     apply_crds(&client).await?;
+    // kubectl resolves the Gateway API kinds the RBAC checks below name through discovery.
+    parapet_e2e::gateway_api::apply_crds(&client).await?;
     let ns = TestNamespace::new(&client, "chart-install").await?;
     let n = ns.name();
     let chart = chart_dir().to_string_lossy().into_owned();

@@ -62,14 +62,12 @@ pub struct Args {
         requires = "snapshot_ca_secret"
     )]
     pub snapshot_tls_secret: Option<String>,
-    /// The data plane's Deployment (in --dataplane-namespace), with --snapshot-ca-secret:
-    /// rolled (like `kubectl rollout restart`) after its certificate is issued again, since
-    /// the data plane reads the certificate at start.
-    #[arg(
-        long,
-        env = "PARAPET_DATAPLANE_DEPLOYMENT",
-        requires = "snapshot_ca_secret"
-    )]
+    /// The data plane's Deployment (in --dataplane-namespace): the template each Gateway's
+    /// fleet copies (with the snapshot token, and the certificates with
+    /// --snapshot-ca-secret), and, with --snapshot-ca-secret, rolled (like `kubectl rollout
+    /// restart`) after its certificate is issued again, since the data plane reads the
+    /// certificate at start.
+    #[arg(long, env = "PARAPET_DATAPLANE_DEPLOYMENT")]
     pub dataplane_deployment: Option<String>,
     /// How often issued certificates are checked and renewed before they expire.
     #[arg(long, default_value = "1h", value_parser = duration)]

@@ -199,19 +199,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 timeout: args.push_timeout,
                 admin_port_name: args.dataplane_port_name.clone(),
             },
-            provisioner: match (&args.dataplane_deployment, &token) {
-                (Some(deployment), Some(token)) => Some(gateway::provisioner::Provisioner::new(
+            provisioner: match fleet_template(&args, token.as_deref()) {
+                Ok((deployment, token)) => Some(gateway::provisioner::Provisioner::new(
                     client.clone(),
                     args.dataplane_namespace.clone(),
-                    deployment.clone(),
+                    deployment.to_string(),
                     args.dataplane_port_name.clone(),
-                    token.clone(),
+                    token.to_string(),
                     args.snapshot_tls_secret.clone(),
                 )),
-                _ => {
-                    tracing::warn!(
-                        "Gateway fleets are not provisioned: they need --dataplane-deployment (the fleet they copy) and --snapshot-token-file"
-                    );
+                Err(why) => {
+                    tracing::warn!("Gateway fleets are not provisioned: {why}");
                     None
                 }
             },
@@ -245,6 +243,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         parapet_process::stop_signal(),
     )
     .await
+}
+
+/// The default fleet's Deployment and the snapshot token, which Gateway fleets copy, or
+/// why fleets cannot be provisioned. Certificates from files (`--dataplane-ca`) cannot be
+/// copied into the fleets' namespaces, and fleets without them would never take a push.
+fn fleet_template<'a>(
+    args: &'a Args,
+    token: Option<&'a str>,
+) -> Result<(&'a str, &'a str), &'static str> {
+    match (&args.dataplane_deployment, token) {
+        (Some(_), Some(_)) if args.dataplane_ca.is_some() => Err(
+            "the snapshot channel's certificates come from files (--dataplane-ca), which cannot be copied into the fleets; let the operator issue them (--snapshot-ca-secret) or turn TLS off",
+        ),
+        (Some(d), Some(t)) => Ok((d.as_str(), t)),
+        _ => {
+            Err("they need --dataplane-deployment (the fleet they copy) and --snapshot-token-file")
+        }
+    }
 }
 
 /// Runs until `shutdown` (Ok), or until a part the operator cannot work without stops
@@ -319,5 +335,31 @@ mod tests {
         .await
         .expect("supervise returns within 5s");
         assert!(result.is_ok());
+    }
+    #[test]
+    fn gateway_fleets_copy_the_default_fleet_with_a_token_and_without_certificate_files() {
+        use clap::Parser as _;
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(["operator"].iter().chain(extra)).expect("valid flags")
+        };
+        // Without TLS, or with certificates the operator issues: provisioned.
+        let off = parse(&["--dataplane-deployment", "dp"]);
+        assert_eq!(fleet_template(&off, Some("t")), Ok(("dp", "t")));
+        let issued = parse(&[
+            "--dataplane-deployment",
+            "dp",
+            "--snapshot-ca-secret",
+            "ca",
+            "--snapshot-tls-secret",
+            "tls",
+            "--dataplane-server-name",
+            "dp.parapet.svc",
+        ]);
+        assert_eq!(fleet_template(&issued, Some("t")), Ok(("dp", "t")));
+        // Certificates from files cannot be copied; no token or template: nothing to copy.
+        let files = parse(&["--dataplane-deployment", "dp", "--dataplane-ca", "/ca.crt"]);
+        assert!(fleet_template(&files, Some("t")).is_err());
+        assert!(fleet_template(&off, None).is_err());
+        assert!(fleet_template(&parse(&[]), Some("t")).is_err());
     }
 }

@@ -115,9 +115,13 @@ impl Controller {
                 }
             }
             if *self.leader.borrow() {
-                status::write(&self.client, &out, &self.gateways, |ns, name| {
-                    self.fleet_state(&fleets, ns, name)
-                })
+                status::write(
+                    &self.client,
+                    &self.metrics,
+                    &out,
+                    &self.gateways,
+                    |ns, name| self.fleet_state(&fleets, ns, name),
+                )
                 .await;
             }
             tokio::select! {

@@ -11,7 +11,8 @@ use kube::{
 };
 use parapet_crds::{
     compiler::gateway::{
-        ClassStatus, CompiledGateway, Condition, GatewayOutput, KIND_GRPC_ROUTE, RouteStatus,
+        ClassStatus, CompiledGateway, Condition, GatewayOutput, KIND_GRPC_ROUTE, KIND_HTTP_ROUTE,
+        RouteStatus,
     },
     gateway_api::{
         CONTROLLER_NAME, gatewayclasses::GatewayClass, gateways::Gateway, grpcroutes::GrpcRoute,
@@ -21,6 +22,7 @@ use parapet_crds::{
 use serde_json::{Value, json};
 
 use super::GatewayIndex;
+use crate::metrics::Metrics;
 
 /// What only the operator knows about a Gateway's fleet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -181,6 +183,34 @@ pub fn route_status(r: &RouteStatus, existing: Option<&Value>, now: &str) -> Opt
     changed(json!({ "parents": parents }), existing)
 }
 
+/// Routes (kind, namespace, name, status) that hold an entry of this controller but have
+/// no Parapet parent any more: each with no parents, so that [`route_status`] removes the
+/// entries and keeps other controllers'.
+pub fn orphaned(
+    out: &GatewayOutput,
+    held: &[(&'static str, String, String, Value)],
+) -> Vec<RouteStatus> {
+    held.iter()
+        .filter(|(kind, ns, name, status)| {
+            out.route(kind, ns, name).is_none()
+                && status
+                    .get("parents")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ps| {
+                        ps.iter().any(|p| {
+                            p.get("controllerName").and_then(Value::as_str) == Some(CONTROLLER_NAME)
+                        })
+                    })
+        })
+        .map(|(kind, ns, name, _)| RouteStatus {
+            kind,
+            namespace: ns.clone(),
+            name: name.clone(),
+            parents: Vec::new(),
+        })
+        .collect()
+}
+
 /// `want`, unless `existing` holds the same (fields `want` does not set are ignored).
 fn changed(want: Value, existing: Option<&Value>) -> Option<Value> {
     let same = existing.is_some_and(|e| {
@@ -198,9 +228,24 @@ fn now() -> String {
         .to_string()
 }
 
+/// Counts a status write in the operator's status metrics (the ApiRoute status writer's
+/// too), so that writes made for nothing show.
+fn count<T>(metrics: &Metrics, res: &Result<T, kube::Error>, what: &dyn std::fmt::Display) {
+    match res {
+        Ok(_) => {
+            metrics.status_writes.inc();
+            tracing::debug!(object = %what, "status written");
+        }
+        Err(_) => {
+            metrics.status_errors.inc();
+        }
+    };
+}
+
 /// Writes every status that changed. Errors are logged; the next round retries.
 pub async fn write(
     client: &Client,
+    metrics: &Metrics,
     out: &GatewayOutput,
     index: &GatewayIndex,
     fleet: impl Fn(&str, &str) -> FleetState,
@@ -216,10 +261,11 @@ pub async fn write(
             .and_then(|o| serde_json::to_value(&o.status).ok());
         if let Some(s) = class_status(c, existing.as_ref().filter(|v| !v.is_null()), &now) {
             let api: Api<GatewayClass> = Api::all(client.clone());
-            if let Err(e) = api
+            let res = api
                 .patch_status(&c.name, &pp, &Patch::Merge(json!({ "status": s })))
-                .await
-            {
+                .await;
+            count(metrics, &res, &format!("GatewayClass {}", c.name));
+            if let Err(e) = res {
                 tracing::warn!(class = %c.name, error = %e, "cannot write GatewayClass status");
             }
         }
@@ -237,40 +283,72 @@ pub async fn write(
         if let Some(s) = gateway_status(g, &state, existing.as_ref().filter(|v| !v.is_null()), &now)
         {
             let api: Api<Gateway> = Api::namespaced(client.clone(), &g.namespace);
-            if let Err(e) = api
+            let res = api
                 .patch_status(&g.name, &pp, &Patch::Merge(json!({ "status": s })))
-                .await
-            {
+                .await;
+            count(
+                metrics,
+                &res,
+                &format!("Gateway {}/{}", g.namespace, g.name),
+            );
+            if let Err(e) = res {
                 tracing::warn!(gateway = %format!("{}/{}", g.namespace, g.name), error = %e, "cannot write Gateway status");
             }
         }
     }
-    for r in &out.routes {
-        let held = |ns: Option<String>, name: String, status: Value| {
-            (ns.as_deref() == Some(r.namespace.as_str()) && name == r.name && !status.is_null())
-                .then_some(status)
+    // Routes that lost every Parapet parent (moved to another controller's Gateway, or
+    // their Gateway is gone) are not in `out.routes`, but still hold Parapet's entries.
+    let held_entries: Vec<(&'static str, String, String, Value)> = index
+        .http_routes
+        .state()
+        .iter()
+        .map(|o| {
+            (
+                KIND_HTTP_ROUTE,
+                o.namespace().unwrap_or_default(),
+                o.name_any(),
+                serde_json::to_value(&o.status).unwrap_or_default(),
+            )
+        })
+        .chain(index.grpc_routes.state().iter().map(|o| {
+            (
+                KIND_GRPC_ROUTE,
+                o.namespace().unwrap_or_default(),
+                o.name_any(),
+                serde_json::to_value(&o.status).unwrap_or_default(),
+            )
+        }))
+        .collect();
+    let orphans = orphaned(out, &held_entries);
+    for r in out.routes.iter().chain(&orphans) {
+        let cached = |ns: Option<String>, name: String, status: Value, rv: Option<String>| {
+            (ns.as_deref() == Some(r.namespace.as_str()) && name == r.name)
+                .then(|| (Some(status).filter(|s| !s.is_null()), rv))
         };
-        let existing = if r.kind == KIND_GRPC_ROUTE {
+        let (existing, rv) = if r.kind == KIND_GRPC_ROUTE {
             index.grpc_routes.state().into_iter().find_map(|o| {
-                held(
+                cached(
                     o.namespace(),
                     o.name_any(),
                     serde_json::to_value(&o.status).unwrap_or_default(),
+                    o.resource_version(),
                 )
             })
         } else {
             index.http_routes.state().into_iter().find_map(|o| {
-                held(
+                cached(
                     o.namespace(),
                     o.name_any(),
                     serde_json::to_value(&o.status).unwrap_or_default(),
+                    o.resource_version(),
                 )
             })
-        };
+        }
+        .unwrap_or_default();
         let Some(s) = route_status(r, existing.as_ref(), &now) else {
             continue;
         };
-        let patch = Patch::Merge(json!({ "status": s }));
+        let patch = Patch::Merge(route_patch(s, rv.as_deref()));
         let res = if r.kind == KIND_GRPC_ROUTE {
             Api::<GrpcRoute>::namespaced(client.clone(), &r.namespace)
                 .patch_status(&r.name, &pp, &patch)
@@ -282,9 +360,28 @@ pub async fn write(
                 .await
                 .map(|_| ())
         };
-        if let Err(e) = res {
-            tracing::warn!(route = %format!("{} {}/{}", r.kind, r.namespace, r.name), error = %e, "cannot write route status");
+        let what = format!("{} {}/{}", r.kind, r.namespace, r.name);
+        match res {
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(route = %what, "route changed since it was read; its status is written next round");
+            }
+            res => {
+                count(metrics, &res, &what);
+                if let Err(e) = res {
+                    tracing::warn!(route = %what, error = %e, "cannot write route status");
+                }
+            }
         }
+    }
+}
+
+/// A route's status patch, conditional on the version its `parents` were computed from:
+/// other controllers write their entries into the same list, and a patch from a stale read
+/// would drop an entry written since (the API server answers 409 instead).
+fn route_patch(status: Value, resource_version: Option<&str>) -> Value {
+    match resource_version {
+        Some(rv) => json!({"metadata": {"resourceVersion": rv}, "status": status}),
+        None => json!({ "status": status }),
     }
 }
 
@@ -429,6 +526,65 @@ mod tests {
             "NotAllowedByListeners"
         );
         assert!(route_status(&r, Some(&s), "t1").is_none());
+    }
+
+    #[test]
+    fn routes_that_lost_every_parapet_parent_lose_parapets_entries_only() {
+        let held = vec![
+            (
+                KIND_HTTP_ROUTE,
+                "infra".to_string(),
+                "moved".to_string(),
+                json!({"parents": [
+                    {"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []},
+                    {"parentRef": {"name": "gone"}, "controllerName": CONTROLLER_NAME, "conditions": []},
+                ]}),
+            ),
+            (
+                KIND_HTTP_ROUTE,
+                "infra".to_string(),
+                "never-ours".to_string(),
+                json!({"parents": [
+                    {"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []},
+                ]}),
+            ),
+            (
+                KIND_GRPC_ROUTE,
+                "infra".to_string(),
+                "no-status".to_string(),
+                Value::Null,
+            ),
+        ];
+        let orphans = orphaned(&GatewayOutput::default(), &held);
+        assert_eq!(orphans.len(), 1, "{orphans:?}");
+        assert_eq!(orphans[0].name, "moved");
+        let s = route_status(&orphans[0], Some(&held[0].3), "t0").unwrap();
+        assert_eq!(
+            s["parents"],
+            json!([{"parentRef": {"name": "theirs"}, "controllerName": "example.com/other", "conditions": []}])
+        );
+        assert!(route_status(&orphans[0], Some(&s), "t1").is_none());
+        // A route still compiled is not an orphan, whatever it holds.
+        let out = GatewayOutput {
+            routes: vec![RouteStatus {
+                kind: KIND_HTTP_ROUTE,
+                namespace: "infra".into(),
+                name: "moved".into(),
+                parents: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        assert!(orphaned(&out, &held).is_empty());
+    }
+
+    #[test]
+    fn route_status_patches_are_conditional_on_the_version_read() {
+        let s = json!({"parents": []});
+        assert_eq!(
+            route_patch(s.clone(), Some("42")),
+            json!({"metadata": {"resourceVersion": "42"}, "status": {"parents": []}})
+        );
+        assert_eq!(route_patch(s, None), json!({"status": {"parents": []}}));
     }
 
     #[test]
