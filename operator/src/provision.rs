@@ -227,7 +227,41 @@ pub struct FleetObjects {
 
 /// The name of a fleet's admin Service, whose EndpointSlices list the pods to push to.
 pub fn admin_service_name(gateway: &str) -> String {
-    format!("{gateway}-parapet-admin")
+    dns_label(gateway, "-parapet-admin")
+}
+
+/// The value of a fleet's labels for its Gateway: the Gateway's name when it fits a label
+/// value (63 characters), else cut with a hash, as Service names are.
+pub fn fleet_label(gateway: &str) -> String {
+    if gateway.len() <= 63 {
+        gateway.to_string()
+    } else {
+        dns_label(gateway, "")
+    }
+}
+
+/// The name of a fleet's traffic Service: the Gateway's, when it fits a Service name.
+pub fn service_name(gateway: &str) -> String {
+    dns_label(gateway, "")
+}
+
+/// `base` + `suffix` as a DNS label (what Service names and label values must be: at most
+/// 63 characters, starting with a letter). Gateway names may be longer (253): a name that
+/// does not fit is cut and keeps a hash of the whole, so two long names never collide.
+fn dns_label(base: &str, suffix: &str) -> String {
+    let lead = if base.starts_with(|c: char| c.is_ascii_lowercase()) {
+        ""
+    } else {
+        "g"
+    };
+    let whole = format!("{lead}{base}{suffix}");
+    if whole.len() <= 63 {
+        return whole;
+    }
+    let hash = hex(&Sha256::digest(base.as_bytes())[..4]);
+    let room = 63 - suffix.len() - hash.len() - 1 - lead.len();
+    let cut = base[..room.min(base.len())].trim_end_matches(['-', '.']);
+    format!("{lead}{cut}-{hash}{suffix}")
 }
 
 /// The name of the Secret holding a fleet's copy of the snapshot credentials.
@@ -519,9 +553,9 @@ pub fn parameters_ref(class: &GatewayClass) -> Result<Option<(String, String)>, 
 
 fn fleet_labels(gw: &FleetGateway) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (GATEWAY_NAME_LABEL.to_string(), gw.name.clone()),
+        (GATEWAY_NAME_LABEL.to_string(), fleet_label(&gw.name)),
         (MANAGED_BY_LABEL.to_string(), FIELD_MANAGER.to_string()),
-        (FLEET_LABEL.to_string(), gw.name.clone()),
+        (FLEET_LABEL.to_string(), fleet_label(&gw.name)),
     ])
 }
 
@@ -633,7 +667,7 @@ pub fn render(
         })
         .collect();
     let service = Service {
-        metadata: meta(gw, gw.name.clone()),
+        metadata: meta(gw, service_name(&gw.name)),
         spec: Some(ServiceSpec {
             type_: Some(template.service_type.clone()),
             selector: Some(fleet_labels(gw)),
@@ -848,7 +882,7 @@ where
     let Some(existing) = api.get_opt(name).await.with_context(cannot)? else {
         return Ok(());
     };
-    if existing.labels().get(FLEET_LABEL).map(String::as_str) != Some(name) {
+    if existing.labels().get(FLEET_LABEL) != Some(&fleet_label(name)) {
         return Ok(());
     }
     match api.delete(name, &DeleteParams::default()).await {
@@ -891,9 +925,12 @@ pub fn stale<'a>(
         .into_iter()
         .filter_map(|m| {
             let ns = m.namespace.clone()?;
-            let fleet = m.labels.as_ref()?.get(FLEET_LABEL)?.clone();
+            let fleet = m.labels.as_ref()?.get(FLEET_LABEL)?;
             let name = m.name.clone()?;
-            (!keep.contains(&(ns.clone(), fleet))).then_some((ns, name))
+            let kept = keep
+                .iter()
+                .any(|(n, g)| *n == ns && fleet_label(g) == *fleet);
+            (!kept).then_some((ns, name))
         })
         .collect()
 }

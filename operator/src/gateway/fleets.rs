@@ -288,7 +288,10 @@ impl Controller {
             .index
             .services
             .all()
-            .find(|s| s.namespace().as_deref() == Some(namespace) && s.name_any() == name)
+            .find(|s| {
+                s.namespace().as_deref() == Some(namespace)
+                    && s.name_any() == crate::provision::service_name(name)
+            })
             .and_then(|s| service_address(&s));
         let serving = fleets
             .get(&(namespace.to_string(), name.to_string()))

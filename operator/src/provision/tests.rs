@@ -786,3 +786,23 @@ fn provision_strip_flags_handles_both_forms() {
     assert_eq!(kept, ["--admin-listen=0.0.0.0:9901", "--workers=2"]);
     assert_eq!(paths, ["/t/token"]);
 }
+
+#[test]
+fn long_gateway_names_give_service_names_that_fit_and_differ() {
+    let long = "http-listener-isolation-with-hostname-intersection";
+    let admin = admin_service_name(long);
+    assert!(admin.len() <= 63, "{admin}");
+    assert!(admin.ends_with("-parapet-admin") && admin.starts_with("http-listener-isolation"));
+    let other = admin_service_name("http-listener-isolation-with-hostname-intersection-2");
+    assert_ne!(admin, other);
+    assert!(other.len() <= 63);
+    assert_eq!(admin_service_name("edge"), "edge-parapet-admin");
+    assert_eq!(service_name("edge"), "edge");
+    let very_long = "a".repeat(200);
+    assert_eq!(service_name(&very_long).len(), 63);
+    assert_eq!(
+        service_name("1st"),
+        "g1st",
+        "a Service name starts with a letter"
+    );
+}
