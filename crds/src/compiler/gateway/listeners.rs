@@ -355,7 +355,23 @@ fn conflicts(models: &mut [ListenerModel]) {
 pub fn gateway_conditions(g: &Object<GatewaySpec>, models: &[ListenerModel]) -> Vec<Condition> {
     let generation = g.metadata.generation.unwrap_or(0);
     let usable = models.iter().filter(|m| m.accepts_routes()).count();
-    let accepted = if models.is_empty() || usable == 0 {
+    let parameters = g
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref());
+    let accepted = if let Some(p) = parameters {
+        Condition::new(
+            "Accepted",
+            false,
+            "InvalidParameters",
+            format!(
+                "spec.infrastructure.parametersRef ({}/{} {}) is not supported; shape the fleet with the GatewayClass's parametersRef (a ConfigMap) instead",
+                p.group, p.kind, p.name
+            ),
+            generation,
+        )
+    } else if models.is_empty() || usable == 0 {
         Condition::new(
             "Accepted",
             false,

@@ -320,6 +320,28 @@ spec: {gatewayClassName: parapet, listeners: [{name: tcp, port: 9000, protocol: 
 }
 
 #[test]
+fn a_gateway_of_its_own_parameters_is_refused() {
+    let out = compile(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: params, namespace: infra}
+spec:
+  gatewayClassName: parapet
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+  infrastructure: {parametersRef: {group: invalid.io, kind: InvalidParameters, name: invalid}}
+"#,
+    );
+    let g = gateway(&out, "params");
+    let accepted = condition(&g.conditions, "Accepted");
+    assert_eq!(
+        (accepted.status, accepted.reason.as_str()),
+        (false, "InvalidParameters")
+    );
+    assert!(!g.accepted(), "no fleet is provisioned for it");
+}
+
+#[test]
 fn filters_become_table_settings() {
     let out = compile(
         r#"
