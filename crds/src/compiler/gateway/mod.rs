@@ -27,6 +27,8 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A parentRef as route status repeats it.
+pub use self::model::ParentRef as ParentReference;
 pub use self::model::{KIND_GRPC_ROUTE, KIND_HTTP_ROUTE};
 use self::{
     listeners::ListenerModel,
@@ -160,17 +162,6 @@ impl CompiledGateway {
     }
 }
 
-/// A parentRef as route status repeats it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ParentReference {
-    pub group: Option<String>,
-    pub kind: Option<String>,
-    pub namespace: Option<String>,
-    pub name: String,
-    pub section_name: Option<String>,
-    pub port: Option<i32>,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParentStatus {
     pub parent_ref: ParentReference,
@@ -280,14 +271,7 @@ pub fn compile_gateways(gw: &GatewayInputs<'_>, inputs: &Inputs<'_>) -> GatewayO
                 ),
             };
             parents.push(ParentStatus {
-                parent_ref: ParentReference {
-                    group: parent.group.clone(),
-                    kind: parent.kind.clone(),
-                    namespace: parent.namespace.clone(),
-                    name: parent.name.clone(),
-                    section_name: parent.section_name.clone(),
-                    port: parent.port,
-                },
+                parent_ref: parent.clone(),
                 conditions: vec![
                     accepted,
                     resolved[ri].resolved_refs_condition(route.generation),

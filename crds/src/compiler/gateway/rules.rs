@@ -24,25 +24,13 @@ use crate::{
     snapshot::{
         Algorithm, Cluster, DirectResponse, ForwardAction, HeaderModifier, HeaderPair, Listener,
         ListenerProtocol, LoadBalancing, Mirror, PathMatch, PathReplacement, Redirect, Rewrite,
-        Route as TableRoute, RouteAction, RouteMatcher, StringMatch, Table, UpstreamProtocol,
-        ValueMatcher, VirtualHost, default_upgrades,
+        Route as TableRoute, RouteAction, RouteMatcher, StringMatch, Table, UNMODIFIABLE_HEADERS,
+        UpstreamProtocol, ValueMatcher, VirtualHost, default_upgrades,
     },
 };
 
 /// "0s" turns a Gateway API timeout off; the table bounds it at a day all the same.
 const NO_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
-
-/// Header names a filter may not touch: they frame the message or belong to one hop.
-const PROTECTED_HEADERS: [&str; 8] = [
-    "connection",
-    "content-length",
-    "host",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-];
 
 type SortKey = (
     u8,
@@ -381,7 +369,7 @@ fn gateway_duration(s: &str) -> Option<u64> {
 }
 
 fn merge_headers(into: &mut HeaderModifier, h: &model::HeaderModifier) {
-    let allowed = |name: &str| !PROTECTED_HEADERS.contains(&name);
+    let allowed = |name: &str| !UNMODIFIABLE_HEADERS.contains(&name);
     let pair = |x: &model::Header| HeaderPair {
         name: x.name.to_ascii_lowercase(),
         value: x.value.clone(),

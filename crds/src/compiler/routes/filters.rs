@@ -25,16 +25,7 @@ const MAX_PATH: usize = 1024;
 /// Headers the proxy manages itself. Letting a rule edit them would let it change how a
 /// message is framed or which connection it belongs to (request smuggling), or where it
 /// goes (`host`: `rewrite.hostname` does that, checked).
-pub const PROXY_HEADERS: [&str; 8] = [
-    "connection",
-    "transfer-encoding",
-    "content-length",
-    "host",
-    "te",
-    "upgrade",
-    "keep-alive",
-    "proxy-connection",
-];
+pub use crate::snapshot::UNMODIFIABLE_HEADERS as PROXY_HEADERS;
 
 /// Where a diagnostic comes from: the rule's name and its route.
 pub(super) struct RuleRef<'a> {
