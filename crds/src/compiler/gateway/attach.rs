@@ -147,7 +147,7 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Vec<String> {
 
 /// Whether wildcard `pattern` (`*.example.com`) matches `name` (a name or a narrower
 /// wildcard): one or more labels before the suffix.
-fn wildcard_covers(pattern: &str, name: &str) -> bool {
+pub(super) fn wildcard_covers(pattern: &str, name: &str) -> bool {
     let Some(suffix) = pattern.strip_prefix('*') else {
         return false;
     };

@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     GatewayInputs,
-    attach::Attachment,
+    attach::{Attachment, wildcard_covers},
     listeners::ListenerModel,
     model::{self, GrpcMethod, MethodMatch, Route},
     refs::{ClusterSource, ResolvedRoute, ResolvedRule},
@@ -69,11 +69,13 @@ pub fn table(
         let port = ports.entry(l.port).or_default();
         port.protocol
             .get_or_insert(l.protocol.unwrap_or(ListenerProtocol::Http));
-        // An HTTPS listener completes the handshake for every name it covers, routes or
-        // not: a name no route serves then gets 404 over TLS, not a refused handshake.
+        // Every listener's names have a host of their own, routes or not: a name that a
+        // more specific listener covers is that listener's alone (404 without a route, not
+        // a less specific listener's route), and an HTTPS listener completes the handshake
+        // for every name it covers.
+        let domain = l.hostname.clone().unwrap_or_else(|| "*".to_string());
+        port.hosts.entry(domain.clone()).or_default();
         if let Some(c) = &l.certificate {
-            let domain = l.hostname.clone().unwrap_or_else(|| "*".to_string());
-            port.hosts.entry(domain.clone()).or_default();
             port.certs.entry(domain).or_insert_with(|| c.clone());
         }
     }
@@ -119,7 +121,11 @@ pub fn table(
                     action,
                 };
                 let sort = sort_key(&matcher, a.route, ri, mi);
-                for h in &a.hostnames {
+                for h in a
+                    .hostnames
+                    .iter()
+                    .filter(|h| !isolated(listeners, a.listener, h))
+                {
                     port.hosts.entry(h.clone()).or_default().push(Candidate {
                         sort,
                         route: table_route.clone(),
@@ -152,6 +158,32 @@ pub fn table(
         sources: Vec::new(),
         fleet_pods: 0,
         listeners: table_listeners,
+    }
+}
+
+/// Whether requests for `host` on this listener's port are another listener's: one on the
+/// same port whose hostname covers `host` and is more specific than this listener's. Its
+/// routes alone serve those names (listener isolation), so this listener's routes leave
+/// them out.
+fn isolated(listeners: &[ListenerModel], me: usize, host: &str) -> bool {
+    let mine = &listeners[me];
+    listeners.iter().enumerate().any(|(i, l)| {
+        i != me
+            && l.port == mine.port
+            && l.programmed()
+            && l.hostname
+                .as_deref()
+                .is_some_and(|lh| lh == host || wildcard_covers(lh, host))
+            && specificity(l.hostname.as_deref()) > specificity(mine.hostname.as_deref())
+    })
+}
+
+/// How specific a listener hostname is: none, then wildcards by labels, then exact names.
+fn specificity(hostname: Option<&str>) -> (u8, usize) {
+    match hostname {
+        None => (0, 0),
+        Some(h) if h.starts_with("*.") => (1, h.split('.').count()),
+        Some(h) => (2, h.split('.').count()),
     }
 }
 

@@ -646,3 +646,54 @@ spec:
         "RefNotPermitted"
     );
 }
+
+#[test]
+fn a_more_specific_listener_isolates_its_names_from_the_others_routes() {
+    let out = compile(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: iso, namespace: infra}
+spec:
+  gatewayClassName: parapet
+  listeners:
+  - {name: empty, port: 80, protocol: HTTP}
+  - {name: wild, port: 80, protocol: HTTP, hostname: "*.example.com"}
+  - {name: foo, port: 80, protocol: HTTP, hostname: "*.foo.example.com"}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: on-empty, namespace: infra}
+spec:
+  parentRefs: [{name: iso, sectionName: empty}]
+  hostnames: [bar.com, "*.example.com", "*.foo.example.com"]
+  rules: [{matches: [{path: {value: /empty}}], backendRefs: [{name: web, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: on-wild, namespace: infra}
+spec:
+  parentRefs: [{name: iso, sectionName: wild}]
+  hostnames: ["*.example.com", "*.foo.example.com"]
+  rules: [{matches: [{path: {value: /wild}}], backendRefs: [{name: web, port: 8080}]}]
+"#,
+    );
+    let g = gateway(&out, "iso");
+    let names = |domain: &str| -> Vec<String> {
+        host(g, 80, domain)
+            .routes
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    assert_eq!(names("bar.com"), ["httproute/infra/on-empty/0/0"]);
+    assert_eq!(
+        names("*.example.com"),
+        ["httproute/infra/on-wild/0/0"],
+        "the wildcard listener's names"
+    );
+    assert!(
+        names("*.foo.example.com").is_empty(),
+        "the *.foo.example.com listener has no routes, and the others' stay out of its names"
+    );
+}
