@@ -1165,8 +1165,25 @@ async fn gateway_fleet(tls: bool) -> Result<()> {
         .map(|p| p.port)
         .collect();
     ensure!(
-        ports.contains(&80) && ports.contains(&8080),
-        "the fleet Service serves both listener ports: {ports:?}"
+        ports.contains(&80) && ports.contains(&8080) && !ports.contains(&9901),
+        "the fleet Service serves both listener ports, and not the admin port: {ports:?}"
+    );
+    // The admin port is on a headless Service of its own, the one the operator pushes to.
+    let admin = Api::<Service>::namespaced(s.client.clone(), &ns)
+        .get("edge-parapet-admin")
+        .await?;
+    owned(&admin.metadata)?;
+    let spec = admin.spec.clone().unwrap_or_default();
+    ensure!(
+        spec.cluster_ip.as_deref() == Some("None")
+            && spec
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.port)
+                .collect::<Vec<_>>()
+                == [9901],
+        "the admin Service is headless with the admin port alone: {admin:?}"
     );
     owned(
         &Api::<ServiceAccount>::namespaced(s.client.clone(), &ns)
