@@ -645,6 +645,14 @@ fn full_path_rewrites_compile_and_bad_ones_leave_the_rule_out() {
       matches: [{path: {type: Exact, value: /d}}]
       backends: [{pool: web}]
       rewrite: {fullPath: "/a//admin"}
+    - name: smuggle
+      matches: [{path: {type: Exact, value: /s}}]
+      backends: [{pool: web}]
+      rewrite: {hostname: "internal.example\r\nx-admin: 1"}
+    - name: hostport
+      matches: [{path: {type: Exact, value: /hp}}]
+      backends: [{pool: web}]
+      rewrite: {hostname: "internal.example:8080"}
 "#,
     );
     let f = forward(&out, "full");
@@ -656,7 +664,15 @@ fn full_path_rewrites_compile_and_bad_ones_leave_the_rule_out() {
     assert_eq!((rw.path_prefix.as_deref(), rw.full_path), (Some("/"), None));
 
     let messages = with_reason(&out, Reason::InvalidRewrite);
-    assert_eq!(messages.len(), 4, "{messages:#?}");
+    assert_eq!(messages.len(), 6, "{messages:#?}");
+    for name in ["smuggle", "hostport"] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(&format!("rule {name}: rewrite.hostname"))
+                && m.contains("is not a DNS name")
+                && !m.contains('\r')),
+            "{name}: {messages:#?}"
+        );
+    }
     assert!(messages.contains(
         &"rule both: rewrite takes pathPrefix or fullPath, not both; keep one (the rule is left out)"
             .to_string()
@@ -668,7 +684,7 @@ fn full_path_rewrites_compile_and_bad_ones_leave_the_rule_out() {
             "{name}: {messages:#?}"
         );
     }
-    for name in ["both", "relative", "query", "double"] {
+    for name in ["both", "relative", "query", "double", "smuggle", "hostport"] {
         assert!(absent(&out, name), "{name}");
     }
 }

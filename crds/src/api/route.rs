@@ -431,9 +431,12 @@ pub struct Rewrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub full_path: Option<String>,
-    /// Send this Host upstream instead of the client's.
+    /// Send this Host upstream instead of the client's: a DNS name (no port, user or path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[schemars(regex(
+        pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+    ))]
     pub hostname: Option<String>,
 }
 

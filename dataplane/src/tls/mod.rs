@@ -96,13 +96,14 @@ fn cert_map(hosts: &[parapet_crds::snapshot::VirtualHost]) -> CertMap {
         .collect()
 }
 
-/// The certificate for a server name: exact, then `*.parent`, then `*`.
+/// The certificate for a server name: exact, then the most specific `*.suffix` (one or
+/// more labels before the suffix, as hosts match), then `*`.
 pub fn lookup<'m>(map: &'m CertMap, name: &str) -> Option<&'m Arc<CertifiedKey>> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     map.get(&name)
         .or_else(|| {
-            let (_, parent) = name.split_once('.')?;
-            map.get(&format!("*.{parent}"))
+            name.match_indices('.')
+                .find_map(|(i, _)| map.get(&format!("*{}", &name[i..])))
         })
         .or_else(|| map.get("*"))
 }

@@ -88,3 +88,32 @@ fn a_listener_port_sees_only_its_own_certificates() {
     // A port with no listener has no certificates.
     assert!(store.get_on(Some(80), "api.example").is_none());
 }
+
+#[test]
+fn wildcards_cover_several_labels_and_the_most_specific_wins() {
+    let (wide, narrow, any) = (key(1), key(2), key(3));
+    let m = certs(&[
+        ("*.example.com", &wide),
+        ("*.foo.example.com", &narrow),
+        ("*", &any),
+    ]);
+    let got = |name: &str| super::lookup(&m, name).map(|k| k.cert[0].as_ref()[0]);
+    assert_eq!(got("a.example.com"), Some(1));
+    assert_eq!(
+        got("a.b.example.com"),
+        Some(1),
+        "a wildcard matches several labels"
+    );
+    assert_eq!(
+        got("x.foo.example.com"),
+        Some(2),
+        "the most specific wildcard wins"
+    );
+    assert_eq!(got("a.b.foo.example.com"), Some(2));
+    assert_eq!(
+        got("example.com"),
+        Some(3),
+        "a wildcard needs a label before its suffix"
+    );
+    assert_eq!(got("other.org"), Some(3));
+}

@@ -354,10 +354,24 @@ pub(super) fn rewrite(
         );
         return Err(());
     }
+    let hostname = r.hostname.as_ref().map(|h| h.trim().to_ascii_lowercase());
+    if let Some(h) = &hostname
+        && !valid_hostname(h)
+    {
+        rule.error(
+            diags,
+            Reason::InvalidRewrite,
+            format!(
+                "rewrite.hostname {} is not a DNS name; give a name such as internal.example.com, without scheme, port, user, path or wildcard (the rule is left out)",
+                shown(h)
+            ),
+        );
+        return Err(());
+    }
     Ok(Some(Rewrite {
         path_prefix: r.path_prefix.clone(),
         full_path: r.full_path.clone(),
-        hostname: r.hostname.clone(),
+        hostname,
     }))
 }
 
