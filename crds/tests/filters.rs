@@ -667,9 +667,11 @@ fn full_path_rewrites_compile_and_bad_ones_leave_the_rule_out() {
     assert_eq!(messages.len(), 6, "{messages:#?}");
     for name in ["smuggle", "hostport"] {
         assert!(
-            messages.iter().any(|m| m.starts_with(&format!("rule {name}: rewrite.hostname"))
-                && m.contains("is not a DNS name")
-                && !m.contains('\r')),
+            messages
+                .iter()
+                .any(|m| m.starts_with(&format!("rule {name}: rewrite.hostname"))
+                    && m.contains("is not a DNS name")
+                    && !m.contains('\r')),
             "{name}: {messages:#?}"
         );
     }

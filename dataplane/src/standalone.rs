@@ -2,7 +2,8 @@
 //! reloaded when the file changes. Gateway API resources in the file (a GatewayClass of
 //! Parapet's controller, a Gateway, routes, and the Services and EndpointSlices they send
 //! to) are compiled as the operator compiles them, and the Gateway's listeners are served
-//! beside the ApiRoutes. A broken file is logged and the old table stays; so is
+//! (with the UpstreamPools and CachePolicies its routes use; a file with both ApiRoutes and
+//! a Gateway is refused, since sockets then route by the Gateway's listeners alone). A broken file is logged and the old table stays; so is
 //! a file with no routes (an editor that truncates before it writes can be caught between
 //! the two), unless it says `# parapet: allowEmpty` on a line of its own.
 
@@ -39,7 +40,16 @@ pub fn load(path: &Path, version: u64, gateway: Option<&str>) -> anyhow::Result<
     if !manifest.gateway.is_empty() {
         let gw = gateway::compile_gateways(&manifest.gateway_inputs(), &inputs);
         report(path, &gw);
-        table = gateway::merge(table, pick(&gw, gateway)?);
+        let picked = pick(&gw, gateway)?;
+        // With a Gateway's listeners in force, sockets route by them alone: ApiRoutes in
+        // the same file would silently not be served.
+        if !picked.listeners.is_empty() && !manifest.routes.is_empty() {
+            anyhow::bail!(
+                "{}: the file has ApiRoutes and a Gateway; a data plane that serves a Gateway's listeners routes by them alone, so the ApiRoutes would not be served. Put them in two files and run a data plane for each",
+                path.display()
+            );
+        }
+        table = gateway::merge(table, picked);
     }
     let mut snapshot = Snapshot::new(version, table);
     // As with pushes, a table without routes must be asked for.

@@ -254,19 +254,40 @@ fn dns_label(base: &str, suffix: &str) -> String {
     } else {
         "g"
     };
-    let whole = format!("{lead}{base}{suffix}");
-    if whole.len() <= 63 {
+    // Gateway names may have dots; a label may not.
+    let dashed = base.replace('.', "-");
+    fit(lead, base, &dashed, suffix, 63)
+}
+
+/// `lead` + `name` + `suffix` within `max` bytes: `name` cut, with a hash of `original`, when
+/// it does not fit or had to change.
+fn fit(lead: &str, original: &str, name: &str, suffix: &str, max: usize) -> String {
+    let whole = format!("{lead}{name}{suffix}");
+    if whole.len() <= max && name == original {
         return whole;
     }
-    let hash = hex(&Sha256::digest(base.as_bytes())[..4]);
-    let room = 63 - suffix.len() - hash.len() - 1 - lead.len();
-    let cut = base[..room.min(base.len())].trim_end_matches(['-', '.']);
+    // Changed names carry the hash too, so `a.b` and `a-b` never share a name.
+    let hash = hex(&Sha256::digest(original.as_bytes())[..4]);
+    let room = max - suffix.len() - hash.len() - 1 - lead.len();
+    let cut = name[..room.min(name.len())].trim_end_matches(['-', '.']);
     format!("{lead}{cut}-{hash}{suffix}")
 }
 
 /// The name of the Secret holding a fleet's copy of the snapshot credentials.
 pub fn secret_name(gateway: &str) -> String {
-    format!("{gateway}-parapet-snapshot")
+    fit("", gateway, gateway, "-parapet-snapshot", 253)
+}
+
+/// The token of one Gateway's fleet, derived from the operator's: a fleet's Secret then
+/// opens no other fleet's snapshot API, and the operator's own token never leaves its
+/// namespace. Derived, not stored, so every operator replica pushes with the same one.
+pub fn fleet_token(token: &str, namespace: &str, name: &str) -> String {
+    let mut h = Sha256::new();
+    for part in ["parapet gateway fleet token", token, namespace, name] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex(&h.finalize())
 }
 
 /// The Service port name of a listener port.
@@ -852,6 +873,22 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = obj.meta().name.clone().unwrap_or_default();
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    // An object of that name that is not this fleet's is someone else's: never taken over
+    // (a forced apply and an ownerReference would rewrite it, then delete it with the
+    // Gateway).
+    let existing = api
+        .get_opt(&name)
+        .await
+        .with_context(|| format!("cannot read {kind} {namespace}/{name}"))?;
+    if let Some(e) = existing
+        && e.labels().get(FLEET_LABEL)
+            != obj.meta().labels.as_ref().and_then(|l| l.get(FLEET_LABEL))
+    {
+        anyhow::bail!(
+            "{kind} {namespace}/{name} exists and is not this Gateway's fleet; Parapet does not take it over: rename the Gateway or remove the {kind}"
+        );
+    }
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),

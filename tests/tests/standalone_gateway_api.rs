@@ -164,3 +164,45 @@ spec:
         .unwrap();
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_apiroutes_and_a_gateway_is_refused() {
+    let backend = Backend::start("web").await;
+    let apiroute = r#"---
+apiVersion: parapet.dev/v1alpha1
+kind: UpstreamPool
+metadata: {name: web, namespace: shop}
+spec: {static: [{address: 127.0.0.1, port: 9}]}
+---
+apiVersion: parapet.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: api, namespace: shop}
+spec: {hosts: [api.example], rules: [{backends: [{pool: web}]}]}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, gateway_yaml(backend.port(), apiroute)).unwrap();
+    let dp = Dataplane::start(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0=80",
+    ]);
+    let logs = {
+        let dp = &dp;
+        wait_for("the refusal to be logged", WAIT, || {
+            let logs = dp.logs().join("\n");
+            async move {
+                logs.contains("the file has ApiRoutes and a Gateway")
+                    .then_some(logs)
+            }
+        })
+        .await
+    };
+    assert!(logs.contains("run a data plane for each"), "{logs}");
+    let c = Client::new();
+    assert!(
+        !admin::ready(&c, dp.admin).await,
+        "nothing is served from a refused file"
+    );
+}

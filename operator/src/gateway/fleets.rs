@@ -188,7 +188,12 @@ impl Controller {
             .as_ref()
             .is_none_or(|l| l.seen != seen || l.at.elapsed() >= PROVISION_EVERY);
         if due {
-            *invalid_classes = p.reconcile(&accepted, &classes).await;
+            let keep = out
+                .gateways
+                .iter()
+                .map(|g| (g.namespace.clone(), g.name.clone()))
+                .collect();
+            *invalid_classes = p.reconcile(&accepted, &classes, keep).await;
             *last = Some(Provisioned {
                 seen,
                 at: tokio::time::Instant::now(),
@@ -236,10 +241,13 @@ impl Controller {
 
     fn start_fleet(&self, namespace: &str, name: &str, republish: &Arc<Notify>) -> GatewayFleet {
         let targets_changed = Arc::new(Notify::new());
+        // Only slices the EndpointSlice controller keeps for the fleet's own Service: one
+        // written by hand could name any address, and the table (listener keys included)
+        // and the fleet's token would go there.
         let (store, watch_task) = watch_until_aborted(
             Api::<EndpointSlice>::namespaced(self.client.clone(), namespace),
             watcher::Config::default().labels(&format!(
-                "kubernetes.io/service-name={}",
+                "kubernetes.io/service-name={},endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io",
                 crate::provision::admin_service_name(name)
             )),
             Writer::default(),
@@ -250,7 +258,11 @@ impl Controller {
         let fleet = Arc::new(Fleet::default());
         let pusher = Arc::new(Pusher {
             fleet: fleet.clone(),
-            token: self.push.token.clone(),
+            token: self
+                .push
+                .token
+                .as_deref()
+                .map(|t| crate::provision::fleet_token(t, namespace, name)),
             concurrency: self.push.concurrency,
             resync: self.push.resync,
             timeout: self.push.timeout,

@@ -118,16 +118,16 @@ impl Provisioner {
 
     /// Provisions the fleets of `gateways` and deletes the others. Returns the classes
     /// whose parameters are invalid, with why.
+    /// `keep`: every Gateway of a Parapet class, accepted or not. A Gateway that is not
+    /// accepted for a while (an edit that broke its listeners) keeps its fleet and address;
+    /// only Gateways gone or moved to another class lose theirs.
     pub async fn reconcile(
         &mut self,
         gateways: &[std::sync::Arc<Gateway>],
         classes: &[std::sync::Arc<GatewayClass>],
+        keep: BTreeSet<(String, String)>,
     ) -> BTreeMap<String, String> {
         let mut invalid = BTreeMap::new();
-        let keep: BTreeSet<(String, String)> = gateways
-            .iter()
-            .map(|g| (g.namespace().unwrap_or_default(), g.name_any()))
-            .collect();
         if self.kept.as_ref() != Some(&keep) {
             match provision::delete_stale(&self.client, &keep).await {
                 Ok(0) => {}
@@ -169,6 +169,10 @@ impl Provisioner {
                     tracing::warn!(gateway = %format!("{}/{}", key.0, key.1), error = %e, "no fleet");
                     continue;
                 }
+            };
+            let creds = SnapshotCredentials {
+                token: provision::fleet_token(&creds.token, &key.0, &key.1),
+                tls: creds.tls.clone(),
             };
             let objects = provision::render(&fleet, template, &creds);
             let hash: [u8; 32] = Sha256::digest(format!("{objects:?}").as_bytes()).into();

@@ -805,4 +805,26 @@ fn long_gateway_names_give_service_names_that_fit_and_differ() {
         "g1st",
         "a Service name starts with a letter"
     );
+    let dotted = service_name("api.example");
+    assert!(
+        dotted.starts_with("api-example-") && !dotted.contains('.'),
+        "{dotted}"
+    );
+    assert_ne!(dotted, service_name("api-example"));
+    assert!(secret_name(&"s".repeat(253)).len() <= 253);
+    assert_eq!(secret_name("edge"), "edge-parapet-snapshot");
+}
+
+#[test]
+fn each_fleet_has_a_token_of_its_own() {
+    let a = fleet_token("operator-token", "shop", "edge");
+    assert_eq!(
+        a,
+        fleet_token("operator-token", "shop", "edge"),
+        "every replica derives the same"
+    );
+    assert_ne!(a, fleet_token("operator-token", "shop", "other"));
+    assert_ne!(a, fleet_token("operator-token", "bank", "edge"));
+    assert_ne!(a, fleet_token("another-token", "shop", "edge"));
+    assert!(!a.contains("operator-token") && a.len() == 64);
 }

@@ -25,7 +25,8 @@ use crate::{
         Algorithm, Cluster, DirectResponse, ForwardAction, HeaderModifier, HeaderPair, Listener,
         ListenerProtocol, LoadBalancing, Mirror, PathMatch, PathReplacement, Redirect, Rewrite,
         Route as TableRoute, RouteAction, RouteMatcher, StringMatch, Table, UNMODIFIABLE_HEADERS,
-        UpstreamProtocol, ValueMatcher, VirtualHost, default_upgrades,
+        UpstreamProtocol, ValueMatcher, VirtualHost, default_upgrades, is_header_name,
+        is_header_value,
     },
 };
 
@@ -363,9 +364,11 @@ fn action(
         .and_then(|t| t.request.as_deref())
         .and_then(gateway_duration)
         .unwrap_or(DEFAULT_TIMEOUT.as_millis());
+    // No attempt outlives the request.
     let backend_timeout_ms = timeouts
         .and_then(|t| t.backend_request.as_deref())
-        .and_then(gateway_duration);
+        .and_then(gateway_duration)
+        .map(|b| b.min(timeout_ms));
     RouteAction::Forward(Box::new(ForwardAction {
         backends,
         timeout_ms,
@@ -396,20 +399,22 @@ fn gateway_duration(s: &str) -> Option<u64> {
     let d = Duration::parse(s).ok()?;
     Some(match d.as_millis() {
         0 => NO_TIMEOUT_MS,
-        ms => ms,
+        ms => ms.min(NO_TIMEOUT_MS),
     })
 }
 
+/// Header edits as the table takes them: an entry with a name or value that is not valid
+/// HTTP (the upstream CRD puts no pattern on values) is left out, so one route can never
+/// make its Gateway's whole table invalid.
 fn merge_headers(into: &mut HeaderModifier, h: &model::HeaderModifier) {
-    let allowed = |name: &str| !UNMODIFIABLE_HEADERS.contains(&name);
+    let allowed = |name: &str| is_header_name(name) && !UNMODIFIABLE_HEADERS.contains(&name);
     let pair = |x: &model::Header| HeaderPair {
         name: x.name.to_ascii_lowercase(),
         value: x.value.clone(),
     };
-    into.set
-        .extend(h.set.iter().map(pair).filter(|p| allowed(&p.name)));
-    into.add
-        .extend(h.add.iter().map(pair).filter(|p| allowed(&p.name)));
+    let valid = |p: &HeaderPair| allowed(&p.name) && is_header_value(&p.value);
+    into.set.extend(h.set.iter().map(pair).filter(valid));
+    into.add.extend(h.add.iter().map(pair).filter(valid));
     into.remove.extend(
         h.remove
             .iter()
@@ -470,7 +475,11 @@ fn redirect(r: &model::Redirect, matcher: &RouteMatcher, l: &ListenerModel) -> R
         hostname: r.hostname.clone(),
         port,
         path: r.path.as_ref().and_then(|p| path_replacement(p, matcher)),
-        status: u16::try_from(r.status_code.unwrap_or(302)).unwrap_or(302),
+        // The CRD allows only 301 and 302; a file might say anything.
+        status: u16::try_from(r.status_code.unwrap_or(302))
+            .ok()
+            .filter(|c| crate::snapshot::REDIRECT_STATUSES.contains(c))
+            .unwrap_or(302),
     }
 }
 

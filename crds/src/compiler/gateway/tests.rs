@@ -697,3 +697,46 @@ spec:
         "the *.foo.example.com listener has no routes, and the others' stay out of its names"
     );
 }
+
+#[test]
+fn header_edits_that_are_not_valid_http_are_left_out_and_timeouts_are_bounded() {
+    let out = compile(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: X-Ok, value: fine}, {name: X-Bad, value: "a\u0001b"}, {name: "Bad Name", value: v}]
+        add: [{name: X-Split, value: "a\nb"}]
+    backendRefs: [{name: web, port: 8080}]
+    timeouts: {request: 99999h, backendRequest: 99999h}
+"#,
+    );
+    let g = gateway(&out, "gw");
+    let RouteAction::Forward(f) = &host(g, 80, "*").routes[0].action else {
+        panic!("forwards")
+    };
+    let set: Vec<&str> = f
+        .request_headers
+        .set
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(set, ["x-ok"], "{:?}", f.request_headers.set);
+    assert!(f.request_headers.add.is_empty());
+    assert_eq!(f.timeout_ms, 24 * 3600 * 1000, "bounded at a day");
+    assert_eq!(
+        f.backend_timeout_ms,
+        Some(f.timeout_ms),
+        "an attempt never outlives its request"
+    );
+    assert_eq!(
+        crate::snapshot::Snapshot::new(1, g.table.clone()).validate(),
+        Ok(())
+    );
+}
