@@ -1202,8 +1202,12 @@ async fn gateway_fleet(tls: bool) -> Result<()> {
     } else {
         &["token"]
     };
+    // The fleet's own token, derived from the operator's, never the operator's itself.
+    let fleet_token = parapet_operator::provision::fleet_token(TOKEN, &ns, "edge");
     ensure!(
-        data.get("token").map(|t| t.0.as_slice()) == Some(TOKEN.as_bytes()) && keys == want,
+        data.get("token").map(|t| t.0.as_slice()) == Some(fleet_token.as_bytes())
+            && fleet_token != TOKEN
+            && keys == want,
         "the fleet's Secret holds the snapshot credentials: keys {keys:?}, want {want:?}"
     );
 
