@@ -454,16 +454,23 @@ spec:
     );
 }
 
+/// A PEM pair the translation accepts (it checks the PEM shape, never the key).
+const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\nTUlJ\n-----END CERTIFICATE-----\n";
+const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\nTUlJ\n-----END PRIVATE KEY-----\n";
+
+/// The `kubernetes.io/tls` Secret `infra/cert` holding that pair.
+fn cert_secret() -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: cert, namespace: infra}}\nstringData: {{tls.crt: \"{}\", tls.key: \"{}\"}}",
+        CERT_PEM.escape_default(),
+        KEY_PEM.escape_default()
+    )
+}
+
 #[test]
 fn hostnames_make_virtual_hosts_and_https_listeners_carry_their_certificate() {
-    let cert = "-----BEGIN CERTIFICATE-----\nTUlJ\n-----END CERTIFICATE-----\n";
-    let key = "-----BEGIN PRIVATE KEY-----\nTUlJ\n-----END PRIVATE KEY-----\n";
     let out = compile(&format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: cert, namespace: infra}}
-stringData: {{tls.crt: "{}", tls.key: "{}"}}
+        r#"{}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -481,8 +488,7 @@ spec:
   hostnames: ["a.example.com", "*.example.com"]
   rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
 "#,
-        cert.escape_default(),
-        key.escape_default()
+        cert_secret()
     ));
     let g = gateway(&out, "gw");
     let l8080 = g.table.listeners.iter().find(|l| l.port == 8080).unwrap();
@@ -495,20 +501,14 @@ spec:
     let t = gateway(&out, "tls");
     assert_eq!(t.table.listeners[0].protocol, ListenerProtocol::Https);
     let v = host(t, 443, "secure.example.com");
-    assert_eq!(v.tls.as_ref().unwrap().cert_pem, cert);
+    assert_eq!(v.tls.as_ref().unwrap().cert_pem, CERT_PEM);
     assert_eq!(t.listeners[0].attached_routes, 1);
 }
 
 #[test]
 fn an_https_listener_answers_names_without_routes_over_tls() {
-    let cert = "-----BEGIN CERTIFICATE-----\nTUlJ\n-----END CERTIFICATE-----\n";
-    let key = "-----BEGIN PRIVATE KEY-----\nTUlJ\n-----END PRIVATE KEY-----\n";
     let out = compile(&format!(
-        r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: cert, namespace: infra}}
-stringData: {{tls.crt: "{cert}", tls.key: "{key}"}}
+        r#"{}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -525,7 +525,8 @@ spec:
   parentRefs: [{{name: tls}}]
   hostnames: [example.org]
   rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
-"#
+"#,
+        cert_secret()
     ));
     let t = gateway(&out, "tls");
     let any = host(t, 443, "*");
