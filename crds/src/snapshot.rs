@@ -294,8 +294,8 @@ pub enum ListenerProtocol {
     Https,
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 impl Table {
@@ -831,21 +831,33 @@ pub struct UpstreamTls {
     pub client_certificate: Option<CertificatePair>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum CacheMode {
     Fixed,
+    #[default]
     Auto,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CachePolicy {
     /// `namespace/policy`.
     pub name: String,
     pub mode: CacheMode,
-    /// Fixed: the TTL; Auto: the heuristic TTL when the origin says nothing.
+    /// Fixed: the TTL. Auto: freshness for responses that give neither explicit freshness
+    /// nor Last-Modified; 0 (the default) invents none, as RFC 9111 §4.2.2 asks.
     pub ttl_ms: u64,
+    /// Auto: heuristic freshness is this percentage of the time since Last-Modified…
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heuristic_percent: u8,
+    /// …and never longer than this.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heuristic_max_ms: u64,
+    /// Auto: how long a stale entry with a validator is kept to be revalidated (the memory
+    /// bound may drop it sooner).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_stale_ms: u64,
     pub min_ttl_ms: u64,
     pub max_ttl_ms: u64,
     pub adaptive_ttl: bool,
@@ -862,6 +874,7 @@ pub struct CachePolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_headers: Vec<String>,
     pub methods: Vec<String>,
+    /// Statuses that may be stored; empty: RFC 9111's rules (Auto only).
     pub statuses: Vec<u16>,
     pub max_entry_bytes: u64,
     pub ignore_origin_no_store: bool,

@@ -52,9 +52,26 @@ pub struct CachePolicySpec {
     /// Fixed: how long an entry is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
-    /// Auto: freshness when the origin says nothing. Default 60s.
+    /// Auto: freshness for responses that carry no Cache-Control max-age, no Expires and no
+    /// Last-Modified. Unset (the default), such responses are not fresh: RFC 9111 lets a
+    /// shared cache invent freshness only from Last-Modified. Setting it is an operator's
+    /// override of the RFC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_ttl: Option<Duration>,
+    /// Auto: heuristic freshness of a response with Last-Modified (and no explicit
+    /// freshness), as a percentage of the time since it was last modified. Default 10;
+    /// 0 turns heuristic freshness off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub heuristic_percent: Option<i32>,
+    /// Auto: the longest heuristic freshness. Default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heuristic_max_ttl: Option<Duration>,
+    /// Auto: how long a stale entry that has a validator (ETag or Last-Modified) is kept so
+    /// the next request revalidates it (If-None-Match / If-Modified-Since) instead of
+    /// fetching it whole. The cache's memory bound may drop it sooner. Default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_stale: Option<Duration>,
     /// Auto: adaptive TTL lower bound. Default 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_ttl: Option<Duration>,
@@ -80,7 +97,9 @@ pub struct CachePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2))]
     pub methods: Option<Vec<CacheMethod>>,
-    /// Default [200, 203, 204, 300, 301, 404, 410].
+    /// Statuses that may be stored. Default for Fixed: [200, 203, 204, 300, 301, 404, 410];
+    /// for Auto: RFC 9111's rules (any final status with explicit freshness; heuristic
+    /// freshness only for the heuristically cacheable ones, RFC 9110 §15.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32))]
     #[schemars(inner(range(min = 100, max = 599)))]
@@ -92,7 +111,10 @@ pub struct CachePolicySpec {
     /// Fixed mode: cache even when the origin says `no-store` or `private`. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_origin_no_store: Option<bool>,
-    /// Cache requests with Authorization or cookies. Needs the header in `key.headers`.
+    /// Cache requests with Authorization or cookies, keyed on the credential. Needs the
+    /// header in `key.headers`. Without it, Auto mode still stores a response to a request
+    /// with Authorization when the response allows it (`public`, `s-maxage`,
+    /// `must-revalidate`: RFC 9111 §3.5), and requests with cookies bypass the cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_authorized: Option<bool>,
     /// Longest a request waits for another's fetch of the same key before going to the

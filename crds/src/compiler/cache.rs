@@ -10,6 +10,9 @@ use crate::{
 pub const DEFAULT_STATUSES: [u16; 7] = [200, 203, 204, 300, 301, 404, 410];
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1 << 20;
 const DEFAULT_TTL: Duration = Duration::from_secs(60);
+const DEFAULT_HEURISTIC_PERCENT: u8 = 10;
+const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_KEEP_STALE: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
 const DEFAULT_MAX_TTL: Duration = Duration::from_secs(3600);
 const DEFAULT_COALESCE: Duration = Duration::from_secs(5);
@@ -31,7 +34,8 @@ fn compile_policy(p: &Object<CachePolicySpec>) -> CachePolicy {
     let ttl_ms = match mode {
         // The schema requires ttl in Fixed mode; a file that omits it gets the default.
         CacheMode::Fixed => ms(s.ttl, DEFAULT_TTL),
-        CacheMode::Auto => ms(s.default_ttl.or(s.ttl), DEFAULT_TTL),
+        // No invented freshness unless the operator asks for it.
+        CacheMode::Auto => ms(s.default_ttl.or(s.ttl), Duration::default()),
     };
     let min_ttl_ms = ms(s.min_ttl, DEFAULT_MIN_TTL);
     let max_ttl_ms = ms(s.max_ttl, DEFAULT_MAX_TTL).max(min_ttl_ms);
@@ -50,6 +54,8 @@ fn compile_policy(p: &Object<CachePolicySpec>) -> CachePolicy {
     methods.dedup();
     let mut statuses: Vec<u16> = match &s.statuses {
         Some(v) => v.iter().filter_map(|s| u16::try_from(*s).ok()).collect(),
+        // Auto without a list follows RFC 9111's storable-status rules (empty list).
+        None if mode == CacheMode::Auto => vec![],
         None => DEFAULT_STATUSES.to_vec(),
     };
     statuses.sort_unstable();
@@ -68,6 +74,12 @@ fn compile_policy(p: &Object<CachePolicySpec>) -> CachePolicy {
         name: qualified(ns(&p.metadata), name(&p.metadata)),
         mode,
         ttl_ms,
+        heuristic_percent: s
+            .heuristic_percent
+            .and_then(|p| u8::try_from(p.clamp(0, 100)).ok())
+            .unwrap_or(DEFAULT_HEURISTIC_PERCENT),
+        heuristic_max_ms: ms(s.heuristic_max_ttl, DEFAULT_HEURISTIC_MAX),
+        keep_stale_ms: ms(s.keep_stale, DEFAULT_KEEP_STALE),
         min_ttl_ms,
         max_ttl_ms,
         adaptive_ttl: s.adaptive_ttl.unwrap_or(false),

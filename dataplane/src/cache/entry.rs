@@ -13,16 +13,19 @@ use super::freshness::Lifetime;
 
 pub struct Entry {
     pub status: StatusCode,
-    /// Response headers as the origin sent them, hop-by-hop headers removed.
+    /// Response headers as the origin sent them, without hop-by-hop fields, `Age` (computed
+    /// per answer) and the fields `private="…"`/`no-cache="…"` name.
     pub headers: HeaderMap,
     pub body: Bytes,
-    /// When it was received, monotonic (for freshness) and wall clock (for nothing but logs).
+    /// When it was received, monotonic: the resident time counts from here.
     pub stored: Instant,
     pub lifetime: Lifetime,
-    /// The Age the origin reported, added to the resident time for the `Age` header.
+    /// Its corrected initial age (RFC 9111 §4.2.3).
     pub initial_age: Duration,
-    /// Adaptive TTL: the TTL this entry was stored with (Auto heuristic or Fixed).
+    /// Adaptive TTL: the cache's own freshness this entry was stored with.
     pub ttl: Duration,
+    /// How long it is kept once stale and past its stale windows, when it has a validator.
+    pub keep_stale: Duration,
     /// Fingerprint of the body, so a refresh can tell whether the data changed.
     pub fingerprint: u64,
     /// Set while one background refresh of this entry runs.
@@ -40,11 +43,15 @@ pub enum Freshness {
     StaleWhileRevalidate,
     /// Past freshness and stale-while-revalidate; usable only if the origin fails.
     StaleIfError,
+    /// Usable only after revalidation.
     Expired,
 }
 
 /// Refresh-ahead starts in the last tenth of an entry's freshness.
 const REFRESH_AHEAD_FRACTION: u32 = 10;
+
+/// The largest Age sent (RFC 9111 §1.2.2).
+const MAX_AGE_SECS: u64 = 1 << 31;
 
 impl Entry {
     pub fn new(
@@ -52,14 +59,8 @@ impl Entry {
         headers: HeaderMap,
         body: Bytes,
         lifetime: Lifetime,
-        ttl: Duration,
+        initial_age: Duration,
     ) -> Self {
-        let initial_age = headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or_default();
         Self {
             status,
             fingerprint: fingerprint(&body),
@@ -68,22 +69,42 @@ impl Entry {
             stored: Instant::now(),
             lifetime,
             initial_age,
-            ttl,
+            ttl: lifetime.freshness,
+            keep_stale: Duration::ZERO,
             refreshing: AtomicBool::new(false),
             received_at: SystemTime::now(),
         }
     }
 
+    /// Keeps it this long for revalidation once stale (only when it has a validator).
+    pub fn keep_stale(mut self, keep: Duration) -> Self {
+        if self.etag().is_some() || self.last_modified().is_some() {
+            self.keep_stale = keep;
+        }
+        self
+    }
+
+    /// It was fresh when it arrived: only such entries may be served stale (a response the
+    /// origin sent already stale, or with `no-cache`, never is).
+    pub fn was_fresh(&self) -> bool {
+        self.lifetime.freshness > self.initial_age
+    }
+
     pub fn freshness(&self, now: Instant, refresh_ahead: bool) -> Freshness {
-        let resident = now.saturating_duration_since(self.stored);
-        let fresh = self.lifetime.fresh_for;
-        if resident < fresh {
-            if refresh_ahead && resident >= fresh - fresh / REFRESH_AHEAD_FRACTION {
+        let age = self.age(now);
+        let fresh = self.lifetime.freshness;
+        if age < fresh {
+            let remaining = fresh - age;
+            let life = fresh.saturating_sub(self.initial_age);
+            if refresh_ahead && remaining <= life / REFRESH_AHEAD_FRACTION {
                 return Freshness::FreshRefreshAhead;
             }
             return Freshness::Fresh;
         }
-        let stale = resident - fresh;
+        if !self.was_fresh() {
+            return Freshness::Expired;
+        }
+        let stale = age - fresh;
         if stale < self.lifetime.stale_while_revalidate {
             Freshness::StaleWhileRevalidate
         } else if stale < self.lifetime.stale_if_error {
@@ -93,18 +114,27 @@ impl Entry {
         }
     }
 
-    /// How long the store must keep it: freshness plus the longer stale window.
+    /// How long the store keeps it from now on: the rest of its freshness, then the longest
+    /// of its stale windows and the time it is kept for revalidation.
     pub fn keep_for(&self) -> Duration {
-        self.lifetime.fresh_for
-            + self
-                .lifetime
+        let windows = if self.was_fresh() {
+            self.lifetime
                 .stale_while_revalidate
                 .max(self.lifetime.stale_if_error)
+        } else {
+            Duration::ZERO
+        };
+        self.lifetime.freshness.saturating_sub(self.initial_age) + windows.max(self.keep_stale)
     }
 
-    /// The `Age` to send: what the origin said plus the time spent here.
+    /// Its current age (§4.2.3): the corrected initial age plus the time spent here.
     pub fn age(&self, now: Instant) -> Duration {
         self.initial_age + now.saturating_duration_since(self.stored)
+    }
+
+    /// The `Age` field value to send.
+    pub fn age_secs(&self, now: Instant) -> u64 {
+        self.age(now).as_secs().min(MAX_AGE_SECS)
     }
 
     pub fn etag(&self) -> Option<&HeaderValue> {
@@ -161,11 +191,12 @@ mod tests {
             HeaderMap::new(),
             Bytes::from_static(b"x"),
             Lifetime {
-                fresh_for: Duration::from_secs(fresh),
+                freshness: Duration::from_secs(fresh),
                 stale_while_revalidate: Duration::from_secs(swr),
                 stale_if_error: Duration::from_secs(sie),
+                heuristic: false,
             },
-            Duration::from_secs(fresh),
+            Duration::ZERO,
         )
     }
 
@@ -183,6 +214,29 @@ mod tests {
         assert_eq!(e.keep_for(), Duration::from_secs(70));
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(e.age(Instant::now()), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn age_counts_from_the_corrected_initial_age() {
+        let mut e = entry(10, 5, 60);
+        e.initial_age = Duration::from_secs(4);
+        let at = |s: u64| e.stored + Duration::from_secs(s);
+        assert_eq!(e.age_secs(at(2)), 6);
+        assert_eq!(e.freshness(at(5), false), Freshness::Fresh);
+        assert_eq!(e.freshness(at(6), false), Freshness::StaleWhileRevalidate);
+        assert_eq!(e.keep_for(), Duration::from_secs(66));
+        // Stale on arrival: never served stale, kept only to be revalidated.
+        e.initial_age = Duration::from_secs(20);
+        assert!(!e.was_fresh());
+        assert_eq!(e.freshness(at(0), false), Freshness::Expired);
+        assert_eq!(e.keep_for(), Duration::ZERO);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ETAG, HeaderValue::from_static("\"v\""));
+        e.headers = headers;
+        assert_eq!(
+            e.keep_stale(Duration::from_secs(600)).keep_for(),
+            Duration::from_secs(600)
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::fmt::Write;
 use http::{HeaderMap, Method};
 use parapet_crds::snapshot::CachePolicy;
 
+use super::control::list_members;
+
 /// Builds the primary key for a request.
 pub fn primary_key(
     policy: &CachePolicy,
@@ -17,13 +19,30 @@ pub fn primary_key(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> String {
-    let mut key = String::with_capacity(64 + path.len());
     // HEAD is answered from GET's entry, so they share one.
     let method = if method == Method::HEAD {
         "GET"
     } else {
         method.as_str()
     };
+    let mut key = url_key(policy, method, scheme, host, path, query);
+    for name in &policy.key_headers {
+        append_header(&mut key, name, headers);
+    }
+    key
+}
+
+/// The part of a key that names the resource: policy, method and URL, without the request
+/// headers the key adds. Unsafe requests invalidate by it.
+pub fn url_key(
+    policy: &CachePolicy,
+    method: &str,
+    scheme: &str,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+) -> String {
+    let mut key = String::with_capacity(64 + path.len());
     let _ = write!(key, "{}\n{method}\n{scheme}://{host}{path}", policy.name);
     if policy.include_query
         && let Some(q) = query
@@ -47,10 +66,16 @@ pub fn primary_key(
             }
         }
     }
-    for name in &policy.key_headers {
-        append_header(&mut key, name, headers);
-    }
     key
+}
+
+/// The [`url_key`] prefix of a key.
+pub fn url_of(key: &str) -> &str {
+    let mut newlines = key.match_indices('\n').map(|(i, _)| i);
+    match newlines.nth(2) {
+        Some(i) => &key[..i],
+        None => key,
+    }
 }
 
 /// The path (with query) of a key built by [`primary_key`].
@@ -60,17 +85,56 @@ pub fn path_of(key: &str) -> Option<&str> {
     after_scheme.find('/').map(|i| &after_scheme[i..])
 }
 
-/// Appends `\n name: v1, v2` for a header (or `\n name:` when absent).
+/// Appends `\n name:v1,v2` for a header (or `\n name:` when absent), normalised as RFC 9111
+/// §4.1 allows: field lines combined, whitespace around list members dropped, and for the
+/// content-negotiation fields whose values are case-insensitive and unordered, lower-cased
+/// and sorted. So `gzip, br` and `BR,gzip` select the same variant.
 pub fn append_header(key: &mut String, name: &str, headers: &HeaderMap) {
     key.push('\n');
     key.push_str(name);
     key.push(':');
-    for (i, v) in headers.get_all(name).iter().enumerate() {
+    let mut members: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+    for v in headers.get_all(name) {
+        match v.to_str() {
+            Ok(v) => members.extend(list_members(v).map(normalise_member)),
+            // Not visible ASCII: kept byte for byte, behind a control character no visible
+            // value can hold, so it never equals another value.
+            Err(_) => members.push(format!("\u{1}{:?}", v.as_bytes()).into()),
+        }
+    }
+    if UNORDERED_CASELESS.contains(&name) {
+        for m in &mut members {
+            if m.bytes().any(|b| b.is_ascii_uppercase()) {
+                *m = m.to_ascii_lowercase().into();
+            }
+        }
+        members.sort_unstable();
+    }
+    for (i, m) in members.iter().enumerate() {
         if i > 0 {
             key.push(',');
         }
-        key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        key.push_str(m);
     }
+}
+
+/// Request fields whose members are case-insensitive tokens and whose order carries no
+/// meaning (preference is by `q` weight).
+const UNORDERED_CASELESS: [&str; 3] = ["accept-encoding", "accept-charset", "te"];
+
+/// A list member without optional whitespace around `;` and `=` (outside quoted strings).
+fn normalise_member(m: &str) -> std::borrow::Cow<'_, str> {
+    if !m.contains([';', '=']) || m.contains('"') {
+        return m.into();
+    }
+    m.split(';')
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => format!("{}={}", k.trim(), v.trim()),
+            None => p.trim().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+        .into()
 }
 
 /// The variant key for a response that `Vary`s on `fields`: the primary key plus the
@@ -125,6 +189,7 @@ mod tests {
             ignore_origin_no_store: false,
             cache_authorized: false,
             coalesce_timeout_ms: 100,
+            ..CachePolicy::default()
         }
     }
 
@@ -185,6 +250,64 @@ mod tests {
         none.include_query = false;
         assert!(
             primary_key(&none, &Method::GET, "http", "api", "/b", Some("z=1"), &h).contains("/b\n")
+        );
+    }
+
+    #[test]
+    fn vary_values_are_normalised() {
+        let fields = vec!["accept-encoding".to_string(), "accept-language".to_string()];
+        let req = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            variant_key("k", &fields, &m)
+        };
+        let base = req(&[
+            ("accept-encoding", "gzip, br"),
+            ("accept-language", "en;q=0.8, fr"),
+        ]);
+        for same in [
+            req(&[
+                ("accept-encoding", "br,gzip"),
+                ("accept-language", "en ; q=0.8,fr"),
+            ]),
+            req(&[
+                ("accept-encoding", "GZIP,   BR"),
+                ("accept-language", "en;q=0.8,fr"),
+            ]),
+            req(&[
+                ("accept-encoding", "gzip"),
+                ("accept-encoding", "br"),
+                ("accept-language", "en;q=0.8"),
+                ("accept-language", "fr"),
+            ]),
+        ] {
+            assert_eq!(base, same);
+        }
+        for other in [
+            req(&[
+                ("accept-encoding", "gzip"),
+                ("accept-language", "en;q=0.8, fr"),
+            ]),
+            // Language order is kept: equal weights are not assumed to be unordered.
+            req(&[
+                ("accept-encoding", "gzip, br"),
+                ("accept-language", "fr, en;q=0.8"),
+            ]),
+            req(&[
+                ("accept-encoding", "gzip, br"),
+                ("accept-language", "\"en, fr\""),
+            ]),
+        ] {
+            assert_ne!(base, other);
+        }
+        assert_eq!(
+            url_of("p\nGET\nhttp://h/a?b\nx-h:1"),
+            "p\nGET\nhttp://h/a?b"
         );
     }
 

@@ -1,7 +1,12 @@
 //! The cache in front of the origin: what a request gets (HIT, MISS, STALE, REVALIDATED,
 //! BYPASS), one origin fetch per key, background refreshes, and stale-if-error.
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header, request::Parts};
@@ -15,7 +20,12 @@ use prometheus_client::{
 use tokio::time::Instant;
 
 use super::{
-    Entry, Fill, Freshness, Store, adapt_ttl, cacheable_request, entry::fingerprint, key, lifetime,
+    Entry, Fill, Freshness, Store, adapt_ttl, cacheable_request,
+    conditional::{self, CLIENT_CONDITIONALS, Shape},
+    control::{CDN_CACHE_CONTROL, Directives},
+    entry::fingerprint,
+    freshness::{Exchange, Lifetime},
+    key, lifetime,
 };
 use crate::proxy::body::{BoxError, ProxyBody};
 
@@ -177,9 +187,8 @@ impl Cache {
         if !cacheable_request(policy, &parts.method, &parts.headers) {
             self.count(policy, &Result_::Bypass);
             let resp = Box::pin(origin.fetch(Request::from_parts(parts, empty()))).await;
-            return tag(resp, Result_::Bypass, None);
+            return tag(resp, Result_::Bypass);
         }
-        let head = parts.method == http::Method::HEAD;
         let primary = key::primary_key(
             policy,
             &parts.method,
@@ -191,7 +200,7 @@ impl Cache {
         );
         // The proxy answers fresh hits before it gets here (`fresh`); the lookup, coalescing
         // and fetches are boxed so the request's future does not carry, and copy, them.
-        Box::pin(self.lookup_or_fetch(policy, primary, parts, head, origin)).await
+        Box::pin(self.lookup_or_fetch(policy, primary, parts, origin)).await
     }
 
     /// The lookup and what follows it: a hit, a stale answer with a background refresh, or
@@ -201,7 +210,6 @@ impl Cache {
         policy: &Arc<CachePolicy>,
         primary: String,
         parts: Parts,
-        head: bool,
         origin: O,
     ) -> Response<ProxyBody> {
         let wait = Duration::from_millis(policy.coalesce_timeout_ms);
@@ -212,7 +220,7 @@ impl Cache {
             let now = Instant::now();
             if let Some(e) = &found {
                 match e.freshness(now, policy.refresh_ahead) {
-                    Freshness::Fresh => return self.hit(policy, e, head, now),
+                    Freshness::Fresh => return self.hit(policy, e, &parts, now),
                     Freshness::FreshRefreshAhead | Freshness::StaleWhileRevalidate => {
                         let stale = e.freshness(now, false) == Freshness::StaleWhileRevalidate;
                         self.refresh_in_background(
@@ -225,9 +233,9 @@ impl Cache {
                         );
                         if stale {
                             self.count(policy, &Result_::Stale);
-                            return from_entry(e, Result_::Stale, head, now);
+                            return answer(e, Result_::Stale, &parts, now);
                         }
-                        return self.hit(policy, e, head, now);
+                        return self.hit(policy, e, &parts, now);
                     }
                     Freshness::StaleIfError | Freshness::Expired => {}
                 }
@@ -239,7 +247,7 @@ impl Cache {
             {
                 Fill::Leader(_guard) => {
                     return self
-                        .fetch_and_store(policy, &primary, &skey, found, parts, head, origin)
+                        .fetch_and_store(policy, &primary, &skey, found, parts, origin)
                         .await;
                 }
                 Fill::Done => {
@@ -251,7 +259,7 @@ impl Cache {
                     // Waited long enough for someone else: go to the origin alone.
                     self.count(policy, &Result_::Miss);
                     let resp = origin.fetch(Request::from_parts(parts, empty())).await;
-                    return tag(resp, Result_::Miss, None);
+                    return tag(resp, Result_::Miss);
                 }
             }
         }
@@ -284,158 +292,242 @@ impl Cache {
         let skey = self.store.storage_key(&primary, headers);
         let e = self.store.get(&skey)?;
         let now = Instant::now();
-        (e.freshness(now, policy.refresh_ahead) == Freshness::Fresh)
-            .then(|| self.hit(policy, &e, method == http::Method::HEAD, now))
+        if e.freshness(now, policy.refresh_ahead) != Freshness::Fresh {
+            return None;
+        }
+        self.count(policy, &Result_::Hit);
+        Some(answer_to(&e, Result_::Hit, method, headers, now))
     }
 
     fn hit(
         &self,
         policy: &CachePolicy,
         e: &Entry,
-        head: bool,
+        parts: &Parts,
         now: Instant,
     ) -> Response<ProxyBody> {
         self.count(policy, &Result_::Hit);
-        from_entry(e, Result_::Hit, head, now)
+        answer(e, Result_::Hit, parts, now)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A miss, or a stored entry that needs validation: one conditional (when the entry has
+    /// validators) request for the full response, which is stored when it may be.
     async fn fetch_and_store<O: Origin>(
         self: &Arc<Self>,
         policy: &Arc<CachePolicy>,
         primary: &str,
         skey: &str,
-        stale: Option<Arc<Entry>>,
+        found: Option<Arc<Entry>>,
         parts: Parts,
-        head: bool,
         origin: O,
     ) -> Response<ProxyBody> {
         let mut up = parts.clone();
-        // Always fetch the full representation, even for HEAD, so it can be stored.
+        // The full representation, even for HEAD or a range, so it can be stored; the
+        // client's own conditionals are answered here, from it.
         up.method = http::Method::GET;
-        if let Some(e) = &stale {
+        for h in &CLIENT_CONDITIONALS {
+            up.headers.remove(h);
+        }
+        let unconditional = up.clone();
+        if let Some(e) = &found {
             add_validators(&mut up.headers, e);
         }
-        let resp = origin.fetch(Request::from_parts(up, empty())).await;
+        let mut request_time = SystemTime::now();
+        let mut resp = origin.fetch(Request::from_parts(up, empty())).await;
         let now = Instant::now();
-        let status = resp.status();
-        if let Some(e) = &stale
-            && let Some(answer) =
-                self.answer_from_stale(policy, skey, e, resp.headers(), status, head, now)
-        {
-            return answer;
+        if let Some(e) = &found {
+            let status = resp.status();
+            if status == StatusCode::NOT_MODIFIED && validates(e, resp.headers()) {
+                let exchange = self.exchange(&parts, request_time);
+                let refreshed = self.revalidated(policy, skey, e, resp.headers(), exchange);
+                self.count(policy, &Result_::Revalidated);
+                return answer(&refreshed, Result_::Revalidated, &parts, now);
+            }
+            if status == StatusCode::NOT_MODIFIED {
+                // Not about the stored response (RFC 9111 §4.3.4): ask again, unconditionally.
+                request_time = SystemTime::now();
+                resp = origin
+                    .fetch(Request::from_parts(unconditional, empty()))
+                    .await;
+            } else if is_origin_failure(status)
+                && e.freshness(now, false) == Freshness::StaleIfError
+            {
+                self.count(policy, &Result_::Stale);
+                tracing::debug!(policy = %policy.name, %status, "origin failed; serving stale-if-error");
+                return answer(e, Result_::Stale, &parts, now);
+            }
         }
         self.count(policy, &Result_::Miss);
+        let exchange = self.exchange(&parts, request_time);
         let (resp_parts, body) = resp.into_parts();
-        let ttl = previous_ttl(policy, stale.as_deref());
         let Ok(life) = lifetime(
             policy,
             resp_parts.status.as_u16(),
             &resp_parts.headers,
-            std::time::SystemTime::now(),
-            Some(ttl),
+            exchange,
         ) else {
-            return tag(Response::from_parts(resp_parts, body), Result_::Miss, None);
+            if found.is_some() {
+                // What was stored no longer stands for this resource.
+                self.store.invalidate_key(skey);
+            }
+            return tag(Response::from_parts(resp_parts, body), Result_::Miss);
         };
         // Bodies larger than the entry bound stream through uncached.
         let max = usize::try_from(policy.max_entry_bytes).unwrap_or(usize::MAX);
         if declared_length(&resp_parts.headers).is_some_and(|n| n > policy.max_entry_bytes) {
-            return tag(Response::from_parts(resp_parts, body), Result_::Miss, None);
+            return tag(Response::from_parts(resp_parts, body), Result_::Miss);
         }
-        let bytes = match collect_bounded(body, max).await {
-            Some(b) => b,
-            None => {
-                // Too large without a Content-Length, or the origin failed mid-body: this
-                // response cannot be completed from here.
-                tracing::debug!(policy = %policy.name, "response not cached: too large or cut off");
-                let mut r = Response::new(empty());
-                *r.status_mut() = StatusCode::BAD_GATEWAY;
-                return tag(r, Result_::Miss, None);
-            }
+        let Some(bytes) = collect_bounded(body, max).await else {
+            // Too large without a Content-Length, or the origin failed mid-body: this
+            // response cannot be completed from here.
+            tracing::debug!(policy = %policy.name, "response not cached: too large or cut off");
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            return tag(r, Result_::Miss);
         };
-        let changed = stale
+        let changed = found
             .as_ref()
             .is_none_or(|e| e.fingerprint != fingerprint(&bytes));
-        let ttl = adapted(policy, stale.as_deref(), changed, ttl);
-        let life = if policy.adaptive_ttl && stale.is_some() {
-            lifetime(
-                policy,
-                resp_parts.status.as_u16(),
-                &resp_parts.headers,
-                std::time::SystemTime::now(),
-                Some(ttl),
-            )
-            .unwrap_or(life)
+        let life = self.adapt(
+            policy,
+            found.as_deref(),
+            changed,
+            life,
+            &resp_parts,
+            exchange,
+        );
+        let entry = self.entry(policy, &resp_parts, bytes.clone(), life, exchange);
+        let stored = self.store.insert(
+            primary,
+            &parts.headers,
+            key::vary_fields(&resp_parts.headers),
+            entry,
+        );
+        self.update_gauges();
+        if wants_shape(&parts) {
+            // A conditional or range request: answered from what was just stored.
+            return answer(&stored, Result_::Miss, &parts, Instant::now());
+        }
+        let body = if parts.method == http::Method::HEAD {
+            empty()
         } else {
-            life
+            full(bytes)
         };
-        let mut headers = resp_parts.headers.clone();
+        // The origin's answer as it came, its Age included.
+        tag(Response::from_parts(resp_parts, body), Result_::Miss)
+    }
+
+    fn exchange(&self, parts: &Parts, request_time: SystemTime) -> Exchange {
+        Exchange {
+            sent: request_time,
+            received: SystemTime::now(),
+            authorized: parts.headers.contains_key(header::AUTHORIZATION),
+            adapted_ttl: None,
+        }
+    }
+
+    /// Adaptive TTL: the cache's own freshness grows while refreshes find the body unchanged
+    /// and shrinks when it changed; explicit freshness from the origin is left alone.
+    fn adapt(
+        &self,
+        policy: &CachePolicy,
+        prev: Option<&Entry>,
+        changed: bool,
+        life: Lifetime,
+        resp: &http::response::Parts,
+        exchange: Exchange,
+    ) -> Lifetime {
+        let Some(prev) = prev.filter(|p| {
+            policy.adaptive_ttl
+                && policy.mode == CacheMode::Auto
+                && p.lifetime.heuristic
+                && life.heuristic
+        }) else {
+            return life;
+        };
+        let ttl = adapt_ttl(
+            prev.ttl,
+            changed,
+            Duration::from_millis(policy.min_ttl_ms),
+            Duration::from_millis(policy.max_ttl_ms),
+        );
+        lifetime(
+            policy,
+            resp.status.as_u16(),
+            &resp.headers,
+            Exchange {
+                adapted_ttl: Some(ttl),
+                ..exchange
+            },
+        )
+        .unwrap_or(life)
+    }
+
+    /// The entry for a response: headers as stored (no per-exchange fields, no Age, none the
+    /// origin marked `private="…"`/`no-cache="…"`), its corrected initial age.
+    fn entry(
+        &self,
+        policy: &CachePolicy,
+        resp: &http::response::Parts,
+        body: Bytes,
+        life: Lifetime,
+        exchange: Exchange,
+    ) -> Entry {
+        let mut headers = resp.headers.clone();
+        let initial_age = exchange.initial_age(&headers);
         for h in PER_REQUEST {
             headers.remove(h);
         }
-        let vary = key::vary_fields(&headers);
-        let entry = Entry::new(resp_parts.status, headers, bytes.clone(), life, ttl);
-        let _ = skey;
-        self.store.insert(primary, &parts.headers, vary, entry);
-        self.update_gauges();
-        let mut resp = Response::from_parts(resp_parts, if head { empty() } else { full(bytes) });
-        resp.headers_mut()
-            .insert(header::AGE, HeaderValue::from_static("0"));
-        tag(resp, Result_::Miss, None)
+        headers.remove(header::AGE);
+        for f in Directives::of_response(&resp.headers).strip_fields {
+            headers.remove(f.as_str());
+        }
+        Entry::new(resp.status, headers, body, life, initial_age)
+            .keep_stale(Duration::from_millis(policy.keep_stale_ms))
     }
 
-    /// The answer from the stale entry a refresh was asked for: the entry again when the
-    /// origin says it has not changed (304), or as it is when the origin failed and the
-    /// entry may be served stale-if-error; `None` when the origin's response is the answer.
-    #[allow(clippy::too_many_arguments)]
-    fn answer_from_stale(
-        &self,
-        policy: &CachePolicy,
-        skey: &str,
-        stale: &Arc<Entry>,
-        headers: &HeaderMap,
-        status: StatusCode,
-        head: bool,
-        now: Instant,
-    ) -> Option<Response<ProxyBody>> {
-        if status == StatusCode::NOT_MODIFIED {
-            let refreshed = self.revalidated(policy, skey, stale, headers);
-            self.count(policy, &Result_::Revalidated);
-            return Some(from_entry(&refreshed, Result_::Revalidated, head, now));
-        }
-        if is_origin_failure(status) && stale.freshness(now, false) == Freshness::StaleIfError {
-            self.count(policy, &Result_::Stale);
-            tracing::debug!(policy = %policy.name, %status, "origin failed; serving stale-if-error");
-            return Some(from_entry(stale, Result_::Stale, head, now));
-        }
-        None
-    }
-
+    /// A stored entry after a 304 (RFC 9111 §4.3.4): the 304's fields replace every value of
+    /// the same fields (Content-Length and per-exchange fields excepted), freshness and age
+    /// start again from the 304. The body is kept.
     fn revalidated(
         &self,
         policy: &CachePolicy,
         skey: &str,
         e: &Arc<Entry>,
-        fresh_headers: &HeaderMap,
+        fresh: &HeaderMap,
+        exchange: Exchange,
     ) -> Arc<Entry> {
-        // A 304 updates the stored headers it carries (RFC 9111 §4.3.4) and restarts
-        // freshness; the body is kept.
         let mut headers = e.headers.clone();
-        for (k, v) in fresh_headers {
-            if k != header::CONTENT_LENGTH && !PER_REQUEST.contains(&k.as_str()) {
-                headers.insert(k.clone(), v.clone());
+        let mut last: Option<&header::HeaderName> = None;
+        for (name, value) in fresh {
+            if name == header::CONTENT_LENGTH
+                || name == header::AGE
+                || PER_REQUEST.contains(&name.as_str())
+            {
+                continue;
             }
+            if last != Some(name) {
+                headers.remove(name);
+                last = Some(name);
+            }
+            headers.append(name.clone(), value.clone());
         }
-        let ttl = adapted(policy, Some(e), false, e.ttl);
-        let life = lifetime(
-            policy,
-            e.status.as_u16(),
-            &headers,
-            std::time::SystemTime::now(),
-            Some(ttl),
-        )
-        .unwrap_or(e.lifetime);
-        let entry = Entry::new(e.status, headers, e.body.clone(), life, ttl);
+        let parts = {
+            let mut r = Response::new(());
+            *r.status_mut() = e.status;
+            *r.headers_mut() = headers;
+            r.into_parts().0
+        };
+        let life = lifetime(policy, e.status.as_u16(), &parts.headers, exchange);
+        let Ok(life) = life else {
+            // The origin no longer lets it be stored: this answer is its last use.
+            self.store.invalidate_key(skey);
+            return e.clone();
+        };
+        let life = self.adapt(policy, Some(e), false, life, &parts, exchange);
+        let mut entry = self.entry(policy, &parts, e.body.clone(), life, exchange);
+        // The 304's own Age and Date, not the stored response's, tell how old it is now.
+        entry.initial_age = exchange.initial_age(fresh);
         let out = self.store.replace(skey, entry);
         self.update_gauges();
         out
@@ -462,6 +554,9 @@ impl Cache {
         );
         let mut up = parts.clone();
         up.method = http::Method::GET;
+        for h in &CLIENT_CONDITIONALS {
+            up.headers.remove(h);
+        }
         add_validators(&mut up.headers, &e);
         tokio::spawn(refresh(this, policy, primary, skey, e, up, origin));
     }
@@ -482,6 +577,21 @@ impl Cache {
         self.update_gauges();
         n
     }
+
+    /// Invalidates what is stored for a URL after an unsafe request to it succeeded (RFC 9111
+    /// §4.4): every variant, for GET and HEAD.
+    pub fn invalidate(
+        &self,
+        policy: &CachePolicy,
+        scheme: &str,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+    ) {
+        self.store
+            .invalidate(&key::url_key(policy, "GET", scheme, host, path, query));
+        self.update_gauges();
+    }
 }
 
 /// One background refresh: a conditional fetch, then the entry is revalidated or replaced.
@@ -495,58 +605,64 @@ async fn refresh<O: Origin>(
     origin: O,
 ) {
     let request_headers = up.headers.clone();
+    let authorized = up.headers.contains_key(header::AUTHORIZATION);
+    let request_time = SystemTime::now();
     let resp = origin.fetch(Request::from_parts(up, empty())).await;
+    let exchange = Exchange {
+        sent: request_time,
+        received: SystemTime::now(),
+        authorized,
+        adapted_ttl: None,
+    };
     if resp.status() == StatusCode::NOT_MODIFIED {
-        this.revalidated(&policy, &skey, &e, resp.headers());
+        if validates(&e, resp.headers()) {
+            this.revalidated(&policy, &skey, &e, resp.headers(), exchange);
+        } else {
+            // The next request fetches it whole.
+            this.store.invalidate_key(&skey);
+        }
     } else if !is_origin_failure(resp.status()) {
         let (rp, body) = resp.into_parts();
         let max = usize::try_from(policy.max_entry_bytes).unwrap_or(usize::MAX);
         if let Some(bytes) = collect_bounded(body, max).await {
-            let changed = e.fingerprint != fingerprint(&bytes);
-            let ttl = adapted(&policy, Some(&e), changed, e.ttl);
-            if let Ok(life) = lifetime(
-                &policy,
-                rp.status.as_u16(),
-                &rp.headers,
-                std::time::SystemTime::now(),
-                Some(ttl),
-            ) {
-                let mut headers = rp.headers;
-                for h in PER_REQUEST {
-                    headers.remove(h);
+            match lifetime(&policy, rp.status.as_u16(), &rp.headers, exchange) {
+                Ok(life) => {
+                    let changed = e.fingerprint != fingerprint(&bytes);
+                    let life = this.adapt(&policy, Some(&e), changed, life, &rp, exchange);
+                    let entry = this.entry(&policy, &rp, bytes, life, exchange);
+                    let vary = key::vary_fields(&rp.headers);
+                    this.store.insert(&primary, &request_headers, vary, entry);
                 }
-                let vary = key::vary_fields(&headers);
-                this.store.insert(
-                    &primary,
-                    &request_headers,
-                    vary,
-                    Entry::new(rp.status, headers, bytes, life, ttl),
-                );
-                this.update_gauges();
+                Err(_) => this.store.invalidate_key(&skey),
             }
+            this.update_gauges();
         }
     }
     e.end_refresh();
 }
 
-/// The TTL an entry starts from: the previous entry's (adaptive), else the policy's.
-fn previous_ttl(policy: &CachePolicy, prev: Option<&Entry>) -> Duration {
-    match prev {
-        Some(e) if policy.adaptive_ttl => e.ttl,
-        _ => Duration::from_millis(policy.ttl_ms),
+/// Whether a 304 is about this stored response (RFC 9111 §4.3.4): its entity-tag, when it
+/// has one, matches (strongly when it is strong); else its Last-Modified, when it has one.
+fn validates(e: &Entry, not_modified: &HeaderMap) -> bool {
+    let text = |h: &HeaderMap, n: header::HeaderName| {
+        h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    };
+    if let Some(tag) = text(not_modified, header::ETAG) {
+        let Some(stored) = text(&e.headers, header::ETAG) else {
+            return false;
+        };
+        return if tag.trim_start().starts_with("W/") {
+            conditional::weak_eq(&tag, &stored)
+        } else {
+            conditional::strong_eq(&tag, &stored)
+        };
     }
-}
-
-fn adapted(policy: &CachePolicy, prev: Option<&Entry>, changed: bool, ttl: Duration) -> Duration {
-    if policy.adaptive_ttl && policy.mode == CacheMode::Auto && prev.is_some() {
-        adapt_ttl(
-            ttl,
-            changed,
-            Duration::from_millis(policy.min_ttl_ms),
-            Duration::from_millis(policy.max_ttl_ms),
-        )
-    } else {
-        ttl
+    match (
+        not_modified.get(header::LAST_MODIFIED),
+        e.headers.get(header::LAST_MODIFIED),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
     }
 }
 
@@ -578,16 +694,85 @@ fn add_validators(headers: &mut HeaderMap, e: &Entry) {
     }
 }
 
-fn from_entry(e: &Entry, result: Result_, head: bool, now: Instant) -> Response<ProxyBody> {
-    let mut r = Response::new(if head { empty() } else { full(e.body.clone()) });
-    *r.status_mut() = e.status;
-    *r.headers_mut() = e.headers.clone();
-    r.headers_mut()
-        .insert(header::AGE, HeaderValue::from(e.age(now).as_secs()));
-    tag(r, result, None)
+/// The request asks for a conditional or partial answer.
+fn wants_shape(parts: &Parts) -> bool {
+    CLIENT_CONDITIONALS
+        .iter()
+        .any(|h| parts.headers.contains_key(h))
 }
 
-fn tag(mut r: Response<ProxyBody>, result: Result_, _note: Option<&str>) -> Response<ProxyBody> {
+fn answer(e: &Entry, result: Result_, parts: &Parts, now: Instant) -> Response<ProxyBody> {
+    answer_to(e, result, &parts.method, &parts.headers, now)
+}
+
+/// Fields a 304 carries from the stored response (RFC 9110 §15.4.5), with what guides caches.
+const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::VARY,
+    header::LAST_MODIFIED,
+];
+
+/// The answer from an entry, shaped by the request's conditionals and range, with its Age.
+fn answer_to(
+    e: &Entry,
+    result: Result_,
+    method: &http::Method,
+    request: &HeaderMap,
+    now: Instant,
+) -> Response<ProxyBody> {
+    let head = method == http::Method::HEAD;
+    let len = e.body.len();
+    let mut r = match conditional::shape(method, request, e.status, &e.headers, len, e.received_at)
+    {
+        Shape::Full => {
+            let mut r = Response::new(if head { empty() } else { full(e.body.clone()) });
+            *r.status_mut() = e.status;
+            *r.headers_mut() = e.headers.clone();
+            r
+        }
+        Shape::NotModified => {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in NOT_MODIFIED_FIELDS.iter().chain([&CDN_CACHE_CONTROL]) {
+                for v in e.headers.get_all(name) {
+                    r.headers_mut().append(name.clone(), v.clone());
+                }
+            }
+            r
+        }
+        Shape::Partial(range) => {
+            let mut r = Response::new(full(e.body.slice(range.clone())));
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            *r.headers_mut() = e.headers.clone();
+            r.headers_mut().remove(header::CONTENT_LENGTH);
+            let value = format!("bytes {}-{}/{len}", range.start, range.end - 1);
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&value).expect("digits are a valid header value"),
+            );
+            r
+        }
+        Shape::Unsatisfiable => {
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}"))
+                    .expect("digits are a valid header value"),
+            );
+            r
+        }
+    };
+    r.headers_mut()
+        .insert(header::AGE, HeaderValue::from(e.age_secs(now)));
+    tag(r, result)
+}
+
+fn tag(mut r: Response<ProxyBody>, result: Result_) -> Response<ProxyBody> {
     r.headers_mut()
         .insert(X_CACHE, HeaderValue::from_static(result.as_str()));
     r

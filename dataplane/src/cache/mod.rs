@@ -2,9 +2,13 @@
 //! stale-while-revalidate, stale-if-error, refresh-ahead and adaptive TTLs, in a store
 //! bounded by bytes.
 //!
-//! `freshness` decides what may be stored and for how long (RFC 9111), `key` builds keys,
-//! `entry` is a stored response and its states, `store` holds entries and coalesces fetches.
+//! `control` reads the origin's directives, `freshness` decides what may be stored and for
+//! how long (RFC 9111), `key` builds keys, `entry` is a stored response and its states,
+//! `store` holds entries and coalesces fetches, `conditional` answers a client's
+//! conditionals and ranges from a stored response, `layer` puts them in front of the origin.
 
+pub mod conditional;
+pub mod control;
 pub mod entry;
 pub mod freshness;
 pub mod key;
@@ -12,23 +16,32 @@ pub mod layer;
 pub mod store;
 
 pub use entry::{Entry, Freshness, adapt_ttl};
-pub use freshness::{Lifetime, NotStorable, lifetime};
+pub use freshness::{Exchange, Lifetime, NotStorable, lifetime};
 pub use layer::{Cache, CacheMetrics, Origin, X_CACHE};
 pub use store::{Fill, FillGuard, Store};
 
 use http::{HeaderMap, Method, header};
-use parapet_crds::snapshot::CachePolicy;
+use parapet_crds::snapshot::{CacheMode, CachePolicy};
 
 /// Whether a request may use the cache at all.
 pub fn cacheable_request(policy: &CachePolicy, method: &Method, headers: &HeaderMap) -> bool {
     if !policy.methods.iter().any(|m| m == method.as_str()) {
         return false;
     }
-    // One client's private answer is never another's: requests that carry credentials
-    // bypass the cache unless the policy opts in (and then keys on the credential).
-    if !policy.cache_authorized
-        && (headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE))
-    {
+    if !policy.cache_authorized {
+        // Cookies are one client's: such requests bypass unless the policy keys on them.
+        if headers.contains_key(header::COOKIE) {
+            return false;
+        }
+        // Authorization: Auto mode may answer it from, and store, responses the origin marks
+        // shareable (RFC 9111 §3.5, checked when storing); Fixed mode overrides the origin,
+        // so it never does.
+        if policy.mode == CacheMode::Fixed && headers.contains_key(header::AUTHORIZATION) {
+            return false;
+        }
+    }
+    // Preconditions only the origin can evaluate (RFC 9111 §4.3.2) go to it.
+    if headers.contains_key(header::IF_MATCH) || headers.contains_key(header::IF_UNMODIFIED_SINCE) {
         return false;
     }
     // A client that asks for an end-to-end reload gets one.
@@ -36,10 +49,7 @@ pub fn cacheable_request(policy: &CachePolicy, method: &Method, headers: &Header
         .get_all(header::CACHE_CONTROL)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|d| d.trim().eq_ignore_ascii_case("no-store"))
-        })
+        .any(|v| control::list_members(v).any(|d| d.eq_ignore_ascii_case("no-store")))
 }
 
 #[cfg(test)]

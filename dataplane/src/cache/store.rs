@@ -3,13 +3,16 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use http::HeaderMap;
 use moka::{Expiry, sync::Cache};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use super::{entry::Entry, key};
 
@@ -42,9 +45,44 @@ pub struct Store {
     vary: Cache<String, Arc<Vec<String>>>,
     /// Whether any response with `Vary` was ever stored: until one is, a lookup needs no
     /// second map lookup (most APIs never vary).
-    any_vary: std::sync::atomic::AtomicBool,
+    any_vary: AtomicBool,
     /// Keys being fetched; waiters watch for the fetch to end.
     inflight: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Invalidations by unsafe requests (RFC 9111 §4.4): URL key → when. An entry of that
+    /// URL stored before its mark is gone, whatever request headers or Vary made its key.
+    marks: Cache<String, Mark>,
+    any_marks: AtomicBool,
+    /// The longest any entry may stay, in ms: a mark need not outlive it.
+    longest_keep_ms: AtomicU64,
+}
+
+/// Marks held at once; past this an invalidation scans the entries instead.
+const MAX_MARKS: u64 = 100_000;
+
+/// An invalidation: when, and how long it must be remembered (the longest an entry stored
+/// before it could stay).
+#[derive(Clone, Copy)]
+struct Mark {
+    at: Instant,
+    keep: Duration,
+}
+
+struct MarkFor;
+
+impl Expiry<String, Mark> for MarkFor {
+    fn expire_after_create(&self, _: &String, m: &Mark, _: std::time::Instant) -> Option<Duration> {
+        Some(m.keep)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        m: &Mark,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(m.keep)
+    }
 }
 
 /// Who fetches a missing key.
@@ -89,6 +127,12 @@ impl Store {
                 .build(),
             any_vary: Default::default(),
             inflight: Mutex::new(HashMap::new()),
+            marks: Cache::builder()
+                .max_capacity(MAX_MARKS)
+                .expire_after(MarkFor)
+                .build(),
+            any_marks: AtomicBool::new(false),
+            longest_keep_ms: AtomicU64::new(0),
         })
     }
 
@@ -99,7 +143,7 @@ impl Store {
         primary: &'a str,
         request_headers: &HeaderMap,
     ) -> std::borrow::Cow<'a, str> {
-        if !self.any_vary.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.any_vary.load(Ordering::Acquire) {
             return primary.into();
         }
         match self.vary.get(primary) {
@@ -111,7 +155,40 @@ impl Store {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        self.entries.get(key)
+        let e = self.entries.get(key)?;
+        if self.any_marks.load(Ordering::Acquire)
+            && let Some(mark) = self.marks.get(key::url_of(key))
+            && e.stored <= mark.at
+        {
+            self.entries.invalidate(key);
+            return None;
+        }
+        Some(e)
+    }
+
+    /// Drops one entry.
+    pub fn invalidate_key(&self, key: &str) {
+        self.entries.invalidate(key);
+    }
+
+    /// Invalidates every entry of a URL key (all its variants), from now on.
+    pub fn invalidate(&self, url_key: &str) {
+        self.entries.invalidate(url_key);
+        let keep = Duration::from_millis(self.longest_keep_ms.load(Ordering::Relaxed));
+        if keep.is_zero() {
+            return;
+        }
+        if self.marks.entry_count() >= MAX_MARKS * 9 / 10 {
+            // Too many marks to keep: drop this URL's entries now, the slow way.
+            self.purge(|k| key::url_of(k) == url_key);
+            return;
+        }
+        let mark = Mark {
+            at: Instant::now(),
+            keep,
+        };
+        self.marks.insert(url_key.to_string(), mark);
+        self.any_marks.store(true, Ordering::Release);
     }
 
     /// Stores a response; `vary` are the response's Vary fields.
@@ -129,16 +206,22 @@ impl Store {
             let k = key::variant_key(primary, &vary, request_headers);
             self.vary.insert(primary.to_string(), Arc::new(vary));
             // After the insert: a reader that sees the flag finds the fields.
-            self.any_vary
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.any_vary.store(true, Ordering::Release);
             k
         };
+        self.note_keep(&entry);
         let e = Arc::new(entry);
         self.entries.insert(key, e.clone());
         e
     }
 
+    fn note_keep(&self, e: &Entry) {
+        let ms = u64::try_from(e.keep_for().as_millis()).unwrap_or(u64::MAX);
+        self.longest_keep_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
     pub fn replace(&self, key: &str, entry: Entry) -> Arc<Entry> {
+        self.note_keep(&entry);
         let e = Arc::new(entry);
         self.entries.insert(key.to_string(), e.clone());
         e
@@ -210,11 +293,12 @@ mod tests {
             HeaderMap::new(),
             Bytes::from(vec![b'x'; body]),
             Lifetime {
-                fresh_for: Duration::from_secs(60),
+                freshness: Duration::from_secs(60),
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
+                heuristic: false,
             },
-            Duration::from_secs(60),
+            Duration::ZERO,
         )
     }
 

@@ -90,6 +90,7 @@ fn policy(mode: CacheMode) -> Arc<CachePolicy> {
         ignore_origin_no_store: false,
         cache_authorized: false,
         coalesce_timeout_ms: 5_000,
+        ..CachePolicy::default()
     })
 }
 

@@ -5,20 +5,23 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header, uri::PathAndQuery};
-use parapet_crds::snapshot::RouteAction;
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header, request::Parts,
+    uri::PathAndQuery,
+};
+use parapet_crds::snapshot::{CachePolicy, RouteAction};
 use tokio::time::Instant;
 
 use super::{
     body::ProxyBody,
     conn::ConnInfo,
     forward::{self, Exchange, Outcome, RequestBody},
-    headers::{X_REQUEST_ID, append_via},
+    headers::{X_REQUEST_ID, append_via, normalise_host},
     prepare::{forwarding, upstream_head},
     respond::{outcome_response, upstream},
 };
 use crate::{
-    cache::Origin,
+    cache::{Cache, Origin},
     metrics::Metrics,
     snapshot::{ClusterRuntime, Runtime},
 };
@@ -104,10 +107,88 @@ impl Origin for RouteOrigin {
     }
 }
 
+/// Methods that cannot change the resource (RFC 9110 §9.2.1): the only ones that may be
+/// answered from the cache, and the only ones that never invalidate it.
+pub(super) fn safe(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// After an unsafe request's non-error answer, invalidates the entries of its URL, and of
+/// the URLs its `Location` and `Content-Location` name on the same origin (RFC 9111 §4.4).
+pub(super) fn invalidate_after(
+    cache: &Cache,
+    policy: &CachePolicy,
+    request: &Parts,
+    status: StatusCode,
+    response: &HeaderMap,
+    (scheme, host): (&str, &str),
+) {
+    if safe(&request.method) || !(status.is_success() || status.is_redirection()) {
+        return;
+    }
+    cache.invalidate(
+        policy,
+        scheme,
+        host,
+        request.uri.path(),
+        request.uri.query(),
+    );
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(target) = response.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        if let Some(uri) = same_origin(target, scheme, host) {
+            cache.invalidate(policy, scheme, host, uri.path(), uri.query());
+        }
+    }
+}
+
+/// The target of a `Location`-like field when it is on the request's origin: an absolute
+/// path, or an absolute URI with the same scheme and host. Relative paths and other origins
+/// give `None` (a cache must not invalidate another origin's entries on its word).
+fn same_origin(target: &str, scheme: &str, host: &str) -> Option<http::Uri> {
+    let uri: http::Uri = target.trim().parse().ok()?;
+    match (uri.scheme_str(), uri.authority()) {
+        // An absolute path; `//host/…` is a network-path reference, not a path.
+        (None, None) if target.trim().starts_with('/') && !target.trim().starts_with("//") => {
+            Some(uri)
+        }
+        (Some(s), Some(a))
+            if s.eq_ignore_ascii_case(scheme) && normalise_host(a.as_str()) == host =>
+        {
+            Some(uri)
+        }
+        _ => None,
+    }
+}
+
 /// Per-exchange headers on an answer that may come from the cache.
 pub(super) fn finish(resp: &mut Response<ProxyBody>, request_id: &HeaderValue) {
     resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     if !resp.headers().contains_key(header::VIA) {
         append_via(resp.headers_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_same_origin_targets_invalidate() {
+        let path =
+            |t: &str, scheme: &str| same_origin(t, scheme, "api.test").map(|u| u.to_string());
+        assert_eq!(path("/a?b=1", "http").as_deref(), Some("/a?b=1"));
+        assert_eq!(
+            path("http://API.test:8080/a", "http").as_deref(),
+            Some("http://API.test:8080/a")
+        );
+        assert_eq!(path("https://api.test/a", "http"), None);
+        assert_eq!(path("http://other.test/a", "http"), None);
+        assert_eq!(path("//api.test/a", "http"), None);
+        assert_eq!(path("a/b", "http"), None);
     }
 }

@@ -237,6 +237,17 @@ impl Proxy {
             return Err(cached.await);
         }
         let result = self.forward(&mut prepared, body, &routed).await;
+        if let (Some(policy), Ok(answer)) = (routed.cache_policy, &result) {
+            // An unsafe request that succeeded invalidates what the cache holds for it.
+            cached::invalidate_after(
+                self.store.cache(),
+                policy,
+                &prepared.exchange.parts,
+                answer.response.status(),
+                answer.response.headers(),
+                (if at.conn.tls { "https" } else { "http" }, host),
+            );
+        }
         Ok(self.respond(result, lane, &mut prepared, routed.upgrade_to, at))
     }
 
@@ -568,7 +579,8 @@ impl Proxy {
     }
 
     /// Stage 7, cache: GET and HEAD of rules with a CachePolicy go through the response
-    /// cache, whose misses and refreshes come back to the attempts (`cached::RouteOrigin`).
+    /// cache, whose misses and refreshes come back to the attempts (`cached::RouteOrigin`);
+    /// unsafe methods go on to forward, and invalidate the URL's entries when they succeed.
     /// The cache's answer, to await, when it serves this request; checked before anything
     /// is awaited, as most requests do not go through the cache.
     fn cache<'a>(
@@ -581,7 +593,10 @@ impl Proxy {
         authority: &Option<HeaderValue>,
     ) -> Option<impl Future<Output = Early> + use<'a>> {
         let policy = routed.cache_policy?;
-        if prepared.upgrade.is_some() || !body.is_empty_replayable() {
+        if prepared.upgrade.is_some()
+            || !body.is_empty_replayable()
+            || !cached::safe(&prepared.exchange.parts.method)
+        {
             return None;
         }
         let ex = &mut prepared.exchange;
