@@ -376,3 +376,62 @@ async fn a_table_that_changes_one_policy_drops_only_its_entries() {
     assert_eq!(x_cache(&c.get(dp.proxy, "x", "/a").await.unwrap()), "HIT");
     assert_eq!(x_cache(&c.get(dp.proxy, "x", "/b").await.unwrap()), "HIT");
 }
+
+/// Auto mode keeps stale entries that have a validator, so a later request revalidates them
+/// instead of fetching them whole, and they still count against the memory bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entries_are_kept_for_revalidation_within_the_memory_bound() {
+    let origin = Backend::start("origin").await;
+    origin.set(Behaviour {
+        body: Some(Bytes::from(vec![b'x'; 64 * 1024])),
+        // Stale as soon as it is stored: only a revalidation can use it.
+        headers: vec![
+            ("cache-control", "max-age=0".into()),
+            ("etag", "\"v1\"".into()),
+        ],
+        ..Default::default()
+    });
+    let bound = 4u64 << 20;
+    let (dp, _d) = start(
+        &origin,
+        "{mode: Auto}",
+        &["--cache-max-bytes", &bound.to_string()],
+    )
+    .await;
+    let c = Client::new();
+    // 300 distinct 64 KiB bodies (19 MiB) through a 4 MiB cache, with one hot path among
+    // them that the cache has every reason to keep.
+    for i in 0..300 {
+        let path = if i % 10 == 0 {
+            "/hot".to_string()
+        } else {
+            format!("/cold/{i}")
+        };
+        let r = c.get(dp.proxy, "x", &path).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        if i == 10 {
+            // The second request for /hot carried the stored validator.
+            let up = origin.last_headers().unwrap();
+            assert_eq!(
+                up.get("if-none-match").map(|v| v.as_bytes()),
+                Some(&b"\"v1\""[..])
+            );
+        }
+    }
+    let bytes = metric(&c, dp.admin, "parapet_cache_bytes ").await;
+    let entries = metric(&c, dp.admin, "parapet_cache_entries ").await;
+    assert!(
+        bytes <= bound as f64,
+        "cache holds {bytes} bytes for a {bound} bound"
+    );
+    assert!(entries >= 10.0, "stale entries are kept: {entries}");
+    let before = origin.hits();
+    c.get(dp.proxy, "x", "/hot").await.unwrap();
+    assert_eq!(origin.hits(), before + 1);
+    let up = origin.last_headers().unwrap();
+    assert_eq!(
+        up.get("if-none-match").map(|v| v.as_bytes()),
+        Some(&b"\"v1\""[..]),
+        "the hot entry was kept, stale, and revalidated"
+    );
+}

@@ -45,6 +45,7 @@ use crate::{
     metrics::Metrics,
     proxy::{
         body::{DownstreamBody, ProxyBody},
+        interim,
         problem::problem,
     },
     upstream::http1::content_length,
@@ -114,6 +115,8 @@ where
     let mut watch = drain.clone();
     let mut draining = std::pin::pin!(watch.draining().fuse());
     let mut served = 0u32;
+    // Where the upstream's 1xx for the request being answered go (one per connection).
+    let interim = interim::Sink::default();
     loop {
         let head = match conn
             .read_head(&mut io, settings, draining.as_mut(), served == 0)
@@ -139,8 +142,10 @@ where
             return Ended::Closed;
         };
         served += 1;
-        let answer = std::pin::pin!(handle(req));
-        let Some(resp) = answer_watching(&mut io, &mut conn.read, answer, settings).await else {
+        let answer = std::pin::pin!(interim.relay_for(u64::from(served), handle(req)));
+        let watched = answer_watching(&mut io, &mut conn, answer, settings, &interim).await;
+        interim.close();
+        let Some(resp) = watched else {
             return Ended::Closed;
         };
         let close = head.close
@@ -155,23 +160,44 @@ where
 /// The handler's answer. The client's side is watched while it is made: a client that goes
 /// away cancels its request (as hyper's server does; `None`), and bytes of a pipelined
 /// request are kept. Costs no system call: the last read drained the socket, so tokio knows
-/// it is not readable until the peer sends.
+/// it is not readable until the peer sends. Interim responses from the upstream go to the
+/// client as they come.
 async fn answer_watching<IO, F>(
     io: &mut IO,
-    read: &mut BytesMut,
+    conn: &mut Conn,
     mut answer: Pin<&mut F>,
     settings: &Settings,
+    interim: &interim::Sink,
 ) -> Option<Response<ProxyBody>>
 where
-    IO: AsyncRead + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
     F: Future<Output = Response<ProxyBody>>,
 {
     loop {
-        let watch = read.len() < settings.max_head_bytes;
+        let watch = conn.read.len() < settings.max_head_bytes;
         tokio::select! {
             biased;
-            resp = answer.as_mut() => return Some(resp),
-            n = io.read_buf(read), if watch => match n {
+            resp = answer.as_mut() => {
+                // 1xx that came with the final head (one read) still go first.
+                conn.write.clear();
+                while let Some(hint) = interim.pop() {
+                    interim::encode(&hint, &mut conn.write);
+                }
+                if !conn.write.is_empty()
+                    && write_all(io, &mut [IoSlice::new(&conn.write)]).await.is_err()
+                {
+                    return None;
+                }
+                return Some(resp);
+            }
+            hint = interim.next() => {
+                conn.write.clear();
+                interim::encode(&hint, &mut conn.write);
+                if write_all(io, &mut [IoSlice::new(&conn.write)]).await.is_err() {
+                    return None;
+                }
+            }
+            n = io.read_buf(&mut conn.read), if watch => match n {
                 Ok(0) | Err(_) => {
                     tracing::debug!("the client closed the connection before its answer; request cancelled");
                     return None;

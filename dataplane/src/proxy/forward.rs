@@ -35,6 +35,7 @@ use tokio::time::{Instant, error::Elapsed};
 use super::{
     body::{Pace, ProxyBody},
     headers::Forwarding,
+    interim,
     problem::full,
 };
 use crate::{
@@ -625,6 +626,12 @@ async fn send(
             let head = std::mem::replace(head, Request::new(()).into_parts().0);
             let mut req = Request::from_parts(head, body.into_body());
             *req.uri_mut() = uri;
+            if let Some(relay) = interim::current() {
+                // HTTP/1 upstreams only: hyper's HTTP/2 client does not report 1xx.
+                hyper::ext::on_informational(&mut req, move |r| {
+                    relay.push(r.status(), r.headers())
+                });
+            }
             let sent = tokio::time::timeout_at(until, cluster.client.request(req)).await;
             sent.map(|r| {
                 r.map(|resp| resp.map(UpstreamBody::Hyper))

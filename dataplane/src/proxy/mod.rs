@@ -38,6 +38,7 @@ mod edits;
 mod forward;
 mod head;
 pub mod headers;
+pub mod interim;
 mod mirror;
 mod prepare;
 pub mod problem;

@@ -36,6 +36,8 @@ use tokio::{
     time::Instant,
 };
 
+use crate::proxy::interim;
+
 /// Response headers accepted at most (as the downstream listener's default).
 const MAX_HEADERS: usize = 100;
 /// A response head (status line and headers) larger than this is refused.
@@ -441,6 +443,12 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Err
     let (len, code, version) = match scan_head(buf, &mut seen)? {
         Scanned::Partial => return Ok(None),
         Scanned::Informational(len) => {
+            // Relayed when the client can take it (rare: parsed again only then).
+            if let Some(relay) = interim::current()
+                && let Some((status, headers)) = interim_head(&buf[..len])
+            {
+                relay.push(status, &headers);
+            }
             buf.advance(len);
             return Ok(Some(Parsed::Informational));
         }
@@ -478,6 +486,22 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Parsed>, Err
         reusable: seen.reusable(version, &framing),
         framing,
     })))
+}
+
+/// A complete 1xx head's status and headers; `None` when a header is not valid.
+fn interim_head(head: &[u8]) -> Option<(StatusCode, HeaderMap)> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    res.parse(head).ok()?;
+    let status = StatusCode::from_u16(res.code?).ok()?;
+    let mut headers = HeaderMap::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        headers.append(
+            HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(h.value).ok()?,
+        );
+    }
+    Some((status, headers))
 }
 
 /// What [`scan_head`] found at the start of the buffer.
