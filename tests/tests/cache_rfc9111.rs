@@ -1271,3 +1271,17 @@ async fn auto_mode_follows_rfc_9111() {
         failures.join("\n")
     );
 }
+
+/// The hand-made obsolete date formats, on RFC 9110's own example date.
+#[test]
+fn obsolete_date_formats_match_rfc_9110_examples() {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+    assert_eq!(imf(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+    assert_eq!(rfc850(t), "Sunday, 06-Nov-94 08:49:37 GMT");
+    assert_eq!(asctime(t), "Sun Nov  6 08:49:37 1994");
+    // Every weekday name comes out whole.
+    for d in 0..7 {
+        let s = rfc850(t + d * DAY);
+        assert!(s.split(',').next().unwrap().ends_with("day"), "{s}");
+    }
+}
