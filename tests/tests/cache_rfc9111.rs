@@ -275,7 +275,7 @@ impl Step {
     }
 }
 
-/// A 200-or-other origin answer with these fields, in order.
+/// An origin answer with these fields, in order (a name given twice: two field lines).
 fn answer(status: u16, fields: &[(&str, &str)]) -> Scripted {
     fields
         .iter()
@@ -555,7 +555,7 @@ fn table(now: SystemTime) -> Vec<Case> {
         },
         Case {
             // Fresh first, then stale by time: with no stale windows in the policy, the
-            // entry must still be kept for revalidation.
+            // entry must still be kept for revalidation. (2 s: see the S rows.)
             id: "V4",
             rfc: "RFC 9111 §4.3.1",
             policy: AUTO,
@@ -743,6 +743,8 @@ fn table(now: SystemTime) -> Vec<Case> {
             ],
         },
         // --- S: what may never be served stale, even with stale-if-error allowed.
+        // Entries that must be fresh first, then stale, get 2 s, not 1: Date has whole
+        // seconds, so a 1 s lifetime may be used up on arrival (never fresh: S4's rule).
         Case {
             id: "S1",
             rfc: "RFC 9111 §4.2.4, §5.2.2.4",
