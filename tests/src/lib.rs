@@ -8,6 +8,7 @@ pub mod client;
 pub mod dataplane;
 pub mod load;
 pub mod pki;
+pub mod script_origin;
 
 use std::time::{Duration, Instant};
 
