@@ -6,8 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header, request::Parts,
-    uri::PathAndQuery,
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header, uri::PathAndQuery,
 };
 use parapet_crds::snapshot::{CachePolicy, RouteAction};
 use tokio::time::Instant;
@@ -116,26 +115,20 @@ pub(super) fn safe(m: &Method) -> bool {
     )
 }
 
-/// After an unsafe request's non-error answer, invalidates the entries of its URL, and of
+/// After an unsafe request's non-error answer (the caller checks the method), invalidates the entries of its URL, and of
 /// the URLs its `Location` and `Content-Location` name on the same origin (RFC 9111 §4.4).
 pub(super) fn invalidate_after(
     cache: &Cache,
     policy: &CachePolicy,
-    request: &Parts,
+    target: &http::Uri,
     status: StatusCode,
     response: &HeaderMap,
     (scheme, host): (&str, &str),
 ) {
-    if safe(&request.method) || !(status.is_success() || status.is_redirection()) {
+    if !(status.is_success() || status.is_redirection()) {
         return;
     }
-    cache.invalidate(
-        policy,
-        scheme,
-        host,
-        request.uri.path(),
-        request.uri.query(),
-    );
+    cache.invalidate(policy, scheme, host, target.path(), target.query());
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(target) = response.get(name).and_then(|v| v.to_str().ok()) else {
             continue;

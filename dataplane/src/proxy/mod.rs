@@ -237,13 +237,18 @@ impl Proxy {
             // The cache answered (from an entry, or from the origin on a miss).
             return Err(cached.await);
         }
+        // An unsafe request to a cached rule invalidates what the cache holds for its URL
+        // once it succeeds; the attempts take the request head, so its URI is kept first.
+        let invalidates = routed
+            .cache_policy
+            .filter(|_| !cached::safe(&prepared.exchange.parts.method))
+            .map(|p| (p, prepared.exchange.parts.uri.clone()));
         let result = self.forward(&mut prepared, body, &routed).await;
-        if let (Some(policy), Ok(answer)) = (routed.cache_policy, &result) {
-            // An unsafe request that succeeded invalidates what the cache holds for it.
+        if let (Some((policy, uri)), Ok(answer)) = (invalidates, &result) {
             cached::invalidate_after(
                 self.store.cache(),
                 policy,
-                &prepared.exchange.parts,
+                &uri,
                 answer.response.status(),
                 answer.response.headers(),
                 (if at.conn.tls { "https" } else { "http" }, host),
