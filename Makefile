@@ -73,7 +73,7 @@ test: deps lint build unit h2spec fuzz-smoke e2e e2e-node conformance ## Everyth
 # (not checked in). Debug assertions on, so an overflow is a crash too. No leak detection:
 # the upstream client keeps finished connections in its thread's idle pool, which
 # LeakSanitizer would take for a leak and scan the heap for after every run (100x slower).
-FUZZ_TARGETS := downstream_serve downstream_differential downstream_parse upstream_response upstream_chunked snapshot_decode
+FUZZ_TARGETS := downstream_serve downstream_differential downstream_parse upstream_response upstream_chunked snapshot_decode cache_headers
 FUZZ_SECONDS ?= 600
 FUZZ_SMOKE_SECONDS ?= 5
 FUZZ_RUN = cd fuzz && for t in $(FUZZ_TARGETS); do \

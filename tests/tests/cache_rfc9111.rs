@@ -554,6 +554,45 @@ fn table(now: SystemTime) -> Vec<Case> {
             ],
         },
         Case {
+            // The 304's lines replace every stored line of the same field, and leave the
+            // others alone.
+            id: "V3/replace",
+            rfc: "RFC 9111 §3.2, §4.3.4",
+            policy: AUTO,
+            steps: vec![
+                get("/v3r", 200, MISS, 1).answer(
+                    answer(
+                        200,
+                        &[
+                            ("cache-control", "max-age=10"),
+                            ("age", "20"),
+                            ("etag", "\"v3\""),
+                            ("x-multi", "old-1"),
+                            ("x-multi", "old-2"),
+                            ("x-kept", "k"),
+                        ],
+                    )
+                    .body("B"),
+                ),
+                get("/v3r", 200, REVALIDATED, 2)
+                    .answer(answer(
+                        304,
+                        &[
+                            ("cache-control", "max-age=60"),
+                            ("etag", "\"v3\""),
+                            ("x-multi", "1"),
+                            ("x-multi", "2"),
+                        ],
+                    ))
+                    .expect(equals("x-multi", "1, 2"))
+                    .expect(equals("x-kept", "k")),
+                get("/v3r", 200, HIT, 2)
+                    .expect(equals("x-multi", "1, 2"))
+                    .expect(equals("x-kept", "k"))
+                    .body("B"),
+            ],
+        },
+        Case {
             // Fresh first, then stale by time: with no stale windows in the policy, the
             // entry must still be kept for revalidation. (2 s: see the S rows.)
             id: "V4",

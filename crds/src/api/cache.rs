@@ -118,7 +118,8 @@ pub struct CachePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_authorized: Option<bool>,
     /// Longest a request waits for another's fetch of the same key before going to the
-    /// origin itself. Default 5s; "0s" turns coalescing off.
+    /// origin itself; "0s" turns coalescing off. Default 5s in Fixed mode, off in Auto
+    /// (where Parapet's extras are asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coalesce_timeout: Option<Duration>,
 }

@@ -99,6 +99,15 @@ fn compile_policy(p: &Object<CachePolicySpec>) -> CachePolicy {
             .unwrap_or(DEFAULT_MAX_ENTRY_BYTES),
         ignore_origin_no_store: s.ignore_origin_no_store.unwrap_or(false),
         cache_authorized: s.cache_authorized.unwrap_or(false),
-        coalesce_timeout_ms: ms(s.coalesce_timeout, DEFAULT_COALESCE),
+        // Coalescing is one of Parapet's extras: on by default where the operator sets the
+        // freshness anyway (Fixed), asked for in Auto.
+        coalesce_timeout_ms: ms(
+            s.coalesce_timeout,
+            if mode == CacheMode::Fixed {
+                DEFAULT_COALESCE
+            } else {
+                Duration::default()
+            },
+        ),
     }
 }

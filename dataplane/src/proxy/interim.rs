@@ -18,7 +18,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::Poll,
 };
@@ -43,6 +43,9 @@ pub struct Sink(Arc<Shared>);
 struct Shared {
     /// The request being answered (0: none); pushes for another are dropped.
     request: AtomicU64,
+    /// Whether the queue may hold anything: the connection's every poll looks, so the
+    /// common case (no 1xx) takes no lock.
+    queued: AtomicBool,
     queue: Mutex<VecDeque<Interim>>,
     waker: AtomicWaker,
 }
@@ -80,6 +83,7 @@ impl Relay {
                 return;
             }
             q.push_back(Interim { status, headers });
+            shared.queued.store(true, Ordering::Release);
         }
         shared.waker.wake();
     }
@@ -105,11 +109,7 @@ impl Sink {
         handling: F,
     ) -> impl Future<Output = F::Output> {
         self.0.request.store(request, Ordering::Release);
-        self.0
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        while self.pop().is_some() {}
         CURRENT.scope(
             Relay {
                 sink: self.clone(),
@@ -140,11 +140,15 @@ impl Sink {
 
     /// The next queued 1xx, if any.
     pub fn pop(&self) -> Option<Interim> {
-        self.0
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
+        if !self.0.queued.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let next = q.pop_front();
+        if q.is_empty() {
+            self.0.queued.store(false, Ordering::Release);
+        }
+        next
     }
 }
 
