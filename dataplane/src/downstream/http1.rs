@@ -45,6 +45,7 @@ use crate::{
     metrics::Metrics,
     proxy::{
         body::{DownstreamBody, ProxyBody},
+        headers::strip_hop_by_hop,
         interim,
         problem::problem,
     },
@@ -181,7 +182,7 @@ where
                 // 1xx that came with the final head (one read) still go first.
                 conn.write.clear();
                 while let Some(hint) = interim.pop() {
-                    interim::encode(&hint, &mut conn.write);
+                    encode_interim(hint, &mut conn.write);
                 }
                 if !conn.write.is_empty()
                     && write_all(io, &mut [IoSlice::new(&conn.write)]).await.is_err()
@@ -192,7 +193,7 @@ where
             }
             hint = interim.next() => {
                 conn.write.clear();
-                interim::encode(&hint, &mut conn.write);
+                encode_interim(hint, &mut conn.write);
                 if write_all(io, &mut [IoSlice::new(&conn.write)]).await.is_err() {
                     return None;
                 }
@@ -206,6 +207,13 @@ where
             },
         }
     }
+}
+
+/// A 1xx from the upstream as it goes to this client: without the upstream hop's fields.
+fn encode_interim(mut hint: interim::Interim, out: &mut Vec<u8>) {
+    strip_hop_by_hop(&mut hint.headers, false);
+    hint.headers.remove(header::CONTENT_LENGTH);
+    interim::encode(&hint, out);
 }
 
 /// Sends the answer; whether the connection goes on to its next request.
