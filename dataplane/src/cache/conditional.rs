@@ -40,7 +40,8 @@ pub fn shape(
     len: usize,
     received: SystemTime,
 ) -> Shape {
-    if status != StatusCode::OK {
+    // Most requests ask for none of this: one pass over their few field names says so.
+    if status != StatusCode::OK || !asks(request) {
         return Shape::Full;
     }
     if not_modified(request, headers, received) {
@@ -60,6 +61,11 @@ pub fn shape(
         Some(Err(())) => Shape::Unsatisfiable,
         None => Shape::Full,
     }
+}
+
+/// Whether the request carries any of [`CLIENT_CONDITIONALS`].
+pub fn asks(request: &HeaderMap) -> bool {
+    request.keys().any(|n| CLIENT_CONDITIONALS.contains(n))
 }
 
 /// If-None-Match (weak comparison) first; If-Modified-Since only without it (RFC 9110

@@ -404,7 +404,7 @@ impl Cache {
             entry,
         );
         self.update_gauges();
-        if wants_shape(&parts) {
+        if conditional::asks(&parts.headers) {
             // A conditional or range request: answered from what was just stored.
             return answer(&stored, Result_::Miss, &parts, Instant::now());
         }
@@ -474,7 +474,7 @@ impl Cache {
         exchange: Exchange,
     ) -> Entry {
         let mut headers = resp.headers.clone();
-        let initial_age = exchange.initial_age(&headers);
+        let initial_age = initial_age(policy, exchange, &headers);
         for h in PER_REQUEST {
             headers.remove(h);
         }
@@ -527,7 +527,7 @@ impl Cache {
         let life = self.adapt(policy, Some(e), false, life, &parts, exchange);
         let mut entry = self.entry(policy, &parts, e.body.clone(), life, exchange);
         // The 304's own Age and Date, not the stored response's, tell how old it is now.
-        entry.initial_age = exchange.initial_age(fresh);
+        entry.initial_age = initial_age(policy, exchange, fresh);
         let out = self.store.replace(skey, entry);
         self.update_gauges();
         out
@@ -641,6 +641,15 @@ async fn refresh<O: Origin>(
     e.end_refresh();
 }
 
+/// How old a response is on arrival (RFC 9111 §4.2.3). Fixed mode's TTL is the operator's
+/// and counts from arrival, whatever the origin's Date and Age say.
+fn initial_age(policy: &CachePolicy, exchange: Exchange, headers: &HeaderMap) -> Duration {
+    match policy.mode {
+        CacheMode::Fixed => Duration::ZERO,
+        CacheMode::Auto => exchange.initial_age(headers),
+    }
+}
+
 /// Whether a 304 is about this stored response (RFC 9111 §4.3.4): its entity-tag, when it
 /// has one, matches (strongly when it is strong); else its Last-Modified, when it has one.
 fn validates(e: &Entry, not_modified: &HeaderMap) -> bool {
@@ -692,13 +701,6 @@ fn add_validators(headers: &mut HeaderMap, e: &Entry) {
     if let Some(lm) = e.last_modified() {
         headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
     }
-}
-
-/// The request asks for a conditional or partial answer.
-fn wants_shape(parts: &Parts) -> bool {
-    CLIENT_CONDITIONALS
-        .iter()
-        .any(|h| parts.headers.contains_key(h))
 }
 
 fn answer(e: &Entry, result: Result_, parts: &Parts, now: Instant) -> Response<ProxyBody> {

@@ -23,33 +23,37 @@ pub use store::{Fill, FillGuard, Store};
 use http::{HeaderMap, Method, header};
 use parapet_crds::snapshot::{CacheMode, CachePolicy};
 
-/// Whether a request may use the cache at all.
+/// Whether a request may use the cache at all. One pass over the request's field names (a
+/// request has few) rather than a lookup per field this asks about.
 pub fn cacheable_request(policy: &CachePolicy, method: &Method, headers: &HeaderMap) -> bool {
     if !policy.methods.iter().any(|m| m == method.as_str()) {
         return false;
     }
-    if !policy.cache_authorized {
-        // Cookies are one client's: such requests bypass unless the policy keys on them.
-        if headers.contains_key(header::COOKIE) {
+    let mut cache_control = false;
+    for name in headers.keys() {
+        if *name == header::COOKIE || *name == header::AUTHORIZATION {
+            // Cookies are one client's: such requests bypass unless the policy keys on them.
+            // Authorization: Auto mode may answer it from, and store, responses the origin
+            // marks shareable (RFC 9111 §3.5, checked when storing); Fixed mode overrides the
+            // origin, so it never does.
+            let bypass = *name == header::COOKIE || policy.mode == CacheMode::Fixed;
+            if bypass && !policy.cache_authorized {
+                return false;
+            }
+        } else if *name == header::IF_MATCH || *name == header::IF_UNMODIFIED_SINCE {
+            // Preconditions only the origin can evaluate (RFC 9111 §4.3.2) go to it.
             return false;
+        } else if *name == header::CACHE_CONTROL {
+            cache_control = true;
         }
-        // Authorization: Auto mode may answer it from, and store, responses the origin marks
-        // shareable (RFC 9111 §3.5, checked when storing); Fixed mode overrides the origin,
-        // so it never does.
-        if policy.mode == CacheMode::Fixed && headers.contains_key(header::AUTHORIZATION) {
-            return false;
-        }
-    }
-    // Preconditions only the origin can evaluate (RFC 9111 §4.3.2) go to it.
-    if headers.contains_key(header::IF_MATCH) || headers.contains_key(header::IF_UNMODIFIED_SINCE) {
-        return false;
     }
     // A client that asks for an end-to-end reload gets one.
-    !headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| control::list_members(v).any(|d| d.eq_ignore_ascii_case("no-store")))
+    !cache_control
+        || !headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| control::list_members(v).any(|d| d.eq_ignore_ascii_case("no-store")))
 }
 
 #[cfg(test)]

@@ -143,7 +143,10 @@ where
             return Ended::Closed;
         };
         served += 1;
-        let answer = std::pin::pin!(interim.relay_for(u64::from(served), handle(req)));
+        let answer = std::pin::pin!(handle(req));
+        // The relay's scope holds the pinned answer by reference: moving the request's
+        // future (kilobytes) into it would cost a copy per request.
+        let answer = std::pin::pin!(interim.relay_for(u64::from(served), answer));
         let watched = answer_watching(&mut io, &mut conn, answer, settings, &interim).await;
         interim.close();
         let Some(resp) = watched else {
@@ -174,37 +177,64 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
     F: Future<Output = Response<ProxyBody>>,
 {
+    enum Event {
+        Answer(Response<ProxyBody>),
+        Interim(interim::Interim),
+        Read(io::Result<usize>),
+    }
     loop {
         let watch = conn.read.len() < settings.max_head_bytes;
-        tokio::select! {
-            biased;
-            resp = answer.as_mut() => {
+        // The answer first, then a 1xx it queued (an atomic load when none did), then the
+        // client's side.
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(resp) = answer.as_mut().poll(cx) {
+                return Poll::Ready(Event::Answer(resp));
+            }
+            if let Some(hint) = interim.pop() {
+                return Poll::Ready(Event::Interim(hint));
+            }
+            if watch {
+                let read = std::pin::pin!(io.read_buf(&mut conn.read));
+                if let Poll::Ready(n) = read.poll(cx) {
+                    return Poll::Ready(Event::Read(n));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Answer(resp) => {
                 // 1xx that came with the final head (one read) still go first.
                 conn.write.clear();
                 while let Some(hint) = interim.pop() {
                     encode_interim(hint, &mut conn.write);
                 }
                 if !conn.write.is_empty()
-                    && write_all(io, &mut [IoSlice::new(&conn.write)]).await.is_err()
+                    && write_all(io, &mut [IoSlice::new(&conn.write)])
+                        .await
+                        .is_err()
                 {
                     return None;
                 }
                 return Some(resp);
             }
-            hint = interim.next() => {
+            Event::Interim(hint) => {
                 conn.write.clear();
                 encode_interim(hint, &mut conn.write);
-                if write_all(io, &mut [IoSlice::new(&conn.write)]).await.is_err() {
+                if write_all(io, &mut [IoSlice::new(&conn.write)])
+                    .await
+                    .is_err()
+                {
                     return None;
                 }
             }
-            n = io.read_buf(&mut conn.read), if watch => match n {
-                Ok(0) | Err(_) => {
-                    tracing::debug!("the client closed the connection before its answer; request cancelled");
-                    return None;
-                }
-                Ok(_) => {}
-            },
+            Event::Read(Ok(0) | Err(_)) => {
+                tracing::debug!(
+                    "the client closed the connection before its answer; request cancelled"
+                );
+                return None;
+            }
+            Event::Read(Ok(_)) => {}
         }
     }
 }

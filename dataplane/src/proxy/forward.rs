@@ -628,6 +628,7 @@ async fn send(
             *req.uri_mut() = uri;
             if let Some(relay) = interim::current() {
                 // HTTP/1 upstreams only: hyper's HTTP/2 client does not report 1xx.
+                relay.arm().await;
                 hyper::ext::on_informational(&mut req, move |r| {
                     relay.push(r.status(), r.headers())
                 });

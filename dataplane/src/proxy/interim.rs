@@ -2,9 +2,9 @@
 //! a proxy must (RFC 9110 §15.2): 103 Early Hints above all, so a browser starts fetching
 //! what the page links while the origin still works on it.
 //!
-//! The downstream HTTP/1.1 codec opens one [`Sink`] per connection and runs each request's
-//! handling inside [`relay_for`]; both upstream clients (ours and hyper's) find it with
-//! [`current`] when a 1xx arrives. A task-local rather than a request extension: a request
+//! The downstream HTTP/1.1 codec opens one [`Sink`] per connection, runs each request's
+//! handling inside [`Sink::relay_for`] and looks at the queue after every poll of it; both
+//! upstream clients (ours and hyper's) find the relay with [`current`] when a 1xx arrives. A task-local rather than a request extension: a request
 //! that never meets a 1xx pays nothing (no extension map, no channel per request), and
 //! background work (cache refreshes, mirrors), spawned as tasks of their own, cannot write
 //! into a client's answer. A 1xx that arrives after its request's answer has begun is
@@ -64,6 +64,17 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Makes a push from another task (hyper's connection tasks) wake the task handling the
+    /// request, so the 1xx is written as soon as it comes. Our own client pushes from the
+    /// request's task, which looks at the queue after every poll and needs no wake-up.
+    pub async fn arm(&self) {
+        std::future::poll_fn(|cx| {
+            self.sink.0.waker.register(cx.waker());
+            Poll::Ready(())
+        })
+        .await
+    }
+
     /// Queues a 1xx for the client, if it is one to relay and its request is still waiting.
     pub fn push(&self, status: StatusCode, headers: &HeaderMap) {
         if !relayed(status) {
@@ -121,20 +132,6 @@ impl Sink {
         self.0.request.store(0, Ordering::Release);
     }
 
-    /// The next queued 1xx, waiting for one.
-    pub fn next(&self) -> impl Future<Output = Interim> + '_ {
-        std::future::poll_fn(move |cx| {
-            if let Some(i) = self.pop() {
-                return Poll::Ready(i);
-            }
-            self.0.waker.register(cx.waker());
-            match self.pop() {
-                Some(i) => Poll::Ready(i),
-                None => Poll::Pending,
-            }
-        })
-    }
-
     /// The next queued 1xx, if any.
     pub fn pop(&self) -> Option<Interim> {
         if !self.0.queued.load(Ordering::Acquire) {
@@ -187,7 +184,8 @@ mod tests {
             .await;
         relay.push(StatusCode::CONTINUE, &hints);
         relay.push(StatusCode::from_u16(103).unwrap(), &hints);
-        let mut got = sink.next().await;
+        let mut got = sink.pop().expect("the 103 is queued");
+        assert!(sink.pop().is_none(), "100 Continue is not relayed");
         assert_eq!(got.status.as_u16(), 103);
         assert!(got.headers.contains_key("link"));
         got.headers.remove("connection");
