@@ -1,11 +1,8 @@
 //! Response cache directives: `Cache-Control` (RFC 9111 §5.2) and the targeted
-//! `CDN-Cache-Control` (RFC 9213), which, when valid, replaces both `Cache-Control` and
-//! `Expires` for this cache.
+//! `CDN-Cache-Control` (RFC 9213; the one field on this cache's target list), which, when
+//! valid, replaces both `Cache-Control` and `Expires` for this cache.
 
-use http::{HeaderMap, HeaderName, header};
-
-/// The targeted field this cache obeys (RFC 9213 §2.1's target list).
-pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+use http::{HeaderMap, header};
 
 /// The largest delta-seconds a cache must handle (RFC 9111 §1.2.2); larger values count as
 /// this.
@@ -102,7 +99,7 @@ impl Directives {
 /// in which case `Cache-Control` applies (RFC 9213 §2.1).
 fn targeted(headers: &HeaderMap) -> Option<Directives> {
     let lines: Vec<&[u8]> = headers
-        .get_all(&CDN_CACHE_CONTROL)
+        .get_all(header::CDN_CACHE_CONTROL)
         .iter()
         .map(|v| v.as_bytes())
         .collect();
@@ -203,7 +200,7 @@ mod tests {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
             m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 v.parse().unwrap(),
             );
         }
@@ -278,7 +275,7 @@ mod tests {
             if let Ok(value) = http::HeaderValue::from_str(&v) {
                 let mut m = HeaderMap::new();
                 m.insert(header::CACHE_CONTROL, value.clone());
-                m.insert(&CDN_CACHE_CONTROL, value);
+                m.insert(header::CDN_CACHE_CONTROL, value);
                 let _ = Directives::of_response(&m);
                 for member in list_members(&v) {
                     prop_assert!(!member.is_empty() && member.trim() == member);

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::{
     Entry, Fill, Freshness, Store, adapt_ttl, cacheable_request,
     conditional::{self, CLIENT_CONDITIONALS, Shape},
-    control::{CDN_CACHE_CONTROL, Directives},
+    control::Directives,
     entry::fingerprint,
     freshness::{Exchange, Lifetime},
     key, lifetime,
@@ -708,7 +708,7 @@ fn answer(e: &Entry, result: Result_, parts: &Parts, now: Instant) -> Response<P
 }
 
 /// Fields a 304 carries from the stored response (RFC 9110 §15.4.5), with what guides caches.
-const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
+const NOT_MODIFIED_FIELDS: [header::HeaderName; 8] = [
     header::CACHE_CONTROL,
     header::CONTENT_LOCATION,
     header::DATE,
@@ -716,6 +716,7 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 7] = [
     header::EXPIRES,
     header::VARY,
     header::LAST_MODIFIED,
+    header::CDN_CACHE_CONTROL,
 ];
 
 /// The answer from an entry, shaped by the request's conditionals and range, with its Age.
@@ -739,7 +740,7 @@ fn answer_to(
         Shape::NotModified => {
             let mut r = Response::new(empty());
             *r.status_mut() = StatusCode::NOT_MODIFIED;
-            for name in NOT_MODIFIED_FIELDS.iter().chain([&CDN_CACHE_CONTROL]) {
+            for name in &NOT_MODIFIED_FIELDS {
                 for v in e.headers.get_all(name) {
                     r.headers_mut().append(name.clone(), v.clone());
                 }
