@@ -293,16 +293,7 @@ mod tests {
         }
     }
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        m
-    }
+    use crate::cache::test_headers as h;
 
     fn at(received: SystemTime) -> Exchange {
         Exchange {

@@ -58,3 +58,16 @@ pub fn cacheable_request(policy: &CachePolicy, method: &Method, headers: &Header
 
 #[cfg(test)]
 mod tests;
+
+/// Headers from (name, value) pairs, appended in order (tests of the cache's parsers).
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut m = HeaderMap::new();
+    for (k, v) in pairs {
+        m.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    m
+}
