@@ -593,6 +593,23 @@ fn table(now: SystemTime) -> Vec<Case> {
             ],
         },
         Case {
+            // A 5xx while validating is forwarded (§4.3.3), and the stored response stays
+            // for the next validation.
+            id: "V6",
+            rfc: "RFC 9111 §4.3.3",
+            policy: AUTO,
+            steps: vec![
+                get("/v6", 200, MISS, 1).answer(stale_on_arrival("etag", "\"v6\"")),
+                get("/v6", 503, XCache::Not("STALE"), 2).answer(answer(503, &[])),
+                get("/v6", 200, REVALIDATED, 3)
+                    .answer(answer(
+                        304,
+                        &[("cache-control", "max-age=60"), ("etag", "\"v6\"")],
+                    ))
+                    .sent(equals("if-none-match", "\"v6\"")),
+            ],
+        },
+        Case {
             // Fresh first, then stale by time: with no stale windows in the policy, the
             // entry must still be kept for revalidation. (2 s: see the S rows.)
             id: "V4",

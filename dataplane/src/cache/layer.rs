@@ -366,8 +366,9 @@ impl Cache {
             &resp_parts.headers,
             exchange,
         ) else {
-            if found.is_some() {
-                // What was stored no longer stands for this resource.
+            if found.is_some() && !is_origin_failure(resp_parts.status) {
+                // The origin's new answer may not be stored: what was stored no longer
+                // stands for this resource. (An origin failure leaves it for next time.)
                 self.store.invalidate_key(skey);
             }
             return tag(Response::from_parts(resp_parts, body), Result_::Miss);
