@@ -30,6 +30,8 @@ pub struct Entry {
     pub fingerprint: u64,
     /// Set while one background refresh of this entry runs.
     refreshing: AtomicBool,
+    /// When it arrived, wall clock: If-Modified-Since compares with it when the response
+    /// had neither Last-Modified nor Date.
     pub received_at: SystemTime,
 }
 
