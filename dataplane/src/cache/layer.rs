@@ -589,8 +589,10 @@ impl Cache {
         path: &str,
         query: Option<&str>,
     ) {
-        self.store
-            .invalidate(&key::url_key(policy, "GET", scheme, host, path, query));
+        self.store.invalidate(
+            &key::url_key(policy, "GET", scheme, host, path, query),
+            policy.key_headers.is_empty(),
+        );
         self.update_gauges();
     }
 }

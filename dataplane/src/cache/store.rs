@@ -52,6 +52,10 @@ pub struct Store {
     /// URL stored before its mark is gone, whatever request headers or Vary made its key.
     marks: Cache<String, Mark>,
     any_marks: AtomicBool,
+    /// When marks overflowed last, in ns after `epoch` (0: never): entries stored before
+    /// are gone.
+    flushed_ns: AtomicU64,
+    epoch: Instant,
     /// The longest any entry may stay, in ms: a mark need not outlive it.
     longest_keep_ms: AtomicU64,
 }
@@ -132,6 +136,8 @@ impl Store {
                 .expire_after(MarkFor)
                 .build(),
             any_marks: AtomicBool::new(false),
+            flushed_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
             longest_keep_ms: AtomicU64::new(0),
         })
     }
@@ -156,14 +162,22 @@ impl Store {
 
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
         let e = self.entries.get(key)?;
-        if self.any_marks.load(Ordering::Acquire)
-            && let Some(mark) = self.marks.get(key::url_of(key))
-            && e.stored <= mark.at
-        {
+        if self.any_marks.load(Ordering::Acquire) && self.invalidated(&e, key) {
             self.entries.invalidate(key);
             return None;
         }
         Some(e)
+    }
+
+    /// Whether an unsafe request (its URL's mark, or a flush) came after the entry.
+    fn invalidated(&self, e: &Entry, key: &str) -> bool {
+        let flushed = self.flushed_ns.load(Ordering::Acquire);
+        if flushed != 0 && e.stored <= self.epoch + Duration::from_nanos(flushed) {
+            return true;
+        }
+        self.marks
+            .get(key::url_of(key))
+            .is_some_and(|mark| e.stored <= mark.at)
     }
 
     /// Drops one entry.
@@ -171,16 +185,30 @@ impl Store {
         self.entries.invalidate(key);
     }
 
-    /// Invalidates every entry of a URL key (all its variants), from now on.
-    pub fn invalidate(&self, url_key: &str) {
+    /// Invalidates every entry of a URL key (all its variants), from now on. `url_is_key`:
+    /// the policy adds no request headers to its keys, so the URL key is the primary key and
+    /// the Vary map says whether it has variants to chase.
+    pub fn invalidate(&self, url_key: &str, url_is_key: bool) {
         self.entries.invalidate(url_key);
+        if url_is_key && !self.vary.contains_key(url_key) {
+            // No variants: the one entry there was is gone, nothing is left to mark.
+            return;
+        }
         let keep = Duration::from_millis(self.longest_keep_ms.load(Ordering::Relaxed));
         if keep.is_zero() {
             return;
         }
         if self.marks.entry_count() >= MAX_MARKS * 9 / 10 {
-            // Too many marks to keep: drop this URL's entries now, the slow way.
-            self.purge(|k| key::url_of(k) == url_key);
+            // Too many marks to hold: everything stored until now goes instead, at the cost
+            // of one atomic per lookup, rather than a scan of the store per unsafe request.
+            let since = Instant::now().saturating_duration_since(self.epoch);
+            let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX).max(1);
+            self.flushed_ns.store(nanos, Ordering::Release);
+            self.marks.invalidate_all();
+            self.any_marks.store(true, Ordering::Release);
+            tracing::warn!(
+                "cache: too many invalidated URLs to track; every entry stored until now is dropped"
+            );
             return;
         }
         let mark = Mark {
@@ -374,6 +402,56 @@ mod tests {
             store.fill("k", Duration::from_millis(100)).await,
             Fill::Leader(_)
         ));
+    }
+
+    #[test]
+    fn invalidation_reaches_every_variant_and_only_earlier_entries() {
+        let store = Store::new(1 << 20);
+        let none = HeaderMap::new();
+        let mut gzip = HeaderMap::new();
+        gzip.insert("accept-encoding", "gzip".parse().unwrap());
+        // A URL that is its own key.
+        store.insert("u", &none, vec![], entry(1));
+        store.invalidate("u", true);
+        assert!(store.get("u").is_none());
+        // Variants of a URL: their keys are not the URL, a mark finds them.
+        let url = "p\nGET\nhttp://h/v";
+        store.insert(url, &gzip, vec!["accept-encoding".into()], entry(1));
+        let variant = store.storage_key(url, &gzip).into_owned();
+        assert!(store.get(&variant).is_some());
+        store.invalidate(url, true);
+        assert!(store.get(&variant).is_none());
+        store.insert(url, &gzip, vec!["accept-encoding".into()], entry(1));
+        assert!(store.get(&variant).is_some(), "stored after the mark: kept");
+        // Keys with request headers after the URL.
+        let keyed = "p\nGET\nhttp://h/a\nx-acct:1";
+        store.insert(keyed, &none, vec![], entry(1));
+        store.invalidate("p\nGET\nhttp://h/a", false);
+        assert!(store.get(keyed).is_none());
+    }
+
+    #[test]
+    fn too_many_marks_drop_everything_stored_before() {
+        let store = Store::new(1 << 20);
+        let none = HeaderMap::new();
+        store.insert("old\nGET\nhttp://h/x\nk:1", &none, vec![], entry(1));
+        for i in 0..MAX_MARKS {
+            store.invalidate(&format!("m\nGET\nhttp://h/{i}"), false);
+            if i % 10_000 == 0 {
+                store.marks.run_pending_tasks();
+            }
+            if store.flushed_ns.load(Ordering::Acquire) != 0 {
+                break;
+            }
+        }
+        assert_ne!(
+            store.flushed_ns.load(Ordering::Acquire),
+            0,
+            "the marks overflowed"
+        );
+        assert!(store.get("old\nGET\nhttp://h/x\nk:1").is_none());
+        store.insert("new\nGET\nhttp://h/x\nk:1", &none, vec![], entry(1));
+        assert!(store.get("new\nGET\nhttp://h/x\nk:1").is_some());
     }
 
     #[test]
