@@ -41,21 +41,7 @@ done
 make_run_dir parapet-instructions
 
 # ---------------------------------------------------------------- tools (Debian)
-need=()
-have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 ]]; }
-have valgrind || need+=(valgrind)
-have h2load || need+=(nghttp2-client)
-have nginx || need+=(nginx-light)
-have haproxy || need+=(haproxy)
-have curl || need+=(curl)
-if ((${#need[@]})); then
-  [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; install them (sudo apt-get install ${need[*]}) or run as root"
-  log "installing ${need[*]} (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-export PATH="$PATH:/usr/sbin:/sbin"
+ensure_tools valgrind=valgrind h2load=nghttp2-client nginx=nginx haproxy=haproxy curl=curl
 
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building the release binaries"

@@ -46,6 +46,29 @@ start() {
   PID_OF[$name]=$!
 }
 
+# ensure_tools CMD=PACKAGE... : installs (apt-get, as root) the Debian packages of the
+# commands that are missing; nginx comes as nginx-light where Debian has it.
+ensure_tools() {
+  local need=() pair cmd pkg
+  for pair in "$@"; do
+    cmd=${pair%%=*} pkg=${pair#*=}
+    command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || need+=("$pkg")
+  done
+  if ((${#need[@]})); then
+    [[ $(id -u) -eq 0 ]] || die "missing ${need[*]}; install them (sudo apt-get install ${need[*]/nginx/nginx-light}) or run as root"
+    log "installing ${need[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    local pkgs=()
+    for pkg in "${need[@]}"; do
+      if [[ $pkg == nginx ]] && apt-cache show nginx-light >/dev/null 2>&1; then pkg=nginx-light; fi
+      pkgs+=("$pkg")
+    done
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  fi
+  export PATH="$PATH:/usr/sbin:/sbin"
+}
+
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # wait_http URL : until it answers 2xx, for up to 10 s

@@ -67,25 +67,7 @@ make_run_dir parapet-bench
 
 
 # ---------------------------------------------------------------- 1. Debian packages
-need_pkgs=()
-have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 ]]; }
-have nginx || need_pkgs+=(nginx)
-have haproxy || need_pkgs+=(haproxy)
-have wrk || need_pkgs+=(wrk)
-have curl || need_pkgs+=(curl)
-if ((${#need_pkgs[@]})); then
-  [[ $(id -u) -eq 0 ]] || die "missing ${need_pkgs[*]}; install them (sudo apt-get install ${need_pkgs[*]/nginx/nginx-light}) or run as root"
-  log "installing ${need_pkgs[*]} (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  pkgs=()
-  for p in "${need_pkgs[@]}"; do
-    if [[ $p == nginx ]] && apt-cache show nginx-light >/dev/null 2>&1; then p=nginx-light; fi
-    pkgs+=("$p")
-  done
-  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-fi
-export PATH="$PATH:/usr/sbin:/sbin"
+ensure_tools nginx=nginx haproxy=haproxy wrk=wrk curl=curl
 
 # ---------------------------------------------------------------- 2. build
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then

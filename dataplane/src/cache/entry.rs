@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 
-use super::freshness::Lifetime;
+use super::freshness::{Lifetime, has_validator};
 
 pub struct Entry {
     pub status: StatusCode,
@@ -80,7 +80,7 @@ impl Entry {
 
     /// Keeps it this long for revalidation once stale (only when it has a validator).
     pub fn keep_stale(mut self, keep: Duration) -> Self {
-        if self.etag().is_some() || self.last_modified().is_some() {
+        if has_validator(&self.headers) {
             self.keep_stale = keep;
         }
         self

@@ -51,6 +51,16 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// An exchange whose request went out at `sent` and whose response has just arrived.
+    pub fn answered(sent: SystemTime, authorized: bool) -> Self {
+        Self {
+            sent,
+            received: SystemTime::now(),
+            authorized,
+            adapted_ttl: None,
+        }
+    }
+
     /// The corrected initial age (§4.2.3) of a response with these headers.
     pub fn initial_age(&self, headers: &HeaderMap) -> Duration {
         corrected_initial_age(

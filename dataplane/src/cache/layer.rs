@@ -338,7 +338,10 @@ impl Cache {
         if let Some(e) = &found {
             let status = resp.status();
             if status == StatusCode::NOT_MODIFIED && validates(e, resp.headers()) {
-                let exchange = self.exchange(&parts, request_time);
+                let exchange = Exchange::answered(
+                    request_time,
+                    parts.headers.contains_key(header::AUTHORIZATION),
+                );
                 let refreshed = self.revalidated(policy, skey, e, resp.headers(), exchange);
                 self.count(policy, &Result_::Revalidated);
                 return answer(&refreshed, Result_::Revalidated, &parts, now);
@@ -358,7 +361,10 @@ impl Cache {
             }
         }
         self.count(policy, &Result_::Miss);
-        let exchange = self.exchange(&parts, request_time);
+        let exchange = Exchange::answered(
+            request_time,
+            parts.headers.contains_key(header::AUTHORIZATION),
+        );
         let (resp_parts, body) = resp.into_parts();
         let Ok(life) = lifetime(
             policy,
@@ -416,15 +422,6 @@ impl Cache {
         };
         // The origin's answer as it came, its Age included.
         tag(Response::from_parts(resp_parts, body), Result_::Miss)
-    }
-
-    fn exchange(&self, parts: &Parts, request_time: SystemTime) -> Exchange {
-        Exchange {
-            sent: request_time,
-            received: SystemTime::now(),
-            authorized: parts.headers.contains_key(header::AUTHORIZATION),
-            adapted_ttl: None,
-        }
     }
 
     /// Adaptive TTL: the cache's own freshness grows while refreshes find the body unchanged
@@ -611,12 +608,7 @@ async fn refresh<O: Origin>(
     let authorized = up.headers.contains_key(header::AUTHORIZATION);
     let request_time = SystemTime::now();
     let resp = origin.fetch(Request::from_parts(up, empty())).await;
-    let exchange = Exchange {
-        sent: request_time,
-        received: SystemTime::now(),
-        authorized,
-        adapted_ttl: None,
-    };
+    let exchange = Exchange::answered(request_time, authorized);
     if resp.status() == StatusCode::NOT_MODIFIED {
         if validates(&e, resp.headers()) {
             this.revalidated(&policy, &skey, &e, resp.headers(), exchange);
