@@ -1,0 +1,456 @@
+#!/usr/bin/env bash
+# Every path production traffic takes, Parapet against nginx, HAProxy and Caddy side by side:
+# HTTP/1.1 with and without TLS, HTTP/2 over TLS with several streams per connection, request
+# bodies, new connections (TLS handshakes full and resumed), thousands of mostly idle
+# connections, and route tables of 10, 1,000 and 10,000 routes. Each proxy runs with one
+# worker in front of the same two sample backends (1 KiB answers), with the configuration
+# bench/proxy_config.py writes for the shape. See BENCHMARKS.md.
+#
+# For each shape and proxy: requests (or connections) per second, p50/p99 latency, the
+# proxy's CPU time per request (µs, from /proc: holds on a shared machine where req/s does
+# not), and, with BENCH_IPR=1, instructions per request under callgrind (a fixed request
+# count twice on fresh processes, differenced: start-up and warm-up cancel out).
+#
+# Knobs (environment):
+#   BENCH_PATHS="h1 h1-tls h2-tls post-4k post-256k conn tls-new tls-resumed idle-10k
+#                routes-10 routes-1k routes-10k"
+#   BENCH_PROXIES="parapet nginx haproxy caddy"
+#   BENCH_ROUNDS=3 BENCH_DURATION=5 (s) BENCH_WARMUP=2 (s)   alternating rounds per shape
+#   BENCH_CONNECTIONS=32       client connections (h2-tls: 4 streams on each)
+#   BENCH_IDLE=10000           connections held open by idle-10k (1% of them busy)
+#   BENCH_IPR=1                also count instructions per request (BENCH_IPR_N1=1000,
+#                              BENCH_IPR_N2=6000 requests; BENCH_IPR_PATHS limits the shapes)
+#   BENCH_PORT_BASE=18600      +1/+2 backends, +10/+11 Parapet, +20 nginx, +30 HAProxy, +40 Caddy
+#   BENCH_OUT=bench/results/latest-paths.md
+#   BENCH_SKIP_BUILD=1         use the release binaries already built
+#   BENCH_KEEP=1               keep the run directory
+#   CADDY=/path/to/caddy       else Caddy v2.11.9 is built with `go install` from the Go
+#                              module proxy into ~/.cache/parapet-bench (outside the repository)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+read -r -a SHAPES <<<"${BENCH_PATHS:-h1 h1-tls h2-tls post-4k post-256k conn tls-new tls-resumed idle-10k routes-10 routes-1k routes-10k}"
+read -r -a PROXIES <<<"${BENCH_PROXIES:-parapet nginx haproxy caddy}"
+ROUNDS=${BENCH_ROUNDS:-3}
+DURATION=${BENCH_DURATION:-5}
+WARMUP=${BENCH_WARMUP:-2}
+CONNS=${BENCH_CONNECTIONS:-32}
+IDLE=${BENCH_IDLE:-10000}
+IPR=${BENCH_IPR:-1}
+N1=${BENCH_IPR_N1:-1000}
+N2=${BENCH_IPR_N2:-6000}
+read -r -a IPR_SHAPES <<<"${BENCH_IPR_PATHS:-h1 h1-tls h2-tls post-4k post-256k routes-10 routes-10k}"
+BASE=${BENCH_PORT_BASE:-18600}
+OUT=${BENCH_OUT:-bench/results/latest-paths.md}
+NOISY_PCT=${BENCH_NOISY_PCT:-20}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN="$TARGET_DIR/release"
+CADDY_VERSION=v2.11.9
+
+source bench/lib.sh
+
+for v in ROUNDS DURATION WARMUP CONNS IDLE N1 N2 BASE; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
+done
+((N2 > N1)) || die "BENCH_IPR_N2 ($N2) must be larger than BENCH_IPR_N1 ($N1)"
+declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30))
+  [caddy]=$((BASE + 40)))
+ADMIN=$((BASE + 11))
+BACKENDS=($((BASE + 1)) $((BASE + 2)))
+for p in "${PROXIES[@]}"; do
+  [[ -n ${PROXY_PORT[$p]:-} ]] || die "unknown proxy '$p' in BENCH_PROXIES (parapet, nginx, haproxy, caddy)"
+done
+for s in "${SHAPES[@]}"; do
+  case $s in
+  h1 | h1-tls | h2-tls | post-4k | post-256k | conn | tls-new | tls-resumed | idle-10k | routes-[0-9]*) ;;
+  routes-1k) ;;
+  *) die "unknown shape '$s' in BENCH_PATHS" ;;
+  esac
+done
+
+make_run_dir parapet-paths
+# idle-10k holds $IDLE connections in this shell's children and in every proxy.
+ulimit -n "$(ulimit -Hn)"
+(($(ulimit -n) >= 2 * IDLE)) || [[ " ${SHAPES[*]} " != *" idle-"* ]] ||
+  die "idle-10k needs $((2 * IDLE)) open files per process (ulimit -n is $(ulimit -n)); run as root or raise the hard limit"
+
+# ---------------------------------------------------------------- tools
+ensure_tools nginx=nginx haproxy=haproxy h2load=nghttp2-client wrk=wrk openssl=openssl \
+  curl=curl python3=python3 valgrind=valgrind
+if [[ " ${PROXIES[*]} " == *" caddy "* ]]; then
+  CADDY=${CADDY:-$HOME/.cache/parapet-bench/caddy-$CADDY_VERSION/caddy}
+  if [[ ! -x $CADDY ]]; then
+    command -v go >/dev/null || die "Caddy needs Go to build it (or set CADDY=/path/to/caddy)"
+    log "building Caddy $CADDY_VERSION from the Go module proxy into $(dirname "$CADDY")"
+    mkdir -p "$(dirname "$CADDY")"
+    GOBIN=$(dirname "$CADDY") GOFLAGS=-mod=mod go install "github.com/caddyserver/caddy/v2/cmd/caddy@$CADDY_VERSION" ||
+      die "could not build Caddy $CADDY_VERSION"
+  fi
+fi
+if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
+  log "building the release binaries"
+  cargo build --release -q -p parapet-dataplane --bin dataplane
+  cargo build --release -q -p parapet-tests --bin sample-backend
+fi
+for b in dataplane sample-backend; do [[ -x $BIN/$b ]] || die "$BIN/$b is missing"; done
+for p in "${BACKENDS[@]}" "${PROXY_PORT[@]}" "$ADMIN"; do
+  port_free "$p" || die "port $p on 127.0.0.1 is in use; pick another BENCH_PORT_BASE"
+done
+
+# ---------------------------------------------------------------- certificate, bodies, backends
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.local \
+  -addext "subjectAltName=DNS:bench.local,DNS:api.bench,IP:127.0.0.1" \
+  -keyout "$RUN/key.pem" -out "$RUN/cert.pem" 2>/dev/null
+cat "$RUN/cert.pem" "$RUN/key.pem" >"$RUN/haproxy.pem"
+head -c 4096 /dev/zero | tr '\0' 'p' >"$RUN/body-4k"
+head -c 262144 /dev/zero | tr '\0' 'p' >"$RUN/body-256k"
+
+start backend-1 "$BIN/sample-backend" b1 "${BACKENDS[0]}" 1024
+start backend-2 "$BIN/sample-backend" b2 "${BACKENDS[1]}" 1024
+BACKEND_PIDS=("${PID_OF[backend-1]}" "${PID_OF[backend-2]}")
+for p in "${BACKENDS[@]}"; do wait_http "http://127.0.0.1:$p/healthz" || die "backend on port $p did not start"; done
+
+# ---------------------------------------------------------------- shapes
+tls_of() { [[ $1 == h1-tls || $1 == h2-tls || $1 == tls-* ]]; }
+routes_of() { # the table size of a routes-N shape, else 0
+  case $1 in routes-1k) echo 1000 ;; routes-10k) echo 10000 ;; routes-*) echo "${1#routes-}" ;; *) echo 0 ;; esac
+}
+scheme_of() { tls_of "$1" && echo https || echo http; }
+# The URIs a shape asks for: /1k, or for route tables the last route of each kind on
+# api.bench (the worst case for anything that tries routes in order) and one host route.
+uris_of() {
+  local shape=$1 port=$2 n
+  n=$(routes_of "$shape")
+  local base
+  base="$(scheme_of "$shape")://127.0.0.1:$port"
+  if ((n == 0)); then echo "$base/1k"; return; fi
+  local api=$((n - n / 2)) i
+  for kind in 0 1 2; do
+    i=$(((api - 1) / 3 * 3 + kind)); ((i < api)) || i=$((i - 3))
+    case $kind in 0) echo "$base/svc$i/x" ;; 1) echo "$base/exact$i" ;; 2) echo "$base/re$i/12345" ;; esac
+  done
+}
+
+# start_proxy SHAPE PROXY [NAME [WRAPPER...]] : writes the shape's config and starts the proxy
+start_proxy() {
+  local shape=$1 proxy=$2 name=${3:-$2}
+  shift 3 2>/dev/null || shift $#
+  local port=${PROXY_PORT[$proxy]} conf tls=() routes
+  routes=$(routes_of "$shape")
+  tls_of "$shape" && tls=(--tls "$RUN/cert.pem,$RUN/key.pem")
+  case $proxy in parapet) conf=$RUN/parapet.yaml ;; nginx) conf=$RUN/nginx.conf ;;
+  haproxy) conf=$RUN/haproxy.cfg ;; caddy) conf=$RUN/caddy.json ;; esac
+  python3 bench/proxy_config.py "$proxy" --out "$conf" --run "$RUN" --port "$port" \
+    --backends "${BACKENDS[0]},${BACKENDS[1]}" --routes "$routes" "${tls[@]}"
+  case $proxy in
+  parapet)
+    local flags=()
+    tls_of "$shape" && flags=(--tls-cert "$RUN/cert.pem" --tls-key "$RUN/key.pem")
+    start "$name" "$@" "$BIN/dataplane" --config "$conf" --listen "127.0.0.1:$port" \
+      --admin-listen "127.0.0.1:$ADMIN" --workers 1 --log-format text "${flags[@]}"
+    ;;
+  nginx)
+    nginx -t -q -c "$conf" -p "$RUN" 2>"$RUN/nginx-t.err" || die "nginx -t failed: $(cat "$RUN/nginx-t.err")"
+    if (($#)); then start "$name" "$@" "$(command -v nginx)" -c "$conf" -p "$RUN" -g 'master_process off;'
+    else start "$name" "$(command -v nginx)" -c "$conf" -p "$RUN"; fi
+    ;;
+  haproxy)
+    haproxy -c -q -f "$conf" 2>"$RUN/haproxy-c.err" || die "haproxy -c failed: $(cat "$RUN/haproxy-c.err")"
+    start "$name" "$@" "$(command -v haproxy)" -db -f "$conf"
+    ;;
+  caddy)
+    GOMAXPROCS=1 start "$name" "$@" "$CADDY" run --config "$conf"
+    ;;
+  esac
+}
+
+# check_proxy SHAPE PROXY : waits until it answers every URI of the shape with 1 KiB
+check_proxy() {
+  local shape=$1 proxy=$2 uri host=() tries=${3:-100}
+  (($(routes_of "$shape"))) && host=(-H "Host: api.bench")
+  while read -r uri; do
+    local ok=
+    for _ in $(seq "$tries"); do
+      if [[ $(curl -sk --max-time 2 -o /dev/null -w '%{http_code} %{size_download}' "${host[@]}" "$uri" 2>/dev/null) == "200 1024" ]]; then ok=1; break; fi
+      kill -0 "${PID_OF[$proxy]}" 2>/dev/null || die "$proxy exited; see $RUN/$proxy.err"
+      sleep 0.1
+    done
+    [[ -n $ok ]] || die "$proxy does not answer $uri with 200 and 1 KiB ($shape); see $RUN/$proxy.err"
+  done < <(uris_of "$shape" "${PROXY_PORT[$proxy]}")
+  if (($(routes_of "$shape"))); then # a host route, and a miss
+    local code
+    code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Host: h0.bench" "$(scheme_of "$shape")://127.0.0.1:${PROXY_PORT[$proxy]}/any")
+    [[ $code == 200 ]] || die "$proxy answers $code for the host route h0.bench ($shape)"
+    code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Host: api.bench" "$(scheme_of "$shape")://127.0.0.1:${PROXY_PORT[$proxy]}/nowhere")
+    [[ $code == 404 ]] || die "$proxy answers $code, not 404, for a path no route matches ($shape)"
+  fi
+}
+
+stop_proxy() {
+  local pid=${PID_OF[$1]}
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# load SHAPE PROXY SECONDS OUTFILE [REQUESTS] : one run; prints "count p50_ms p99_ms errors"
+# (count: requests, or connections for the connection shapes)
+load() {
+  local shape=$1 proxy=$2 secs=$3 out=$4 n=${5:-} port=${PROXY_PORT[$2]}
+  local -a uris
+  mapfile -t uris < <(uris_of "$shape" "$port")
+  local h2=(h2load -t1 --log-file="$out.log")
+  if [[ -n $n ]]; then h2+=(-n "$n" -c 8); else h2+=(-D "$secs" -c "$CONNS"); fi
+  (($(routes_of "$shape"))) && h2+=(-H ":authority: api.bench")
+  case $shape in
+  h1 | h1-tls | routes-*) h2+=(--h1) ;;
+  h2-tls) h2+=(-m 4) ;;
+  post-4k) h2+=(--h1 -d "$RUN/body-4k") ;;
+  post-256k) h2+=(--h1 -d "$RUN/body-256k") ;;
+  esac
+  case $shape in
+  conn)
+    timeout --kill-after=5 $((secs + 60)) wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 5s --latency \
+      -H "Connection: close" "http://127.0.0.1:$port/1k" >"$out" 2>&1
+    read -r rps p50 p99 err < <(parse_wrk "$out")
+    awk -v r="$rps" -v s="$secs" -v a="$p50" -v b="$p99" -v e="$err" \
+      'BEGIN{printf "%d %s %s %d\n", r * s, a, b, e}'
+    ;;
+  tls-new | tls-resumed)
+    local mode=-new
+    [[ $shape == tls-resumed ]] && mode=-reuse
+    timeout --kill-after=5 $((secs + 60)) openssl s_time -connect "127.0.0.1:$port" "$mode" \
+      -time "$secs" -www /1k >"$out" 2>&1 || true
+    # "N connections in T real seconds"; s_time measures no latency distribution.
+    awk '/connections in .* real seconds/ {print $1, "-", "-", 0; found = 1; exit}
+         END {if (!found) print 0, "-", "-", 1}' "$out"
+    ;;
+  *)
+    timeout --kill-after=5 $((secs + 120)) "${h2[@]}" "${uris[@]}" >"$out" 2>&1 || true
+    # "requests: T total, S started, D done, OK succeeded, F failed, E errored, O timeout"
+    # and "status codes: A 2xx, B 3xx, C 4xx, D 5xx" (which counts answers still arriving
+    # when the clock ran out, so the count is the succeeded figure).
+    local ok errs
+    read -r ok errs < <(awk '/^requests:/ {ok = $8; e += $10 + $12 + $14}
+      /^status codes:/ {e += $5 + $7 + $9} END {print ok, e}' "$out")
+    [[ -n $ok && -s $out.log ]] || { log "h2load failed against $proxy; see $out"; echo "0 - - 1"; return; }
+    sort -n -k3 "$out.log" | awk -v ok="$ok" -v e="$errs" '
+      { v[NR] = $3 } END {
+        printf "%d %.3f %.3f %d\n", ok, v[int(NR * 0.5) + 1] / 1000, v[int(NR * 0.99) + 1] / 1000, e }'
+    rm -f "$out.log"
+    ;;
+  esac
+}
+
+REDONE=0
+RAW="$RUN/runs.tsv"
+: >"$RAW"
+# measure SHAPE : all proxies, warm-up then ROUNDS alternating rounds
+measure() {
+  local shape=$1 proxy round
+  for proxy in "${PROXIES[@]}"; do
+    [[ $shape == tls-* ]] && continue
+    log "warm-up $proxy $shape (${WARMUP}s)"
+    load "$shape" "$proxy" "$WARMUP" "$RUN/warmup-$shape-$proxy.txt" >/dev/null
+  done
+  for round in $(seq "$ROUNDS"); do
+    for proxy in "${PROXIES[@]}"; do
+      local tries=0
+      while :; do
+        wait_quiet
+        local f="$RUN/$shape-$round-$proxy.txt"
+        local t0 m0 b0 s0 t1 m1 b1 s1 count p50 p99 err
+        t0=$(cpu_ticks "$proxy") m0=$(machine_ticks) b0=$(backend_ticks) s0=$(date +%s.%N)
+        read -r count p50 p99 err < <(load "$shape" "$proxy" "$DURATION" "$f")
+        s1=$(date +%s.%N) t1=$(cpu_ticks "$proxy") m1=$(machine_ticks) b1=$(backend_ticks)
+        local cpu rate us
+        cpu=$(pct $((t1 - t0)) "$s0" "$s1")
+        rate=$(awk -v c="$count" -v a="$s0" -v b="$s1" 'BEGIN{printf "%.0f", c / (b - a)}')
+        us=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v c="$count" 'BEGIN{printf "%.1f", (c > 0 ? t * 1e6 / hz / c : 0)}')
+        # Machine CPU not used by this proxy or the backends: the client plus other work.
+        local rest
+        rest=$(pct $(((m1 - m0) - (t1 - t0) - (b1 - b0))) "$s0" "$s1")
+        log "$shape round $round $proxy: $rate/s, p50 $p50 ms, p99 $p99 ms, CPU $cpu% ($us µs each), errors $err"
+        tries=$((tries + 1))
+        if ((count == 0 && tries < 2)); then log "no requests completed; running it again"; continue; fi
+        break
+      done
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$shape" "$round" "$proxy" "$rate" "$p50" "$p99" \
+        "$err" "$cpu" "$us" "$rest" >>"$RAW"
+    done
+  done
+}
+
+backend_ticks() {
+  local sum=0 p
+  for p in "${BACKEND_PIDS[@]}"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$sum"
+}
+rss_of() { local sum=0 p; for p in $(proxy_pids "$1"); do sum=$((sum + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status"))); done; echo "$sum"; }
+
+# idle SHAPE : memory per idle connection. The client (bench/idle_clients.py) opens $IDLE
+# connections, asks one request on each, then keeps 1% of them busy; the proxy's RSS is read
+# before and while they are held.
+IDLE_TSV="$RUN/idle.tsv"
+: >"$IDLE_TSV"
+idle() {
+  local proxy
+  for proxy in "${PROXIES[@]}"; do
+    local before n=$IDLE
+    # HAProxy counts two files per connection against its limit (see proxy_config.py).
+    [[ $proxy == haproxy ]] && ((n > 9800)) && n=9800
+    before=$(rss_of "$proxy")
+    python3 bench/idle_clients.py --port "${PROXY_PORT[$proxy]}" --connections "$n" \
+      --busy $((n / 100)) --seconds "$DURATION" --ready "$RUN/idle-ready" >"$RUN/idle-$proxy.txt" 2>&1 &
+    local cpid=$!
+    local held=
+    for _ in $(seq 600); do
+      [[ -e $RUN/idle-ready ]] && { held=1; break; }
+      kill -0 "$cpid" 2>/dev/null || break
+      sleep 0.1
+    done
+    [[ -n $held ]] || { wait "$cpid" || true; die "$proxy: $IDLE connections could not be opened; see $RUN/idle-$proxy.txt"; }
+    # (Parapet gives back an idle connection's buffers half a second after its last answer.)
+    sleep 2
+    local during
+    during=$(rss_of "$proxy")
+    wait "$cpid" || die "the idle client failed against $proxy; see $RUN/idle-$proxy.txt"
+    rm -f "$RUN/idle-ready"
+    local rps
+    rps=$(awk '/^busy_rps/ {print $2}' "$RUN/idle-$proxy.txt")
+    log "idle-10k $proxy: RSS $before KB before, $during KB with $n connections held; busy ones $rps req/s"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$proxy" "$before" "$during" "$rps" "$n" >>"$IDLE_TSV"
+  done
+}
+
+# instructions SHAPE PROXY REQUESTS : the proxy's instruction count under callgrind
+instructions() {
+  local shape=$1 proxy=$2 n=$3 name="$2-ipr-$3" out="$RUN/$2-$1-$3.callgrind"
+  rm -f "$out"*
+  start_proxy "$shape" "$proxy" "$name" valgrind --tool=callgrind --callgrind-out-file="$out"
+  PID_OF[$proxy]=${PID_OF[$name]}
+  check_proxy "$shape" "$proxy" 600
+  load "$shape" "$proxy" 0 "$RUN/ipr-$name.txt" "$n" >"$RUN/ipr-$name.sum"
+  read -r count _ _ err <"$RUN/ipr-$name.sum"
+  ((count == n && err == 0)) || die "$proxy ($shape) under callgrind answered $count of $n requests; see $RUN/ipr-$name.txt"
+  stop_proxy "$name"
+  # Go programs do not always survive valgrind to the end (Caddy's runtime may crash it at
+  # exit): a profile without totals leaves the figure out rather than guessing it.
+  local total=0 f n
+  for f in "$out"*; do
+    n=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
+    [[ -n $n ]] || { log "$proxy ($shape): callgrind wrote no totals (valgrind failed; see $RUN/$name.err)"; echo; return; }
+    total=$((total + n))
+  done
+  echo "$total"
+}
+IPR_TSV="$RUN/ipr.tsv"
+: >"$IPR_TSV"
+
+for shape in "${SHAPES[@]}"; do
+  log "== $shape"
+  for proxy in "${PROXIES[@]}"; do start_proxy "$shape" "$proxy"; done
+  for proxy in "${PROXIES[@]}"; do check_proxy "$shape" "$proxy"; done
+  if [[ $shape == idle-* ]]; then idle; else measure "$shape"; fi
+  for proxy in "${PROXIES[@]}"; do stop_proxy "$proxy"; done
+  if ((IPR)) && [[ " ${IPR_SHAPES[*]} " == *" $shape "* ]]; then
+    for proxy in "${PROXIES[@]}"; do
+      a=$(instructions "$shape" "$proxy" "$N1")
+      b=$(instructions "$shape" "$proxy" "$N2")
+      [[ -n $a && -n $b ]] || continue
+      ipr=$(((b - a) / (N2 - N1)))
+      log "$shape $proxy: $ipr instructions per request"
+      printf '%s\t%s\t%s\n' "$shape" "$proxy" "$ipr" >>"$IPR_TSV"
+    done
+  fi
+done
+
+# ---------------------------------------------------------------- report
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain -- dataplane crds 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
+SUMMARY="$RUN/summary.tsv"
+awk -F'\t' '
+  function median(a, k, m,   i, j, t, v) {
+    for (i = 1; i <= m; i++) v[i] = a[k, i]
+    for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+  }
+  { k = $1 SUBSEP $3; n[k]++; rate[k, n[k]] = $4; p50[k, n[k]] = $5; p99[k, n[k]] = $6; us[k, n[k]] = $9; err[k] += $7 }
+  END { for (k in n) { split(k, p, SUBSEP); m = n[k]
+    printf "%s\t%s\t%.0f\t%s\t%s\t%.1f\t%d\n", p[1], p[2], median(rate, k, m),
+      (p50[k, 1] == "-" ? "-" : median(p50, k, m)), (p99[k, 1] == "-" ? "-" : median(p99, k, m)), median(us, k, m), err[k] } }' "$RAW" >"$SUMMARY"
+
+describe() {
+  case $1 in
+  h1) echo "HTTP/1.1 GET, keep-alive" ;;
+  h1-tls) echo "HTTP/1.1 GET over TLS 1.3" ;;
+  h2-tls) echo "HTTP/2 over TLS 1.3, 4 streams per connection" ;;
+  post-4k) echo "HTTP/1.1 POST, 4 KiB body" ;;
+  post-256k) echo "HTTP/1.1 POST, 256 KiB body" ;;
+  conn) echo "a new connection per request (plain HTTP/1.1, Connection: close)" ;;
+  tls-new) echo "new TLS connections, full handshake, one request each (openssl s_time -new)" ;;
+  tls-resumed) echo "new TLS connections, session resumed, one request each (openssl s_time -reuse)" ;;
+  routes-*) echo "HTTP/1.1 GET through a table of $(routes_of "$1") routes" ;;
+  esac
+}
+
+report() {
+  echo "# Every path: Parapet, nginx, HAProxy and Caddy"
+  echo
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$commit\`$dirty; $(nproc) × $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), Linux $(uname -r)."
+  echo "nginx $(nginx -v 2>&1 | sed 's|.*/||'), HAProxy $(haproxy -v | awk 'NR==1{print $3}'), Caddy $CADDY_VERSION (GOMAXPROCS=1), h2load $(h2load --version | awk '{print $2}'), $(openssl version | awk '{print $1, $2}')."
+  echo "One worker each; two sample backends, 1 KiB answers; $CONNS client connections; $ROUNDS"
+  echo "alternating rounds of ${DURATION}s after a ${WARMUP}s warm-up, medians. CPU µs is the proxy's own CPU time"
+  echo "(user + system, from /proc) per request, or per connection for the connection shapes:"
+  echo "it holds on a shared machine where the rate does not. Ratios are to the best peer."
+  local shape
+  for shape in "${SHAPES[@]}"; do
+    [[ $shape == idle-* ]] && continue
+    echo
+    echo "## $shape: $(describe "$shape")"
+    echo
+    echo "| proxy | per second | p50 ms | p99 ms | CPU µs | CPU vs best peer | instructions | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' -v s="$shape" -v order="${PROXIES[*]}" '
+      FILENAME ~ /ipr/ { if ($1 == s) ipr[$2] = $3; next }
+      $1 == s { rate[$2] = $3; p50[$2] = $4; p99[$2] = $5; us[$2] = $6; err[$2] = $7 }
+      END {
+        m = split(order, o, " "); best = 0
+        for (i = 1; i <= m; i++) if (o[i] != "parapet" && (o[i] in us) && (best == 0 || us[o[i]] < best)) best = us[o[i]]
+        for (i = 1; i <= m; i++) { p = o[i]; if (!(p in rate)) continue
+          printf "| %s | %d | %s | %s | %.1f | %s | %s | %d |\n", p, rate[p], p50[p], p99[p], us[p],
+            (best > 0 ? sprintf("%.2f×", us[p] / best) : "–"), ((p in ipr) ? ipr[p] : "–"), err[p] }
+      }' "$IPR_TSV" "$SUMMARY"
+  done
+  if [[ -s $IDLE_TSV ]]; then
+    echo
+    echo "## idle-$((IDLE / 1000))k: $IDLE keep-alive connections, 1% of them busy"
+    echo
+    echo "| proxy | connections | RSS before | RSS with them held | per idle connection | busy req/s |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    awk -F'\t' '{ printf "| %s | %d | %.1f MB | %.1f MB | %.1f KB | %s |\n", $1, $5, $2 / 1024, $3 / 1024, ($3 - $2) / $5, $4 }' "$IDLE_TSV"
+    echo
+    echo "nginx figures are its master plus its worker. A process may open at most $(ulimit -n) files"
+    echo "here and HAProxy reserves two per connection, so it holds 9,800 at most."
+  fi
+  if [[ -s $IPR_TSV ]]; then
+    echo
+    echo "Instructions: per request under callgrind (user space only), one worker, h2load -c 8 asking"
+    echo "$N1 and then $N2 times on fresh processes, differenced over $((N2 - N1)) requests."
+  fi
+  echo
+  echo "<details><summary>Every run</summary>"
+  echo
+  echo "| shape | round | proxy | per second | p50 ms | p99 ms | errors | proxy CPU | CPU µs | client + other CPU |"
+  echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+  awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s%% | %s | %s%% |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$RAW"
+  echo
+  echo "</details>"
+}
+mkdir -p "$(dirname "$OUT")"
+report >"$OUT.tmp"
+mv "$OUT.tmp" "$OUT"
+cat "$OUT"
+log "written to $OUT"
