@@ -26,7 +26,10 @@ use crate::{
     downstream::{Drain, http1, rewind::Rewind},
     listener::{ListenerConfig, builder, http1_builder},
     metrics::Metrics,
-    proxy::{body::ProxyBody, problem::full},
+    proxy::{
+        body::{DownstreamBody, ProxyBody},
+        problem::full,
+    },
 };
 
 /// Listener settings as the data plane's defaults, with `max_header_bytes` and
@@ -300,9 +303,9 @@ pub fn compare_servers(
 pub enum HeadDecision {
     /// Not a complete head yet.
     Partial,
-    /// Served by the codec: the head's length and the request the proxy gets (its body is
-    /// always empty).
-    Served(usize, Box<Request<()>>),
+    /// Served by the codec: the length of the head and its body, and the request the
+    /// proxy gets with its body.
+    Served(usize, Box<Request<Bytes>>),
     /// Handed to hyper (a body, an upgrade, HTTP/1.0, ...).
     Handoff,
     /// Refused (400 or 431).
@@ -319,7 +322,13 @@ pub fn parse_request_head(buf: &[u8], max_head_bytes: usize, max_headers: usize)
     };
     match http1::parse_one(buf, &settings) {
         None => HeadDecision::Partial,
-        Some(Ok(Some((len, req)))) => HeadDecision::Served(len, Box::new(req.map(|_| ()))),
+        Some(Ok(Some((len, req)))) => HeadDecision::Served(
+            len,
+            Box::new(req.map(|b| match b {
+                DownstreamBody::Full(b) => b.unwrap_or_default(),
+                _ => Bytes::new(),
+            })),
+        ),
         Some(Ok(None)) => HeadDecision::Handoff,
         Some(Err(())) => HeadDecision::Refused,
     }

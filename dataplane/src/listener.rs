@@ -230,29 +230,31 @@ async fn accept(
         tokio::spawn(async move {
             match tls {
                 None => downstream::serve(stream, shared, info, signal, Protocol::Sniff).await,
+                // Boxed, so a plain connection's task does not have the size of a TLS one.
                 Some(acceptor) => {
-                    let stream = match tokio::time::timeout(
-                        handshake_timeout,
-                        acceptor.accept(stream),
-                    )
+                    downstream::boxed(async move {
+                        let stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        // ALPN decides: no sniffing for a preface on a connection agreed as HTTP/1.
+                        let protocol = match stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Protocol::Http2,
+                            _ => Protocol::Http1,
+                        };
+                        downstream::serve(stream, shared, info, signal, protocol).await;
+                    })
                     .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    // ALPN decides: no sniffing for a preface on a connection agreed as HTTP/1.
-                    let protocol = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Protocol::Http2,
-                        _ => Protocol::Http1,
-                    };
-                    downstream::serve(stream, shared, info, signal, protocol).await;
                 }
             }
         });

@@ -1,5 +1,5 @@
 //! Parapet's own HTTP/1.1 server codec, for the requests most traffic is made of: HTTP/1.1
-//! without a body, no upgrade, no `Expect`.
+//! without a body or with a small one of known length, no upgrade, no `Expect`.
 //!
 //! Why not hyper's server for these: its dispatcher moves each request through a state
 //! machine built for every case (bodies both ways, upgrades, 100-continue), parses into a
@@ -13,9 +13,11 @@
 //! with the bytes already read (`Ended::Handoff`); requests are sequential on HTTP/1.1, so
 //! the hand-over happens between two requests, never inside one.
 //!
-//! Framing follows RFC 9112: a request this codec serves has no Transfer-Encoding and no
-//! Content-Length other than 0, so there is no body to frame; a response is sent with its
-//! Content-Length, the body's exact size, or chunked.
+//! Framing follows RFC 9112: a request this codec serves has no Transfer-Encoding and at
+//! most one Content-Length, of at most `MAX_BODY_IN_BUFFER` bytes, whose body was read whole
+//! behind its head before the proxy sees the request (a body still on its way when the
+//! socket has nothing more goes to hyper with the head, to stream); a response is sent with
+//! its Content-Length, the body's exact size, or chunked.
 
 use std::{
     cell::RefCell,
@@ -57,6 +59,15 @@ use crate::{
 pub const HEADER_SLOTS: usize = 128;
 /// Reads ask for at least this much room in the buffer.
 const READ_CHUNK: usize = 8 * 1024;
+/// Request bodies of a known length up to this size that arrive with their head are read
+/// whole and forwarded from memory (as the proxy would buffer them for a retry anyway);
+/// larger ones, slower ones and chunked ones stream through hyper.
+pub const MAX_BODY_IN_BUFFER: usize = 64 * 1024;
+/// A keep-alive connection that has sent nothing for this long after an answer gives back
+/// its busy state (read buffer, request state: about 22 KB). nginx frees its buffers at
+/// once; waiting a little keeps a connection under load from allocating them again between
+/// two requests.
+const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// The HTTP/2 connection preface starts with this request line.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 /// After an error answer, what the client still sends is read and dropped for at most this
@@ -94,6 +105,11 @@ pub enum Ended<IO> {
 
 /// Serves requests on `io` with `handle` until the connection closes or needs hyper.
 /// Refusals (400, 431) are counted in `metrics`.
+///
+/// A connection alternates between busy and idle. Busy, it holds a read buffer and the
+/// state of the request being answered (kilobytes), boxed; once it has sent nothing for
+/// `IDLE_RELEASE` after an answer, that box goes and the connection waits for its next
+/// byte holding only the socket, so thousands of idle keep-alive connections cost little.
 pub async fn serve<IO, H, F>(
     mut io: IO,
     handle: H,
@@ -106,58 +122,143 @@ where
     H: Fn(Request<DownstreamBody>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
+    let mut served = 0u32;
+    // A new connection starts idle too: one that never sends holds no buffer.
+    let mut since = Instant::now();
+    loop {
+        let Some(first) = next_byte(&mut io, since + settings.header_read_timeout, drain).await
+        else {
+            return Ended::Closed;
+        };
+        let busy = serve_busy(
+            &mut io,
+            &handle,
+            metrics,
+            settings,
+            drain,
+            &mut served,
+            first,
+        );
+        since = match boxed(busy).await {
+            Busy::Closed => return Ended::Closed,
+            Busy::Handoff { read, http2 } => {
+                return Ended::Handoff {
+                    io,
+                    read,
+                    served,
+                    http2,
+                };
+            }
+            Busy::Idle { since } => since,
+        };
+    }
+}
+
+/// `future` on the heap, for a large state that only some connections reach or hold. A
+/// plain function: a future made in an `async fn` and boxed there would still take its size
+/// in that function's own state (it is a temporary of the statement that awaits it).
+pub(crate) fn boxed<F: Future>(future: F) -> Pin<Box<F>> {
+    Box::pin(future)
+}
+
+/// How a busy period of a connection ended.
+enum Busy {
+    Closed,
+    Handoff {
+        read: Bytes,
+        http2: bool,
+    },
+    /// Waiting for a request since `since`, with nothing read of it.
+    Idle {
+        since: Instant,
+    },
+}
+
+/// Serves requests until the connection closes, needs hyper, or goes idle. `first` is the
+/// byte the idle wait read.
+async fn serve_busy<IO, H, F>(
+    io: &mut IO,
+    handle: &H,
+    metrics: &Metrics,
+    settings: &Settings,
+    drain: &mut DrainSignal,
+    served: &mut u32,
+    first: u8,
+) -> Busy
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Request<DownstreamBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
     let mut conn = Conn {
         read: BytesMut::with_capacity(READ_CHUNK),
         write: Vec::with_capacity(512),
         names: Vec::new(),
         timer: None,
     };
-    // One wait for the drain for the whole connection, polled only while it is idle.
+    conn.read.extend_from_slice(&[first]);
+    // One wait for the drain for the whole busy period, polled only while it is idle.
     let mut watch = drain.clone();
     let mut draining = std::pin::pin!(watch.draining().fuse());
-    let mut served = 0u32;
     // Where the upstream's 1xx for the request being answered go (one per connection).
     let interim = interim::Sink::default();
     loop {
         let head = match conn
-            .read_head(&mut io, settings, draining.as_mut(), served == 0)
+            .read_head(io, settings, draining.as_mut(), *served == 0)
             .await
         {
             Ok(Read::Head(h)) => h,
             Ok(Read::Handoff { http2 }) => {
-                return Ended::Handoff {
-                    io,
+                return Busy::Handoff {
                     read: conn.read.freeze(),
-                    served,
                     http2,
                 };
             }
-            Ok(Read::Closed) => return Ended::Closed,
+            Ok(Read::Idle { since }) => return Busy::Idle { since },
+            Ok(Read::Closed) => return Busy::Closed,
             Err(refusal) => {
-                refuse(&mut io, &mut conn, metrics, refusal).await;
-                return Ended::Closed;
+                refuse(io, &mut conn, metrics, refusal).await;
+                return Busy::Closed;
             }
         };
         let Some(req) = conn.request(&head) else {
-            refuse(&mut io, &mut conn, metrics, Refusal::Invalid).await;
-            return Ended::Closed;
+            refuse(io, &mut conn, metrics, Refusal::Invalid).await;
+            return Busy::Closed;
         };
-        served += 1;
+        *served += 1;
         let answer = std::pin::pin!(handle(req));
         // The relay's scope holds the pinned answer by reference: moving the request's
         // future (kilobytes) into it would cost a copy per request.
-        let answer = std::pin::pin!(interim.relay_for(u64::from(served), answer));
-        let watched = answer_watching(&mut io, &mut conn, answer, settings, &interim).await;
+        let answer = std::pin::pin!(interim.relay_for(u64::from(*served), answer));
+        let watched = answer_watching(io, &mut conn, answer, settings, &interim).await;
         interim.close();
         let Some(resp) = watched else {
-            return Ended::Closed;
+            return Busy::Closed;
         };
         let close = head.close
-            || (settings.max_requests > 0 && served >= settings.max_requests)
+            || (settings.max_requests > 0 && *served >= settings.max_requests)
             || drain.is_draining();
-        if !send(&mut io, &mut conn.write, resp, &head, close).await {
-            return Ended::Closed;
+        if !send(io, &mut conn.write, resp, &head, close).await {
+            return Busy::Closed;
         }
+    }
+}
+
+/// The first byte of an idle connection's next request, read with no buffer but this one
+/// byte's; `None` when the connection closes, the keep-alive time ends at `until`, or the
+/// listener drains.
+async fn next_byte<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    until: Instant,
+    drain: &DrainSignal,
+) -> Option<u8> {
+    let mut byte = 0u8;
+    let mut watch = drain.clone();
+    tokio::select! {
+        biased;
+        r = io.read(std::slice::from_mut(&mut byte)) => matches!(r, Ok(1)).then_some(byte),
+        () = tokio::time::sleep_until(until) => None,
+        () = watch.draining() => None,
     }
 }
 
@@ -289,7 +390,13 @@ struct Conn {
 
 enum Read {
     Head(Head),
-    Handoff { http2: bool },
+    Handoff {
+        http2: bool,
+    },
+    /// Nothing of a next request came within `IDLE_RELEASE` of `since`.
+    Idle {
+        since: Instant,
+    },
     Closed,
 }
 
@@ -297,6 +404,8 @@ enum Read {
 /// buffer.
 struct Head {
     len: usize,
+    /// The body's length (`Content-Length`); it follows the head in the read buffer.
+    body: usize,
     method: Method,
     target: Range<usize>,
     /// The client asked to close (`Connection: close`).
@@ -330,54 +439,83 @@ impl Conn {
         mut draining: Pin<&mut Fuse<D>>,
         first: bool,
     ) -> Result<Read, Refusal> {
-        let mut deadline: Option<Instant> = None;
+        // When the wait for this head began (the header read timeout counts from there).
+        let mut waiting: Option<Instant> = None;
+        // A head parsed whose body is not all here yet: more is read while the socket has
+        // it (the head is not parsed again for each read).
+        let mut parsed: Option<Head> = None;
         loop {
+            if let Some(h) = parsed.take_if(|h| self.read.len() >= h.len + h.body) {
+                return Ok(Read::Head(h));
+            }
             let n = self.read.len().min(H2_PREFACE.len());
             let preface = first && n > 0 && self.read[..n] == H2_PREFACE[..n];
             if preface && n == H2_PREFACE.len() {
                 return Ok(Read::Handoff { http2: true });
             }
             // (A start of the preface: not enough to tell yet.)
-            if !preface && !self.read.is_empty() {
+            if parsed.is_none() && !preface && !self.read.is_empty() {
                 match self.parse(settings)? {
-                    Parse::Head(h) => return Ok(Read::Head(h)),
+                    Parse::Head(h) if self.read.len() >= h.len + h.body => {
+                        return Ok(Read::Head(h));
+                    }
+                    Parse::Head(h) => parsed = Some(h),
                     Parse::Other => return Ok(Read::Handoff { http2: false }),
                     Parse::Partial => {}
                 }
             }
-            if self.read.len() > settings.max_head_bytes {
+            if let Some(h) = &parsed {
+                // Room for the whole body, so it is read in as few reads as it can.
+                self.read.reserve(h.len + h.body - self.read.len());
+            } else if self.read.len() > settings.max_head_bytes {
                 return Err(Refusal::TooLarge);
-            }
-            if self.read.capacity() - self.read.len() < READ_CHUNK / 8 {
+            } else if self.read.capacity() - self.read.len() < READ_CHUNK / 8 {
                 // Reuses the buffer in place once the last request's head is dropped.
                 self.read.reserve(READ_CHUNK);
             }
             // Blank lines between requests are allowed (and skipped by the parser): a
             // connection holding only those is idle.
-            let idle = self.read.iter().all(|b| matches!(b, b'\r' | b'\n'));
+            let idle = parsed.is_none() && self.read.iter().all(|b| matches!(b, b'\r' | b'\n'));
             let n = {
                 let mut read = std::pin::pin!(io.read_buf(&mut self.read));
                 // Most reads find bytes waiting: no timer for those.
                 match poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
                     Poll::Ready(r) => r,
+                    // A body not all here once the socket is drained streams through
+                    // hyper, under the route's timeout (it has every byte read so far).
+                    Poll::Pending if parsed.is_some() => {
+                        return Ok(Read::Handoff { http2: false });
+                    }
                     Poll::Pending => {
-                        let at = *deadline
-                            .get_or_insert_with(|| Instant::now() + settings.header_read_timeout);
+                        let since = *waiting.get_or_insert_with(Instant::now);
+                        let at = since + settings.header_read_timeout;
+                        // With nothing of a request read, the wait is for the release of the
+                        // busy state first (the idle wait then goes on until `at`).
+                        let release = idle.then(|| since + IDLE_RELEASE);
+                        let (target, slack) = match release {
+                            Some(r) if r < at => (r, IDLE_RELEASE / 4),
+                            _ => (
+                                at,
+                                (settings.header_read_timeout / 8).min(Duration::from_secs(1)),
+                            ),
+                        };
                         // Resetting a timer for every request costs more than the rest of
-                        // the wait: it is moved on only when it would fire before `at`, and
-                        // then to a little after it, so it fires at most `slack` late.
-                        let slack = (settings.header_read_timeout / 8).min(Duration::from_secs(1));
-                        let timer = self
-                            .timer
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at + slack)));
-                        if timer.deadline() < at {
-                            timer.as_mut().reset(at + slack);
+                        // the wait: it is moved on only when it would fire before `target`,
+                        // and then to a little after it, so it fires at most `slack` late.
+                        let timer = self.timer.get_or_insert_with(|| {
+                            Box::pin(tokio::time::sleep_until(target + slack))
+                        });
+                        if timer.deadline() < target {
+                            timer.as_mut().reset(target + slack);
                         }
                         let drainable = idle && !draining.is_terminated();
                         tokio::select! {
                             biased;
                             r = read => r,
                             () = timer.as_mut() => {
+                                if release.is_some() && Instant::now() < at {
+                                    return Ok(Read::Idle { since });
+                                }
                                 tracing::debug!("no complete request head within the header read timeout; closing");
                                 // A head begun and not finished is the client's slowness
                                 // (408); an idle keep-alive connection just closes.
@@ -436,15 +574,21 @@ impl Conn {
         };
         let target = offset(path.as_bytes());
         let (mut close, mut trailers) = (false, false);
+        let mut body: Option<usize> = None;
         self.names.clear();
         for h in req.headers.iter() {
             let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
                 return Err(Refusal::Invalid);
             };
             if name == header::CONTENT_LENGTH {
-                if h.value.trim_ascii() != b"0" {
-                    // A body: hyper reads and frames it.
-                    return Ok(Parse::Other);
+                // One valid length that fits the buffer is read here, with the head; any
+                // other (repeated, invalid, larger) is hyper's to frame or refuse.
+                // (A list, even of equal lengths, is hyper's to refuse.)
+                match content_length(h.value).filter(|_| !h.value.contains(&b',')) {
+                    Some(n) if body.is_none() && n <= MAX_BODY_IN_BUFFER as u64 => {
+                        body = Some(n as usize);
+                    }
+                    _ => return Ok(Parse::Other),
                 }
             } else if name == header::TRANSFER_ENCODING
                 || name == header::EXPECT
@@ -470,6 +614,7 @@ impl Conn {
         }
         Ok(Parse::Head(Head {
             len,
+            body: body.unwrap_or(0),
             method,
             target,
             close,
@@ -490,7 +635,11 @@ impl Conn {
                 HeaderValue::from_maybe_shared(bytes.slice(value)).ok()?,
             );
         }
-        let mut req = Request::new(DownstreamBody::Empty);
+        let body = match head.body {
+            0 => DownstreamBody::Empty,
+            n => DownstreamBody::Full(Some(self.read.split_to(n).freeze())),
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -531,6 +680,7 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     metrics.reject(reason);
     let head = Head {
         len: 0,
+        body: 0,
         method: Method::GET,
         target: 0..0,
         close: true,
@@ -910,8 +1060,8 @@ impl CachedDate {
 }
 
 /// What `serve` makes of `buf` as a connection's next bytes (for `crate::fuzzing`): `None`
-/// until a head is complete, `Some(Ok(Some(..)))` served here (with the head's length),
-/// `Some(Ok(None))` handed to hyper, `Some(Err(()))` refused.
+/// until a head (and its body) is complete, `Some(Ok(Some(..)))` served here (with the
+/// length of head and body), `Some(Ok(None))` handed to hyper, `Some(Err(()))` refused.
 #[allow(clippy::type_complexity)]
 pub(crate) fn parse_one(
     buf: &[u8],
@@ -926,7 +1076,12 @@ pub(crate) fn parse_one(
     match conn.parse(settings) {
         Ok(Parse::Partial) => None,
         Ok(Parse::Other) => Some(Ok(None)),
-        Ok(Parse::Head(h)) => Some(conn.request(&h).map(|r| Some((h.len, r))).ok_or(())),
+        Ok(Parse::Head(h)) if buf.len() < h.len + h.body => None,
+        Ok(Parse::Head(h)) => Some(
+            conn.request(&h)
+                .map(|r| Some((h.len + h.body, r)))
+                .ok_or(()),
+        ),
         Err(_) => Some(Err(())),
     }
 }

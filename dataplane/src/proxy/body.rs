@@ -235,10 +235,12 @@ where
     }
 }
 
-/// A request body as the listener hands it over: hyper's, or none at all (Parapet's own
-/// HTTP/1.1 codec, `downstream::http1`, serves only requests without a body).
+/// A request body as the listener hands it over: hyper's, one read whole with its head
+/// (Parapet's own HTTP/1.1 codec, `downstream::http1`, for bodies of a known length that
+/// fit its buffer; taken by the first poll), or none at all.
 pub enum DownstreamBody {
     Hyper(hyper::body::Incoming),
+    Full(Option<Bytes>),
     Empty,
 }
 
@@ -252,6 +254,7 @@ impl Body for DownstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Hyper(b) => Pin::new(b).poll_frame(cx),
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Empty => Poll::Ready(None),
         }
     }
@@ -259,6 +262,7 @@ impl Body for DownstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Hyper(b) => b.is_end_stream(),
+            Self::Full(b) => b.is_none(),
             Self::Empty => true,
         }
     }
@@ -266,6 +270,7 @@ impl Body for DownstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Hyper(b) => b.size_hint(),
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Empty => SizeHint::with_exact(0),
         }
     }

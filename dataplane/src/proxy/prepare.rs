@@ -148,8 +148,27 @@ pub(super) async fn request_body(
         let body = Prefixed::new(read, Paced::new(rest, pace.clone())).boxed();
         Ok((RequestBody::Once(Some(body)), Some(pace)))
     };
-    let counted = Counted::new(body, metrics.request_bytes.clone());
     let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    // A body already read whole (with its head) is sent from memory without a copy; one
+    // longer than `max_replay_bytes` is still sent once only, as if it had streamed.
+    if let super::body::DownstreamBody::Full(full) = &body {
+        let full = full.clone().unwrap_or_default();
+        if full.len() > limit {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than this gateway accepts",
+            ));
+        }
+        metrics.request_bytes.inc_by(full.len() as u64);
+        if full.len() as u64 > limits.max_replay_bytes {
+            let once = http_body_util::Full::new(full)
+                .map_err(|e| match e {})
+                .boxed();
+            return Ok((RequestBody::Once(Some(once)), None));
+        }
+        return Ok((RequestBody::Replayable(full), None));
+    }
+    let counted = Counted::new(body, metrics.request_bytes.clone());
     if counted.is_end_stream() {
         return Ok((RequestBody::Replayable(Bytes::new()), None));
     }
@@ -197,6 +216,11 @@ pub(super) async fn request_body(
             // Too big to keep: what was read goes first, the rest follows.
             return stream(read, body);
         }
+    }
+    if read.len() == 1
+        && let Some(Ok(d)) = read.pop().map(Frame::into_data)
+    {
+        return Ok((RequestBody::Replayable(d), None));
     }
     let mut all = BytesMut::with_capacity(bytes);
     for f in read {

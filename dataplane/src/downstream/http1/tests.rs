@@ -84,7 +84,7 @@ where
 /// watching `drain`: the client's end, and how the codec's part ended.
 fn spawn_serve<H, F>(handle: H, drain: &Drain) -> (DuplexStream, JoinHandle<Ended<DuplexStream>>)
 where
-    H: Fn(Request<DownstreamBody>) -> F + Send + 'static,
+    H: Fn(Request<DownstreamBody>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let (client, conn) = tokio::io::duplex(1 << 16);
@@ -413,8 +413,16 @@ async fn connection_close_from_the_client_or_the_request_limit_ends_the_connecti
 async fn requests_it_does_not_serve_are_handed_to_hyper_with_their_bytes() {
     for (req, why) in [
         (
-            &b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"[..],
-            "a body",
+            &b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 65537\r\n\r\nabc"[..],
+            "a body larger than the buffer",
+        ),
+        (
+            b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc",
+            "two lengths",
+        ),
+        (
+            b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: +3\r\n\r\nabc",
+            "an invalid length",
         ),
         (
             b"POST /p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -582,4 +590,121 @@ async fn draining_closes_idle_connections_and_says_close_on_the_last_answer() {
         .expect("the idle connection was not closed by the drain");
     assert!(matches!(idle.await.unwrap(), Ended::Closed));
     assert_eq!(read_to_close(&mut client).await, "");
+}
+
+/// The body the codec read with a request's head, as the handler got it.
+fn body_of(req: &Request<DownstreamBody>) -> String {
+    match req.body() {
+        DownstreamBody::Full(Some(b)) => String::from_utf8_lossy(b).into_owned(),
+        DownstreamBody::Empty => String::new(),
+        _ => "<not read by the codec>".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_known_length_that_comes_with_its_head_is_read_here() {
+    let mut s = server(settings(), |req| {
+        Response::new(full(format!("got {}", body_of(req))))
+    });
+    // The body, and a pipelined request after it.
+    s.client
+        .write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhello worldGET /after HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The second answer ("got " and no body) ends the output.
+    let out = read_until(&mut s.client, |o| o.ends_with("got ")).await;
+    assert!(out.contains("got hello world"), "{out}");
+    {
+        let seen = s.seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!((&seen[0].0, seen[0].1.as_str()), (&Method::POST, "/p"));
+        // The length goes to the proxy with the request, which frames the body it sends.
+        assert_eq!(seen[0].2[header::CONTENT_LENGTH], "11");
+        assert_eq!(seen[1].1, "/after");
+    }
+    // The largest body the buffer takes is still the codec's.
+    let big = MAX_BODY_IN_BUFFER;
+    let mut req =
+        format!("PUT /big HTTP/1.1\r\nhost: x\r\ncontent-length: {big}\r\n\r\n").into_bytes();
+    req.resize(req.len() + big, b'b');
+    let mut s = server(settings(), |req| {
+        Response::new(full(format!("{} bytes", body_of(req).len())))
+    });
+    s.client.write_all(&req).await.unwrap();
+    let out = read_until(&mut s.client, |o| o.ends_with(" bytes")).await;
+    assert!(out.ends_with(&format!("{big} bytes")), "{out}");
+}
+
+#[tokio::test]
+async fn a_body_still_on_its_way_goes_to_hyper_with_every_byte_read() {
+    let mut s = server(settings(), |_| text("ok"));
+    s.client
+        .write_all(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s.client, |o| o.ends_with("ok")).await;
+    let req = b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc";
+    s.client.write_all(req).await.unwrap();
+    let (read, served) = tokio::time::timeout(Duration::from_secs(5), s.ended)
+        .await
+        .expect("no hand-over within 5 s")
+        .unwrap()
+        .expect("closed instead of handed over");
+    assert_eq!(&read[..], req);
+    assert_eq!(served, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_gives_back_its_buffers_and_still_serves_its_next_request() {
+    let keep_alive = Settings {
+        header_read_timeout: Duration::from_secs(2),
+        ..settings()
+    };
+    let mut s = server(keep_alive.clone(), |req| {
+        text(if req.uri() == "/1" { "one" } else { "two" })
+    });
+    s.client
+        .write_all(b"GET /1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s.client, |o| o.ends_with("one")).await;
+    // Past the release, within the keep-alive time: the next request, sent a byte at a time,
+    // is served as any other.
+    tokio::time::sleep(IDLE_RELEASE * 2).await;
+    for b in b"GET /2 HTTP/1.1\r\nhost: x\r\n\r\n" {
+        s.client.write_all(&[*b]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let out = read_until(&mut s.client, |o| o.ends_with("two")).await;
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    // The keep-alive time still counts from the end of the last answer, release or not.
+    let start = Instant::now();
+    let out = read_to_close(&mut s.client).await;
+    assert!(out.is_empty(), "{out}");
+    let waited = start.elapsed();
+    assert!(
+        waited >= keep_alive.header_read_timeout && waited < keep_alive.header_read_timeout * 2,
+        "closed after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_closes_when_the_listener_drains() {
+    let drain = Drain::default();
+    let (mut client, task) = spawn_serve(|_req| async { text("ok") }, &drain);
+    send_get(&mut client).await;
+    read_until(&mut client, |o| o.ends_with("ok")).await;
+    // Long enough for the release: the connection waits for its next byte with no buffer.
+    tokio::time::sleep(IDLE_RELEASE * 2).await;
+    let drained = tokio::spawn(drain.drain());
+    let ended = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the idle connection did not close on the drain")
+        .unwrap();
+    assert!(matches!(ended, Ended::Closed));
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .unwrap()
+        .unwrap();
 }
