@@ -187,12 +187,14 @@ check_proxy() {
   fi
 }
 
+# stop_proxy NAME [PORT] : stops it, and waits until nothing listens on PORT any more
 stop_proxy() {
   local pid=${PID_OF[$1]}
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+  [[ -z ${2:-} ]] || for _ in $(seq 100); do port_free "$2" && break; sleep 0.1; done
 }
 
 # load SHAPE PROXY SECONDS OUTFILE [REQUESTS] : one run; prints "count p50_ms p99_ms errors"
@@ -335,7 +337,7 @@ instructions() {
   load "$shape" "$proxy" 0 "$RUN/ipr-$name.txt" "$n" >"$RUN/ipr-$name.sum"
   read -r count _ _ err <"$RUN/ipr-$name.sum"
   ((count == n && err == 0)) || die "$proxy ($shape) under callgrind answered $count of $n requests; see $RUN/ipr-$name.txt"
-  stop_proxy "$name"
+  stop_proxy "$name" "${PROXY_PORT[$proxy]}"
   # Go programs do not always survive valgrind to the end (Caddy's runtime may crash it at
   # exit): a profile without totals leaves the figure out rather than guessing it.
   local total=0 f n
@@ -354,7 +356,7 @@ for shape in "${SHAPES[@]}"; do
   for proxy in "${PROXIES[@]}"; do start_proxy "$shape" "$proxy"; done
   for proxy in "${PROXIES[@]}"; do check_proxy "$shape" "$proxy"; done
   if [[ $shape == idle-* ]]; then idle; else measure "$shape"; fi
-  for proxy in "${PROXIES[@]}"; do stop_proxy "$proxy"; done
+  for proxy in "${PROXIES[@]}"; do stop_proxy "$proxy" "${PROXY_PORT[$proxy]}"; done
   if ((IPR)) && [[ " ${IPR_SHAPES[*]} " == *" $shape "* ]]; then
     for proxy in "${PROXIES[@]}"; do
       a=$(instructions "$shape" "$proxy" "$N1")
