@@ -703,7 +703,9 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     // with a reset that could destroy the response before the client reads it.
     let linger = async {
         let mut dropped = 0;
-        let mut sink = [0u8; 8192];
+        // On the heap: on the stack it would be in every busy connection's state (8 KB of
+        // 14), for the rare connection that is refused.
+        let mut sink = vec![0u8; 8192];
         while dropped < LINGER_BYTES {
             match io.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
