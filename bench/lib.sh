@@ -97,6 +97,12 @@ cpu_ticks() {
   for p in $(proxy_pids "$1"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
   echo "$sum"
 }
+# Ticks used so far by the backends in BACKEND_PIDS (still running: their own /proc/PID/stat).
+backend_ticks() {
+  local sum=0 p
+  for p in "${BACKEND_PIDS[@]}"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$sum"
+}
 CLK_TCK=$(getconf CLK_TCK)
 machine_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4; exit}' /proc/stat; }
 # pct TICKS START_S END_S : ticks as % of one core over the interval

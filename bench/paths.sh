@@ -285,11 +285,6 @@ measure() {
   done
 }
 
-backend_ticks() {
-  local sum=0 p
-  for p in "${BACKEND_PIDS[@]}"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$sum"
-}
 rss_of() { local sum=0 p; for p in $(proxy_pids "$1"); do sum=$((sum + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status"))); done; echo "$sum"; }
 
 # idle SHAPE : memory per idle connection. The client (bench/idle_clients.py) opens $IDLE

@@ -153,12 +153,6 @@ total_rss_kb() {
   for p in $(proxy_pids "$1"); do sum=$((sum + $(rss_kb "$p"))); done
   echo "$sum"
 }
-# Ticks used so far by the backends (still running, so their own /proc/PID/stat).
-backend_ticks() {
-  local sum=0 p
-  for p in "${BACKEND_PIDS[@]}"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$sum"
-}
 # Ticks used by this shell's finished children (wrk), from the `times` builtin (which must
 # run in this shell, not in a $(...) subshell).
 children_ticks() {

@@ -14,14 +14,14 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
     server::conn::auto,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use parapet_crds::snapshot::ListenerProtocol;
 
 use crate::{
     codec::Http1Codec,
-    downstream::{self, Drain, Protocol, Shared},
+    downstream::{self, Drain, DrainSignal, Protocol, Shared},
     proxy::{ConnInfo, Proxy},
 };
 
@@ -232,33 +232,48 @@ async fn accept(
                 None => downstream::serve(stream, shared, info, signal, Protocol::Sniff).await,
                 // Boxed, so a plain connection's task does not have the size of a TLS one.
                 Some(acceptor) => {
-                    downstream::boxed(async move {
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        // ALPN decides: no sniffing for a preface on a connection agreed as HTTP/1.
-                        let protocol = match stream.get_ref().1.alpn_protocol() {
-                            Some(b"h2") => Protocol::Http2,
-                            _ => Protocol::Http1,
-                        };
-                        downstream::serve(stream, shared, info, signal, protocol).await;
-                    })
-                    .await
+                    downstream::boxed(serve_tls(
+                        stream,
+                        acceptor,
+                        handshake_timeout,
+                        shared,
+                        info,
+                        signal,
+                    ))
+                    .await;
                 }
             }
         });
     }
+}
+
+/// The TLS handshake (within `handshake_timeout`), then the connection as ALPN chose it.
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    signal: DrainSignal,
+) {
+    let peer = info.peer;
+    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    // ALPN decides: no sniffing for a preface on a connection agreed as HTTP/1.
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    downstream::serve(stream, shared, info, signal, protocol).await;
 }
 
 /// How a new connection on `socket` is served under the table in force: `Some(None)`

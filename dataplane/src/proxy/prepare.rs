@@ -149,25 +149,10 @@ pub(super) async fn request_body(
         Ok((RequestBody::Once(Some(body)), Some(pace)))
     };
     let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
-    // A body already read whole (with its head) is sent from memory without a copy; one
-    // longer than `max_replay_bytes` is still sent once only, as if it had streamed.
-    if let super::body::DownstreamBody::Full(full) = &body {
-        let full = full.clone().unwrap_or_default();
-        if full.len() > limit {
-            return Err((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is larger than this gateway accepts",
-            ));
-        }
-        metrics.request_bytes.inc_by(full.len() as u64);
-        if full.len() as u64 > limits.max_replay_bytes {
-            let once = http_body_util::Full::new(full)
-                .map_err(|e| match e {})
-                .boxed();
-            return Ok((RequestBody::Once(Some(once)), None));
-        }
-        return Ok((RequestBody::Replayable(full), None));
-    }
+    let body = match body {
+        super::body::DownstreamBody::Full(full) => return from_memory(full, limits, metrics),
+        other => other,
+    };
     let counted = Counted::new(body, metrics.request_bytes.clone());
     if counted.is_end_stream() {
         return Ok((RequestBody::Replayable(Bytes::new()), None));
@@ -229,6 +214,27 @@ pub(super) async fn request_body(
         }
     }
     Ok((RequestBody::Replayable(all.freeze()), None))
+}
+
+/// A body read whole with its head: sent from memory without a copy; one longer than
+/// `max_replay_bytes` is still sent once only, as if it had streamed.
+fn from_memory(
+    full: Option<Bytes>,
+    limits: &Limits,
+    metrics: &Metrics,
+) -> Result<(RequestBody, Option<Pace>), (StatusCode, &'static str)> {
+    let full = full.unwrap_or_default();
+    if full.len() as u64 > limits.max_body_bytes {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than this gateway accepts",
+        ));
+    }
+    metrics.request_bytes.inc_by(full.len() as u64);
+    if full.len() as u64 > limits.max_replay_bytes {
+        return Ok((RequestBody::Once(Some(super::problem::full(full))), None));
+    }
+    Ok((RequestBody::Replayable(full), None))
 }
 
 #[cfg(test)]
