@@ -8,6 +8,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod delta;
+pub mod wire;
+
 /// Bumped when the wire format changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -3,7 +3,6 @@
 
 use std::{
     convert::Infallible,
-    io::Read,
     net::SocketAddr,
     sync::{
         Arc,
@@ -16,7 +15,11 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use parapet_crds::snapshot::Snapshot;
+use parapet_crds::snapshot::{
+    Snapshot,
+    delta::{Delta, DeltaError},
+    wire::{self, Coding, WireError},
+};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
@@ -26,7 +29,7 @@ use crate::{
         body::ProxyBody,
         problem::{full, problem},
     },
-    snapshot::{ApplyOutcome, SnapshotStore},
+    snapshot::{ApplyOutcome, Runtime, SnapshotStore},
 };
 
 pub struct Admin {
@@ -165,11 +168,12 @@ impl Admin {
                 r
             }
             (&Method::GET, "/v1/snapshot/status") => self.status(),
-            (&Method::PUT, "/v1/snapshot") => self.push(req).await,
+            (&Method::PUT, "/v1/snapshot") => self.push(req, false).await,
+            (&Method::PATCH, "/v1/snapshot") => self.push(req, true).await,
             (&Method::POST, "/v1/cache/purge") => self.purge(req).await,
             (_, "/v1/snapshot") => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "use PUT to push a snapshot",
+                "use PUT to push a snapshot, or PATCH to push a delta",
                 None,
             ),
             _ => problem(
@@ -251,7 +255,8 @@ impl Admin {
         json(StatusCode::OK, &serde_json::json!({ "purged": purged }))
     }
 
-    async fn push(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// `PUT` a full table, or `PATCH` one as a delta against the table this pod holds.
+    async fn push(&self, req: Request<Incoming>, delta: bool) -> Response<ProxyBody> {
         if !self.authorized(&req) {
             self.metrics.push("unauthorized");
             let detail = if self.token.is_none() {
@@ -264,10 +269,25 @@ impl Admin {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
-        let gzip = req
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+        // An encoding this build does not read is refused with the ones it does (RFC 7694),
+        // so the pusher can fall back rather than send bytes that would parse as garbage.
+        let Some(coding) = Coding::from_header(
+            req.headers()
+                .get(header::CONTENT_ENCODING)
+                .map(HeaderValue::as_bytes),
+        ) else {
+            self.metrics.push("invalid");
+            let mut r = problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the snapshot's Content-Encoding is not one this data plane reads; use zstd, gzip or none",
+                None,
+            );
+            r.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static(wire::ACCEPTED),
+            );
+            return r;
+        };
         // The operator names the zone of the node this pod runs on.
         let zone = match req.headers().get(ZONE_HEADER) {
             None => None,
@@ -313,8 +333,34 @@ impl Admin {
                 );
             }
         };
-        let snapshot = match decode_snapshot(&body, gzip, self.max_snapshot_bytes) {
-            Ok(s) => s,
+        // Decompressing, parsing and rebuilding take milliseconds on a large table: off the
+        // runtime's workers.
+        let (max, held) = (self.max_snapshot_bytes, self.store.load());
+        let decoded = tokio::task::spawn_blocking(move || {
+            if delta {
+                decode_delta(&body, coding, max).map(|d| rebuild(d, held))
+            } else {
+                decode_snapshot(&body, coding, max).map(Ok)
+            }
+        })
+        .await;
+        let Ok(decoded) = decoded else {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "decoding the snapshot failed",
+                None,
+            );
+        };
+        let snapshot = match decoded {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.metrics.push("delta_refused");
+                tracing::info!(error = %e, "delta refused; the pusher sends the full table");
+                return json(
+                    StatusCode::PRECONDITION_FAILED,
+                    &serde_json::json!({"result": "delta_refused", "reasons": [e.to_string()]}),
+                );
+            }
             Err(e) => {
                 self.metrics.push(e.metric_reason());
                 return match e {
@@ -322,10 +368,12 @@ impl Admin {
                         StatusCode::BAD_REQUEST,
                         &serde_json::json!({"result": "invalid", "reasons": [e.to_string()]}),
                     ),
-                    DecodeError::TooLarge { .. } => {
+                    DecodeError::Wire(WireError::TooLarge { .. }) => {
                         problem(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), None)
                     }
-                    DecodeError::Gzip(_) => problem(StatusCode::BAD_REQUEST, &e.to_string(), None),
+                    DecodeError::Wire(WireError::Corrupt(..)) => {
+                        problem(StatusCode::BAD_REQUEST, &e.to_string(), None)
+                    }
                 };
             }
         };
@@ -365,12 +413,8 @@ impl Admin {
 /// Why a pushed body is not a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    /// The body, or what it decompresses to, is larger than the limit (a gzip bomb, or a
-    /// table too large).
-    #[error("the snapshot is larger than {max} bytes (decompressed); raise --max-snapshot-bytes")]
-    TooLarge { max: usize },
-    #[error("the gzip body could not be decompressed: {0}")]
-    Gzip(std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
     #[error("the body is not a snapshot: {0}")]
     Json(serde_json::Error),
 }
@@ -379,33 +423,33 @@ impl DecodeError {
     /// The `reason` label of `snapshot_pushes_total`.
     pub fn metric_reason(&self) -> &'static str {
         match self {
-            Self::TooLarge { .. } => "too_large",
-            Self::Gzip(_) | Self::Json(_) => "invalid",
+            Self::Wire(WireError::TooLarge { .. }) => "too_large",
+            Self::Wire(WireError::Corrupt(..)) | Self::Json(_) => "invalid",
         }
     }
 }
 
-/// The snapshot in a pushed body: at most `max` bytes as sent and, when `gzip`, once
-/// decompressed (decompression stops one byte past the limit, so a small body cannot
-/// inflate into memory). Not validated: applying it does that.
-pub fn decode_snapshot(body: &[u8], gzip: bool, max: usize) -> Result<Snapshot, DecodeError> {
-    if body.len() > max {
-        return Err(DecodeError::TooLarge { max });
+/// The snapshot in a pushed body: at most `max` bytes as sent and once decoded. Not
+/// validated: applying it does that.
+pub fn decode_snapshot(body: &[u8], coding: Coding, max: usize) -> Result<Snapshot, DecodeError> {
+    serde_json::from_slice(&coding.decode(body, max)?).map_err(DecodeError::Json)
+}
+
+/// The delta in a pushed body, bounded as [`decode_snapshot`].
+pub fn decode_delta(body: &[u8], coding: Coding, max: usize) -> Result<Delta, DecodeError> {
+    serde_json::from_slice(&coding.decode(body, max)?).map_err(DecodeError::Json)
+}
+
+/// The table a delta makes from the one in force (its hash checked).
+fn rebuild(delta: Delta, held: Option<Arc<Runtime>>) -> Result<Snapshot, DeltaError> {
+    match held {
+        Some(rt) => delta.apply(&rt.snapshot),
+        None => Err(DeltaError::WrongBase {
+            want_version: delta.base_version,
+            want_hash: delta.base_hash,
+            held: "no table".into(),
+        }),
     }
-    let mut inflated = Vec::new();
-    let json = if gzip {
-        flate2::read::GzDecoder::new(body)
-            .take(max as u64 + 1)
-            .read_to_end(&mut inflated)
-            .map_err(DecodeError::Gzip)?;
-        if inflated.len() > max {
-            return Err(DecodeError::TooLarge { max });
-        }
-        &inflated[..]
-    } else {
-        body
-    };
-    serde_json::from_slice(json).map_err(DecodeError::Json)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

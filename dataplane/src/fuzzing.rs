@@ -21,7 +21,7 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-pub use crate::admin::{DecodeError, decode_snapshot};
+pub use crate::admin::{DecodeError, decode_delta, decode_snapshot};
 use crate::{
     downstream::{Drain, http1, rewind::Rewind},
     listener::{ListenerConfig, builder, http1_builder},

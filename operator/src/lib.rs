@@ -10,6 +10,7 @@
 
 pub mod args;
 pub mod compile;
+pub mod delta;
 pub mod gateway;
 pub mod index;
 pub mod lease;

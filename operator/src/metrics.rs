@@ -25,6 +25,12 @@ pub struct PodLabel {
     pub pod: String,
 }
 
+/// What a push carried: `full` (the whole table) or `delta`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BodyLabel {
+    pub body: &'static str,
+}
+
 fn push_histogram() -> Histogram {
     Histogram::new([
         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -41,6 +47,8 @@ pub struct Metrics {
     pub snapshot_version: Gauge,
     pub pushes_ok: Counter,
     pub pushes_failed: Counter,
+    push_bodies: Family<BodyLabel, Counter>,
+    push_bytes: Family<BodyLabel, Counter>,
     push_latency: Family<PodLabel, Histogram, fn() -> Histogram>,
     acked: Family<PodLabel, Gauge>,
     pub dataplane_pods: Gauge,
@@ -107,6 +115,16 @@ impl Metrics {
             "Pushes that failed (retried with backoff)",
             Counter::default()
         );
+        let push_bodies = reg!(
+            "push_bodies",
+            "Pushes started, by what they carried (full table or delta)",
+            Family::<BodyLabel, Counter>::default()
+        );
+        let push_bytes = reg!(
+            "push_bytes",
+            "Bytes of push bodies as sent (compressed), by what they carried",
+            Family::<BodyLabel, Counter>::default()
+        );
         let push_latency: Family<PodLabel, Histogram, fn() -> Histogram> = reg!(
             "push_duration_seconds",
             "Push latency per data-plane pod",
@@ -152,6 +170,8 @@ impl Metrics {
             snapshot_version,
             pushes_ok,
             pushes_failed,
+            push_bodies,
+            push_bytes,
             push_latency,
             acked,
             dataplane_pods,
@@ -161,6 +181,15 @@ impl Metrics {
             status_errors,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// A push started with a body of `bytes` (as sent).
+    pub fn pushed(&self, delta: bool, bytes: usize) {
+        let label = BodyLabel {
+            body: if delta { "delta" } else { "full" },
+        };
+        self.push_bodies.get_or_create(&label).inc();
+        self.push_bytes.get_or_create(&label).inc_by(bytes as u64);
     }
 
     pub fn push_duration(&self, pod: &str) -> Histogram {

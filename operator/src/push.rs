@@ -3,8 +3,7 @@
 //! table is not the current one (a restarted pod, a pod the HPA just added).
 
 use std::{
-    collections::BTreeMap,
-    io::Write,
+    collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -19,7 +18,7 @@ use kube::runtime::{
     events::{Event, EventType, Recorder},
     reflector::Store,
 };
-use parapet_crds::snapshot::Snapshot;
+use parapet_crds::snapshot::{Snapshot, wire::Coding};
 
 use crate::tls::{PushClient, PushTls};
 use tokio::{
@@ -33,8 +32,15 @@ use crate::{
     metrics::Metrics,
 };
 
-/// Tables above this size are sent gzip-compressed.
-const GZIP_ABOVE: usize = 64 * 1024;
+/// Bodies above this size are compressed (below it, compressing saves less than a packet).
+const COMPRESS_ABOVE: usize = 1024;
+
+/// How many tables the pusher remembers as bases for deltas: enough for every pod a burst
+/// of edits left a few versions behind.
+const DELTA_BASES: usize = 8;
+
+/// The content type of a delta (`PATCH /v1/snapshot`).
+pub const DELTA_CONTENT_TYPE: &str = "application/vnd.parapet.snapshot-delta+json";
 
 /// A data-plane pod's admin endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,7 +56,7 @@ pub struct Target {
 }
 
 /// What each pod has acknowledged, for status and metrics.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PodState {
     pub acked_version: u64,
     pub acked_hash: String,
@@ -62,6 +68,30 @@ pub struct PodState {
     pub in_flight: bool,
     /// A version the pod answered with a newer one of its own (409).
     pub refused_version: Option<u64>,
+    /// The coding its pushes use: zstd until the pod answers 415 naming another.
+    pub coding: Coding,
+    /// Whether the pod takes deltas (a pod that answers PATCH with 404 or 405 does not).
+    pub takes_deltas: bool,
+    /// A version the pod refused as a delta (412): it gets that one whole.
+    pub whole_version: Option<u64>,
+}
+
+impl Default for PodState {
+    fn default() -> Self {
+        Self {
+            acked_version: 0,
+            acked_hash: String::new(),
+            acked_sources: None,
+            failures: 0,
+            next_attempt: None,
+            last_error: None,
+            in_flight: false,
+            refused_version: None,
+            coding: Coding::Zstd,
+            takes_deltas: true,
+            whole_version: None,
+        }
+    }
 }
 
 /// Shared view of the fleet: the targets and what each acknowledged.
@@ -176,6 +206,7 @@ struct Outcome {
     sources: Arc<Sources>,
     result: Result<(), PushError>,
     seconds: f64,
+    coding: Coding,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +216,12 @@ pub(crate) enum PushError {
     Behind { current: u64 },
     #[error("refused with {status}: {body}")]
     Refused { status: StatusCode, body: String },
+    /// 415: the pod reads none of this coding; it named the ones it does.
+    #[error("the pod does not read this Content-Encoding; it accepts {accept:?}")]
+    Coding { accept: Coding },
+    /// The pod did not take a delta: it holds another base (412), or takes none (404/405).
+    #[error("the pod did not take the delta ({status})")]
+    Delta { status: StatusCode },
     #[error("{0}")]
     Transport(String),
 }
@@ -192,13 +229,12 @@ pub(crate) enum PushError {
 /// How the pusher reaches a data-plane pod's admin API: HTTP(S) in the operator, an
 /// in-process fake in tests.
 pub(crate) trait Channel: Send + Sync + 'static {
-    /// `PUT /v1/snapshot` with an encoded snapshot.
+    /// `PUT /v1/snapshot` with an encoded snapshot, or `PATCH` with a delta.
     fn push(
         &self,
         addr: &str,
         zone: Option<&str>,
-        body: Bytes,
-        gzip: bool,
+        body: PushBody,
     ) -> impl Future<Output = Result<(), PushError>> + Send + 'static;
 
     /// The (version, hash) the pod serves; `None` when it has no table or cannot be asked.
@@ -217,8 +253,7 @@ impl Channel for Http {
         &self,
         addr: &str,
         zone: Option<&str>,
-        body: Bytes,
-        gzip: bool,
+        body: PushBody,
     ) -> impl Future<Output = Result<(), PushError>> + Send + 'static {
         let (client, scheme, addr) = (self.client.clone(), self.scheme, addr.to_string());
         let (token, timeout) = (self.token.clone(), self.timeout);
@@ -231,7 +266,6 @@ impl Channel for Http {
                 token.as_deref(),
                 zone.as_deref(),
                 body,
-                gzip,
                 timeout,
             )
             .await
@@ -286,7 +320,9 @@ impl Pusher {
             running: JoinSet::new(),
             checks: JoinSet::new(),
             last_check: Instant::now(),
-            encoded: None,
+            target: None,
+            bases: VecDeque::new(),
+            bodies: HashMap::new(),
             shared: None,
         };
         loop {
@@ -393,21 +429,7 @@ impl Pusher {
     ) -> Option<Instant> {
         let snapshot = self.table_to_push(round, compiled, share_pods);
         let (version, hash) = (snapshot.version, snapshot.hash.clone());
-        // The body for the current table, encoded once per (version, hash).
-        if round
-            .encoded
-            .as_ref()
-            .is_none_or(|e| (e.version, e.hash.as_str()) != (version, hash.as_str()))
-        {
-            let (body, gzip) = encode(&snapshot);
-            round.encoded = Some(Encoded {
-                version,
-                hash: hash.clone(),
-                body,
-                gzip,
-            });
-        }
-        let Encoded { body, gzip, .. } = round.encoded.clone()?;
+        round.retarget(&snapshot);
         let now = Instant::now();
         let mut wake = None;
         let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
@@ -423,15 +445,24 @@ impl Pusher {
                 continue;
             }
             st.in_flight = true;
+            // A delta from what the pod acknowledged, unless it takes none or refused
+            // this one.
+            let base =
+                (st.acked_version > 0 && st.takes_deltas && st.whole_version != Some(version))
+                    .then(|| (st.acked_version, st.acked_hash.clone()));
+            let body = round.body(&snapshot, base, st.coding);
+            self.metrics.pushed(body.delta, body.bytes.len());
             let (channel, sem, addr) = (channel.clone(), round.sem.clone(), addr.clone());
-            let (body, hash) = (body.clone(), hash.clone());
+            let hash = hash.clone();
             let sources = compiled.sources.clone();
             let zone = target.zone.clone();
             round.running.spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 let started = Instant::now();
-                let result = channel.push(&addr, zone.as_deref(), body, gzip).await;
+                let coding = body.coding;
+                let result = channel.push(&addr, zone.as_deref(), body).await;
                 Outcome {
+                    coding,
                     addr,
                     version,
                     hash,
@@ -500,6 +531,23 @@ impl Pusher {
                 self.fleet.acked.notify_one();
                 self.update_sync_gauge();
             }
+            // A coding the pod does not read, or a delta it did not take: sent again at
+            // once, in the coding it named or whole. Not failures: nothing is wrong.
+            Err(PushError::Coding { accept }) if accept != o.coding => {
+                tracing::info!(pod = %target.name, coding = ?accept, "pod reads another coding; pushing in that one");
+                st.coding = accept;
+                st.next_attempt = None;
+            }
+            Err(PushError::Delta { status }) if st.takes_deltas => {
+                if status == StatusCode::PRECONDITION_FAILED {
+                    tracing::debug!(pod = %target.name, version = o.version, "pod did not take the delta; pushing the whole table");
+                    st.whole_version = Some(o.version);
+                } else {
+                    tracing::info!(pod = %target.name, %status, "pod takes no deltas; pushing whole tables");
+                    st.takes_deltas = false;
+                }
+                st.next_attempt = None;
+            }
             Err(PushError::Behind { current }) => {
                 // A newer version is in force there (clock skew after a leader change, or
                 // a restart). Publish the current table again above it.
@@ -566,17 +614,85 @@ struct Round {
     /// Resync checks in flight: each pod's address and what it holds.
     checks: JoinSet<(String, Option<(u64, String)>)>,
     last_check: Instant,
-    encoded: Option<Encoded>,
+    /// The table pushed now, as JSON.
+    target: Option<(Arc<Snapshot>, Bytes)>,
+    /// Tables pushed before, newest last: the bases deltas start from.
+    bases: VecDeque<Arc<Snapshot>>,
+    /// The current table's bodies, made once each: by base (`None`: whole) and coding.
+    bodies: HashMap<(Option<(u64, String)>, Coding), PushBody>,
     shared: Option<SharedTable>,
 }
 
-/// The push body of one table.
-#[derive(Clone)]
-struct Encoded {
-    version: u64,
-    hash: String,
-    body: Bytes,
-    gzip: bool,
+/// One push's body, encoded.
+#[derive(Clone, Debug)]
+pub(crate) struct PushBody {
+    pub bytes: Bytes,
+    pub coding: Coding,
+    /// A delta (`PATCH`), or the whole table (`PUT`).
+    pub delta: bool,
+}
+
+impl Round {
+    /// Makes `snapshot` the table pushed; the one before becomes a base for deltas.
+    fn retarget(&mut self, snapshot: &Arc<Snapshot>) {
+        if let Some((t, _)) = &self.target
+            && (t.version, t.hash.as_str()) == (snapshot.version, snapshot.hash.as_str())
+        {
+            return;
+        }
+        // Serialising our own plain types to JSON cannot fail.
+        let json = Bytes::from(serde_json::to_vec(&**snapshot).expect("snapshot serialises"));
+        if let Some((old, _)) = self.target.replace((snapshot.clone(), json)) {
+            if self.bases.len() == DELTA_BASES {
+                self.bases.pop_front();
+            }
+            self.bases.push_back(old);
+        }
+        self.bodies.clear();
+    }
+
+    /// The body that brings a pod holding `base` to the current table: a delta when the
+    /// base is one pushed lately and the delta is less than half the table, else the
+    /// whole table.
+    fn body(
+        &mut self,
+        snapshot: &Snapshot,
+        base: Option<(u64, String)>,
+        coding: Coding,
+    ) -> PushBody {
+        let key = (base, coding);
+        if let Some(b) = self.bodies.get(&key) {
+            return b.clone();
+        }
+        let Some((_, whole)) = &self.target else {
+            unreachable!("retarget runs before any body is made");
+        };
+        let delta = key.0.as_ref().and_then(|(v, h)| {
+            let base = self
+                .bases
+                .iter()
+                .find(|b| (b.version, b.hash.as_str()) == (*v, h.as_str()))?;
+            let d = crate::delta::diff(base, snapshot);
+            let json = serde_json::to_vec(&d).expect("delta serialises");
+            (json.len() < whole.len() / 2).then_some(json)
+        });
+        let (json, is_delta) = match &delta {
+            Some(d) => (&d[..], true),
+            None => (&whole[..], false),
+        };
+        let coding = if json.len() > COMPRESS_ABOVE {
+            coding
+        } else {
+            Coding::Identity
+        };
+        let body = PushBody {
+            bytes: Bytes::from(coding.encode(json)),
+            coding,
+            delta: is_delta,
+        };
+        self.bodies.insert(key, body.clone());
+        body
+    }
 }
 
 /// The table as pushed for one compiled table and fleet size.
@@ -627,19 +743,6 @@ pub fn with_fleet_pods(
     Arc::new(s)
 }
 
-fn encode(s: &parapet_crds::snapshot::Snapshot) -> (Bytes, bool) {
-    let json = serde_json::to_vec(s).expect("snapshot serialises");
-    if json.len() > GZIP_ABOVE {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        if enc.write_all(&json).is_ok()
-            && let Ok(gz) = enc.finish()
-        {
-            return (Bytes::from(gz), true);
-        }
-    }
-    (Bytes::from(json), false)
-}
-
 /// The (version, hash) a pod serves, or `None` when it has no table or cannot be asked.
 async fn status_of(
     client: &PushClient,
@@ -679,14 +782,20 @@ async fn push_one(
     addr: &str,
     token: Option<&str>,
     zone: Option<&str>,
-    body: Bytes,
-    gzip: bool,
+    body: PushBody,
     timeout: Duration,
 ) -> Result<(), PushError> {
-    let mut req = Request::put(format!("{scheme}://{addr}/v1/snapshot"))
-        .header(header::CONTENT_TYPE, "application/json");
-    if gzip {
-        req = req.header(header::CONTENT_ENCODING, "gzip");
+    let (method, content_type) = if body.delta {
+        (http::Method::PATCH, DELTA_CONTENT_TYPE)
+    } else {
+        (http::Method::PUT, "application/json")
+    };
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("{scheme}://{addr}/v1/snapshot"))
+        .header(header::CONTENT_TYPE, content_type);
+    if let Some(coding) = body.coding.header() {
+        req = req.header(header::CONTENT_ENCODING, coding);
     }
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -695,13 +804,30 @@ async fn push_one(
         req = req.header("parapet-zone", z);
     }
     let req = req
-        .body(Full::new(body))
+        .body(Full::new(body.bytes))
         .map_err(|e| PushError::Transport(e.to_string()))?;
     let resp = tokio::time::timeout(timeout, client.request(req))
         .await
         .map_err(|_| PushError::Transport(format!("no answer within {timeout:?}")))?
         .map_err(|e| PushError::Transport(e.to_string()))?;
     let status = resp.status();
+    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE
+        && let Some(accept) = resp.headers().get(header::ACCEPT_ENCODING)
+    {
+        return Err(PushError::Coding {
+            accept: Coding::best_accepted(accept.as_bytes()),
+        });
+    }
+    if body.delta
+        && matches!(
+            status,
+            StatusCode::PRECONDITION_FAILED
+                | StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED
+        )
+    {
+        return Err(PushError::Delta { status });
+    }
     let body = resp
         .into_body()
         .collect()
@@ -726,7 +852,7 @@ async fn push_one(
 mod tests {
     use std::collections::{BTreeMap, HashSet};
 
-    use parapet_crds::snapshot::{FORMAT_VERSION, SourceRef, Table};
+    use parapet_crds::snapshot::{FORMAT_VERSION, SourceRef, Table, delta::Delta};
     use tokio::{
         sync::mpsc,
         time::{sleep, timeout},
@@ -893,6 +1019,9 @@ mod tests {
         at: Instant,
         addr: String,
         what: What,
+        /// A push's body: a delta, and its coding.
+        delta: bool,
+        coding: Coding,
         /// The pod's backoff deadline in the pusher when the request came.
         due: Option<Instant>,
     }
@@ -904,6 +1033,10 @@ mod tests {
         fail_next: u32,
         /// A version of its own that is newer than anything pushed below it (409).
         newer: Option<u64>,
+        /// The table it holds, for deltas.
+        table: Option<Snapshot>,
+        /// Answers zstd with 415 naming gzip.
+        gzip_only: bool,
     }
 
     /// Data-plane pods in the test's memory: they answer at once, or when `gate` lets them.
@@ -924,13 +1057,15 @@ mod tests {
                 .or_default());
         }
 
-        fn record(&self, addr: &str, what: What, due: Option<Instant>) {
+        fn record(&self, addr: &str, what: What, due: Option<Instant>, body: Option<&PushBody>) {
             let at = Instant::now();
             let addr = addr.to_string();
             let _ = self.calls.send(Call {
                 at,
                 addr,
                 what,
+                delta: body.is_some_and(|b| b.delta),
+                coding: body.map_or(Coding::Identity, |b| b.coding),
                 due,
             });
         }
@@ -941,24 +1076,47 @@ mod tests {
             &self,
             addr: &str,
             _zone: Option<&str>,
-            body: Bytes,
-            _gzip: bool,
+            body: PushBody,
         ) -> impl Future<Output = Result<(), PushError>> + Send + 'static {
-            let s: Snapshot = serde_json::from_slice(&body).expect("a snapshot");
-            let due = self.fleet.pods.lock().unwrap()[addr].1.next_attempt;
-            self.record(addr, What::Push(s.version), due);
+            let json = body
+                .coding
+                .decode(&body.bytes, usize::MAX)
+                .expect("decodes");
             let mut pods = self.pods.lock().unwrap();
             let pod = pods.entry(addr.to_string()).or_default();
-            let result = if pod.fail_next > 0 {
+            let s: Result<Snapshot, PushError> = if body.delta {
+                let d: Delta = serde_json::from_slice(&json).expect("a delta");
+                let base = pod
+                    .table
+                    .clone()
+                    .unwrap_or_else(|| Snapshot::new(0, Table::default()));
+                d.apply(&base).map_err(|_| PushError::Delta {
+                    status: StatusCode::PRECONDITION_FAILED,
+                })
+            } else {
+                Ok(serde_json::from_slice(&json).expect("a snapshot"))
+            };
+            let due = self.fleet.pods.lock().unwrap()[addr].1.next_attempt;
+            let version = s.as_ref().map_or(0, |s| s.version);
+            self.record(addr, What::Push(version), due, Some(&body));
+            let result = if pod.gzip_only && body.coding == Coding::Zstd {
+                Err(PushError::Coding {
+                    accept: Coding::Gzip,
+                })
+            } else if let Err(e) = s {
+                Err(e)
+            } else if pod.fail_next > 0 {
                 pod.fail_next -= 1;
                 Err(PushError::Refused {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     body: "not now".into(),
                 })
-            } else if let Some(current) = pod.newer.filter(|n| *n >= s.version) {
+            } else if let Some(current) = pod.newer.filter(|n| *n >= version) {
                 Err(PushError::Behind { current })
             } else {
-                pod.held = Some((s.version, s.hash));
+                let s = s.expect("checked above");
+                pod.held = Some((s.version, s.hash.clone()));
+                pod.table = Some(s);
                 Ok(())
             };
             let gate = self.gate.clone();
@@ -974,7 +1132,7 @@ mod tests {
             &self,
             addr: &str,
         ) -> impl Future<Output = Option<(u64, String)>> + Send + 'static {
-            self.record(addr, What::Status, None);
+            self.record(addr, What::Status, None, None);
             std::future::ready(
                 self.pods
                     .lock()
@@ -1267,5 +1425,106 @@ mod tests {
         for i in 0..5 {
             r.acked(&addr(i), 100).await;
         }
+    }
+
+    /// A table of `n` sources at generation 1, but source `changed` at `version`: tables of
+    /// two versions differ in one element.
+    fn big_table(version: u64, n: usize, changed: usize) -> Arc<Compiled> {
+        let sources: Vec<SourceRef> = (0..n)
+            .map(|i| SourceRef {
+                kind: "ApiRoute".into(),
+                namespace: "shop".into(),
+                name: format!("route-{i:05}"),
+                generation: if i == changed { version as i64 } else { 1 },
+            })
+            .collect();
+        let mut snapshot = Snapshot::new(
+            version,
+            Table {
+                format: FORMAT_VERSION,
+                sources,
+                ..Table::default()
+            },
+        );
+        snapshot.allow_empty = true;
+        Arc::new(Compiled {
+            snapshot: Arc::new(snapshot),
+            diagnostics: Default::default(),
+            malformed: Vec::new(),
+            objects: Vec::new(),
+            pool_endpoints: Default::default(),
+            bytes: 0,
+            pools: Arc::new(Vec::new()),
+            sources: Arc::new(HashSet::new()),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_gets_deltas_from_what_it_acknowledged_and_the_whole_table_when_it_holds_another()
+    {
+        let mut r = rig(1, 4, HOUR, None);
+        let t0 = Instant::now();
+        r.tables.send_replace(Some(big_table(100, 500, 7)));
+        let c = r.next_call().await;
+        assert_eq!(
+            (c.what, c.delta, c.coding),
+            (What::Push(100), false, Coding::Zstd)
+        );
+        r.acked(&addr(0), 100).await;
+
+        // One source changed: a delta, and the pod rebuilds exactly the table.
+        let second = big_table(200, 500, 7);
+        r.tables.send_replace(Some(second.clone()));
+        let c = r.next_call().await;
+        assert_eq!((c.what, c.delta), (What::Push(200), true));
+        r.acked(&addr(0), 200).await;
+        let held = r.plane.pods.lock().unwrap()[&addr(0)].table.clone();
+        assert_eq!(held.as_ref(), Some(&*second.snapshot));
+
+        // The pod holds something else than it acknowledged (restored from disk, say): the
+        // delta does not apply, and the whole table follows at once.
+        r.plane.set(&addr(0), |p| {
+            p.table = Some(big_table(200, 500, 8).snapshot.as_ref().clone());
+        });
+        r.tables.send_replace(Some(big_table(300, 500, 7)));
+        let c = r.next_call().await;
+        assert_eq!((c.what, c.delta), (What::Push(0), true));
+        let c = r.next_call().await;
+        assert_eq!((c.what, c.delta, c.at), (What::Push(300), false, t0));
+        r.acked(&addr(0), 300).await;
+        assert_eq!(r.metrics.pushes_failed.get(), 0, "not a failure");
+        let text = r.metrics.encode();
+        for want in [
+            "parapet_operator_push_bodies_total{body=\"delta\"} 2",
+            "parapet_operator_push_bodies_total{body=\"full\"} 2",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        r.quiet(Duration::from_secs(600)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_that_reads_no_zstd_gets_the_coding_it_names() {
+        let mut r = rig(1, 4, HOUR, None);
+        r.plane.set(&addr(0), |p| p.gzip_only = true);
+        let t0 = Instant::now();
+        r.tables.send_replace(Some(big_table(100, 500, 7)));
+        let c = r.next_call().await;
+        assert_eq!((c.what, c.coding), (What::Push(100), Coding::Zstd));
+        let c = r.next_call().await;
+        assert_eq!(
+            (c.what, c.coding, c.at),
+            (What::Push(100), Coding::Gzip, t0)
+        );
+        r.acked(&addr(0), 100).await;
+        r.tables.send_replace(Some(big_table(200, 500, 7)));
+        // The delta is under a kilobyte: sent as it is.
+        let c = r.next_call().await;
+        assert_eq!(
+            (c.what, c.coding, c.delta),
+            (What::Push(200), Coding::Identity, true)
+        );
+        r.acked(&addr(0), 200).await;
+        assert_eq!(r.metrics.pushes_failed.get(), 0);
     }
 }

@@ -161,22 +161,185 @@ async fn push_gzip(
     admin: std::net::SocketAddr,
     body: Bytes,
 ) -> parapet_tests::client::Reply {
+    push_coded(c, admin, http::Method::PUT, Some("gzip"), body).await
+}
+
+/// A push with `method` (`PUT`: a table, `PATCH`: a delta) in `coding`.
+async fn push_coded(
+    c: &Client,
+    admin: std::net::SocketAddr,
+    method: http::Method,
+    coding: Option<&str>,
+    body: Bytes,
+) -> parapet_tests::client::Reply {
     let auth = format!("Bearer {TOKEN}");
-    let headers = [
-        ("content-type", "application/json"),
-        ("content-encoding", "gzip"),
+    let content_type = if method == http::Method::PATCH {
+        parapet_operator::push::DELTA_CONTENT_TYPE
+    } else {
+        "application/json"
+    };
+    let mut headers = vec![
+        ("content-type", content_type),
         ("authorization", auth.as_str()),
     ];
-    c.send(
-        admin,
-        http::Method::PUT,
-        "admin",
-        "/v1/snapshot",
-        &headers,
-        body,
+    if let Some(coding) = coding {
+        headers.push(("content-encoding", coding));
+    }
+    c.send(admin, method, "admin", "/v1/snapshot", &headers, body)
+        .await
+        .expect("admin port answers")
+}
+
+/// A delta (`PATCH`) applies to the table the pod holds and nothing else: one made
+/// against another base, or one that does not make the table it names, is refused with
+/// 412 and the table in force stays. Codings the pod does not read get 415 naming those it
+/// does; a zstd bomb is refused like a gzip one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_apply_to_the_table_held_and_nothing_else() {
+    use parapet_crds::snapshot::wire::Coding;
+    let dir = tempfile::tempdir().unwrap();
+    let dp = Dataplane::start(&[
+        "--snapshot-token-file",
+        &token_file(&dir),
+        "--max-snapshot-bytes",
+        "100000",
+    ]);
+    let c = Client::new();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let v1 = snapshot(&table_to(a.port()), 1);
+    let v2 = snapshot(&table_to(b.port()), 2);
+    let v3 = snapshot(&table_to(a.port()), 3);
+    let zstd = |v: &[u8]| Bytes::from(Coding::Zstd.encode(v));
+    let delta = |from, to| serde_json::to_vec(&parapet_operator::delta::diff(from, to)).unwrap();
+
+    // A delta to a pod with no table: nothing to apply it to.
+    let r = push_coded(
+        &c,
+        dp.admin,
+        http::Method::PATCH,
+        None,
+        delta(&v1, &v2).into(),
     )
-    .await
-    .expect("admin port answers")
+    .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.text());
+
+    let r = push_coded(
+        &c,
+        dp.admin,
+        http::Method::PUT,
+        Some("zstd"),
+        zstd(&serde_json::to_vec(&v1).unwrap()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        c.get(dp.proxy, "x", "/").await.unwrap().backend(),
+        Some("a")
+    );
+
+    let r = push_coded(
+        &c,
+        dp.admin,
+        http::Method::PATCH,
+        Some("zstd"),
+        zstd(&delta(&v1, &v2)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        c.get(dp.proxy, "x", "/").await.unwrap().backend(),
+        Some("b")
+    );
+    let status = c
+        .get(dp.admin, "admin", "/v1/snapshot/status")
+        .await
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(
+        (s["version"].clone(), s["hash"].clone()),
+        (2.into(), v2.hash.clone().into())
+    );
+
+    // Against v1 again, while the pod holds v2.
+    let r = push_coded(
+        &c,
+        dp.admin,
+        http::Method::PATCH,
+        None,
+        delta(&v1, &v3).into(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.text());
+    assert!(r.text().contains("holds version 2"), "{}", r.text());
+    // The right base, but it names a hash it does not make.
+    let mut lying = parapet_operator::delta::diff(&v2, &v3);
+    lying.hash = "0".repeat(64);
+    let r = push_coded(
+        &c,
+        dp.admin,
+        http::Method::PATCH,
+        None,
+        serde_json::to_vec(&lying).unwrap().into(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.text());
+    // Not a delta at all.
+    let r = push_coded(
+        &c,
+        dp.admin,
+        http::Method::PATCH,
+        None,
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(
+        c.get(dp.proxy, "x", "/").await.unwrap().backend(),
+        Some("b")
+    );
+
+    // A coding it does not read.
+    let r = push_coded(
+        &c,
+        dp.admin,
+        http::Method::PUT,
+        Some("br"),
+        serde_json::to_vec(&v3).unwrap().into(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.text());
+    assert_eq!(
+        r.headers.get("accept-encoding").map(|v| v.as_bytes()),
+        Some(&b"zstd, gzip"[..])
+    );
+    // 32 MiB of spaces in a few kilobytes of zstd.
+    let bomb = zstd(&vec![b' '; 32 << 20]);
+    assert!(bomb.len() < 100_000, "the bomb is {} bytes", bomb.len());
+    let r = push_coded(&c, dp.admin, http::Method::PUT, Some("zstd"), bomb).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+
+    let r = push_coded(
+        &c,
+        dp.admin,
+        http::Method::PATCH,
+        None,
+        delta(&v2, &v3).into(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        c.get(dp.proxy, "x", "/").await.unwrap().backend(),
+        Some("a")
+    );
+    assert_eq!(
+        metric(
+            &c,
+            dp.admin,
+            "parapet_snapshot_pushes_total{reason=\"delta_refused\"}"
+        )
+        .await,
+        3.0
+    );
 }
 
 /// A compressed push is limited by its decompressed size too: a small gzip that inflates

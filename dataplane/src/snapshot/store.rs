@@ -191,11 +191,12 @@ impl SnapshotStore {
                 // dir before the operator said where this pod is): built again below.
             }
         }
-        snapshot.validate().map_err(ApplyError::Invalid)?;
-        // Building compiles regexes and balancer tables: keep it off the runtime's workers.
+        // Validating hashes the whole table, and building compiles regexes and balancer
+        // tables: both off the runtime's workers.
         let this = self.clone();
         let options = self.build_options();
         let runtime = tokio::task::spawn_blocking(move || {
+            snapshot.validate().map_err(ApplyError::Invalid)?;
             Runtime::build(
                 snapshot,
                 &this.registry,
@@ -204,10 +205,10 @@ impl SnapshotStore {
                 &this.metrics,
                 &options,
             )
+            .map_err(|e| ApplyError::Invalid(vec![e.to_string()]))
         })
         .await
-        .map_err(|e| ApplyError::Invalid(vec![format!("building the table failed: {e}")]))?
-        .map_err(|e| ApplyError::Invalid(vec![e.to_string()]))?;
+        .map_err(|e| ApplyError::Invalid(vec![format!("building the table failed: {e}")]))??;
         let runtime = Arc::new(runtime);
         let previous = self.current.swap(Some(runtime.clone()));
         self.certs.install(runtime.certs.clone());
