@@ -41,9 +41,32 @@ impl Snapshot {
         }
     }
 
+    /// Wraps a table with its content hash; also returns the length of the JSON the hash
+    /// covers (one serialisation for both).
+    pub fn new_measured(version: u64, table: Table) -> (Self, usize) {
+        let (hash, len) = table.hash_and_len();
+        let s = Self {
+            version,
+            hash,
+            allow_empty: false,
+            table,
+        };
+        (s, len)
+    }
+
     /// Checks what a receiver must check before serving the table; the reasons read as
     /// sentences for the pusher's logs.
     pub fn validate(&self) -> Result<(), Vec<String>> {
+        self.check(true)
+    }
+
+    /// [`Snapshot::validate`] for a table whose hash was checked as it was made (a delta
+    /// applied with [`delta::Delta::apply`]): hashing a large table twice is not free.
+    pub fn validate_rebuilt(&self) -> Result<(), Vec<String>> {
+        self.check(false)
+    }
+
+    fn check(&self, hash: bool) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
         if self.table.format != FORMAT_VERSION {
             reasons.push(format!(
@@ -51,12 +74,14 @@ impl Snapshot {
                 self.table.format
             ));
         }
-        let actual = self.table.content_hash();
-        if actual != self.hash {
-            reasons.push(format!(
-                "hash {} does not match the table's content (expected {actual})",
-                self.hash
-            ));
+        if hash {
+            let actual = self.table.content_hash();
+            if actual != self.hash {
+                reasons.push(format!(
+                    "hash {} does not match the table's content (expected {actual})",
+                    self.hash
+                ));
+            }
         }
         let clusters: std::collections::BTreeSet<&str> = self
             .table
@@ -303,9 +328,28 @@ fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
 
 impl Table {
     pub fn content_hash(&self) -> String {
+        self.hash_and_len().0
+    }
+
+    /// The content hash and the length of the JSON it covers.
+    pub fn hash_and_len(&self) -> (String, usize) {
+        // Hashed as it is written: no copy of a table that may be megabytes.
+        struct Hashing(Sha256, usize);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.update(buf);
+                self.1 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut h = Hashing(Sha256::new(), 0);
         // Serialising our own plain types to JSON cannot fail.
-        let bytes = serde_json::to_vec(self).expect("table serialises");
-        hex::encode(Sha256::digest(&bytes))
+        serde_json::to_writer(std::io::BufWriter::with_capacity(64 * 1024, &mut h), self)
+            .expect("table serialises");
+        (hex::encode(h.0.finalize()), h.1)
     }
 
     pub fn route_count(&self) -> usize {

@@ -381,7 +381,12 @@ impl Admin {
         if let Some(zone) = &zone {
             self.store.set_pushed_zone(zone);
         }
-        match self.store.apply(snapshot).await {
+        let applied = if delta {
+            self.store.apply_rebuilt(snapshot).await
+        } else {
+            self.store.apply(snapshot).await
+        };
+        match applied {
             Ok(outcome) => {
                 let result = match outcome {
                     ApplyOutcome::Applied => "applied",

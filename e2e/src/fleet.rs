@@ -46,6 +46,28 @@ pub async fn service(
     port_name: &str,
     port: i32,
 ) -> Result<()> {
+    service_with(client, ns, name, (port_name, port), None).await
+}
+
+/// Like [`service`], headless (`clusterIP: None`): for many Services, since a test
+/// cluster's Service range has room for a few hundred.
+pub async fn headless_service(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    port_name: &str,
+    port: i32,
+) -> Result<()> {
+    service_with(client, ns, name, (port_name, port), Some("None")).await
+}
+
+async fn service_with(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    (port_name, port): (&str, i32),
+    cluster_ip: Option<&str>,
+) -> Result<()> {
     let svc = Service {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -57,6 +79,7 @@ pub async fn service(
                 port,
                 ..Default::default()
             }]),
+            cluster_ip: cluster_ip.map(str::to_string),
             ..Default::default()
         }),
         ..Default::default()
@@ -133,6 +156,61 @@ pub async fn slice(client: &Client, ns: &str, sl: Slice<'_>) -> Result<()> {
             }),
             ..Default::default()
         }]),
+        ports: Some(vec![EndpointPort {
+            name: Some(port_name.into()),
+            port: Some(i32::from(port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    };
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .patch(
+            slice_name,
+            &PatchParams::apply("parapet-e2e").force(),
+            &Patch::Apply(&s),
+        )
+        .await
+        .with_context(|| format!("apply EndpointSlice {ns}/{slice_name}"))?;
+    Ok(())
+}
+
+/// An IPv4 EndpointSlice of `service` listing `addresses` (all ready) on port `port` named
+/// `port_name`: for tables with many endpoints. Nothing in the tests that use it dials them.
+pub async fn ip_slice(
+    client: &Client,
+    ns: &str,
+    service: &str,
+    slice_name: &str,
+    (port_name, port): (&str, u16),
+    addresses: &[String],
+) -> Result<()> {
+    let s = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(slice_name.into()),
+            labels: Some(
+                [(
+                    "kubernetes.io/service-name".to_string(),
+                    service.to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            addresses
+                .iter()
+                .map(|a| Endpoint {
+                    addresses: vec![a.clone()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         ports: Some(vec![EndpointPort {
             name: Some(port_name.into()),
             port: Some(i32::from(port)),

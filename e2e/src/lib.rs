@@ -18,6 +18,7 @@ pub mod fleet;
 pub mod gateway_api;
 pub mod helm;
 pub mod lb;
+pub mod receiver;
 
 use std::{
     ffi::OsString,

@@ -37,7 +37,8 @@ pub struct Compiled {
     pub objects: Vec<(ObjectKey, i64)>,
     /// Total and ready endpoints per pool.
     pub pool_endpoints: BTreeMap<(String, String), (usize, usize)>,
-    /// JSON bytes of the snapshot (as pushed, before compression).
+    /// JSON bytes of the table (as pushed, before compression, less the few of the
+    /// snapshot's version and hash).
     pub bytes: usize,
     /// The pools as read, for the endpoint-only fast path.
     pub pools: Arc<Vec<Object<UpstreamPoolSpec>>>,
@@ -180,13 +181,10 @@ pub fn compile_index(
             sources: prev.sources.clone(),
         });
     }
-    let mut snapshot = Snapshot::new(clock.next(), out.table);
+    let (mut snapshot, bytes) = Snapshot::new_measured(clock.next(), out.table);
     // Compiles run only after every watch has listed its objects, so an empty table here
     // is what the cluster says, not an empty cache: say so to the data planes' wipe guard.
     snapshot.allow_empty = snapshot.table.route_count() == 0;
-    let bytes = serde_json::to_vec(&snapshot)
-        .map(|v| v.len())
-        .unwrap_or_default();
     let sources = sources(&snapshot);
     Some(Compiled {
         snapshot: Arc::new(snapshot),
@@ -218,11 +216,8 @@ pub fn refresh_index(index: &Index, clock: &VersionClock, prev: &Compiled) -> Op
         // Only the endpoint counts of pools no route uses changed: same version, no push.
         (prev.snapshot.clone(), prev.bytes)
     } else {
-        let mut snapshot = Snapshot::new(clock.next(), table);
+        let (mut snapshot, bytes) = Snapshot::new_measured(clock.next(), table);
         snapshot.allow_empty = prev.snapshot.allow_empty;
-        let bytes = serde_json::to_vec(&snapshot)
-            .map(|v| v.len())
-            .unwrap_or_default();
         (Arc::new(snapshot), bytes)
     };
     Some(Compiled {

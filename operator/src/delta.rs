@@ -1,17 +1,29 @@
 //! The delta from a table a pod holds to the current one (see `parapet_crds::snapshot::delta`
 //! for what it is and how the pod checks it).
 //!
-//! Lists are compared element by element with a Myers diff over each element's digest, so
-//! an edit to one route sends that route's virtual host and an endpoint change sends that
-//! pool's cluster, wherever they sit in the table.
+//! Lists are compared element by element with a Myers diff, so an edit to one route sends
+//! that route's virtual host and an endpoint change sends that pool's cluster, wherever
+//! they sit in the table. Elements are compared as values, not serialised: a diff of a
+//! 10,000-route table costs a walk over it, not a copy of it.
+
+// The diff's budget is CPU time, which a paused test clock must not stretch; and the
+// diff library takes this Instant.
+#[allow(clippy::disallowed_types)]
+use std::time::{Duration, Instant};
 
 use parapet_crds::snapshot::{
     Snapshot, Table,
     delta::{Delta, Piece, Script},
 };
-use serde::Serialize;
-use sha2::{Digest, Sha256};
-use similar::{Algorithm, DiffOp, capture_diff_slices};
+use similar::{
+    DiffOp,
+    algorithms::{Capture, myers},
+};
+
+/// How long one list's diff may search before it settles for a coarser script (still
+/// exact, only larger): a table rewritten whole would otherwise cost the pusher quadratic
+/// time for a delta it would not send.
+const DIFF_BUDGET: Duration = Duration::from_millis(100);
 
 /// The delta that makes `target` from `base`.
 pub fn diff(base: &Snapshot, target: &Snapshot) -> Delta {
@@ -42,10 +54,21 @@ pub fn diff(base: &Snapshot, target: &Snapshot) -> Delta {
 }
 
 /// The script that rebuilds `new` from `old`.
-fn script<T: Serialize + Clone>(old: &[T], new: &[T]) -> Script<T> {
-    let (a, b) = (digests(old), digests(new));
+fn script<T: PartialEq + Clone>(old: &[T], new: &[T]) -> Script<T> {
+    let mut ops = Capture::new();
+    #[allow(clippy::disallowed_types)]
+    let deadline = Instant::now() + DIFF_BUDGET;
+    // Capture never fails.
+    let _ = myers::diff_deadline(
+        &mut ops,
+        old,
+        0..old.len(),
+        new,
+        0..new.len(),
+        Some(deadline),
+    );
     let mut out: Script<T> = Vec::new();
-    for op in capture_diff_slices(Algorithm::Myers, &a, &b) {
+    for op in ops.into_ops() {
         match op {
             DiffOp::Equal { old_index, len, .. } => {
                 // Adjacent copies merge ([0,3] then [3,2] is [0,5]).
@@ -74,24 +97,6 @@ fn script<T: Serialize + Clone>(old: &[T], new: &[T]) -> Script<T> {
         }
     }
     out
-}
-
-/// Each element's identity for the diff: a digest of its JSON, which is what the pod's hash
-/// covers too.
-fn digests<T: Serialize>(items: &[T]) -> Vec<[u8; 16]> {
-    let mut buf = Vec::new();
-    items
-        .iter()
-        .map(|item| {
-            buf.clear();
-            // Serialising our own plain types to JSON cannot fail.
-            serde_json::to_writer(&mut buf, item).expect("table serialises");
-            let d = Sha256::digest(&buf);
-            let mut out = [0; 16];
-            out.copy_from_slice(&d[..16]);
-            out
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -321,6 +321,7 @@ impl Pusher {
             checks: JoinSet::new(),
             last_check: Instant::now(),
             target: None,
+            whole: None,
             bases: VecDeque::new(),
             bodies: HashMap::new(),
             shared: None,
@@ -429,7 +430,7 @@ impl Pusher {
     ) -> Option<Instant> {
         let snapshot = self.table_to_push(round, compiled, share_pods);
         let (version, hash) = (snapshot.version, snapshot.hash.clone());
-        round.retarget(&snapshot);
+        round.retarget(&snapshot, compiled.bytes);
         let now = Instant::now();
         let mut wake = None;
         let mut pods = self.fleet.pods.lock().unwrap_or_else(|p| p.into_inner());
@@ -614,8 +615,10 @@ struct Round {
     /// Resync checks in flight: each pod's address and what it holds.
     checks: JoinSet<(String, Option<(u64, String)>)>,
     last_check: Instant,
-    /// The table pushed now, as JSON.
-    target: Option<(Arc<Snapshot>, Bytes)>,
+    /// The table pushed now, and its size as JSON.
+    target: Option<(Arc<Snapshot>, usize)>,
+    /// Its JSON, made the first time a pod needs it whole.
+    whole: Option<Bytes>,
     /// Tables pushed before, newest last: the bases deltas start from.
     bases: VecDeque<Arc<Snapshot>>,
     /// The current table's bodies, made once each: by base (`None`: whole) and coding.
@@ -633,16 +636,16 @@ pub(crate) struct PushBody {
 }
 
 impl Round {
-    /// Makes `snapshot` the table pushed; the one before becomes a base for deltas.
-    fn retarget(&mut self, snapshot: &Arc<Snapshot>) {
+    /// Makes `snapshot` (of `len` bytes as JSON) the table pushed; the one before becomes a
+    /// base for deltas.
+    fn retarget(&mut self, snapshot: &Arc<Snapshot>, len: usize) {
         if let Some((t, _)) = &self.target
             && (t.version, t.hash.as_str()) == (snapshot.version, snapshot.hash.as_str())
         {
             return;
         }
-        // Serialising our own plain types to JSON cannot fail.
-        let json = Bytes::from(serde_json::to_vec(&**snapshot).expect("snapshot serialises"));
-        if let Some((old, _)) = self.target.replace((snapshot.clone(), json)) {
+        self.whole = None;
+        if let Some((old, _)) = self.target.replace((snapshot.clone(), len)) {
             if self.bases.len() == DELTA_BASES {
                 self.bases.pop_front();
             }
@@ -664,7 +667,7 @@ impl Round {
         if let Some(b) = self.bodies.get(&key) {
             return b.clone();
         }
-        let Some((_, whole)) = &self.target else {
+        let Some((_, len)) = &self.target else {
             unreachable!("retarget runs before any body is made");
         };
         let delta = key.0.as_ref().and_then(|(v, h)| {
@@ -674,11 +677,17 @@ impl Round {
                 .find(|b| (b.version, b.hash.as_str()) == (*v, h.as_str()))?;
             let d = crate::delta::diff(base, snapshot);
             let json = serde_json::to_vec(&d).expect("delta serialises");
-            (json.len() < whole.len() / 2).then_some(json)
+            (json.len() < len / 2).then_some(json)
         });
         let (json, is_delta) = match &delta {
             Some(d) => (&d[..], true),
-            None => (&whole[..], false),
+            None => {
+                // Serialising our own plain types to JSON cannot fail.
+                let whole = self.whole.get_or_insert_with(|| {
+                    Bytes::from(serde_json::to_vec(snapshot).expect("snapshot serialises"))
+                });
+                (&whole[..], false)
+            }
         };
         let coding = if json.len() > COMPRESS_ABOVE {
             coding
@@ -1438,7 +1447,7 @@ mod tests {
                 generation: if i == changed { version as i64 } else { 1 },
             })
             .collect();
-        let mut snapshot = Snapshot::new(
+        let (mut snapshot, bytes) = Snapshot::new_measured(
             version,
             Table {
                 format: FORMAT_VERSION,
@@ -1453,7 +1462,7 @@ mod tests {
             malformed: Vec::new(),
             objects: Vec::new(),
             pool_endpoints: Default::default(),
-            bytes: 0,
+            bytes,
             pools: Arc::new(Vec::new()),
             sources: Arc::new(HashSet::new()),
         })
