@@ -162,7 +162,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
 ) {
-    let shared = Arc::new(downstream::Shared::new(
+    let mut shared = downstream::Shared::new(
         proxy,
         builder(&cfg),
         http1_builder(&cfg),
@@ -173,8 +173,21 @@ pub async fn serve(
             header_read_timeout: cfg.header_read_timeout,
             max_requests: cfg.max_requests_per_connection,
         },
-    ));
+    );
     let connections = Drain::default();
+    // Idle plain connections wait in one task of this worker's, not each in its own.
+    let (parking, lot) = downstream::idle::lot();
+    shared.parking = Some(parking);
+    let shared = Arc::new(shared);
+    let waking = shared.clone();
+    tokio::spawn(lot.run(
+        move |conn| {
+            // Its next request came: a task again.
+            tokio::spawn(downstream::serve_plain(conn, waking.clone()));
+        },
+        cfg.header_read_timeout,
+        connections.signal(),
+    ));
     {
         // The accept loops never end by themselves; dropping them stops accepting.
         let accepting = futures::future::join_all(
@@ -229,6 +242,15 @@ async fn accept(
         };
         tokio::spawn(async move {
             match tls {
+                None if shared.own_http1 => {
+                    let conn = downstream::idle::Parked {
+                        io: stream,
+                        info,
+                        resume: downstream::http1::Resume::fresh(),
+                        drain: signal,
+                    };
+                    downstream::serve_plain(conn, shared).await;
+                }
                 None => downstream::serve(stream, shared, info, signal, Protocol::Sniff).await,
                 // Boxed, so a plain connection's task does not have the size of a TLS one.
                 Some(acceptor) => {

@@ -345,3 +345,103 @@ async fn workers_share_the_port_and_a_second_process_is_refused() {
         "{err}"
     );
 }
+
+/// One `GET /` on `s`; the answer's head (the body, of its Content-Length, is read too).
+async fn get_on(s: &mut TcpStream) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the answer's head ended: {buf:?}");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    head
+}
+
+/// A keep-alive connection that goes quiet leaves its task and waits parked; it still
+/// serves its next request (and counts it toward --max-requests-per-connection), closes
+/// when its header read timeout runs out, and closes when the listener drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_wait_parked_and_keep_their_limits() {
+    let b = Backend::start("b").await;
+    let (mut dp, _d) = standalone(
+        b.port(),
+        &[
+            "--header-read-timeout",
+            "1500ms",
+            "--max-requests-per-connection",
+            "3",
+            "--drain-timeout",
+            "20s",
+        ],
+    )
+    .await;
+    let mut s = TcpStream::connect(dp.proxy).await.unwrap();
+    for i in 1..=3 {
+        let head = get_on(&mut s).await;
+        assert!(head.starts_with("http/1.1 200"), "request {i}: {head}");
+        // The third answer is the connection's last: the count survived two parkings.
+        assert_eq!(
+            head.contains("connection: close"),
+            i == 3,
+            "request {i}: {head}"
+        );
+        if i < 3 {
+            // Well past the 100 ms after which an idle connection is parked.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    }
+
+    // Parked and quiet: closed once the header read timeout has run since its answer.
+    let mut quiet = TcpStream::connect(dp.proxy).await.unwrap();
+    assert!(get_on(&mut quiet).await.starts_with("http/1.1 200"));
+    let answered = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(6), quiet.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection closed within 6 s")
+        .unwrap();
+    let took = answered.elapsed();
+    assert!(rest.is_empty(), "nothing sent on an idle close: {rest:?}");
+    assert!(took >= Duration::from_millis(1300), "closed after {took:?}");
+
+    // Parked when the listener drains: closed, and the drain does not wait for it.
+    let mut parked = TcpStream::connect(dp.proxy).await.unwrap();
+    assert!(get_on(&mut parked).await.starts_with("http/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let terminated = Instant::now();
+    dp.terminate();
+    tokio::time::timeout(Duration::from_secs(10), parked.read_to_end(&mut rest))
+        .await
+        .expect("the parked connection closed on drain")
+        .unwrap();
+    // Before its own timeout would have closed it (1.1 s after the signal).
+    assert!(
+        terminated.elapsed() < Duration::from_millis(800),
+        "closed {:?} after the signal",
+        terminated.elapsed()
+    );
+    let status = tokio::task::spawn_blocking(move || dp.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap()
+        .expect("the data plane exited");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        terminated.elapsed() < Duration::from_secs(15),
+        "drain waited {:?} (its timeout is 20 s)",
+        terminated.elapsed()
+    );
+}

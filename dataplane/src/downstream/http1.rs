@@ -101,6 +101,27 @@ pub enum Ended<IO> {
         served: u32,
         http2: bool,
     },
+    /// Idle since `since` with nothing read of a next request ([`serve_until_idle`]
+    /// only): the caller waits for its next byte, and resumes it with [`Resume`].
+    Idle { io: IO, since: Instant, served: u32 },
+}
+
+/// Where a connection's codec part starts: a new connection, or one that went idle.
+#[derive(Clone, Copy, Debug)]
+pub struct Resume {
+    /// Requests already served on it.
+    pub served: u32,
+    /// Since when it has sent nothing (its header read timeout runs from here).
+    pub since: Instant,
+}
+
+impl Resume {
+    pub fn fresh() -> Self {
+        Self {
+            served: 0,
+            since: Instant::now(),
+        }
+    }
 }
 
 /// Serves requests on `io` with `handle` until the connection closes or needs hyper.
@@ -111,7 +132,7 @@ pub enum Ended<IO> {
 /// `IDLE_RELEASE` after an answer, that box goes and the connection waits for its next
 /// byte holding only the socket, so thousands of idle keep-alive connections cost little.
 pub async fn serve<IO, H, F>(
-    mut io: IO,
+    io: IO,
     handle: H,
     metrics: &Metrics,
     settings: &Settings,
@@ -122,9 +143,45 @@ where
     H: Fn(Request<DownstreamBody>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
-    let mut served = 0u32;
+    serve_with(io, handle, metrics, settings, drain, Resume::fresh(), false).await
+}
+
+/// [`serve`], from `resume`, until the connection has been idle for `IDLE_RELEASE` after
+/// an answer: then it ends [`Ended::Idle`], so the caller can wait for the next byte with
+/// less than a task (see `downstream::idle`).
+pub async fn serve_until_idle<IO, H, F>(
+    io: IO,
+    handle: H,
+    metrics: &Metrics,
+    settings: &Settings,
+    drain: &mut DrainSignal,
+    resume: Resume,
+) -> Ended<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Request<DownstreamBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    serve_with(io, handle, metrics, settings, drain, resume, true).await
+}
+
+async fn serve_with<IO, H, F>(
+    mut io: IO,
+    handle: H,
+    metrics: &Metrics,
+    settings: &Settings,
+    drain: &mut DrainSignal,
+    resume: Resume,
+    park: bool,
+) -> Ended<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Request<DownstreamBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let mut served = resume.served;
     // A new connection starts idle too: one that never sends holds no buffer.
-    let mut since = Instant::now();
+    let mut since = resume.since;
     loop {
         let Some(first) = next_byte(&mut io, since + settings.header_read_timeout, drain).await
         else {
@@ -149,6 +206,7 @@ where
                     http2,
                 };
             }
+            Busy::Idle { since } if park => return Ended::Idle { io, since, served },
             Busy::Idle { since } => since,
         };
     }

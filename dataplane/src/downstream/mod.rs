@@ -56,6 +56,7 @@ macro_rules! until_drained {
 
 pub mod drain;
 pub mod http1;
+pub mod idle;
 pub(crate) mod rewind;
 
 use std::{
@@ -102,6 +103,9 @@ pub struct Shared {
     pub settings: http1::Settings,
     /// Whether the codec serves HTTP/1.1 (else hyper serves every connection).
     pub own_http1: bool,
+    /// Where the codec's plain connections wait while idle (`idle.rs`); without it they
+    /// wait in their tasks.
+    pub parking: Option<idle::Parking>,
 }
 
 impl Shared {
@@ -123,6 +127,7 @@ impl Shared {
             hyper_http1,
             settings,
             own_http1,
+            parking: None,
         }
     }
 }
@@ -155,6 +160,55 @@ pub async fn serve<IO>(
     // Boxed: hyper's connection state is large, and only the connections hyper serves
     // should hold it.
     boxed(serve_hyper(handoff, &shared, info, drain, protocol)).await;
+}
+
+/// A plain connection the codec serves, new or back from the parking lot: its task ends
+/// when it goes idle, and it waits parked (`idle.rs`) for its next request.
+pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
+    let idle::Parked {
+        io,
+        info,
+        resume,
+        mut drain,
+    } = conn;
+    let proxy = &shared.proxy;
+    let handle = |req| proxy.clone().handle(req, info);
+    let ended = http1::serve_until_idle(
+        io,
+        handle,
+        &proxy.metrics,
+        &shared.settings,
+        &mut drain,
+        resume,
+    )
+    .await;
+    match ended {
+        http1::Ended::Closed => {}
+        http1::Ended::Idle { io, since, served } => {
+            if let Some(parking) = &shared.parking {
+                // Refused only once the listener drains: the connection closes then.
+                let _ = parking.park(idle::Parked {
+                    io,
+                    info,
+                    resume: http1::Resume { served, since },
+                    drain,
+                });
+            }
+        }
+        http1::Ended::Handoff {
+            io,
+            read,
+            served,
+            http2,
+        } => {
+            let handoff = Handoff {
+                io: Rewind::new(io, read),
+                served,
+                http1: !http2,
+            };
+            boxed(serve_hyper(handoff, &shared, info, drain, Protocol::Sniff)).await;
+        }
+    }
 }
 
 /// hyper serves the connection from where the codec handed it over (or from its start).
@@ -237,7 +291,7 @@ where
     // instructions per request), and an idle connection holds none of it.
     let handle = |req| proxy.clone().handle(req, info);
     match http1::serve(io, handle, &proxy.metrics, &shared.settings, drain).await {
-        http1::Ended::Closed => None,
+        http1::Ended::Closed | http1::Ended::Idle { .. } => None,
         http1::Ended::Handoff {
             io,
             read,

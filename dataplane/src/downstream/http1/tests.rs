@@ -69,6 +69,7 @@ where
         match serve(conn, handle, &m, &settings, &mut signal).await {
             Ended::Closed => None,
             Ended::Handoff { read, served, .. } => Some((read, served)),
+            Ended::Idle { .. } => unreachable!("serve waits out idle time itself"),
         }
     });
     Server {
