@@ -328,11 +328,21 @@ instructions() {
   rm -f "$out"*
   start_proxy "$shape" "$proxy" "$name" valgrind --tool=callgrind --callgrind-out-file="$out"
   PID_OF[$proxy]=${PID_OF[$name]}
-  check_proxy "$shape" "$proxy" 600
+  # A peer that does not run under valgrind (Caddy, at times) loses its figure, not the run.
+  if ! (check_proxy "$shape" "$proxy" 600); then
+    log "$proxy ($shape) did not answer under callgrind; its figure is left out (see $RUN/$name.err)"
+    stop_proxy "$name" "${PROXY_PORT[$proxy]}"
+    echo
+    return
+  fi
   load "$shape" "$proxy" 0 "$RUN/ipr-$name.txt" "$n" >"$RUN/ipr-$name.sum"
   read -r count _ _ err <"$RUN/ipr-$name.sum"
-  ((count == n && err == 0)) || die "$proxy ($shape) under callgrind answered $count of $n requests; see $RUN/ipr-$name.txt"
   stop_proxy "$name" "${PROXY_PORT[$proxy]}"
+  if ((count != n || err != 0)); then
+    log "$proxy ($shape) under callgrind answered $count of $n requests; its figure is left out (see $RUN/ipr-$name.txt)"
+    echo
+    return
+  fi
   # Go programs do not always survive valgrind to the end (Caddy's runtime may crash it at
   # exit): a profile without totals leaves the figure out rather than guessing it.
   local total=0 f n
