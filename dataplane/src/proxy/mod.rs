@@ -52,7 +52,7 @@ pub use self::{
     prepare::Limits,
 };
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use parapet_crds::snapshot::{CachePolicy, ForwardAction, PathMatch, RouteAction};
@@ -597,7 +597,7 @@ impl Proxy {
         routed: &Routed<'a>,
         host: &'a str,
         authority: &Option<HeaderValue>,
-    ) -> Option<impl Future<Output = Early> + use<'a>> {
+    ) -> Option<Pin<Box<impl Future<Output = Early> + use<'a>>>> {
         let policy = routed.cache_policy?;
         if prepared.upgrade.is_some()
             || !body.is_empty_replayable()
@@ -625,7 +625,9 @@ impl Proxy {
         };
         let parts = std::mem::replace(&mut ex.parts, Request::new(()).into_parts().0);
         let scheme = if at.conn.tls { "https" } else { "http" };
-        Some(async move {
+        // Boxed: the cache's future is 1.5 KB, and inline it sat twice in every request's
+        // state (the `Option` and the awaited value), cached route or not.
+        Some(Box::pin(async move {
             let mut resp = self
                 .store
                 .cache()
@@ -633,7 +635,7 @@ impl Proxy {
                 .await;
             cached::finish(&mut resp, &at.request_id);
             Early::answer(resp)
-        })
+        }))
     }
 
     /// Stage 8, forward: the upstream head, the mirrors' copies, then the attempts
