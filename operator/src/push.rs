@@ -827,6 +827,14 @@ async fn push_one(
             accept: Coding::best_accepted(accept.as_bytes()),
         });
     }
+    // A data plane from before zstd reads a coding it does not know as JSON and answers
+    // 400: the table goes again in gzip, which every version reads (a table that is
+    // invalid is then refused once more, and backs off as any refusal).
+    if status == StatusCode::BAD_REQUEST && body.coding == Coding::Zstd {
+        return Err(PushError::Coding {
+            accept: Coding::Gzip,
+        });
+    }
     if body.delta
         && matches!(
             status,
@@ -1535,5 +1543,76 @@ mod tests {
         );
         r.acked(&addr(0), 200).await;
         assert_eq!(r.metrics.pushes_failed.get(), 0);
+    }
+
+    /// A pod's answer to a push over HTTP, as `push_one` reads it: a server on 127.0.0.1 that
+    /// answers every request with `status` (and `accept`, when given).
+    async fn answer_push(
+        status: StatusCode,
+        accept: Option<&'static str>,
+    ) -> Result<(), PushError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(move |_req| async move {
+                let mut r = http::Response::new(Full::new(Bytes::from_static(b"{}")));
+                *r.status_mut() = status;
+                if let Some(a) = accept {
+                    r.headers_mut()
+                        .insert(header::ACCEPT_ENCODING, http::HeaderValue::from_static(a));
+                }
+                Ok::<_, std::convert::Infallible>(r)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+        let body = PushBody {
+            bytes: Bytes::from(Coding::Zstd.encode(b"{}")),
+            coding: Coding::Zstd,
+            delta: false,
+        };
+        let client = crate::tls::push_client(None);
+        push_one(
+            &client,
+            "http",
+            &addr,
+            None,
+            None,
+            body,
+            Duration::from_secs(5),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_cannot_read_zstd_is_sent_gzip() {
+        // A pod of this version names what it reads.
+        let r = answer_push(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("gzip")).await;
+        assert!(
+            matches!(
+                r,
+                Err(PushError::Coding {
+                    accept: Coding::Gzip
+                })
+            ),
+            "{r:?}"
+        );
+        // One from before zstd reads the body as JSON and refuses it.
+        let r = answer_push(StatusCode::BAD_REQUEST, None).await;
+        assert!(
+            matches!(
+                r,
+                Err(PushError::Coding {
+                    accept: Coding::Gzip
+                })
+            ),
+            "{r:?}"
+        );
+        // Other refusals stay refusals.
+        let r = answer_push(StatusCode::SERVICE_UNAVAILABLE, None).await;
+        assert!(matches!(r, Err(PushError::Refused { .. })), "{r:?}");
+        assert!(answer_push(StatusCode::OK, None).await.is_ok());
     }
 }
