@@ -176,7 +176,9 @@ fn poll_slot(slots: &mut Slab<Slot>, key: usize, wake: &impl Fn(Parked)) {
     match slot.conn.io.poll_read_ready(&mut cx) {
         Poll::Pending => {}
         Poll::Ready(Ok(())) => {
-            wake(slots.remove(key).conn);
+            let mut conn = slots.remove(key).conn;
+            conn.resume.ready = true;
+            wake(conn);
         }
         // A socket error: the connection is gone.
         Poll::Ready(Err(_)) => {

@@ -168,9 +168,21 @@ pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
     let idle::Parked {
         io,
         info,
-        resume,
+        mut resume,
         mut drain,
     } = conn;
+    if !resume.ready {
+        // A new connection: its first bytes are waited for without reading them, so its
+        // busy state reads them whole (a 1-byte read first would cost a system call).
+        let until = resume.since + shared.settings.header_read_timeout;
+        tokio::select! {
+            biased;
+            r = io.readable() => if r.is_err() { return },
+            () = tokio::time::sleep_until(until) => return,
+            () = drain.draining() => return,
+        }
+        resume.ready = true;
+    }
     let proxy = &shared.proxy;
     let handle = |req| proxy.clone().handle(req, info);
     let ended = http1::serve_until_idle(
@@ -190,7 +202,11 @@ pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
                 let _ = parking.park(idle::Parked {
                     io,
                     info,
-                    resume: http1::Resume { served, since },
+                    resume: http1::Resume {
+                        served,
+                        since,
+                        ready: false,
+                    },
                     drain,
                 });
             }
