@@ -122,56 +122,35 @@ pub async fn slice(client: &Client, ns: &str, sl: Slice<'_>) -> Result<()> {
         zone,
         for_zones,
     } = sl;
-    let s = EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(slice_name.into()),
-            labels: Some(
-                [(
-                    "kubernetes.io/service-name".to_string(),
-                    service.to_string(),
-                )]
-                .into(),
+    let endpoint = Endpoint {
+        addresses: vec![LOCAL_NAME.into()],
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(ready),
+            terminating: Some(false),
+        }),
+        zone: zone.map(str::to_string),
+        hints: (!for_zones.is_empty()).then(|| EndpointHints {
+            for_zones: Some(
+                for_zones
+                    .iter()
+                    .map(|z| ForZone {
+                        name: (*z).to_string(),
+                    })
+                    .collect(),
             ),
             ..Default::default()
-        },
-        address_type: "FQDN".into(),
-        endpoints: Some(vec![Endpoint {
-            addresses: vec![LOCAL_NAME.into()],
-            conditions: Some(EndpointConditions {
-                ready: Some(ready),
-                serving: Some(ready),
-                terminating: Some(false),
-            }),
-            zone: zone.map(str::to_string),
-            hints: (!for_zones.is_empty()).then(|| EndpointHints {
-                for_zones: Some(
-                    for_zones
-                        .iter()
-                        .map(|z| ForZone {
-                            name: (*z).to_string(),
-                        })
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
-        ports: Some(vec![EndpointPort {
-            name: Some(port_name.into()),
-            port: Some(i32::from(port)),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        }),
+        ..Default::default()
     };
-    Api::<EndpointSlice>::namespaced(client.clone(), ns)
-        .patch(
-            slice_name,
-            &PatchParams::apply("parapet-e2e").force(),
-            &Patch::Apply(&s),
-        )
-        .await
-        .with_context(|| format!("apply EndpointSlice {ns}/{slice_name}"))?;
-    Ok(())
+    let s = endpoint_slice(
+        service,
+        slice_name,
+        "FQDN",
+        vec![endpoint],
+        (port_name, port),
+    );
+    apply_slice(client, ns, &s).await
 }
 
 /// An IPv4 EndpointSlice of `service` listing `addresses` (all ready) on port `port` named
@@ -184,7 +163,31 @@ pub async fn ip_slice(
     (port_name, port): (&str, u16),
     addresses: &[String],
 ) -> Result<()> {
-    let s = EndpointSlice {
+    let endpoints = addresses
+        .iter()
+        .map(|a| Endpoint {
+            addresses: vec![a.clone()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                serving: Some(true),
+                terminating: Some(false),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let s = endpoint_slice(service, slice_name, "IPv4", endpoints, (port_name, port));
+    apply_slice(client, ns, &s).await
+}
+
+/// An EndpointSlice of `service` with `endpoints` on one named port.
+fn endpoint_slice(
+    service: &str,
+    slice_name: &str,
+    address_type: &str,
+    endpoints: Vec<Endpoint>,
+    (port_name, port): (&str, u16),
+) -> EndpointSlice {
+    EndpointSlice {
         metadata: ObjectMeta {
             name: Some(slice_name.into()),
             labels: Some(
@@ -196,33 +199,24 @@ pub async fn ip_slice(
             ),
             ..Default::default()
         },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            addresses
-                .iter()
-                .map(|a| Endpoint {
-                    addresses: vec![a.clone()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        serving: Some(true),
-                        terminating: Some(false),
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
+        address_type: address_type.into(),
+        endpoints: Some(endpoints),
         ports: Some(vec![EndpointPort {
             name: Some(port_name.into()),
             port: Some(i32::from(port)),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-    };
+    }
+}
+
+async fn apply_slice(client: &Client, ns: &str, s: &EndpointSlice) -> Result<()> {
+    let slice_name = s.metadata.name.as_deref().unwrap_or_default();
     Api::<EndpointSlice>::namespaced(client.clone(), ns)
         .patch(
             slice_name,
             &PatchParams::apply("parapet-e2e").force(),
-            &Patch::Apply(&s),
+            &Patch::Apply(s),
         )
         .await
         .with_context(|| format!("apply EndpointSlice {ns}/{slice_name}"))?;

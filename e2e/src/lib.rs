@@ -248,6 +248,17 @@ fn host_of(url: &str) -> &str {
 }
 
 /// A client for the test cluster, with request deadlines. Build one per test.
+/// Nearest-rank percentile of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// `d` in milliseconds, for reports.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 pub async fn client() -> Result<Client> {
     let cluster = cluster()?;
     let kc = if cluster.is_owned() {

@@ -21,7 +21,7 @@ use parapet_crds::api::{ApiRoute, UpstreamPool};
 use parapet_e2e::{
     TestNamespace, apply_crds, client,
     fleet::{self, Operator, Slice},
-    wait_for,
+    ms, percentile, wait_for,
 };
 use parapet_tests::{admin, backend::Backend, client::Client as Http, dataplane::Dataplane};
 use serde_json::{Value, json};
@@ -401,16 +401,6 @@ async fn operator_metric(http: &Http, op: &Operator, name: &str) -> Option<f64> 
     r.text()
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ use parapet_crds::{
 use parapet_e2e::{
     TestNamespace, apply_crds, client,
     fleet::{self, Operator, Slice},
+    ms, percentile,
     receiver::Receiver,
 };
 use parapet_tests::client::Client as Http;
@@ -124,15 +125,6 @@ async fn metric(http: &Http, op: &Operator, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
