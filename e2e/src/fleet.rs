@@ -17,7 +17,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
-    api::{ObjectMeta, Patch, PatchParams},
+    api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams},
 };
 
 use crate::cluster;
@@ -221,6 +221,30 @@ async fn apply_slice(client: &Client, ns: &str, s: &EndpointSlice) -> Result<()>
         .await
         .with_context(|| format!("apply EndpointSlice {ns}/{slice_name}"))?;
     Ok(())
+}
+
+/// Applies a Parapet object (`ApiRoute` or `UpstreamPool`) with `spec` (server-side, as the
+/// e2e field manager); returns it as stored.
+pub async fn apply_parapet(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<DynamicObject> {
+    let resource = match kind {
+        "ApiRoute" => ApiResource::erase::<parapet_crds::api::ApiRoute>(&()),
+        _ => ApiResource::erase::<parapet_crds::api::UpstreamPool>(&()),
+    };
+    let obj = serde_json::json!({"apiVersion": "parapet.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource)
+        .patch(
+            name,
+            &PatchParams::apply("parapet-e2e").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .with_context(|| format!("apply {kind} {ns}/{name}"))
 }
 
 pub async fn delete_slice(client: &Client, ns: &str, slice_name: &str) -> Result<()> {

@@ -289,14 +289,7 @@ async fn apply_object(
     name: &str,
     spec: Value,
 ) -> Result<()> {
-    let obj = json!({"apiVersion": "parapet.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource(kind))
-        .patch(
-            name,
-            &PatchParams::apply("parapet-e2e").force(),
-            &Patch::Apply(&obj),
-        )
-        .await?;
+    fleet::apply_parapet(client, ns, kind, name, spec).await?;
     Ok(())
 }
 

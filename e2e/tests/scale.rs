@@ -13,14 +13,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use kube::{
-    Api, Client,
-    api::{ApiResource, DynamicObject, Patch, PatchParams},
-};
-use parapet_crds::{
-    api::{ApiRoute, UpstreamPool},
-    snapshot::{Snapshot, wire::Coding},
-};
+use kube::Client;
+use parapet_crds::snapshot::{Snapshot, wire::Coding};
 use parapet_e2e::{
     TestNamespace, apply_crds, client,
     fleet::{self, Operator, Slice},
@@ -52,19 +46,7 @@ fn endpoint(p: usize, i: usize) -> String {
 }
 
 async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) -> Result<i64> {
-    let ar = match kind {
-        "ApiRoute" => ApiResource::erase::<ApiRoute>(&()),
-        _ => ApiResource::erase::<UpstreamPool>(&()),
-    };
-    let obj = json!({"apiVersion": "parapet.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});
-    let o = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar)
-        .patch(
-            name,
-            &PatchParams::apply("parapet-e2e").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .with_context(|| format!("apply {kind} {ns}/{name}"))?;
+    let o = fleet::apply_parapet(client, ns, kind, name, spec).await?;
     Ok(o.metadata.generation.unwrap_or_default())
 }
 

@@ -1191,32 +1191,40 @@ mod tests {
             name: "r".into(),
             generation: version as i64,
         };
-        let mut snapshot = Snapshot::new(
+        compiled(version, vec![source])
+    }
+
+    /// A compiled table of `sources` (and nothing else) under `version`.
+    fn compiled(version: u64, sources: Vec<SourceRef>) -> Arc<Compiled> {
+        let set: HashSet<_> = sources
+            .iter()
+            .map(|s| {
+                (
+                    s.kind.clone(),
+                    s.namespace.clone(),
+                    s.name.clone(),
+                    s.generation,
+                )
+            })
+            .collect();
+        let (mut snapshot, bytes) = Snapshot::new_measured(
             version,
             Table {
                 format: FORMAT_VERSION,
-                sources: vec![source.clone()],
+                sources,
                 ..Table::default()
             },
         );
         snapshot.allow_empty = true;
-        let sources: HashSet<_> = [(
-            source.kind,
-            source.namespace,
-            source.name,
-            source.generation,
-        )]
-        .into_iter()
-        .collect();
         Arc::new(Compiled {
             snapshot: Arc::new(snapshot),
             diagnostics: Default::default(),
             malformed: Vec::new(),
             objects: Vec::new(),
             pool_endpoints: Default::default(),
-            bytes: 0,
+            bytes,
             pools: Arc::new(Vec::new()),
-            sources: Arc::new(sources),
+            sources: Arc::new(set),
         })
     }
 
@@ -1455,25 +1463,7 @@ mod tests {
                 generation: if i == changed { version as i64 } else { 1 },
             })
             .collect();
-        let (mut snapshot, bytes) = Snapshot::new_measured(
-            version,
-            Table {
-                format: FORMAT_VERSION,
-                sources,
-                ..Table::default()
-            },
-        );
-        snapshot.allow_empty = true;
-        Arc::new(Compiled {
-            snapshot: Arc::new(snapshot),
-            diagnostics: Default::default(),
-            malformed: Vec::new(),
-            objects: Vec::new(),
-            pool_endpoints: Default::default(),
-            bytes,
-            pools: Arc::new(Vec::new()),
-            sources: Arc::new(HashSet::new()),
-        })
+        compiled(version, sources)
     }
 
     #[tokio::test(start_paused = true)]
@@ -1588,28 +1578,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_pod_that_cannot_read_zstd_is_sent_gzip() {
-        // A pod of this version names what it reads.
-        let r = answer_push(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("gzip")).await;
-        assert!(
-            matches!(
-                r,
-                Err(PushError::Coding {
-                    accept: Coding::Gzip
-                })
-            ),
-            "{r:?}"
-        );
-        // One from before zstd reads the body as JSON and refuses it.
-        let r = answer_push(StatusCode::BAD_REQUEST, None).await;
-        assert!(
-            matches!(
-                r,
-                Err(PushError::Coding {
-                    accept: Coding::Gzip
-                })
-            ),
-            "{r:?}"
-        );
+        // A pod of this version names what it reads; one from before zstd reads the body
+        // as JSON and refuses it.
+        for (status, accept) in [
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("gzip")),
+            (StatusCode::BAD_REQUEST, None),
+        ] {
+            let r = answer_push(status, accept).await;
+            assert!(
+                matches!(
+                    r,
+                    Err(PushError::Coding {
+                        accept: Coding::Gzip
+                    })
+                ),
+                "{status}: {r:?}"
+            );
+        }
         // Other refusals stay refusals.
         let r = answer_push(StatusCode::SERVICE_UNAVAILABLE, None).await;
         assert!(matches!(r, Err(PushError::Refused { .. })), "{r:?}");
