@@ -1,13 +1,13 @@
 //! The downstream codec's head parser alone (fast): refuse, hand off, or serve. A head it
 //! serves has no Transfer-Encoding and at most one Content-Length, the length of the body
-//! it read after the head (at most `MAX_BODY_IN_BUFFER`); parsing just those bytes again
+//! it read after the head (at most `MAX_BODY_BUFFERED`); parsing just those bytes again
 //! gives the same request.
 #![no_main]
 
 use http::header;
 use libfuzzer_sys::fuzz_target;
 use parapet_dataplane::{
-    downstream::http1::MAX_BODY_IN_BUFFER,
+    downstream::http1::MAX_BODY_BUFFERED,
     fuzzing::{HeadDecision, parse_request_head},
 };
 
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             .expect("a served length is a number")
     });
     assert_eq!(req.body().len(), declared, "the body read is not the declared length");
-    assert!(declared <= MAX_BODY_IN_BUFFER);
+    assert!(declared <= MAX_BODY_BUFFERED);
     assert!(len - declared <= 8192, "a head larger than the limit was served");
     let HeadDecision::Served(again, req2) = parse_request_head(&data[..len], 8192, 16) else {
         panic!("the head and body alone are not served as they were with bytes after them");

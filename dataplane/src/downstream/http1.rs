@@ -14,10 +14,11 @@
 //! the hand-over happens between two requests, never inside one.
 //!
 //! Framing follows RFC 9112: a request this codec serves has no Transfer-Encoding and at
-//! most one Content-Length, of at most `MAX_BODY_IN_BUFFER` bytes, whose body was read whole
-//! behind its head before the proxy sees the request (a body still on its way when the
-//! socket has nothing more goes to hyper with the head, to stream); a response is sent with
-//! its Content-Length, the body's exact size, or chunked.
+//! most one Content-Length, of at most `MAX_BODY_BUFFERED` bytes, whose body was read whole
+//! behind its head before the proxy sees the request, as nginx and HAProxy buffer request
+//! bodies (a body not all here within `BODY_WAIT`, or when `BODIES_WAITING` is spent, goes
+//! to hyper with the bytes read so far, to stream); a response is sent with its
+//! Content-Length, the body's exact size, or chunked.
 
 use std::{
     cell::RefCell,
@@ -26,6 +27,7 @@ use std::{
     mem::MaybeUninit,
     ops::Range,
     pin::Pin,
+    sync::atomic::{AtomicUsize, Ordering},
     task::Poll,
     time::{Duration, SystemTime},
 };
@@ -59,10 +61,16 @@ use crate::{
 pub const HEADER_SLOTS: usize = 128;
 /// Reads ask for at least this much room in the buffer.
 const READ_CHUNK: usize = 8 * 1024;
-/// Request bodies of a known length up to this size that arrive with their head are read
-/// whole and forwarded from memory (as the proxy would buffer them for a retry anyway);
-/// larger ones, slower ones and chunked ones stream through hyper.
-pub const MAX_BODY_IN_BUFFER: usize = 64 * 1024;
+/// Request bodies of a known length up to this size are read whole and forwarded from
+/// memory, in one write with their head and without a task hop; larger ones, slower ones
+/// (see `BODY_WAIT`) and chunked ones stream through hyper.
+pub const MAX_BODY_BUFFERED: usize = 1024 * 1024;
+/// A body not all read this long after the socket first ran dry streams instead, with
+/// what was read: a slow upload holds its buffer no longer than this.
+const BODY_WAIT: Duration = Duration::from_secs(1);
+/// Bytes all connections may hold in buffers for bodies still arriving: beyond it a body
+/// that is not all here streams at once, so slow clients cannot make the process hold more.
+static BODIES_WAITING: Budget = Budget::new(64 * 1024 * 1024);
 /// A keep-alive connection that has sent nothing for this long after an answer gives back
 /// its busy state (read buffer, request state: about 22 KB). nginx frees its buffers at
 /// once; waiting a little keeps a connection under load from allocating them again between
@@ -446,6 +454,43 @@ async fn send<IO: AsyncWrite + Unpin>(
     }
 }
 
+/// A byte count shared by all connections, taken in permits that give their share back
+/// when dropped.
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    const fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// `n` bytes of the budget, if that many are left.
+    fn take(&self, n: usize) -> Option<Permit<'_>> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&u| u <= self.limit)
+            })
+            .ok()
+            .map(|_| Permit { budget: self, n })
+    }
+}
+
+struct Permit<'a> {
+    budget: &'a Budget,
+    n: usize,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
 struct Conn {
     read: BytesMut,
     /// The response head (and chunk framing), reused.
@@ -513,6 +558,9 @@ impl Conn {
         // A head parsed whose body is not all here yet: more is read while the socket has
         // it (the head is not parsed again for each read).
         let mut parsed: Option<Head> = None;
+        // Its body's share of `BODIES_WAITING` while the rest arrives, and until when.
+        let mut _permit: Option<Permit<'static>> = None;
+        let mut body_until: Option<Instant> = None;
         loop {
             if let Some(h) = parsed.take_if(|h| self.read.len() >= h.len + h.body) {
                 return Ok(Read::Head(h));
@@ -528,7 +576,14 @@ impl Conn {
                     Parse::Head(h) if self.read.len() >= h.len + h.body => {
                         return Ok(Read::Head(h));
                     }
-                    Parse::Head(h) => parsed = Some(h),
+                    Parse::Head(h) => {
+                        let Some(p) = BODIES_WAITING.take(h.len + h.body - self.read.len())
+                        else {
+                            return Ok(Read::Handoff { http2: false });
+                        };
+                        _permit = Some(p);
+                        parsed = Some(h);
+                    }
                     Parse::Other => return Ok(Read::Handoff { http2: false }),
                     Parse::Partial => {}
                 }
@@ -550,10 +605,18 @@ impl Conn {
                 // Most reads find bytes waiting: no timer for those.
                 match poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
                     Poll::Ready(r) => r,
-                    // A body not all here once the socket is drained streams through
-                    // hyper, under the route's timeout (it has every byte read so far).
+                    // The rest of a body is waited for a little; one still not all here
+                    // then streams through hyper, under the route's timeout (it has every
+                    // byte read so far).
                     Poll::Pending if parsed.is_some() => {
-                        return Ok(Read::Handoff { http2: false });
+                        let until = *body_until.get_or_insert_with(|| Instant::now() + BODY_WAIT);
+                        tokio::select! {
+                            biased;
+                            r = read => r,
+                            () = tokio::time::sleep_until(until) => {
+                                return Ok(Read::Handoff { http2: false });
+                            }
+                        }
                     }
                     Poll::Pending => {
                         let since = *waiting.get_or_insert_with(Instant::now);
@@ -654,7 +717,7 @@ impl Conn {
                 // other (repeated, invalid, larger) is hyper's to frame or refuse.
                 // (A list, even of equal lengths, is hyper's to refuse.)
                 match content_length(h.value).filter(|_| !h.value.contains(&b',')) {
-                    Some(n) if body.is_none() && n <= MAX_BODY_IN_BUFFER as u64 => {
+                    Some(n) if body.is_none() && n <= MAX_BODY_BUFFERED as u64 => {
                         body = Some(n as usize);
                     }
                     _ => return Ok(Parse::Other),

@@ -79,9 +79,11 @@ impl Exchange<'_> {
     }
 }
 
-/// The request body: replayable bytes, or a stream that can be sent once.
+/// The request body: replayable bytes, bytes too many to keep for a replay (sent once,
+/// still from memory), or a stream that can be sent once.
 pub(super) enum RequestBody {
     Replayable(Bytes),
+    OnceInMemory(Option<Bytes>),
     Once(Option<ProxyBody>),
 }
 
@@ -98,6 +100,7 @@ impl RequestBody {
     fn take(&mut self) -> Option<Outgoing> {
         match self {
             Self::Replayable(b) => Some(Outgoing::Bytes(b.clone())),
+            Self::OnceInMemory(b) => b.take().map(Outgoing::Bytes),
             Self::Once(b) => b.take().map(Outgoing::Stream),
         }
     }

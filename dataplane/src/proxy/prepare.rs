@@ -217,7 +217,7 @@ pub(super) async fn request_body(
 }
 
 /// A body read whole with its head: sent from memory without a copy; one longer than
-/// `max_replay_bytes` is still sent once only, as if it had streamed.
+/// `max_replay_bytes` is sent once only, as if it had streamed.
 fn from_memory(
     full: Option<Bytes>,
     limits: &Limits,
@@ -232,7 +232,7 @@ fn from_memory(
     }
     metrics.request_bytes.inc_by(full.len() as u64);
     if full.len() as u64 > limits.max_replay_bytes {
-        return Ok((RequestBody::Once(Some(super::problem::full(full))), None));
+        return Ok((RequestBody::OnceInMemory(Some(full)), None));
     }
     Ok((RequestBody::Replayable(full), None))
 }

@@ -50,6 +50,9 @@ thread_local! {
     static SCRATCH: RefCell<Vec<(HeaderName, std::ops::Range<usize>)>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A request body up to this size is copied behind its head into the write buffer (one
+/// contiguous write); a larger one is written from its own memory beside it.
+const COPY_BODY_UP_TO: usize = 16 * 1024;
 /// Reads ask for at least this much room, and at most `MAX_READ` when more is expected.
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 64 * 1024;
@@ -144,8 +147,12 @@ impl Http1Client {
                 None => (Box::pin(self.connect(authority)).await?, false),
             };
             conn.wbuf.clear();
-            encode(&mut conn.wbuf, head, authority, path, body, extras);
-            match exchange(conn, head_only).await {
+            // A small body is copied behind the head; a larger one goes from where it is,
+            // in the same write (no copy, and no write buffer kept that large).
+            let copied = body.len() <= COPY_BODY_UP_TO;
+            encode(&mut conn.wbuf, head, authority, path, body, copied, extras);
+            let rest = if copied { &[][..] } else { &body[..] };
+            match exchange(conn, rest, head_only).await {
                 Ok(r) => return Ok(r),
                 Err(f) if reused && f.nothing_read && retry_stale => {
                     tracing::debug!(endpoint = %authority, error = %f.error, "idle upstream connection was closed; sending on a new one");
@@ -282,12 +289,23 @@ struct Failed {
     nothing_read: bool,
 }
 
-/// Writes the encoded request and reads the response head; the connection moves into the
-/// response's body (or back to the idle pool when there is none).
-async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>, Failed> {
+/// Writes the encoded request (and `body`, when not copied into it) and reads the response
+/// head; the connection moves into the response's body (or back to the idle pool when
+/// there is none).
+async fn exchange(
+    mut conn: Conn,
+    body: &[u8],
+    head_only: bool,
+) -> Result<Response<Http1Body>, Failed> {
     // An upstream may answer before it has read the whole request (413, 401) and close;
     // what it sent is still read and passed on, on a connection that is not kept.
-    let mut write_error = conn.stream.write_all(&conn.wbuf).await.err();
+    let mut write_error = if body.is_empty() {
+        conn.stream.write_all(&conn.wbuf).await.err()
+    } else {
+        write_all_vectored(&mut conn.stream, [&conn.wbuf[..], body])
+            .await
+            .err()
+    };
     let mut read_any = !conn.buf.is_empty();
     let head = loop {
         if !conn.buf.is_empty() {
@@ -358,6 +376,21 @@ async fn exchange(mut conn: Conn, head_only: bool) -> Result<Response<Http1Body>
     Ok(resp)
 }
 
+/// Writes both buffers, in as few system calls as the socket allows.
+async fn write_all_vectored(stream: &mut TcpStream, bufs: [&[u8]; 2]) -> io::Result<()> {
+    let mut slices = bufs.map(io::IoSlice::new);
+    let mut slices = &mut slices[..];
+    io::IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = stream.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
 /// Reads the response to a request already sent on `stream`, whose first bytes `buf` holds
 /// (for `crate::fuzzing`).
 pub(crate) async fn read_response(
@@ -373,16 +406,18 @@ pub(crate) async fn read_response(
         idle_since: Instant::now(),
         head_read: MIN_READ,
     };
-    exchange(conn, head_only).await.map_err(|f| f.error)
+    exchange(conn, &[], head_only).await.map_err(|f| f.error)
 }
 
-/// The request line and headers (and a body in memory) as they go on the wire.
+/// The request line and headers as they go on the wire, framed for `body`, followed by
+/// the body when `copy`.
 fn encode(
     out: &mut Vec<u8>,
     head: &Parts,
     authority: &Authority,
     path: &PathAndQuery,
     body: &[u8],
+    copy: bool,
     extras: &(dyn HeadExtras + Sync),
 ) {
     out.extend_from_slice(head.method.as_str().as_bytes());
@@ -418,7 +453,9 @@ fn encode(
         let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    if copy {
+        out.extend_from_slice(body);
+    }
 }
 
 enum Parsed {

@@ -412,9 +412,14 @@ async fn connection_close_from_the_client_or_the_request_limit_ends_the_connecti
 
 #[tokio::test]
 async fn requests_it_does_not_serve_are_handed_to_hyper_with_their_bytes() {
+    let too_large = format!(
+        "POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\nabc",
+        MAX_BODY_BUFFERED + 1
+    )
+    .into_bytes();
     for (req, why) in [
         (
-            &b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 65537\r\n\r\nabc"[..],
+            too_large.as_slice(),
             "a body larger than the buffer",
         ),
         (
@@ -427,7 +432,7 @@ async fn requests_it_does_not_serve_are_handed_to_hyper_with_their_bytes() {
         ),
         (
             b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc",
-            "a body still on its way (it streams, under the route's timeout)",
+            "a body still on its way after the wait (it streams, under the route's timeout)",
         ),
         (
             b"POST /p HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -628,7 +633,7 @@ async fn a_body_of_known_length_that_comes_with_its_head_is_read_here() {
         assert_eq!(seen[1].1, "/after");
     }
     // The largest body the buffer takes is still the codec's.
-    let big = MAX_BODY_IN_BUFFER;
+    let big = MAX_BODY_BUFFERED;
     let mut req =
         format!("PUT /big HTTP/1.1\r\nhost: x\r\ncontent-length: {big}\r\n\r\n").into_bytes();
     req.resize(req.len() + big, b'b');
@@ -693,4 +698,57 @@ async fn an_idle_connection_closes_when_the_listener_drains() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_arrives_in_pieces_within_the_wait_is_read_here() {
+    let mut s = server(settings(), |req| {
+        Response::new(full(format!("got {}", body_of(req))))
+    });
+    s.client
+        .write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(BODY_WAIT / 2).await;
+    s.client.write_all(b" world").await.unwrap();
+    let out = read_until(&mut s.client, |o| o.ends_with("got hello world")).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(s.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_still_arriving_after_the_wait_streams_with_what_was_read() {
+    let s = server(settings(), |_| text("ok"));
+    let mut client = s.client;
+    client
+        .write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhel")
+        .await
+        .unwrap();
+    tokio::time::sleep(BODY_WAIT / 2).await;
+    client.write_all(b"lo").await.unwrap();
+    let (read, served) = tokio::time::timeout(BODY_WAIT * 2, s.ended)
+        .await
+        .expect("no hand-over after the body wait")
+        .unwrap()
+        .expect("closed instead of handed over");
+    assert_eq!(
+        &read[..],
+        b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhello"
+    );
+    assert_eq!(served, 0);
+    assert!(s.seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn the_body_budget_refuses_what_would_pass_its_limit_and_gets_permits_back() {
+    let budget = Budget::new(100);
+    let a = budget.take(60).expect("60 of 100");
+    assert!(budget.take(41).is_none(), "101 of 100");
+    let b = budget.take(40).expect("100 of 100");
+    assert!(budget.take(1).is_none());
+    drop(a);
+    assert!(budget.take(60).is_some());
+    drop(b);
+    assert!(budget.take(usize::MAX).is_none(), "an overflow is refused");
+    assert!(budget.take(100).is_some());
 }
