@@ -761,11 +761,20 @@ impl Proxy {
 }
 
 /// The client's `x-request-id` when it is usable, else a new one, set on the request.
+///
+/// Marked sensitive, so HTTP/2 sends it as a literal never indexed (RFC 7541 §6.2.3): a
+/// value that differs on every message gains nothing from an HPACK table, and each one
+/// added would push fields that do repeat out of it (and cost the insertion).
 fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
     match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
+        Some(v) if !v.is_empty() && v.len() <= 128 => {
+            let mut id = v.clone();
+            id.set_sensitive(true);
+            id
+        }
         _ => {
-            let id = new_request_id();
+            let mut id = new_request_id();
+            id.set_sensitive(true);
             req.headers_mut().insert(X_REQUEST_ID, id.clone());
             id
         }
