@@ -577,8 +577,7 @@ impl Conn {
                         return Ok(Read::Head(h));
                     }
                     Parse::Head(h) => {
-                        let Some(p) = BODIES_WAITING.take(h.len + h.body - self.read.len())
-                        else {
+                        let Some(p) = BODIES_WAITING.take(h.len + h.body - self.read.len()) else {
                             return Ok(Read::Handoff { http2: false });
                         };
                         _permit = Some(p);

@@ -418,10 +418,7 @@ async fn requests_it_does_not_serve_are_handed_to_hyper_with_their_bytes() {
     )
     .into_bytes();
     for (req, why) in [
-        (
-            too_large.as_slice(),
-            "a body larger than the buffer",
-        ),
+        (too_large.as_slice(), "a body larger than the buffer"),
         (
             b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc",
             "two lengths",
