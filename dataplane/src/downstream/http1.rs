@@ -46,6 +46,7 @@ use tokio::{
 
 use super::DrainSignal;
 use crate::{
+    codec::write_all,
     metrics::Metrics,
     proxy::{
         body::{DownstreamBody, ProxyBody},
@@ -1144,23 +1145,6 @@ fn announced(headers: &HeaderMap, name: &HeaderName) -> bool {
                     .eq_ignore_ascii_case(name.as_str().as_bytes())
             })
         })
-}
-
-/// Writes every slice, with as few system calls as the socket allows, then flushes (a TLS
-/// stream holds records until then).
-async fn write_all<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    mut bufs: &mut [IoSlice<'_>],
-) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        let n = io.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
-    }
-    io.flush().await
 }
 
 thread_local! {

@@ -302,7 +302,8 @@ async fn exchange(
     let mut write_error = if body.is_empty() {
         conn.stream.write_all(&conn.wbuf).await.err()
     } else {
-        write_all_vectored(&mut conn.stream, [&conn.wbuf[..], body])
+        let mut slices = [io::IoSlice::new(&conn.wbuf), io::IoSlice::new(body)];
+        crate::codec::write_all(&mut conn.stream, &mut slices)
             .await
             .err()
     };
@@ -374,21 +375,6 @@ async fn exchange(
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
     Ok(resp)
-}
-
-/// Writes both buffers, in as few system calls as the socket allows.
-async fn write_all_vectored(stream: &mut TcpStream, bufs: [&[u8]; 2]) -> io::Result<()> {
-    let mut slices = bufs.map(io::IoSlice::new);
-    let mut slices = &mut slices[..];
-    io::IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        let n = stream.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        io::IoSlice::advance_slices(&mut slices, n);
-    }
-    Ok(())
 }
 
 /// Reads the response to a request already sent on `stream`, whose first bytes `buf` holds
