@@ -147,11 +147,7 @@ impl Http1Client {
                 None => (Box::pin(self.connect(authority)).await?, false),
             };
             conn.wbuf.clear();
-            // A small body is copied behind the head; a larger one goes from where it is,
-            // in the same write (no copy, and no write buffer kept that large).
-            let copied = body.len() <= COPY_BODY_UP_TO;
-            encode(&mut conn.wbuf, head, authority, path, body, copied, extras);
-            let rest = if copied { &[][..] } else { &body[..] };
+            let rest = encode(&mut conn.wbuf, head, authority, path, body, extras);
             match exchange(conn, rest, head_only).await {
                 Ok(r) => return Ok(r),
                 Err(f) if reused && f.nothing_read && retry_stale => {
@@ -395,17 +391,18 @@ pub(crate) async fn read_response(
     exchange(conn, &[], head_only).await.map_err(|f| f.error)
 }
 
-/// The request line and headers as they go on the wire, framed for `body`, followed by
-/// the body when `copy`.
-fn encode(
+/// The request line and headers as they go on the wire, framed for `body`; a body up to
+/// `COPY_BODY_UP_TO` follows them in `out`. Returns what of the body is left to write
+/// beside `out` (a larger body goes from where it is: no copy, and no write buffer kept
+/// that large).
+fn encode<'b>(
     out: &mut Vec<u8>,
     head: &Parts,
     authority: &Authority,
     path: &PathAndQuery,
-    body: &[u8],
-    copy: bool,
+    body: &'b [u8],
     extras: &(dyn HeadExtras + Sync),
-) {
+) -> &'b [u8] {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_str().as_bytes());
@@ -439,9 +436,11 @@ fn encode(
         let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     out.extend_from_slice(b"\r\n");
-    if copy {
-        out.extend_from_slice(body);
+    if body.len() > COPY_BODY_UP_TO {
+        return body;
     }
+    out.extend_from_slice(body);
+    &[]
 }
 
 enum Parsed {

@@ -267,6 +267,29 @@ async fn request_body_gets_its_length_and_no_coding() {
 }
 
 #[tokio::test]
+async fn a_body_larger_than_the_copy_limit_is_sent_whole_beside_its_head() {
+    let u = upstream(vec![reply(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")]).await;
+    let (mut parts, path) = get("/upload");
+    parts.method = Method::PUT;
+    let body: Vec<u8> = (0..COPY_BODY_UP_TO * 8 + 3)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let (status, ..) = tokio::time::timeout(Duration::from_secs(5), send(&u, &parts, &path, &body))
+        .await
+        .expect("no answer within 5 s: the upstream did not get the whole body")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let req = u.requests.lock().unwrap()[0].clone();
+    assert!(
+        req.contains(&format!("content-length: {}\r\n", body.len())),
+        "{}",
+        &req[..200]
+    );
+    let sent = req.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(sent.as_bytes(), &body[..], "the body arrived changed");
+}
+
+#[tokio::test]
 async fn chunked_body_with_trailers_across_reads() {
     let u = upstream(vec![Reply {
         pieces: vec![
