@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub mod delta;
+pub mod redact;
 pub mod wire;
 
 /// Bumped when the wire format changes incompatibly.
@@ -333,23 +334,61 @@ impl Table {
 
     /// The content hash and the length of the JSON it covers.
     pub fn hash_and_len(&self) -> (String, usize) {
-        // Hashed as it is written: no copy of a table that may be megabytes.
-        struct Hashing(Sha256, usize);
-        impl std::io::Write for Hashing {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.update(buf);
-                self.1 += buf.len();
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+        hash_json(self)
+    }
+
+    /// The hash of what the table configures, apart from where its parts came from: it
+    /// leaves out `sources` (the API server starts generations again at 1 when objects are
+    /// created anew, as a restore does), `fleetPods` (the fleet's size) and the clusters'
+    /// endpoints (the cluster's Services decide them, not the resources). A backup records
+    /// it, and a restore is done when the fleet serves a table with the same one.
+    pub fn config_hash(&self) -> String {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Configuration<'a> {
+            format: u32,
+            virtual_hosts: &'a [VirtualHost],
+            clusters: Vec<ClusterSettings<'a>>,
+            cache_policies: &'a [CachePolicy],
+            listeners: &'a [Listener],
         }
-        let mut h = Hashing(Sha256::new(), 0);
-        // Serialising our own plain types to JSON cannot fail.
-        serde_json::to_writer(std::io::BufWriter::with_capacity(64 * 1024, &mut h), self)
-            .expect("table serialises");
-        (hex::encode(h.0.finalize()), h.1)
+        /// A cluster without its endpoints.
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ClusterSettings<'a> {
+            name: &'a str,
+            load_balancing: &'a LoadBalancing,
+            connect_timeout_ms: u64,
+            protocol: &'a UpstreamProtocol,
+            health_check: &'a Option<HealthCheck>,
+            outlier_detection: &'a Option<OutlierDetection>,
+            circuit_breaker: &'a Option<CircuitBreaker>,
+            failover: &'a Option<Failover>,
+            tls: &'a Option<UpstreamTls>,
+        }
+        let clusters = self
+            .clusters
+            .iter()
+            .map(|c| ClusterSettings {
+                name: &c.name,
+                load_balancing: &c.load_balancing,
+                connect_timeout_ms: c.connect_timeout_ms,
+                protocol: &c.protocol,
+                health_check: &c.health_check,
+                outlier_detection: &c.outlier_detection,
+                circuit_breaker: &c.circuit_breaker,
+                failover: &c.failover,
+                tls: &c.tls,
+            })
+            .collect();
+        hash_json(&Configuration {
+            format: self.format,
+            virtual_hosts: &self.virtual_hosts,
+            clusters,
+            cache_policies: &self.cache_policies,
+            listeners: &self.listeners,
+        })
+        .0
     }
 
     pub fn route_count(&self) -> usize {
@@ -362,6 +401,27 @@ impl Table {
             .iter()
             .chain(self.listeners.iter().flat_map(|l| l.virtual_hosts.iter()))
     }
+}
+
+/// Hex SHA-256 of a value's JSON and the JSON's length, hashed as it is written: no copy of
+/// a table that may be megabytes.
+fn hash_json(v: &impl Serialize) -> (String, usize) {
+    struct Hashing(Sha256, usize);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            self.1 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new(), 0);
+    // Serialising our own plain types to JSON cannot fail.
+    serde_json::to_writer(std::io::BufWriter::with_capacity(64 * 1024, &mut h), v)
+        .expect("table serialises");
+    (hex::encode(h.0.finalize()), h.1)
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -954,5 +1014,60 @@ mod endpoint_tests {
         assert!(ep(Some("a"), &["b"]).local_to("b"));
         assert!(!ep(Some("a"), &["b"]).local_to("a"));
         assert!(ep(None, &["a", "c"]).local_to("c"));
+    }
+}
+
+#[cfg(test)]
+mod config_hash_tests {
+    use super::{Endpoint, SourceRef, Table};
+
+    fn table() -> Table {
+        serde_json::from_value(serde_json::json!({
+            "format": 1,
+            "virtualHosts": [{"domain": "*", "routes": [{
+                "name": "shop/api/0",
+                "matcher": {"path": {"prefix": "/"}},
+                "action": {"forward": {"backends": [{"cluster": "shop/pool", "weight": 1}], "timeoutMs": 1000}}
+            }]}],
+            "clusters": [{
+                "name": "shop/pool", "endpoints": [], "loadBalancing": {"algorithm": "roundRobin"},
+                "connectTimeoutMs": 1000, "protocol": "http1"
+            }],
+            "cachePolicies": [],
+            "sources": [{"kind": "ApiRoute", "namespace": "shop", "name": "api", "generation": 7}]
+        }))
+        .expect("table parses")
+    }
+
+    #[test]
+    fn generations_fleet_size_and_endpoints_do_not_change_the_configuration() {
+        let a = table();
+        let mut b = table();
+        b.sources = vec![SourceRef {
+            kind: "ApiRoute".into(),
+            namespace: "shop".into(),
+            name: "api".into(),
+            generation: 1,
+        }];
+        b.fleet_pods = 3;
+        b.clusters[0].endpoints.push(Endpoint {
+            address: "10.0.0.1".into(),
+            port: 80,
+            weight: 1,
+            zone: None,
+            for_zones: vec![],
+            ready: true,
+            serving: true,
+            terminating: false,
+        });
+        assert_ne!(a.content_hash(), b.content_hash());
+        assert_eq!(a.config_hash(), b.config_hash());
+
+        let mut c = table();
+        c.clusters[0].connect_timeout_ms = 2000;
+        assert_ne!(a.config_hash(), c.config_hash());
+        let mut d = table();
+        d.virtual_hosts[0].domain = "api.example.com".into();
+        assert_ne!(a.config_hash(), d.config_hash());
     }
 }

@@ -168,12 +168,13 @@ impl Admin {
                 r
             }
             (&Method::GET, "/v1/snapshot/status") => self.status(),
+            (&Method::GET, "/v1/snapshot") => self.dump(&req).await,
             (&Method::PUT, "/v1/snapshot") => self.push(req, false).await,
             (&Method::PATCH, "/v1/snapshot") => self.push(req, true).await,
             (&Method::POST, "/v1/cache/purge") => self.purge(req).await,
             (_, "/v1/snapshot") => problem(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "use PUT to push a snapshot, or PATCH to push a delta",
+                "use GET to read the table in force, PUT to push a snapshot, or PATCH to push a delta",
                 None,
             ),
             _ => problem(
@@ -200,6 +201,49 @@ impl Admin {
             None => serde_json::json!({"version": null, "hash": null}),
         };
         json(StatusCode::OK, &body)
+    }
+
+    /// `GET /v1/snapshot`: the table in force, with private keys and API-key hashes
+    /// redacted; authenticated like pushes, since routes and pools describe the estate.
+    async fn dump(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        if !self.authorized(req) {
+            let mut r = problem(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token (the snapshot token) is required to read the table",
+                None,
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        let Some(rt) = self.store.load() else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "this data plane has no table in force yet",
+                None,
+            );
+        };
+        // A large table takes milliseconds to copy, hash and print: off the workers.
+        let body = tokio::task::spawn_blocking(move || {
+            let table = rt.snapshot.table.redacted();
+            serde_json::json!({
+                "version": rt.version(),
+                "hash": rt.hash(),
+                "configHash": rt.snapshot.table.config_hash(),
+                "appliedAt": rt.applied_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default(),
+                "zone": rt.zone,
+                "table": table,
+            })
+        })
+        .await;
+        match body {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(_) => problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "printing the table failed",
+                None,
+            ),
+        }
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {

@@ -190,6 +190,93 @@ async fn push_coded(
         .expect("admin port answers")
 }
 
+/// `GET /v1/snapshot` is the config dump: the table in force, for the token holder only,
+/// with private keys and API-key hashes replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_dump_shows_the_table_in_force_without_its_secrets() {
+    use parapet_crds::snapshot::{
+        ApiKeyCheck, CertificatePair, HashedApiKey, KeySource, RouteAction, Table, redact::REDACTED,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dp = Dataplane::start(&["--snapshot-token-file", &token_file(&dir)]);
+    let c = Client::new();
+    let b = Backend::start("b").await;
+    let dump = |token: Option<&'static str>| {
+        let c = &c;
+        async move {
+            let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+            let headers: Vec<(&str, &str)> = match token {
+                Some(_) => vec![("authorization", auth.as_str())],
+                None => vec![],
+            };
+            c.send(
+                dp.admin,
+                http::Method::GET,
+                "admin",
+                "/v1/snapshot",
+                &headers,
+                Bytes::new(),
+            )
+            .await
+            .expect("admin port answers")
+        }
+    };
+    let r = dump(Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+
+    let mut v3 = snapshot(&table_to(b.port()), 3);
+    let pki = parapet_tests::pki::Pki::new("dump-ca");
+    let (cert_pem, key_pem) = pki.leaf(&["api.example.com"]);
+    let mut vh = v3.table.virtual_hosts[0].clone();
+    vh.domain = "api.example.com".into();
+    vh.tls = Some(CertificatePair {
+        cert_pem,
+        key_pem: key_pem.clone(),
+    });
+    let RouteAction::Forward(f) = &mut vh.routes[0].action else {
+        panic!("the route forwards")
+    };
+    f.api_keys = Some(ApiKeyCheck {
+        source: KeySource::Header("x-api-key".into()),
+        keys: vec![HashedApiKey {
+            id: "keys/alice".into(),
+            salt: "5a175a17".into(),
+            sha256: hex_of_key(),
+        }],
+    });
+    v3.table.virtual_hosts.insert(0, vh);
+    v3.hash = v3.table.content_hash();
+    let r = push(&c, dp.admin, Some(TOKEN), &v3).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    for token in [None, Some("wrong-token-0123456789")] {
+        let r = dump(token).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+        assert!(!r.text().contains("api.example.com"), "{}", r.text());
+    }
+    let r = dump(Some(TOKEN)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let text = r.text();
+    let key_body = key_pem.lines().nth(1).expect("a PEM body line");
+    assert!(!text.contains(key_body), "the private key leaked: {text}");
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    assert!(
+        !text.contains("5a175a17") && !text.contains(&hex_of_key()),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["version"], 3);
+    assert_eq!(v["hash"], v3.hash);
+    assert_eq!(v["configHash"], v3.table.config_hash());
+    let shown: Table = serde_json::from_value(v["table"].clone()).unwrap();
+    assert_eq!(shown, v3.table.redacted());
+    assert_eq!(text.matches(REDACTED).count(), 3, "{text}");
+}
+
+fn hex_of_key() -> String {
+    "c0ffee".repeat(10) + "c0de"
+}
+
 /// A delta (`PATCH`) applies to the table the pod holds and nothing else: one made
 /// against another base, or one that does not make the table it names, is refused with
 /// 412 and the table in force stays. Codings the pod does not read get 415 naming those it
