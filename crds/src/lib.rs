@@ -3,6 +3,7 @@
 //! - [`api`]: the custom resources users apply (`ApiRoute`, `UpstreamPool`, `CachePolicy`).
 //! - [`snapshot`]: the compiled routing table the data plane serves (the wire format of
 //!   `PUT /v1/snapshot`).
+//! - [`fleet`]: the fleet view the operator publishes (which pod serves which table).
 //! - [`compiler`]: the pure function from resources (plus endpoints and secrets) to a
 //!   snapshot and per-object diagnostics. No I/O, no Kubernetes client.
 //!
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod compiler;
 mod duration;
+pub mod fleet;
 pub mod gateway_api;
 pub mod manifest;
 pub mod snapshot;
@@ -29,7 +31,14 @@ pub fn crd_yaml() -> Vec<(String, String)> {
         api::CachePolicy::crd(),
     ]
     .into_iter()
-    .map(|crd| {
+    .map(|mut crd| {
+        crd.metadata.annotations = Some(
+            [(
+                api::CRD_VERSION_ANNOTATION.to_string(),
+                api::CRD_VERSION.to_string(),
+            )]
+            .into(),
+        );
         let file = format!("{}_{}.yaml", api::GROUP, crd.spec.names.plural);
         let yaml = serde_yaml_ng::to_string(&crd).expect("CRDs serialise");
         (

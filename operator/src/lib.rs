@@ -11,6 +11,7 @@
 pub mod args;
 pub mod compile;
 pub mod delta;
+pub mod fleetview;
 pub mod gateway;
 pub mod index;
 pub mod lease;
@@ -142,6 +143,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (tables_tx, tables_rx) = watch::channel(None);
     let fleet = Arc::new(Fleet::default());
     let identity = lease::identity(&args);
+    let fleets = Arc::new(fleetview::Fleets::default());
+    fleets.register("default", &fleet);
+    tokio::spawn(fleetview::run(
+        client.clone(),
+        args.lease_namespace.clone(),
+        identity.clone(),
+        fleets.clone(),
+        leader.clone(),
+    ));
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -192,6 +202,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             clock: clock.clone(),
             leader: leader.clone(),
             metrics: metrics.clone(),
+            fleets,
             push: gateway::fleets::PushConfig {
                 token: token.clone(),
                 tls: push_tls.clone(),

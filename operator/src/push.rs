@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -74,6 +74,8 @@ pub struct PodState {
     pub takes_deltas: bool,
     /// A version the pod refused as a delta (412): it gets that one whole.
     pub whole_version: Option<u64>,
+    /// When the last push ended, and whether the pod took it (for the fleet view).
+    pub last_push: Option<(SystemTime, bool)>,
 }
 
 impl Default for PodState {
@@ -90,6 +92,7 @@ impl Default for PodState {
             coding: Coding::Zstd,
             takes_deltas: true,
             whole_version: None,
+            last_push: None,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct Fleet {
     pub pods: Mutex<BTreeMap<String, (Target, PodState)>>,
     /// Signalled when an acknowledgement changes (the status writer listens).
     pub acked: Notify,
+    /// The table pushed now (for the fleet view).
+    pub desired: Mutex<Option<Arc<Snapshot>>>,
 }
 
 impl Fleet {
@@ -429,6 +434,12 @@ impl Pusher {
         share_pods: u32,
     ) -> Option<Instant> {
         let snapshot = self.table_to_push(round, compiled, share_pods);
+        {
+            let mut desired = self.fleet.desired.lock().unwrap_or_else(|p| p.into_inner());
+            if desired.as_ref().is_none_or(|d| !Arc::ptr_eq(d, &snapshot)) {
+                *desired = Some(snapshot.clone());
+            }
+        }
         let (version, hash) = (snapshot.version, snapshot.hash.clone());
         round.retarget(&snapshot, compiled.bytes);
         let now = Instant::now();
@@ -520,6 +531,7 @@ impl Pusher {
                 st.acked_version = o.version;
                 st.acked_hash = o.hash;
                 st.acked_sources = Some(o.sources);
+                st.last_push = Some((SystemTime::now(), true));
                 st.failures = 0;
                 st.next_attempt = None;
                 st.last_error = None;
@@ -560,6 +572,7 @@ impl Pusher {
                 self.republish.notify_one();
             }
             Err(e) => {
+                st.last_push = Some((SystemTime::now(), false));
                 st.failures += 1;
                 let backoff = backoff(st.failures);
                 st.next_attempt = Some(Instant::now() + backoff);

@@ -74,6 +74,8 @@ pub struct Controller {
     pub clock: Arc<VersionClock>,
     pub leader: watch::Receiver<bool>,
     pub metrics: Arc<Metrics>,
+    /// The fleet view each fleet joins.
+    pub fleets: Arc<crate::fleetview::Fleets>,
     pub push: PushConfig,
     /// `None`: fleets are not provisioned (no default fleet to copy); Gateways then stay
     /// without an address.
@@ -256,6 +258,7 @@ impl Controller {
             Signal::EveryChange,
         );
         let fleet = Arc::new(Fleet::default());
+        self.fleets.register(&format!("{namespace}/{name}"), &fleet);
         let pusher = Arc::new(Pusher {
             fleet: fleet.clone(),
             token: self

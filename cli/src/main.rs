@@ -1,0 +1,3 @@
+fn main() {
+    parapet_cli::main()
+}

@@ -1,0 +1,172 @@
+//! The fleet view: every few seconds the leader writes what it knows of each data-plane
+//! pod (the table it acknowledged, the last push and its result) to a ConfigMap, which
+//! `parapet status` and `parapet restore` read. Written only when something changed.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::{api::core::v1::ConfigMap, jiff::Timestamp};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use parapet_crds::fleet::{self, FleetReport, FleetStatus, PodReport, PushReport, TableRef};
+use parapet_crds::snapshot::Snapshot;
+use tokio::sync::watch;
+
+use crate::push::Fleet;
+
+/// How often the view is gathered (and written, when it changed).
+const EVERY: Duration = Duration::from_secs(2);
+
+/// The fleets the operator pushes to, by name: `default` and each Gateway's.
+#[derive(Default)]
+pub struct Fleets {
+    fleets: Mutex<BTreeMap<String, Weak<Fleet>>>,
+}
+
+impl Fleets {
+    /// Adds a fleet to the view; it leaves it when its pusher is dropped.
+    pub fn register(&self, name: &str, fleet: &Arc<Fleet>) {
+        self.lock().insert(name.to_string(), Arc::downgrade(fleet));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Weak<Fleet>>> {
+        self.fleets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Each live fleet's report, and its desired table (whose configuration hash is
+    /// computed off this thread).
+    fn gather(&self) -> Vec<(FleetReport, Option<Arc<Snapshot>>)> {
+        let mut fleets = self.lock();
+        fleets.retain(|_, f| f.strong_count() > 0);
+        fleets
+            .iter()
+            .filter_map(|(name, f)| Some((name.clone(), f.upgrade()?)))
+            .map(|(name, f)| {
+                let desired = f.desired.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut pods: Vec<PodReport> = f
+                    .pods
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .map(|(t, st)| PodReport {
+                        name: t.name.clone(),
+                        address: t.addr.clone(),
+                        ready: t.ready,
+                        zone: t.zone.clone(),
+                        version: st.acked_version,
+                        hash: st.acked_hash.clone(),
+                        last_push: st.last_push.map(|(at, ok)| PushReport {
+                            at: rfc3339(at),
+                            ok,
+                            error: if ok { None } else { st.last_error.clone() },
+                            failures: st.failures,
+                        }),
+                    })
+                    .collect();
+                pods.sort_by(|a, b| a.name.cmp(&b.name).then(a.address.cmp(&b.address)));
+                let report = FleetReport {
+                    name,
+                    desired: None,
+                    pods,
+                };
+                (report, desired)
+            })
+            .collect()
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    Timestamp::try_from(t)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Writes the view while this replica leads.
+pub async fn run(
+    client: Client,
+    namespace: String,
+    identity: String,
+    fleets: Arc<Fleets>,
+    mut leader: watch::Receiver<bool>,
+) {
+    let api = Api::<ConfigMap>::namespaced(client, &namespace);
+    let pp = PatchParams::apply("parapet-operator").force();
+    // Configuration hashes by table hash: a table is hashed once, not every round.
+    let mut config_hashes: HashMap<String, String> = HashMap::new();
+    let mut written: Option<Vec<FleetReport>> = None;
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            r = leader.changed() => if r.is_err() { return },
+        }
+        if !*leader.borrow() {
+            // A new leader writes its own view; this one writes again if it leads again.
+            written = None;
+            continue;
+        }
+        let mut reports = Vec::new();
+        for (mut report, desired) in fleets.gather() {
+            if let Some(d) = desired {
+                let config_hash = match config_hashes.get(&d.hash) {
+                    Some(h) => h.clone(),
+                    None => {
+                        let table = d.clone();
+                        let Ok(h) =
+                            tokio::task::spawn_blocking(move || table.table.config_hash()).await
+                        else {
+                            continue;
+                        };
+                        if config_hashes.len() > 64 {
+                            config_hashes.clear();
+                        }
+                        config_hashes.insert(d.hash.clone(), h.clone());
+                        h
+                    }
+                };
+                report.desired = Some(TableRef {
+                    version: d.version,
+                    hash: d.hash.clone(),
+                    config_hash,
+                    routes: d.table.route_count(),
+                });
+            }
+            reports.push(report);
+        }
+        if written.as_ref() == Some(&reports) {
+            continue;
+        }
+        let status = FleetStatus {
+            updated_at: rfc3339(SystemTime::now()),
+            operator: identity.clone(),
+            fleets: reports.clone(),
+        };
+        let cm = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": fleet::CONFIGMAP,
+                "labels": {"app.kubernetes.io/managed-by": "parapet-operator"},
+            },
+            "data": {
+                fleet::KEY: serde_json::to_string_pretty(&status).expect("the view serialises"),
+            },
+        });
+        match api.patch(fleet::CONFIGMAP, &pp, &Patch::Apply(cm)).await {
+            Ok(_) => {
+                written = Some(reports);
+                warned = false;
+            }
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(error = %e, configmap = %format!("{namespace}/{}", fleet::CONFIGMAP), "could not write the fleet view; `parapet status` shows an old one until this clears");
+            }
+            Err(e) => tracing::debug!(error = %e, "could not write the fleet view"),
+        }
+    }
+}
