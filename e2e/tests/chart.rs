@@ -7,8 +7,10 @@
 //!   and nothing more, `helm upgrade` keeps the snapshot token, `helm uninstall` removes
 //!   everything but the CRDs;
 //! - a wrong value is refused by `values.schema.json` with a message naming the value;
-//! - the alerts and the dashboard only query metrics the binaries export (or the few that
-//!   are announced, see `FUTURE_METRICS`).
+//! - the alerts, the recording rules and the dashboard only query metrics the binaries export
+//!   (or that the same rule group records); the dashboard has the panels of
+//!   `DASHBOARD_PANELS`, the PrometheusRule a p99 alert per route and the 5xx SLO's
+//!   burn-rate alerts (`BURN_RATE_ALERTS`).
 //!
 //! The simulated fleet (kwok nodes) is in `chart_fleet.rs`, the README's values table in
 //! `chart_docs.rs`; the helpers they share in `parapet_e2e::chart`.
@@ -778,6 +780,40 @@ async fn cert_manager_issues_the_snapshot_certificate_when_asked() -> Result<()>
     Ok(())
 }
 
+/// Panels the dashboard must have, each with a metric (or matcher) one of its queries reads.
+const DASHBOARD_PANELS: [(&str, &str); 10] = [
+    (
+        "p99 latency by route",
+        "parapet_request_duration_seconds_bucket",
+    ),
+    ("Retries by route", "parapet_retries_total"),
+    ("Retries not sent", "parapet_retries_denied_total"),
+    ("Hedges", "parapet_hedges_won_total"),
+    ("Failovers to backup pools", "parapet_failover_active"),
+    ("Outlier ejections", "parapet_outlier_ejections_total"),
+    (
+        "Circuit breaker overflows",
+        "parapet_circuit_breaker_overflows_total",
+    ),
+    ("Rate-limit refusals", "reason=\"rate_limited\""),
+    (
+        "Cache hit ratio by CachePolicy",
+        "parapet_cache_lookups_total",
+    ),
+    ("Cache lookups by result", "parapet_cache_lookups_total"),
+];
+
+/// The windows the 5xx ratio is recorded over, and the burn-rate alerts that read them
+/// (Google SRE workbook, multiwindow multi-burn-rate): long window, short window, burn
+/// factor, severity.
+const SLO_WINDOWS: [&str; 7] = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
+const BURN_RATE_ALERTS: [(&str, &str, &str, &str); 4] = [
+    ("1h", "5m", "14.4", "critical"),
+    ("6h", "30m", "6", "critical"),
+    ("1d", "2h", "3", "warning"),
+    ("3d", "6h", "1", "warning"),
+];
+
 #[tokio::test]
 async fn observability_renders_monitors_rules_and_a_dashboard() -> Result<()> {
     let client = client().await?;
@@ -799,34 +835,76 @@ async fn observability_renders_monitors_rules_and_a_dashboard() -> Result<()> {
             .ok_or_else(|| anyhow!("the dashboard ConfigMap has no parapet.json"))?,
     )
     .context("the dashboard is not valid JSON")?;
-    let mut exprs = Vec::new();
-    for panel in json["panels"].as_array().into_iter().flatten() {
-        for t in panel["targets"].as_array().into_iter().flatten() {
-            exprs.push(t["expr"].as_str().unwrap_or_default().to_string());
-        }
-    }
-    ensure!(exprs.len() >= 15, "only {} dashboard queries", exprs.len());
+    check_dashboard(&json)?;
 
     let rule = one(&docs, "PrometheusRule", "parapet")?;
-    let mut alerts = BTreeMap::new();
+    let scope = format!("namespace=\"{}\"", ns.name());
+    let mut alerts: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    let mut records: BTreeMap<String, &Value> = BTreeMap::new();
     for group in rule["spec"]["groups"].as_array().into_iter().flatten() {
-        for r in group["rules"].as_array().into_iter().flatten() {
-            let name = r["alert"].as_str().unwrap_or_default().to_string();
+        let group_name = group["name"].as_str().unwrap_or_default();
+        let rules = group["rules"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        // A group's rules run in order, so its alerts may read what it records; another
+        // group's records could be one evaluation behind.
+        let recorded: BTreeSet<String> = rules
+            .iter()
+            .filter_map(|r| r["record"].as_str().map(String::from))
+            .collect();
+        let mut exprs = Vec::new();
+        for r in rules {
+            let expr = r["expr"].as_str().unwrap_or_default();
+            let name = r["record"]
+                .as_str()
+                .or_else(|| r["alert"].as_str())
+                .ok_or_else(|| anyhow!("a rule of {group_name} neither records nor alerts"))?;
+            ensure!(
+                expr.contains(&scope),
+                "{name} is not scoped to the release namespace: {expr}"
+            );
+            exprs.push(expr.to_string());
+            if r["record"].is_string() {
+                ensure!(r["alert"].is_null(), "{name} both records and alerts");
+                ensure!(
+                    records.insert(name.to_string(), r).is_none(),
+                    "{name} is recorded twice"
+                );
+                ensure!(
+                    rules.iter().any(|a| a["alert"].is_string()
+                        && metric_references(a["expr"].as_str().unwrap_or_default())
+                            .contains(&name.to_string())),
+                    "{name} is recorded but no alert of {group_name} reads it"
+                );
+                continue;
+            }
             ensure!(
                 r["labels"]["team"] == "platform",
                 "{name}: no additional label"
             );
             ensure!(
+                ["critical", "warning", "info"]
+                    .contains(&r["labels"]["severity"].as_str().unwrap_or_default()),
+                "{name}: severity {}",
+                r["labels"]["severity"]
+            );
+            ensure!(
                 r["annotations"]["summary"].is_string(),
                 "{name}: no summary"
             );
-            alerts.insert(name, r["expr"].as_str().unwrap_or_default().to_string());
+            alerts.entry(name.to_string()).or_default().push(r);
         }
+        check_metric_names(&exprs, &recorded)
+            .with_context(|| format!("rule group {group_name}"))?;
     }
     for (alert, needle) in [
         ("ParapetDataplaneWithoutTable", "parapet_snapshot_version"),
         ("ParapetDataplaneOutOfSync", "parapet_operator_pods_in_sync"),
-        ("ParapetHigh5xxRatio", "code=\"5xx\""),
+        (
+            "ParapetRouteP99LatencyHigh",
+            "parapet_request_duration_seconds_bucket",
+        ),
         (
             "ParapetPoolAllEndpointsEjected",
             "parapet_panic_requests_total",
@@ -834,24 +912,136 @@ async fn observability_renders_monitors_rules_and_a_dashboard() -> Result<()> {
         ("ParapetCacheHitRatioLow", "parapet_cache_lookups_total"),
         ("ParapetOperatorNotLeading", "parapet_operator_leader"),
     ] {
-        let expr = alerts
-            .get(alert)
-            .ok_or_else(|| anyhow!("no alert {alert}: {:?}", alerts.keys()))?;
+        let expr = match alerts.get(alert).map(Vec::as_slice) {
+            Some([r]) => r["expr"].as_str().unwrap_or_default(),
+            other => bail!("expected one alert {alert}, found {other:?}"),
+        };
         ensure!(expr.contains(needle), "{alert}: {expr}");
-        ensure!(
-            expr.contains(&format!("namespace=\"{}\"", ns.name())),
-            "{alert} is not scoped to the release namespace: {expr}"
-        );
     }
     // Only the leader's view of the fleet counts (standbys report no pods in sync).
-    ensure!(alerts["ParapetDataplaneOutOfSync"].contains("parapet_operator_leader"));
-    exprs.extend(alerts.into_values());
-    check_metric_names(&exprs)
+    ensure!(
+        alerts["ParapetDataplaneOutOfSync"][0]["expr"]
+            .as_str()
+            .is_some_and(|e| e.contains("parapet_operator_leader"))
+    );
+
+    // The p99 of each route, with the threshold, duration and minimum rate of the values.
+    let p99 = alerts["ParapetRouteP99LatencyHigh"][0];
+    let expr = p99["expr"].as_str().unwrap_or_default();
+    for needle in [
+        "histogram_quantile(0.99,",
+        "sum by (namespace, route, le) (rate(parapet_request_duration_seconds_bucket{",
+        ") > 0.5\n",
+        "and on (namespace, route)",
+        "sum by (namespace, route) (rate(parapet_request_duration_seconds_count{",
+    ] {
+        ensure!(
+            expr.contains(needle),
+            "ParapetRouteP99LatencyHigh lacks {needle:?}: {expr}"
+        );
+    }
+    ensure!(
+        expr.trim_end().ends_with(") > 2"),
+        "ParapetRouteP99LatencyHigh has no minimum request rate: {expr}"
+    );
+    ensure!(
+        p99["for"] == "15m",
+        "ParapetRouteP99LatencyHigh: for {}",
+        p99["for"]
+    );
+
+    // The 5xx SLO: the ratio over every window, and each burn-rate pair on the objective of
+    // the values (0.995), both windows above the factor.
+    for w in SLO_WINDOWS {
+        let name = format!("namespace:parapet_requests_5xx:ratio_rate{w}");
+        let expr = records
+            .get(&name)
+            .ok_or_else(|| anyhow!("no recording rule {name}: {:?}", records.keys()))?["expr"]
+            .as_str()
+            .unwrap_or_default();
+        ensure!(
+            expr.contains(",code=\"5xx\"}")
+                && expr.contains("parapet_requests_total")
+                && expr.matches(&format!("[{w}]")).count() == 2,
+            "{name} is not the 5xx ratio over {w}: {expr}"
+        );
+    }
+    ensure!(records.len() == SLO_WINDOWS.len(), "{:?}", records.keys());
+    let burns = alerts
+        .get("ParapetErrorBudgetBurn")
+        .ok_or_else(|| anyhow!("no ParapetErrorBudgetBurn: {:?}", alerts.keys()))?;
+    ensure!(burns.len() == BURN_RATE_ALERTS.len(), "{burns:?}");
+    for (long, short, factor, severity) in BURN_RATE_ALERTS {
+        let r = burns
+            .iter()
+            .find(|r| r["labels"]["long_window"] == long && r["labels"]["short_window"] == short)
+            .ok_or_else(|| anyhow!("no burn-rate alert over {long} and {short}"))?;
+        ensure!(r["labels"]["severity"] == severity, "{long}/{short}: {r}");
+        let expr = r["expr"].as_str().unwrap_or_default();
+        let over = |w: &str| {
+            format!(
+                "namespace:parapet_requests_5xx:ratio_rate{w}{{{scope}}} > ({factor} * (1 - 0.995))"
+            )
+        };
+        let [first, second] = expr.split("\nand\n").collect::<Vec<_>>()[..] else {
+            bail!("the {long}/{short} burn-rate alert is not two conditions joined by and: {expr}");
+        };
+        ensure!(
+            first.trim() == over(long) && second.trim() == over(short),
+            "the {long}/{short} burn-rate alert is not {} and {}: {expr}",
+            over(long),
+            over(short)
+        );
+    }
+    Ok(())
 }
 
-/// Metrics the alerts and the dashboard query that the data plane does not export yet:
-/// the cache's lookups arrive when response caching is wired into the proxy.
-const FUTURE_METRICS: [&str; 1] = ["parapet_cache_lookups_total"];
+/// Panel ids are unique, every query is scoped to the chosen namespace and reads only
+/// exported metrics, and the panels of `DASHBOARD_PANELS` are there.
+fn check_dashboard(json: &Value) -> Result<()> {
+    let mut ids = BTreeSet::new();
+    let mut queries: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for panel in json["panels"].as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or_default();
+        ensure!(
+            ids.insert(panel["id"].as_i64()),
+            "panel id {} is used twice ({title})",
+            panel["id"]
+        );
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            ensure!(
+                expr.contains("namespace=\"$namespace\""),
+                "{title}: a query not scoped to the chosen namespace: {expr}"
+            );
+            queries
+                .entry(title.to_string())
+                .or_default()
+                .push(expr.to_string());
+        }
+    }
+    for (title, needle) in DASHBOARD_PANELS {
+        let exprs = queries
+            .get(title)
+            .ok_or_else(|| anyhow!("no panel {title:?} with queries: {:?}", queries.keys()))?;
+        ensure!(
+            exprs.iter().any(|e| e.contains(needle)),
+            "no query of {title:?} reads {needle}: {exprs:?}"
+        );
+    }
+    // The refusals panel filters on a reason: it must be the one the data plane counts.
+    let mut sources = Vec::new();
+    rust_sources(&repo_root().join("dataplane/src"), &mut sources)?;
+    ensure!(
+        sources
+            .iter()
+            .any(|f| std::fs::read_to_string(f).is_ok_and(|s| s.contains("\"rate_limited\""))),
+        "the data plane no longer counts rate-limit refusals as reason=\"rate_limited\""
+    );
+    let exprs: Vec<String> = queries.into_values().flatten().collect();
+    ensure!(exprs.len() >= 25, "only {} dashboard queries", exprs.len());
+    check_metric_names(&exprs, &BTreeSet::new())
+}
 
 /// The metric names registered in Rust sources: the first string literal after each
 /// `register(`, `reg!(` or `reg(<registry>,`.
@@ -925,35 +1115,104 @@ fn exported_metrics() -> Result<BTreeSet<String>> {
     Ok(names)
 }
 
-/// Every `parapet_*` name in the queries is one the binaries export (with the suffixes
-/// Prometheus adds: `_total` for counters, `_bucket`/`_sum`/`_count` for histograms).
-fn check_metric_names(exprs: &[String]) -> Result<()> {
+/// The metric names a PromQL expression reads: the identifiers outside strings, label
+/// matchers and ranges that start with `parapet_` or hold a `:` (a recording rule's
+/// `level:metric:operations`).
+fn metric_references(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut quote = None;
+    let mut escaped = false;
+    let mut depth = 0usize;
+    for c in expr.chars().chain([' ']) {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        if depth == 0 && (c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            word.push(c);
+            continue;
+        }
+        if word.starts_with("parapet_") || word.contains(':') {
+            out.push(std::mem::take(&mut word));
+        }
+        word.clear();
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '{' | '[' => depth += 1,
+            '}' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every metric a query reads is one the binaries export (with the suffixes Prometheus
+/// adds: `_total` for counters, `_bucket`/`_sum`/`_count` for histograms) or one `recorded`
+/// by the same rule group.
+fn check_metric_names(exprs: &[String], recorded: &BTreeSet<String>) -> Result<()> {
     let known = exported_metrics()?;
     let mut unknown = BTreeSet::new();
     for expr in exprs {
-        let mut rest = expr.as_str();
-        while let Some(at) = rest.find("parapet_") {
-            let word: String = rest[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            rest = &rest[at + word.len()..];
+        for word in metric_references(expr) {
             let base = ["_total", "_bucket", "_sum", "_count"]
                 .iter()
                 .find_map(|s| word.strip_suffix(s))
                 .unwrap_or(&word);
-            if !known.contains(base)
-                && !known.contains(&word)
-                && !FUTURE_METRICS.contains(&word.as_str())
-            {
+            let ok = if word.contains(':') {
+                recorded.contains(&word)
+            } else {
+                known.contains(base) || known.contains(&word)
+            };
+            if !ok {
                 unknown.insert(word);
             }
         }
     }
     ensure!(
         unknown.is_empty(),
-        "queries use metrics no binary exports: {unknown:?} (known: {known:?})"
+        "queries use metrics no binary exports and no rule of theirs records: {unknown:?} \
+         (exported: {known:?}, recorded: {recorded:?})"
     );
+    Ok(())
+}
+
+/// The name check itself: it reads names outside strings and selectors, and refuses a
+/// misspelt metric and a recorded name its group does not record.
+#[test]
+fn metric_name_check_refuses_what_no_binary_exports() -> Result<()> {
+    let refs = metric_references(
+        r#"sum by (route) (rate(parapet_retries_total{namespace="parapet_x:y",code=~"5.."}[1h:5m])) / ns:parapet_requests:ratio_rate5m"#,
+    );
+    ensure!(
+        refs == ["parapet_retries_total", "ns:parapet_requests:ratio_rate5m"],
+        "{refs:?}"
+    );
+    let recorded = BTreeSet::from(["ns:parapet_requests:ratio_rate5m".to_string()]);
+    for good in [
+        "rate(parapet_retries_total[5m])",
+        "histogram_quantile(0.99, sum by (le) (rate(parapet_request_duration_seconds_bucket[5m])))",
+        "parapet_operator_leader == 1",
+        "ns:parapet_requests:ratio_rate5m > 0.01",
+    ] {
+        check_metric_names(&[good.to_string()], &recorded).with_context(|| good.to_string())?;
+    }
+    for bad in [
+        "rate(parapet_retrys_total[5m])",
+        "parapet_operator_leaders == 1",
+        "ns:parapet_requests:ratio_rate1h > 0.01",
+    ] {
+        ensure!(
+            check_metric_names(&[bad.to_string()], &recorded).is_err(),
+            "{bad} passed the check"
+        );
+    }
     Ok(())
 }
 
