@@ -60,7 +60,7 @@ e2e: ## Tests against a fresh real control plane (always torn down)
 	trap 'down; exit 130' INT TERM; \
 	$(CLUSTER_SH) up --owner-pid $$$$ >/dev/null || exit $$?; \
 	status=0; \
-	$(CARGO) build -p parapet-operator -p parapet-dataplane --bins $(filter --release,$(E2E_CARGO_FLAGS)) || status=$$?; \
+	$(CARGO) build -p parapet-operator -p parapet-dataplane -p parapet-cli --bins $(filter --release,$(E2E_CARGO_FLAGS)) || status=$$?; \
 	[ $$status -ne 0 ] || KUBECONFIG="$$PARAPET_CLUSTER_DIR/kubeconfig" $(CARGO) test -p parapet-e2e $(E2E_CARGO_FLAGS) -- $(E2E_TEST_ARGS) || status=$$?; \
 	trap - INT TERM; \
 	down; \
