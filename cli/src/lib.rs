@@ -5,6 +5,8 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod dump;
+pub mod explain;
 pub mod file;
 pub mod kinds;
 pub mod objects;
@@ -45,6 +47,95 @@ enum Command {
     Restore(RestoreArgs),
     /// Which data-plane pod serves which table, and which resources are programmed.
     Status(StatusArgs),
+    /// The table a data plane serves (GET /v1/snapshot), secrets redacted.
+    Dump(DumpArgs),
+    /// Which rule serves a request, and which pool and endpoints it goes to.
+    ExplainRoute(ExplainArgs),
+}
+
+/// Where a table comes from: a data plane's admin port, or a file.
+#[derive(Args)]
+struct TableSource {
+    /// A data plane's admin URL, e.g. http://127.0.0.1:9901 after
+    /// `kubectl -n parapet port-forward pod/NAME 9901`.
+    #[arg(long, conflicts_with_all = ["table", "file"])]
+    admin: Option<String>,
+    /// The file holding the snapshot token (the data plane's --snapshot-token-file).
+    #[arg(long, env = "PARAPET_SNAPSHOT_TOKEN_FILE", requires = "admin")]
+    token_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the admin certificate, for an https --admin URL.
+    #[arg(long)]
+    dataplane_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for data planes that require one (--admin-client-ca).
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// A table from a file: a dump (`parapet dump -o FILE`) or a snapshot.
+    #[arg(long, conflicts_with = "file")]
+    table: Option<PathBuf>,
+    /// Resources (YAML) compiled here as standalone mode compiles them.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+impl TableSource {
+    fn source(&self) -> Result<dump::Source> {
+        if let Some(url) = &self.admin {
+            let token_file = self.token_file.as_ref().context(
+                "--admin needs --token-file: the data plane's snapshot token guards its table",
+            )?;
+            let token = std::fs::read_to_string(token_file)
+                .with_context(|| format!("cannot read {}", token_file.display()))?
+                .trim()
+                .to_string();
+            return Ok(dump::Source::Admin(dump::Admin {
+                url: url.clone(),
+                token,
+                ca: self.dataplane_ca.clone(),
+                client_cert: self.client_cert.clone().zip(self.client_key.clone()),
+            }));
+        }
+        if let Some(t) = &self.table {
+            return Ok(dump::Source::Table(t.clone()));
+        }
+        if let Some(f) = &self.file {
+            return Ok(dump::Source::Resources(f.clone()));
+        }
+        anyhow::bail!(
+            "say where the table comes from: --admin URL (a data plane's admin port), --table FILE (a dump) or --file FILE (resources to compile)"
+        )
+    }
+}
+
+#[derive(Args)]
+struct DumpArgs {
+    #[command(flatten)]
+    from: TableSource,
+    /// Write the dump here instead of standard output.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// The request's host (Host or :authority).
+    host: String,
+    /// The request's path, optionally with ?query.
+    path: String,
+    #[arg(short = 'X', long, default_value = "GET")]
+    method: String,
+    /// A request header, NAME=VALUE (repeat for more).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// The Gateway listener port the request arrives on (tables with listeners).
+    #[arg(long)]
+    port: Option<u16>,
+    #[command(flatten)]
+    from: TableSource,
+    /// Output format.
+    #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+    output: String,
 }
 
 #[derive(Args)]
@@ -221,6 +312,45 @@ async fn run(cli: Cli) -> Result<()> {
                         println!("fleet {f} serves the backed-up configuration on every pod");
                     }
                 }
+            }
+        }
+        Command::Dump(a) => {
+            let d = dump::load(&a.from.source()?).await?;
+            let json = serde_json::to_string_pretty(&d).expect("a dump serialises");
+            match &a.output {
+                Some(p) => {
+                    std::fs::write(p, json + "\n")
+                        .with_context(|| format!("cannot write {}", p.display()))?;
+                    eprintln!(
+                        "table version {} ({} routes, configuration {}) written to {}",
+                        d.version,
+                        d.table.route_count(),
+                        restore::short(&d.config_hash),
+                        p.display()
+                    );
+                }
+                None => println!("{json}"),
+            }
+        }
+        Command::ExplainRoute(a) => {
+            let method = http::Method::from_bytes(a.method.as_bytes())
+                .with_context(|| format!("--method {:?} is not an HTTP method", a.method))?;
+            let req = explain::Request {
+                host: a.host,
+                path: a.path,
+                method,
+                headers: explain::Request::headers_from(&a.headers)?,
+                port: a.port,
+            };
+            let d = dump::load(&a.from.source()?).await?;
+            let e = explain::explain(&d.table, &req)?;
+            if a.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&e).expect("serialises"));
+            } else {
+                print!("{}", explain::render(&req, &e));
+            }
+            if e.route.is_none() {
+                std::process::exit(2);
             }
         }
         Command::Status(a) => {

@@ -5,6 +5,7 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
@@ -18,6 +19,9 @@ use crate::{
     kinds::{self, Kind},
     objects,
 };
+
+/// Requests to the API server in flight at once.
+const IN_FLIGHT: usize = 16;
 
 /// The field manager a restore applies as.
 pub const FIELD_MANAGER: &str = "parapet-restore";
@@ -95,11 +99,28 @@ pub async fn run(client: &Client, backup: &BackupFile, opts: &Options) -> Result
         }
     }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    for (kind, o) in &all {
-        api(client, kind, objects::namespace(o))
-            .patch(objects::name(o), &pp, &Patch::Apply(*o))
-            .await
-            .with_context(|| format!("applying {} failed", objects::describe(o)))?;
+    // Kind by kind, in order (what others refer to first); within a kind, several at once.
+    let mut start = 0;
+    while start < all.len() {
+        let end = start
+            + all[start..]
+                .iter()
+                .take_while(|(k, _)| *k == all[start].0)
+                .count();
+        futures::stream::iter(&all[start..end])
+            .map(|(kind, o)| {
+                let pp = &pp;
+                async move {
+                    api(client, kind, objects::namespace(o))
+                        .patch(objects::name(o), pp, &Patch::Apply(*o))
+                        .await
+                        .with_context(|| format!("applying {} failed", objects::describe(o)))
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<_>>()
+            .await?;
+        start = end;
     }
     let fleets = match opts.wait {
         Some(limit) => {
@@ -181,7 +202,7 @@ async fn check_objects(client: &Client, all: &[(Kind, &Value)]) -> Result<()> {
     let mut pp = PatchParams::apply(FIELD_MANAGER).force();
     pp.dry_run = true;
     pp.field_validation = Some(ValidationDirective::Strict);
-    let mut problems = Vec::new();
+    let mut checks = Vec::new();
     for (kind, o) in all {
         let ns = match objects::namespace(o) {
             Some(ns) if kind.namespaced => {
@@ -201,13 +222,22 @@ async fn check_objects(client: &Client, all: &[(Kind, &Value)]) -> Result<()> {
         if let Some(ns) = ns {
             body["metadata"]["namespace"] = ns.into();
         }
-        if let Err(e) = api(client, kind, ns)
-            .patch(objects::name(o), &pp, &Patch::Apply(&body))
-            .await
-        {
-            problems.push(format!("{}: {}", objects::describe(o), api_message(&e)));
-        }
+        checks.push((api(client, kind, ns), *o, body));
     }
+    let problems: Vec<String> = futures::stream::iter(&checks)
+        .map(|(api, o, body)| {
+            let pp = &pp;
+            async move {
+                api.patch(objects::name(o), pp, &Patch::Apply(body))
+                    .await
+                    .err()
+                    .map(|e| format!("{}: {}", objects::describe(o), api_message(&e)))
+            }
+        })
+        .buffered(IN_FLIGHT)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
     if !problems.is_empty() {
         bail!(
             "nothing was restored: the cluster would refuse {} of the backup's objects (are its CRDs older than the backup's?):\n  {}",

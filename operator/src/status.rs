@@ -261,6 +261,11 @@ pub async fn run(
                     Ok(_) => {
                         metrics.status_writes.inc();
                     }
+                    // Deleted since the table was compiled (a namespace going away
+                    // takes its objects one by one): nothing to report on.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        tracing::debug!(object = %key, "object gone before its status was written");
+                    }
                     Err(e) => {
                         metrics.status_errors.inc();
                         tracing::warn!(object = %key, error = %e, "status update failed");
