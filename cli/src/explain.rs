@@ -167,7 +167,7 @@ fn backend(name: &str, weight: u32, total: u32, c: Option<&Cluster>) -> Backend 
             endpoints.push(at);
         } else {
             let why = if e.weight == 0 {
-                "weight 0"
+                "out of rotation"
             } else if e.terminating {
                 "terminating"
             } else {

@@ -437,6 +437,38 @@ async fn a_backup_restores_the_same_configuration_after_its_namespaces_are_delet
         view == Some((config_hash.clone(), 2, 2)),
         "after the restore the fleet view says {view:?}"
     );
+    // The fleet view's resource lines: the restored route is programmed on both pods.
+    wait_for(
+        "parapet status to show the restored route programmed",
+        Duration::from_secs(30),
+        || async {
+            let (ok, out, err) = parapet(&[
+                "--operator-namespace",
+                &ops,
+                "status",
+                "-n",
+                &shop,
+                "-o",
+                "json",
+            ])
+            .await?;
+            ensure!(ok, "parapet status failed: {err}");
+            let v: Value = serde_json::from_str(&out)?;
+            let route = v["resources"]
+                .as_array()
+                .and_then(|r| {
+                    r.iter()
+                        .find(|r| r["kind"] == "ApiRoute" && r["name"] == "shop")
+                })
+                .cloned()
+                .context("the restored ApiRoute in parapet status")?;
+            Ok((route["accepted"] == "True"
+                && route["programmed"] == "True"
+                && route["message"] == "2/2 pods serve generation 1")
+                .then_some(()))
+        },
+    )
+    .await?;
     let got = answers(&http, &[&dp1, &dp2]).await;
     if got != want {
         bail!(

@@ -1373,6 +1373,16 @@ async fn install_upgrade_uninstall_on_the_api_server() -> Result<()> {
         ("update", "namespaces", None, false),
         ("get", "configmaps", None, true),
         ("create", "configmaps", None, false),
+        // The fleet view: one ConfigMap in the release namespace, patched by name.
+        ("create", "configmaps", Some(n), true),
+        ("patch", "configmaps/parapet-fleet-status", Some(n), true),
+        ("patch", "configmaps/someone-else", Some(n), false),
+        (
+            "patch",
+            "configmaps/parapet-fleet-status",
+            Some("default"),
+            false,
+        ),
         // Each Gateway's data-plane fleet, in the Gateway's namespace (any namespace): its
         // Deployment, Service, ServiceAccount, autoscaler, budget and the Secret with its
         // copy of the snapshot credentials.

@@ -170,3 +170,73 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::{PodState, Target};
+
+    fn pod(name: &str, version: u64, last: Option<bool>) -> (Target, PodState) {
+        let target = Target {
+            addr: format!("{name}.local:9901"),
+            name: name.into(),
+            ready: true,
+            zone: Some("z1".into()),
+        };
+        let st = PodState {
+            acked_version: version,
+            acked_hash: format!("hash-{version}"),
+            last_push: last.map(|ok| (SystemTime::UNIX_EPOCH + Duration::from_secs(60), ok)),
+            last_error: last.filter(|ok| !ok).map(|_| "connection refused".into()),
+            failures: u32::from(last == Some(false)),
+            ..Default::default()
+        };
+        (target, st)
+    }
+
+    #[test]
+    fn each_live_fleet_reports_its_pods_in_name_order_and_leaves_when_dropped() {
+        let fleets = Fleets::default();
+        let fleet = Arc::new(Fleet::default());
+        fleets.register("default", &fleet);
+        {
+            let mut pods = fleet.pods.lock().unwrap();
+            for (t, st) in [
+                pod("dp-b", 6, Some(false)),
+                pod("dp-a", 7, Some(true)),
+                pod("dp-c", 0, None),
+            ] {
+                pods.insert(t.addr.clone(), (t, st));
+            }
+        }
+        let reports = fleets.gather();
+        assert_eq!(reports.len(), 1);
+        let (r, desired) = &reports[0];
+        assert!(desired.is_none());
+        assert_eq!(r.name, "default");
+        let names: Vec<&str> = r.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["dp-a", "dp-b", "dp-c"]);
+        let a = &r.pods[0];
+        assert_eq!(
+            (a.version, a.hash.as_str(), a.zone.as_deref()),
+            (7, "hash-7", Some("z1"))
+        );
+        let last = a.last_push.as_ref().unwrap();
+        assert_eq!(
+            (last.ok, last.at.as_str(), last.error.as_deref()),
+            (true, "1970-01-01T00:01:00Z", None)
+        );
+        let b = r.pods[1].last_push.as_ref().unwrap();
+        assert_eq!(
+            (b.ok, b.error.as_deref(), b.failures),
+            (false, Some("connection refused"), 1)
+        );
+        assert!(r.pods[2].last_push.is_none());
+
+        drop(fleet);
+        assert!(
+            fleets.gather().is_empty(),
+            "a dropped fleet leaves the view"
+        );
+    }
+}
