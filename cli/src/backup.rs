@@ -142,6 +142,38 @@ pub async fn run(client: &Client, opts: &Options) -> Result<Summary> {
     })
 }
 
+/// Prefix and suffix of the files `--output-dir` writes; only these are pruned.
+const PREFIX: &str = "parapet-";
+const SUFFIX: &str = ".json";
+
+/// `DIR/parapet-20261204T101500Z.json`: names that sort by time.
+pub fn timestamped(dir: &std::path::Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let now = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    Ok(dir.join(format!("{PREFIX}{now}{SUFFIX}")))
+}
+
+/// Deletes all but the newest `keep` backups in `dir` (by name, which sorts by time);
+/// returns what it deleted. Other files are left alone.
+pub fn prune(dir: &std::path::Path, keep: usize) -> Result<Vec<PathBuf>> {
+    let mut ours: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
+        })
+        .collect();
+    ours.sort();
+    let excess = ours.len().saturating_sub(keep);
+    let gone: Vec<PathBuf> = ours.into_iter().take(excess).collect();
+    for p in &gone {
+        std::fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display()))?;
+    }
+    Ok(gone)
+}
+
 async fn list(client: &Client, kind: &Kind, namespaces: &[String]) -> Result<Vec<Value>> {
     let ar = kind.api_resource();
     let apis: Vec<Api<DynamicObject>> = if !kind.namespaced || namespaces.is_empty() {
@@ -231,6 +263,42 @@ fn attached(route: &Value, gateways: &BTreeSet<(String, String)>) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pruning_keeps_the_newest_and_touches_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "parapet-20261201T020000Z.json",
+            "parapet-20261202T020000Z.json",
+            "parapet-20261203T020000Z.json",
+            "notes.txt",
+            "parapet-20261130T020000Z.json.partial",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let gone = prune(dir.path(), 2).unwrap();
+        assert_eq!(gone, [dir.path().join("parapet-20261201T020000Z.json")]);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "notes.txt",
+                "parapet-20261130T020000Z.json.partial",
+                "parapet-20261202T020000Z.json",
+                "parapet-20261203T020000Z.json"
+            ]
+        );
+        let name = timestamped(dir.path()).unwrap();
+        let n = name.file_name().unwrap().to_str().unwrap();
+        assert!(
+            n.starts_with("parapet-20") && n.ends_with("Z.json") && n.len() == 29,
+            "{n}"
+        );
+    }
 
     #[test]
     fn only_gateway_resources_parapet_serves_are_kept() {

@@ -144,8 +144,19 @@ struct BackupArgs {
     #[arg(short = 'n', long = "namespace", value_delimiter = ',')]
     namespaces: Vec<String>,
     /// The file to write.
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(
+        short,
+        long,
+        required_unless_present = "output_dir",
+        conflicts_with = "output_dir"
+    )]
+    output: Option<PathBuf>,
+    /// Write `parapet-<UTC time>.json` in this directory instead (for scheduled backups).
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// With --output-dir: keep this many backups there, deleting the oldest.
+    #[arg(long, requires = "output_dir", value_parser = clap::value_parser!(u32).range(1..))]
+    keep: Option<u32>,
     /// Include the Secrets the resources reference, encrypted to this age X25519
     /// recipient (`age1…`, from `age-keygen`).
     #[arg(long, conflicts_with = "passphrase_file")]
@@ -222,12 +233,17 @@ async fn run(cli: Cli) -> Result<()> {
                 (None, Some(p)) => Some(file::Key::passphrase_file(p)?),
                 (None, None) => None,
             };
+            let output = match (&a.output, &a.output_dir) {
+                (Some(o), _) => o.clone(),
+                (None, Some(dir)) => backup::timestamped(dir)?,
+                (None, None) => unreachable!("clap requires one of them"),
+            };
             let started = tokio::time::Instant::now();
             let summary = backup::run(
                 &client().await?,
                 &backup::Options {
                     namespaces: a.namespaces,
-                    output: a.output.clone(),
+                    output: output.clone(),
                     secrets,
                     operator_namespace: ns,
                 },
@@ -250,9 +266,14 @@ async fn run(cli: Cli) -> Result<()> {
                 } else {
                     String::new()
                 },
-                a.output.display(),
+                output.display(),
                 started.elapsed().as_secs_f64()
             );
+            if let (Some(dir), Some(keep)) = (&a.output_dir, a.keep) {
+                for old in backup::prune(dir, keep as usize)? {
+                    println!("removed the old backup {}", old.display());
+                }
+            }
             for t in &summary.tables {
                 println!(
                     "fleet {}: configuration {} (table version {}, {} routes) on {}/{} pods",
