@@ -3,8 +3,9 @@
 #   make helm           build helm from the Go module proxy into the e2e cache (once)
 #   make chart-lint     helm lint --strict on the defaults and every charts/parapet/ci set
 #   make chart-test     the chart's e2e tests against a fresh control plane
-#   make images         OCI image archives of the operator, the data plane and the sample
-#                       backend from the release binaries (crane; no Docker, no base image)
+#   make images         OCI image archives of the operator, the data plane, the sample
+#                       backend and the parapet command from the release binaries (crane;
+#                       no Docker, no base image); images-node: the first three
 #   make images-docker  the same two images with the Dockerfiles (needs a Docker engine)
 #   make images-lint    hadolint on both Dockerfiles (when hadolint is on PATH)
 
@@ -21,7 +22,7 @@ RELEASE_DIR = $(or $(CARGO_TARGET_DIR),target)/release
 IMAGE_ARCHIVES = $(IMAGES_DIR)/operator.tar $(IMAGES_DIR)/dataplane.tar $(IMAGES_DIR)/sample-backend.tar
 HADOLINT ?= hadolint
 
-.PHONY: helm chart-lint chart-test images images-docker images-lint
+.PHONY: helm chart-lint chart-test images images-node images-cli images-docker images-lint
 
 helm: ## Build helm (Go module proxy, cached under ~/.cache/parapet-e2e)
 	$(BUILD_HELM) path
@@ -36,7 +37,10 @@ chart-lint: ## helm lint --strict on charts/parapet with every values set
 chart-test: ## The chart's tests (template, dry-run, install/upgrade/uninstall) on a fresh cluster
 	$(MAKE) e2e E2E_CARGO_FLAGS='--test chart --test chart_fleet --test chart_docs'
 
-images: ## OCI image archives (operator, data plane, sample backend) in $(IMAGES_DIR), without Docker
+images: images-node images-cli ## OCI image archives (operator, data plane, sample backend, the parapet command) in $(IMAGES_DIR), without Docker
+
+# The three images the real-node tests import.
+images-node:
 	$(CARGO) build --release --locked -p parapet-operator -p parapet-dataplane -p parapet-tests \
 	  --bin operator --bin dataplane --bin sample-backend
 	@./scripts/oci-image.sh --binary $(RELEASE_DIR)/operator --ref $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) \
@@ -45,6 +49,12 @@ images: ## OCI image archives (operator, data plane, sample backend) in $(IMAGES
 	  --port 8080 --port 9901 --out $(IMAGES_DIR)/dataplane.tar
 	@./scripts/oci-image.sh --binary $(RELEASE_DIR)/sample-backend --ref $(IMAGE_PREFIX)/sample-backend:$(IMAGE_TAG) \
 	  --port 8080 --out $(IMAGES_DIR)/sample-backend.tar
+
+# The `parapet` command, which the chart's backup CronJob runs.
+images-cli:
+	$(CARGO) build --release --locked -p parapet-cli --bin parapet
+	@./scripts/oci-image.sh --binary $(RELEASE_DIR)/parapet --ref $(IMAGE_PREFIX)/cli:$(IMAGE_TAG) \
+	  --out $(IMAGES_DIR)/cli.tar
 
 images-docker: ## Build the operator and data-plane images with the Dockerfiles (needs a running Docker engine)
 	@if ! command -v $(DOCKER) >/dev/null 2>&1; then \

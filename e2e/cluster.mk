@@ -68,7 +68,7 @@ e2e: ## Tests against a fresh real control plane (always torn down)
 
 # Like e2e, with a real node: the images are built first (release binaries) and imported into
 # the node's containerd; the tests behind the `node` feature install the chart from them.
-e2e-node: images ## Tests on a real node: the chart's pods, autoscaling and chaos (always torn down)
+e2e-node: images-node ## Tests on a real node: the chart's pods, autoscaling and chaos (always torn down)
 	@export PARAPET_CLUSTER_DIR='$(PARAPET_E2E_NODE_CLUSTER_DIR)'; \
 	down() { $(CLUSTER_SH) down || echo "warning: $(CLUSTER_SH) down failed; run it again to clean up $$PARAPET_CLUSTER_DIR" >&2; }; \
 	trap 'down; exit 130' INT TERM; \
@@ -81,7 +81,7 @@ e2e-node: images ## Tests on a real node: the chart's pods, autoscaling and chao
 	down; \
 	exit $$status
 
-conformance: images ## The Gateway API conformance suite on a real node (report: target/conformance/report.yaml)
+conformance: images-node ## The Gateway API conformance suite on a real node (report: target/conformance/report.yaml)
 	IMAGE_TAG='$(IMAGE_TAG)' IMAGE_PREFIX='$(IMAGE_PREFIX)' $(PARAPET_E2E_DIR)/scripts/conformance.sh run $(IMAGE_ARCHIVES)
 
 cluster-demo: images ## The cluster with a real node, the chart and the banking example (stays up)

@@ -470,6 +470,129 @@ fn check_safe_defaults(docs: &[Value], ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// Scheduled backups: a CronJob running `parapet backup` onto a claim that outlives the
+/// release, under a ServiceAccount that reads and never writes (Secrets only with a
+/// recipient to encrypt them to).
+#[tokio::test]
+async fn backups_render_a_cronjob_that_only_reads() -> Result<()> {
+    let client = client().await?;
+    apply_crds(&client).await?;
+    let ns = TestNamespace::new(&client, "chart-backup").await?;
+    let (_, defaults) = template(ns.name(), None, &[]).await?;
+    ensure!(
+        find(&defaults, "CronJob").is_empty(),
+        "backups are on by default"
+    );
+
+    let (yaml, docs) = template(ns.name(), Some("ci/backup-values.yaml"), &[]).await?;
+    server_dry_run(ns.name(), &yaml, &docs).await?;
+    check_common(&docs, "parapet", ns.name())?;
+    let cron = one(&docs, "CronJob", "parapet-backup")?;
+    ensure!(
+        cron["spec"]["schedule"] == "30 1 * * *" && cron["spec"]["timeZone"] == "Europe/Zurich"
+    );
+    ensure!(cron["spec"]["concurrencyPolicy"] == "Forbid");
+    let template_ = &cron["spec"]["jobTemplate"]["spec"]["template"];
+    let pod = &template_["spec"];
+    ensure!(pod["serviceAccountName"] == "parapet-backup");
+    ensure!(pod["securityContext"]["runAsNonRoot"] == true);
+    ensure!(pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault");
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    ensure!(sc["allowPrivilegeEscalation"] == false && sc["readOnlyRootFilesystem"] == true);
+    ensure!(sc["capabilities"]["drop"] == json!(["ALL"]));
+    // A backup reads the API; it has no business with the snapshot token.
+    ensure!(
+        !pod.to_string().contains("snapshot-token"),
+        "the backup pod mounts the snapshot token"
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let want = [
+        format!("--operator-namespace={}", ns.name()),
+        "backup".into(),
+        "--output-dir=/backups".into(),
+        "--keep=7".into(),
+        "--namespace=shop,bank".into(),
+        "--recipient=age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".into(),
+    ];
+    ensure!(args == want, "backup args {args:?}");
+    ensure!(
+        c["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("parapet/cli:")),
+        "backup image {}",
+        c["image"]
+    );
+    ensure!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "parapet-backups");
+    let pvc = one(&docs, "PersistentVolumeClaim", "parapet-backups")?;
+    ensure!(pvc["spec"]["resources"]["requests"]["storage"] == "2Gi");
+    ensure!(pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep");
+
+    let verbs = |docs: &[Value]| -> Result<BTreeMap<String, BTreeSet<String>>> {
+        let role = one(docs, "ClusterRole", "parapet-backup")?;
+        let mut out = BTreeMap::<String, BTreeSet<String>>::new();
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            for r in rule["resources"].as_array().into_iter().flatten() {
+                for v in rule["verbs"].as_array().into_iter().flatten() {
+                    out.entry(r.as_str().unwrap_or("").into())
+                        .or_default()
+                        .insert(v.as_str().unwrap_or("").into());
+                }
+            }
+        }
+        Ok(out)
+    };
+    let with_secrets = verbs(&docs)?;
+    ensure!(
+        with_secrets
+            .values()
+            .flatten()
+            .all(|v| v == "get" || v == "list"),
+        "the backup role writes: {with_secrets:?}"
+    );
+    ensure!(
+        with_secrets
+            .get("secrets")
+            .is_some_and(|v| v.len() == 1 && v.contains("get"))
+    );
+    ensure!(
+        with_secrets
+            .get("apiroutes")
+            .is_some_and(|v| v.contains("list"))
+    );
+
+    // No recipient, no Secrets: neither in the backups nor in the role; an existing claim
+    // is used as it is.
+    let (_, docs) = template(
+        ns.name(),
+        Some("ci/backup-values.yaml"),
+        &[
+            "backup.recipient=",
+            "backup.persistence.existingClaim=vault",
+        ],
+    )
+    .await?;
+    ensure!(
+        !verbs(&docs)?.contains_key("secrets"),
+        "the role reads Secrets without a recipient"
+    );
+    let cron = one(&docs, "CronJob", "parapet-backup")?;
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    ensure!(
+        !pod["containers"][0]["args"]
+            .to_string()
+            .contains("--recipient")
+    );
+    ensure!(pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "vault");
+    ensure!(find(&docs, "PersistentVolumeClaim").is_empty());
+    Ok(())
+}
+
 #[tokio::test]
 async fn autoscaling_off_renders_fixed_replicas() -> Result<()> {
     let client = client().await?;
@@ -1590,6 +1713,10 @@ async fn bad_values_are_refused_with_a_readable_message() -> Result<()> {
         (
             "logFormat=xml",
             "at '/logFormat': value must be one of 'text', 'json'",
+        ),
+        (
+            "backup.recipient=age1short",
+            "at '/backup/recipient': 'age1short' does not match pattern",
         ),
         (
             "watchNamespaces={Team_A}",
