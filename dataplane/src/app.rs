@@ -7,6 +7,7 @@ use clap::Parser;
 use rustls::sign::CertifiedKey;
 
 use crate::{
+    accesslog::{self, AccessLog},
     admin::Admin,
     codec::Http1Codec,
     hedge::HedgeConfig,
@@ -129,9 +130,39 @@ pub struct Args {
     /// How often the --config file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub reload_interval: Duration,
-    /// Log one line per request (client, method, path, status, duration, request id).
+    /// Write one access-log line per request, to stdout unless --access-log-path says
+    /// otherwise, in the --access-log-format (by default `json` with --log-format json,
+    /// else `text`). Lines are written by a thread of their own, never by the request.
     #[arg(long, env = "PARAPET_ACCESS_LOG")]
     pub access_log: bool,
+    /// Access-log format: `json` (one object per line) or `text` (`key=value` pairs,
+    /// logfmt), both with the --access-log-fields; or `template` (--access-log-template).
+    #[arg(long, env = "PARAPET_ACCESS_LOG_FORMAT", value_enum)]
+    pub access_log_format: Option<accesslog::FormatName>,
+    /// Access-log line with %field% placeholders (`%%` is a percent sign), e.g.
+    /// '%time% %client% "%method% %path% %protocol%" %status% %bytes_sent% %duration_ms%'.
+    /// Implies --access-log-format template; an unknown field stops the start. Values are
+    /// escaped as nginx does: `"`, `\`, control and non-ASCII bytes as \xHH; an absent one
+    /// is `-`. Fields: time, client, client_port, method, authority, path, query, protocol,
+    /// status, route, upstream_cluster, upstream_endpoint, attempts, bytes_received,
+    /// bytes_sent, upstream_ms, duration_ms, cache, rate_limit, request_id, trace_id,
+    /// tls_version, sni, key_id, user_agent, referer, forwarded_for.
+    #[arg(long, env = "PARAPET_ACCESS_LOG_TEMPLATE")]
+    pub access_log_template: Option<String>,
+    /// Access-log fields of the `json` and `text` formats, comma-separated, in the order
+    /// given (the names of --access-log-template). Default: every field but `query` and
+    /// `referer`, which can carry credentials (tokens in URLs).
+    #[arg(long, env = "PARAPET_ACCESS_LOG_FIELDS")]
+    pub access_log_fields: Option<String>,
+    /// Where access-log lines go: a file, appended to (or a named pipe); `-` or unset:
+    /// stdout.
+    #[arg(long, env = "PARAPET_ACCESS_LOG_PATH")]
+    pub access_log_path: Option<PathBuf>,
+    /// Access-log records queued for the writer. When it falls behind and the queue is
+    /// full, records are dropped and counted (parapet_access_log_dropped_total): a request
+    /// never waits for the access log.
+    #[arg(long, env = "PARAPET_ACCESS_LOG_BUFFER", default_value_t = accesslog::DEFAULT_BUFFER, value_parser = records)]
+    pub access_log_buffer: usize,
     /// Memory bound of the response cache in bytes (all policies together; least useful
     /// entries are evicted first).
     #[arg(long, env = "PARAPET_CACHE_MAX_BYTES", default_value_t = crate::snapshot::DEFAULT_CACHE_MAX_BYTES)]
@@ -220,6 +251,15 @@ fn cidr(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{s:?} is not an address or a CIDR range such as 10.0.0.0/8"))
 }
 
+/// A number of records, at least one.
+fn records(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a number of records (1 or more)"))
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     parapet_crds::Duration::parse(s)
         .map(|d| d.as_std())
@@ -230,6 +270,8 @@ pub use parapet_process::init_logging;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // First: a template with a typo stops the start before anything is bound.
+    let access_log = access_log(&args, &metrics)?;
     let store = snapshot_store(&args, &metrics)?;
     // Static stability: serve the last good table before anyone pushes.
     if args.config.is_none()
@@ -305,7 +347,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.reload_interval,
         ));
     }
-    let proxy = proxy(&args, store, metrics)?;
+    let proxy = proxy(
+        &args,
+        store,
+        metrics,
+        access_log.as_ref().map(|l| l.sink.clone()),
+    )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = start_workers(&args, per_worker, proxy, stop_rx, liveness)?;
     tokio::select! {
@@ -326,7 +373,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(args.shutdown_delay).await;
     let _ = stop_tx.send(true);
-    workers.drained().await
+    let drained = workers.drained().await;
+    if let Some(log) = access_log {
+        // What is queued is written before the process exits.
+        let _ = tokio::task::spawn_blocking(move || log.close(Duration::from_secs(2))).await;
+    }
+    drained
+}
+
+/// The access log the flags ask for, its writer started; `None` without --access-log.
+fn access_log(args: &Args, metrics: &Metrics) -> anyhow::Result<Option<AccessLog>> {
+    let flags = accesslog::Flags {
+        format: args.access_log_format,
+        template: args.access_log_template.as_deref(),
+        fields: args.access_log_fields.as_deref(),
+        path: args.access_log_path.as_deref(),
+        log_format: &args.log_format,
+    };
+    // Checked with the log off too: a mistake shows before the log is turned on.
+    let (format, to) = accesslog::settings(&flags).map_err(|e| anyhow::anyhow!(e))?;
+    if !args.access_log {
+        if flags.format.is_some()
+            || flags.template.is_some()
+            || flags.fields.is_some()
+            || flags.path.is_some()
+        {
+            tracing::warn!(
+                "--access-log-format, --access-log-template, --access-log-fields and --access-log-path have no effect without --access-log"
+            );
+        }
+        return Ok(None);
+    }
+    let log = AccessLog::start(
+        format,
+        to,
+        args.access_log_buffer,
+        metrics.access_log.clone(),
+    )?;
+    Ok(Some(log))
 }
 
 /// The snapshot store with the table-build options the flags give.
@@ -446,6 +530,7 @@ fn proxy(
     args: &Args,
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
+    access_log: Option<Arc<accesslog::Sink>>,
 ) -> anyhow::Result<Arc<Proxy>> {
     let server_header =
         match &args.server_header {
@@ -469,7 +554,7 @@ fn proxy(
             &metrics,
         ),
         metrics,
-        access_log: args.access_log,
+        access_log,
         edge: EdgeConfig {
             trusted_proxies: args.trusted_proxies.clone(),
             trusted_hops: args.trusted_hops,
@@ -620,6 +705,48 @@ mod tests {
             ])
         );
         assert!(listen(&["--listen", "0.0.0.0:8080=x"]).is_err());
+    }
+
+    #[test]
+    fn the_access_log_flags_parse_and_their_help_names_every_field() {
+        let args = |a: &[&str]| {
+            Args::try_parse_from(std::iter::once("dataplane").chain(a.iter().copied()))
+                .map_err(|e| e.to_string())
+        };
+        let a = args(&["--access-log"]).unwrap();
+        assert!(a.access_log && a.access_log_format.is_none());
+        assert_eq!(a.access_log_buffer, crate::accesslog::DEFAULT_BUFFER);
+        let a = args(&[
+            "--access-log-format",
+            "json",
+            "--access-log-buffer",
+            "8",
+            "--access-log-path",
+            "/tmp/a.log",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.access_log_format,
+            Some(crate::accesslog::FormatName::Json)
+        );
+        assert_eq!(a.access_log_buffer, 8);
+        assert!(args(&["--access-log-buffer", "0"]).is_err());
+        assert!(args(&["--access-log-format", "csv"]).is_err());
+        let help = <Args as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        let listed: Vec<&str> = help
+            .split_once("Fields: ")
+            .expect("the template's help lists the fields")
+            .1
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(|f| f.trim().trim_end_matches('.'))
+            .collect();
+        let known: Vec<&str> = crate::accesslog::Field::ALL.map(|f| f.name()).to_vec();
+        assert_eq!(listed, known, "--help lists the fields as they are");
     }
 
     #[test]

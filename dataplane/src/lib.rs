@@ -2,11 +2,12 @@
 //! connection's codec) → `proxy` (`router` → `auth` → `ratelimit` → `lanes` → `failover` →
 //! `balancer` → `breaker` → `upstream`, with `retry` and `hedge` around the attempts and
 //! `outlier` judging their results), with `health`, `admin`, `snapshot` and `standalone`
-//! beside them. `endpoint` holds the per-endpoint state that `balancer`, `health`,
-//! `outlier` and `failover` share.
+//! beside them, and `accesslog`, which the proxy hands each finished request to. `endpoint`
+//! holds the per-endpoint state that `balancer`, `health`, `outlier` and `failover` share.
 
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod auth;

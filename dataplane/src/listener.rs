@@ -22,7 +22,7 @@ use parapet_crds::snapshot::ListenerProtocol;
 use crate::{
     codec::Http1Codec,
     downstream::{self, Drain, DrainSignal, Protocol, Shared},
-    proxy::{ConnInfo, Proxy},
+    proxy::{ConnInfo, Proxy, TlsSession},
 };
 
 /// One traffic socket and how its connections are served.
@@ -235,9 +235,10 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let signal = connections.signal();
+        // A TLS connection's session is set once its handshake is done (`serve_tls`).
         let info = ConnInfo {
             peer,
-            tls: tls.is_some(),
+            tls: None,
             port: socket.port,
         };
         tokio::spawn(async move {
@@ -275,7 +276,7 @@ async fn serve_tls(
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
     shared: Arc<Shared>,
-    info: ConnInfo,
+    mut info: ConnInfo,
     signal: DrainSignal,
 ) {
     let peer = info.peer;
@@ -290,6 +291,7 @@ async fn serve_tls(
             return;
         }
     };
+    info.tls = Some(Arc::new(TlsSession::of(stream.get_ref().1)));
     // ALPN decides: no sniffing for a preface on a connection agreed as HTTP/1.
     let protocol = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => Protocol::Http2,

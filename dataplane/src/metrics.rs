@@ -131,6 +131,18 @@ pub struct Metrics {
     /// Mirrored copies by route and result (sent, failed, skipped).
     pub mirror_requests: Family<RouteResultLabels, Counter>,
     pub ha: HaMetrics,
+    pub access_log: AccessLogMetrics,
+}
+
+/// The access log's counters.
+#[derive(Clone, Default)]
+pub struct AccessLogMetrics {
+    /// Records written.
+    pub written: Counter,
+    /// Records dropped because the writer's queue was full.
+    pub dropped: Counter,
+    /// Records lost to write errors.
+    pub write_errors: Counter,
 }
 
 /// What the high-availability machinery decides: health, ejections, panic, breakers,
@@ -406,7 +418,24 @@ impl Metrics {
             mirror_requests.clone(),
         );
         let ha = HaMetrics::register(&mut registry);
+        let access_log = AccessLogMetrics::default();
+        registry.register(
+            "access_log_records",
+            "Access-log records written",
+            access_log.written.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access-log records dropped because the writer's queue was full (--access-log-buffer); requests are never held up by the access log",
+            access_log.dropped.clone(),
+        );
+        registry.register(
+            "access_log_write_errors",
+            "Access-log records lost because they could not be written (full disk, closed pipe…)",
+            access_log.write_errors.clone(),
+        );
         Self {
+            access_log,
             mirror_requests,
             cache,
             registry,

@@ -37,10 +37,14 @@ async fn start(port: u16) -> (Dataplane, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, config(port)).unwrap();
-    let dp = Dataplane::start_env(
-        &["--config", path.to_str().unwrap(), "--access-log"],
-        &[("PARAPET_LOG", "warn,parapet::access=info")],
-    );
+    // The access log goes to stderr here, where the test reads the process's lines.
+    let dp = Dataplane::start(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--access-log",
+        "--access-log-path",
+        "/dev/stderr",
+    ]);
     let c = Client::new();
     wait_for("ready", Duration::from_secs(10), || {
         let c = c.clone();

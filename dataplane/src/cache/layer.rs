@@ -34,6 +34,11 @@ pub const X_CACHE: &str = "x-cache";
 /// Fetches from the origin through the proxy's normal path (balancing, retries…).
 pub trait Origin: Clone + Send + Sync + 'static {
     fn fetch(&self, req: Request<ProxyBody>) -> impl Future<Output = Response<ProxyBody>> + Send;
+
+    /// The origin for a fetch that is no request's own (a refresh in the background).
+    fn detached(&self) -> Self {
+        self.clone()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -229,7 +234,7 @@ impl Cache {
                             &skey,
                             e.clone(),
                             &parts,
-                            origin.clone(),
+                            origin.detached(),
                         );
                         if stale {
                             self.count(policy, &Result_::Stale);

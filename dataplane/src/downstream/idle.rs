@@ -43,9 +43,10 @@ pub struct Parking {
 }
 
 impl Parking {
-    /// Parks `conn`; gives it back when the parking task has ended (the listener drains).
-    pub fn park(&self, conn: Parked) -> Result<(), Parked> {
-        self.tx.send(conn).map_err(|e| e.0)
+    /// Parks `conn`; `false` when the parking task has ended (the listener drains): the
+    /// connection is dropped, which closes it.
+    pub fn park(&self, conn: Parked) -> bool {
+        self.tx.send(conn).is_ok()
     }
 }
 

@@ -154,7 +154,7 @@ pub async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(handoff) = serve_own_http1(io, &shared, info, &mut drain, protocol).await else {
+    let Some(handoff) = serve_own_http1(io, &shared, &info, &mut drain, protocol).await else {
         return;
     };
     // Boxed: hyper's connection state is large, and only the connections hyper serves
@@ -184,7 +184,7 @@ pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
         resume.ready = true;
     }
     let proxy = &shared.proxy;
-    let handle = |req| proxy.clone().handle(req, info);
+    let handle = |req| proxy.clone().handle(req, info.clone());
     let ended = http1::serve_until_idle(
         io,
         handle,
@@ -238,7 +238,7 @@ async fn serve_hyper<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let svc = hyper_service(shared, info, handoff.served, activity.clone());
+    let svc = hyper_service(shared, info.clone(), handoff.served, activity.clone());
     let io = TokioIo::new(handoff.io);
     let idle_timeout = shared.settings.header_read_timeout;
     let ended = if handoff.http1 {
@@ -287,7 +287,7 @@ struct Handoff<IO> {
 async fn serve_own_http1<IO>(
     io: IO,
     shared: &Shared,
-    info: ConnInfo,
+    info: &ConnInfo,
     drain: &mut DrainSignal,
     protocol: Protocol,
 ) -> Option<Handoff<IO>>
@@ -305,7 +305,7 @@ where
     // Not boxed per request: the codec polls the request's future where it is, in the state
     // it boxes for a connection's busy period (a box per request cost about 1.3k more
     // instructions per request), and an idle connection holds none of it.
-    let handle = |req| proxy.clone().handle(req, info);
+    let handle = |req| proxy.clone().handle(req, info.clone());
     match http1::serve(io, handle, &proxy.metrics, &shared.settings, drain).await {
         http1::Ended::Closed | http1::Ended::Idle { .. } => None,
         http1::Ended::Handoff {
@@ -345,6 +345,7 @@ fn hyper_service(
         let proxy = proxy.clone();
         let served = served.clone();
         let busy = Busy::new(activity.clone());
+        let info = info.clone();
         async move {
             let http1 = req.version() <= http::Version::HTTP_11;
             // Boxed: the request's future is several KiB, and hyper moves the service

@@ -23,11 +23,23 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 pub struct Counted<B> {
     inner: B,
     counter: Counter,
+    /// A second count: this body's own, for its access-log record.
+    own: Option<Counter>,
 }
 
 impl<B> Counted<B> {
     pub fn new(inner: B, counter: Counter) -> Self {
-        Self { inner, counter }
+        Self {
+            inner,
+            counter,
+            own: None,
+        }
+    }
+
+    /// Counts into `own` too.
+    pub fn also(mut self, own: Option<Counter>) -> Self {
+        self.own = own;
+        self
     }
 }
 
@@ -47,6 +59,9 @@ where
             && let Some(data) = frame.data_ref()
         {
             self.counter.inc_by(data.len() as u64);
+            if let Some(own) = &self.own {
+                own.inc_by(data.len() as u64);
+            }
         }
         polled
     }

@@ -20,6 +20,7 @@ use super::{
     respond::{outcome_response, upstream},
 };
 use crate::{
+    accesslog::Tally,
     cache::{Cache, Origin},
     metrics::Metrics,
     snapshot::{ClusterRuntime, Runtime},
@@ -45,6 +46,9 @@ pub(super) struct RouteOrigin {
     pub hedge_after: Option<Duration>,
     pub request_id: HeaderValue,
     pub metrics: Arc<Metrics>,
+    /// The request's attempts, for its access-log record (none when the log is off, and
+    /// none for a refresh in the background: it is not the request's).
+    pub tally: Option<Arc<Tally>>,
 }
 
 impl Origin for RouteOrigin {
@@ -65,7 +69,7 @@ impl Origin for RouteOrigin {
         upstream_head(&mut parts, forward, route.request_edits.as_ref(), false);
         let mut exchange = Exchange {
             forwarding: forwarding(
-                self.conn,
+                &self.conn,
                 self.authority.as_ref().and_then(|a| a.to_str().ok()),
                 self.trusted,
             ),
@@ -80,6 +84,7 @@ impl Origin for RouteOrigin {
             repeatable: true,
             hedge_after: self.hedge_after,
             pace: None,
+            tally: self.tally.as_deref(),
         };
         // Boxed: a miss can afford an allocation, and a hit's future stays small.
         match Box::pin(forward::forward(
@@ -102,6 +107,13 @@ impl Origin for RouteOrigin {
                 )
             }
             Err(outcome) => outcome_response(outcome, Some(&self.request_id)),
+        }
+    }
+
+    fn detached(&self) -> Self {
+        Self {
+            tally: None,
+            ..self.clone()
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The connection a request came on, and what the edge believes of its peer.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use http::HeaderValue;
 
@@ -30,11 +30,42 @@ impl EdgeConfig {
 }
 
 /// What the listener knows about the connection a request came on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub tls: bool,
+    /// The TLS session, on a TLS connection (set once the handshake is done).
+    pub tls: Option<Arc<TlsSession>>,
     /// The Gateway listener port the socket serves (`--listen ADDR=PORT`; by default the
     /// socket's own port): routing picks that listener's virtual hosts.
     pub port: u16,
+}
+
+impl ConnInfo {
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// What a TLS handshake agreed on, for the access log.
+#[derive(Clone, Debug)]
+pub struct TlsSession {
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: &'static str,
+    /// The server name the client asked for, when it sent one.
+    pub sni: Option<Box<str>>,
+}
+
+impl TlsSession {
+    pub fn of(conn: &rustls::ServerConnection) -> TlsSession {
+        TlsSession {
+            version: match conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                Some(rustls::ProtocolVersion::TLSv1_1) => "TLSv1.1",
+                Some(rustls::ProtocolVersion::TLSv1_0) => "TLSv1.0",
+                _ => "TLS",
+            },
+            sni: conn.server_name().map(Into::into),
+        }
+    }
 }

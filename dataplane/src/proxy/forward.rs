@@ -39,6 +39,7 @@ use super::{
     problem::full,
 };
 use crate::{
+    accesslog::Tally,
     breaker::{Overflow, Permit},
     endpoint::EndpointHandle,
     failover::{self, Picked},
@@ -69,6 +70,8 @@ pub(super) struct Exchange<'a> {
     /// How a streamed request body is coming along: a send held up or broken by the client
     /// is the client's fault, not the endpoint's.
     pub pace: Option<Pace>,
+    /// Where the attempts are told, for the access log (when it is on).
+    pub tally: Option<&'a Tally>,
 }
 
 impl Exchange<'_> {
@@ -517,6 +520,9 @@ async fn attempt(
         Err(o) => return Tried::Fatal(Outcome::Overflow(o)),
     };
     cluster.metrics.requests.inc();
+    if let Some(t) = ex.tally {
+        t.attempt(&cluster, &endpoint);
+    }
     let sent = Instant::now();
     let guard = endpoint.stats.start_at(sent);
     let result = send(ex, &cluster, &endpoint, &mut head, body, until).await;
@@ -542,6 +548,9 @@ async fn attempt(
         }
         Ok(Ok(response)) => {
             guard.finish_at(now);
+            if let Some(t) = ex.tally {
+                t.answered(&cluster, &endpoint, now);
+            }
             let took = now.saturating_duration_since(sent);
             cluster.metrics.duration.observe(took.as_secs_f64());
             ex.route.live.latency.record(took, now);

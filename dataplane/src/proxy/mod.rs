@@ -46,7 +46,7 @@ mod redirect;
 mod respond;
 
 pub use self::{
-    conn::{ConnInfo, EdgeConfig},
+    conn::{ConnInfo, EdgeConfig, TlsSession},
     edits::HeaderEdits,
     headers::X_PARAPET_TIMEOUT_MS,
     prepare::Limits,
@@ -54,7 +54,7 @@ pub use self::{
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use parapet_crds::snapshot::{CachePolicy, ForwardAction, PathMatch, RouteAction};
 use tokio::time::Instant;
 
@@ -66,6 +66,7 @@ use self::{
     respond::{outcome_response, overloaded},
 };
 use crate::{
+    accesslog::{self, CacheStatus, Logged, Pending, RateLimited, Record, Tally},
     auth::{Refusal, Source},
     lanes::{LaneGuard, Lanes},
     metrics::Metrics,
@@ -80,8 +81,8 @@ pub struct Proxy {
     pub limits: Limits,
     /// Fast and slow lanes, route bulkheads.
     pub lanes: Arc<Lanes>,
-    /// Log one line per request (target `parapet::access`).
-    pub access_log: bool,
+    /// Where each request's access-log record goes; `None`: no access log.
+    pub access_log: Option<Arc<accesslog::Sink>>,
     pub edge: EdgeConfig,
 }
 
@@ -109,6 +110,23 @@ struct Trail<'t> {
     key_id: Option<Arc<str>>,
     /// Headers for the response, whatever it is: `RateLimit-*` and `Retry-After`.
     headers: HeaderMap,
+    /// What the rule's rate limit decided, when it has one.
+    rate_limit: Option<RateLimited>,
+    /// What the cache stage did with the request.
+    cache: CacheUse,
+}
+
+/// Whether the response cache answered the request, for the access log (which reads what it
+/// did from the answer's `x-cache`).
+#[derive(Clone, Copy, Default)]
+enum CacheUse {
+    /// The rule does not cache, or the request ended before the cache stage.
+    #[default]
+    None,
+    /// The rule caches, but the request went past the cache (its method, a body, an
+    /// upgrade).
+    Bypassed,
+    Answered,
 }
 
 /// An answer that ends the request before the forward stage, and what it counts as.
@@ -191,9 +209,12 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         self.metrics.in_flight.inc();
-        let logged = self
-            .access_log
-            .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        let log = self.access_log.as_ref().map(|sink| {
+            Pending::new(
+                Record::arrive(&req, conn.peer, conn.tls.as_ref(), started),
+                sink,
+            )
+        });
         let at = Arrival {
             conn,
             started,
@@ -203,18 +224,23 @@ impl Proxy {
         // metrics.
         let table = self.store.load();
         let mut trail = Trail::default();
-        let ended = self.serve(req, &at, table.as_ref(), &mut trail).await;
+        let tally = log.as_ref().and_then(Pending::tally);
+        let ended = self
+            .serve(req, &at, table.as_ref(), &mut trail, tally)
+            .await;
         self.metrics.in_flight.dec();
-        self.finish(ended, trail, &at, logged)
+        self.finish(ended, trail, &at, log)
     }
 
-    /// The stages, in the order a request meets them.
+    /// The stages, in the order a request meets them. `tally`: where the attempts are
+    /// counted for the access log, when it is on.
     async fn serve<'t>(
         &self,
         mut req: Request<DownstreamBody>,
         at: &Arrival,
         table: Option<&'t Arc<Runtime>>,
         trail: &mut Trail<'t>,
+        tally: Option<&Tally>,
     ) -> Result<Answered, Early> {
         let declared_length = self.limits(&req, at)?;
         let authority = self.check_head(&mut req, at)?;
@@ -227,15 +253,24 @@ impl Proxy {
             // Shape mode: the request waits for its turn.
             tokio::time::sleep(wait).await;
         }
-        self.fresh_hit(&req, at, &routed, host)?;
+        if let Err(hit) = self.fresh_hit(&req, at, &routed, host) {
+            trail.cache = CacheUse::Answered;
+            return Err(hit);
+        }
         let lane = self.admit(routed.route, at)?;
-        let (mut prepared, body) = self.prepare(req, at, &routed, authority_str)?;
+        let (mut prepared, body) = self.prepare(req, at, &routed, authority_str, tally)?;
         let body = self
             .read_body(body, &mut prepared, declared_length, at)
             .await?;
-        if let Some(cached) = self.cache(&mut prepared, &body, at, &routed, host, &authority) {
+        if let Some(cached) =
+            self.cache(&mut prepared, &body, at, &routed, (host, &authority), tally)
+        {
             // The cache answered (from an entry, or from the origin on a miss).
+            trail.cache = CacheUse::Answered;
             return Err(cached.await);
+        }
+        if routed.cache_policy.is_some() {
+            trail.cache = CacheUse::Bypassed;
         }
         // An unsafe request to a cached rule invalidates what the cache holds for its URL
         // once it succeeds; the attempts take the request head, so its URI is kept first.
@@ -251,7 +286,7 @@ impl Proxy {
                 &uri,
                 answer.response.status(),
                 answer.response.headers(),
-                (if at.conn.tls { "https" } else { "http" }, host),
+                (if at.conn.is_tls() { "https" } else { "http" }, host),
             );
         }
         Ok(self.respond(result, lane, &mut prepared, routed.upgrade_to, at))
@@ -362,7 +397,7 @@ impl Proxy {
             }
             RouteAction::Redirect(r) => {
                 let origin = redirect::Origin {
-                    tls: at.conn.tls,
+                    tls: at.conn.is_tls(),
                     authority,
                     host,
                     path: req.uri().path(),
@@ -438,6 +473,11 @@ impl Proxy {
             limiter.acquire(&key)
         };
         limiter.headers(&decision, &mut trail.headers);
+        trail.rate_limit = Some(match decision {
+            Decision::Deny { .. } => RateLimited::Limited,
+            Decision::Allow { wait, .. } if !wait.is_zero() => RateLimited::Shaped,
+            Decision::Allow { .. } => RateLimited::Allowed,
+        });
         match decision {
             Decision::Deny { .. } => Err(Early::rejected(
                 "rate_limited",
@@ -474,7 +514,7 @@ impl Proxy {
         let Some(mut resp) = self.store.cache().fresh(
             policy,
             req.method(),
-            if at.conn.tls { "https" } else { "http" },
+            if at.conn.is_tls() { "https" } else { "http" },
             host,
             req.uri(),
             req.headers(),
@@ -509,6 +549,7 @@ impl Proxy {
         at: &Arrival,
         routed: &Routed<'a>,
         authority: Option<&'a str>,
+        tally: Option<&'a Tally>,
     ) -> Result<(Prepared<'a>, DownstreamBody), Early> {
         let route = routed.route;
         let roll = if route.backends.len() > 1 {
@@ -523,6 +564,9 @@ impl Proxy {
                 at.rid(),
             )));
         };
+        if let Some(t) = tally {
+            t.pool(cluster);
+        }
         let Some(path_and_query) = prepare::upstream_path(&req, routed.forward, &routed.matched)
         else {
             return Err(Early::answer(problem(
@@ -539,7 +583,7 @@ impl Proxy {
             && (idempotent(&parts.method) || policy.is_some_and(|p| p.non_idempotent));
         let hedge_after = repeatable.then(|| route.hedge_after(at.started)).flatten();
         let exchange = Exchange {
-            forwarding: prepare::forwarding(at.conn, authority, routed.trusted),
+            forwarding: prepare::forwarding(&at.conn, authority, routed.trusted),
             route,
             primary: cluster,
             policy,
@@ -553,6 +597,7 @@ impl Proxy {
             repeatable,
             hedge_after,
             pace: None,
+            tally,
         };
         Ok((Prepared { exchange, upgrade }, body))
     }
@@ -577,6 +622,7 @@ impl Proxy {
             replay,
             declared_length,
             ex.deadline,
+            ex.tally,
         )
         .await
         .map_err(|(status, detail)| Early::answer(problem(status, detail, at.rid())))?;
@@ -589,14 +635,16 @@ impl Proxy {
     /// unsafe methods go on to forward, and invalidate the URL's entries when they succeed.
     /// The cache's answer, to await, when it serves this request; checked before anything
     /// is awaited, as most requests do not go through the cache.
+    /// `tally`: the request's, when the access log is on; the cache's fetches count into one
+    /// of their own (they may outlive the request), added to it once the cache has answered.
     fn cache<'a>(
         &'a self,
         prepared: &mut Prepared<'_>,
         body: &RequestBody,
         at: &'a Arrival,
         routed: &Routed<'a>,
-        host: &'a str,
-        authority: &Option<HeaderValue>,
+        (host, authority): (&'a str, &Option<HeaderValue>),
+        tally: Option<&'a Tally>,
     ) -> Option<Pin<Box<impl Future<Output = Early> + use<'a>>>> {
         let policy = routed.cache_policy?;
         if prepared.upgrade.is_some()
@@ -609,7 +657,7 @@ impl Proxy {
         // The upstream head (forwarding headers…) is made only if the origin is asked: a
         // hit never needs it.
         let origin = cached::RouteOrigin {
-            conn: at.conn,
+            conn: at.conn.clone(),
             trusted: routed.trusted,
             authority: authority.clone(),
             table: routed.table.clone(),
@@ -622,9 +670,11 @@ impl Proxy {
             hedge_after: ex.hedge_after,
             request_id: at.request_id.clone(),
             metrics: self.metrics.clone(),
+            tally: tally.map(|_| Arc::new(Tally::default())),
         };
+        let fetched = origin.tally.clone();
         let parts = std::mem::replace(&mut ex.parts, Request::new(()).into_parts().0);
-        let scheme = if at.conn.tls { "https" } else { "http" };
+        let scheme = if at.conn.is_tls() { "https" } else { "http" };
         // Boxed: the cache's future is 1.5 KB, and inline it sat twice in every request's
         // state (the `Option` and the awaited value), cached route or not.
         Some(Box::pin(async move {
@@ -633,6 +683,9 @@ impl Proxy {
                 .cache()
                 .serve(policy, parts, scheme, host, origin)
                 .await;
+            if let (Some(mine), Some(fetched)) = (tally, fetched) {
+                mine.absorb(&fetched);
+            }
             cached::finish(&mut resp, &at.request_id);
             Early::answer(resp)
         }))
@@ -707,7 +760,7 @@ impl Proxy {
         ended: Result<Answered, Early>,
         trail: Trail<'_>,
         at: &Arrival,
-        logged: Option<(Method, String)>,
+        log: Option<Pending<'_>>,
     ) -> Response<ProxyBody> {
         let (mut resp, answered) = match ended {
             Ok(Answered { response, at }) => (response, Some(at)),
@@ -730,9 +783,11 @@ impl Proxy {
             );
         }
         let Trail {
+            route,
             key_id,
             mut headers,
-            ..
+            rate_limit,
+            cache,
         } = trail;
         let h = resp.headers_mut();
         // Most requests leave none (their route has no rate limit).
@@ -744,17 +799,22 @@ impl Proxy {
         if let Some(server) = &self.edge.server_header {
             h.insert(header::SERVER, server.clone());
         }
-        if let Some((method, path)) = logged {
-            tracing::info!(
-                target: "parapet::access",
-                client = %at.conn.peer.ip(),
-                %method,
-                %path,
-                status = resp.status().as_u16(),
-                duration_ms = at.started.elapsed().as_secs_f64() * 1000.0,
-                request_id = resp.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
-                key_id = key_id.as_deref().unwrap_or(""),
-            );
+        if let Some((mut record, sink)) = log.and_then(Pending::take) {
+            record.status = resp.status().as_u16();
+            record.route = route.map(|r| r.name.clone());
+            record.key_id = key_id;
+            record.request_id = Some(at.request_id.clone());
+            record.rate_limit = rate_limit;
+            record.cache = match cache {
+                CacheUse::None => None,
+                CacheUse::Bypassed => Some(CacheStatus::Bypass),
+                CacheUse::Answered => resp
+                    .headers()
+                    .get(crate::cache::X_CACHE)
+                    .and_then(CacheStatus::from_header),
+            };
+            // Bytes sent and the total duration are known when the body ends.
+            resp = resp.map(|body| Logged::wrap(body, record, sink));
         }
         resp
     }

@@ -22,7 +22,7 @@ use super::{
     headers::X_PARAPET_TIMEOUT_MS,
     headers::{Forwarding, strip_hop_by_hop},
 };
-use crate::{metrics::Metrics, proxy::body::BoxError, router::Matched};
+use crate::{accesslog::Tally, metrics::Metrics, proxy::body::BoxError, router::Matched};
 
 /// Request limits, with defaults in line with Envoy's and nginx's.
 #[derive(Clone, Debug)]
@@ -98,10 +98,14 @@ pub(super) fn deadline(headers: &mut HeaderMap, timeout_ms: u64, started: Instan
 
 /// The forwarding headers each attempt adds (`forward.rs`: into the head for hyper's
 /// client, or as it is encoded by Parapet's own).
-pub(super) fn forwarding(conn: ConnInfo, authority: Option<&str>, trusted: bool) -> Forwarding<'_> {
+pub(super) fn forwarding<'a>(
+    conn: &ConnInfo,
+    authority: Option<&'a str>,
+    trusted: bool,
+) -> Forwarding<'a> {
     Forwarding {
         client: conn.peer.ip(),
-        proto: if conn.tls { "https" } else { "http" },
+        proto: if conn.is_tls() { "https" } else { "http" },
         host: authority,
         trusted,
     }
@@ -135,6 +139,7 @@ pub(super) fn upstream_head(
 /// deadline): if it ends within the bound it is kept for replay; if not, what was read is
 /// sent first and the rest streams after it, once. Otherwise the body streams, once, with a
 /// [`Pace`] that follows it.
+/// `tally`: where the body's bytes are counted for the access log, when it is on.
 pub(super) async fn request_body(
     body: super::body::DownstreamBody,
     limits: &Limits,
@@ -142,6 +147,7 @@ pub(super) async fn request_body(
     replay: bool,
     declared: Option<u64>,
     deadline: Instant,
+    tally: Option<&Tally>,
 ) -> Result<(RequestBody, Option<Pace>), (StatusCode, &'static str)> {
     let stream = |read: Vec<Frame<Bytes>>, rest| {
         let pace = Pace::default();
@@ -150,13 +156,16 @@ pub(super) async fn request_body(
     };
     let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
     let body = match body {
-        super::body::DownstreamBody::Full(full) => return from_memory(full, limits, metrics),
+        super::body::DownstreamBody::Full(full) => {
+            return from_memory(full, limits, metrics, tally);
+        }
         other => other,
     };
-    let counted = Counted::new(body, metrics.request_bytes.clone());
-    if counted.is_end_stream() {
+    if body.is_end_stream() {
         return Ok((RequestBody::Replayable(Bytes::new()), None));
     }
+    let counted =
+        Counted::new(body, metrics.request_bytes.clone()).also(tally.map(Tally::streamed));
     let mut body = Limited::new(counted, limit);
     if !replay || declared.is_some_and(|n| n > limits.max_replay_bytes) {
         return stream(Vec::new(), body);
@@ -222,6 +231,7 @@ fn from_memory(
     full: Option<Bytes>,
     limits: &Limits,
     metrics: &Metrics,
+    tally: Option<&Tally>,
 ) -> Result<(RequestBody, Option<Pace>), (StatusCode, &'static str)> {
     let full = full.unwrap_or_default();
     if full.len() as u64 > limits.max_body_bytes {
@@ -231,6 +241,9 @@ fn from_memory(
         ));
     }
     metrics.request_bytes.inc_by(full.len() as u64);
+    if let Some(t) = tally {
+        t.add_received(full.len() as u64);
+    }
     if full.len() as u64 > limits.max_replay_bytes {
         return Ok((RequestBody::OnceInMemory(Some(full)), None));
     }

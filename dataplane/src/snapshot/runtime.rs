@@ -86,8 +86,8 @@ pub struct ClusterRuntime {
 
 /// What a route needs per request, by the router's route index.
 pub struct RouteRuntime {
-    /// `namespace/apiroute/rule`.
-    pub name: String,
+    /// `namespace/apiroute/rule` (shared with the access log's records).
+    pub name: Arc<str>,
     /// Clusters with cumulative weights, for a weighted pick across pools.
     pub backends: Vec<(Arc<ClusterRuntime>, u64)>,
     pub total_weight: u64,
@@ -291,7 +291,7 @@ impl Runtime {
                 live.lane
                     .configure(options.route_lanes.with_rule(own_lanes));
                 RouteRuntime {
-                    name: route.name.clone(),
+                    name: route.name.as_str().into(),
                     backends,
                     total_weight: total,
                     live,
@@ -385,7 +385,7 @@ mod route_settings_tests {
     }
 
     fn route<'a>(rt: &'a Runtime, name: &str) -> &'a RouteRuntime {
-        rt.routes.iter().find(|r| r.name == name).unwrap()
+        rt.routes.iter().find(|r| &*r.name == name).unwrap()
     }
 
     #[test]
