@@ -242,7 +242,9 @@ mod tests {
                 .append(k, HeaderValue::from_bytes(v).unwrap());
         }
         let started = Instant::now();
-        let mut r = Record::arrive(&req, "10.1.2.3:40000".parse().unwrap(), None, started);
+        let rid = HeaderValue::from_static("rid-1");
+        let client = "10.1.2.3:40000".parse().unwrap();
+        let mut r = Record::arrive(&req, client, None, started, &rid);
         r.time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_740_832_496_789);
         r.status = 200;
         r.bytes_sent = 12;

@@ -40,7 +40,8 @@ pub struct Record {
     pub status: u16,
     pub route: Option<Arc<str>>,
     pub key_id: Option<Arc<str>>,
-    pub request_id: Option<HeaderValue>,
+    /// The client's `x-request-id`, or the one made for it.
+    pub request_id: HeaderValue,
     pub cache: Option<CacheStatus>,
     pub rate_limit: Option<RateLimited>,
     /// The forward stage's attempts, and the request body's bytes.
@@ -62,6 +63,7 @@ impl Record {
         client: SocketAddr,
         tls: Option<&Arc<TlsSession>>,
         started: Instant,
+        request_id: &HeaderValue,
     ) -> Box<Record> {
         let h = req.headers();
         Box::new(Record {
@@ -80,7 +82,7 @@ impl Record {
             status: CLIENT_CLOSED,
             route: None,
             key_id: None,
-            request_id: None,
+            request_id: request_id.clone(),
             cache: None,
             rate_limit: None,
             tally: Tally::default(),
@@ -129,7 +131,7 @@ impl Record {
             }),
             Field::Cache => self.cache.map_or(Absent, |c| Text(c.as_str())),
             Field::RateLimit => self.rate_limit.map_or(Absent, |r| Text(r.as_str())),
-            Field::RequestId => header(&self.request_id),
+            Field::RequestId => Bytes(self.request_id.as_bytes()),
             Field::TraceId => self.trace_id.as_ref().map_or(Absent, |t| Text(t.as_str())),
             Field::TlsVersion => self.tls.as_ref().map_or(Absent, |t| Text(t.version)),
             Field::Sni => self

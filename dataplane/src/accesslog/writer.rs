@@ -254,7 +254,9 @@ mod tests {
 
     fn record(path: &str) -> Box<Record> {
         let req = Request::get(path).body(()).unwrap();
-        let mut r = Record::arrive(&req, "127.0.0.1:1".parse().unwrap(), None, Instant::now());
+        let rid = http::HeaderValue::from_static("rid");
+        let client = "127.0.0.1:1".parse().unwrap();
+        let mut r = Record::arrive(&req, client, None, Instant::now(), &rid);
         r.status = 204;
         r
     }

@@ -209,16 +209,15 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         self.metrics.in_flight.inc();
+        let request_id = request_id(&mut req);
         let log = self.access_log.as_ref().map(|sink| {
-            Pending::new(
-                Record::arrive(&req, conn.peer, conn.tls.as_ref(), started),
-                sink,
-            )
+            let record = Record::arrive(&req, conn.peer, conn.tls.as_ref(), started, &request_id);
+            Pending::new(record, sink)
         });
         let at = Arrival {
             conn,
             started,
-            request_id: request_id(&mut req),
+            request_id,
         };
         // The table in force, held until the request is counted: its routes hold the
         // metrics.
@@ -803,7 +802,6 @@ impl Proxy {
             record.status = resp.status().as_u16();
             record.route = route.map(|r| r.name.clone());
             record.key_id = key_id;
-            record.request_id = Some(at.request_id.clone());
             record.rate_limit = rate_limit;
             record.cache = match cache {
                 CacheUse::None => None,
