@@ -80,3 +80,65 @@ impl Drop for Logged {
         self.end();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt as _, StreamBody};
+
+    use super::*;
+    use crate::{
+        accesslog::{AccessLog, Destination, Field, Format},
+        metrics::AccessLogMetrics,
+    };
+
+    fn body(chunks: &[&'static [u8]]) -> ProxyBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c))))
+            .collect();
+        StreamBody::new(futures::stream::iter(frames)).boxed()
+    }
+
+    fn record(rid: &'static str) -> Box<Record> {
+        let req = http::Request::get("/").body(()).unwrap();
+        let rid = http::HeaderValue::from_static(rid);
+        Record::arrive(
+            &req,
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            Instant::now(),
+            &rid,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_record_leaves_when_the_body_ends_or_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let counters = AccessLogMetrics::default();
+        let log = AccessLog::start(
+            Format::Text(vec![Field::RequestId, Field::BytesSent]),
+            Destination::File(path.clone()),
+            8,
+            counters.clone(),
+        )
+        .unwrap();
+        let mut whole = Logged::wrap(body(&[b"abc", b"defg"]), record("whole"), log.sink.clone());
+        while let Some(f) = whole.frame().await {
+            f.unwrap();
+        }
+        let mut cut = Logged::wrap(body(&[b"abc", b"defg"]), record("cut"), log.sink.clone());
+        cut.frame().await.unwrap().unwrap();
+        drop(cut);
+        // Sent already: dropping the finished body sends nothing more.
+        drop(whole);
+        log.close(Duration::from_secs(5));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "request_id=whole bytes_sent=7\nrequest_id=cut bytes_sent=3\n"
+        );
+        assert_eq!(counters.written.get(), 2);
+    }
+}

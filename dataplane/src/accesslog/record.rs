@@ -286,11 +286,12 @@ impl Tally {
         u.answered = Some(at);
     }
 
-    /// A body of `n` bytes was read whole.
+    /// Request body bytes read from the client so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed) + self.streamed.get().map_or(0, Counter::get)
     }
 
+    /// A body of `n` bytes was read whole.
     pub fn add_received(&self, n: u64) {
         self.received.fetch_add(n, Ordering::Relaxed);
     }

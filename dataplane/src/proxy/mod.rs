@@ -29,7 +29,9 @@
 //!    edits, streamed back; or the gateway's own problem document (never edited).
 //!
 //! Then `Proxy::finish`, the one place every request ends, early or not: route metrics,
-//! reject counters, the response headers stages left behind, the access log.
+//! reject counters, the response headers stages left behind, the access log (its record,
+//! begun when the request came, goes with the response body and is sent when that ends;
+//! see `accesslog`).
 
 pub mod body;
 mod cached;
