@@ -24,6 +24,7 @@
 #   BENCH_OUT=bench/results/latest-paths.md
 #   BENCH_SKIP_BUILD=1         use the release binaries already built
 #   BENCH_KEEP=1               keep the run directory
+#   BENCH_PARAPET_FLAGS="..."  extra data-plane flags (bench/tracing.sh sets the tracing ones)
 #   CADDY=/path/to/caddy       else Caddy v2.11.9 is built with `go install` from the Go
 #                              module proxy into ~/.cache/parapet-bench (outside the repository)
 set -euo pipefail
@@ -31,6 +32,7 @@ cd "$(dirname "$0")/.."
 
 read -r -a SHAPES <<<"${BENCH_PATHS:-h1 h1-tls h2-tls post-4k post-256k conn tls-new tls-resumed idle-10k routes-10 routes-1k routes-10k}"
 read -r -a PROXIES <<<"${BENCH_PROXIES:-parapet nginx haproxy caddy}"
+read -r -a PARAPET_FLAGS <<<"${BENCH_PARAPET_FLAGS:-}"
 ROUNDS=${BENCH_ROUNDS:-3}
 DURATION=${BENCH_DURATION:-5}
 WARMUP=${BENCH_WARMUP:-2}
@@ -148,7 +150,7 @@ start_proxy() {
     local flags=()
     tls_of "$shape" && flags=(--tls-cert "$RUN/cert.pem" --tls-key "$RUN/key.pem")
     start "$name" "$@" "$BIN/dataplane" --config "$conf" --listen "127.0.0.1:$port" \
-      --admin-listen "127.0.0.1:$ADMIN" --workers 1 --log-format text "${flags[@]}"
+      --admin-listen "127.0.0.1:$ADMIN" --workers 1 --log-format text "${flags[@]}" "${PARAPET_FLAGS[@]}"
     ;;
   nginx)
     nginx -t -q -c "$conf" -p "$RUN" 2>"$RUN/nginx-t.err" || die "nginx -t failed: $(cat "$RUN/nginx-t.err")"

@@ -179,7 +179,7 @@ fn backend(name: &str, weight: u32, total: u32, c: Option<&Cluster>) -> Backend 
     Backend {
         pool: c.name.clone(),
         share,
-        algorithm: serde_json::to_value(&c.load_balancing.algorithm)
+        algorithm: serde_json::to_value(c.load_balancing.algorithm)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),

@@ -17,6 +17,7 @@ use crate::{
     proxy::{EdgeConfig, Limits, Proxy},
     snapshot::{BuildOptions, SnapshotStore, load_persisted},
     standalone,
+    trace::{TraceConfig, Tracer},
     upstream::ClientPool,
 };
 
@@ -163,6 +164,32 @@ pub struct Args {
     /// never waits for the access log.
     #[arg(long, env = "PARAPET_ACCESS_LOG_BUFFER", default_value_t = accesslog::DEFAULT_BUFFER, value_parser = records)]
     pub access_log_buffer: usize,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector URL, e.g.
+    /// http://otel-collector:4318/v1/traces. Unset: no tracing, and a caller's
+    /// `traceparent` goes upstream untouched.
+    #[arg(long, env = "PARAPET_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of the traces this data plane starts that are recorded (0 to 1). A caller's
+    /// sampling decision in its `traceparent` is followed whatever the ratio.
+    #[arg(long, env = "PARAPET_OTLP_SAMPLING_RATIO", default_value_t = 0.01)]
+    pub otlp_sampling_ratio: f64,
+    /// The `service.name` of the spans.
+    #[arg(
+        long,
+        env = "PARAPET_OTLP_SERVICE_NAME",
+        default_value = "parapet-dataplane"
+    )]
+    pub otlp_service_name: String,
+    /// Spans waiting for export; when the collector falls behind and it is full, spans
+    /// are dropped: a request never waits for the exporter.
+    #[arg(long, env = "PARAPET_OTLP_QUEUE", default_value_t = 2048, value_parser = records)]
+    pub otlp_queue: usize,
+    /// Longest a span waits before its batch is posted.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub otlp_batch_delay: Duration,
+    /// Timeout of one export post.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub otlp_timeout: Duration,
     /// Memory bound of the response cache in bytes (all policies together; least useful
     /// entries are evicted first).
     #[arg(long, env = "PARAPET_CACHE_MAX_BYTES", default_value_t = crate::snapshot::DEFAULT_CACHE_MAX_BYTES)]
@@ -347,11 +374,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             args.reload_interval,
         ));
     }
+    let tracer = tracer(&args, &metrics)?;
     let proxy = proxy(
         &args,
         store,
         metrics,
         access_log.as_ref().map(|l| l.sink.clone()),
+        tracer.clone(),
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = start_workers(&args, per_worker, proxy, stop_rx, liveness)?;
@@ -374,6 +403,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tokio::time::sleep(args.shutdown_delay).await;
     let _ = stop_tx.send(true);
     let drained = workers.drained().await;
+    if let Some(t) = tracer {
+        // What is queued is exported before the process exits.
+        let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+    }
     if let Some(log) = access_log {
         // What is queued is written before the process exits.
         let _ = tokio::task::spawn_blocking(move || log.close(Duration::from_secs(2))).await;
@@ -411,6 +444,29 @@ fn access_log(args: &Args, metrics: &Metrics) -> anyhow::Result<Option<AccessLog
         metrics.access_log.clone(),
     )?;
     Ok(Some(log))
+}
+
+/// The tracer the --otlp flags ask for, its exporter started; `None` without
+/// --otlp-endpoint.
+fn tracer(args: &Args, metrics: &Metrics) -> anyhow::Result<Option<Arc<Tracer>>> {
+    let Some(endpoint) = &args.otlp_endpoint else {
+        return Ok(None);
+    };
+    let config = TraceConfig {
+        endpoint: endpoint.clone(),
+        ratio: args.otlp_sampling_ratio,
+        queue: args.otlp_queue,
+        delay: args.otlp_batch_delay,
+        timeout: args.otlp_timeout,
+        service: args.otlp_service_name.clone(),
+    };
+    let tracer = Tracer::start(
+        &config,
+        tokio::runtime::Handle::current(),
+        metrics.trace.clone(),
+    )?;
+    tracing::info!(endpoint = %endpoint, ratio = args.otlp_sampling_ratio, "tracing: spans exported over OTLP/HTTP");
+    Ok(Some(Arc::new(tracer)))
 }
 
 /// The snapshot store with the table-build options the flags give.
@@ -531,6 +587,7 @@ fn proxy(
     store: Arc<SnapshotStore>,
     metrics: Arc<Metrics>,
     access_log: Option<Arc<accesslog::Sink>>,
+    tracer: Option<Arc<Tracer>>,
 ) -> anyhow::Result<Arc<Proxy>> {
     let server_header =
         match &args.server_header {
@@ -555,6 +612,7 @@ fn proxy(
         ),
         metrics,
         access_log,
+        tracer,
         edge: EdgeConfig {
             trusted_proxies: args.trusted_proxies.clone(),
             trusted_hops: args.trusted_hops,

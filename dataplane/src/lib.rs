@@ -35,4 +35,5 @@ pub mod router;
 pub mod snapshot;
 pub mod standalone;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

@@ -132,6 +132,16 @@ pub struct Metrics {
     pub mirror_requests: Family<RouteResultLabels, Counter>,
     pub ha: HaMetrics,
     pub access_log: AccessLogMetrics,
+    pub trace: TraceMetrics,
+}
+
+/// The span exporter's counters.
+#[derive(Clone, Debug, Default)]
+pub struct TraceMetrics {
+    /// Spans the collector accepted.
+    pub spans_exported: Counter,
+    /// Spans lost because their batch could not be exported.
+    pub spans_failed: Counter,
 }
 
 /// The access log's counters.
@@ -434,7 +444,19 @@ impl Metrics {
             "Access-log records lost because they could not be written (full disk, closed pipe…)",
             access_log.write_errors.clone(),
         );
+        let trace = TraceMetrics::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans exported to the OTLP collector (--otlp-endpoint)",
+            trace.spans_exported.clone(),
+        );
+        registry.register(
+            "trace_spans_failed",
+            "Spans lost because their batch could not be exported (collector down, refused or slow); requests never wait for the exporter",
+            trace.spans_failed.clone(),
+        );
         Self {
+            trace,
             access_log,
             mirror_requests,
             cache,

@@ -7,6 +7,7 @@ pub mod capture;
 pub mod client;
 pub mod dataplane;
 pub mod load;
+pub mod otlp;
 pub mod pki;
 pub mod script_origin;
 

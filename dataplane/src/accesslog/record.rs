@@ -334,6 +334,18 @@ impl Tally {
 pub struct TraceId([u8; 32]);
 
 impl TraceId {
+    /// 32 lowercase hex digits, not all zero (the tracer's ids are).
+    pub fn parse(s: &str) -> Option<TraceId> {
+        let b = s.as_bytes();
+        let hex = b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        if b.len() != 32 || !hex || b.iter().all(|&c| c == b'0') {
+            return None;
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(b);
+        Some(TraceId(id))
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII hex digits are ever stored.
         std::str::from_utf8(&self.0).unwrap_or("")
@@ -369,9 +381,7 @@ fn parse_traceparent(v: &[u8]) -> Option<TraceId> {
     if trace.iter().all(|&c| c == b'0') || parent.iter().all(|&c| c == b'0') {
         return None;
     }
-    let mut id = [0u8; 32];
-    id.copy_from_slice(trace);
-    Some(TraceId(id))
+    std::str::from_utf8(trace).ok().and_then(TraceId::parse)
 }
 
 #[cfg(test)]

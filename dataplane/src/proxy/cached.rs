@@ -85,6 +85,9 @@ impl Origin for RouteOrigin {
             hedge_after: self.hedge_after,
             pace: None,
             tally: self.tally.as_deref(),
+            // A fetch may serve many requests (coalesced misses, refreshes): it belongs to
+            // none of their traces.
+            trace: None,
         };
         // Boxed: a miss can afford an allocation, and a hit's future stays small.
         match Box::pin(forward::forward(

@@ -47,6 +47,7 @@ use crate::{
     outlier::Verdict,
     retry::{self, Denied, Failure},
     snapshot::{ClusterRuntime, RouteRuntime},
+    trace::{Attempt, RequestSpan, Tracer},
     upstream::{UpstreamBody, http1},
 };
 
@@ -72,6 +73,8 @@ pub(super) struct Exchange<'a> {
     pub pace: Option<Pace>,
     /// Where the attempts are told, for the access log (when it is on).
     pub tally: Option<&'a Tally>,
+    /// The tracer and the request's span, when tracing: each attempt gets a span of its own.
+    pub trace: Option<(&'a Tracer, &'a RequestSpan)>,
 }
 
 impl Exchange<'_> {
@@ -206,7 +209,7 @@ pub(super) async fn forward(
     }
     // Most requests: one attempt, with nothing to race it (no hedge, no retry, its timeout
     // is the deadline).
-    let result = attempt(ex, first, first_head, first_body, per_try).await;
+    let result = attempt(ex, first, first_head, first_body, per_try, Attempt::First).await;
     if let Tried::Answer(a) = result {
         return Ok(a);
     }
@@ -228,7 +231,12 @@ async fn race(
 ) -> Result<Answer, Outcome> {
     // The current attempt, pinned once and refilled; hedges beside it, boxed when used.
     let mut main = pin!(OptionFuture::from(Some(attempt(
-        ex, first, first_head, first_body, per_try
+        ex,
+        first,
+        first_head,
+        first_body,
+        per_try,
+        Attempt::First
     ))));
     let max_hedges = ex.route.hedge.as_ref().map_or(1, |h| h.max_extra);
     let mut hedges = Hedges::new(ex.started, ex.hedge_after, max_hedges);
@@ -254,7 +262,7 @@ async fn race(
             r = hedges.next_done(), if hedges.running() => (r, true),
             () = hedge_due => {
                 match hedge_attempt(ex, &mut body, &mut tried) {
-                    Some((p, b)) => hedges.launch(attempt(ex, p, ex.parts.clone(), b, per_try)),
+                    Some((p, b)) => hedges.launch(attempt(ex, p, ex.parts.clone(), b, per_try, Attempt::Hedge)),
                     None => hedges.stop(),
                 }
                 continue;
@@ -282,7 +290,17 @@ async fn race(
             break;
         };
         attempts += 1;
-        main.set(Some(attempt(ex, next, ex.parts.clone(), b, per_try)).into());
+        main.set(
+            Some(attempt(
+                ex,
+                next,
+                ex.parts.clone(),
+                b,
+                per_try,
+                Attempt::Retry,
+            ))
+            .into(),
+        );
         main_running = true;
     }
     settle(ex, last)
@@ -501,19 +519,28 @@ fn hedge_attempt(
     Some((p, b))
 }
 
-/// One attempt: breaker, request, classification, outlier detection.
+/// One attempt: breaker, request, classification, outlier detection; its span when
+/// tracing (`kind`: why it was sent).
 async fn attempt(
     ex: &Exchange<'_>,
     picked: Picked,
     mut head: Parts,
     body: Outgoing,
     per_try: Option<Duration>,
+    kind: Attempt,
 ) -> Tried {
     let Picked {
         cluster,
         endpoint,
         probe,
     } = picked;
+    let span = ex.trace.map(|(tracer, request)| {
+        let failover = !Arc::ptr_eq(&cluster, ex.primary);
+        let authority = endpoint.authority().as_str();
+        let span = tracer.attempt(request, kind, failover, &cluster.spec.name, authority);
+        tracer.inject(&span, &mut head.headers);
+        span
+    });
     let until = per_try.map_or(ex.deadline, |d| (Instant::now() + d).min(ex.deadline));
     let permit = match enter(&cluster, until).await {
         Ok(p) => p,
@@ -575,6 +602,30 @@ async fn attempt(
         cluster
             .outlier
             .record(cluster.balancer.endpoints(), &endpoint, v, probe, now);
+    }
+    if let Some(span) = span {
+        span.end(match &tried {
+            Tried::Answer(a) => Ok(a.response.status().as_u16()),
+            Tried::Failed {
+                answer: Some(a), ..
+            } => Ok(a.response.status().as_u16()),
+            Tried::Failed { failure, .. } => Err(match failure {
+                Failure::Connect => "connect failed",
+                Failure::Reset => "connection reset",
+                Failure::Timeout => "timeout",
+                Failure::Status(_) => "upstream error",
+            }),
+            Tried::Fatal(o) => Err(match o {
+                Outcome::Overflow(_) => "circuit breaker overflow",
+                Outcome::ClientTimeout => "client body too slow",
+                Outcome::BadRequestBody => "bad request body",
+                Outcome::BodyTooLarge => "request body too large",
+                Outcome::NoEndpoint => "no endpoint",
+                Outcome::ConnectFailed => "connect failed",
+                Outcome::Timeout => "timeout",
+                Outcome::UpstreamFailed => "upstream failed",
+            }),
+        });
     }
     tried
 }

@@ -75,6 +75,7 @@ use crate::{
     ratelimit::{self, Decision},
     router::{Matched, RequestInfo},
     snapshot::{RouteRuntime, Runtime, SnapshotStore},
+    trace::{RequestSpan, Tracer},
 };
 
 pub struct Proxy {
@@ -85,6 +86,8 @@ pub struct Proxy {
     pub lanes: Arc<Lanes>,
     /// Where each request's access-log record goes; `None`: no access log.
     pub access_log: Option<Arc<accesslog::Sink>>,
+    /// Spans for requests and attempts; `None`: no tracing.
+    pub tracer: Option<Arc<Tracer>>,
     pub edge: EdgeConfig,
 }
 
@@ -95,6 +98,8 @@ struct Arrival {
     started: Instant,
     /// The client's `x-request-id`, or one made for it.
     request_id: HeaderValue,
+    /// The request's span, when tracing.
+    trace: Option<RequestSpan>,
 }
 
 impl Arrival {
@@ -212,14 +217,24 @@ impl Proxy {
         let started = Instant::now();
         self.metrics.in_flight.inc();
         let request_id = request_id(&mut req);
+        let trace = self
+            .tracer
+            .as_ref()
+            .map(|t| t.request(req.method(), req.uri().path(), req.headers()));
         let log = self.access_log.as_ref().map(|sink| {
-            let record = Record::arrive(&req, conn.peer, conn.tls.as_ref(), started, &request_id);
+            let mut record =
+                Record::arrive(&req, conn.peer, conn.tls.as_ref(), started, &request_id);
+            // Tracing knows the trace id even when it started the trace itself.
+            if let Some(t) = &trace {
+                record.trace_id = accesslog::TraceId::parse(&t.trace_id());
+            }
             Pending::new(record, sink)
         });
-        let at = Arrival {
+        let mut at = Arrival {
             conn,
             started,
             request_id,
+            trace,
         };
         // The table in force, held until the request is counted: its routes hold the
         // metrics.
@@ -230,7 +245,8 @@ impl Proxy {
             .serve(req, &at, table.as_ref(), &mut trail, tally)
             .await;
         self.metrics.in_flight.dec();
-        self.finish(ended, trail, &at, log)
+        let span = at.trace.take();
+        self.finish(ended, trail, &at, log, span)
     }
 
     /// The stages, in the order a request meets them. `tally`: where the attempts are
@@ -474,11 +490,15 @@ impl Proxy {
             limiter.acquire(&key)
         };
         limiter.headers(&decision, &mut trail.headers);
-        trail.rate_limit = Some(match decision {
+        let verdict = match decision {
             Decision::Deny { .. } => RateLimited::Limited,
             Decision::Allow { wait, .. } if !wait.is_zero() => RateLimited::Shaped,
             Decision::Allow { .. } => RateLimited::Allowed,
-        });
+        };
+        trail.rate_limit = Some(verdict);
+        if let (Some(t), Some(span)) = (&self.tracer, &at.trace) {
+            t.step(span, "rate limit", "parapet.rate_limit", verdict.as_str());
+        }
         match decision {
             Decision::Deny { .. } => Err(Early::rejected(
                 "rate_limited",
@@ -545,9 +565,9 @@ impl Proxy {
     /// Stage 6, prepare: the backend pool by weight, the upstream path (rewrites), the
     /// deadline, and what the attempts share. The body is returned as it came.
     fn prepare<'a>(
-        &self,
+        &'a self,
         mut req: Request<DownstreamBody>,
-        at: &Arrival,
+        at: &'a Arrival,
         routed: &Routed<'a>,
         authority: Option<&'a str>,
         tally: Option<&'a Tally>,
@@ -599,6 +619,7 @@ impl Proxy {
             hedge_after,
             pace: None,
             tally,
+            trace: self.tracer.as_deref().zip(at.trace.as_ref()),
         };
         Ok((Prepared { exchange, upgrade }, body))
     }
@@ -762,6 +783,7 @@ impl Proxy {
         trail: Trail<'_>,
         at: &Arrival,
         log: Option<Pending<'_>>,
+        span: Option<RequestSpan>,
     ) -> Response<ProxyBody> {
         let (mut resp, answered) = match ended {
             Ok(Answered { response, at }) => (response, Some(at)),
@@ -800,19 +822,29 @@ impl Proxy {
         if let Some(server) = &self.edge.server_header {
             h.insert(header::SERVER, server.clone());
         }
+        let cache_status = || match cache {
+            CacheUse::None => None,
+            CacheUse::Bypassed => Some(CacheStatus::Bypass),
+            CacheUse::Answered => resp
+                .headers()
+                .get(crate::cache::X_CACHE)
+                .and_then(CacheStatus::from_header),
+        };
+        if let (Some(t), Some(span)) = (&self.tracer, span) {
+            if let Some(c) = cache_status() {
+                t.step(&span, "cache", "parapet.cache", c.as_str());
+            }
+            if let Some(r) = route {
+                span.set_route(&r.name);
+            }
+            span.end(resp.status().as_u16());
+        }
         if let Some((mut record, sink)) = log.and_then(Pending::take) {
             record.status = resp.status().as_u16();
             record.route = route.map(|r| r.name.clone());
             record.key_id = key_id;
             record.rate_limit = rate_limit;
-            record.cache = match cache {
-                CacheUse::None => None,
-                CacheUse::Bypassed => Some(CacheStatus::Bypass),
-                CacheUse::Answered => resp
-                    .headers()
-                    .get(crate::cache::X_CACHE)
-                    .and_then(CacheStatus::from_header),
-            };
+            record.cache = cache_status();
             // Bytes sent and the total duration are known when the body ends.
             resp = resp.map(|body| Logged::wrap(body, record, sink));
         }
