@@ -37,7 +37,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("cluster-demo", "cargo build --release --locked"),
     (
         "e2e",
-        "cargo build -p parapet-operator -p parapet-dataplane --bins",
+        "cargo build -p parapet-operator -p parapet-dataplane -p parapet-cli --bins",
     ),
     ("e2e-node", "cargo build --release --locked"),
     // The script builds the suite, echo-basic and coredns itself (Go module proxy).
@@ -46,7 +46,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("chart-lint", "build-helm.sh path"),
     (
         "chart-test",
-        "cargo build -p parapet-operator -p parapet-dataplane --bins",
+        "cargo build -p parapet-operator -p parapet-dataplane -p parapet-cli --bins",
     ),
     ("images", "cargo build --release --locked"),
     ("images-docker", "build -f operator/Dockerfile"),

@@ -352,9 +352,9 @@ impl TraceId {
     }
 }
 
-/// The request's trace id, the one place it comes from: the W3C `traceparent` header's
-/// (Trace Context, level 1), when there is exactly one and it is valid; else none. The
-/// gateway starts no trace of its own yet: when it does, its id is supplied here.
+/// The request's trace id without tracing: the W3C `traceparent` header's (Trace Context,
+/// level 1), when there is exactly one and it is valid; else none. With tracing on, the
+/// proxy puts the id of the trace it continued or started in the record instead.
 pub fn trace_id(headers: &HeaderMap) -> Option<TraceId> {
     let mut all = headers.get_all("traceparent").iter();
     let v = all.next()?;

@@ -18,7 +18,7 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanExporter},
 };
 
-use super::TraceConfig;
+use super::config::TraceConfig;
 use crate::metrics::TraceMetrics;
 
 pub(super) fn exporter(

@@ -9,12 +9,12 @@
 //! (protobuf) collector: a full queue drops spans, a dead collector costs the request path
 //! nothing. The batches are posted by this runtime's HTTP client (`export`).
 
+mod config;
 mod export;
 
 use std::{
     borrow::Cow,
     sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
 };
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -29,23 +29,8 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider},
 };
 
+pub use self::config::TraceConfig;
 use crate::metrics::TraceMetrics;
-
-/// How the data plane traces (its `--otlp-*` flags).
-#[derive(Clone, Debug)]
-pub struct TraceConfig {
-    /// `http://collector:4318/v1/traces`.
-    pub endpoint: String,
-    /// Share of traces started here that are recorded, 0.0 to 1.0.
-    pub ratio: f64,
-    /// Spans waiting for export; past it, spans are dropped.
-    pub queue: usize,
-    /// Longest a span waits before its batch goes.
-    pub delay: Duration,
-    pub timeout: Duration,
-    /// The `service.name` of the spans.
-    pub service: String,
-}
 
 /// The tracer the proxy starts spans with.
 pub struct Tracer {
