@@ -9,10 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
-use kube::{
-    Api, Client,
-    api::{DynamicObject, ListParams},
-};
+use kube::{Api, Client, api::ListParams};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -175,17 +172,8 @@ pub fn prune(dir: &std::path::Path, keep: usize) -> Result<Vec<PathBuf>> {
 }
 
 async fn list(client: &Client, kind: &Kind, namespaces: &[String]) -> Result<Vec<Value>> {
-    let ar = kind.api_resource();
-    let apis: Vec<Api<DynamicObject>> = if !kind.namespaced || namespaces.is_empty() {
-        vec![Api::all_with(client.clone(), &ar)]
-    } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced_with(client.clone(), ns, &ar))
-            .collect()
-    };
     let mut out = Vec::new();
-    for api in apis {
+    for api in kind.apis(client, namespaces) {
         let list = api
             .list(&ListParams::default())
             .await

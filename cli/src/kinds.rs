@@ -1,7 +1,11 @@
 //! The kinds a backup holds, in the order a restore applies them: what others refer to
 //! first (Secrets, cache policies, pools), the routes that refer to them last.
 
-use kube::{api::ApiResource, core::GroupVersionKind};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject},
+    core::GroupVersionKind,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kind {
@@ -28,6 +32,18 @@ impl Kind {
         } else {
             format!("{}/{}", self.group, self.version)
         }
+    }
+
+    /// Where to list this kind: the whole cluster, or each of `namespaces` (none: all).
+    pub fn apis(&self, client: &Client, namespaces: &[String]) -> Vec<Api<DynamicObject>> {
+        let ar = self.api_resource();
+        if !self.namespaced || namespaces.is_empty() {
+            return vec![Api::all_with(client.clone(), &ar)];
+        }
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced_with(client.clone(), ns, &ar))
+            .collect()
     }
 
     /// The CRD's name (`apiroutes.parapet.dev`).

@@ -5,10 +5,7 @@ use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
 use k8s_openapi::jiff::Timestamp;
-use kube::{
-    Api, Client,
-    api::{DynamicObject, ListParams},
-};
+use kube::{Client, api::ListParams};
 use parapet_crds::fleet::FleetStatus;
 use serde::Serialize;
 use serde_json::Value;
@@ -48,16 +45,7 @@ pub async fn gather(
         .iter()
         .filter(|k| !k.gateway_api || k.kind == "Gateway")
     {
-        let ar = kind.api_resource();
-        let apis: Vec<Api<DynamicObject>> = if namespaces.is_empty() {
-            vec![Api::all_with(client.clone(), &ar)]
-        } else {
-            namespaces
-                .iter()
-                .map(|ns| Api::namespaced_with(client.clone(), ns, &ar))
-                .collect()
-        };
-        for api in apis {
+        for api in kind.apis(client, namespaces) {
             let list = match api.list(&ListParams::default()).await {
                 Ok(l) => l,
                 // Gateway API not installed.
