@@ -20,7 +20,7 @@ use std::{
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::{
     Context, KeyValue,
-    propagation::{Extractor, Injector, TextMapPropagator},
+    propagation::{Extractor, TextMapPropagator},
     trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _},
 };
 use opentelemetry_sdk::{
@@ -116,15 +116,19 @@ impl Tracer {
     /// carries a valid `traceparent`, else the root of a new trace.
     pub fn request(&self, method: &http::Method, path: &str, headers: &HeaderMap) -> RequestSpan {
         let parent = self.propagator.extract(&Headers(headers));
-        let span = self
+        // Named and described only once sampled: an unrecorded span costs no copies.
+        let mut span = self
             .tracer
-            .span_builder(method.as_str().to_owned())
+            .span_builder(span_name(method))
             .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new("http.request.method", method.as_str().to_owned()),
-                KeyValue::new("url.path", path.to_owned()),
-            ])
             .start_with_context(&self.tracer, &parent);
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(
+                "http.request.method",
+                method.as_str().to_owned(),
+            ));
+            span.set_attribute(KeyValue::new("url.path", path.to_owned()));
+        }
         RequestSpan {
             cx: parent.with_span(span),
             attempts: AtomicU32::new(0),
@@ -191,8 +195,31 @@ impl Tracer {
 
     /// Puts `cx`'s trace context on an upstream request, replacing the caller's.
     pub fn inject(&self, attempt: &AttemptSpan, headers: &mut HeaderMap) {
-        self.propagator
-            .inject_context(&attempt.cx, &mut HeadersMut(headers));
+        let span = attempt.cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        // `00-<trace>-<span>-<flags>`, written into one buffer (the propagator formats a
+        // string, then the header copies it).
+        let mut tp = [0u8; 55];
+        tp[..3].copy_from_slice(b"00-");
+        hex_into(&mut tp[3..35], &sc.trace_id().to_bytes());
+        tp[35] = b'-';
+        hex_into(&mut tp[36..52], &sc.span_id().to_bytes());
+        tp[52] = b'-';
+        hex_into(&mut tp[53..55], &[sc.trace_flags().to_u8() & 1]);
+        if let Ok(v) = HeaderValue::from_bytes(&tp) {
+            headers.insert(TRACEPARENT, v);
+        }
+        let state = sc.trace_state().header();
+        if !state.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&state)
+        {
+            headers.insert(TRACESTATE, v);
+        } else {
+            headers.remove(TRACESTATE);
+        }
     }
 
     /// Exports what is queued; at shutdown.
@@ -274,6 +301,33 @@ impl AttemptSpan {
     }
 }
 
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// A span name for the method that needs no copy: the standard ones, else `HTTP`
+/// (OpenTelemetry's convention for other methods).
+fn span_name(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "HTTP",
+    }
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
 struct Headers<'a>(&'a HeaderMap);
 
 impl Extractor for Headers<'_> {
@@ -282,19 +336,6 @@ impl Extractor for Headers<'_> {
     }
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(HeaderName::as_str).collect()
-    }
-}
-
-struct HeadersMut<'a>(&'a mut HeaderMap);
-
-impl Injector for HeadersMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(k, v);
-        }
     }
 }
 

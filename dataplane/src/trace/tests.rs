@@ -53,7 +53,7 @@ fn sent(t: &Tracer, req: &RequestSpan, kind: Attempt) -> (String, String, String
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_trace_is_continued_with_our_span_as_parent() {
     let t = tracer(0.0);
     let req = t.request(
@@ -75,7 +75,7 @@ async fn a_caller_trace_is_continued_with_our_span_as_parent() {
     req.end(200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsampled_caller_is_not_recorded_but_its_trace_travels_on() {
     let t = tracer(1.0);
     let req = t.request(
@@ -91,7 +91,7 @@ async fn an_unsampled_caller_is_not_recorded_but_its_trace_travels_on() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_caller_the_ratio_decides_and_a_trace_is_started_either_way() {
     let none = tracer(0.0);
     let req = none.request(&http::Method::GET, "/", &HeaderMap::new());
@@ -107,7 +107,7 @@ async fn without_a_caller_the_ratio_decides_and_a_trace_is_started_either_way() 
     assert_eq!(sent(&all, &req, Attempt::Hedge).2, "01");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_trace_context_starts_a_new_trace() {
     let t = tracer(1.0);
     for bad in [
@@ -128,7 +128,7 @@ async fn malformed_trace_context_starts_a_new_trace() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_that_are_not_urls_are_refused_with_the_fix() {
     let mut c = TraceConfig {
         endpoint: "collector:4318".into(),
