@@ -233,7 +233,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::{accesslog::record::CacheStatus, proxy::TlsSession};
+    use crate::{cache::CacheStatus, proxy::TlsSession};
 
     fn record(uri: &str, headers: &[(&'static str, &[u8])]) -> Box<Record> {
         let mut req = Request::get(uri).body(()).unwrap();

@@ -22,7 +22,7 @@ pub use self::{
     body::Logged,
     field::Field,
     format::{Format, Template},
-    record::{CLIENT_CLOSED, CacheStatus, RateLimited, Record, Tally, TraceId, trace_id},
+    record::{CLIENT_CLOSED, RateLimited, Record, Tally, TraceId, trace_id},
     writer::{AccessLog, Destination, Sink},
 };
 

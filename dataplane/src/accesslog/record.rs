@@ -18,7 +18,9 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use super::field::Field;
-use crate::{endpoint::EndpointHandle, proxy::TlsSession, snapshot::ClusterRuntime};
+use crate::{
+    cache::CacheStatus, endpoint::EndpointHandle, proxy::TlsSession, snapshot::ClusterRuntime,
+};
 
 /// One request as the access log sees it.
 pub struct Record {
@@ -129,7 +131,7 @@ impl Record {
             Field::DurationMs => self.ended.map_or(Absent, |at| {
                 Millis(at.saturating_duration_since(self.started))
             }),
-            Field::Cache => self.cache.map_or(Absent, |c| Text(c.as_str())),
+            Field::Cache => self.cache.map_or(Absent, |c| Text(c.label())),
             Field::RateLimit => self.rate_limit.map_or(Absent, |r| Text(r.as_str())),
             Field::RequestId => Bytes(self.request_id.as_bytes()),
             Field::TraceId => self.trace_id.as_ref().map_or(Absent, |t| Text(t.as_str())),
@@ -169,42 +171,6 @@ fn protocol(v: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP",
-    }
-}
-
-/// What the response cache did with the request: the `x-cache` value it answered with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheStatus {
-    Hit,
-    Miss,
-    Stale,
-    Revalidated,
-    /// The route caches, but this request went past the cache (a method or a request the
-    /// cache does not serve).
-    Bypass,
-}
-
-impl CacheStatus {
-    /// From the cache's `x-cache` value.
-    pub fn from_header(v: &HeaderValue) -> Option<CacheStatus> {
-        Some(match v.as_bytes() {
-            b"HIT" => Self::Hit,
-            b"MISS" => Self::Miss,
-            b"STALE" => Self::Stale,
-            b"REVALIDATED" => Self::Revalidated,
-            b"BYPASS" => Self::Bypass,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hit => "hit",
-            Self::Miss => "miss",
-            Self::Stale => "stale",
-            Self::Revalidated => "revalidated",
-            Self::Bypass => "bypass",
-        }
     }
 }
 

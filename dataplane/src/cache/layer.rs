@@ -105,23 +105,34 @@ pub struct Cache {
     counters: arc_swap::ArcSwap<HashMap<Arc<str>, Arc<[Counter; 5]>>>,
 }
 
-#[derive(Clone, Copy)]
-enum Result_ {
+/// What the cache did with a request: the value of the `x-cache` header it answers with,
+/// the label of its lookup counters, and what the access log says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
     Hit,
     Miss,
     Stale,
     Revalidated,
+    /// The route caches, but this request went past the cache (a method or a request the
+    /// cache does not serve).
     Bypass,
 }
 
-impl Result_ {
-    const ALL: [Result_; 5] = [
+impl CacheStatus {
+    const ALL: [CacheStatus; 5] = [
         Self::Hit,
         Self::Miss,
         Self::Stale,
         Self::Revalidated,
         Self::Bypass,
     ];
+
+    /// From an `x-cache` value this cache wrote.
+    pub fn from_header(v: &http::HeaderValue) -> Option<CacheStatus> {
+        Self::ALL
+            .into_iter()
+            .find(|s| v.as_bytes() == s.as_str().as_bytes())
+    }
 
     fn as_str(&self) -> &'static str {
         match self {
@@ -133,7 +144,7 @@ impl Result_ {
         }
     }
 
-    fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             Self::Hit => "hit",
             Self::Miss => "miss",
@@ -156,13 +167,13 @@ impl Cache {
         }
     }
 
-    fn count(&self, policy: &CachePolicy, r: &Result_) {
+    fn count(&self, policy: &CachePolicy, r: &CacheStatus) {
         if let Some(c) = self.counters.load().get(policy.name.as_str()) {
             c[*r as usize].inc();
             return;
         }
         let name: Arc<str> = Arc::from(policy.name.as_str());
-        let counters = Arc::new(Result_::ALL.map(|result| {
+        let counters = Arc::new(CacheStatus::ALL.map(|result| {
             self.metrics
                 .lookups
                 .get_or_create(&CacheLabels {
@@ -190,9 +201,9 @@ impl Cache {
         origin: O,
     ) -> Response<ProxyBody> {
         if !cacheable_request(policy, &parts.method, &parts.headers) {
-            self.count(policy, &Result_::Bypass);
+            self.count(policy, &CacheStatus::Bypass);
             let resp = Box::pin(origin.fetch(Request::from_parts(parts, empty()))).await;
-            return tag(resp, Result_::Bypass);
+            return tag(resp, CacheStatus::Bypass);
         }
         let primary = key::primary_key(
             policy,
@@ -237,8 +248,8 @@ impl Cache {
                             origin.detached(),
                         );
                         if stale {
-                            self.count(policy, &Result_::Stale);
-                            return answer(e, Result_::Stale, &parts, now);
+                            self.count(policy, &CacheStatus::Stale);
+                            return answer(e, CacheStatus::Stale, &parts, now);
                         }
                         return self.hit(policy, e, &parts, now);
                     }
@@ -262,9 +273,9 @@ impl Cache {
                 }
                 Fill::TimedOut => {
                     // Waited long enough for someone else: go to the origin alone.
-                    self.count(policy, &Result_::Miss);
+                    self.count(policy, &CacheStatus::Miss);
                     let resp = origin.fetch(Request::from_parts(parts, empty())).await;
-                    return tag(resp, Result_::Miss);
+                    return tag(resp, CacheStatus::Miss);
                 }
             }
         }
@@ -300,8 +311,8 @@ impl Cache {
         if e.freshness(now, policy.refresh_ahead) != Freshness::Fresh {
             return None;
         }
-        self.count(policy, &Result_::Hit);
-        Some(answer_to(&e, Result_::Hit, method, headers, now))
+        self.count(policy, &CacheStatus::Hit);
+        Some(answer_to(&e, CacheStatus::Hit, method, headers, now))
     }
 
     fn hit(
@@ -311,8 +322,8 @@ impl Cache {
         parts: &Parts,
         now: Instant,
     ) -> Response<ProxyBody> {
-        self.count(policy, &Result_::Hit);
-        answer(e, Result_::Hit, parts, now)
+        self.count(policy, &CacheStatus::Hit);
+        answer(e, CacheStatus::Hit, parts, now)
     }
 
     /// A miss, or a stored entry that needs validation: one conditional (when the entry has
@@ -348,8 +359,8 @@ impl Cache {
                     parts.headers.contains_key(header::AUTHORIZATION),
                 );
                 let refreshed = self.revalidated(policy, skey, e, resp.headers(), exchange);
-                self.count(policy, &Result_::Revalidated);
-                return answer(&refreshed, Result_::Revalidated, &parts, now);
+                self.count(policy, &CacheStatus::Revalidated);
+                return answer(&refreshed, CacheStatus::Revalidated, &parts, now);
             }
             if status == StatusCode::NOT_MODIFIED {
                 // Not about the stored response (RFC 9111 §4.3.4): ask again, unconditionally.
@@ -360,12 +371,12 @@ impl Cache {
             } else if is_origin_failure(status)
                 && e.freshness(now, false) == Freshness::StaleIfError
             {
-                self.count(policy, &Result_::Stale);
+                self.count(policy, &CacheStatus::Stale);
                 tracing::debug!(policy = %policy.name, %status, "origin failed; serving stale-if-error");
-                return answer(e, Result_::Stale, &parts, now);
+                return answer(e, CacheStatus::Stale, &parts, now);
             }
         }
-        self.count(policy, &Result_::Miss);
+        self.count(policy, &CacheStatus::Miss);
         let exchange = Exchange::answered(
             request_time,
             parts.headers.contains_key(header::AUTHORIZATION),
@@ -382,12 +393,12 @@ impl Cache {
                 // stands for this resource. (An origin failure leaves it for next time.)
                 self.store.invalidate_key(skey);
             }
-            return tag(Response::from_parts(resp_parts, body), Result_::Miss);
+            return tag(Response::from_parts(resp_parts, body), CacheStatus::Miss);
         };
         // Bodies larger than the entry bound stream through uncached.
         let max = usize::try_from(policy.max_entry_bytes).unwrap_or(usize::MAX);
         if declared_length(&resp_parts.headers).is_some_and(|n| n > policy.max_entry_bytes) {
-            return tag(Response::from_parts(resp_parts, body), Result_::Miss);
+            return tag(Response::from_parts(resp_parts, body), CacheStatus::Miss);
         }
         let Some(bytes) = collect_bounded(body, max).await else {
             // Too large without a Content-Length, or the origin failed mid-body: this
@@ -395,7 +406,7 @@ impl Cache {
             tracing::debug!(policy = %policy.name, "response not cached: too large or cut off");
             let mut r = Response::new(empty());
             *r.status_mut() = StatusCode::BAD_GATEWAY;
-            return tag(r, Result_::Miss);
+            return tag(r, CacheStatus::Miss);
         };
         let changed = found
             .as_ref()
@@ -418,7 +429,7 @@ impl Cache {
         self.update_gauges();
         if conditional::asks(&parts.headers) {
             // A conditional or range request: answered from what was just stored.
-            return answer(&stored, Result_::Miss, &parts, Instant::now());
+            return answer(&stored, CacheStatus::Miss, &parts, Instant::now());
         }
         let body = if parts.method == http::Method::HEAD {
             empty()
@@ -426,7 +437,7 @@ impl Cache {
             full(bytes)
         };
         // The origin's answer as it came, its Age included.
-        tag(Response::from_parts(resp_parts, body), Result_::Miss)
+        tag(Response::from_parts(resp_parts, body), CacheStatus::Miss)
     }
 
     /// Adaptive TTL: the cache's own freshness grows while refreshes find the body unchanged
@@ -703,7 +714,7 @@ fn add_validators(headers: &mut HeaderMap, e: &Entry) {
     }
 }
 
-fn answer(e: &Entry, result: Result_, parts: &Parts, now: Instant) -> Response<ProxyBody> {
+fn answer(e: &Entry, result: CacheStatus, parts: &Parts, now: Instant) -> Response<ProxyBody> {
     answer_to(e, result, &parts.method, &parts.headers, now)
 }
 
@@ -722,7 +733,7 @@ const NOT_MODIFIED_FIELDS: [header::HeaderName; 8] = [
 /// The answer from an entry, shaped by the request's conditionals and range, with its Age.
 fn answer_to(
     e: &Entry,
-    result: Result_,
+    result: CacheStatus,
     method: &http::Method,
     request: &HeaderMap,
     now: Instant,
@@ -775,7 +786,7 @@ fn answer_to(
     tag(r, result)
 }
 
-fn tag(mut r: Response<ProxyBody>, result: Result_) -> Response<ProxyBody> {
+fn tag(mut r: Response<ProxyBody>, result: CacheStatus) -> Response<ProxyBody> {
     r.headers_mut()
         .insert(X_CACHE, HeaderValue::from_static(result.as_str()));
     r

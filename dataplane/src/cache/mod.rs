@@ -17,7 +17,7 @@ pub mod store;
 
 pub use entry::{Entry, Freshness, adapt_ttl};
 pub use freshness::{Exchange, Lifetime, NotStorable, lifetime};
-pub use layer::{Cache, CacheMetrics, Origin, X_CACHE};
+pub use layer::{Cache, CacheMetrics, CacheStatus, Origin, X_CACHE};
 pub use store::{Fill, FillGuard, Store};
 
 use http::{HeaderMap, Method, header};

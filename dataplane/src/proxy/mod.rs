@@ -68,8 +68,9 @@ use self::{
     respond::{outcome_response, overloaded},
 };
 use crate::{
-    accesslog::{self, CacheStatus, Logged, Pending, RateLimited, Record, Tally},
+    accesslog::{self, Logged, Pending, RateLimited, Record, Tally},
     auth::{Refusal, Source},
+    cache::CacheStatus,
     lanes::{LaneGuard, Lanes},
     metrics::Metrics,
     ratelimit::{self, Decision},
@@ -832,7 +833,7 @@ impl Proxy {
         };
         if let (Some(t), Some(span)) = (&self.tracer, span) {
             if let Some(c) = cache_status() {
-                t.step(&span, "cache", "parapet.cache", c.as_str());
+                t.step(&span, "cache", "parapet.cache", c.label());
             }
             if let Some(r) = route {
                 span.set_route(&r.name);
