@@ -74,3 +74,29 @@ impl Client {
             .await
     }
 }
+
+/// Sends one request over an established connection (a TLS stream, say), in HTTP/2 when
+/// `h2` (the protocol ALPN chose), else HTTP/1.1; the response head, body unread.
+pub async fn send_on<S>(
+    io: S,
+    h2: bool,
+    req: Request<http_body_util::Empty<Bytes>>,
+) -> http::Response<hyper::body::Incoming>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    if h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        send.send_request(req).await.expect("an HTTP/2 answer")
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        send.send_request(req).await.expect("an HTTP/1.1 answer")
+    }
+}

@@ -13,7 +13,6 @@ use std::{
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use parapet_tests::{
     admin,
     backend::{Backend, Behaviour},
@@ -383,20 +382,7 @@ async fn tls_connections_log_their_version_and_sni() {
             .header("x-request-id", rid)
             .body(Empty::<Bytes>::new())
             .unwrap();
-        let resp = if alpn == b"h2" {
-            let (mut send, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
-            send.send_request(req).await.unwrap()
-        } else {
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            send.send_request(req).await.unwrap()
-        };
+        let resp = parapet_tests::client::send_on(tls, alpn == b"h2", req).await;
         assert_eq!(resp.status(), StatusCode::OK);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"b");

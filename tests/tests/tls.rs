@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use parapet_tests::{
     admin, backend::Backend, client::Client, dataplane::Dataplane, pool_yaml, route_yaml, wait_for,
 };
@@ -69,20 +69,7 @@ async fn terminates_tls_with_alpn_h2_and_http1() {
             .header("host", "api.example")
             .body(Empty::<Bytes>::new())
             .unwrap();
-        let resp = if alpn == b"h2" {
-            let (mut send, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
-            send.send_request(req).await.unwrap()
-        } else {
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            send.send_request(req).await.unwrap()
-        };
+        let resp = parapet_tests::client::send_on(tls, alpn == b"h2", req).await;
         assert_eq!(
             resp.status(),
             StatusCode::OK,
