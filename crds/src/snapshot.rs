@@ -441,8 +441,26 @@ pub struct VirtualHost {
     /// TLS certificate for this host, when it terminates TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<CertificatePair>,
+    /// Client certificates asked for on TLS connections to this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
     /// First match wins.
     pub routes: Vec<Route>,
+}
+
+/// Client certificates for a host: verified against `ca_pem` and the CRLs at every
+/// handshake, and again on every request (a resumed session, or a CRL that changed since,
+/// is never taken on trust).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuth {
+    /// PEM CA bundle client certificates must chain to.
+    pub ca_pem: String,
+    /// PEM certificate revocation lists issued by those CAs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crl_pem: Vec<String>,
+    /// Refuse connections without a certificate (`true`), or only ask for one.
+    pub required: bool,
 }
 
 /// PEM-encoded certificate chain and private key.
@@ -630,6 +648,15 @@ pub struct ForwardAction {
     pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<ApiKeyCheck>,
+    /// Client addresses allowed or denied (checked first: the cheapest refusal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_rules: Option<IpRules>,
+    /// Bearer tokens: a request passes with a token one of the providers accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtCheck>,
+    /// An authorization service asked about each request (after the rate limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_auth: Option<ExtAuthCheck>,
     /// Protocols a request may switch to (`Upgrade`), lower-case. Tables written before
     /// the field existed allow WebSocket, as every table did then.
     #[serde(default = "default_upgrades")]
@@ -783,6 +810,149 @@ impl HashedApiKey {
         h.update(key);
         h.finalize().into()
     }
+}
+
+/// Client-address rules. Denied ranges win; with any allowed range, an address outside all
+/// of them is refused. The address is the peer's, or for a trusted proxy the one its
+/// `X-Forwarded-For` names (the data plane's `--trusted-proxies`/`--trusted-hops`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IpRules {
+    /// CIDRs (`10.0.0.0/8`, `2001:db8::/32`, or one address), normalised.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// JWT validation: the first provider whose issuer the token names checks it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtCheck {
+    /// Ordered as written; issuers are unique.
+    pub providers: Vec<JwtProvider>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtProvider {
+    /// `namespace/route/provider`, for metrics and logs.
+    pub name: String,
+    /// The `iss` a token must carry.
+    pub issuer: String,
+    /// `aud` must hold one of these; empty: not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    pub jwks: JwksSource,
+    /// Signature algorithms accepted (`RS256`, `PS256`, `ES256`, `EdDSA`, …), never
+    /// `none` or an HMAC.
+    pub algorithms: Vec<String>,
+    /// Leeway on `exp` and `nbf`.
+    pub clock_skew_s: u64,
+    /// Where the token is read from, in order; the first present is the one checked.
+    pub token_sources: Vec<TokenSource>,
+    /// Claims that must be present, and when values are given hold one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<ClaimRequirement>,
+    /// Verified claims copied into request headers (any header of the same name the client
+    /// sent is removed first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claim_headers: Vec<ClaimHeader>,
+    /// Pass the token upstream; by default it is removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_token: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum JwksSource {
+    /// A JSON Web Key Set document, from a Secret.
+    Inline(String),
+    Remote(RemoteJwks),
+}
+
+/// A JWKS the data plane fetches and keeps fresh.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteJwks {
+    /// `https://…` (plain `http` only to a loopback address).
+    pub url: String,
+    /// PEM bundle for the provider's certificate; `None`: the platform's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Refresh period when the response gives no `Cache-Control: max-age` (and the bounds
+    /// any `max-age` is held within: at least `min_refresh_s`, at most `refresh_s`).
+    pub refresh_s: u64,
+    pub min_refresh_s: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TokenSource {
+    /// A header; with a prefix (`Bearer `, matched case-insensitively), the token follows it.
+    Header {
+        name: String,
+        prefix: String,
+    },
+    Cookie(String),
+    QueryParam(String),
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimRequirement {
+    /// A claim name, or a dotted path into nested objects (`realm_access.roles`).
+    pub claim: String,
+    /// The claim (a string, a space-separated string such as `scope`, or an array) holds
+    /// one of these; empty: present is enough.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any_of: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimHeader {
+    pub claim: String,
+    /// Lower-case header name.
+    pub header: String,
+}
+
+/// External authorization, Envoy's HTTP contract: the service gets the request's method,
+/// path (after `path_prefix`) and chosen headers, no body; a 2xx allows (and may add
+/// headers upstream), any other answer goes back to the client as it is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthCheck {
+    /// `namespace/route`, for metrics and logs.
+    pub name: String,
+    /// `http://` or `https://` authority and optional path prefix.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Lower-case request headers sent to the service (besides `host`, `method` and path,
+    /// which always are). Empty: `authorization` and `cookie`.
+    pub headers_to_auth: Vec<String>,
+    /// Lower-case headers of an allowing answer copied onto the upstream request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers_to_upstream: Vec<String>,
+    pub timeout_ms: u64,
+    /// On a timeout, a refused connection or a 5xx from the service: allow (`true`) or
+    /// answer 503 (`false`, the default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_open: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<ExtAuthCache>,
+}
+
+/// Decisions kept for requests with the same values of `key_headers`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthCache {
+    /// Lower-case; a request missing one of them is not cached.
+    pub key_headers: Vec<String>,
+    pub ttl_ms: u64,
+    pub max_entries: u64,
 }
 
 /// An upstream pool, resolved.

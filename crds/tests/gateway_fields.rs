@@ -40,6 +40,7 @@ fn table(routes: Vec<Route>, listeners: Vec<Listener>) -> Table {
         domain: "*".into(),
         routes,
         tls: None,
+        client_auth: None,
     }];
     t.listeners = listeners;
     t
@@ -129,6 +130,7 @@ fn mirrors_and_listener_routes_are_checked_like_the_table_routes() {
             domain: "*".into(),
             routes: vec![route("l", action)],
             tls: None,
+            client_auth: None,
         }],
     };
     let got = reasons(table(

@@ -23,6 +23,7 @@ pub mod fnv;
 pub mod fuzzing;
 pub mod health;
 pub mod hedge;
+pub mod iprules;
 pub mod lanes;
 pub mod listener;
 pub mod liveness;

@@ -516,6 +516,7 @@ async fn listener_ports_route_and_terminate_tls_per_port() {
         VirtualHost {
             domain: domain.into(),
             tls,
+            client_auth: None,
             routes: vec![route],
         }
     };

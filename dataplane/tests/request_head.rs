@@ -202,6 +202,7 @@ fn table() -> Table {
             .map(|(domain, routes)| VirtualHost {
                 domain: domain.into(),
                 tls: None,
+                client_auth: None,
                 routes,
             })
             .collect(),

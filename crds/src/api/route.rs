@@ -43,6 +43,10 @@ pub struct ApiRouteSpec {
     /// TLS termination for these hosts, with a `kubernetes.io/tls` Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouteTls>,
+    /// Client addresses allowed or denied on every rule (a rule's `auth.ipRules` replaces
+    /// these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_rules: Option<IpRules>,
     #[schemars(length(min = 1, max = 64))]
     pub rules: Vec<RouteRule>,
 }
@@ -52,6 +56,29 @@ pub struct ApiRouteSpec {
 pub struct RouteTls {
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
+    /// Client certificates (mutual TLS) for these hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// Client certificates: verified against the CA of a Secret (`ca.crt`), with its
+/// revocation list (`ca.crl`, optional). The verified subject and names go upstream in
+/// `x-forwarded-client-cert`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificate {
+    pub ca_secret_ref: LocalObjectReference,
+    /// `Require` (default): connections without a valid certificate are refused.
+    /// `Request`: a certificate is asked for and checked when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ClientCertificateMode>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ClientCertificateMode {
+    #[default]
+    Require,
+    Request,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -394,6 +421,287 @@ pub struct RateLimit {
 pub struct RouteAuth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_keys: Option<ApiKeyAuth>,
+    /// Bearer tokens (JWT) checked against one or more identity providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
+    /// An external authorization service asked about every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_auth: Option<ExtAuth>,
+    /// Client addresses allowed or denied; replaces the route's `spec.ipRules` for this
+    /// rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_rules: Option<IpRules>,
+}
+
+/// Client-address rules: a denied range always refuses; with any allowed range, an
+/// address outside all of them is refused (403). The address is the peer's, or behind a
+/// trusted proxy the client its `X-Forwarded-For` names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("size(self.allow) + size(self.deny) > 0").message("ipRules needs at least one allow or deny range")))]
+#[serde(rename_all = "camelCase")]
+pub struct IpRules {
+    /// CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or single addresses.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[schemars(inner(length(max = 43)))]
+    #[cfg_attr(feature = "kube", schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(c, isCIDR(c) || isIP(c))", "message": "ipRules.allow holds CIDRs (10.0.0.0/8) or addresses only"}])))]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[schemars(inner(length(max = 43)))]
+    #[cfg_attr(feature = "kube", schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(c, isCIDR(c) || isIP(c))", "message": "ipRules.deny holds CIDRs (10.0.0.0/8) or addresses only"}])))]
+    pub deny: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.providers.all(p, self.providers.exists_one(q, q.name == p.name))").message("jwt provider names must be unique")))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.providers.all(p, self.providers.exists_one(q, q.issuer == p.issuer))").message("jwt provider issuers must be unique")))]
+#[serde(rename_all = "camelCase")]
+pub struct JwtAuth {
+    /// A token passes when the provider whose `issuer` it names accepts it.
+    #[schemars(length(min = 1, max = 8))]
+    pub providers: Vec<JwtProvider>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    pub const ALL: [Self; 9] = [
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+        Self::EdDSA,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// One identity provider: who issues tokens, for whom, and where its keys are.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("has(self.remoteJwks) != has(self.localJwks)").message("a jwt provider takes its keys from remoteJwks or localJwks: exactly one")))]
+#[serde(rename_all = "camelCase")]
+pub struct JwtProvider {
+    /// Names the provider in metrics and logs.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    #[schemars(length(max = 63))]
+    pub name: String,
+    /// The `iss` claim tokens must carry.
+    #[schemars(length(min = 1, max = 512))]
+    pub issuer: String,
+    /// The token's `aud` must hold one of these. Empty: the audience is not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(inner(length(min = 1, max = 512)))]
+    pub audiences: Vec<String>,
+    /// Keys fetched from the provider's JWKS URL and kept fresh by the data plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_jwks: Option<RemoteJwks>,
+    /// Keys from a Secret holding a JWKS document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_jwks: Option<LocalJwks>,
+    /// Signature algorithms accepted. Default: all of them (RS*, PS*, ES256/384, EdDSA);
+    /// `none` and HMAC are never accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
+    pub algorithms: Vec<JwtAlgorithm>,
+    /// Leeway on `exp` and `nbf`. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<Duration>,
+    /// Where the token is, in order. Default: `Authorization: Bearer …`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub extract_from: Vec<TokenLocation>,
+    /// Claims the token must have, optionally with one of the values given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub required_claims: Vec<RequiredClaim>,
+    /// Verified claims copied into request headers for the backend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    /// Pass the token on to the backend. Default false: it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_token: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.uri.startsWith('https://') || self.uri.matches('^http://(127\\\\.0\\\\.0\\\\.1|localhost|\\\\[::1\\\\])(:[0-9]+)?(/.*)?$')").message("remoteJwks.uri must be https:// (plain http only to localhost)")))]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteJwks {
+    /// The provider's JWKS document (`jwks_uri` of its discovery document).
+    #[schemars(length(min = 1, max = 2048))]
+    pub uri: String,
+    /// A Secret whose `ca.crt` verifies the provider's certificate. Default: the
+    /// platform's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<LocalObjectReference>,
+    /// How often keys are fetched again when the provider's `Cache-Control` gives no
+    /// `max-age`, and the longest any `max-age` is followed. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<Duration>,
+    /// Bound on each fetch. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalJwks {
+    pub secret_ref: LocalObjectReference,
+    /// The Secret's data key holding the JWKS. Default `jwks.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+/// One place a token may be: a header (with an optional prefix), a cookie or a query
+/// parameter.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("[has(self.header), has(self.cookie), has(self.queryParam)].filter(x, x).size() == 1").message("extractFrom entries name exactly one of header, cookie, queryParam")))]
+#[serde(rename_all = "camelCase")]
+pub struct TokenLocation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: Option<String>,
+    /// With `header`: the text before the token (`Bearer `), compared case-insensitively.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub query_param: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequiredClaim {
+    /// A claim, or a dotted path into nested claims (`realm_access.roles`).
+    #[schemars(length(min = 1, max = 256))]
+    pub claim: String,
+    /// The claim (a string, a space-separated list such as `scope`, or an array) must hold
+    /// one of these. Empty: present is enough.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub any_of: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimToHeader {
+    #[schemars(length(min = 1, max = 256))]
+    pub claim: String,
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: String,
+}
+
+/// External authorization (Envoy's ext_authz HTTP contract): the service receives the
+/// request's method, path and chosen headers, without the body. A 2xx answer lets the
+/// request through (with the headers named in `headersToUpstream` copied onto it); any
+/// other answer is returned to the client as it is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
+#[cfg_attr(feature = "kube", x_kube(validation = Rule::new("self.url.startsWith('http://') || self.url.startsWith('https://')").message("extAuth.url must be an http:// or https:// URL")))]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuth {
+    /// The service, with an optional path prefix the request's path is appended to
+    /// (`http://authz.security.svc:8080/check`).
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// A Secret whose `ca.crt` verifies an `https` service. Default: the platform's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<LocalObjectReference>,
+    /// Request headers sent to the service. Default: `authorization` and `cookie`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")))]
+    #[schemars(inner(length(min = 1, max = 256)))]
+    pub headers_to_auth: Vec<String>,
+    /// Headers of an allowing answer set on the request to the backend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")))]
+    #[schemars(inner(length(min = 1, max = 256)))]
+    pub headers_to_upstream: Vec<String>,
+    /// Bound on each check. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// When the service cannot be asked (timeout, refused connection, a 5xx answer):
+    /// `Closed` (default) answers 503, `Open` lets the request through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<FailureMode>,
+    /// Keep decisions for requests with the same values of these headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<ExtAuthCache>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FailureMode {
+    #[default]
+    Closed,
+    Open,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthCache {
+    /// The request headers a decision is kept for (`authorization`); a request without
+    /// one of them is always checked.
+    #[schemars(length(min = 1, max = 8))]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")))]
+    #[schemars(inner(length(min = 1, max = 256)))]
+    pub key_headers: Vec<String>,
+    /// How long a decision is kept. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// Decisions kept at most. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_entries: Option<i32>,
 }
 
 /// API keys: each key of each Secret's data is one key; the data key is its identity.

@@ -76,6 +76,8 @@ pub enum Reason {
     CachePolicyNotFound,
     SecretNotFound,
     InvalidSecret,
+    /// An IP rule, JWT provider or external authorization that cannot be used as written.
+    InvalidAuth,
     ServiceNotFound,
     NoEndpoints,
 }
@@ -100,6 +102,7 @@ impl Reason {
             Self::CachePolicyNotFound => "CachePolicyNotFound",
             Self::SecretNotFound => "SecretNotFound",
             Self::InvalidSecret => "InvalidSecret",
+            Self::InvalidAuth => "InvalidAuth",
             Self::ServiceNotFound => "ServiceNotFound",
             Self::NoEndpoints => "NoEndpoints",
         }

@@ -5,6 +5,7 @@
 //! then rules that name methods, then more header matches, then more query matches; ties
 //! go to the older object, then namespace/name, then rule and match order.
 
+mod auth;
 mod filters;
 
 use std::{
@@ -177,7 +178,7 @@ fn compile_rule(
     let rule_name = rule.name.clone().unwrap_or_else(|| site.index.to_string());
     let full_name = format!("{namespace}/{route_name}/{rule_name}");
     let Some(action) = action(
-        inputs, pools, policies, namespace, rule, &rule_name, site.me, diags,
+        inputs, pools, policies, site.route, rule, &rule_name, site.me, diags,
     ) else {
         return;
     };
@@ -278,7 +279,12 @@ fn virtual_hosts(
                 }
             }
             let tls = certs.get(&domain).map(|(_, p)| p.clone());
-            VirtualHost { domain, tls, routes }
+            VirtualHost {
+                domain,
+                tls,
+                client_auth: None,
+                routes,
+            }
         })
         .collect();
     virtual_hosts.sort_by(|a, b| host_order(&a.domain).cmp(&host_order(&b.domain)));
@@ -453,12 +459,14 @@ fn action(
     inputs: &Inputs<'_>,
     pools: &BTreeMap<Key, &Object<UpstreamPoolSpec>>,
     policies: &BTreeMap<Key, &Object<CachePolicySpec>>,
-    namespace: &str,
+    route: &Object<ApiRouteSpec>,
     rule: &api::RouteRule,
     rule_name: &str,
     me: &ObjectKey,
     diags: &mut Diagnostics,
 ) -> Option<RouteAction> {
+    let (namespace, route_name) = (ns(&route.metadata), name(&route.metadata));
+    let route_ip_rules = route.spec.ip_rules.as_ref();
     let at = RuleRef {
         name: rule_name,
         me,
@@ -497,6 +505,29 @@ fn action(
         .as_ref()
         .and_then(|a| a.api_keys.as_ref())
         .map(|k| api_keys(inputs, namespace, k, rule_name, me, diags));
+    let rule_auth = rule.auth.as_ref();
+    let ip_rules = auth::ip_rules(
+        route_ip_rules,
+        rule_auth.and_then(|a| a.ip_rules.as_ref()),
+        &at,
+        diags,
+    );
+    let jwt = rule_auth
+        .and_then(|a| a.jwt.as_ref())
+        .map(|j| auth::jwt(inputs, namespace, route_name, j, &at, diags));
+    let ext_auth = match rule_auth.and_then(|a| a.ext_auth.as_ref()) {
+        None => None,
+        Some(e) => match auth::ext_auth(inputs, namespace, route_name, e, &at, diags) {
+            Ok(e) => Some(e),
+            // Never serve the rule without the check it asks for.
+            Err(()) => {
+                return Some(RouteAction::DirectResponse(DirectResponse {
+                    status: 500,
+                    body: "the external authorization of this route is misconfigured".to_string(),
+                }));
+            }
+        },
+    };
     let upgrades = upgrades(rule, rule_name, me, diags);
     let timeout_ms = rule.timeout.unwrap_or(DEFAULT_TIMEOUT).as_millis();
     let hedge = hedge::hedge(rule, timeout_ms, rule_name, me, diags);
@@ -532,6 +563,9 @@ fn action(
         cache_policy,
         rate_limit: rule.rate_limit.as_ref().map(rate_limit),
         api_keys,
+        ip_rules,
+        jwt,
+        ext_auth,
         upgrades,
     })))
 }

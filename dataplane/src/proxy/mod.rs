@@ -266,6 +266,8 @@ impl Proxy {
         let host_norm = authority_str.map(normalise_host);
         let host = host_norm.as_deref().unwrap_or("");
         let routed = self.route(table, &req, (host, authority_str), at, trail)?;
+        self.check_address(&req, at, &routed)?;
+        self.client_cert(&mut req, at, &routed, host)?;
         trail.key_id = self.authenticate(&mut req, routed.route, at)?;
         if let Some(wait) = self.rate_limit(req.headers(), at, &routed, trail)? {
             // Shape mode: the request waits for its turn.
@@ -441,7 +443,44 @@ impl Proxy {
         })
     }
 
-    /// Stage 3, authenticate: the rule's API keys; missing → 401, wrong → 403. Returns the
+    /// Stage 3, who may call, first: the rule's address rules (`iprules`). The address is
+    /// the peer's, or behind a trusted proxy the client its `X-Forwarded-For` names.
+    fn check_address(
+        &self,
+        req: &Request<DownstreamBody>,
+        at: &Arrival,
+        routed: &Routed<'_>,
+    ) -> Result<(), Early> {
+        let Some(rules) = &routed.route.ip_rules else {
+            return Ok(());
+        };
+        let client = if routed.trusted && self.edge.trusted_hops > 0 {
+            ratelimit::forwarded_client(req.headers(), self.edge.trusted_hops)
+        } else {
+            Some(at.conn.peer.ip())
+        };
+        rules.check(client).map_err(|why| {
+            Early::rejected(
+                why.label(),
+                problem(StatusCode::FORBIDDEN, why.detail(), at.rid()),
+            )
+        })
+    }
+
+    /// Stage 3, then the client certificate the host asks for (`tls`), checked on every
+    /// request: a resumed session, or a revocation list changed since the handshake, is not
+    /// taken on trust.
+    fn client_cert(
+        &self,
+        _req: &mut Request<DownstreamBody>,
+        _at: &Arrival,
+        _routed: &Routed<'_>,
+        _host: &str,
+    ) -> Result<(), Early> {
+        Ok(())
+    }
+
+    /// Stage 3, then the rule's API keys; missing → 401, wrong → 403. Returns the
     /// key's identity, when the rule has keys.
     fn authenticate(
         &self,

@@ -352,6 +352,12 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> IpAddr
     if trusted_hops == 0 {
         return peer;
     }
+    forwarded_client(headers, trusted_hops).unwrap_or(peer)
+}
+
+/// The Nth address from the right of `X-Forwarded-For` (N = `trusted_hops` > 0), or `None`
+/// when the header has fewer or that one does not parse.
+pub fn forwarded_client(headers: &HeaderMap, trusted_hops: u32) -> Option<IpAddr> {
     let hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
@@ -360,10 +366,10 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> IpAddr
         .map(str::trim)
         .collect();
     let n = trusted_hops as usize;
-    if hops.len() < n {
-        return peer;
+    if n == 0 || hops.len() < n {
+        return None;
     }
-    hops[hops.len() - n].parse().unwrap_or(peer)
+    hops[hops.len() - n].parse().ok()
 }
 
 /// Limiters by route name, kept across tables while a route's limit stays the same.

@@ -73,6 +73,7 @@ pub(super) fn table(hosts: Vec<(&str, Vec<Route>)>) -> Table {
             .map(|(domain, routes)| VirtualHost {
                 domain: domain.into(),
                 tls: None,
+                client_auth: None,
                 routes,
             })
             .collect(),

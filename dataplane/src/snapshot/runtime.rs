@@ -16,6 +16,7 @@ use crate::{
     breaker::{self, BreakerState},
     endpoint::{Availability, EndpointRegistry},
     hedge::{HedgeConfig, HedgePlan},
+    iprules::IpFilter,
     lanes::RouteLaneSettings,
     metrics::{ClusterMetrics, Metrics, MirrorMetrics, RouteMetrics},
     outlier::ClusterOutlier,
@@ -96,6 +97,8 @@ pub struct RouteRuntime {
     pub live: Arc<RouteLive>,
     /// How the route hedges: its rule's `hedge`, else `--hedge`.
     pub hedge: Option<HedgePlan>,
+    /// The rule's client-address rules (`auth.ipRules`, or the route's `ipRules`).
+    pub ip_rules: Option<IpFilter>,
     /// The rule's API keys (`auth.apiKeys`).
     pub api_keys: Option<ApiKeys>,
     /// The rule's buckets (`rateLimit`), this pod's share.
@@ -230,7 +233,7 @@ impl Runtime {
                 let mut backends = Vec::new();
                 let mut total = 0u64;
                 let mut budget = (DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_MIN_PER_SECOND);
-                let (mut api_keys, mut rate_limit) = (None, None);
+                let (mut api_keys, mut rate_limit, mut ip_rules) = (None, None, None);
                 let (mut own_hedge, mut own_lanes) = (None, None);
                 let (mut request_edits, mut response_edits) = (None, None);
                 let (mut backend_timeout, mut mirrors) = (None, None);
@@ -253,6 +256,7 @@ impl Runtime {
                             metrics: MirrorMetrics::new(metrics, &route.name),
                         }));
                     }
+                    ip_rules = f.ip_rules.as_ref().map(IpFilter::new);
                     if let Some(check) = &f.api_keys {
                         // An unusable header name leaves a checker with no keys: every
                         // request is refused rather than let through.
@@ -297,6 +301,7 @@ impl Runtime {
                     live,
                     metrics: route_metrics,
                     hedge: HedgePlan::resolve(&route.name, own_hedge, &options.hedge),
+                    ip_rules,
                     api_keys,
                     rate_limit,
                     request_edits,

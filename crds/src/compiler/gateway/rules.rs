@@ -205,6 +205,7 @@ fn virtual_hosts(
                 .collect();
             VirtualHost {
                 tls: certs.get(&domain).cloned(),
+                client_auth: None,
                 domain,
                 routes,
             }
@@ -390,6 +391,9 @@ fn action(
         cache_policy: res.cache_policy.clone(),
         rate_limit: None,
         api_keys: None,
+        ip_rules: None,
+        jwt: None,
+        ext_auth: None,
         upgrades: default_upgrades(),
     }))
 }

@@ -34,7 +34,7 @@ pub(super) struct RuleRef<'a> {
 }
 
 impl RuleRef<'_> {
-    fn error(&self, diags: &mut Diagnostics, reason: Reason, message: String) {
+    pub(super) fn error(&self, diags: &mut Diagnostics, reason: Reason, message: String) {
         diags.error(self.me, reason, format!("rule {}: {message}", self.name));
     }
 }
