@@ -65,8 +65,9 @@ pub fn describe(obj: &Value) -> String {
     }
 }
 
-/// The Secrets an object refers to, as (namespace, name): an ApiRoute's `tls.secretName`
-/// and `apiKeys.secretRefs`, an UpstreamPool's `caSecretRef` and
+/// The Secrets an object refers to, as (namespace, name): an ApiRoute's `tls.secretName`,
+/// `apiKeys.secretRefs`, `localJwks.secretRef` and CA bundles (`caSecretRef` of JWKS,
+/// external authorization and client certificates), an UpstreamPool's `caSecretRef` and
 /// `clientCertificateSecretRef`, a Gateway listener's `certificateRefs` (which may name
 /// another namespace). Found by field name anywhere in the spec, so a field added later
 /// under one of these names is not missed.
@@ -80,7 +81,9 @@ pub fn secret_refs(obj: &Value, out: &mut BTreeSet<(String, String)>) {
                         ("secretName", Value::String(s)) => {
                             out.insert((ns.to_string(), s.clone()));
                         }
-                        ("caSecretRef" | "clientCertificateSecretRef", r) => refer(r, ns, out),
+                        ("caSecretRef" | "clientCertificateSecretRef" | "secretRef", r) => {
+                            refer(r, ns, out)
+                        }
                         ("secretRefs" | "certificateRefs", Value::Array(refs)) => {
                             for r in refs {
                                 refer(r, ns, out);
@@ -143,7 +146,10 @@ mod tests {
     fn every_secret_reference_is_found() {
         let route = json!({"metadata": {"namespace": "shop"}, "spec": {
             "tls": {"secretName": "shop-cert"},
-            "rules": [{"apiKeys": {"secretRefs": [{"name": "keys-a"}, {"name": "keys-b"}]}}]
+            "rules": [{"apiKeys": {"secretRefs": [{"name": "keys-a"}, {"name": "keys-b"}]}},
+                      {"auth": {"jwt": {"providers": [{"localJwks": {"secretRef": {"name": "jwks"}}},
+                                                      {"remoteJwks": {"caSecretRef": {"name": "idp-ca"}}}]},
+                                "extAuth": {"caSecretRef": {"name": "authz-ca"}}}}]
         }});
         let pool = json!({"metadata": {"namespace": "shop"}, "spec": {"tls": {
             "caSecretRef": {"name": "ca"}, "clientCertificateSecretRef": {"name": "client"}
@@ -160,6 +166,9 @@ mod tests {
             ("shop", "shop-cert"),
             ("shop", "keys-a"),
             ("shop", "keys-b"),
+            ("shop", "jwks"),
+            ("shop", "idp-ca"),
+            ("shop", "authz-ca"),
             ("shop", "ca"),
             ("shop", "client"),
             ("edge", "edge-cert"),

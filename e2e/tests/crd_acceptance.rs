@@ -395,6 +395,78 @@ fn rejections() -> Vec<Reject> {
             json!({"spec": {"rules": [{"backends": []}]}}),
             &["a rule needs backends or a redirect"],
         ),
+        // --- ApiRoute: who may call
+        reject(
+            "ipRules with no range",
+            "ApiRoute",
+            json!({"spec": {"ipRules": {}}}),
+            &["ipRules needs at least one allow or deny range"],
+        ),
+        reject(
+            "ipRules allowing a host name",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"auth": {"ipRules": {"allow": ["10.0.0.0/8", "office.example"]}}}))]}}),
+            &["ipRules.allow holds CIDRs (10.0.0.0/8) or addresses only"],
+        ),
+        reject(
+            "ipRules denying a bad prefix length",
+            "ApiRoute",
+            json!({"spec": {"ipRules": {"deny": ["10.0.0.0/33"]}}}),
+            &["ipRules.deny holds CIDRs (10.0.0.0/8) or addresses only"],
+        ),
+        reject(
+            "two JWT providers with one name",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"auth": {"jwt": {"providers": [
+                {"name": "idp", "issuer": "https://a.example", "localJwks": {"secretRef": {"name": "k"}}},
+                {"name": "idp", "issuer": "https://b.example", "localJwks": {"secretRef": {"name": "k"}}}]}}}))]}}),
+            &["jwt provider names must be unique"],
+        ),
+        reject(
+            "two JWT providers with one issuer",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"auth": {"jwt": {"providers": [
+                {"name": "a", "issuer": "https://idp.example", "localJwks": {"secretRef": {"name": "k"}}},
+                {"name": "b", "issuer": "https://idp.example", "localJwks": {"secretRef": {"name": "k"}}}]}}}))]}}),
+            &["jwt provider issuers must be unique"],
+        ),
+        reject(
+            "a JWT provider with two key sources",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"auth": {"jwt": {"providers": [
+                {"name": "a", "issuer": "https://idp.example", "localJwks": {"secretRef": {"name": "k"}},
+                 "remoteJwks": {"uri": "https://idp.example/jwks"}}]}}}))]}}),
+            &["a jwt provider takes its keys from remoteJwks or localJwks: exactly one"],
+        ),
+        reject(
+            "a JWKS over plain http to another host",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"auth": {"jwt": {"providers": [
+                {"name": "a", "issuer": "https://idp.example", "remoteJwks": {"uri": "http://idp.example/jwks"}}]}}}))]}}),
+            &["remoteJwks.uri must be https:// (plain http only to localhost)"],
+        ),
+        reject(
+            "a token location naming a header and a cookie",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"auth": {"jwt": {"providers": [
+                {"name": "a", "issuer": "https://idp.example", "localJwks": {"secretRef": {"name": "k"}},
+                 "extractFrom": [{"header": "x-token", "cookie": "session"}]}]}}}))]}}),
+            &["extractFrom entries name exactly one of header, cookie, queryParam"],
+        ),
+        reject(
+            "an unsupported JWT algorithm",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"auth": {"jwt": {"providers": [
+                {"name": "a", "issuer": "https://idp.example", "localJwks": {"secretRef": {"name": "k"}},
+                 "algorithms": ["HS256"]}]}}}))]}}),
+            &["Unsupported value: \"HS256\""],
+        ),
+        reject(
+            "external authorization at a non-HTTP URL",
+            "ApiRoute",
+            json!({"spec": {"rules": [rule(json!({"auth": {"extAuth": {"url": "grpc://authz:9000"}}}))]}}),
+            &["extAuth.url must be an http:// or https:// URL"],
+        ),
         reject(
             "17 backends",
             "ApiRoute",
@@ -965,6 +1037,28 @@ fn acceptances() -> Vec<(&'static str, &'static str, Value)> {
             "wildcard and catch-all hosts",
             "ApiRoute",
             json!({"spec": {"hosts": ["*.bank.example", "*"]}}),
+        ),
+        (
+            "every way to say who may call",
+            "ApiRoute",
+            json!({"spec": {
+                "tls": {"secretName": "cert", "clientCertificate": {"caSecretRef": {"name": "clients-ca"}, "mode": "Request"}},
+                "ipRules": {"allow": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]},
+                "rules": [rule(json!({"auth": {
+                    "apiKeys": {"secretRefs": [{"name": "keys"}]},
+                    "ipRules": {"deny": ["10.9.0.0/16"]},
+                    "jwt": {"providers": [
+                        {"name": "corp", "issuer": "https://login.bank.example", "audiences": ["payments"],
+                         "remoteJwks": {"uri": "https://login.bank.example/jwks", "caSecretRef": {"name": "idp-ca"}, "refreshInterval": "10m", "timeout": "2s"},
+                         "algorithms": ["RS256", "ES256", "EdDSA"], "clockSkew": "30s",
+                         "extractFrom": [{"header": "Authorization", "prefix": "Bearer "}, {"cookie": "session"}, {"queryParam": "access_token"}],
+                         "requiredClaims": [{"claim": "scope", "anyOf": ["payments:write"]}, {"claim": "realm_access.roles"}],
+                         "claimToHeaders": [{"claim": "sub", "header": "x-user"}], "forwardToken": true},
+                        {"name": "dev", "issuer": "http://localhost:8080", "remoteJwks": {"uri": "http://127.0.0.1:8080/jwks"}},
+                        {"name": "partners", "issuer": "https://partners.example", "localJwks": {"secretRef": {"name": "partner-jwks"}, "key": "keys.json"}}]},
+                    "extAuth": {"url": "http://authz.security.svc:8080/check", "headersToAuth": ["authorization", "x-account"],
+                                "headersToUpstream": ["x-user-id"], "timeout": "500ms", "failureMode": "Open",
+                                "cache": {"keyHeaders": ["authorization"], "ttl": "1m", "maxEntries": 5000}}}}))]}}),
         ),
         (
             "upgrades to WebSocket and a versioned token, or none",

@@ -386,18 +386,8 @@ fn referenced_secrets(
     let mut names: BTreeSet<(String, String)> = BTreeSet::new();
     for r in routes {
         let ns = r.metadata.namespace().to_string();
-        if let Some(t) = &r.spec.tls {
-            names.insert((ns.clone(), t.secret_name.clone()));
-        }
-        for rule in &r.spec.rules {
-            for s in rule
-                .auth
-                .iter()
-                .flat_map(|a| a.api_keys.iter())
-                .flat_map(|k| k.secret_refs.iter())
-            {
-                names.insert((ns.clone(), s.name.clone()));
-            }
+        for name in r.spec.secret_names() {
+            names.insert((ns.clone(), name.to_string()));
         }
     }
     for p in pools {

@@ -51,6 +51,48 @@ pub struct ApiRouteSpec {
     pub rules: Vec<RouteRule>,
 }
 
+impl ApiRouteSpec {
+    /// The names of every Secret the route refers to (in its own namespace): the
+    /// certificate, the client CA, API keys, JWKS documents and CA bundles.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        let tls = self.tls.iter().flat_map(|t| {
+            std::iter::once(t.secret_name.as_str()).chain(
+                t.client_certificate
+                    .iter()
+                    .map(|c| c.ca_secret_ref.name.as_str()),
+            )
+        });
+        let rules = self
+            .rules
+            .iter()
+            .filter_map(|r| r.auth.as_ref())
+            .flat_map(|a| {
+                let keys = a
+                    .api_keys
+                    .iter()
+                    .flat_map(|k| k.secret_refs.iter().map(|s| s.name.as_str()));
+                let jwks = a.jwt.iter().flat_map(|j| j.providers.iter()).flat_map(|p| {
+                    p.local_jwks
+                        .iter()
+                        .map(|l| l.secret_ref.name.as_str())
+                        .chain(
+                            p.remote_jwks
+                                .iter()
+                                .filter_map(|r| r.ca_secret_ref.as_ref())
+                                .map(|s| s.name.as_str()),
+                        )
+                });
+                let ext = a
+                    .ext_auth
+                    .iter()
+                    .filter_map(|e| e.ca_secret_ref.as_ref())
+                    .map(|s| s.name.as_str());
+                keys.chain(jwks).chain(ext)
+            });
+        tls.chain(rules)
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteTls {
