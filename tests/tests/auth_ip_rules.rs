@@ -74,7 +74,9 @@ async fn rules_and_routes_allow_and_deny_the_peer() {
     );
     // The route's own rule closes every rule of it, unless a rule has rules of its own.
     assert_eq!(
-        get(&c, &dp, "closed.example", "/anything", &[]).await.status,
+        get(&c, &dp, "closed.example", "/anything", &[])
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
