@@ -6,6 +6,7 @@ pub mod backend;
 pub mod capture;
 pub mod client;
 pub mod dataplane;
+pub mod idp;
 pub mod load;
 pub mod otlp;
 pub mod pki;

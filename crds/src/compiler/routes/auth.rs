@@ -25,8 +25,9 @@ use crate::{
 
 /// The JWKS a provider gets when its own cannot be read: no key, so no token passes.
 const NO_KEYS: &str = r#"{"keys":[]}"#;
-/// A provider's keys are fetched again at most this often, whatever `max-age` says.
-const MIN_JWKS_REFRESH_S: u64 = 30;
+/// A provider's keys are fetched again at most this often, whatever `max-age` says, and
+/// at most this often for tokens naming a key the set lacks (a rotation).
+const MIN_JWKS_REFRESH_S: u64 = 5;
 
 /// The rule's address rules: its own when it has them, else the route's.
 pub(super) fn ip_rules(
