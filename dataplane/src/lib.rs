@@ -17,6 +17,7 @@ pub mod cache;
 pub mod codec;
 pub mod downstream;
 pub mod endpoint;
+pub mod extauth;
 pub mod failover;
 pub mod fnv;
 #[doc(hidden)]
