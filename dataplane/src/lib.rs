@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod hedge;
 pub mod iprules;
+pub mod jwt;
 pub mod lanes;
 pub mod listener;
 pub mod liveness;

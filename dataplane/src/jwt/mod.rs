@@ -1,0 +1,666 @@
+//! The **JWT** check (`auth.jwt`): a request passes with a signed token one of the route's
+//! identity providers accepts. In order, for each request:
+//!
+//! 1. **Find the token.** Each provider's `token_sources`, in order; the first present is
+//!    its token. A header with a prefix (`Bearer `, compared ASCII-case-insensitively)
+//!    holds the token after it; a header with another scheme (`Basic …`) holds none
+//!    (RFC 6750). The same header twice, a scheme with no token, or a token over 8 KiB is
+//!    `Malformed`; no token anywhere is `Missing`.
+//! 2. **Pick the provider.** With one provider, it checks every token (a token from another
+//!    issuer fails its `iss` check: `UnknownIssuer`). With several, the token's `iss` is read
+//!    *unverified* and the first provider whose own token names its issuer checks it; none
+//!    does: `UnknownIssuer`.
+//! 3. **Algorithm.** The header's `alg` must be one of the provider's `algorithms`, which
+//!    can only be asymmetric: `none` and `HS*` are refused (`Algorithm`) before any key is
+//!    looked at.
+//! 4. **Key.** With a `kid`, the keys with that `kid` whose type fits the algorithm (RSA for
+//!    `RS*`/`PS*`, P-256 for `ES256`, P-384 for `ES384`, Ed25519 for `EdDSA`) and whose own
+//!    `alg`, if any, is the token's. A `kid` the set lacks is `UnknownKey`, after a remote
+//!    set was fetched again to look for a rotated key (at most once per `min_refresh_s`); a
+//!    `kid` whose keys all have the wrong type is `Algorithm`. Without a `kid`, the first
+//!    [`MAX_KIDLESS_TRIES`] keys that fit are tried: sets with a single key (common for
+//!    inline ones) need no `kid`, and a token cannot make the check try more than a few.
+//!    A remote set never fetched yet is awaited (up to its timeout); still none:
+//!    `KeysUnavailable`.
+//! 5. **Signature and times**, by `jsonwebtoken`: `BadSignature`; `exp` is required (a token
+//!    without one, or with one that is not a number, is `Malformed`: a token that never
+//!    expires is not accepted) and checked with `clock_skew_s` of leeway (`Expired`), `nbf`
+//!    when present (`NotYetValid`), `iss` must be the provider's (`UnknownIssuer`, also when
+//!    absent), and with `audiences`, `aud` must hold one (`WrongAudience`, also when absent).
+//! 6. **Required claims** (`Claims`, a 403: the token is good but not good enough).
+//! 7. **Headers for the upstream**: claims copied per `claim_headers`, every claim header
+//!    name of every provider removed first (a client may not forge them), and the header
+//!    the token came in removed unless `forward_token`.
+//!
+//! Tokens may also come from a cookie (the first of that name) or a query parameter (the
+//! first, percent-decoded). Remote key sets live in the [`JwksRegistry`], which keeps them
+//! across tables and fresh (its module, `jwks.rs`, says how); the caller builds one per
+//! process, passes it to every [`JwtAuth::new`], and after installing a table calls
+//! [`JwksRegistry::retain`] with the URLs the table's routes use ([`JwtAuth::jwks_urls`]).
+
+mod claims;
+mod jwks;
+mod source;
+mod token;
+
+#[cfg(test)]
+mod tests;
+
+use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use jsonwebtoken::{Validation, errors::ErrorKind};
+use parapet_crds::snapshot::{JwksSource, JwtCheck, JwtProvider};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+pub use jwks::JwksRegistry;
+use jwks::{KeySet, RemoteSet};
+use token::Alg;
+
+/// A token without a `kid` is tried against at most this many keys that fit its algorithm
+/// (and one with a `kid` against at most this many keys sharing it): a token cannot make
+/// the check run more signature verifications than this.
+pub const MAX_KIDLESS_TRIES: usize = 4;
+/// `clock_skew_s` is held to a day: more is a mistake, and the leeway is subtracted from
+/// the current time.
+pub const MAX_LEEWAY_S: u64 = 24 * 3600;
+/// With no keys yet, requests ask for a fetch at most this often.
+const NO_KEYS_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a request's token was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No token where the route looks for one.
+    Missing,
+    /// Not a compact JWS, sent twice, too large, or without `exp`.
+    Malformed,
+    /// `iss` names no provider of the route.
+    UnknownIssuer,
+    /// No key with the token's `kid` (after looking for a rotated one).
+    UnknownKey,
+    BadSignature,
+    /// `alg` not accepted, or not the type of the key its `kid` names.
+    Algorithm,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    /// Valid, but without a claim (or claim value) the route requires.
+    Claims,
+    /// The provider's keys were never fetched: not the client's fault.
+    KeysUnavailable,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Missing => "jwt_missing",
+            Self::Malformed => "jwt_malformed",
+            Self::UnknownIssuer => "jwt_unknown_issuer",
+            Self::UnknownKey => "jwt_unknown_key",
+            Self::BadSignature => "jwt_bad_signature",
+            Self::Algorithm => "jwt_algorithm",
+            Self::Expired => "jwt_expired",
+            Self::NotYetValid => "jwt_not_yet_valid",
+            Self::WrongAudience => "jwt_wrong_audience",
+            Self::Claims => "jwt_claims",
+            Self::KeysUnavailable => "jwt_keys_unavailable",
+        }
+    }
+
+    /// 401 for a missing or unacceptable token; 403 for a valid one without the claims the
+    /// route requires (RFC 6750 `insufficient_scope`); 503 when the provider's keys could
+    /// never be fetched, since no token could pass and the client can only retry (the
+    /// caller adds `Retry-After`).
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Claims => StatusCode::FORBIDDEN,
+            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750 §3), fixed text only: nothing from the
+    /// token is echoed. `Missing` and `KeysUnavailable` carry no error attribute (the
+    /// client did nothing wrong with a token); a 503 may leave the header out.
+    pub fn www_authenticate(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::Missing | Self::KeysUnavailable => r#"Bearer realm="parapet""#,
+            Self::Malformed => {
+                r#"Bearer realm="parapet", error="invalid_token", error_description="the token is malformed""#
+            }
+            Self::UnknownIssuer => {
+                r#"Bearer realm="parapet", error="invalid_token", error_description="the token issuer is not accepted""#
+            }
+            Self::UnknownKey => {
+                r#"Bearer realm="parapet", error="invalid_token", error_description="the token signing key is unknown""#
+            }
+            Self::BadSignature => {
+                r#"Bearer realm="parapet", error="invalid_token", error_description="the token signature is invalid""#
+            }
+            Self::Algorithm => {
+                r#"Bearer realm="parapet", error="invalid_token", error_description="the token algorithm is not accepted""#
+            }
+            Self::Expired => {
+                r#"Bearer realm="parapet", error="invalid_token", error_description="the token has expired""#
+            }
+            Self::NotYetValid => {
+                r#"Bearer realm="parapet", error="invalid_token", error_description="the token is not valid yet""#
+            }
+            Self::WrongAudience => {
+                r#"Bearer realm="parapet", error="invalid_token", error_description="the token is not meant for this audience""#
+            }
+            Self::Claims => {
+                r#"Bearer realm="parapet", error="insufficient_scope", error_description="the token lacks a required claim""#
+            }
+        })
+    }
+
+    /// A sentence for the problem body.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Self::Missing => {
+                "this route needs a bearer token (a JWT) from one of its identity providers, and the request carries none where the route looks for it"
+            }
+            Self::Malformed => {
+                "the bearer token is malformed: it must be a signed JWT (three base64url parts) with an exp claim, sent once"
+            }
+            Self::UnknownIssuer => "the bearer token's issuer (iss) is not one this route accepts",
+            Self::UnknownKey => {
+                "the bearer token is signed with a key (kid) its identity provider does not publish"
+            }
+            Self::BadSignature => "the bearer token's signature does not verify",
+            Self::Algorithm => {
+                "the bearer token's signature algorithm (alg) is not one this route accepts for its key"
+            }
+            Self::Expired => {
+                "the bearer token has expired; get a new one from the identity provider"
+            }
+            Self::NotYetValid => "the bearer token is not valid yet (its nbf is in the future)",
+            Self::WrongAudience => {
+                "the bearer token is not meant for this service (its aud names another)"
+            }
+            Self::Claims => {
+                "the bearer token is valid but lacks a claim or claim value this route requires"
+            }
+            Self::KeysUnavailable => {
+                "the identity provider's signing keys could not be fetched, so no token can be checked; try again shortly"
+            }
+        }
+    }
+}
+
+/// What a request that passed carries on.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// The provider's name (`namespace/route/provider`).
+    pub provider: Arc<str>,
+    /// `sub`, when it is a string.
+    pub subject: Option<Box<str>>,
+    /// Headers to set on the upstream request (`claim_headers`); a claim that is absent, an
+    /// object, or not a valid header value sets none.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers to remove before forwarding (before `set_headers` are set): every
+    /// `claim_headers` name of every provider of the route, so a client cannot forge one,
+    /// and, unless the provider forwards the token, the header the token came in. A token
+    /// from a cookie or query parameter is left in place: removing it would mean rewriting
+    /// the `Cookie` header or the request target.
+    pub remove_headers: Vec<HeaderName>,
+}
+
+/// The JWT check's metrics: JWKS fetches by result (`ok`, `error`), and the keys held in
+/// all remote sets. No label per URL or provider, so the series stay few.
+#[derive(Clone, Default)]
+pub struct JwtMetrics {
+    fetches: Family<FetchLabels, Counter>,
+    keys: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    result: &'static str,
+}
+
+impl JwtMetrics {
+    /// Registers `jwks_fetches_total{result}` and `jwks_keys` (with the data plane's
+    /// `parapet` prefix: `parapet_jwks_fetches_total`, `parapet_jwks_keys`).
+    pub fn register(&self, registry: &mut Registry) {
+        for result in ["ok", "error"] {
+            // Both series exist from the start, so a rate over them is never empty.
+            let _ = self.fetches.get_or_create(&FetchLabels { result });
+        }
+        registry.register(
+            "jwks_fetches",
+            "Fetches of remote JSON Web Key Sets (JWT providers' keys), by result: ok, error (the last good keys stay in use)",
+            self.fetches.clone(),
+        );
+        registry.register(
+            "jwks_keys",
+            "Signature keys held from remote JSON Web Key Sets, all providers together",
+            self.keys.clone(),
+        );
+    }
+
+    fn count_fetch(&self, result: &'static str) {
+        self.fetches.get_or_create(&FetchLabels { result }).inc();
+    }
+}
+
+/// Where a provider's keys are.
+enum Keys {
+    Inline(Arc<KeySet>),
+    Remote(Arc<RemoteSet>),
+}
+
+/// One provider, ready to check tokens.
+struct Provider {
+    name: Arc<str>,
+    issuer: Box<str>,
+    keys: Keys,
+    /// Each accepted algorithm with its validation, built once.
+    algorithms: Vec<(Alg, Validation)>,
+    /// Indexes into [`JwtAuth::sources`], in order.
+    sources: Vec<usize>,
+    required: Vec<claims::Requirement>,
+    headers: Vec<claims::HeaderFromClaim>,
+    forward_token: bool,
+}
+
+impl Provider {
+    fn new(
+        p: &JwtProvider,
+        registry: &Arc<JwksRegistry>,
+        sources: &mut Vec<source::Source>,
+    ) -> Self {
+        let name = p.name.as_str();
+        let keys = match &p.jwks {
+            JwksSource::Inline(json) => Keys::Inline(Arc::new(
+                KeySet::parse(json.as_bytes(), name).unwrap_or_else(|e| {
+                    tracing::warn!(provider = name, error = %e, "jwt provider's JWKS is unusable; it accepts no token");
+                    KeySet::default()
+                }),
+            )),
+            JwksSource::Remote(r) => Keys::Remote(registry.set_for(r)),
+        };
+        let leeway = p.clock_skew_s.min(MAX_LEEWAY_S);
+        let mut algorithms: Vec<(Alg, Validation)> = Vec::new();
+        for a in &p.algorithms {
+            match Alg::parse(a) {
+                Some(alg) if !algorithms.iter().any(|(x, _)| *x == alg) => {
+                    algorithms.push((alg, validation(alg, p, leeway)))
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(provider = name, algorithm = %a, "jwt algorithm is not accepted (only RS*, PS*, ES256, ES384, EdDSA); skipped")
+                }
+            }
+        }
+        if algorithms.is_empty() {
+            tracing::warn!(
+                provider = name,
+                "jwt provider has no usable algorithm; it accepts no token"
+            );
+        }
+        let mut mine = Vec::new();
+        for s in &p.token_sources {
+            let Some(s) = source::Source::new(s, name) else {
+                continue;
+            };
+            let i = match sources.iter().position(|x| *x == s) {
+                Some(i) => i,
+                None => {
+                    sources.push(s);
+                    sources.len() - 1
+                }
+            };
+            if !mine.contains(&i) {
+                mine.push(i);
+            }
+        }
+        if mine.is_empty() {
+            tracing::warn!(
+                provider = name,
+                "jwt provider has no usable token source; it accepts no token"
+            );
+        }
+        Self {
+            name: Arc::from(name),
+            issuer: p.issuer.as_str().into(),
+            keys,
+            algorithms,
+            sources: mine,
+            required: p
+                .required_claims
+                .iter()
+                .map(claims::Requirement::new)
+                .collect(),
+            headers: p
+                .claim_headers
+                .iter()
+                .filter_map(|c| claims::HeaderFromClaim::new(c, name))
+                .collect(),
+            forward_token: p.forward_token,
+        }
+    }
+
+    /// Whether the claims beyond `sub` are read (a whole JSON object) or skipped.
+    fn needs_claims(&self) -> bool {
+        !self.required.is_empty() || !self.headers.is_empty()
+    }
+
+    /// Verifies against one key set. `Err(UnknownKey)` only when the token's `kid` (or,
+    /// without one, its algorithm) matches no key: the case a fresher set may cure.
+    fn check(
+        &self,
+        set: &KeySet,
+        token: &str,
+        kid: Option<&str>,
+        alg: Alg,
+        v: &Validation,
+    ) -> Result<Checked, Refusal> {
+        let mut tried = 0;
+        let mut kid_seen = false;
+        for key in &set.keys {
+            if let Some(kid) = kid {
+                if key.kid.as_deref() != Some(kid) {
+                    continue;
+                }
+                kid_seen = true;
+            }
+            if !key.fits(alg) {
+                continue;
+            }
+            if tried == MAX_KIDLESS_TRIES {
+                break;
+            }
+            tried += 1;
+            match self.decode(token, &key.decoding, v) {
+                Err(Refusal::BadSignature) => continue,
+                other => return other,
+            }
+        }
+        Err(if tried > 0 {
+            Refusal::BadSignature
+        } else if kid_seen {
+            Refusal::Algorithm
+        } else {
+            Refusal::UnknownKey
+        })
+    }
+
+    fn decode(
+        &self,
+        token: &str,
+        key: &jsonwebtoken::DecodingKey,
+        v: &Validation,
+    ) -> Result<Checked, Refusal> {
+        if self.needs_claims() {
+            let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, v)
+                .map_err(|e| refusal(&e))?;
+            let subject = match data.claims.get("sub") {
+                Some(Value::String(s)) => Some(s.as_str().into()),
+                _ => None,
+            };
+            Ok(Checked {
+                subject,
+                claims: Some(data.claims),
+            })
+        } else {
+            /// Only `sub`; the other members are skipped without being built.
+            #[derive(Deserialize)]
+            struct Lean {
+                #[serde(default)]
+                sub: Option<Value>,
+            }
+            let data = jsonwebtoken::decode::<Lean>(token, key, v).map_err(|e| refusal(&e))?;
+            let subject = match data.claims.sub {
+                Some(Value::String(s)) => Some(s.into_boxed_str()),
+                _ => None,
+            };
+            Ok(Checked {
+                subject,
+                claims: None,
+            })
+        }
+    }
+}
+
+/// A verified token's claims.
+struct Checked {
+    subject: Option<Box<str>>,
+    /// `None` when the provider reads no claim beyond `sub`.
+    claims: Option<Map<String, Value>>,
+}
+
+/// The validation `jsonwebtoken` runs after the signature: `exp` and `iss` required, `aud`
+/// required when the provider names audiences and ignored when it names none, `nbf`
+/// checked when present.
+fn validation(alg: Alg, p: &JwtProvider, leeway: u64) -> Validation {
+    let mut v = Validation::new(alg.jwt());
+    v.leeway = leeway;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.set_issuer(&[p.issuer.as_str()]);
+    let mut required = vec!["exp", "iss"];
+    if p.audiences.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&p.audiences);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+/// `jsonwebtoken`'s verdict as a refusal.
+fn refusal(e: &jsonwebtoken::errors::Error) -> Refusal {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+        ErrorKind::InvalidAudience => Refusal::WrongAudience,
+        ErrorKind::InvalidIssuer => Refusal::UnknownIssuer,
+        ErrorKind::InvalidSignature => Refusal::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Refusal::Algorithm,
+        ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+            "iss" => Refusal::UnknownIssuer,
+            "aud" => Refusal::WrongAudience,
+            // `exp`: a token that never expires is not a well-formed token here.
+            _ => Refusal::Malformed,
+        },
+        // A published key ring cannot use: no token verifies with it.
+        ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::Crypto(_) => Refusal::BadSignature,
+        _ => Refusal::Malformed,
+    }
+}
+
+/// A route's providers, built once per table. Building needs no runtime and never fails:
+/// a provider whose configuration is unusable accepts no token (and says so in the log).
+/// Remote key sets are fetched on first use.
+pub struct JwtAuth {
+    providers: Vec<Provider>,
+    /// Every provider's token sources, each once.
+    sources: Vec<source::Source>,
+    /// Every provider's claim header names, each once: removed from every request.
+    claim_headers: Vec<HeaderName>,
+}
+
+impl fmt::Debug for JwtAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuth")
+            .field(
+                "providers",
+                &self.providers.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtAuth {
+    pub fn new(check: &JwtCheck, registry: &Arc<JwksRegistry>) -> JwtAuth {
+        let mut sources = Vec::new();
+        let providers: Vec<Provider> = check
+            .providers
+            .iter()
+            .map(|p| Provider::new(p, registry, &mut sources))
+            .collect();
+        let mut claim_headers: Vec<HeaderName> = Vec::new();
+        for h in providers.iter().flat_map(|p| &p.headers) {
+            if !claim_headers.contains(&h.header) {
+                claim_headers.push(h.header.clone());
+            }
+        }
+        JwtAuth {
+            providers,
+            sources,
+            claim_headers,
+        }
+    }
+
+    /// URLs of the remote key sets this route uses (for [`JwksRegistry::retain`]).
+    pub fn jwks_urls(&self) -> impl Iterator<Item = &str> {
+        self.providers.iter().filter_map(|p| match &p.keys {
+            Keys::Remote(set) => Some(set.url()),
+            Keys::Inline(_) => None,
+        })
+    }
+
+    /// Checks the request's token; see the module documentation for the order.
+    pub async fn verify(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Verified, Refusal> {
+        let (pi, source, token) = self.pick(headers, query)?;
+        let p = &self.providers[pi];
+        let parts = token::split(&token)?;
+        let header = token::header(parts.header)?;
+        let (alg, v) = header
+            .alg
+            .and_then(|a| p.algorithms.iter().find(|(x, _)| *x == a))
+            .ok_or(Refusal::Algorithm)?;
+        let kid = header.kid.as_deref();
+        let checked = match &p.keys {
+            Keys::Inline(set) => p.check(set, &token, kid, *alg, v)?,
+            Keys::Remote(set) => check_remote(p, set, &token, kid, *alg, v).await?,
+        };
+        if let Some(claims) = &checked.claims
+            && !p.required.iter().all(|r| r.holds(claims))
+        {
+            return Err(Refusal::Claims);
+        }
+        let mut remove_headers = self.claim_headers.clone();
+        if !p.forward_token
+            && let Some(h) = self.sources[source].header()
+            && !remove_headers.contains(h)
+        {
+            remove_headers.push(h.clone());
+        }
+        let set_headers = match &checked.claims {
+            Some(claims) => p
+                .headers
+                .iter()
+                .filter_map(|h| Some((h.header.clone(), h.value(claims)?)))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Verified {
+            provider: p.name.clone(),
+            subject: checked.subject,
+            set_headers,
+            remove_headers,
+        })
+    }
+
+    /// The provider that checks the request, the source its token came from, and the
+    /// token.
+    fn pick<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        query: Option<&'a str>,
+    ) -> Result<(usize, usize, Cow<'a, str>), Refusal> {
+        if let [p] = self.providers.as_slice() {
+            for &s in &p.sources {
+                if let Some(t) = self.sources[s].extract(headers, query)? {
+                    return Ok((0, s, t));
+                }
+            }
+            return Err(Refusal::Missing);
+        }
+        // Several providers: each source is read (and its token's `iss` peeked) at most
+        // once, however many providers look there.
+        type Peeked<'a> = Result<Option<(Cow<'a, str>, Option<String>)>, Refusal>;
+        let mut seen: Vec<Option<Peeked<'a>>> = (0..self.sources.len()).map(|_| None).collect();
+        let mut refusal = Refusal::Missing;
+        for (pi, p) in self.providers.iter().enumerate() {
+            for &s in &p.sources {
+                let peeked = seen[s].get_or_insert_with(|| {
+                    let Some(t) = self.sources[s].extract(headers, query)? else {
+                        return Ok(None);
+                    };
+                    let iss = token::issuer(token::split(&t)?.payload)?;
+                    Ok(Some((t, iss)))
+                });
+                match peeked {
+                    // Absent here: this provider's next source.
+                    Ok(None) => continue,
+                    Ok(Some((t, iss))) => {
+                        if iss.as_deref() == Some(&*p.issuer) {
+                            return Ok((pi, s, t.clone()));
+                        }
+                        refusal = Refusal::UnknownIssuer;
+                    }
+                    Err(e) => {
+                        if refusal == Refusal::Missing {
+                            refusal = *e;
+                        }
+                    }
+                }
+                // This provider's token is the first present one, and it is not for it.
+                break;
+            }
+        }
+        Err(refusal)
+    }
+}
+
+/// Verifies against a remote set: its current keys, read without a lock; on an unknown
+/// `kid`, the set fetched again (unless it was within `min_refresh_s`) and looked up once
+/// more; with no keys yet, the first fetch awaited.
+async fn check_remote(
+    p: &Provider,
+    set: &Arc<RemoteSet>,
+    token: &str,
+    kid: Option<&str>,
+    alg: Alg,
+    v: &Validation,
+) -> Result<Checked, Refusal> {
+    set.ensure_task();
+    // The guard is dropped at the end of this statement: nothing is held across an await.
+    let first = set
+        .keys()
+        .load()
+        .as_deref()
+        .map(|keys| p.check(keys, token, kid, alg, v));
+    let gap = match first {
+        Some(Err(Refusal::UnknownKey)) if kid.is_some() => set.min_refresh(),
+        Some(result) => return result,
+        None => NO_KEYS_RETRY,
+    };
+    if let Some(fetch) = set.fetch(gap) {
+        // The fetch is bounded by the same timeout; this bounds the wait if it started
+        // earlier under other settings.
+        let _ = tokio::time::timeout(set.timeout(), fetch).await;
+    }
+    match set.keys().load().as_deref() {
+        Some(keys) => p.check(keys, token, kid, alg, v),
+        None => Err(Refusal::KeysUnavailable),
+    }
+}

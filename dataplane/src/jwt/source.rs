@@ -1,0 +1,177 @@
+//! Where a token is read from: a header (with an optional scheme prefix), a cookie or a
+//! query parameter.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName, header::COOKIE};
+use parapet_crds::snapshot::TokenSource;
+
+use super::Refusal;
+
+/// One place a provider looks for its token, parsed once per table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `prefix` is compared ASCII-case-insensitively (`Bearer ` matches `bearer `).
+    Header {
+        name: HeaderName,
+        prefix: Box<str>,
+    },
+    Cookie(Box<str>),
+    Query(Box<str>),
+}
+
+impl Source {
+    /// `None` (with a warning) for a header name that cannot be one.
+    pub fn new(s: &TokenSource, provider: &str) -> Option<Self> {
+        Some(match s {
+            TokenSource::Header { name, prefix } => match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => Self::Header {
+                    name,
+                    prefix: prefix.as_str().into(),
+                },
+                Err(_) => {
+                    tracing::warn!(provider, header = %name, "jwt token source is not a valid header name; skipped");
+                    return None;
+                }
+            },
+            TokenSource::Cookie(c) => Self::Cookie(c.as_str().into()),
+            TokenSource::QueryParam(q) => Self::Query(q.as_str().into()),
+        })
+    }
+
+    /// The header a token read from here came in, which is removed before forwarding.
+    /// Cookies and query parameters are left as they are: removing one cookie means
+    /// rewriting the `Cookie` header, and the query is part of the path the route matched.
+    pub fn header(&self) -> Option<&HeaderName> {
+        match self {
+            Self::Header { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The token here: `Ok(None)` when this source holds none (absent, or a header with
+    /// another scheme such as `Basic`, RFC 6750 §2.1), `Err(Malformed)` when it is
+    /// ambiguous (the header twice), empty after its prefix, or not text.
+    pub fn extract<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        query: Option<&'a str>,
+    ) -> Result<Option<Cow<'a, str>>, Refusal> {
+        let token: Cow<'a, str> = match self {
+            Self::Header { name, prefix } => {
+                let mut all = headers.get_all(name).iter();
+                let Some(value) = all.next() else {
+                    return Ok(None);
+                };
+                if all.next().is_some() {
+                    return Err(Refusal::Malformed);
+                }
+                let value = value.to_str().map_err(|_| Refusal::Malformed)?;
+                match strip_prefix(value, prefix)? {
+                    Some(t) => Cow::Borrowed(t),
+                    None => return Ok(None),
+                }
+            }
+            Self::Cookie(name) => match cookie(headers, name) {
+                Some(v) => Cow::Borrowed(std::str::from_utf8(v).map_err(|_| Refusal::Malformed)?),
+                None => return Ok(None),
+            },
+            Self::Query(name) => match query.and_then(|q| query_value(q, name)) {
+                Some(Cow::Borrowed(v)) => {
+                    Cow::Borrowed(std::str::from_utf8(v).map_err(|_| Refusal::Malformed)?)
+                }
+                Some(Cow::Owned(v)) => {
+                    Cow::Owned(String::from_utf8(v).map_err(|_| Refusal::Malformed)?)
+                }
+                None => return Ok(None),
+            },
+        };
+        if token.is_empty() || token.len() > super::token::MAX_TOKEN_LEN {
+            return Err(Refusal::Malformed);
+        }
+        Ok(Some(token))
+    }
+}
+
+/// The token after `prefix`; `Ok(None)` for a value with another scheme; `Malformed` for the
+/// scheme alone (`Bearer` with nothing after it) or a token with spaces in it.
+fn strip_prefix<'v>(value: &'v str, prefix: &str) -> Result<Option<&'v str>, Refusal> {
+    let (v, p) = (value.as_bytes(), prefix.as_bytes());
+    let rest = if v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p) {
+        // `value` is visible ASCII (`to_str`), so every byte offset is a char boundary.
+        &value[p.len()..]
+    } else {
+        let scheme = prefix.trim_end();
+        if !scheme.is_empty() && value.trim_end().eq_ignore_ascii_case(scheme) {
+            return Err(Refusal::Malformed);
+        }
+        return Ok(None);
+    };
+    // RFC 6750's `1*SP`: more than one space after the scheme is still the scheme.
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() || token.contains([' ', '\t']) {
+        return Err(Refusal::Malformed);
+    }
+    Ok(Some(token))
+}
+
+/// The first cookie called `name` across the request's `Cookie` headers (HTTP/2 may split
+/// them). Browsers send the cookie with the most specific path first (RFC 6265 §5.4), so
+/// the first of two with the same name is the one taken.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|h| {
+        h.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            let (k, v) = (&pair[..eq], &pair[eq + 1..]);
+            (k.trim_ascii() == name.as_bytes()).then(|| {
+                let v = v.trim_ascii();
+                match v {
+                    [b'"', inner @ .., b'"'] => inner,
+                    v => v,
+                }
+            })
+        })
+    })
+}
+
+/// The (percent-decoded) value of the first `name=` parameter of a query string.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<Cow<'q, [u8]>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k.as_bytes()).as_ref() == name.as_bytes())
+            .then(|| percent_decode(v.as_bytes()))
+    })
+}
+
+fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
+    if !s.iter().any(|b| *b == b'%' || *b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < s.len() => match (hex_val(s[i + 1]), hex_val(s[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
