@@ -133,6 +133,10 @@ pub struct Metrics {
     pub ha: HaMetrics,
     pub access_log: AccessLogMetrics,
     pub trace: TraceMetrics,
+    /// External authorization checks, shared by every route's service.
+    pub ext_auth: crate::extauth::ExtAuthMetrics,
+    /// JWT key-set fetches.
+    pub jwt: crate::jwt::JwtMetrics,
 }
 
 /// The span exporter's counters.
@@ -455,7 +459,13 @@ impl Metrics {
             "Spans lost because their batch could not be exported (collector down, refused or slow); requests never wait for the exporter",
             trace.spans_failed.clone(),
         );
+        let ext_auth = crate::extauth::ExtAuthMetrics::default();
+        ext_auth.register(&mut registry);
+        let jwt = crate::jwt::JwtMetrics::default();
+        jwt.register(&mut registry);
         Self {
+            jwt,
+            ext_auth,
             trace,
             access_log,
             mirror_requests,

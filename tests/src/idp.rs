@@ -59,7 +59,7 @@ impl SigningKey {
             alg: Algorithm::EdDSA,
             encoding: EncodingKey::from_ed_der(&pair.serialize_der()),
             jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "use": "sig", "alg": "EdDSA",
-                        "x": b64(&pair.public_key_raw())}),
+                        "x": b64(pair.public_key_raw())}),
         }
     }
 

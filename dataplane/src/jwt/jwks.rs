@@ -241,6 +241,12 @@ pub struct JwksRegistry {
     sets: Mutex<HashMap<Box<str>, Arc<RemoteSet>>>,
 }
 
+impl std::fmt::Debug for JwksRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksRegistry").finish_non_exhaustive()
+    }
+}
+
 impl JwksRegistry {
     pub fn new(metrics: JwtMetrics) -> Arc<Self> {
         Arc::new(Self {

@@ -1,17 +1,23 @@
 //! Live state of pools and routes that outlives a table, as `EndpointRegistry` does for
 //! endpoints: breaker counters and the ejection lock per pool; the retry budget, lane and
-//! latency window per route. Looked up by name when a table is built, never per request.
+//! latency window per route; JWT key sets by URL. Looked up by name when a table is built,
+//! never per request.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex, PoisonError},
 };
 
-use parapet_crds::snapshot::{RouteAction, Table};
+use parapet_crds::snapshot::{JwksSource, RouteAction, Table};
 
 use crate::{
-    breaker::BreakerState, hedge::LatencyWindow, lanes::RouteLane, metrics::RouteMetrics,
-    ratelimit::Limiters, retry::Budget,
+    breaker::BreakerState,
+    hedge::LatencyWindow,
+    jwt::{JwksRegistry, JwtMetrics},
+    lanes::RouteLane,
+    metrics::RouteMetrics,
+    ratelimit::Limiters,
+    retry::Budget,
 };
 
 /// A pool's state across tables.
@@ -29,12 +35,20 @@ pub struct RouteLive {
     pub latency: LatencyWindow,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LiveState {
     clusters: Mutex<HashMap<String, Arc<ClusterLive>>>,
     routes: Mutex<HashMap<String, Arc<RouteLive>>>,
     /// Rate-limit buckets by route, kept while a route's limit is unchanged.
     pub limiters: Limiters,
+    /// JWT providers' key sets by JWKS URL: a new table does not fetch them again.
+    pub jwks: Arc<JwksRegistry>,
+}
+
+impl Default for LiveState {
+    fn default() -> Self {
+        Self::new(JwtMetrics::default())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -42,6 +56,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl LiveState {
+    /// Key-set fetches counted in `jwt`.
+    pub fn new(jwt: JwtMetrics) -> Self {
+        Self {
+            clusters: Mutex::default(),
+            routes: Mutex::default(),
+            limiters: Limiters::default(),
+            jwks: JwksRegistry::new(jwt),
+        }
+    }
+
     pub fn cluster(&self, name: &str) -> Arc<ClusterLive> {
         lock(&self.clusters)
             .entry(name.to_string())
@@ -88,5 +112,19 @@ impl LiveState {
             .map(|r| r.name.as_str())
             .collect();
         self.limiters.retain(|k| limited.contains(k));
+        let jwks: HashSet<String> = table
+            .all_virtual_hosts()
+            .flat_map(|v| v.routes.iter())
+            .filter_map(|r| match &r.action {
+                RouteAction::Forward(f) => f.jwt.as_ref(),
+                _ => None,
+            })
+            .flat_map(|j| j.providers.iter())
+            .filter_map(|p| match &p.jwks {
+                JwksSource::Remote(r) => Some(r.url.clone()),
+                JwksSource::Inline(_) => None,
+            })
+            .collect();
+        self.jwks.retain(&jwks);
     }
 }

@@ -15,8 +15,10 @@ use crate::{
     balancer::ClusterBalancer,
     breaker::{self, BreakerState},
     endpoint::{Availability, EndpointRegistry},
+    extauth::ExtAuth,
     hedge::{HedgeConfig, HedgePlan},
     iprules::IpFilter,
+    jwt::JwtAuth,
     lanes::RouteLaneSettings,
     metrics::{ClusterMetrics, Metrics, MirrorMetrics, RouteMetrics},
     outlier::ClusterOutlier,
@@ -101,6 +103,11 @@ pub struct RouteRuntime {
     pub ip_rules: Option<IpFilter>,
     /// The rule's API keys (`auth.apiKeys`).
     pub api_keys: Option<ApiKeys>,
+    /// The rule's JWT providers (`auth.jwt`).
+    pub jwt: Option<JwtAuth>,
+    /// The rule's authorization service (`auth.extAuth`); `Err`: unusable, so the rule's
+    /// requests are refused.
+    pub ext_auth: Option<Result<ExtAuth, String>>,
     /// The rule's buckets (`rateLimit`), this pod's share.
     pub rate_limit: Option<Arc<RateLimiter>>,
     /// Edits to the request before it goes upstream (`requestHeaders`).
@@ -234,6 +241,7 @@ impl Runtime {
                 let mut total = 0u64;
                 let mut budget = (DEFAULT_BUDGET_PERCENT, DEFAULT_BUDGET_MIN_PER_SECOND);
                 let (mut api_keys, mut rate_limit, mut ip_rules) = (None, None, None);
+                let (mut ext_auth, mut jwt) = (None, None);
                 let (mut own_hedge, mut own_lanes) = (None, None);
                 let (mut request_edits, mut response_edits) = (None, None);
                 let (mut backend_timeout, mut mirrors) = (None, None);
@@ -257,6 +265,12 @@ impl Runtime {
                         }));
                     }
                     ip_rules = f.ip_rules.as_ref().map(IpFilter::new);
+                    jwt = f.jwt.as_ref().map(|j| JwtAuth::new(j, &live.jwks));
+                    ext_auth = f.ext_auth.as_ref().map(|e| {
+                        ExtAuth::new(e, metrics.ext_auth.clone()).inspect_err(|err| {
+                            tracing::warn!(route = %route.name, error = %err, "external authorization unusable; refusing the route's requests");
+                        })
+                    });
                     if let Some(check) = &f.api_keys {
                         // An unusable header name leaves a checker with no keys: every
                         // request is refused rather than let through.
@@ -303,6 +317,8 @@ impl Runtime {
                     hedge: HedgePlan::resolve(&route.name, own_hedge, &options.hedge),
                     ip_rules,
                     api_keys,
+                    jwt,
+                    ext_auth,
                     rate_limit,
                     request_edits,
                     response_edits,

@@ -109,7 +109,7 @@ impl SnapshotStore {
             certs: Arc::default(),
             apply_lock: tokio::sync::Mutex::new(()),
             registry: EndpointRegistry::default(),
-            live: LiveState::default(),
+            live: LiveState::new(metrics.jwt.clone()),
             options,
             pushed_zone: ArcSwapOption::empty(),
             health: HealthChecks::new(metrics.clone()),
