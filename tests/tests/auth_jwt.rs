@@ -355,6 +355,34 @@ async fn a_rotated_key_is_fetched_and_the_last_good_keys_outlive_the_provider() 
     assert_eq!(w.idp.fetches(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_fetched_again_when_the_provider_says_they_go_stale() {
+    let w = world().await;
+    // Fresh for 5 s, the shortest the gateway follows; the route's refreshInterval is 1h,
+    // so a fetch within seconds can only come from this header.
+    w.idp.set_cache_control(Some("public, max-age=5"));
+    assert_eq!(
+        w.bearer("/api/x", &w.key.sign(&claims())).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(w.idp.fetches(), 1);
+    let k2 = SigningKey::es256("k2");
+    w.idp.publish(jwks(&[&w.key, &k2]));
+    w.idp.set_cache_control(Some("max-age=3600"));
+    wait_for(
+        "the background refresh after max-age",
+        Duration::from_secs(20),
+        || async { (w.idp.fetches() == 2).then_some(()) },
+    )
+    .await;
+    // The refreshed set already has k2: no fetch on its first token.
+    assert_eq!(
+        w.bearer("/api/x", &k2.sign(&claims())).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(w.idp.fetches(), 2);
+}
+
 fn base64_url(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
