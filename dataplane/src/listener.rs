@@ -23,6 +23,7 @@ use crate::{
     codec::Http1Codec,
     downstream::{self, Drain, DrainSignal, Protocol, Shared},
     proxy::{ConnInfo, Proxy, TlsSession},
+    tls,
 };
 
 /// One traffic socket and how its connections are served.
@@ -240,6 +241,7 @@ async fn accept(
             peer,
             tls: None,
             port: socket.port,
+            client_cert: None,
         };
         tokio::spawn(async move {
             match tls {
@@ -271,16 +273,20 @@ async fn accept(
 }
 
 /// The TLS handshake (within `handshake_timeout`), then the connection as ALPN chose it.
+/// `acceptor`: the handshake's configuration, and the Gateway port whose hosts' certificates
+/// (and client-certificate policies) it serves (`None`: the table's own).
 async fn serve_tls(
     stream: TcpStream,
-    acceptor: TlsAcceptor,
+    (acceptor, port): (TlsAcceptor, Option<u16>),
     handshake_timeout: Duration,
     shared: Arc<Shared>,
     mut info: ConnInfo,
     signal: DrainSignal,
 ) {
     let peer = info.peer;
-    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+    let certs = shared.proxy.store.certificates();
+    let handshake = tls::accept(stream, &acceptor, certs, port);
+    let (stream, client_cert) = match tokio::time::timeout(handshake_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -292,6 +298,7 @@ async fn serve_tls(
         }
     };
     info.tls = Some(Arc::new(TlsSession::of(stream.get_ref().1)));
+    info.client_cert = client_cert.map(Arc::new);
     // ALPN decides: no sniffing for a preface on a connection agreed as HTTP/1.
     let protocol = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => Protocol::Http2,
@@ -301,15 +308,19 @@ async fn serve_tls(
 }
 
 /// How a new connection on `socket` is served under the table in force: `Some(None)`
-/// plain, `Some(Some(_))` TLS, `None` not at all (the table has listeners, none on this
-/// port). Read per connection, so a new table applies to the next one.
-fn connection_tls(socket: &Socket<TcpListener>, shared: &Shared) -> Option<Option<TlsAcceptor>> {
+/// plain, `Some(Some(_))` TLS (with the Gateway port whose hosts it serves, `None` for the
+/// table's own), `None` not at all (the table has listeners, none on this port). Read per
+/// connection, so a new table applies to the next one.
+fn connection_tls(
+    socket: &Socket<TcpListener>,
+    shared: &Shared,
+) -> Option<Option<(TlsAcceptor, Option<u16>)>> {
     match shared.proxy.store.load() {
         Some(table) if table.has_listeners() => match table.listener(socket.port)? {
-            ListenerProtocol::Https => Some(Some(socket.listener_tls.clone())),
+            ListenerProtocol::Https => Some(Some((socket.listener_tls.clone(), Some(socket.port)))),
             ListenerProtocol::Http => Some(None),
         },
-        _ => Some(socket.tls.clone()),
+        _ => Some(socket.tls.clone().map(|t| (t, None))),
     }
 }
 

@@ -23,13 +23,13 @@ use super::{
 use crate::{
     Duration,
     api::{
-        self, ApiRouteSpec, CachePolicySpec, Object, PathMatchType, UpstreamPoolSpec,
-        ValueMatchType,
+        self, ApiRouteSpec, CachePolicySpec, ClientCertificate, ClientCertificateMode, Object,
+        PathMatchType, UpstreamPoolSpec, ValueMatchType,
     },
     snapshot::{
-        ApiKeyCheck, CertificatePair, DirectResponse, ForwardAction, HashedApiKey, KeySource,
-        PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy, Route,
-        RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost, WeightedCluster,
+        ApiKeyCheck, CertificatePair, ClientAuth, DirectResponse, ForwardAction, HashedApiKey,
+        KeySource, PathMatch, RateLimit, RateLimitKey, RateLimitMode, RetryCondition, RetryPolicy,
+        Route, RouteAction, RouteMatcher, StringMatch, ValueMatcher, VirtualHost, WeightedCluster,
     },
 };
 use filters::RuleRef;
@@ -69,6 +69,7 @@ struct Candidate {
 struct Collected {
     by_host: BTreeMap<String, Vec<Candidate>>,
     certs: BTreeMap<String, (ObjectKey, CertificatePair)>,
+    client_auth: BTreeMap<String, (ObjectKey, ClientAuth)>,
     referenced_pools: BTreeSet<(String, String)>,
     referenced_policies: BTreeSet<String>,
 }
@@ -92,6 +93,14 @@ pub(super) fn compile_routes(
         let me = ObjectKey::new(KIND_ROUTE, ns(&route.metadata), name(&route.metadata));
         let hosts = hosts(&route.spec.hosts, &me, diags);
         certificate(inputs, route, &me, &hosts, &mut collected.certs, diags);
+        client_certificate(
+            inputs,
+            route,
+            &me,
+            &hosts,
+            &mut collected.client_auth,
+            diags,
+        );
         for (index, rule) in route.spec.rules.iter().enumerate() {
             let site = RuleSite {
                 route,
@@ -103,7 +112,12 @@ pub(super) fn compile_routes(
         }
     }
     CompiledRoutes {
-        virtual_hosts: virtual_hosts(collected.by_host, &collected.certs, diags),
+        virtual_hosts: virtual_hosts(
+            collected.by_host,
+            &collected.certs,
+            &collected.client_auth,
+            diags,
+        ),
         referenced_pools: collected.referenced_pools,
         referenced_policies: collected.referenced_policies,
     }
@@ -162,6 +176,132 @@ fn certificate(
             Entry::Occupied(_) => {}
         }
     }
+}
+
+/// Records the client certificates the route asks for on each of its hosts; the first route
+/// to ask on a host decides for it. Every host of the route gets them, whichever route's
+/// certificate it is served with: a route's rules are never served without the check it
+/// asks for (other routes' rules on the host are checked too, as TLS is per host).
+fn client_certificate(
+    inputs: &Inputs<'_>,
+    route: &Object<ApiRouteSpec>,
+    me: &ObjectKey,
+    hosts: &[String],
+    asked: &mut BTreeMap<String, (ObjectKey, ClientAuth)>,
+    diags: &mut Diagnostics,
+) {
+    let Some(cc) = route
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_certificate.as_ref())
+    else {
+        return;
+    };
+    let auth = client_auth(inputs, ns(&route.metadata), cc, hosts, me, diags);
+    for h in hosts {
+        match asked.entry(h.clone()) {
+            Entry::Vacant(v) => {
+                v.insert((me.clone(), auth.clone()));
+            }
+            Entry::Occupied(o) if o.get().1 != auth => diags.warning(
+                me,
+                Reason::RuleConflict,
+                format!("host {h} already asks for client certificates as {} says; this route's clientCertificate is not used for it, so its rules there accept what that route's CA accepts. Use the same CA Secret and mode, or other hosts", o.get().0),
+            ),
+            Entry::Occupied(_) => {}
+        }
+    }
+}
+
+/// The client certificates a route asks for. A Secret that cannot be used fails closed: a
+/// policy with no CA, which the data plane refuses every client under.
+fn client_auth(
+    inputs: &Inputs<'_>,
+    namespace: &str,
+    cc: &ClientCertificate,
+    hosts: &[String],
+    me: &ObjectKey,
+    diags: &mut Diagnostics,
+) -> ClientAuth {
+    let required = cc.mode.unwrap_or_default() == ClientCertificateMode::Require;
+    let closed = ClientAuth {
+        ca_pem: String::new(),
+        crl_pem: Vec::new(),
+        required: true,
+    };
+    let name = &cc.ca_secret_ref.name;
+    let Some(data) = secret(
+        inputs,
+        namespace,
+        name,
+        "spec.tls.clientCertificate.caSecretRef",
+        me,
+        diags,
+    ) else {
+        return closed;
+    };
+    let refused = hosts.join(", ");
+    let text = |k: &str| data.get(k).map(|b| String::from_utf8(b.clone()).ok());
+    let ca_pem = match text("ca.crt") {
+        Some(Some(pem)) if !pem_blocks(&pem, "CERTIFICATE").is_empty() => pem,
+        _ => {
+            diags.error(
+                me,
+                Reason::InvalidSecret,
+                format!("Secret {namespace}/{name} needs ca.crt holding the PEM certificates of the CA that issues client certificates; until it does, {refused} refuse every client"),
+            );
+            return closed;
+        }
+    };
+    // An empty ca.crl revokes nothing, as no ca.crl does.
+    let crl_pem = match text("ca.crl") {
+        None => Vec::new(),
+        Some(Some(pem)) if pem.trim().is_empty() => Vec::new(),
+        Some(pem) => match pem.and_then(|p| whole_pem_blocks(&p, "X509 CRL")) {
+            Some(blocks) => blocks,
+            None => {
+                diags.error(
+                    me,
+                    Reason::InvalidSecret,
+                    format!("ca.crl of Secret {namespace}/{name} is not one or more PEM X509 CRLs; fix it or remove the key (until then, {refused} refuse every client, since revoked certificates could not be told apart)"),
+                );
+                return closed;
+            }
+        },
+    };
+    ClientAuth {
+        ca_pem,
+        crl_pem,
+        required,
+    }
+}
+
+/// The complete `-----BEGIN label-----` … `-----END label-----` blocks of `text`, each with
+/// a final newline.
+fn pem_blocks(text: &str, label: &str) -> Vec<String> {
+    let (begin, end) = (
+        format!("-----BEGIN {label}-----"),
+        format!("-----END {label}-----"),
+    );
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(&begin) {
+        let from = &rest[start..];
+        let Some(stop) = from.find(&end) else {
+            break;
+        };
+        out.push(format!("{}\n", &from[..stop + end.len()]));
+        rest = &from[stop + end.len()..];
+    }
+    out
+}
+
+/// The blocks of `text` when it holds at least one and every block it begins ends.
+fn whole_pem_blocks(text: &str, label: &str) -> Option<Vec<String>> {
+    let blocks = pem_blocks(text, label);
+    let begun = text.matches(&format!("-----BEGIN {label}-----")).count();
+    (!blocks.is_empty() && blocks.len() == begun).then_some(blocks)
 }
 
 /// One rule: its action, the references it makes, and a candidate route per match and host.
@@ -253,6 +393,7 @@ fn sort_key(matcher: &RouteMatcher, site: &RuleSite<'_>, match_index: usize) -> 
 fn virtual_hosts(
     by_host: BTreeMap<String, Vec<Candidate>>,
     certs: &BTreeMap<String, (ObjectKey, CertificatePair)>,
+    client_auth: &BTreeMap<String, (ObjectKey, ClientAuth)>,
     diags: &mut Diagnostics,
 ) -> Vec<VirtualHost> {
     let mut virtual_hosts: Vec<VirtualHost> = by_host
@@ -279,10 +420,11 @@ fn virtual_hosts(
                 }
             }
             let tls = certs.get(&domain).map(|(_, p)| p.clone());
+            let client_auth = client_auth.get(&domain).map(|(_, a)| a.clone());
             VirtualHost {
                 domain,
                 tls,
-                client_auth: None,
+                client_auth,
                 routes,
             }
         })

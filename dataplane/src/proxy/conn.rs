@@ -4,6 +4,8 @@ use std::{net::SocketAddr, sync::Arc};
 
 use http::HeaderValue;
 
+use crate::tls::ClientIdentity;
+
 /// Edge settings: which peers' forwarding headers are trusted, what `Server` says.
 #[derive(Clone, Debug, Default)]
 pub struct EdgeConfig {
@@ -38,6 +40,9 @@ pub struct ConnInfo {
     /// The Gateway listener port the socket serves (`--listen ADDR=PORT`; by default the
     /// socket's own port): routing picks that listener's virtual hosts.
     pub port: u16,
+    /// On a TLS connection whose handshake asked for a client certificate: what it settled,
+    /// and the verdict of the requests on it (set with `tls`).
+    pub client_cert: Option<Arc<ClientIdentity>>,
 }
 
 impl ConnInfo {

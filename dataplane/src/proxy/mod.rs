@@ -472,12 +472,30 @@ impl Proxy {
     /// taken on trust.
     fn client_cert(
         &self,
-        _req: &mut Request<DownstreamBody>,
-        _at: &Arrival,
-        _routed: &Routed<'_>,
-        _host: &str,
+        req: &mut Request<DownstreamBody>,
+        at: &Arrival,
+        routed: &Routed<'_>,
+        host: &str,
     ) -> Result<(), Early> {
-        Ok(())
+        use crate::tls::X_FORWARDED_CLIENT_CERT;
+        // Only the gateway says which certificate a client presented, on every host.
+        req.headers_mut().remove(X_FORWARDED_CLIENT_CERT);
+        // The request's host decides, not the server name its connection was made for.
+        let port = routed.table.has_listeners().then_some(at.conn.port);
+        let Some(policy) = routed.table.certs.client_policy(port, host) else {
+            return Ok(());
+        };
+        match policy.check(at.conn.is_tls(), at.conn.client_cert.as_deref()) {
+            Ok(Some(xfcc)) => {
+                req.headers_mut().insert(X_FORWARDED_CLIENT_CERT, xfcc);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(why) => Err(Early::rejected(
+                why.label(),
+                problem(why.status(), why.detail(), at.rid()),
+            )),
+        }
     }
 
     /// Stage 3, then the rule's API keys; missing → 401, wrong → 403. Returns the

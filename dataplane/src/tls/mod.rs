@@ -6,11 +6,25 @@
 //! that listener's virtual hosts. TLS 1.2 and 1.3 only, ALPN
 //! h2 and http/1.1, and the ring provider only.
 //!
+//! Client certificates (mutual TLS, `VirtualHost.client_auth`) differ per host, so when the
+//! table has hosts asking for them, [`accept`] reads the ClientHello first and hands the
+//! handshake the configuration of its server name's policy (`client.rs`): its CA and
+//! revocation lists, the same certificates and ALPN. Requests are checked again under their
+//! own host's policy ([`ClientPolicy::check`]): a resumed session or a connection made for
+//! another host proves nothing by itself. A host whose CA is unusable has every handshake
+//! refused.
+//!
 //! Handshakes read [`Certificates`], which the snapshot store swaps whole when it installs a
-//! table: one atomic load per handshake, no lock, and no dependency on the store.
+//! table (certificates and client policies, built once per table): one atomic load per
+//! handshake, no lock, and no dependency on the store.
 
+mod client;
 #[cfg(test)]
 mod tests;
+
+pub use client::{
+    ClientIdentity, ClientPolicies, ClientPolicy, Refusal, X_FORWARDED_CLIENT_CERT, xfcc,
+};
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -20,7 +34,8 @@ use rustls::{
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
-use tokio_rustls::TlsAcceptor;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor, server::TlsStream};
 
 /// Certificates by virtual-host domain (`api.example`, `*.example`, `*`), parsed once per
 /// table.
@@ -50,6 +65,9 @@ pub struct TableCerts {
     pub hosts: CertMap,
     /// By Gateway port, as the table orders its listeners.
     pub listeners: Vec<(u16, CertMap)>,
+    /// Client-certificate policies by Gateway port (`None`: the table's own hosts), only
+    /// for the sets of hosts in which one asks for client certificates.
+    pub clients: Vec<(Option<u16>, ClientPolicies)>,
 }
 
 impl TableCerts {
@@ -65,11 +83,35 @@ impl TableCerts {
                 .map(|(_, m)| m),
         }
     }
+
+    /// Whether a host of Gateway port `port` (see [`map`](Self::map)) asks for client
+    /// certificates.
+    fn asks_clients(&self, port: Option<u16>) -> bool {
+        self.clients.iter().any(|(p, _)| *p == port)
+    }
+
+    /// The client-certificate policy of the host serving `name` (lower case, no port) on
+    /// Gateway port `port` (`None`: the table's own hosts), when it asks for one.
+    pub fn client_policy(&self, port: Option<u16>, name: &str) -> Option<&Arc<ClientPolicy>> {
+        if self.clients.is_empty() {
+            return None;
+        }
+        let (_, policies) = self.clients.iter().find(|(p, _)| *p == port)?;
+        policies.lookup(name)
+    }
 }
 
 /// The table's certificates; hosts whose certificate does not parse are skipped (and
 /// logged): their handshakes use the fallback or fail, other hosts are unaffected.
+/// Client-certificate policies are made once per table (hosts asking alike share one); one
+/// whose CA does not parse refuses its hosts' handshakes and is logged.
 pub fn table_certs(table: &parapet_crds::snapshot::Table) -> TableCerts {
+    let mut made = client::Made::default();
+    let own = ClientPolicies::of(&table.virtual_hosts, &mut made).map(|p| (None, p));
+    let listeners = table
+        .listeners
+        .iter()
+        .filter_map(|l| ClientPolicies::of(&l.virtual_hosts, &mut made).map(|p| (Some(l.port), p)));
     TableCerts {
         hosts: cert_map(&table.virtual_hosts),
         listeners: table
@@ -77,6 +119,7 @@ pub fn table_certs(table: &parapet_crds::snapshot::Table) -> TableCerts {
             .iter()
             .map(|l| (l.port, cert_map(&l.virtual_hosts)))
             .collect(),
+        clients: own.into_iter().chain(listeners).collect(),
     }
 }
 
@@ -129,6 +172,43 @@ impl Certificates {
     pub fn get_on(&self, port: Option<u16>, name: &str) -> Option<Arc<CertifiedKey>> {
         lookup(self.0.load().map(port)?, name).cloned()
     }
+
+    /// The client-certificate policy of the host serving `name` on Gateway port `port`, in
+    /// the table in force (see [`TableCerts::client_policy`]).
+    pub fn client_policy(&self, port: Option<u16>, name: &str) -> Option<Arc<ClientPolicy>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.0.load().client_policy(port, &name).cloned()
+    }
+}
+
+/// The TLS handshake of a connection on Gateway port `port` (`None`: the table's own
+/// hosts), with `plain`'s configuration, or, when the ClientHello's server name (none: the
+/// `*` host) is a host asking for client certificates, with that host's policy's. Returns
+/// the stream and, when the handshake asked for a client certificate, what it settled.
+pub async fn accept<IO>(
+    io: IO,
+    plain: &TlsAcceptor,
+    certs: &Certificates,
+    port: Option<u16>,
+) -> std::io::Result<(TlsStream<IO>, Option<ClientIdentity>)>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    // Most tables ask no host for client certificates: the handshake as it always was.
+    if !certs.0.load().asks_clients(port) {
+        return Ok((plain.accept(io).await?, None));
+    }
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io).await?;
+    let policy = certs.client_policy(port, start.client_hello().server_name().unwrap_or(""));
+    let Some(policy) = policy else {
+        return Ok((start.into_stream(plain.config().clone()).await?, None));
+    };
+    let config = policy
+        .handshake_config(plain.config())
+        .map_err(std::io::Error::other)?;
+    let stream = start.into_stream(config).await?;
+    let client = ClientIdentity::new(&policy, stream.get_ref().1.peer_certificates());
+    Ok((stream, Some(client)))
 }
 
 /// Picks a certificate per handshake from the table in force.
@@ -176,6 +256,8 @@ pub fn acceptor_on(
             port,
         }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Apart from the sessions of handshakes that ask for client certificates.
+    cfg.session_storage = client::plain_sessions();
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 

@@ -40,6 +40,7 @@ fn map(entries: &[(&str, &Arc<CertifiedKey>)]) -> Arc<TableCerts> {
     Arc::new(TableCerts {
         hosts: certs(entries),
         listeners: Vec::new(),
+        clients: Vec::new(),
     })
 }
 
@@ -74,6 +75,7 @@ fn a_listener_port_sees_only_its_own_certificates() {
             (443, certs(&[("*", &https)])),
             (8443, certs(&[("other.example", &other)])),
         ],
+        clients: Vec::new(),
     }));
     assert!(Arc::ptr_eq(&store.get("api.example").unwrap(), &table));
     assert!(Arc::ptr_eq(
