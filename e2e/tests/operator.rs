@@ -1599,6 +1599,128 @@ async fn an_unlabelled_secret_is_reported_until_it_is_labelled() -> Result<()> {
     Ok(())
 }
 
+/// Who may call, from the resources to the data plane: a JWT provider whose keys are in a
+/// Secret, address rules on the route and on one rule; a route whose JWKS Secret is missing
+/// is reported and refuses every token rather than letting requests through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_and_address_rules_are_compiled_and_enforced() -> Result<()> {
+    use parapet_tests::idp::{SigningKey, jwks, now};
+    let s = setup("who-may-call").await?;
+    let _backend = s.backend("accounts", "accounts-a").await?;
+    let dp = s.dataplane("dp-1", true).await?;
+    let _op = Operator::start(s.ns(), "dp-admin", &s.token_file, "op-a")?;
+    s.apply(
+        "UpstreamPool",
+        "accounts",
+        json!({"service": {"name": "accounts", "port": 80}}),
+    )
+    .await?;
+    let key = SigningKey::es256("k1");
+    put_secret(
+        &s.client,
+        s.ns(),
+        "idp-keys",
+        json!({"parapet.dev/secret": "true"}),
+        json!({"jwks.json": jwks(&[&key]).to_string()}),
+    )
+    .await?;
+    let provider = |secret: &str| {
+        json!({"providers": [{"name": "corp", "issuer": "https://login.bank.example",
+            "audiences": ["payments"], "localJwks": {"secretRef": {"name": secret}},
+            "claimToHeaders": [{"claim": "sub", "header": "x-user"}]}]})
+    };
+    s.apply(
+        "ApiRoute",
+        "guarded",
+        json!({"hosts": [HOST], "ipRules": {"deny": ["10.0.0.0/8"]}, "rules": [
+            {"name": "internal", "matches": [{"path": {"type": "PathPrefix", "value": "/internal"}}],
+             "backends": [{"pool": "accounts"}], "auth": {"ipRules": {"allow": ["10.0.0.0/8"]}}},
+            {"backends": [{"pool": "accounts"}], "auth": {"jwt": provider("idp-keys")}}]}),
+    )
+    .await?;
+    s.apply(
+        "ApiRoute",
+        "keyless",
+        json!({"hosts": ["keyless.bank.example"], "rules": [
+            {"backends": [{"pool": "accounts"}], "auth": {"jwt": provider("no-such-secret")}}]}),
+    )
+    .await?;
+    s.wait_condition(
+        "ApiRoute",
+        "guarded",
+        "ResolvedRefs",
+        "True",
+        "ResolvedRefs",
+    )
+    .await?;
+    let c = s
+        .wait_condition(
+            "ApiRoute",
+            "keyless",
+            "ResolvedRefs",
+            "False",
+            "SecretNotFound",
+        )
+        .await?;
+    let message = c["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("localJwks.secretRef") && message.contains("no-such-secret"),
+        "the message names the field and the Secret: {message:?}"
+    );
+
+    let http = Http::new();
+    let token = key.sign(
+        &json!({"iss": "https://login.bank.example", "aud": "payments",
+        "sub": "alice", "exp": now() + 300}),
+    );
+    let bearer = format!("Bearer {token}");
+    let send = |host: &'static str, path: &'static str, auth: Option<String>| {
+        let http = http.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("authorization", a)])
+                .unwrap_or_default();
+            http.send(
+                dp.proxy,
+                http::Method::GET,
+                host,
+                path,
+                &headers,
+                bytes::Bytes::new(),
+            )
+            .await
+        }
+    };
+    wait_for(
+        "the data plane to serve the token",
+        Duration::from_secs(30),
+        || async {
+            let r = send(HOST, "/accounts", Some(bearer.clone())).await.ok();
+            Ok(r.filter(|r| r.backend() == Some("accounts-a")).map(|_| ()))
+        },
+    )
+    .await?;
+    let r = send(HOST, "/accounts", None).await?;
+    ensure!(r.status == 401, "without a token: {}", r.status);
+    ensure!(
+        r.headers
+            .get("www-authenticate")
+            .is_some_and(|v| v.as_bytes().starts_with(b"Bearer")),
+        "a Bearer challenge: {:?}",
+        r.headers
+    );
+    let r = send(HOST, "/internal/x", Some(bearer.clone())).await?;
+    ensure!(r.status == 403, "/internal allows only 10/8: {}", r.status);
+    let r = send("keyless.bank.example", "/", Some(bearer.clone())).await?;
+    ensure!(
+        r.status == 401,
+        "a provider without its keys accepts no token: {}",
+        r.status
+    );
+    Ok(())
+}
+
 fn secret_text(s: &Secret, key: &str) -> String {
     s.data
         .as_ref()

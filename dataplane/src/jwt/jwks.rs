@@ -42,7 +42,7 @@ use serde_json::Value;
 use tokio::{sync::watch, time::Instant};
 
 use super::{
-    JwtMetrics,
+    metrics::JwtMetrics,
     token::{Alg, KeyKind, b64url_decode_lenient},
 };
 

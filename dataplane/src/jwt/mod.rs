@@ -40,6 +40,8 @@
 
 mod claims;
 mod jwks;
+mod metrics;
+mod refusal;
 mod source;
 mod token;
 
@@ -48,19 +50,16 @@ mod tests;
 
 use std::{borrow::Cow, fmt, sync::Arc, time::Duration};
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{Validation, errors::ErrorKind};
 use parapet_crds::snapshot::{JwksSource, JwtCheck, JwtProvider};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use jwks::JwksRegistry;
 use jwks::{KeySet, RemoteSet};
+pub use metrics::JwtMetrics;
+pub use refusal::Refusal;
 use token::Alg;
 
 /// A token without a `kid` is tried against at most this many keys that fit its algorithm
@@ -72,128 +71,6 @@ pub const MAX_KIDLESS_TRIES: usize = 4;
 pub const MAX_LEEWAY_S: u64 = 24 * 3600;
 /// With no keys yet, requests ask for a fetch at most this often.
 const NO_KEYS_RETRY: Duration = Duration::from_secs(1);
-
-/// Why a request's token was not accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// No token where the route looks for one.
-    Missing,
-    /// Not a compact JWS, sent twice, too large, or without `exp`.
-    Malformed,
-    /// `iss` names no provider of the route.
-    UnknownIssuer,
-    /// No key with the token's `kid` (after looking for a rotated one).
-    UnknownKey,
-    BadSignature,
-    /// `alg` not accepted, or not the type of the key its `kid` names.
-    Algorithm,
-    Expired,
-    NotYetValid,
-    WrongAudience,
-    /// Valid, but without a claim (or claim value) the route requires.
-    Claims,
-    /// The provider's keys were never fetched: not the client's fault.
-    KeysUnavailable,
-}
-
-impl Refusal {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Missing => "jwt_missing",
-            Self::Malformed => "jwt_malformed",
-            Self::UnknownIssuer => "jwt_unknown_issuer",
-            Self::UnknownKey => "jwt_unknown_key",
-            Self::BadSignature => "jwt_bad_signature",
-            Self::Algorithm => "jwt_algorithm",
-            Self::Expired => "jwt_expired",
-            Self::NotYetValid => "jwt_not_yet_valid",
-            Self::WrongAudience => "jwt_wrong_audience",
-            Self::Claims => "jwt_claims",
-            Self::KeysUnavailable => "jwt_keys_unavailable",
-        }
-    }
-
-    /// 401 for a missing or unacceptable token; 403 for a valid one without the claims the
-    /// route requires (RFC 6750 `insufficient_scope`); 503 when the provider's keys could
-    /// never be fetched, since no token could pass and the client can only retry (the
-    /// caller adds `Retry-After`).
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::Claims => StatusCode::FORBIDDEN,
-            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::UNAUTHORIZED,
-        }
-    }
-
-    /// The `WWW-Authenticate` challenge (RFC 6750 §3), fixed text only: nothing from the
-    /// token is echoed. `Missing` and `KeysUnavailable` carry no error attribute (the
-    /// client did nothing wrong with a token); a 503 may leave the header out.
-    pub fn www_authenticate(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
-            Self::Missing | Self::KeysUnavailable => r#"Bearer realm="parapet""#,
-            Self::Malformed => {
-                r#"Bearer realm="parapet", error="invalid_token", error_description="the token is malformed""#
-            }
-            Self::UnknownIssuer => {
-                r#"Bearer realm="parapet", error="invalid_token", error_description="the token issuer is not accepted""#
-            }
-            Self::UnknownKey => {
-                r#"Bearer realm="parapet", error="invalid_token", error_description="the token signing key is unknown""#
-            }
-            Self::BadSignature => {
-                r#"Bearer realm="parapet", error="invalid_token", error_description="the token signature is invalid""#
-            }
-            Self::Algorithm => {
-                r#"Bearer realm="parapet", error="invalid_token", error_description="the token algorithm is not accepted""#
-            }
-            Self::Expired => {
-                r#"Bearer realm="parapet", error="invalid_token", error_description="the token has expired""#
-            }
-            Self::NotYetValid => {
-                r#"Bearer realm="parapet", error="invalid_token", error_description="the token is not valid yet""#
-            }
-            Self::WrongAudience => {
-                r#"Bearer realm="parapet", error="invalid_token", error_description="the token is not meant for this audience""#
-            }
-            Self::Claims => {
-                r#"Bearer realm="parapet", error="insufficient_scope", error_description="the token lacks a required claim""#
-            }
-        })
-    }
-
-    /// A sentence for the problem body.
-    pub fn detail(self) -> &'static str {
-        match self {
-            Self::Missing => {
-                "this route needs a bearer token (a JWT) from one of its identity providers, and the request carries none where the route looks for it"
-            }
-            Self::Malformed => {
-                "the bearer token is malformed: it must be a signed JWT (three base64url parts) with an exp claim, sent once"
-            }
-            Self::UnknownIssuer => "the bearer token's issuer (iss) is not one this route accepts",
-            Self::UnknownKey => {
-                "the bearer token is signed with a key (kid) its identity provider does not publish"
-            }
-            Self::BadSignature => "the bearer token's signature does not verify",
-            Self::Algorithm => {
-                "the bearer token's signature algorithm (alg) is not one this route accepts for its key"
-            }
-            Self::Expired => {
-                "the bearer token has expired; get a new one from the identity provider"
-            }
-            Self::NotYetValid => "the bearer token is not valid yet (its nbf is in the future)",
-            Self::WrongAudience => {
-                "the bearer token is not meant for this service (its aud names another)"
-            }
-            Self::Claims => {
-                "the bearer token is valid but lacks a claim or claim value this route requires"
-            }
-            Self::KeysUnavailable => {
-                "the identity provider's signing keys could not be fetched, so no token can be checked; try again shortly"
-            }
-        }
-    }
-}
 
 /// What a request that passed carries on.
 #[derive(Clone, Debug)]
@@ -211,44 +88,6 @@ pub struct Verified {
     /// from a cookie or query parameter is left in place: removing it would mean rewriting
     /// the `Cookie` header or the request target.
     pub remove_headers: Vec<HeaderName>,
-}
-
-/// The JWT check's metrics: JWKS fetches by result (`ok`, `error`), and the keys held in
-/// all remote sets. No label per URL or provider, so the series stay few.
-#[derive(Clone, Default)]
-pub struct JwtMetrics {
-    fetches: Family<FetchLabels, Counter>,
-    keys: Gauge,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FetchLabels {
-    result: &'static str,
-}
-
-impl JwtMetrics {
-    /// Registers `jwks_fetches_total{result}` and `jwks_keys` (with the data plane's
-    /// `parapet` prefix: `parapet_jwks_fetches_total`, `parapet_jwks_keys`).
-    pub fn register(&self, registry: &mut Registry) {
-        for result in ["ok", "error"] {
-            // Both series exist from the start, so a rate over them is never empty.
-            let _ = self.fetches.get_or_create(&FetchLabels { result });
-        }
-        registry.register(
-            "jwks_fetches",
-            "Fetches of remote JSON Web Key Sets (JWT providers' keys), by result: ok, error (the last good keys stay in use)",
-            self.fetches.clone(),
-        );
-        registry.register(
-            "jwks_keys",
-            "Signature keys held from remote JSON Web Key Sets, all providers together",
-            self.keys.clone(),
-        );
-    }
-
-    fn count_fetch(&self, result: &'static str) {
-        self.fetches.get_or_create(&FetchLabels { result }).inc();
-    }
 }
 
 /// Where a provider's keys are.

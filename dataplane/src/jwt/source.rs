@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use http::{HeaderMap, HeaderName, header::COOKIE};
 use parapet_crds::snapshot::TokenSource;
 
-use super::Refusal;
+use super::refusal::Refusal;
 
 /// One place a provider looks for its token, parsed once per table.
 #[derive(Clone, Debug, PartialEq, Eq)]

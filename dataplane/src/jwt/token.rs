@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::Refusal;
+use super::refusal::Refusal;
 
 /// Tokens longer than this are refused before any decoding (8 KiB: identity providers'
 /// tokens are well under 2 KiB, and every byte is base64-decoded and parsed at least once).

@@ -9,10 +9,14 @@
 //!    connection's Gateway listener port, when the table has listeners); direct answers and
 //!    redirects (`redirect.rs`: a `Location` from the request's URL) end here. The rule's
 //!    `upgrades` decide whether an `Upgrade` is honoured or dropped.
-//! 3. **authenticate** (`auth/`): the rule's API keys; missing → 401, wrong → 403.
+//! 3. **who may call**, cheapest refusal first: the rule's address rules (`iprules`), the
+//!    host's client certificate (`tls/`), API keys (`auth/`: missing → 401, wrong → 403),
+//!    the bearer token (`jwt/`: 401 with RFC 6750's challenge, 403 for claims).
 //! 4. **rate limit** (`ratelimit/`): the rule's buckets; 429 with `Retry-After`, or a wait
-//!    in Shape mode. A **fresh cache hit** answers right after this, before admission: hits
-//!    take no lane slot and cost the upstream side nothing.
+//!    in Shape mode. Then **external authorization** (`extauth/`), the one check that costs
+//!    a network call, so a flood stops at the rate limit before reaching the service. A
+//!    **fresh cache hit** answers right after this, before admission: hits take no lane
+//!    slot and cost the upstream side nothing.
 //! 5. **admit**: the route's bulkhead and lane (`lanes`); refused requests get 503.
 //! 6. **prepare** (`prepare.rs`): the backend pool by weight, the upstream URI (prefix or
 //!    full-path rewrites), the deadline (route timeout, or the client's
@@ -71,6 +75,7 @@ use crate::{
     accesslog::{self, Logged, Pending, RateLimited, Record, Tally},
     auth::{Refusal, Source},
     cache::CacheStatus,
+    extauth::{self, Decision as AuthDecision},
     lanes::{LaneGuard, Lanes},
     metrics::Metrics,
     ratelimit::{self, Decision},
@@ -269,10 +274,12 @@ impl Proxy {
         self.check_address(&req, at, &routed)?;
         self.client_cert(&mut req, at, &routed, host)?;
         trail.key_id = self.authenticate(&mut req, routed.route, at)?;
+        self.verify_token(&mut req, routed.route, at).await?;
         if let Some(wait) = self.rate_limit(req.headers(), at, &routed, trail)? {
             // Shape mode: the request waits for its turn.
             tokio::time::sleep(wait).await;
         }
+        self.authorize(&mut req, at, &routed, authority_str).await?;
         if let Err(hit) = self.fresh_hit(&req, at, &routed, host) {
             trail.cache = CacheUse::Answered;
             return Err(hit);
@@ -521,6 +528,114 @@ impl Proxy {
         }
     }
 
+    /// Stage 3, then the bearer token (`jwt/`): 401 with RFC 6750's challenge, 403 for
+    /// claims the rule requires, 503 while no key set could ever be fetched. On success the
+    /// token leaves the request (unless the provider forwards it) and the claims the rule
+    /// names replace any headers of those names the client sent.
+    async fn verify_token(
+        &self,
+        req: &mut Request<DownstreamBody>,
+        route: &RouteRuntime,
+        at: &Arrival,
+    ) -> Result<(), Early> {
+        let Some(jwt) = &route.jwt else {
+            return Ok(());
+        };
+        match jwt.verify(req.headers(), req.uri().query()).await {
+            Ok(verified) => {
+                let headers = req.headers_mut();
+                for name in &verified.remove_headers {
+                    headers.remove(name);
+                }
+                for (name, value) in verified.set_headers {
+                    headers.append(name, value);
+                }
+                Ok(())
+            }
+            Err(why) => {
+                let mut r = problem(why.status(), why.detail(), at.rid());
+                if why.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                } else {
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, why.www_authenticate());
+                }
+                Err(Early::rejected(why.label(), r))
+            }
+        }
+    }
+
+    /// Stage 4, then the rule's authorization service (`extauth/`), after the rate limit so
+    /// that a flood never reaches it: an allowing answer may add headers upstream, any other
+    /// is returned to the client as the service wrote it; a service that cannot be asked
+    /// lets the request through (fail open) or answers 503.
+    async fn authorize(
+        &self,
+        req: &mut Request<DownstreamBody>,
+        at: &Arrival,
+        routed: &Routed<'_>,
+        authority: Option<&str>,
+    ) -> Result<(), Early> {
+        let Some(ext) = &routed.route.ext_auth else {
+            return Ok(());
+        };
+        let unavailable = |at: &Arrival| {
+            Early::rejected(
+                "ext_auth_unavailable",
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the authorization service of this route could not be asked; retry shortly",
+                    at.rid(),
+                ),
+            )
+        };
+        let Ok(ext) = ext else {
+            return Err(unavailable(at));
+        };
+        let hops = if routed.trusted {
+            self.edge.trusted_hops
+        } else {
+            0
+        };
+        let decision = {
+            let check = extauth::CheckRequest {
+                method: req.method(),
+                path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                authority,
+                headers: req.headers(),
+                client_ip: ratelimit::client_ip(req.headers(), at.conn.peer.ip(), hops),
+                tls: at.conn.is_tls(),
+            };
+            ext.check(&check).await
+        };
+        match decision {
+            AuthDecision::Allow { set_headers, .. } => {
+                ext.apply(&set_headers, req.headers_mut());
+                Ok(())
+            }
+            AuthDecision::Deny { response, .. } => {
+                let (mut parts, body) = response.into_parts();
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                Err(Early::rejected(
+                    "ext_auth_denied",
+                    Response::from_parts(parts, problem::full(body)),
+                ))
+            }
+            AuthDecision::Failed { reason } if ext.fail_open() => {
+                tracing::debug!(route = %routed.route.name, reason, "authorization service failed; letting the request through (failure mode Open)");
+                ext.apply(&[], req.headers_mut());
+                Ok(())
+            }
+            AuthDecision::Failed { reason } => {
+                tracing::debug!(route = %routed.route.name, reason, "authorization service failed; refusing (failure mode Closed)");
+                Err(unavailable(at))
+            }
+        }
+    }
+
     /// Stage 4, rate limit: the rule's buckets; 429 with `Retry-After`, or how long to wait
     /// in Shape mode.
     fn rate_limit(
@@ -574,7 +689,7 @@ impl Proxy {
         }
     }
 
-    /// Stage 4, then: a fresh cache entry answers here, before anything is spent on the
+    /// Stage 4, last: a fresh cache entry answers here, before anything is spent on the
     /// upstream side (lane, body, upstream head): hits do not load the backends the lanes
     /// protect.
     fn fresh_hit(
