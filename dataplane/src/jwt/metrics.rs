@@ -10,13 +10,13 @@ use prometheus_client::{
 /// all remote sets. No label per URL or provider, so the series stay few.
 #[derive(Clone, Default)]
 pub struct JwtMetrics {
-    fetches: Family<FetchLabels, Counter>,
+    pub(super) fetches: Family<FetchLabels, Counter>,
     pub(super) keys: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FetchLabels {
-    result: &'static str,
+pub(super) struct FetchLabels {
+    pub(super) result: &'static str,
 }
 
 impl JwtMetrics {

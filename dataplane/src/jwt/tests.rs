@@ -1065,7 +1065,7 @@ async fn join_fetch(set: &Arc<RemoteSet>) {
 fn fetches(metrics: &JwtMetrics, result: &'static str) -> u64 {
     metrics
         .fetches
-        .get_or_create(&super::FetchLabels { result })
+        .get_or_create(&super::metrics::FetchLabels { result })
         .get()
 }
 
