@@ -43,8 +43,16 @@ fn config(port: u16, idp: &JwksServer, partner_jwks: &Value) -> String {
       matches: [{{path: {{type: PathPrefix, value: /partners}}}}]
       backends: [{{pool: p}}]
       auth: {{jwt: {{providers: [{{name: partners, issuer: '{PARTNERS}', localJwks: {{secretRef: {{name: partner-jwks}}}}, extractFrom: [{{cookie: session}}, {{queryParam: access_token}}]}}]}}}}
+    - name: me
+      matches: [{{path: {{type: PathPrefix, value: /me}}}}]
+      backends: [{{pool: p}}]
+      cachePolicyRef: {{name: c}}
+      auth: {{jwt: {{providers: [{corp}}}]}}}}
     - name: open
       backends: [{{pool: p}}]"
+    );
+    let secrets = format!(
+        "{secrets}---\napiVersion: parapet.dev/v1alpha1\nkind: CachePolicy\nmetadata: {{name: c}}\nspec: {{mode: Fixed, ttl: 10m}}\n"
     );
     format!(
         "{secrets}{}{}",
@@ -381,6 +389,24 @@ async fn keys_are_fetched_again_when_the_provider_says_they_go_stale() {
         StatusCode::OK
     );
     assert_eq!(w.idp.fetches(), 2);
+}
+
+/// The gateway took the token off the request and put the caller's claims on: a cached
+/// answer could be another caller's. Such requests are never answered from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_for_one_caller_are_never_served_to_another_from_the_cache() {
+    let w = world().await;
+    let alice = w.key.sign(&claims());
+    let bob = w.key.sign(&with(json!({"sub": "bob"})));
+    for token in [&alice, &bob, &alice] {
+        assert_eq!(w.bearer("/me", token).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        w.backend.hits(),
+        3,
+        "each caller's request reached the backend"
+    );
+    assert_eq!(w.backend.last_headers().unwrap()["x-user"], "alice");
 }
 
 fn base64_url(s: &str) -> String {

@@ -280,7 +280,16 @@ impl Proxy {
             tokio::time::sleep(wait).await;
         }
         self.authorize(&mut req, at, &routed, authority_str).await?;
-        if let Err(hit) = self.fresh_hit(&req, at, &routed, host) {
+        // A caller the gateway identified (a token, a client certificate, an authorization
+        // service) may be sent answers made for it alone, and the credential that would
+        // tell the cache so is gone from the request by now: such requests never use the
+        // shared cache.
+        let personal = routed.route.jwt.is_some()
+            || routed.route.ext_auth.is_some()
+            || req
+                .headers()
+                .contains_key(crate::tls::X_FORWARDED_CLIENT_CERT);
+        if !personal && let Err(hit) = self.fresh_hit(&req, at, &routed, host) {
             trail.cache = CacheUse::Answered;
             return Err(hit);
         }
@@ -289,8 +298,9 @@ impl Proxy {
         let body = self
             .read_body(body, &mut prepared, declared_length, at)
             .await?;
-        if let Some(cached) =
-            self.cache(&mut prepared, &body, at, &routed, (host, &authority), tally)
+        if !personal
+            && let Some(cached) =
+                self.cache(&mut prepared, &body, at, &routed, (host, &authority), tally)
         {
             // The cache answered (from an entry, or from the origin on a miss).
             trail.cache = CacheUse::Answered;
