@@ -84,8 +84,9 @@ pub const SECRET: Kind = Kind {
 };
 
 /// Every kind but Secrets, in restore order.
-pub const ALL: [Kind; 8] = [
+pub const ALL: [Kind; 9] = [
     parapet("CachePolicy", "cachepolicies"),
+    parapet("AuthPolicy", "authpolicies"),
     parapet("UpstreamPool", "upstreampools"),
     parapet("ApiRoute", "apiroutes"),
     gateway("GatewayClass", "gatewayclasses", false),

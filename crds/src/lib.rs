@@ -29,6 +29,7 @@ pub fn crd_yaml() -> Vec<(String, String)> {
         api::ApiRoute::crd(),
         api::UpstreamPool::crd(),
         api::CachePolicy::crd(),
+        api::AuthPolicy::crd(),
     ]
     .into_iter()
     .map(|mut crd| {

@@ -8,7 +8,7 @@ use base64::Engine;
 use serde::{Deserialize, Deserializer};
 
 use crate::{
-    api::{ApiRouteSpec, CachePolicySpec, Metadata, Object, UpstreamPoolSpec},
+    api::{ApiRouteSpec, AuthPolicySpec, CachePolicySpec, Metadata, Object, UpstreamPoolSpec},
     compiler::{Inputs, ServicePortKey, gateway::GatewayInputs},
     gateway_api::{
         gatewayclasses::GatewayClassSpec, gateways::GatewaySpec, grpcroutes::GrpcRouteSpec,
@@ -32,7 +32,7 @@ pub enum ManifestError {
         message: String,
     },
     #[error(
-        "document {doc}: kind {kind:?} is not one of ApiRoute, UpstreamPool, CachePolicy, GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, Secret, Service, EndpointSlice or Namespace"
+        "document {doc}: kind {kind:?} is not one of ApiRoute, UpstreamPool, CachePolicy, AuthPolicy, GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, Secret, Service, EndpointSlice or Namespace"
     )]
     UnknownKind { doc: usize, kind: String },
     #[error("document {doc} ({kind}): apiVersion {api_version:?} is not {expected}")]
@@ -154,6 +154,7 @@ pub struct Manifest {
     pub routes: Vec<Object<ApiRouteSpec>>,
     pub pools: Vec<Object<UpstreamPoolSpec>>,
     pub cache_policies: Vec<Object<CachePolicySpec>>,
+    pub auth_policies: Vec<Object<AuthPolicySpec>>,
     pub secrets: Vec<Secret>,
     pub gateway: GatewayManifest,
     pub services: Vec<Service>,
@@ -284,6 +285,13 @@ impl Manifest {
                         serde_yaml_ng::from_value(value).map_err(invalid)?;
                     o.metadata.namespace.get_or_insert_with(|| "default".into());
                     m.cache_policies.push(o);
+                }
+                "AuthPolicy" => {
+                    expect(PARAPET_API)?;
+                    let mut o: Object<AuthPolicySpec> =
+                        serde_yaml_ng::from_value(value).map_err(invalid)?;
+                    o.metadata.namespace.get_or_insert_with(|| "default".into());
+                    m.auth_policies.push(o);
                 }
                 "GatewayClass" => {
                     expect(GATEWAY_API)?;
@@ -441,6 +449,7 @@ impl Manifest {
             routes: self.routes.iter().collect(),
             pools: self.pools.iter().collect(),
             cache_policies: self.cache_policies.iter().collect(),
+            auth_policies: self.auth_policies.iter().collect(),
             service_endpoints: self.service_endpoints(),
             secrets,
             ..Inputs::default()

@@ -234,6 +234,7 @@ pub async fn apply_parapet(
 ) -> Result<DynamicObject> {
     let resource = match kind {
         "ApiRoute" => ApiResource::erase::<parapet_crds::api::ApiRoute>(&()),
+        "AuthPolicy" => ApiResource::erase::<parapet_crds::api::AuthPolicy>(&()),
         _ => ApiResource::erase::<parapet_crds::api::UpstreamPool>(&()),
     };
     let obj = serde_json::json!({"apiVersion": "parapet.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec});

@@ -1466,6 +1466,8 @@ async fn install_upgrade_uninstall_on_the_api_server() -> Result<()> {
         ("list", "apiroutes.parapet.dev", None, true),
         ("watch", "upstreampools.parapet.dev", None, true),
         ("patch", "cachepolicies.parapet.dev/status", None, true),
+        ("watch", "authpolicies.parapet.dev", None, true),
+        ("patch", "authpolicies.parapet.dev/status", None, true),
         ("update", "apiroutes.parapet.dev", None, false),
         ("delete", "apiroutes.parapet.dev", None, false),
         ("watch", "endpointslices.discovery.k8s.io", None, true),
@@ -1619,6 +1621,7 @@ async fn install_upgrade_uninstall_on_the_api_server() -> Result<()> {
         "apiroutes.parapet.dev",
         "upstreampools.parapet.dev",
         "cachepolicies.parapet.dev",
+        "authpolicies.parapet.dev",
     ] {
         kubectl_ok(&["get", "crd", crd, "-o", "name"]).await?;
     }

@@ -23,10 +23,11 @@ use serde_json::{Value, json};
 
 const GROUP: &str = "parapet.dev";
 const VERSION: &str = "v1alpha1";
-const KINDS: [(&str, &str); 3] = [
+const KINDS: [(&str, &str); 4] = [
     ("ApiRoute", "apiroutes"),
     ("UpstreamPool", "upstreampools"),
     ("CachePolicy", "cachepolicies"),
+    ("AuthPolicy", "authpolicies"),
 ];
 
 /// A client, the CRDs installed and Established, and a fresh namespace.
@@ -96,6 +97,7 @@ fn base_spec(kind: &str) -> Value {
         }),
         "UpstreamPool" => json!({"service": {"name": "accounts", "port": 80}}),
         "CachePolicy" => json!({"mode": "Auto"}),
+        "AuthPolicy" => json!({"ipRules": {"deny": ["192.0.2.0/24"]}}),
         other => panic!("unknown kind {other}"),
     }
 }
@@ -242,8 +244,12 @@ fn manifests_have_no_yaml_1_1_boolean_keys() -> Result<()> {
 async fn kubectl_lists_and_explains_the_resources() -> Result<()> {
     let (client, ns) = setup("kubectl-get-explain").await?;
 
-    let out = kubectl(&["get", "ar,up,cp", "-n", ns.name()]).await?;
-    assert!(out.success(), "kubectl get ar,up,cp failed: {}", out.stderr);
+    let out = kubectl(&["get", "ar,up,cp,authp", "-n", ns.name()]).await?;
+    assert!(
+        out.success(),
+        "kubectl get ar,up,cp,authp failed: {}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains("No resources found"),
         "expected an empty listing, got stdout {:?} stderr {:?}",
@@ -251,12 +257,12 @@ async fn kubectl_lists_and_explains_the_resources() -> Result<()> {
         out.stderr
     );
 
-    for kind in ["ApiRoute", "UpstreamPool", "CachePolicy"] {
+    for kind in ["ApiRoute", "UpstreamPool", "CachePolicy", "AuthPolicy"] {
         create(&client, &ns, &object(kind, "one", base_spec(kind)))
             .await
             .map_err(|e| anyhow!("creating a valid {kind}: {e}"))?;
     }
-    let names = kubectl_ok(&["get", "ar,up,cp", "-n", ns.name(), "-o", "name"]).await?;
+    let names = kubectl_ok(&["get", "ar,up,cp,authp", "-n", ns.name(), "-o", "name"]).await?;
     let names: BTreeSet<&str> = names.lines().collect();
     assert_eq!(
         names,
@@ -264,9 +270,10 @@ async fn kubectl_lists_and_explains_the_resources() -> Result<()> {
             "apiroute.parapet.dev/one",
             "upstreampool.parapet.dev/one",
             "cachepolicy.parapet.dev/one",
+            "authpolicy.parapet.dev/one",
         ])
     );
-    // The category lists all three.
+    // The category lists all four.
     let by_category = kubectl_ok(&["get", "parapet", "-n", ns.name(), "-o", "name"]).await?;
     assert_eq!(by_category.lines().collect::<BTreeSet<_>>(), names);
 
@@ -276,6 +283,7 @@ async fn kubectl_lists_and_explains_the_resources() -> Result<()> {
         ("ar", "ApiRoute"),
         ("up", "UpstreamPool"),
         ("cp", "CachePolicy"),
+        ("authp", "AuthPolicy"),
     ] {
         let row = rows
             .iter()
@@ -974,6 +982,19 @@ fn rejections() -> Vec<Reject> {
             json!({"spec": {"protocol": "HTTP3"}}),
             &["spec.protocol", "Unsupported value: \"HTTP3\""],
         ),
+        // --- AuthPolicy
+        reject(
+            "an AuthPolicy that checks nothing",
+            "AuthPolicy",
+            json!({"spec": {"ipRules": null}}),
+            &["an AuthPolicy needs at least one of apiKeys, jwt, extAuth, ipRules"],
+        ),
+        reject(
+            "an AuthPolicy with a bad address range",
+            "AuthPolicy",
+            json!({"spec": {"ipRules": {"allow": ["10.0.0.0/99"]}}}),
+            &["ipRules.allow holds CIDRs (10.0.0.0/8) or addresses only"],
+        ),
         // --- CachePolicy
         reject(
             "mode Fixed without ttl",
@@ -1037,6 +1058,13 @@ fn acceptances() -> Vec<(&'static str, &'static str, Value)> {
             "wildcard and catch-all hosts",
             "ApiRoute",
             json!({"spec": {"hosts": ["*.bank.example", "*"]}}),
+        ),
+        (
+            "an AuthPolicy for Gateway API rules",
+            "AuthPolicy",
+            json!({"spec": {"jwt": {"providers": [{"name": "corp", "issuer": "https://login.bank.example",
+                "remoteJwks": {"uri": "https://login.bank.example/jwks"}}]},
+                "extAuth": {"url": "https://authz.example/check"}, "apiKeys": {"secretRefs": [{"name": "keys"}]}}}),
         ),
         (
             "every way to say who may call",

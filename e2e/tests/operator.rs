@@ -278,6 +278,7 @@ struct Running {
 fn resource(kind: &str) -> ApiResource {
     match kind {
         "ApiRoute" => ApiResource::erase::<ApiRoute>(&()),
+        "AuthPolicy" => ApiResource::erase::<parapet_crds::api::AuthPolicy>(&()),
         _ => ApiResource::erase::<UpstreamPool>(&()),
     }
 }
@@ -1718,6 +1719,45 @@ async fn jwt_and_address_rules_are_compiled_and_enforced() -> Result<()> {
         "a provider without its keys accepts no token: {}",
         r.status
     );
+
+    // An AuthPolicy (for Gateway API rules) gets a status of its own: a missing Secret is
+    // reported on it until the Secret exists.
+    s.apply(
+        "AuthPolicy",
+        "staff",
+        json!({"jwt": provider("staff-keys")}),
+    )
+    .await?;
+    let c = s
+        .wait_condition(
+            "AuthPolicy",
+            "staff",
+            "ResolvedRefs",
+            "False",
+            "SecretNotFound",
+        )
+        .await?;
+    let message = c["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.contains("localJwks.secretRef") && message.contains("staff-keys"),
+        "{message:?}"
+    );
+    put_secret(
+        &s.client,
+        s.ns(),
+        "staff-keys",
+        json!({"parapet.dev/secret": "true"}),
+        json!({"jwks.json": jwks(&[&key]).to_string()}),
+    )
+    .await?;
+    s.wait_condition(
+        "AuthPolicy",
+        "staff",
+        "ResolvedRefs",
+        "True",
+        "ResolvedRefs",
+    )
+    .await?;
     Ok(())
 }
 

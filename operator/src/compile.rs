@@ -16,7 +16,7 @@ use k8s_openapi::api::{
 };
 use kube::{ResourceExt, api::DynamicObject};
 use parapet_crds::{
-    api::{ApiRouteSpec, CachePolicySpec, Object, UpstreamPoolSpec},
+    api::{ApiRouteSpec, AuthPolicySpec, CachePolicySpec, Object, UpstreamPoolSpec},
     compiler::{self, Diagnostics, Inputs, ObjectKey, ServicePortKey},
     snapshot::{Endpoint, Snapshot},
 };
@@ -143,14 +143,23 @@ pub fn compile_index(
             Err(e) => malformed.push((key, e)),
         }
     }
+    let mut auth_policies: Vec<Object<AuthPolicySpec>> = Vec::new();
+    for o in index.auth_policies.all() {
+        let key = read(compiler::KIND_AUTH_POLICY, &o);
+        match convert(&o) {
+            Ok(v) => auth_policies.push(v),
+            Err(e) => malformed.push((key, e)),
+        }
+    }
     objects.sort();
 
     let service_endpoints = service_endpoints(index, &pools);
-    let secrets = referenced_secrets(index, &routes, &pools);
+    let secrets = referenced_secrets(index, &routes, &pools, &auth_policies);
     let inputs = Inputs {
         routes: routes.iter().collect(),
         pools: pools.iter().collect(),
         cache_policies: policies.iter().collect(),
+        auth_policies: auth_policies.iter().collect(),
         service_endpoints,
         secrets,
         secret_label_selector: index.secret_label_selector.clone(),
@@ -382,11 +391,18 @@ fn referenced_secrets(
     index: &Index,
     routes: &[Object<ApiRouteSpec>],
     pools: &[Object<UpstreamPoolSpec>],
+    auth_policies: &[Object<AuthPolicySpec>],
 ) -> BTreeMap<(String, String), BTreeMap<String, Vec<u8>>> {
     let mut names: BTreeSet<(String, String)> = BTreeSet::new();
     for r in routes {
         let ns = r.metadata.namespace().to_string();
         for name in r.spec.secret_names() {
+            names.insert((ns.clone(), name.to_string()));
+        }
+    }
+    for p in auth_policies {
+        let ns = p.metadata.namespace().to_string();
+        for name in p.spec.secret_names() {
             names.insert((ns.clone(), name.to_string()));
         }
     }

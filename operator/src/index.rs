@@ -28,7 +28,7 @@ use kube::{
         watcher,
     },
 };
-use parapet_crds::api::{ApiRoute, CachePolicy, UpstreamPool};
+use parapet_crds::api::{ApiRoute, AuthPolicy, CachePolicy, UpstreamPool};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
@@ -58,6 +58,7 @@ pub struct Index {
     pub routes: Stores<DynamicObject>,
     pub pools: Stores<DynamicObject>,
     pub cache_policies: Stores<DynamicObject>,
+    pub auth_policies: Stores<DynamicObject>,
     pub services: Stores<Service>,
     pub slices: Stores<EndpointSlice>,
     pub secrets: Stores<Secret>,
@@ -116,6 +117,7 @@ impl Index {
         let routes = cr(ApiResource::erase::<ApiRoute>(&()));
         let pools = cr(ApiResource::erase::<UpstreamPool>(&()));
         let cache_policies = cr(ApiResource::erase::<CachePolicy>(&()));
+        let auth_policies = cr(ApiResource::erase::<AuthPolicy>(&()));
         let services = Stores(
             namespaces
                 .iter()
@@ -178,6 +180,7 @@ impl Index {
             routes,
             pools,
             cache_policies,
+            auth_policies,
             services,
             slices,
             secrets,
@@ -197,6 +200,7 @@ impl Index {
         self.routes.wait_ready().await;
         self.pools.wait_ready().await;
         self.cache_policies.wait_ready().await;
+        self.auth_policies.wait_ready().await;
         self.services.wait_ready().await;
         self.slices.wait_ready().await;
         self.secrets.wait_ready().await;

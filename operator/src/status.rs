@@ -14,7 +14,7 @@ use kube::{
     runtime::events::{Event, EventType, Recorder},
 };
 use parapet_crds::{
-    api::{ApiRoute, CachePolicy, UpstreamPool, conditions},
+    api::{ApiRoute, AuthPolicy, CachePolicy, UpstreamPool, conditions},
     compiler::{self, ConditionKind, MAX_MESSAGE, ObjectKey},
 };
 use serde_json::json;
@@ -201,6 +201,11 @@ pub async fn run(
                 compiler::KIND_CACHE_POLICY,
                 ApiResource::erase::<CachePolicy>(&()),
                 &index.cache_policies,
+            ),
+            (
+                compiler::KIND_AUTH_POLICY,
+                ApiResource::erase::<AuthPolicy>(&()),
+                &index.auth_policies,
             ),
         ] {
             for obj in stores.all() {

@@ -18,7 +18,7 @@ use kube::{
         watcher,
     },
 };
-use parapet_crds::api::{ApiRoute, CachePolicy, UpstreamPool};
+use parapet_crds::api::{ApiRoute, AuthPolicy, CachePolicy, UpstreamPool};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -49,6 +49,7 @@ impl TestIndex {
         let pools = Writer::new(ApiResource::erase::<UpstreamPool>(&()));
         // No test writes CachePolicies or Secrets: empty stores.
         let cache_policies = Writer::new(ApiResource::erase::<CachePolicy>(&()));
+        let auth_policies = Writer::new(ApiResource::erase::<AuthPolicy>(&()));
         let services = Writer::default();
         let slices = Writer::default();
         let secrets: Writer<Secret> = Writer::default();
@@ -57,6 +58,7 @@ impl TestIndex {
             routes: one(&routes),
             pools: one(&pools),
             cache_policies: one(&cache_policies),
+            auth_policies: one(&auth_policies),
             services: one(&services),
             slices: one(&slices),
             secrets: one(&secrets),

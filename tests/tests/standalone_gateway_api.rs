@@ -206,3 +206,90 @@ spec: {hosts: [api.example], rules: [{backends: [{pool: web}]}]}
         "nothing is served from a refused file"
     );
 }
+
+/// Who may call, for Gateway API rules: an `ExtensionRef` filter naming an AuthPolicy runs
+/// its checks (here a JWT provider with its keys in a Secret, and address rules); a policy
+/// that does not exist makes the rule answer 500, never serve unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_policy_guards_the_rules_that_name_it() {
+    use parapet_tests::idp::{SigningKey, jwks, now};
+    let backend = Backend::start("web").await;
+    let key = SigningKey::es256("k1");
+    let extra = format!(
+        r#"---
+apiVersion: v1
+kind: Secret
+metadata: {{name: idp-keys, namespace: shop}}
+stringData: {{jwks.json: '{}'}}
+---
+apiVersion: parapet.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: staff, namespace: shop}}
+spec:
+  jwt: {{providers: [{{name: corp, issuer: 'https://login.shop.example', localJwks: {{secretRef: {{name: idp-keys}}}}, claimToHeaders: [{{claim: sub, header: x-user}}]}}]}}
+  ipRules: {{deny: [192.0.2.0/24]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: admin, namespace: shop}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [admin.example]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /staff}}}}]
+    filters: [{{type: ExtensionRef, extensionRef: {{group: parapet.dev, kind: AuthPolicy, name: staff}}}}]
+    backendRefs: [{{name: web, port: 8080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /typo}}}}]
+    filters: [{{type: ExtensionRef, extensionRef: {{group: parapet.dev, kind: AuthPolicy, name: stafff}}}}]
+    backendRefs: [{{name: web, port: 8080}}]
+"#,
+        jwks(&[&key])
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, gateway_yaml(backend.port(), &extra)).unwrap();
+    let dp = Dataplane::start(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0=80",
+    ]);
+    ready(&dp).await;
+    let c = Client::new();
+    let to = dp.sockets[0].0;
+
+    let r = c.get(to, "admin.example", "/staff/list").await.unwrap();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    assert!(r.headers.contains_key("www-authenticate"));
+    assert_eq!(backend.hits(), 0);
+    let token = key.sign(
+        &serde_json::json!({"iss": "https://login.shop.example", "sub": "ann", "exp": now() + 60}),
+    );
+    let r = c
+        .send(
+            to,
+            http::Method::GET,
+            "admin.example",
+            "/staff/list",
+            &[("authorization", &format!("Bearer {token}"))],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(backend.last_headers().unwrap()["x-user"], "ann");
+    assert!(
+        !backend
+            .last_headers()
+            .unwrap()
+            .contains_key("authorization")
+    );
+
+    let r = c.get(to, "admin.example", "/typo/list").await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let logs = dp.logs().join("\n");
+    assert!(
+        logs.contains("AuthPolicy shop/stafff does not exist"),
+        "{logs}"
+    );
+}

@@ -10,12 +10,14 @@
 //! specs still derive `JsonSchema`, which their `#[schemars]` field attributes need, but no
 //! CRD is generated from them. The compiler reads [`Object`]s, the same in both.
 
+mod auth;
 mod cache;
 mod common;
 mod object;
 mod pool;
 mod route;
 
+pub use auth::*;
 pub use cache::*;
 pub use common::*;
 pub use object::*;

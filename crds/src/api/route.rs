@@ -67,30 +67,40 @@ impl ApiRouteSpec {
             .iter()
             .filter_map(|r| r.auth.as_ref())
             .flat_map(|a| {
-                let keys = a
-                    .api_keys
-                    .iter()
-                    .flat_map(|k| k.secret_refs.iter().map(|s| s.name.as_str()));
-                let jwks = a.jwt.iter().flat_map(|j| j.providers.iter()).flat_map(|p| {
-                    p.local_jwks
-                        .iter()
-                        .map(|l| l.secret_ref.name.as_str())
-                        .chain(
-                            p.remote_jwks
-                                .iter()
-                                .filter_map(|r| r.ca_secret_ref.as_ref())
-                                .map(|s| s.name.as_str()),
-                        )
-                });
-                let ext = a
-                    .ext_auth
-                    .iter()
-                    .filter_map(|e| e.ca_secret_ref.as_ref())
-                    .map(|s| s.name.as_str());
-                keys.chain(jwks).chain(ext)
+                auth_secret_names(a.api_keys.as_ref(), a.jwt.as_ref(), a.ext_auth.as_ref())
             });
         tls.chain(rules)
     }
+}
+
+/// The Secrets of API keys, JWT providers (JWKS documents, CA bundles) and an authorization
+/// service (its CA bundle).
+pub(super) fn auth_secret_names<'a>(
+    keys: Option<&'a ApiKeyAuth>,
+    jwt: Option<&'a JwtAuth>,
+    ext: Option<&'a ExtAuth>,
+) -> impl Iterator<Item = &'a str> {
+    let keys = keys
+        .into_iter()
+        .flat_map(|k| k.secret_refs.iter().map(|s| s.name.as_str()));
+    let jwks = jwt
+        .into_iter()
+        .flat_map(|j| j.providers.iter())
+        .flat_map(|p| {
+            p.local_jwks
+                .iter()
+                .map(|l| l.secret_ref.name.as_str())
+                .chain(
+                    p.remote_jwks
+                        .iter()
+                        .filter_map(|r| r.ca_secret_ref.as_ref())
+                        .map(|s| s.name.as_str()),
+                )
+        });
+    let ext = ext
+        .and_then(|e| e.ca_secret_ref.as_ref())
+        .map(|s| s.name.as_str());
+    keys.chain(jwks).chain(ext)
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

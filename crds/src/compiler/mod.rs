@@ -28,13 +28,14 @@ pub use diagnostics::{
 };
 
 use crate::{
-    api::{ApiRouteSpec, CachePolicySpec, Metadata, Object, UpstreamPoolSpec},
+    api::{ApiRouteSpec, AuthPolicySpec, CachePolicySpec, Metadata, Object, UpstreamPoolSpec},
     snapshot::{Endpoint, FORMAT_VERSION, SourceRef, Table},
 };
 
 pub const KIND_ROUTE: &str = "ApiRoute";
 pub const KIND_POOL: &str = "UpstreamPool";
 pub const KIND_CACHE_POLICY: &str = "CachePolicy";
+pub const KIND_AUTH_POLICY: &str = "AuthPolicy";
 
 /// A Service port as a pool references it: namespace, Service name, Service port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -54,6 +55,8 @@ pub struct Inputs<'a> {
     pub routes: Vec<&'a Object<ApiRouteSpec>>,
     pub pools: Vec<&'a Object<UpstreamPoolSpec>>,
     pub cache_policies: Vec<&'a Object<CachePolicySpec>>,
+    /// What Gateway API rules name in `ExtensionRef` filters.
+    pub auth_policies: Vec<&'a Object<AuthPolicySpec>>,
     /// Endpoints of each Service port that pools reference, already resolved to the
     /// target port. A key present with no endpoints: the Service exists but has none.
     pub service_endpoints: BTreeMap<ServicePortKey, Vec<Endpoint>>,
@@ -102,6 +105,11 @@ pub fn compile(inputs: &Inputs<'_>) -> Output {
             .iter()
             .map(|o| source(KIND_CACHE_POLICY, &o.metadata)),
     );
+    // Compiled here for their own status; Gateway fleets compile those they use.
+    for p in &inputs.auth_policies {
+        routes::auth_policy(inputs, p, &mut diags);
+        sources.push(source(KIND_AUTH_POLICY, &p.metadata));
+    }
     sources.sort();
     sources.dedup();
 

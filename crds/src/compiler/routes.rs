@@ -34,6 +34,8 @@ use crate::{
 };
 use filters::RuleRef;
 
+pub(super) use auth::{AuthChecks, auth_policy};
+
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(super) struct CompiledRoutes {
@@ -642,33 +644,26 @@ fn action(
             None
         }
     });
-    let api_keys = rule
-        .auth
-        .as_ref()
-        .and_then(|a| a.api_keys.as_ref())
-        .map(|k| api_keys(inputs, namespace, k, rule_name, me, diags));
-    let rule_auth = rule.auth.as_ref();
-    let ip_rules = auth::ip_rules(
+    let auth::AuthChecks {
+        api_keys,
+        ip_rules,
+        jwt,
+        ext_auth,
+    } = auth::checks(
+        inputs,
+        namespace,
+        route_name,
         route_ip_rules,
-        rule_auth.and_then(|a| a.ip_rules.as_ref()),
+        rule.auth.as_ref(),
         &at,
         diags,
     );
-    let jwt = rule_auth
-        .and_then(|a| a.jwt.as_ref())
-        .map(|j| auth::jwt(inputs, namespace, route_name, j, &at, diags));
-    let ext_auth = match rule_auth.and_then(|a| a.ext_auth.as_ref()) {
-        None => None,
-        Some(e) => match auth::ext_auth(inputs, namespace, route_name, e, &at, diags) {
-            Ok(e) => Some(e),
-            // Never serve the rule without the check it asks for.
-            Err(()) => {
-                return Some(RouteAction::DirectResponse(DirectResponse {
-                    status: 500,
-                    body: "the external authorization of this route is misconfigured".to_string(),
-                }));
-            }
-        },
+    let Ok(ext_auth) = ext_auth else {
+        // Never serve the rule without the check it asks for.
+        return Some(RouteAction::DirectResponse(DirectResponse {
+            status: 500,
+            body: "the external authorization of this route is misconfigured".to_string(),
+        }));
     };
     let upgrades = upgrades(rule, rule_name, me, diags);
     let timeout_ms = rule.timeout.unwrap_or(DEFAULT_TIMEOUT).as_millis();
@@ -917,7 +912,7 @@ fn rate_limit(r: &api::RateLimit) -> RateLimit {
     }
 }
 
-fn api_keys(
+pub(super) fn api_keys(
     inputs: &Inputs<'_>,
     namespace: &str,
     k: &api::ApiKeyAuth,
@@ -932,7 +927,11 @@ fn api_keys(
     };
     let mut keys = Vec::new();
     for r in &k.secret_refs {
-        let field = format!("rule {rule_name}: auth.apiKeys.secretRefs");
+        let field = if rule_name.is_empty() {
+            "apiKeys.secretRefs".to_string()
+        } else {
+            format!("rule {rule_name}: auth.apiKeys.secretRefs")
+        };
         let Some(data) = secret(inputs, namespace, &r.name, &field, me, diags) else {
             continue;
         };

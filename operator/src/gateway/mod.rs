@@ -26,7 +26,7 @@ use kube::{
     runtime::{reflector::Store, reflector::store::Writer, watcher},
 };
 use parapet_crds::{
-    api::{CachePolicySpec, Object, UpstreamPoolSpec},
+    api::{AuthPolicySpec, CachePolicySpec, Object, UpstreamPoolSpec},
     compiler::{
         Inputs, ServicePortKey,
         gateway::{GatewayInputs, GatewayOutput, compile_gateways},
@@ -136,6 +136,7 @@ pub struct Snapshot {
     namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     pools: Vec<Object<UpstreamPoolSpec>>,
     policies: Vec<Object<CachePolicySpec>>,
+    auth_policies: Vec<Object<AuthPolicySpec>>,
     secrets: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
 }
 
@@ -201,6 +202,11 @@ impl Snapshot {
             pools: index.pools.all().filter_map(|o| convert(&o).ok()).collect(),
             policies: index
                 .cache_policies
+                .all()
+                .filter_map(|o| convert(&o).ok())
+                .collect(),
+            auth_policies: index
+                .auth_policies
                 .all()
                 .filter_map(|o| convert(&o).ok())
                 .collect(),
@@ -272,6 +278,7 @@ pub fn compile(index: &Index, snap: &Snapshot) -> GatewayOutput {
         routes: Vec::new(),
         pools: snap.pools.iter().collect(),
         cache_policies: snap.policies.iter().collect(),
+        auth_policies: snap.auth_policies.iter().collect(),
         service_endpoints: service_endpoints_for(index, snap.wanted_services()),
         secrets: snap.secrets.clone(),
         secret_label_selector: None,

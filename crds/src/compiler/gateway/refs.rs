@@ -11,7 +11,10 @@ use super::{
 };
 use crate::{
     api::{self, Object},
-    compiler::{Inputs, ServicePortKey, name, ns, qualified},
+    compiler::{
+        Diagnostics, Inputs, ServicePortKey, name, ns, qualified,
+        routes::{AuthChecks, auth_policy},
+    },
     gateway_api::{GROUP, gateways::GatewayListenersTlsCertificateRefs, gateways::GatewaySpec},
     snapshot::CertificatePair,
 };
@@ -54,6 +57,8 @@ pub struct ResolvedRule {
     pub backends: Vec<(Option<ClusterSource>, u32)>,
     pub mirrors: Vec<(ClusterSource, u32)>,
     pub cache_policy: Option<String>,
+    /// The checks of the AuthPolicy an ExtensionRef names.
+    pub auth: Option<AuthChecks>,
     /// A filter that does not resolve: the rule answers 500.
     pub broken_filter: bool,
 }
@@ -286,30 +291,40 @@ fn filter(
         }
         "ExtensionRef" => {
             let Some(e) = &f.extension_ref else { return };
-            if e.group != api::GROUP || e.kind != "CachePolicy" {
-                resolved.broken_filter = true;
-                out.unresolved.get_or_insert(problem(
-                    "InvalidKind",
-                    format!(
-                        "ExtensionRef {}/{} {} is not something Parapet knows; the only extension is parapet.dev/CachePolicy",
-                        e.group, e.kind, e.name
-                    ),
-                ));
-                return;
-            }
-            let exists = inputs
-                .cache_policies
-                .iter()
-                .any(|p| ns(&p.metadata) == route.namespace && name(&p.metadata) == e.name);
-            if exists {
-                resolved.cache_policy = Some(qualified(&route.namespace, &e.name));
-            } else {
+            let found = match (e.group == api::GROUP, e.kind.as_str()) {
+                (true, "CachePolicy") => inputs
+                    .cache_policies
+                    .iter()
+                    .any(|p| ns(&p.metadata) == route.namespace && name(&p.metadata) == e.name)
+                    .then(|| resolved.cache_policy = Some(qualified(&route.namespace, &e.name))),
+                (true, "AuthPolicy") => inputs
+                    .auth_policies
+                    .iter()
+                    .find(|p| ns(&p.metadata) == route.namespace && name(&p.metadata) == e.name)
+                    .map(|p| {
+                        // Its diagnostics go on the policy's own status, from the main compile.
+                        let checks = auth_policy(inputs, p, &mut Diagnostics::default());
+                        resolved.auth = Some(checks);
+                    }),
+                _ => {
+                    resolved.broken_filter = true;
+                    out.unresolved.get_or_insert(problem(
+                        "InvalidKind",
+                        format!(
+                            "ExtensionRef {}/{} {} is not something Parapet knows; the extensions are parapet.dev/CachePolicy and parapet.dev/AuthPolicy",
+                            e.group, e.kind, e.name
+                        ),
+                    ));
+                    return;
+                }
+            };
+            if found.is_none() {
                 resolved.broken_filter = true;
                 out.unresolved.get_or_insert(problem(
                     "BackendNotFound",
                     format!(
-                        "CachePolicy {}/{} does not exist; create it or fix the ExtensionRef (the rule answers 500 until then)",
-                        route.namespace, e.name
+                        "{} {}/{} does not exist; create it or fix the ExtensionRef (the rule answers 500 until then)",
+                        e.kind, route.namespace, e.name
                     ),
                 ));
             }

@@ -360,6 +360,24 @@ fn action(
             rewrite = Some(url_rewrite(u, matcher));
         }
     }
+    let (api_keys, ip_rules, jwt, ext_auth) = match &res.auth {
+        None => (None, None, None, None),
+        Some(a) => {
+            let Ok(ext_auth) = a.ext_auth.clone() else {
+                // Never serve the rule without the check its policy asks for.
+                return RouteAction::DirectResponse(DirectResponse {
+                    status: 500,
+                    body: "the external authorization of this route is misconfigured".to_string(),
+                });
+            };
+            (
+                a.api_keys.clone(),
+                a.ip_rules.clone(),
+                a.jwt.clone(),
+                ext_auth,
+            )
+        }
+    };
     let timeouts = rule.timeouts.as_ref();
     let timeout_ms = timeouts
         .and_then(|t| t.request.as_deref())
@@ -390,10 +408,10 @@ fn action(
             .collect(),
         cache_policy: res.cache_policy.clone(),
         rate_limit: None,
-        api_keys: None,
-        ip_rules: None,
-        jwt: None,
-        ext_auth: None,
+        api_keys,
+        ip_rules,
+        jwt,
+        ext_auth,
         upgrades: default_upgrades(),
     }))
 }

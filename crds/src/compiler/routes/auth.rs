@@ -10,18 +10,81 @@
 use std::net::IpAddr;
 
 use super::{
+    api_keys,
     filters::{PROXY_HEADERS, RuleRef, valid_header_name},
     secret,
 };
 use crate::{
     Duration,
-    api::{self, JwtAlgorithm},
-    compiler::{Diagnostics, Inputs, Reason},
+    api::{self, AuthPolicySpec, JwtAlgorithm, Object},
+    compiler::{Diagnostics, Inputs, ObjectKey, Reason, name, ns},
     snapshot::{
-        ClaimHeader, ClaimRequirement, ExtAuthCache, ExtAuthCheck, IpRules, JwksSource, JwtCheck,
-        JwtProvider, RemoteJwks, TokenSource,
+        ApiKeyCheck, ClaimHeader, ClaimRequirement, ExtAuthCache, ExtAuthCheck, IpRules,
+        JwksSource, JwtCheck, JwtProvider, RemoteJwks, TokenSource,
     },
 };
+
+/// Every check of a rule's `auth` (or an AuthPolicy's), compiled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthChecks {
+    pub api_keys: Option<ApiKeyCheck>,
+    pub ip_rules: Option<IpRules>,
+    pub jwt: Option<JwtCheck>,
+    /// `Err`: unusable, so the rule must answer 500 rather than go unchecked.
+    pub ext_auth: Result<Option<ExtAuthCheck>, ()>,
+}
+
+/// The checks `auth` asks for; `route_ip_rules` are the route's own, which a rule's
+/// replace. `owner`: the ApiRoute or AuthPolicy, naming providers in metrics.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn checks(
+    inputs: &Inputs<'_>,
+    namespace: &str,
+    owner: &str,
+    route_ip_rules: Option<&api::IpRules>,
+    auth: Option<&api::RouteAuth>,
+    at: &RuleRef<'_>,
+    diags: &mut Diagnostics,
+) -> AuthChecks {
+    AuthChecks {
+        api_keys: auth
+            .and_then(|a| a.api_keys.as_ref())
+            .map(|k| api_keys(inputs, namespace, k, at.name, at.me, diags)),
+        ip_rules: ip_rules(
+            route_ip_rules,
+            auth.and_then(|a| a.ip_rules.as_ref()),
+            at,
+            diags,
+        ),
+        jwt: auth
+            .and_then(|a| a.jwt.as_ref())
+            .map(|j| jwt(inputs, namespace, owner, j, at, diags)),
+        ext_auth: match auth.and_then(|a| a.ext_auth.as_ref()) {
+            None => Ok(None),
+            Some(e) => ext_auth(inputs, namespace, owner, e, at, diags).map(Some),
+        },
+    }
+}
+
+/// An AuthPolicy's checks, its diagnostics reported on the policy.
+pub fn auth_policy(
+    inputs: &Inputs<'_>,
+    policy: &Object<AuthPolicySpec>,
+    diags: &mut Diagnostics,
+) -> AuthChecks {
+    let (namespace, owner) = (ns(&policy.metadata), name(&policy.metadata));
+    let me = ObjectKey::new(crate::compiler::KIND_AUTH_POLICY, namespace, owner);
+    let at = RuleRef { name: "", me: &me };
+    checks(
+        inputs,
+        namespace,
+        owner,
+        None,
+        Some(&policy.spec.as_route_auth()),
+        &at,
+        diags,
+    )
+}
 
 /// The JWKS a provider gets when its own cannot be read: no key, so no token passes.
 const NO_KEYS: &str = r#"{"keys":[]}"#;
@@ -310,7 +373,7 @@ fn local_jwks(
         inputs,
         namespace,
         &l.secret_ref.name,
-        &format!("rule {}: {field} localJwks.secretRef", at.name),
+        &at.field(&format!("{field} localJwks.secretRef")),
         at.me,
         diags,
     ) else {
@@ -391,7 +454,7 @@ pub(super) fn ext_auth(
                 inputs,
                 namespace,
                 &s.name,
-                &format!("rule {}: auth.extAuth.caSecretRef", at.name),
+                &at.field("auth.extAuth.caSecretRef"),
                 at,
                 diags,
             )

@@ -35,7 +35,17 @@ pub(super) struct RuleRef<'a> {
 
 impl RuleRef<'_> {
     pub(super) fn error(&self, diags: &mut Diagnostics, reason: Reason, message: String) {
-        diags.error(self.me, reason, format!("rule {}: {message}", self.name));
+        diags.error(self.me, reason, self.field(&message));
+    }
+
+    /// `text` prefixed with the rule's name; an AuthPolicy (no rule: an empty name) says
+    /// it bare.
+    pub(super) fn field(&self, text: &str) -> String {
+        if self.name.is_empty() {
+            text.to_string()
+        } else {
+            format!("rule {}: {text}", self.name)
+        }
     }
 }
 
