@@ -96,11 +96,12 @@ run: ## The demo: the data plane in standalone mode in front of sample backends
 	$(CARGO) build -q -p parapet-dataplane -p parapet-tests --bins
 	./scripts/demo.sh
 
-bench: ## Benchmarks against nginx, HAProxy and Caddy: proxying, cache hits and coalesced misses, then every path (TLS, HTTP/2, bodies, connections, route tables) with CPU and instructions per request, and what tracing costs at each sampling ratio
+bench: ## Benchmarks against nginx, HAProxy and Caddy: proxying, cache hits and coalesced misses, then every path (TLS, HTTP/2, bodies, connections, route tables) with CPU and instructions per request, and what tracing costs at each sampling ratio, and what a JWT check costs
 	./bench/run.sh
 	./bench/cache.sh
 	BENCH_SKIP_BUILD=1 ./bench/paths.sh
 	BENCH_SKIP_BUILD=1 ./bench/tracing.sh
+	BENCH_SKIP_BUILD=1 ./bench/jwt.sh
 
 -include e2e/cluster.mk
 -include charts/chart.mk

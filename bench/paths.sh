@@ -25,6 +25,12 @@
 #   BENCH_SKIP_BUILD=1         use the release binaries already built
 #   BENCH_KEEP=1               keep the run directory
 #   BENCH_PARAPET_FLAGS="..."  extra data-plane flags (bench/tracing.sh sets the tracing ones)
+#   BENCH_PARAPET_RULE_YAML="auth: {...}"   a field added to every rule of Parapet's config,
+#   BENCH_PARAPET_EXTRA_YAML="..."          documents appended to it, and
+#   BENCH_EXTRA_HEADER="Name: value"        a header sent with every request to Parapet
+#                              (h2load, wrk and curl; bench/jwt.sh: a JWT rule, its key set,
+#                              the token), and BENCH_EXTRA_HEADER_REFUSED=401 the status
+#                              Parapet must answer without that header
 #   CADDY=/path/to/caddy       else Caddy v2.11.9 is built with `go install` from the Go
 #                              module proxy into ~/.cache/parapet-bench (outside the repository)
 set -euo pipefail
@@ -33,6 +39,10 @@ cd "$(dirname "$0")/.."
 read -r -a SHAPES <<<"${BENCH_PATHS:-h1 h1-tls h2-tls post-4k post-256k conn tls-new tls-resumed idle-10k routes-10 routes-1k routes-10k}"
 read -r -a PROXIES <<<"${BENCH_PROXIES:-parapet nginx haproxy caddy}"
 read -r -a PARAPET_FLAGS <<<"${BENCH_PARAPET_FLAGS:-}"
+RULE_YAML=${BENCH_PARAPET_RULE_YAML:-}
+EXTRA_YAML=${BENCH_PARAPET_EXTRA_YAML:-}
+EXTRA_HEADER=${BENCH_EXTRA_HEADER:-}
+REFUSED=${BENCH_EXTRA_HEADER_REFUSED:-}
 ROUNDS=${BENCH_ROUNDS:-3}
 DURATION=${BENCH_DURATION:-5}
 WARMUP=${BENCH_WARMUP:-2}
@@ -147,6 +157,11 @@ start_proxy() {
     --backends "${BACKENDS[0]},${BACKENDS[1]}" --routes "$routes" "${tls[@]}"
   case $proxy in
   parapet)
+    if [[ -n $RULE_YAML || -n $EXTRA_YAML ]]; then # every rule ends with its backends line
+      awk -v y="$RULE_YAML" '{ print } y != "" && /backends: \[\{pool: body-1k\}\]$/ { print "      " y }' "$conf" >"$conf.tmp"
+      [[ -z $EXTRA_YAML ]] || printf -- '---\n%s\n' "$EXTRA_YAML" >>"$conf.tmp"
+      mv "$conf.tmp" "$conf"
+    fi
     local flags=()
     tls_of "$shape" && flags=(--tls-cert "$RUN/cert.pem" --tls-key "$RUN/key.pem")
     start "$name" "$@" "$BIN/dataplane" --config "$conf" --listen "127.0.0.1:$port" \
@@ -171,20 +186,27 @@ start_proxy() {
 check_proxy() {
   local shape=$1 proxy=$2 uri host=() tries=${3:-100}
   (($(routes_of "$shape"))) && host=(-H "Host: api.bench")
+  local extra=()
+  [[ $proxy == parapet && -n $EXTRA_HEADER ]] && extra=(-H "$EXTRA_HEADER")
   while read -r uri; do
     local ok=
     for _ in $(seq "$tries"); do
-      if [[ $(curl -sk --max-time 2 -o /dev/null -w '%{http_code} %{size_download}' "${host[@]}" "$uri" 2>/dev/null) == "200 1024" ]]; then ok=1; break; fi
+      if [[ $(curl -sk --max-time 2 -o /dev/null -w '%{http_code} %{size_download}' "${host[@]}" "${extra[@]}" "$uri" 2>/dev/null) == "200 1024" ]]; then ok=1; break; fi
       kill -0 "${PID_OF[$proxy]}" 2>/dev/null || die "$proxy exited; see $RUN/$proxy.err"
       sleep 0.1
     done
     [[ -n $ok ]] || die "$proxy does not answer $uri with 200 and 1 KiB ($shape); see $RUN/$proxy.err"
+    if ((${#extra[@]})) && [[ -n $REFUSED ]]; then
+      local refused
+      refused=$(curl -sk --max-time 2 -o /dev/null -w '%{http_code}' "${host[@]}" "$uri")
+      [[ $refused == "$REFUSED" ]] || die "$proxy answers $refused, not $REFUSED, for $uri without BENCH_EXTRA_HEADER ($shape)"
+    fi
   done < <(uris_of "$shape" "${PROXY_PORT[$proxy]}")
   if (($(routes_of "$shape"))); then # a host route, and a miss
     local code
-    code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Host: h0.bench" "$(scheme_of "$shape")://127.0.0.1:${PROXY_PORT[$proxy]}/any")
+    code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Host: h0.bench" "${extra[@]}" "$(scheme_of "$shape")://127.0.0.1:${PROXY_PORT[$proxy]}/any")
     [[ $code == 200 ]] || die "$proxy answers $code for the host route h0.bench ($shape)"
-    code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Host: api.bench" "$(scheme_of "$shape")://127.0.0.1:${PROXY_PORT[$proxy]}/nowhere")
+    code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Host: api.bench" "${extra[@]}" "$(scheme_of "$shape")://127.0.0.1:${PROXY_PORT[$proxy]}/nowhere")
     [[ $code == 404 ]] || die "$proxy answers $code, not 404, for a path no route matches ($shape)"
   fi
 }
@@ -208,6 +230,8 @@ load() {
   local h2=(h2load -t1 --log-file="$out.log")
   if [[ -n $n ]]; then h2+=(-n "$n" -c 8); else h2+=(-D "$secs" -c "$CONNS"); fi
   (($(routes_of "$shape"))) && h2+=(-H ":authority: api.bench")
+  local extra=()
+  [[ $proxy == parapet && -n $EXTRA_HEADER ]] && extra=(-H "$EXTRA_HEADER") && h2+=("${extra[@]}")
   case $shape in
   h1 | h1-tls | routes-*) h2+=(--h1) ;;
   h2-tls) h2+=(-m 4) ;;
@@ -217,7 +241,7 @@ load() {
   case $shape in
   conn)
     timeout --kill-after=5 $((secs + 60)) wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 5s --latency \
-      -H "Connection: close" "http://127.0.0.1:$port/1k" >"$out" 2>&1
+      -H "Connection: close" "${extra[@]}" "http://127.0.0.1:$port/1k" >"$out" 2>&1
     read -r rps p50 p99 err < <(parse_wrk "$out")
     awk -v r="$rps" -v s="$secs" -v a="$p50" -v b="$p99" -v e="$err" \
       'BEGIN{printf "%d %s %s %d\n", r * s, a, b, e}'
