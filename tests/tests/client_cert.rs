@@ -435,7 +435,20 @@ async fn require_mode_verifies_the_certificate_and_tells_the_backend() {
     .unwrap();
     assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
     assert!(body.contains("new connection"), "{body}");
-    assert_eq!(rejected(&dp, "client_cert_misdirected").await, 1.0);
+    // The same host written as a fully qualified name (one trailing dot) is the same host:
+    // routed there, and checked as it.
+    let (status, _, body) = request(
+        to,
+        &server.client(Some(&good)),
+        "plain.example",
+        "mtls.example.",
+        "/misdirected",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+    assert_eq!(rejected(&dp, "client_cert_misdirected").await, 2.0);
     assert_eq!(b.last_uri().as_deref(), Some("/plain"));
 }
 

@@ -242,6 +242,17 @@ spec:
   - matches: [{{path: {{type: PathPrefix, value: /typo}}}}]
     filters: [{{type: ExtensionRef, extensionRef: {{group: parapet.dev, kind: AuthPolicy, name: stafff}}}}]
     backendRefs: [{{name: web, port: 8080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /both}}}}]
+    filters:
+    - {{type: ExtensionRef, extensionRef: {{group: parapet.dev, kind: AuthPolicy, name: staff}}}}
+    - {{type: ExtensionRef, extensionRef: {{group: parapet.dev, kind: AuthPolicy, name: lenient}}}}
+    backendRefs: [{{name: web, port: 8080}}]
+---
+apiVersion: parapet.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: lenient, namespace: shop}}
+spec:
+  ipRules: {{deny: [192.0.2.0/24]}}
 "#,
         jwks(&[&key])
     );
@@ -286,6 +297,9 @@ spec:
     );
 
     let r = c.get(to, "admin.example", "/typo/list").await.unwrap();
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    // Two policies on one rule: neither is silently dropped; the rule answers 500.
+    let r = c.get(to, "admin.example", "/both/list").await.unwrap();
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     let logs = dp.logs().join("\n");
     assert!(

@@ -27,10 +27,12 @@
 //!
 //! **The decision cache** (`cache`). A decision is kept for `ttl_ms` under a SHA-256 of a
 //! per-instance random salt and the request's method, authority, path and query and the
-//! values of `key_headers` (each length-prefixed, so no two requests encode alike). The
-//! path is in the key because a service may allow one path and deny another to the same
-//! caller; what the key leaves out (the client's address, the other `headers_to_auth`) is
-//! assumed not to change the answer. A request missing a key header is always checked.
+//! values of `key_headers` (each length-prefixed, so no two requests encode alike), and of
+//! everything else the service is sent: the client's address and the other
+//! `headers_to_auth`. The path is in the key because a service may allow one path and deny
+//! another to the same caller; the rest because a decision made on one caller's
+//! credentials must never answer another caller. A request missing a key header is always
+//! checked.
 //! Allows and denials are kept, failures never; a decision larger than
 //! [`MAX_CACHED_BYTES`] (headers and body) is used but not kept, so the cache's memory
 //! stays near `max_entries` × that. Concurrent misses for one key wait for a single call.
@@ -267,6 +269,9 @@ enum NotKept {
 
 struct DecisionCache {
     key_headers: Vec<HeaderName>,
+    /// The other headers the service is sent: in the key too (present or not), so that a
+    /// decision made on one caller's credentials is never another caller's.
+    sent: Vec<HeaderName>,
     /// Makes keys unguessable across instances and restarts.
     salt: [u8; 32],
     store: moka::future::Cache<[u8; 32], Answer>,
@@ -284,6 +289,16 @@ impl DecisionCache {
         field(&mut buf, req.method.as_str().as_bytes());
         field(&mut buf, req.authority.unwrap_or("").as_bytes());
         field(&mut buf, req.path_and_query.as_bytes());
+        // The service sees the client's address (X-Forwarded-For): it may decide on it.
+        field(&mut buf, req.client_ip.to_string().as_bytes());
+        for name in &self.sent {
+            let values = req.headers.get_all(name);
+            field(&mut buf, name.as_str().as_bytes());
+            buf.extend_from_slice(&(values.iter().count() as u64).to_le_bytes());
+            for v in values {
+                field(&mut buf, v.as_bytes());
+            }
+        }
         for name in &self.key_headers {
             let values = req.headers.get_all(name);
             let count = values.iter().count();
@@ -401,8 +416,14 @@ impl ExtAuth {
         };
         let cache = match &check.cache {
             Some(c) if c.ttl_ms > 0 && c.max_entries > 0 && !c.key_headers.is_empty() => {
+                let key_headers = header_names(&c.key_headers, &[], "cache.keyHeaders")?;
+                let sent = header_names(to_auth, &[], "headersToAuth")?
+                    .into_iter()
+                    .filter(|h| !key_headers.contains(h))
+                    .collect();
                 Some(DecisionCache {
-                    key_headers: header_names(&c.key_headers, &[], "cache.keyHeaders")?,
+                    key_headers,
+                    sent,
                     salt: rand::random(),
                     store: moka::future::Cache::builder()
                         .max_capacity(c.max_entries)

@@ -474,10 +474,15 @@ async fn a_decision_is_kept_for_the_same_key() {
     assert_eq!(svc.calls(), 3);
     allowed(a.check(&request(&Method::POST, "/v1", &alice)).await);
     assert_eq!(svc.calls(), 4);
-    // Other headers are not in the key.
+    // Every header the service is sent is in the key too (cookie, by default): a decision
+    // made on other credentials is not reused.
     let alice_cookie = headers(&[("authorization", "alice"), ("cookie", "z=1")]);
-    assert!(allowed(check(&a, "/v1", &alice_cookie).await).1);
-    assert_eq!(svc.calls(), 4);
+    assert!(!allowed(check(&a, "/v1", &alice_cookie).await).1);
+    assert_eq!(svc.calls(), 5);
+    // Headers the service is not sent stay out of it.
+    let alice_other = headers(&[("authorization", "alice"), ("x-other", "1")]);
+    assert!(allowed(check(&a, "/v1", &alice_other).await).1);
+    assert_eq!(svc.calls(), 5);
 }
 
 #[tokio::test]

@@ -46,6 +46,9 @@ impl ClaimPath {
 pub struct Requirement {
     path: ClaimPath,
     any_of: Box<[Box<str>]>,
+    /// `scope` and `scp` are space-separated lists (RFC 8693 §4.2); any other string claim
+    /// is one value, so `"sales admin"` never passes for `admin`.
+    word_list: bool,
 }
 
 impl Requirement {
@@ -53,11 +56,12 @@ impl Requirement {
         Self {
             path: ClaimPath::new(&r.claim),
             any_of: r.any_of.iter().map(|s| Box::from(s.as_str())).collect(),
+            word_list: matches!(r.claim.as_str(), "scope" | "scp"),
         }
     }
 
-    /// Present, and with `any_of`, holding one of its values: a string equal to one or
-    /// holding one as a space-separated word (`scope`), an array with an equal element, or
+    /// Present, and with `any_of`, holding one of its values: a string equal to one (or for
+    /// `scope`/`scp` holding one as a space-separated word), an array with an equal element, or
     /// a number or boolean whose JSON text is one.
     pub fn holds(&self, claims: &Map<String, Value>) -> bool {
         let Some(v) = self.path.find(claims) else {
@@ -68,7 +72,9 @@ impl Requirement {
         }
         let wanted = |s: &str| self.any_of.iter().any(|w| **w == *s);
         match v {
-            Value::String(s) => wanted(s) || s.split_ascii_whitespace().any(wanted),
+            Value::String(s) => {
+                wanted(s) || (self.word_list && s.split_ascii_whitespace().any(wanted))
+            }
             Value::Array(items) => items.iter().any(|i| scalar_matches(i, &wanted)),
             v => scalar_matches(v, &wanted),
         }

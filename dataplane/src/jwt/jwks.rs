@@ -73,7 +73,13 @@ impl Key {
 #[derive(Default)]
 pub struct KeySet {
     pub keys: Vec<Key>,
+    /// Unique per parsed document (0: the empty default set): a token verified under one
+    /// generation is verified again under the next, whose keys may differ.
+    pub generation: u64,
 }
+
+/// Generations handed out so far.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -154,7 +160,10 @@ impl KeySet {
                 }
             }
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -255,29 +264,29 @@ impl JwksRegistry {
         })
     }
 
-    /// The set for `remote.url`, made on first sight. A table that changes its settings
-    /// (CA, periods, timeout) updates them in place; the keys are kept.
+    /// The set for these settings, made on first sight. Sets are kept per URL *and*
+    /// settings: two routes naming one URL with different CAs or timeouts get a set each,
+    /// so one route's settings never decide how another's keys are fetched (a route could
+    /// otherwise have another tenant's keys fetched under a CA it controls).
     pub(crate) fn set_for(&self, remote: &RemoteJwks) -> Arc<RemoteSet> {
+        let key = registry_key(remote);
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(set) = sets.get(remote.url.as_str()) {
-            if set.settings.load().remote != *remote {
-                set.settings.store(Arc::new(Settings::new(remote.clone())));
-            }
+        if let Some(set) = sets.get(key.as_str()) {
             return set.clone();
         }
         let set = Arc::new(RemoteSet::new(remote.clone(), self.metrics.clone()));
-        sets.insert(remote.url.as_str().into(), set.clone());
+        sets.insert(key.into(), set.clone());
         set
     }
 
     /// Drops key sets no provider of the table in force uses (call after a table is
-    /// installed, with the URLs its routes use: [`super::JwtAuth::jwks_urls`]). Their
+    /// installed, with the keys its routes use: [`super::JwtAuth::jwks_keys`]). Their
     /// background tasks stop; routes of an older table still running keep the keys they
     /// hold until they finish.
-    pub fn retain(&self, urls: &HashSet<String>) {
+    pub fn retain(&self, keys: &HashSet<String>) {
         let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        sets.retain(|url, set| {
-            let keep = urls.contains(&**url);
+        sets.retain(|key, set| {
+            let keep = keys.contains(&**key);
             if !keep {
                 set.retire();
             }
@@ -288,7 +297,10 @@ impl JwksRegistry {
     /// URLs of the sets held, for tests and the config dump.
     pub fn urls(&self) -> Vec<String> {
         let sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        let mut urls: Vec<String> = sets.keys().map(|u| u.to_string()).collect();
+        let mut urls: Vec<String> = sets
+            .keys()
+            .map(|k| k.split('\0').next().unwrap_or_default().to_string())
+            .collect();
         urls.sort();
         urls
     }
@@ -376,7 +388,6 @@ struct FetchState {
 
 /// A remote JWKS: its last good keys and how it is kept fresh.
 pub(crate) struct RemoteSet {
-    url: Box<str>,
     settings: ArcSwap<Settings>,
     keys: ArcSwapOption<KeySet>,
     /// Never held across an await.
@@ -391,7 +402,6 @@ pub(crate) struct RemoteSet {
 impl RemoteSet {
     fn new(remote: RemoteJwks, metrics: JwtMetrics) -> Self {
         Self {
-            url: remote.url.as_str().into(),
             settings: ArcSwap::from_pointee(Settings::new(remote)),
             keys: ArcSwapOption::empty(),
             state: Mutex::default(),
@@ -401,8 +411,9 @@ impl RemoteSet {
         }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The settings it is kept under ([`registry_key`]).
+    pub fn registry_key(&self) -> String {
+        registry_key(&self.settings.load().remote)
     }
 
     /// The last good keys, if a fetch ever succeeded.
@@ -646,4 +657,16 @@ pub(crate) fn max_age(headers: &http::HeaderMap) -> Option<u64> {
         }
     }
     found
+}
+
+/// What a remote set is kept under in the registry: its URL and every setting of it.
+pub fn registry_key(remote: &RemoteJwks) -> String {
+    format!(
+        "{}\0{}\0{}\0{}\0{}",
+        remote.url,
+        remote.ca_pem.as_deref().unwrap_or(""),
+        remote.refresh_s,
+        remote.min_refresh_s,
+        remote.timeout_ms
+    )
 }

@@ -36,7 +36,7 @@
 //! first, percent-decoded). Remote key sets live in the [`JwksRegistry`], which keeps them
 //! across tables and fresh (its module, `jwks.rs`, says how); the caller builds one per
 //! process, passes it to every [`JwtAuth::new`], and after installing a table calls
-//! [`JwksRegistry::retain`] with the URLs the table's routes use ([`JwtAuth::jwks_urls`]).
+//! [`JwksRegistry::retain`] with the keys the table's routes use ([`JwtAuth::jwks_keys`]).
 
 mod claims;
 mod jwks;
@@ -56,7 +56,7 @@ use parapet_crds::snapshot::{JwksSource, JwtCheck, JwtProvider};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-pub use jwks::JwksRegistry;
+pub use jwks::{JwksRegistry, registry_key};
 use jwks::{KeySet, RemoteSet};
 pub use metrics::JwtMetrics;
 pub use refusal::Refusal;
@@ -108,9 +108,19 @@ struct Provider {
     required: Vec<claims::Requirement>,
     headers: Vec<claims::HeaderFromClaim>,
     forward_token: bool,
+    /// `clock_skew_s`, held to [`MAX_LEEWAY_S`].
+    leeway: u64,
 }
 
 impl Provider {
+    /// The generation of the key set in force (0: none yet).
+    fn generation(&self) -> u64 {
+        match &self.keys {
+            Keys::Inline(set) => set.generation,
+            Keys::Remote(set) => set.keys().load().as_deref().map_or(0, |k| k.generation),
+        }
+    }
+
     fn new(
         p: &JwtProvider,
         registry: &Arc<JwksRegistry>,
@@ -184,6 +194,7 @@ impl Provider {
                 .filter_map(|c| claims::HeaderFromClaim::new(c, name))
                 .collect(),
             forward_token: p.forward_token,
+            leeway,
         }
     }
 
@@ -220,6 +231,10 @@ impl Provider {
             tried += 1;
             match self.decode(token, &key.decoding, v) {
                 Err(Refusal::BadSignature) => continue,
+                Ok(mut checked) => {
+                    checked.generation = set.generation;
+                    return Ok(checked);
+                }
                 other => return other,
             }
         }
@@ -230,6 +245,20 @@ impl Provider {
         } else {
             Refusal::UnknownKey
         })
+    }
+
+    /// What `jsonwebtoken` lets through and this check does not: an `iss` that is an array
+    /// holding the issuer (it must be the issuer, a string), and an `nbf` that is not a
+    /// number (it would go unchecked).
+    fn issued_here(&self, iss: Option<&Value>, nbf: Option<&Value>) -> Result<(), Refusal> {
+        match iss {
+            Some(Value::String(s)) if *s == *self.issuer => {}
+            _ => return Err(Refusal::UnknownIssuer),
+        }
+        match nbf {
+            None | Some(Value::Number(_)) => Ok(()),
+            Some(_) => Err(Refusal::Malformed),
+        }
     }
 
     fn decode(
@@ -245,9 +274,13 @@ impl Provider {
                 Some(Value::String(s)) => Some(s.as_str().into()),
                 _ => None,
             };
+            self.issued_here(data.claims.get("iss"), data.claims.get("nbf"))?;
+            let exp = data.claims.get("exp").map_or(0, seconds);
             Ok(Checked {
                 subject,
                 claims: Some(data.claims),
+                exp,
+                generation: 0,
             })
         } else {
             /// Only `sub`; the other members are skipped without being built.
@@ -255,8 +288,15 @@ impl Provider {
             struct Lean {
                 #[serde(default)]
                 sub: Option<Value>,
+                #[serde(default)]
+                exp: Option<Value>,
+                #[serde(default)]
+                iss: Option<Value>,
+                #[serde(default)]
+                nbf: Option<Value>,
             }
             let data = jsonwebtoken::decode::<Lean>(token, key, v).map_err(|e| refusal(&e))?;
+            self.issued_here(data.claims.iss.as_ref(), data.claims.nbf.as_ref())?;
             let subject = match data.claims.sub {
                 Some(Value::String(s)) => Some(s.into_boxed_str()),
                 _ => None,
@@ -264,6 +304,8 @@ impl Provider {
             Ok(Checked {
                 subject,
                 claims: None,
+                exp: data.claims.exp.as_ref().map_or(0, seconds),
+                generation: 0,
             })
         }
     }
@@ -274,7 +316,25 @@ struct Checked {
     subject: Option<Box<str>>,
     /// `None` when the provider reads no claim beyond `sub`.
     claims: Option<Map<String, Value>>,
+    /// `exp`, in seconds since the epoch.
+    exp: u64,
+    /// The key set that verified it ([`KeySet::generation`]).
+    generation: u64,
 }
+
+/// A token verified before, kept so that the next request carrying it costs a hash and a
+/// lookup rather than a signature check.
+struct Remembered {
+    provider: usize,
+    exp: u64,
+    generation: u64,
+    verified: Verified,
+}
+
+/// Verified tokens kept per route at most; each is dropped at its `exp` (or after
+/// [`REMEMBER_AT_MOST`]) and never outlives the key set that verified it.
+const REMEMBERED: u64 = 10_000;
+const REMEMBER_AT_MOST: Duration = Duration::from_secs(600);
 
 /// The validation `jsonwebtoken` runs after the signature: `exp` and `iss` required, `aud`
 /// required when the provider names audiences and ignored when it names none, `nbf`
@@ -325,10 +385,16 @@ fn refusal(e: &jsonwebtoken::errors::Error) -> Refusal {
 /// Remote key sets are fetched on first use.
 pub struct JwtAuth {
     providers: Vec<Provider>,
+    /// Tokens verified before, by SHA-256 of (source, token).
+    remembered: moka::sync::Cache<[u8; 32], Arc<Remembered>>,
     /// Every provider's token sources, each once.
     sources: Vec<source::Source>,
     /// Every provider's claim header names, each once: removed from every request.
     claim_headers: Vec<HeaderName>,
+    /// Every header a token may come in: removed once a token passed (but the one it came
+    /// in, when its provider forwards it), so an unchecked token in another of them never
+    /// reaches the backend.
+    token_headers: Vec<HeaderName>,
 }
 
 impl fmt::Debug for JwtAuth {
@@ -356,17 +422,24 @@ impl JwtAuth {
                 claim_headers.push(h.header.clone());
             }
         }
+        let token_headers = sources.iter().filter_map(|s| s.header().cloned()).collect();
         JwtAuth {
             providers,
             sources,
             claim_headers,
+            token_headers,
+            remembered: moka::sync::Cache::builder()
+                .max_capacity(REMEMBERED)
+                .time_to_live(REMEMBER_AT_MOST)
+                .build(),
         }
     }
 
-    /// URLs of the remote key sets this route uses (for [`JwksRegistry::retain`]).
-    pub fn jwks_urls(&self) -> impl Iterator<Item = &str> {
+    /// The registry keys ([`registry_key`]) of the remote key sets this route uses, for
+    /// [`JwksRegistry::retain`].
+    pub fn jwks_keys(&self) -> impl Iterator<Item = String> + '_ {
         self.providers.iter().filter_map(|p| match &p.keys {
-            Keys::Remote(set) => Some(set.url()),
+            Keys::Remote(set) => Some(set.registry_key()),
             Keys::Inline(_) => None,
         })
     }
@@ -379,6 +452,20 @@ impl JwtAuth {
     ) -> Result<Verified, Refusal> {
         let (pi, source, token) = self.pick(headers, query)?;
         let p = &self.providers[pi];
+        let digest: [u8; 32] = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update([u8::try_from(source).unwrap_or(u8::MAX)]);
+            h.update(token.as_bytes());
+            h.finalize().into()
+        };
+        if let Some(r) = self.remembered.get(&digest)
+            && r.provider == pi
+            && r.generation == p.generation()
+            && unix_now() <= r.exp.saturating_add(p.leeway)
+        {
+            return Ok(r.verified.clone());
+        }
         let parts = token::split(&token)?;
         let header = token::header(parts.header)?;
         let (alg, v) = header
@@ -396,11 +483,12 @@ impl JwtAuth {
             return Err(Refusal::Claims);
         }
         let mut remove_headers = self.claim_headers.clone();
-        if !p.forward_token
-            && let Some(h) = self.sources[source].header()
-            && !remove_headers.contains(h)
-        {
-            remove_headers.push(h.clone());
+        let used = self.sources[source].header();
+        for h in &self.token_headers {
+            let forwarded = p.forward_token && used == Some(h);
+            if !forwarded && !remove_headers.contains(h) {
+                remove_headers.push(h.clone());
+            }
         }
         let set_headers = match &checked.claims {
             Some(claims) => p
@@ -410,12 +498,24 @@ impl JwtAuth {
                 .collect(),
             None => Vec::new(),
         };
-        Ok(Verified {
+        let verified = Verified {
             provider: p.name.clone(),
             subject: checked.subject,
             set_headers,
             remove_headers,
-        })
+        };
+        if checked.generation != 0 {
+            self.remembered.insert(
+                digest,
+                Arc::new(Remembered {
+                    provider: pi,
+                    exp: checked.exp,
+                    generation: checked.generation,
+                    verified: verified.clone(),
+                }),
+            );
+        }
+        Ok(verified)
     }
 
     /// The provider that checks the request, the source its token came from, and the
@@ -502,4 +602,17 @@ async fn check_remote(
         Some(keys) => p.check(keys, token, kid, alg, v),
         None => Err(Refusal::KeysUnavailable),
     }
+}
+
+/// A NumericDate claim in whole seconds (0 when it is not a number).
+fn seconds(v: &Value) -> u64 {
+    v.as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+        .unwrap_or(0)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -72,11 +72,11 @@ impl Source {
                     None => return Ok(None),
                 }
             }
-            Self::Cookie(name) => match cookie(headers, name) {
+            Self::Cookie(name) => match cookie(headers, name)? {
                 Some(v) => Cow::Borrowed(std::str::from_utf8(v).map_err(|_| Refusal::Malformed)?),
                 None => return Ok(None),
             },
-            Self::Query(name) => match query.and_then(|q| query_value(q, name)) {
+            Self::Query(name) => match query.map(|q| query_value(q, name)).transpose()?.flatten() {
                 Some(Cow::Borrowed(v)) => {
                     Cow::Borrowed(std::str::from_utf8(v).map_err(|_| Refusal::Malformed)?)
                 }
@@ -115,33 +115,48 @@ fn strip_prefix<'v>(value: &'v str, prefix: &str) -> Result<Option<&'v str>, Ref
     Ok(Some(token))
 }
 
-/// The first cookie called `name` across the request's `Cookie` headers (HTTP/2 may split
-/// them). Browsers send the cookie with the most specific path first (RFC 6265 §5.4), so
-/// the first of two with the same name is the one taken.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers.get_all(COOKIE).iter().find_map(|h| {
-        h.as_bytes().split(|b| *b == b';').find_map(|pair| {
+/// The cookie called `name` across the request's `Cookie` headers (HTTP/2 may split them).
+/// Two of that name are ambiguous (servers differ on which they read: the upstream might
+/// read the one not checked), so they are refused.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a [u8]>, Refusal> {
+    let mut found = None;
+    for h in headers.get_all(COOKIE) {
+        for pair in h.as_bytes().split(|b| *b == b';') {
             let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
             let (k, v) = (&pair[..eq], &pair[eq + 1..]);
-            (k.trim_ascii() == name.as_bytes()).then(|| {
-                let v = v.trim_ascii();
-                match v {
-                    [b'"', inner @ .., b'"'] => inner,
-                    v => v,
-                }
-            })
-        })
-    })
+            if k.trim_ascii() != name.as_bytes() {
+                continue;
+            }
+            if found.is_some() {
+                return Err(Refusal::Malformed);
+            }
+            let v = v.trim_ascii();
+            found = Some(match v {
+                [b'"', inner @ .., b'"'] => inner,
+                v => v,
+            });
+        }
+    }
+    Ok(found)
 }
 
-/// The (percent-decoded) value of the first `name=` parameter of a query string.
-fn query_value<'q>(query: &'q str, name: &str) -> Option<Cow<'q, [u8]>> {
-    query.split('&').find_map(|pair| {
+/// The (percent-decoded) value of the `name=` parameter of a query string; two of that
+/// name are ambiguous and refused, as for cookies.
+fn query_value<'q>(query: &'q str, name: &str) -> Result<Option<Cow<'q, [u8]>>, Refusal> {
+    let mut found = None;
+    for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k.as_bytes()).as_ref() == name.as_bytes())
-            .then(|| percent_decode(v.as_bytes()))
-    })
+        if percent_decode(k.as_bytes()).as_ref() == name.as_bytes() {
+            if found.is_some() {
+                return Err(Refusal::Malformed);
+            }
+            found = Some(percent_decode(v.as_bytes()));
+        }
+    }
+    Ok(found)
 }
 
 fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {

@@ -321,9 +321,12 @@ pub fn append_via(headers: &mut HeaderMap) {
     headers.append(header::VIA, VIA_VALUE);
 }
 
-/// Lower-case, without port. Total: any string (a Host header is any visible ASCII, not
-/// necessarily a valid authority) gives a result; an IPv6 literal keeps its brackets, and
-/// an unclosed `[` is kept as it is (it then matches no domain).
+/// Lower-case, without port and without the one trailing dot of a fully qualified name
+/// (`api.example.` is `api.example`, as the router reads it: every per-host decision —
+/// routing, client certificates, the cache key — must see the same name). Total: any
+/// string (a Host header is any visible ASCII, not necessarily a valid authority) gives a
+/// result; an IPv6 literal keeps its brackets, and an unclosed `[` is kept as it is (it then
+/// matches no domain).
 pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let without_port = if raw.starts_with('[') {
         raw.find(']').map_or(raw, |end| &raw[..=end])
@@ -336,6 +339,7 @@ pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
             }
         })
     };
+    let without_port = without_port.strip_suffix('.').unwrap_or(without_port);
     if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
         without_port.to_ascii_lowercase().into()
     } else {
@@ -532,6 +536,8 @@ mod tests {
     #[test]
     fn host_without_port_lowercased() {
         assert_eq!(normalise_host("API.Example:8080"), "api.example");
+        assert_eq!(normalise_host("api.example.:443"), "api.example");
+        assert_eq!(normalise_host("api.example."), "api.example");
         assert_eq!(normalise_host("[::1]:80"), "[::1]");
         // A Host header is any visible ASCII: an unclosed bracket must not panic.
         assert_eq!(normalise_host("[AbC"), "[abc");

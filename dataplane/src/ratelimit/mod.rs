@@ -356,20 +356,28 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted_hops: u32) -> IpAddr
 }
 
 /// The Nth address from the right of `X-Forwarded-For` (N = `trusted_hops` > 0), or `None`
-/// when the header has fewer or that one does not parse.
+/// when the header has fewer, that one does not parse, or a line is not text (a line the
+/// proxies' own entries might be in is never skipped). Walks from the right without
+/// collecting the entries.
 pub fn forwarded_client(headers: &HeaderMap, trusted_hops: u32) -> Option<IpAddr> {
-    let hops: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
     let n = trusted_hops as usize;
-    if n == 0 || hops.len() < n {
+    if n == 0 {
         return None;
     }
-    hops[hops.len() - n].parse().ok()
+    let lines = headers.get_all("x-forwarded-for");
+    if lines.iter().any(|v| v.to_str().is_err()) {
+        return None;
+    }
+    let mut seen = 0;
+    for line in lines.iter().rev() {
+        for entry in line.to_str().ok()?.rsplit(',') {
+            seen += 1;
+            if seen == n {
+                return entry.trim().parse().ok();
+            }
+        }
+    }
+    None
 }
 
 /// Limiters by route name, kept across tables while a route's limit stays the same.

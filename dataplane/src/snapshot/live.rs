@@ -121,7 +121,7 @@ impl LiveState {
             })
             .flat_map(|j| j.providers.iter())
             .filter_map(|p| match &p.jwks {
-                JwksSource::Remote(r) => Some(r.url.clone()),
+                JwksSource::Remote(r) => Some(crate::jwt::registry_key(r)),
                 JwksSource::Inline(_) => None,
             })
             .collect();

@@ -304,7 +304,14 @@ fn filter(
                     .map(|p| {
                         // Its diagnostics go on the policy's own status, from the main compile.
                         let checks = auth_policy(inputs, p, &mut Diagnostics::default());
-                        resolved.auth = Some(checks);
+                        if resolved.auth.replace(checks).is_some() {
+                            // Two policies: enforcing one would drop the other's checks.
+                            resolved.broken_filter = true;
+                            out.unresolved.get_or_insert(problem(
+                                "InvalidKind",
+                                "a rule names at most one AuthPolicy; put every check in one (the rule answers 500 until then)".to_string(),
+                            ));
+                        }
                     }),
                 _ => {
                     resolved.broken_filter = true;
