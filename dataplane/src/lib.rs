@@ -32,6 +32,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
+pub mod query;
 pub mod ratelimit;
 pub mod retry;
 pub mod router;

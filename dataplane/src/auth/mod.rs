@@ -15,6 +15,8 @@ use http::{HeaderMap, HeaderName};
 use parapet_crds::snapshot::{ApiKeyCheck, HashedApiKey, KeySource};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
+use crate::query;
+
 /// Why a request was not authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -125,34 +127,9 @@ impl ApiKeys {
 
 /// The (percent-decoded) value of the first `name=` parameter of a query string.
 fn query_value<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<'q, [u8]>> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k.as_bytes()).as_ref() == name.as_bytes())
-            .then(|| percent_decode(v.as_bytes()))
+    query::pairs(query).find_map(|(k, v)| {
+        (*query::decode_bytes(k) == *name.as_bytes()).then(|| query::decode_bytes(v))
     })
-}
-
-fn percent_decode(s: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if !s.iter().any(|b| *b == b'%' || *b == b'+') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < s.len() => match (hex_val(s[i + 1]), hex_val(s[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 fn hex_val(b: u8) -> Option<u8> {

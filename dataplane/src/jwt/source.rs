@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderName, header::COOKIE};
 use parapet_crds::snapshot::TokenSource;
 
 use super::refusal::Refusal;
+use crate::query;
 
 /// One place a provider looks for its token, parsed once per table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,46 +148,13 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a [u8]>, Re
 /// name are ambiguous and refused, as for cookies.
 fn query_value<'q>(query: &'q str, name: &str) -> Result<Option<Cow<'q, [u8]>>, Refusal> {
     let mut found = None;
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k.as_bytes()).as_ref() == name.as_bytes() {
+    for (k, v) in query::pairs(query) {
+        if *query::decode_bytes(k) == *name.as_bytes() {
             if found.is_some() {
                 return Err(Refusal::Malformed);
             }
-            found = Some(percent_decode(v.as_bytes()));
+            found = Some(query::decode_bytes(v));
         }
     }
     Ok(found)
-}
-
-fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
-    if !s.iter().any(|b| *b == b'%' || *b == b'+') {
-        return Cow::Borrowed(s);
-    }
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < s.len() => match (hex_val(s[i + 1]), hex_val(s[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(out)
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }

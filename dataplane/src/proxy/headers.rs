@@ -321,7 +321,7 @@ pub fn append_via(headers: &mut HeaderMap) {
     headers.append(header::VIA, VIA_VALUE);
 }
 
-/// Lower-case, without port and without the one trailing dot of a fully qualified name
+/// Lower-case, without port and without the trailing dot of a fully qualified name
 /// (`api.example.` is `api.example`, as the router reads it: every per-host decision —
 /// routing, client certificates, the cache key — must see the same name). Total: any
 /// string (a Host header is any visible ASCII, not necessarily a valid authority) gives a
@@ -339,7 +339,7 @@ pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
             }
         })
     };
-    let without_port = without_port.strip_suffix('.').unwrap_or(without_port);
+    let without_port = without_port.trim_end_matches('.');
     if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
         without_port.to_ascii_lowercase().into()
     } else {

@@ -7,7 +7,8 @@ use http::{HeaderMap, HeaderName, Method};
 use parapet_crds::snapshot::{RouteMatcher, StringMatch, ValueMatcher};
 use regex::Regex;
 
-use super::{error::RouterError, query};
+use super::error::RouterError;
+use crate::query;
 
 /// A route's method, header and query conditions, compiled.
 #[derive(Debug)]

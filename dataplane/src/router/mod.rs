@@ -30,7 +30,6 @@
 mod error;
 mod host;
 mod matcher;
-mod query;
 
 #[cfg(test)]
 mod proptests;

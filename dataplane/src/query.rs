@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 /// The `(name, value)` pairs of a query string, in order and still encoded: decode each
 /// with [`decode`] when needed.
-pub(super) fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+pub fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -18,9 +18,21 @@ pub(super) fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// Percent-decodes one name or value; see the module docs.
-pub(super) fn decode(raw: &str) -> Cow<'_, str> {
+pub fn decode(raw: &str) -> Cow<'_, str> {
+    match decode_bytes(raw) {
+        Cow::Borrowed(_) => Cow::Borrowed(raw),
+        Cow::Owned(out) => match String::from_utf8(out) {
+            Ok(s) => Cow::Owned(s),
+            Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        },
+    }
+}
+
+/// Percent-decodes one name or value to bytes, whatever they are (a credential need not
+/// be UTF-8).
+pub fn decode_bytes(raw: &str) -> Cow<'_, [u8]> {
     if !raw.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(raw);
+        return Cow::Borrowed(raw.as_bytes());
     }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -41,10 +53,7 @@ pub(super) fn decode(raw: &str) -> Cow<'_, str> {
         }
         i += 1;
     }
-    match String::from_utf8(out) {
-        Ok(s) => Cow::Owned(s),
-        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
-    }
+    Cow::Owned(out)
 }
 
 fn hex(b: u8) -> Option<u8> {
