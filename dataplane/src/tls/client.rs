@@ -153,12 +153,14 @@ impl ClientPolicy {
                 Ok(None)
             };
         };
+        let now = UnixTime::now();
         if let Some(v) = &*client.verdict.load()
             && v.policy == self.id
+            && now.as_secs() <= v.until
         {
             return v.xfcc.clone().map(Some).ok_or(Refusal::Invalid);
         }
-        let xfcc = match verifier.verify_client_cert(&chain[0], &chain[1..], UnixTime::now()) {
+        let xfcc = match verifier.verify_client_cert(&chain[0], &chain[1..], now) {
             Ok(_) => Some(xfcc(&chain[0])),
             Err(e) => {
                 tracing::debug!(error = %e, "client certificate refused");
@@ -168,6 +170,7 @@ impl ClientPolicy {
         client.verdict.store(Some(Arc::new(Verdict {
             policy: self.id,
             xfcc: xfcc.clone(),
+            until: expiry(chain),
         })));
         xfcc.map(Some).ok_or(Refusal::Invalid)
     }
@@ -423,6 +426,23 @@ impl ClientIdentity {
 struct Verdict {
     policy: u64,
     xfcc: Option<HeaderValue>,
+    /// Unix seconds after which it is reached again: the chain's earliest `notAfter`, so a
+    /// certificate that expires during a keep-alive connection is refused from then on.
+    until: u64,
+}
+
+/// The earliest `notAfter` of a chain, in Unix seconds (0, so never kept, when one does
+/// not parse).
+fn expiry(chain: &[CertificateDer<'static>]) -> u64 {
+    chain
+        .iter()
+        .map(|c| {
+            x509_parser::parse_x509_certificate(c).map_or(0, |(_, cert)| {
+                u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0)
+            })
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// Policies by host name, matched as the router matches hosts: exact, then the longest
@@ -716,6 +736,36 @@ mod tests {
                 "Hash={hash};Subject=\"CN=teller-1,O=Bank\\, Inc.\";URI=spiffe://bank.example/teller;DNS=client.bank.example"
             )
         );
+    }
+
+    /// A kept verdict lasts no longer than the certificate: one that expires during a
+    /// keep-alive connection is refused from its `notAfter` on.
+    #[test]
+    fn a_kept_verdict_ends_when_the_certificate_expires() {
+        let ca = ca("Bank CA");
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "brief");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+        params.not_after = expires.into();
+        let leaf = params
+            .signed_by(&KeyPair::generate().unwrap(), &ca.issuer)
+            .unwrap()
+            .der()
+            .clone();
+        let p = policy(&ca, Vec::new(), true);
+        let conn = connection(&p, &[leaf]);
+        assert!(p.check(true, Some(&conn)).unwrap().is_some());
+        let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+        while p.check(true, Some(&conn)).is_ok() {
+            assert!(
+                std::time::SystemTime::now() < deadline,
+                "the expired certificate is still accepted"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(std::time::SystemTime::now() >= expires);
+        assert_eq!(p.check(true, Some(&conn)), Err(Refusal::Invalid));
     }
 
     #[test]
