@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use parapet_tests::{
-    admin, backend::Backend, client::Client, dataplane::Dataplane, pki::Pki, pool_yaml, wait_for,
+    admin, backend::Backend, client::Client, dataplane::Dataplane, pki::Pki, pool_yaml, standalone,
+    wait_for,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
@@ -281,22 +282,8 @@ fn sha256_hex(der: &[u8]) -> String {
 }
 
 async fn start(yaml: &str) -> (Dataplane, tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
+    let (dp, dir) = standalone(yaml, &["--tls", "--reload-interval", "100ms"]).await;
     let path = dir.path().join("config.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let dp = Dataplane::start(&[
-        "--config",
-        path.to_str().unwrap(),
-        "--tls",
-        "--reload-interval",
-        "100ms",
-    ]);
-    let c = Client::new();
-    wait_for("ready", Duration::from_secs(10), || {
-        let c = c.clone();
-        async move { admin::ready(&c, dp.admin).await.then_some(()) }
-    })
-    .await;
     (dp, dir, path)
 }
 
