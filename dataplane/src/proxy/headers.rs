@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+// Statics, not consts: a const array is built (and its eight names dropped) at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -19,7 +20,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Headers the gateway sets or frames the message by: a `Connection` header naming them
 /// does not remove them (else `Connection: x-request-id` would strip the gateway's own id
 /// on the way up).
-pub const PROTECTED: [HeaderName; 8] = [
+pub static PROTECTED: [HeaderName; 8] = [
     header::HOST,
     header::CONTENT_LENGTH,
     X_REQUEST_ID,
@@ -87,35 +88,51 @@ pub fn upgrade_name(value: &HeaderValue) -> Option<&[u8]> {
 /// Removes hop-by-hop headers, including those the Connection header names. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` pass so the upstream can switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of them: one pass over the names costs less than a removal
-    // (a hash and a probe) for each of the nine.
-    if !headers
-        .keys()
-        .any(|n| n == header::UPGRADE || n == HTTP2_SETTINGS || HOP_BY_HOP.contains(n))
-    {
-        if keep_upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    // One pass over the names finds which are here (most messages carry none of them, and
+    // `Connection: close` only itself): a removal is a hash and a probe, paid only for the
+    // names present.
+    let mut present = [false; 8];
+    let (mut settings, mut upgrade) = (false, false);
+    for n in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == n) {
+            present[i] = true;
+        } else if n == HTTP2_SETTINGS {
+            settings = true;
+        } else if n == header::UPGRADE {
+            upgrade = true;
         }
-        return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(PROTECTED.contains(n) || keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for n in named {
-        headers.remove(n);
+    let connection = present[0]; // HOP_BY_HOP[0]
+    if connection {
+        // The fields the Connection header names. `close` is an option, not a field (the
+        // field name is reserved so that it never is one); the hop-by-hop ones go below.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| {
+                !(HOP_BY_HOP.contains(n)
+                    || PROTECTED.contains(n)
+                    || n == header::UPGRADE && keep_upgrade)
+            })
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in &HOP_BY_HOP {
+    for (h, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(h);
     }
-    headers.remove(HTTP2_SETTINGS);
+    if settings {
+        headers.remove(HTTP2_SETTINGS);
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
 }
@@ -329,17 +346,20 @@ pub fn append_via(headers: &mut HeaderMap) {
 /// matches no domain).
 pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let without_port = if raw.starts_with('[') {
-        raw.find(']').map_or(raw, |end| &raw[..=end])
+        raw.find(']')
+            .map_or(raw.trim_end_matches('.'), |end| &raw[..=end])
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                raw
+        match raw.rsplit_once(':') {
+            None => raw.trim_end_matches('.'),
+            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => {
+                h.trim_end_matches('.')
             }
-        })
+            // Not a name with a port: kept whole, dots included (trimming `0:.` to `0:`
+            // would make a second reading strip a port the first one kept). It matches no
+            // domain.
+            Some(_) => raw,
+        }
     };
-    let without_port = without_port.trim_end_matches('.');
     if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
         without_port.to_ascii_lowercase().into()
     } else {
@@ -542,5 +562,7 @@ mod tests {
         // A Host header is any visible ASCII: an unclosed bracket must not panic.
         assert_eq!(normalise_host("[AbC"), "[abc");
         assert_eq!(normalise_host("["), "[");
+        assert_eq!(normalise_host("0:."), "0:.");
+        assert_eq!(normalise_host("a.:.:80"), "a.:.:80");
     }
 }
