@@ -242,6 +242,60 @@ async fn sigterm_drains_in_flight_requests() {
     );
 }
 
+/// The same over HTTP/2, whose streams run in their connection's task: streams in flight
+/// when the signal comes are answered on that connection, then the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_http2_streams() {
+    let b = Backend::start("slow").await;
+    b.set(Behaviour {
+        delay: Duration::from_millis(800),
+        ..Default::default()
+    });
+    let (mut dp, _d) = standalone(b.port(), &["--drain-timeout", "10s"]).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let to = dp.proxy;
+    let in_flight: Vec<_> = (0..5)
+        .map(|_| {
+            let h2 = h2.clone();
+            tokio::spawn(async move {
+                let resp = h2
+                    .request(
+                        http::Request::get(format!("http://{to}/"))
+                            .body(http_body_util::Empty::new())
+                            .unwrap(),
+                    )
+                    .await?;
+                let version = resp.version();
+                let status = resp.status();
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await?
+                    .to_bytes();
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>((version, status, body))
+            })
+        })
+        .collect();
+    wait_for(
+        "streams to reach the backend",
+        Duration::from_secs(5),
+        || async { (b.hits() == 5).then_some(()) },
+    )
+    .await;
+    dp.terminate();
+    for t in in_flight {
+        let (version, status, body) = t.await.unwrap().expect("in-flight stream completed");
+        assert_eq!(version, http::Version::HTTP_2);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..], b"slow");
+    }
+    let exit = tokio::task::spawn_blocking(move || dp.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the data plane exited within the drain timeout");
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_is_answered_before_the_body() {
     let b = Backend::start("b").await;
@@ -389,6 +443,23 @@ async fn idle_connections_wait_parked_and_keep_their_limits() {
         ],
     )
     .await;
+    let admin = Client::new();
+    let at = dp.admin;
+    // Until the gauge of parked connections reads `n`.
+    let wait_parked = |n: f64| {
+        let admin = &admin;
+        async move {
+            wait_for(
+                &format!("{n} parked connections"),
+                Duration::from_secs(5),
+                || async {
+                    let got = admin::metric(admin, at, "parapet_parked_connections ").await;
+                    (got == n).then_some(())
+                },
+            )
+            .await
+        }
+    };
     let mut s = TcpStream::connect(dp.proxy).await.unwrap();
     for i in 1..=3 {
         let head = get_on(&mut s).await;
@@ -400,10 +471,11 @@ async fn idle_connections_wait_parked_and_keep_their_limits() {
             "request {i}: {head}"
         );
         if i < 3 {
-            // Well past the 100 ms after which an idle connection is parked.
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            // Parked 100 ms after its answer.
+            wait_parked(1.0).await;
         }
     }
+    wait_parked(0.0).await;
 
     // Parked and quiet: closed once the header read timeout has run since its answer.
     let mut quiet = TcpStream::connect(dp.proxy).await.unwrap();
@@ -417,11 +489,12 @@ async fn idle_connections_wait_parked_and_keep_their_limits() {
     let took = answered.elapsed();
     assert!(rest.is_empty(), "nothing sent on an idle close: {rest:?}");
     assert!(took >= Duration::from_millis(1300), "closed after {took:?}");
+    wait_parked(0.0).await;
 
     // Parked when the listener drains: closed, and the drain does not wait for it.
     let mut parked = TcpStream::connect(dp.proxy).await.unwrap();
     assert!(get_on(&mut parked).await.starts_with("http/1.1 200"));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_parked(1.0).await;
     let terminated = Instant::now();
     dp.terminate();
     tokio::time::timeout(Duration::from_secs(10), parked.read_to_end(&mut rest))
@@ -443,5 +516,37 @@ async fn idle_connections_wait_parked_and_keep_their_limits() {
         terminated.elapsed() < Duration::from_secs(15),
         "drain waited {:?} (its timeout is 20 s)",
         terminated.elapsed()
+    );
+}
+
+/// A connection the gateway closes (here at its request limit) while the client is still
+/// sending closes lingering: what arrives after the answer is read and dropped rather than
+/// answered with a reset, which some clients' stacks take as a reason to drop the answer
+/// they have not read yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_while_the_client_sends_is_not_reset() {
+    let b = Backend::start("b").await;
+    let (dp, _d) = standalone(b.port(), &["--max-requests-per-connection", "1"]).await;
+    let s = TcpStream::connect(dp.proxy).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The next request's bytes (a large body, say) keep coming after the first answer.
+    let chunk = vec![b'x'; 16 * 1024];
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        wr.write_all(&chunk)
+            .await
+            .unwrap_or_else(|e| panic!("write {i} after the answer: {e}"));
+    }
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out))
+        .await
+        .expect("the connection closed within 5 s");
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(
+        read.is_ok() && text.starts_with("http/1.1 200") && text.contains("connection: close"),
+        "{read:?}, {text:?}"
     );
 }

@@ -57,6 +57,21 @@ use crate::{
     upstream::http1::content_length,
 };
 
+/// `$future` on the heap, for a large state that only some connections reach or hold. The
+/// box is made first and the future built in it (built on the stack and moved in, a future
+/// of kilobytes is copied). Bind it with `let` and await it in a later statement: as a
+/// temporary of the statement that awaits it, the future would still take its size in the
+/// caller's own state.
+macro_rules! boxed {
+    ($future:expr) => {
+        ::std::boxed::Box::into_pin(::std::boxed::Box::write(
+            ::std::boxed::Box::new_uninit(),
+            $future,
+        ))
+    };
+}
+pub(crate) use boxed;
+
 /// Header slots on the stack for one parse; a listener that allows more headers is served
 /// by hyper (`Shared::new`).
 pub const HEADER_SLOTS: usize = 128;
@@ -159,9 +174,9 @@ where
     serve_with(io, handle, metrics, settings, drain, Resume::fresh(), false).await
 }
 
-/// [`serve`], from `resume`, until the connection has been idle for `IDLE_RELEASE` after
-/// an answer: then it ends [`Ended::Idle`], so the caller can wait for the next byte with
-/// less than a task (see `downstream::idle`).
+/// [`serve`], from `resume`; with `park`, until the connection has been idle for
+/// `IDLE_RELEASE` after an answer: then it ends [`Ended::Idle`], so the caller can wait for
+/// the next byte with less than a task (see `downstream::idle`).
 pub async fn serve_until_idle<IO, H, F>(
     io: IO,
     handle: H,
@@ -169,13 +184,14 @@ pub async fn serve_until_idle<IO, H, F>(
     settings: &Settings,
     drain: &mut DrainSignal,
     resume: Resume,
+    park: bool,
 ) -> Ended<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     H: Fn(Request<DownstreamBody>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
-    serve_with(io, handle, metrics, settings, drain, resume, true).await
+    serve_with(io, handle, metrics, settings, drain, resume, park).await
 }
 
 async fn serve_with<IO, H, F>(
@@ -205,7 +221,7 @@ where
                 None => return Ended::Closed,
             }
         };
-        let busy = serve_busy(
+        let busy = boxed!(serve_busy(
             &mut io,
             &handle,
             metrics,
@@ -213,8 +229,8 @@ where
             drain,
             &mut served,
             first,
-        );
-        since = match boxed(busy).await {
+        ));
+        since = match busy.await {
             Busy::Closed => return Ended::Closed,
             Busy::Handoff { read, http2 } => {
                 return Ended::Handoff {
@@ -230,13 +246,6 @@ where
             Busy::Idle { since } => since,
         };
     }
-}
-
-/// `future` on the heap, for a large state that only some connections reach or hold. A
-/// plain function: a future made in an `async fn` and boxed there would still take its size
-/// in that function's own state (it is a temporary of the statement that awaits it).
-pub(crate) fn boxed<F: Future>(future: F) -> Pin<Box<F>> {
-    Box::pin(future)
 }
 
 /// How a busy period of a connection ended.
@@ -426,7 +435,7 @@ fn encode_interim(mut hint: interim::Interim, out: &mut Vec<u8>) {
 }
 
 /// Sends the answer; whether the connection goes on to its next request.
-async fn send<IO: AsyncWrite + Unpin>(
+async fn send<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     out: &mut Vec<u8>,
     mut resp: Response<ProxyBody>,
@@ -444,12 +453,17 @@ async fn send<IO: AsyncWrite + Unpin>(
     }
     match write_response(io, out, resp, head, close).await {
         Ok(false) => true,
+        // The client asked to close, so sends nothing more, and the whole request has been
+        // read: closing sends the FIN with no `shutdown` before it.
+        Ok(true) if head.close => false,
+        // Closed by the gateway (a drain, the request limit, an answer that closes): the
+        // client may already be sending its next request.
         Ok(true) => {
-            let _ = io.shutdown().await;
+            linger(io).await;
             false
         }
         Err(e) => {
-            tracing::trace!(error = %e, "response not sent in full");
+            tracing::debug!(error = %e, "response not sent in full");
             false
         }
     }
@@ -830,9 +844,14 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     {
         return;
     }
+    linger(io).await;
+}
+
+/// Lingering close: half-closes, then reads what the client still sends (for a bounded
+/// time and size), so the kernel does not answer it with a reset that could destroy the
+/// response before the client reads it.
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
     let _ = io.shutdown().await;
-    // Lingering close: read what the client still sends, so the kernel does not answer it
-    // with a reset that could destroy the response before the client reads it.
     let linger = async {
         let mut dropped = 0;
         // On the heap: on the stack it would be in every busy connection's state (8 KB of
