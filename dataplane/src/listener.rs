@@ -177,18 +177,30 @@ pub async fn serve(
     );
     let connections = Drain::default();
     // Idle plain connections wait in one task of this worker's, not each in its own.
-    let (parking, lot) = downstream::idle::lot();
-    shared.parking = Some(parking);
+    let lot = match downstream::idle::lot() {
+        Ok((parking, lot)) => {
+            shared.parking = Some(parking);
+            Some(lot)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "idle connections keep their tasks: no epoll instance for them could be made");
+            None
+        }
+    };
     let shared = Arc::new(shared);
-    let waking = shared.clone();
-    tokio::spawn(lot.run(
-        move |conn| {
-            // Its next request came: a task again.
-            tokio::spawn(downstream::serve_plain(conn, waking.clone()));
-        },
-        cfg.header_read_timeout,
-        connections.signal(),
-    ));
+    if let Some(lot) = lot {
+        let waking = shared.clone();
+        tokio::spawn(lot.run(
+            move |conn| {
+                // Its next request came: a task again.
+                let conn = downstream::boxed!(downstream::serve_plain(conn, waking.clone()));
+                tokio::spawn(conn);
+            },
+            cfg.header_read_timeout,
+            connections.signal(),
+            shared.proxy.metrics.parked_connections.clone(),
+        ));
+    }
     {
         // The accept loops never end by themselves; dropping them stops accepting.
         let accepting = futures::future::join_all(
@@ -243,7 +255,10 @@ async fn accept(
             port: socket.port,
             client_cert: None,
         };
-        tokio::spawn(async move {
+        // Boxed, and the box spawned: tokio moves a task's future several times on its way
+        // into the task and writes its whole size again when it ends (about 1 KB, eight
+        // copies per connection), where a box is one pointer.
+        let conn = downstream::boxed!(async move {
             match tls {
                 None if shared.own_http1 => {
                     let conn = downstream::idle::Parked {
@@ -257,18 +272,19 @@ async fn accept(
                 None => downstream::serve(stream, shared, info, signal, Protocol::Sniff).await,
                 // Boxed, so a plain connection's task does not have the size of a TLS one.
                 Some(acceptor) => {
-                    downstream::boxed(serve_tls(
+                    let conn = downstream::boxed!(serve_tls(
                         stream,
                         acceptor,
                         handshake_timeout,
                         shared,
                         info,
                         signal,
-                    ))
-                    .await;
+                    ));
+                    conn.await;
                 }
             }
         });
+        tokio::spawn(conn);
     }
 }
 

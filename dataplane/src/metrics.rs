@@ -120,6 +120,7 @@ pub struct Metrics {
     pub upstream_connect_errors: Family<ClusterLabels, Counter>,
     pub no_route: Counter,
     pub in_flight: Gauge,
+    pub parked_connections: Gauge,
     pub bytes: Family<DirectionLabel, Counter>,
     pub request_bytes: Counter,
     pub response_bytes: Counter,
@@ -378,6 +379,12 @@ impl Metrics {
             "Downstream requests in flight",
             in_flight.clone(),
         );
+        let parked_connections = Gauge::default();
+        registry.register(
+            "parked_connections",
+            "Idle plain HTTP/1.1 keep-alive connections waiting for their next request without a task of their own",
+            parked_connections.clone(),
+        );
         let bytes = Family::<DirectionLabel, Counter>::default();
         registry.register(
             "body_bytes",
@@ -479,6 +486,7 @@ impl Metrics {
             upstream_connect_errors,
             no_route,
             in_flight,
+            parked_connections,
             bytes,
             request_bytes,
             response_bytes,

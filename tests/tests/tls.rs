@@ -11,60 +11,81 @@ use parapet_tests::{
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terminates_tls_with_alpn_h2_and_http1() {
-    let b = Backend::start("tls-backend").await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["api.example".to_string()]).unwrap();
-    let (cert_path, key_path, cfg_path) = (
-        dir.path().join("tls.crt"),
-        dir.path().join("tls.key"),
-        dir.path().join("c.yaml"),
-    );
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "{}{}",
-            pool_yaml("p", &[b.port()], ""),
-            route_yaml("r", "[api.example]", "    - backends: [{pool: p}]")
-        ),
-    )
-    .unwrap();
-    let dp = Dataplane::start(&[
-        "--config",
-        cfg_path.to_str().unwrap(),
-        "--tls-cert",
-        cert_path.to_str().unwrap(),
-        "--tls-key",
-        key_path.to_str().unwrap(),
-    ]);
-    let c = Client::new();
-    wait_for("ready", Duration::from_secs(10), || {
-        let c = c.clone();
-        async move { admin::ready(&c, dp.admin).await.then_some(()) }
-    })
-    .await;
+/// A data plane terminating TLS for `api.example` with a certificate of its own, serving
+/// the standalone `config`.
+struct TlsWorld {
+    dp: Dataplane,
+    cert: rcgen::CertifiedKey<rcgen::KeyPair>,
+    _dir: tempfile::TempDir,
+}
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(cert.cert.der().to_vec()))
-        .unwrap();
-    for alpn in [b"h2".to_vec(), b"http/1.1".to_vec()] {
+impl TlsWorld {
+    async fn start(config: String) -> TlsWorld {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["api.example".to_string()]).unwrap();
+        let (cert_path, key_path, cfg_path) = (
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+            dir.path().join("c.yaml"),
+        );
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        std::fs::write(&cfg_path, config).unwrap();
+        let dp = Dataplane::start(&[
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ]);
+        let c = Client::new();
+        wait_for("ready", Duration::from_secs(10), || {
+            let c = c.clone();
+            async move { admin::ready(&c, dp.admin).await.then_some(()) }
+        })
+        .await;
+        TlsWorld {
+            dp,
+            cert,
+            _dir: dir,
+        }
+    }
+
+    /// A TLS connection to `api.example` offering `alpn`, which the data plane must choose.
+    async fn connect(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.cert.cert.der().to_vec()))
+            .unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots.clone())
+            .with_root_certificates(roots)
             .with_no_client_auth();
-        cfg.alpn_protocols = vec![alpn.clone()];
-        let tcp = tokio::net::TcpStream::connect(dp.proxy).await.unwrap();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.dp.proxy).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
             .connect(ServerName::try_from("api.example").unwrap(), tcp)
             .await
             .expect("TLS handshake");
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn.as_slice()));
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        tls
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminates_tls_with_alpn_h2_and_http1() {
+    let b = Backend::start("tls-backend").await;
+    let w = TlsWorld::start(format!(
+        "{}{}",
+        pool_yaml("p", &[b.port()], ""),
+        route_yaml("r", "[api.example]", "    - backends: [{pool: p}]")
+    ))
+    .await;
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let tls = w.connect(alpn).await;
         let req = Request::get("https://api.example/hello")
             .header("host", "api.example")
             .body(Empty::<Bytes>::new())
@@ -74,7 +95,7 @@ async fn terminates_tls_with_alpn_h2_and_http1() {
             resp.status(),
             StatusCode::OK,
             "over {}",
-            String::from_utf8_lossy(&alpn)
+            String::from_utf8_lossy(alpn)
         );
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"tls-backend");
@@ -237,4 +258,73 @@ async fn certificates_by_sni_rotate_without_restart_or_dropping_connections() {
     .await;
     // The connection opened before the rotation still serves.
     ok_over(&mut old_conn, "a.example").await;
+}
+
+/// Many HTTP/2 streams on one TLS connection, small answers and answers larger than what
+/// the data plane holds back to send together: every answer arrives whole and in its own
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_answered_together_each_arrive_whole() {
+    let small = Backend::start("small").await;
+    small.set(parapet_tests::backend::Behaviour {
+        count_in_body: true,
+        ..Default::default()
+    });
+    let big = Backend::start("big").await;
+    let large: Bytes = (0..150 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    big.set(parapet_tests::backend::Behaviour {
+        body: Some(large.clone()),
+        ..Default::default()
+    });
+    let rules = "    - matches: [{path: {type: PathPrefix, value: /big}}]\n      backends: [{pool: big}]\n    - backends: [{pool: small}]";
+    let w = TlsWorld::start(format!(
+        "{}{}{}",
+        pool_yaml("small", &[small.port()], ""),
+        pool_yaml("big", &[big.port()], ""),
+        route_yaml("r", "[api.example]", rules)
+    ))
+    .await;
+    let tls = w.connect(b"h2").await;
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+
+    let mut asks = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let mut send = send.clone();
+        let path = if i % 4 == 0 { "/big" } else { "/small" };
+        asks.spawn(async move {
+            let req = Request::get(format!("https://api.example{path}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.expect("an HTTP/2 answer");
+            assert_eq!(resp.status(), StatusCode::OK);
+            (path, resp.into_body().collect().await.unwrap().to_bytes())
+        });
+    }
+    let answers = tokio::time::timeout(Duration::from_secs(30), asks.join_all())
+        .await
+        .expect("every stream answered within 30 s");
+    let mut small = 0;
+    for (path, body) in answers {
+        if path == "/big" {
+            assert!(
+                body == large,
+                "a large answer arrived whole ({} bytes)",
+                body.len()
+            );
+        } else {
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            assert!(text.starts_with("small#"), "{text}");
+            small += 1;
+        }
+    }
+    assert_eq!(small, 45);
 }

@@ -54,6 +54,7 @@ macro_rules! until_drained {
     }};
 }
 
+mod batch;
 pub mod drain;
 pub mod http1;
 pub mod idle;
@@ -159,7 +160,8 @@ pub async fn serve<IO>(
     };
     // Boxed: hyper's connection state is large, and only the connections hyper serves
     // should hold it.
-    boxed(serve_hyper(handoff, &shared, info, drain, protocol)).await;
+    let conn = boxed!(serve_hyper(handoff, &shared, info, drain));
+    conn.await;
 }
 
 /// A plain connection the codec serves, new or back from the parking lot: its task ends
@@ -192,6 +194,7 @@ pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
         &shared.settings,
         &mut drain,
         resume,
+        shared.parking.is_some(),
     )
     .await;
     match ended {
@@ -220,9 +223,14 @@ pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
             let handoff = Handoff {
                 io: Rewind::new(io, read),
                 served,
-                http1: !http2,
+                protocol: if http2 {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                },
             };
-            boxed(serve_hyper(handoff, &shared, info, drain, Protocol::Sniff)).await;
+            let conn = boxed!(serve_hyper(handoff, &shared, info, drain));
+            conn.await;
         }
     }
 }
@@ -233,27 +241,30 @@ async fn serve_hyper<IO>(
     shared: &Shared,
     info: ConnInfo,
     mut drain: DrainSignal,
-    protocol: Protocol,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
     let svc = hyper_service(shared, info.clone(), handoff.served, activity.clone());
-    let io = TokioIo::new(handoff.io);
     let idle_timeout = shared.settings.header_read_timeout;
-    let ended = if handoff.http1 {
+    let ended = if handoff.protocol == Protocol::Http1 {
         until_drained!(
-            shared.hyper_http1.serve_connection(io, svc).with_upgrades(),
+            shared
+                .hyper_http1
+                .serve_connection(TokioIo::new(handoff.io), svc)
+                .with_upgrades(),
             drain,
             activity,
             idle_timeout,
             info
         )
-    } else if protocol == Protocol::Http2 {
+    } else if handoff.protocol == Protocol::Http2 {
         // (`http2_only` holds for `serve_connection`, not for the variant with upgrades;
-        // HTTP/2 has none to serve.)
+        // HTTP/2 has none to serve.) What it writes in a run of its task leaves together.
         until_drained!(
-            shared.hyper_h2.serve_connection(io, svc),
+            batch::batched(handoff.io, |io| {
+                shared.hyper_h2.serve_connection(TokioIo::new(io), svc)
+            }),
             drain,
             activity,
             idle_timeout,
@@ -261,7 +272,9 @@ async fn serve_hyper<IO>(
         )
     } else {
         until_drained!(
-            shared.hyper.serve_connection_with_upgrades(io, svc),
+            shared
+                .hyper
+                .serve_connection_with_upgrades(TokioIo::new(handoff.io), svc),
             drain,
             activity,
             idle_timeout,
@@ -269,7 +282,7 @@ async fn serve_hyper<IO>(
         )
     };
     if let Err(e) = ended {
-        tracing::trace!(peer = %info.peer, error = %e, "connection ended with an error");
+        tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -278,8 +291,9 @@ struct Handoff<IO> {
     io: Rewind<IO>,
     /// Requests the codec already served on it.
     served: u32,
-    /// Whether hyper serves it as HTTP/1 only.
-    http1: bool,
+    /// What hyper serves it as: HTTP/1 only, HTTP/2 (ALPN chose it, or its preface came),
+    /// or either (`Sniff`).
+    protocol: Protocol,
 }
 
 /// The codec's part of the connection, when it serves HTTP/1.1 here: `None` when the
@@ -298,7 +312,7 @@ where
         return Some(Handoff {
             io: Rewind::new(io, Bytes::new()),
             served: 0,
-            http1: protocol == Protocol::Http1,
+            protocol,
         });
     }
     let proxy = &shared.proxy;
@@ -317,7 +331,11 @@ where
             io: Rewind::new(io, read),
             served,
             // A preface on a connection ALPN made HTTP/1 is HTTP/1's to refuse.
-            http1: !http2 || protocol == Protocol::Http1,
+            protocol: if http2 && protocol != Protocol::Http1 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            },
         }),
     }
 }
@@ -351,7 +369,8 @@ fn hyper_service(
             // Boxed: the request's future is several KiB, and hyper moves the service
             // future more than once before polling it; a pointer is cheaper to move (about
             // 2k fewer instructions per request, counted).
-            let mut resp = Box::pin(proxy.handle(req.map(DownstreamBody::Hyper), info)).await;
+            let handle = boxed!(proxy.handle(req.map(DownstreamBody::Hyper), info));
+            let mut resp = handle.await;
             let n = served.fetch_add(1, Ordering::Relaxed) + 1;
             if http1 && limit > 0 && n >= limit {
                 resp.headers_mut().insert(
@@ -403,6 +422,21 @@ impl Activity {
                 self.touch();
             }
         }
+    }
+}
+
+impl<I, S, E, B, IO> batch::Flushing<auto::Connection<'_, I, S, E>, IO>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    /// The connection's own graceful shutdown (`until_drained!` calls it by that name).
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.get_mut().conn.as_mut().graceful_shutdown();
     }
 }
 
