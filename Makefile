@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test unit lint audit fmt crds run bench deps help h2spec fuzz fuzz-smoke fuzz-tools
+.PHONY: all build test unit lint audit fmt crds run bench pgo deps help h2spec fuzz fuzz-smoke fuzz-tools
 
 all: build
 
@@ -95,6 +95,9 @@ fuzz-smoke: fuzz-tools ## Build the fuzz targets and run each for $(FUZZ_SMOKE_S
 run: ## The demo: the data plane in standalone mode in front of sample backends
 	$(CARGO) build -q -p parapet-dataplane -p parapet-tests --bins
 	./scripts/demo.sh
+
+pgo: ## Remake pgo/dataplane.profdata, the profile release builds of the data plane are optimised with (instrumented build, every benchmark shape briefly)
+	./scripts/pgo-profile.sh
 
 bench: ## Benchmarks against nginx, HAProxy and Caddy: proxying, cache hits and coalesced misses, then every path (TLS, HTTP/2, bodies, connections, route tables) with CPU and instructions per request, and what tracing costs at each sampling ratio, and what a JWT check costs
 	./bench/run.sh

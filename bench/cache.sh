@@ -70,9 +70,7 @@ make_run_dir parapet-bench-cache
 # ---------------------------------------------------------------- build, backends, proxies
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building the release binaries"
-  features=()
-  grep -qE '^proxy *=' dataplane/Cargo.toml && features=(--features proxy)
-  cargo build --release -q -p parapet-dataplane "${features[@]}" --bin dataplane
+  build_dataplane
   cargo build --release -q -p parapet-tests --bin sample-backend
 fi
 for b in dataplane sample-backend; do [[ -x $BIN/$b ]] || die "$BIN/$b is missing"; done

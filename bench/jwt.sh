@@ -21,7 +21,7 @@ make_run_dir parapet-jwt
 
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building the release binaries"
-  cargo build --release -q -p parapet-dataplane --bin dataplane
+  build_dataplane
   cargo build --release -q -p parapet-tests --bin sample-backend --bin jwt-fixture
 elif [[ ! -x $BIN/jwt-fixture ]]; then
   # `make bench` builds the others in bench/run.sh; this one only this script needs.

@@ -46,6 +46,16 @@ start() {
   PID_OF[$name]=$!
 }
 
+# build_dataplane : the release data plane as it ships: profile-guided with the committed
+# profile (scripts/dataplane-rustflags.sh), as make images and the Dockerfile build it.
+build_dataplane() {
+  local features=() flags=${RUSTFLAGS:-}
+  # Older trees gate the binary behind a `proxy` feature and have no profile.
+  grep -qE '^proxy *=' dataplane/Cargo.toml && features=(--features proxy)
+  [[ -x scripts/dataplane-rustflags.sh ]] && flags=$(scripts/dataplane-rustflags.sh)
+  RUSTFLAGS=$flags cargo build --release -q -p parapet-dataplane "${features[@]}" --bin dataplane
+}
+
 # ensure_tools CMD=PACKAGE... : installs (apt-get, as root) the Debian packages of the
 # commands that are missing; nginx comes as nginx-light where Debian has it.
 ensure_tools() {

@@ -102,7 +102,7 @@ if [[ " ${PROXIES[*]} " == *" caddy "* ]]; then
 fi
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building the release binaries"
-  cargo build --release -q -p parapet-dataplane --bin dataplane
+  build_dataplane
   cargo build --release -q -p parapet-tests --bin sample-backend
 fi
 for b in dataplane sample-backend; do [[ -x $BIN/$b ]] || die "$BIN/$b is missing"; done

@@ -72,10 +72,7 @@ ensure_tools nginx=nginx haproxy=haproxy wrk=wrk curl=curl
 # ---------------------------------------------------------------- 2. build
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building the release binaries"
-  # Older trees gate the binary behind a `proxy` feature; newer ones build it by default.
-  features=()
-  grep -qE '^proxy *=' dataplane/Cargo.toml && features=(--features proxy)
-  cargo build --release -q -p parapet-dataplane "${features[@]}" --bin dataplane
+  build_dataplane
   cargo build --release -q -p parapet-tests --bin sample-backend
 fi
 for b in dataplane sample-backend; do

@@ -20,7 +20,7 @@ make_run_dir parapet-tracing
 
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building the release binaries"
-  cargo build --release -q -p parapet-dataplane --bin dataplane
+  build_dataplane
   cargo build --release -q -p parapet-tests --bin sample-backend
 fi
 port_free "$COLLECTOR" || die "port $COLLECTOR on 127.0.0.1 is in use; pick another BENCH_PORT_BASE"

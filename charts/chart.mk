@@ -42,9 +42,11 @@ images: images-node images-cli ## OCI image archives (operator, data plane, samp
 # The three images the real-node tests import.
 # The data plane is built on its own: built with the operator, it would get the features
 # kube asks of the crates they share (tracing's `log`, 6% of an HTTP/2 request's
-# instructions) and not be the binary `make bench` measures.
+# instructions) and not be the binary `make bench` measures. Profile-guided, as the
+# benchmarks build it (scripts/dataplane-rustflags.sh, pgo/README.md).
 images-node:
-	$(CARGO) build --release --locked -p parapet-dataplane --bin dataplane
+	RUSTFLAGS="$$(./scripts/dataplane-rustflags.sh)" \
+	  $(CARGO) build --release --locked -p parapet-dataplane --bin dataplane
 	$(CARGO) build --release --locked -p parapet-operator -p parapet-tests \
 	  --bin operator --bin sample-backend
 	@./scripts/oci-image.sh --binary $(RELEASE_DIR)/operator --ref $(IMAGE_PREFIX)/operator:$(IMAGE_TAG) \

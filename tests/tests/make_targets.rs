@@ -30,6 +30,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ),
     // bench/run.sh builds the release binaries itself (unless BENCH_SKIP_BUILD is set).
     ("bench", "./bench/run.sh"),
+    // The script builds the instrumented data plane itself.
+    ("pgo", "./scripts/pgo-profile.sh"),
     ("cluster-up", "cluster.sh up"),
     ("cluster-down", "cluster.sh down"),
     ("cluster-env", "cluster.sh env"),
