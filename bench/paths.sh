@@ -391,8 +391,9 @@ for shape in "${SHAPES[@]}"; do
   if ((IPR)) && [[ " ${IPR_SHAPES[*]} " == *" $shape "* ]]; then
     for proxy in "${PROXIES[@]}"; do
       a=$(instructions "$shape" "$proxy" "$N1")
+      [[ -n $a ]] || continue # (the second count would be left out too)
       b=$(instructions "$shape" "$proxy" "$N2")
-      [[ -n $a && -n $b ]] || continue
+      [[ -n $b ]] || continue
       ipr=$(((b - a) / (N2 - N1)))
       log "$shape $proxy: $ipr instructions per request"
       printf '%s\t%s\t%s\n' "$shape" "$proxy" "$ipr" >>"$IPR_TSV"
@@ -463,7 +464,7 @@ report() {
     echo
     echo "| proxy | connections | RSS before | RSS with them held | per idle connection | busy req/s |"
     echo "|---|---:|---:|---:|---:|---:|"
-    awk -F'\t' '{ printf "| %s | %d | %.1f MB | %.1f MB | %.1f KB | %s |\n", $1, $5, $2 / 1024, $3 / 1024, ($3 - $2) / $5, $4 }' "$IDLE_TSV"
+    awk -F'\t' '{ printf "| %s | %d | %.1f MB | %.1f MB | %.2f KB | %s |\n", $1, $5, $2 / 1024, $3 / 1024, ($3 - $2) / $5, $4 }' "$IDLE_TSV"
     echo
     echo "nginx figures are its master plus its worker. A process may open at most $(ulimit -n) files"
     echo "here and HAProxy reserves two per connection, so it holds 9,800 at most."
