@@ -82,7 +82,10 @@ fn the_profile_is_used_by_absolute_path_after_the_callers_flags() {
     assert!(profile.is_absolute(), "{profile:?} is not absolute");
     assert_eq!(
         profile.canonicalize().unwrap(),
-        repo_root().join("pgo/dataplane.profdata").canonicalize().unwrap()
+        repo_root()
+            .join("pgo/dataplane.profdata")
+            .canonicalize()
+            .unwrap()
     );
     // LLVM's indexed profile magic, little-endian: what `llvm-profdata merge` writes and
     // rustc reads (a raw .profraw or a text profile would be refused by the build).
@@ -105,7 +108,9 @@ fn another_rustc_is_warned_about_and_still_builds() {
     let out = rustflags("", Some(&other));
     let warning = String::from_utf8_lossy(&out.stderr);
     assert!(
-        warning.contains("warning") && warning.contains("rustc 0.0.1") && warning.contains("make pgo"),
+        warning.contains("warning")
+            && warning.contains("rustc 0.0.1")
+            && warning.contains("make pgo"),
         "expected a warning naming the building rustc and the fix, got: {warning:?}"
     );
     assert!(
