@@ -1,4 +1,4 @@
-# Helpers shared by bench/run.sh and bench/cache.sh (sourced, not run): logging, the run
+# Helpers shared by the bench scripts and scripts/pgo-profile.sh (sourced, not run): logging, the run
 # directory and the processes started in it (all stopped by an exit trap), waits for ports
 # and URLs, CPU accounting from /proc, and reading wrk's output.
 

@@ -11,8 +11,7 @@
 #   PGO_SECONDS=2                   seconds per shape and round
 set -euo pipefail
 cd "$(dirname "$0")/.."
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'pgo: error: %s\n' "$*" >&2; exit 1; }
+source bench/lib.sh # log, die, ensure_tools
 
 GEN=${PGO_TARGET_DIR:-target/pgo-gen}
 SECONDS_PER_SHAPE=${PGO_SECONDS:-2}
@@ -22,14 +21,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [[ -n $llvm ]] || die "rustc -vV names no LLVM version"
 PROFDATA=${LLVM_PROFDATA:-llvm-profdata-$llvm}
-if ! command -v "$PROFDATA" >/dev/null; then
-  [[ $(id -u) -eq 0 ]] || die "$PROFDATA is missing: sudo apt-get install llvm-$llvm"
-  log "installing llvm-$llvm (apt-get) for $PROFDATA"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq "llvm-$llvm" >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y -qq "llvm-$llvm" >/dev/null; } ||
-    die "could not install llvm-$llvm; set LLVM_PROFDATA to an llvm-profdata of LLVM $llvm"
-fi
+[[ -n ${LLVM_PROFDATA:-} ]] || ensure_tools "$PROFDATA=llvm-$llvm"
 
 DATA=$(mktemp -d /tmp/parapet-pgo.XXXXXX)
 trap 'rm -rf "$DATA"' EXIT
