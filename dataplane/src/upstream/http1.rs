@@ -432,8 +432,7 @@ fn encode<'b>(
         || head.headers.contains_key(header::CONTENT_LENGTH)
         || matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
     {
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "content-length: {}\r\n", body.len());
+        crate::codec::push_content_length(out, body.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     if body.len() > COPY_BODY_UP_TO {
