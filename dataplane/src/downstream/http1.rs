@@ -23,7 +23,7 @@
 use std::{
     cell::RefCell,
     future::{Future, poll_fn},
-    io::{self, IoSlice, Write as _},
+    io::{self, IoSlice},
     mem::MaybeUninit,
     ops::Range,
     pin::Pin,

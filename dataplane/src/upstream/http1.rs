@@ -15,7 +15,7 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
-    io::{self, Write as _},
+    io,
     mem::MaybeUninit,
     net::IpAddr,
     pin::Pin,
