@@ -34,29 +34,3 @@ pub(crate) async fn write_all<IO: AsyncWrite + Unpin>(
     }
     io.flush().await
 }
-
-/// A `content-length` line. By hand rather than `write!`: formatting machinery for one
-/// integer cost about 300 instructions a response.
-pub(crate) fn push_content_length(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_length_lines_are_decimal() {
-        for n in [0u64, 7, 10, 1024, 262_144, u64::MAX] {
-            let mut out = b"x".to_vec();
-            push_content_length(&mut out, n);
-            assert_eq!(
-                out,
-                format!("xcontent-length: {n}\r\n").as_bytes(),
-                "length {n}"
-            );
-        }
-    }
-}

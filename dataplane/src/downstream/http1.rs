@@ -23,7 +23,7 @@
 use std::{
     cell::RefCell,
     future::{Future, poll_fn},
-    io::{self, IoSlice},
+    io::{self, IoSlice, Write as _},
     mem::MaybeUninit,
     ops::Range,
     pin::Pin,
@@ -980,7 +980,7 @@ fn framing(
             None => None,
         };
         if let Some(n) = n {
-            crate::codec::push_content_length(out, n);
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         return Ok(Framing::None);
     }
@@ -992,7 +992,7 @@ fn framing(
             Err("the response's content-length is not valid")
         }
         (Some(n), _) | (None, Some(Some(n))) => {
-            crate::codec::push_content_length(out, n);
+            let _ = write!(out, "content-length: {n}\r\n");
             Ok(Framing::Length(n))
         }
         (None, None) => {
@@ -1000,17 +1000,6 @@ fn framing(
             Ok(Framing::Chunked)
         }
     }
-}
-
-/// A chunk's size line (hex digits and CRLF) into `out`; returns its length.
-fn chunk_size_line(out: &mut [u8; 20], len: usize) -> usize {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
-    for (i, slot) in out[..digits].iter_mut().enumerate() {
-        *slot = HEX[(len >> (4 * (digits - 1 - i))) & 0xf];
-    }
-    out[digits..digits + 2].copy_from_slice(b"\r\n");
-    digits + 2
 }
 
 /// Sends the head in `out` and the body after it; `Ok(true)` when the connection must
@@ -1119,7 +1108,11 @@ async fn write_chunk<IO: AsyncWrite + Unpin>(
     end: bool,
 ) -> io::Result<()> {
     let mut size = [0u8; 20];
-    let n = chunk_size_line(&mut size, data.len());
+    let n = {
+        let mut w = &mut size[..];
+        let _ = write!(w, "{:x}\r\n", data.len());
+        20 - w.len()
+    };
     let tail: &[u8] = if end { b"\r\n0\r\n\r\n" } else { b"\r\n" };
     let mut parts = [
         IoSlice::new(head),

@@ -15,7 +15,7 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
-    io,
+    io::{self, Write as _},
     mem::MaybeUninit,
     net::IpAddr,
     pin::Pin,
@@ -432,7 +432,8 @@ fn encode<'b>(
         || head.headers.contains_key(header::CONTENT_LENGTH)
         || matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
     {
-        crate::codec::push_content_length(out, body.len() as u64);
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     out.extend_from_slice(b"\r\n");
     if body.len() > COPY_BODY_UP_TO {

@@ -749,25 +749,3 @@ fn the_body_budget_refuses_what_would_pass_its_limit_and_gets_permits_back() {
     assert!(budget.take(usize::MAX).is_none(), "an overflow is refused");
     assert!(budget.take(100).is_some());
 }
-
-#[test]
-fn chunk_size_lines_are_lower_case_hex() {
-    for len in [
-        0usize,
-        1,
-        9,
-        10,
-        15,
-        16,
-        255,
-        256,
-        4096,
-        65_535,
-        1 << 20,
-        usize::MAX,
-    ] {
-        let mut out = [0u8; 20];
-        let n = chunk_size_line(&mut out, len);
-        assert_eq!(&out[..n], format!("{len:x}\r\n").as_bytes(), "length {len}");
-    }
-}
