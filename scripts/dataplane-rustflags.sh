@@ -9,8 +9,22 @@
 # Warns on stderr when the profile was made with another rustc: its records name functions
 # with crate hashes that change with the compiler, so little would match and the binary
 # would be built mostly as without a profile (correct, only slower). `make pgo` remakes it.
+#
+# With --dependencies it prints instead a fingerprint of the data plane's dependency tree
+# (every crate, version and feature set), which make pgo records beside the profile. Cargo
+# hashes a crate's dependencies into its symbol names, which key the profile's records, so
+# any change to that tree (a crate added, a version bumped) leaves the data plane's own
+# functions without a record: tests/tests/build_profile.rs fails until make pgo is run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+if [[ ${1:-} == --dependencies ]]; then
+  cd "$root"
+  # The tree with its edges (each line's depth first), without the local paths of the
+  # workspace's own crates.
+  cargo tree -q -p parapet-dataplane -e normal,build --prefix depth -f '{p} {f}' --locked --offline |
+    sed -E 's/ \(\/[^)]*\)//' | sha256sum | cut -d' ' -f1
+  exit 0
+fi
 profile=$root/pgo/dataplane.profdata
 flags=${RUSTFLAGS:-}
 if [[ ! -f $profile ]]; then

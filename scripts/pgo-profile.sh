@@ -54,8 +54,10 @@ log "merging ${#raw[@]} raw profiles"
 mv "$DATA/dataplane.profdata" pgo/dataplane.profdata
 {
   echo "# What pgo/dataplane.profdata was made with (scripts/pgo-profile.sh); read by"
-  echo "# scripts/dataplane-rustflags.sh, which warns when the building rustc differs."
+  echo "# scripts/dataplane-rustflags.sh, which warns when the building rustc differs, and by"
+  echo "# tests/tests/build_profile.rs, which fails when the dependency tree differs."
   echo "rustc: $(rustc --version)"
+  echo "dependencies: $(scripts/dataplane-rustflags.sh --dependencies)"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- dataplane/src dataplane/Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted data-plane changes)')"
   echo "made: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "functions: $("$PROFDATA" show pgo/dataplane.profdata | sed -n 's/^Total functions: //p')"
