@@ -70,8 +70,24 @@ async fn apply(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) -
     Ok(())
 }
 
+/// `parapet status -n NS -o json`.
+async fn status(ops: &str, ns: &str) -> Result<Value> {
+    let (ok, out, err) = parapet(&[
+        "--operator-namespace",
+        ops,
+        "status",
+        "-n",
+        ns,
+        "-o",
+        "json",
+    ])
+    .await?;
+    ensure!(ok, "parapet status failed: {err}");
+    Ok(serde_json::from_str(&out)?)
+}
+
 /// What the fleet view says of the default fleet.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct Fleet {
     /// The desired table's configuration hash.
     config_hash: String,
@@ -83,18 +99,7 @@ struct Fleet {
 }
 
 async fn fleet_view(ops: &str) -> Result<Option<Fleet>> {
-    let (ok, out, _) = parapet(&[
-        "--operator-namespace",
-        ops,
-        "status",
-        "-n",
-        ops,
-        "-o",
-        "json",
-    ])
-    .await?;
-    ensure!(ok, "parapet status failed");
-    let v: Value = serde_json::from_str(&out)?;
+    let v = status(ops, ops).await?;
     let Some(f) = v["fleet"]["fleets"]
         .as_array()
         .and_then(|f| f.iter().find(|f| f["name"] == "default"))
@@ -119,19 +124,7 @@ async fn fleet_view(ops: &str) -> Result<Option<Fleet>> {
 
 /// An ApiRoute's line in `parapet status -n NS -o json`.
 async fn route_status(ops: &str, ns: &str, name: &str) -> Result<Value> {
-    let (ok, out, err) = parapet(&[
-        "--operator-namespace",
-        ops,
-        "status",
-        "-n",
-        ns,
-        "-o",
-        "json",
-    ])
-    .await?;
-    ensure!(ok, "parapet status failed: {err}");
-    let v: Value = serde_json::from_str(&out)?;
-    v["resources"]
+    status(ops, ns).await?["resources"]
         .as_array()
         .and_then(|r| {
             r.iter()
