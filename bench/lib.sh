@@ -107,6 +107,12 @@ cpu_ticks() {
   for p in $(proxy_pids "$1"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
   echo "$sum"
 }
+# System (kernel) CPU time alone, in clock ticks, of a proxy's processes.
+sys_ticks() {
+  local sum=0 p
+  for p in $(proxy_pids "$1"); do sum=$((sum + $(awk '{print $15}' "/proc/$p/stat"))); done
+  echo "$sum"
+}
 # Ticks used so far by the backends in BACKEND_PIDS (still running: their own /proc/PID/stat).
 backend_ticks() {
   local sum=0 p

@@ -275,13 +275,37 @@ load() {
 REDONE=0
 RAW="$RUN/runs.tsv"
 : >"$RAW"
+# System calls per request, counted by `perf stat` on the syscall tracepoint during the
+# warm-up (the measured rounds run without it): fixed by the proxy's design, not by how busy
+# the machine is. Left out where perf cannot count them (not installed, not root).
+SYSCALL_TSV="$RUN/syscalls.tsv"
+: >"$SYSCALL_TSV"
+SYSCALLS=
+if command -v perf >/dev/null && perf stat -x, -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+  SYSCALLS=1
+else
+  log "perf cannot count system calls here (install linux-perf and run as root); that column stays empty"
+fi
 # measure SHAPE : all proxies, warm-up then ROUNDS alternating rounds
 measure() {
   local shape=$1 proxy round
   for proxy in "${PROXIES[@]}"; do
     [[ $shape == tls-* ]] && continue
     log "warm-up $proxy $shape (${WARMUP}s)"
-    load "$shape" "$proxy" "$WARMUP" "$RUN/warmup-$shape-$proxy.txt" >/dev/null
+    local perf_pid= count
+    if [[ -n $SYSCALLS ]]; then
+      perf stat -x, -e raw_syscalls:sys_enter -p "$(proxy_pids "$proxy" | paste -sd,)" \
+        -o "$RUN/syscalls-$shape-$proxy.txt" 2>/dev/null &
+      perf_pid=$!
+      sleep 0.2 # attached before the load starts
+    fi
+    read -r count _ < <(load "$shape" "$proxy" "$WARMUP" "$RUN/warmup-$shape-$proxy.txt")
+    if [[ -n $perf_pid ]]; then
+      kill -INT "$perf_pid" 2>/dev/null || true
+      wait "$perf_pid" 2>/dev/null || true
+      awk -F, -v s="$shape" -v p="$proxy" -v c="$count" '$3 == "raw_syscalls:sys_enter" && $1 ~ /^[0-9]+$/ && c > 0 {
+        printf "%s\t%s\t%.2f\n", s, p, $1 / c }' "$RUN/syscalls-$shape-$proxy.txt" >>"$SYSCALL_TSV"
+    fi
   done
   for round in $(seq "$ROUNDS"); do
     for proxy in "${PROXIES[@]}"; do
@@ -289,14 +313,15 @@ measure() {
       while :; do
         wait_quiet
         local f="$RUN/$shape-$round-$proxy.txt"
-        local t0 m0 b0 s0 t1 m1 b1 s1 count p50 p99 err
-        t0=$(cpu_ticks "$proxy") m0=$(machine_ticks) b0=$(backend_ticks) s0=$(date +%s.%N)
+        local t0 k0 m0 b0 s0 t1 k1 m1 b1 s1 count p50 p99 err
+        t0=$(cpu_ticks "$proxy") k0=$(sys_ticks "$proxy") m0=$(machine_ticks) b0=$(backend_ticks) s0=$(date +%s.%N)
         read -r count p50 p99 err < <(load "$shape" "$proxy" "$DURATION" "$f")
-        s1=$(date +%s.%N) t1=$(cpu_ticks "$proxy") m1=$(machine_ticks) b1=$(backend_ticks)
-        local cpu rate us
+        s1=$(date +%s.%N) t1=$(cpu_ticks "$proxy") k1=$(sys_ticks "$proxy") m1=$(machine_ticks) b1=$(backend_ticks)
+        local cpu rate us kus
         cpu=$(pct $((t1 - t0)) "$s0" "$s1")
         rate=$(awk -v c="$count" -v a="$s0" -v b="$s1" 'BEGIN{printf "%.0f", c / (b - a)}')
         us=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v c="$count" 'BEGIN{printf "%.1f", (c > 0 ? t * 1e6 / hz / c : 0)}')
+        kus=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v c="$count" 'BEGIN{printf "%.1f", (c > 0 ? t * 1e6 / hz / c : 0)}')
         # Machine CPU not used by this proxy or the backends: the client plus other work.
         local rest
         rest=$(pct $(((m1 - m0) - (t1 - t0) - (b1 - b0))) "$s0" "$s1")
@@ -305,8 +330,8 @@ measure() {
         if ((count == 0 && tries < 2)); then log "no requests completed; running it again"; continue; fi
         break
       done
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$shape" "$round" "$proxy" "$rate" "$p50" "$p99" \
-        "$err" "$cpu" "$us" "$rest" >>"$RAW"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$shape" "$round" "$proxy" "$rate" "$p50" "$p99" \
+        "$err" "$cpu" "$us" "$rest" "$kus" >>"$RAW"
     done
   done
 }
@@ -411,10 +436,12 @@ awk -F'\t' '
     for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
     return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
   }
-  { k = $1 SUBSEP $3; n[k]++; rate[k, n[k]] = $4; p50[k, n[k]] = $5; p99[k, n[k]] = $6; us[k, n[k]] = $9; err[k] += $7 }
+  { k = $1 SUBSEP $3; n[k]++; rate[k, n[k]] = $4; p50[k, n[k]] = $5; p99[k, n[k]] = $6; us[k, n[k]] = $9; err[k] += $7
+    kus[k, n[k]] = $11 }
   END { for (k in n) { split(k, p, SUBSEP); m = n[k]
-    printf "%s\t%s\t%.0f\t%s\t%s\t%.1f\t%d\n", p[1], p[2], median(rate, k, m),
-      (p50[k, 1] == "-" ? "-" : median(p50, k, m)), (p99[k, 1] == "-" ? "-" : median(p99, k, m)), median(us, k, m), err[k] } }' "$RAW" >"$SUMMARY"
+    printf "%s\t%s\t%.0f\t%s\t%s\t%.1f\t%d\t%.1f\n", p[1], p[2], median(rate, k, m),
+      (p50[k, 1] == "-" ? "-" : median(p50, k, m)), (p99[k, 1] == "-" ? "-" : median(p99, k, m)), median(us, k, m), err[k],
+      median(kus, k, m) } }' "$RAW" >"$SUMMARY"
 
 describe() {
   case $1 in
@@ -438,25 +465,28 @@ report() {
   echo "One worker each; two sample backends, 1 KiB answers; $CONNS client connections; $ROUNDS"
   echo "alternating rounds of ${DURATION}s after a ${WARMUP}s warm-up, medians. CPU µs is the proxy's own CPU time"
   echo "(user + system, from /proc) per request, or per connection for the connection shapes:"
-  echo "it holds on a shared machine where the rate does not. Ratios are to the best peer."
+  echo "it holds on a shared machine where the rate does not. Kernel µs is the system part of it (system"
+  echo "calls, and TCP over loopback: a send also runs the receiver's side of it), much the same work"
+  echo "for every proxy. Ratios are to the best peer."
   local shape
   for shape in "${SHAPES[@]}"; do
     [[ $shape == idle-* ]] && continue
     echo
     echo "## $shape: $(describe "$shape")"
     echo
-    echo "| proxy | per second | p50 ms | p99 ms | CPU µs | CPU vs best peer | instructions | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| proxy | per second | p50 ms | p99 ms | CPU µs | kernel µs | CPU vs best peer | instructions | system calls | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' -v s="$shape" -v order="${PROXIES[*]}" '
       FILENAME ~ /ipr/ { if ($1 == s) ipr[$2] = $3; next }
-      $1 == s { rate[$2] = $3; p50[$2] = $4; p99[$2] = $5; us[$2] = $6; err[$2] = $7 }
+      FILENAME ~ /syscalls/ { if ($1 == s) sc[$2] = $3; next }
+      $1 == s { rate[$2] = $3; p50[$2] = $4; p99[$2] = $5; us[$2] = $6; err[$2] = $7; kus[$2] = $8 }
       END {
         m = split(order, o, " "); best = 0
         for (i = 1; i <= m; i++) if (o[i] != "parapet" && (o[i] in us) && (best == 0 || us[o[i]] < best)) best = us[o[i]]
         for (i = 1; i <= m; i++) { p = o[i]; if (!(p in rate)) continue
-          printf "| %s | %d | %s | %s | %.1f | %s | %s | %d |\n", p, rate[p], p50[p], p99[p], us[p],
-            (best > 0 ? sprintf("%.2f×", us[p] / best) : "–"), ((p in ipr) ? ipr[p] : "–"), err[p] }
-      }' "$IPR_TSV" "$SUMMARY"
+          printf "| %s | %d | %s | %s | %.1f | %.1f | %s | %s | %s | %d |\n", p, rate[p], p50[p], p99[p], us[p], kus[p],
+            (best > 0 ? sprintf("%.2f×", us[p] / best) : "–"), ((p in ipr) ? ipr[p] : "–"), ((p in sc) ? sc[p] : "–"), err[p] }
+      }' "$IPR_TSV" "$SYSCALL_TSV" "$SUMMARY"
   done
   if [[ -s $IDLE_TSV ]]; then
     echo
@@ -474,12 +504,17 @@ report() {
     echo "Instructions: per request under callgrind (user space only), one worker, h2load -c 8 asking"
     echo "$N1 and then $N2 times on fresh processes, differenced over $((N2 - N1)) requests."
   fi
+  if [[ -s $SYSCALL_TSV ]]; then
+    echo
+    echo "System calls: per request (per connection for conn), every system call the proxy's processes"
+    echo "made during the warm-up, counted with perf stat on the raw_syscalls:sys_enter tracepoint."
+  fi
   echo
   echo "<details><summary>Every run</summary>"
   echo
-  echo "| shape | round | proxy | per second | p50 ms | p99 ms | errors | proxy CPU | CPU µs | client + other CPU |"
-  echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
-  awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s%% | %s | %s%% |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$RAW"
+  echo "| shape | round | proxy | per second | p50 ms | p99 ms | errors | proxy CPU | CPU µs | kernel µs | client + other CPU |"
+  echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s%% | %s | %s | %s%% |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $10 }' "$RAW"
   echo
   echo "</details>"
 }
