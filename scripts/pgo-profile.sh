@@ -25,9 +25,14 @@ PROFDATA=${LLVM_PROFDATA:-llvm-profdata-$llvm}
 
 DATA=$(mktemp -d /tmp/parapet-pgo.XXXXXX)
 trap 'rm -rf "$DATA"' EXIT
+# The raw counts go to a fixed directory beside the build: the path is part of RUSTFLAGS,
+# and a new one each run would rebuild every crate instead of only what changed.
+mkdir -p "$GEN"
+RAW=$(cd "$GEN" && pwd)/profraw
+rm -rf "$RAW"
 
 log "building the instrumented data plane into $GEN"
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$DATA/raw" \
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$RAW" \
   cargo build --release --locked -q -p parapet-dataplane --bin dataplane --target-dir "$GEN"
 cargo build --release --locked -q -p parapet-tests --bin sample-backend --bin jwt-fixture
 cp "$TARGET/release/sample-backend" "$TARGET/release/jwt-fixture" "$GEN/release/"
@@ -47,7 +52,7 @@ log "training: JWT"
 BENCH_OUT=$DATA/jwt.md ./bench/jwt.sh >"$DATA/jwt.log" 2>&1 || { cat "$DATA/jwt.log" >&2; die "bench/jwt.sh failed"; }
 
 shopt -s nullglob
-raw=("$DATA"/raw/*.profraw)
+raw=("$RAW"/*.profraw)
 ((${#raw[@]})) || die "the instrumented data plane wrote no profile (did it exit cleanly?)"
 log "merging ${#raw[@]} raw profiles"
 "$PROFDATA" merge --sparse -o "$DATA/dataplane.profdata" "${raw[@]}"
