@@ -25,20 +25,25 @@ PROFDATA=${LLVM_PROFDATA:-llvm-profdata-$llvm}
 
 DATA=$(mktemp -d /tmp/parapet-pgo.XXXXXX)
 trap 'rm -rf "$DATA"' EXIT
-# The raw counts go to a fixed directory beside the build: the path is part of RUSTFLAGS,
-# and a new one each run would rebuild every crate instead of only what changed.
+# The path built in is a fixed directory beside the build: it is part of RUSTFLAGS, and a
+# new one each run would rebuild every crate instead of only what changed. Only the build's
+# own instrumented build scripts and proc macros write there (RUSTFLAGS reach them too):
+# the training writes elsewhere (LLVM_PROFILE_FILE below), so their counts never get into
+# the data plane's profile.
 mkdir -p "$GEN"
-RAW=$(cd "$GEN" && pwd)/profraw
-rm -rf "$RAW"
+BUILT_IN=$(cd "$GEN" && pwd)/profraw
+RAW=$DATA/raw
 
 log "building the instrumented data plane into $GEN"
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$RAW" \
+RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$BUILT_IN" \
   cargo build --release --locked -q -p parapet-dataplane --bin dataplane --target-dir "$GEN"
 cargo build --release --locked -q -p parapet-tests --bin sample-backend --bin jwt-fixture
 cp "$TARGET/release/sample-backend" "$TARGET/release/jwt-fixture" "$GEN/release/"
 
 # Parapet alone, one short round each, no callgrind, no waiting for a quiet machine: the
-# counts are what matter, not the timings.
+# counts are what matter, not the timings. One raw file per data-plane process.
+rm -rf "$BUILT_IN"
+export LLVM_PROFILE_FILE="$RAW/dataplane-%p-%m.profraw"
 export CARGO_TARGET_DIR=$GEN BENCH_SKIP_BUILD=1 BENCH_PROXIES=parapet BENCH_ROUNDS=1 \
   BENCH_DURATION=$SECONDS_PER_SHAPE BENCH_WARMUP=1 BENCH_IPR=0 BENCH_QUIET_WAIT=0 BENCH_IDLE=2000
 log "training: every path"
