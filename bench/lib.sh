@@ -101,16 +101,12 @@ proxy_pids() {
   echo "${PID_OF[$1]}"
   [[ $1 == nginx ]] && pgrep -P "${PID_OF[$1]}" || true
 }
-# CPU time (user + system, in clock ticks) of a proxy's processes.
+# cpu_ticks PROXY [system] : CPU time (user + system, or system alone; clock ticks) of a
+# proxy's processes.
 cpu_ticks() {
-  local sum=0 p
-  for p in $(proxy_pids "$1"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo "$sum"
-}
-# System (kernel) CPU time alone, in clock ticks, of a proxy's processes.
-sys_ticks() {
-  local sum=0 p
-  for p in $(proxy_pids "$1"); do sum=$((sum + $(awk '{print $15}' "/proc/$p/stat"))); done
+  local sum=0 p field='$14 + $15'
+  [[ ${2:-} == system ]] && field='$15'
+  for p in $(proxy_pids "$1"); do sum=$((sum + $(awk "{print $field}" "/proc/$p/stat"))); done
   echo "$sum"
 }
 # Ticks used so far by the backends in BACKEND_PIDS (still running: their own /proc/PID/stat).

@@ -314,9 +314,9 @@ measure() {
         wait_quiet
         local f="$RUN/$shape-$round-$proxy.txt"
         local t0 k0 m0 b0 s0 t1 k1 m1 b1 s1 count p50 p99 err
-        t0=$(cpu_ticks "$proxy") k0=$(sys_ticks "$proxy") m0=$(machine_ticks) b0=$(backend_ticks) s0=$(date +%s.%N)
+        t0=$(cpu_ticks "$proxy") k0=$(cpu_ticks "$proxy" system) m0=$(machine_ticks) b0=$(backend_ticks) s0=$(date +%s.%N)
         read -r count p50 p99 err < <(load "$shape" "$proxy" "$DURATION" "$f")
-        s1=$(date +%s.%N) t1=$(cpu_ticks "$proxy") k1=$(sys_ticks "$proxy") m1=$(machine_ticks) b1=$(backend_ticks)
+        s1=$(date +%s.%N) t1=$(cpu_ticks "$proxy") k1=$(cpu_ticks "$proxy" system) m1=$(machine_ticks) b1=$(backend_ticks)
         local cpu rate us kus
         cpu=$(pct $((t1 - t0)) "$s0" "$s1")
         rate=$(awk -v c="$count" -v a="$s0" -v b="$s1" 'BEGIN{printf "%.0f", c / (b - a)}')
