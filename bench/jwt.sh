@@ -53,9 +53,7 @@ for alg in "${ALGS[@]}"; do
     BENCH_PARAPET_RULE_YAML="$rule" BENCH_PARAPET_EXTRA_YAML="$extra" BENCH_EXTRA_HEADER="$header" \
     BENCH_EXTRA_HEADER_REFUSED="$refused" ./bench/paths.sh >"$RUN/h1-$alg.log" 2>&1 ||
     die "paths.sh failed for $alg; see $RUN/h1-$alg.log"
-  # | parapet | per second | p50 | p99 | CPU µs | kernel µs | vs best | instructions | system calls | errors |
-  awk -F'|' -v a="$alg" '$2 ~ /^ parapet / { gsub(/ /, ""); print a "\t" $3 "\t" $5 "\t" $6 "\t" $9 "\t" $11 }' \
-    "$RUN/h1-$alg.md" >>"$ROWS"
+  parapet_row "$alg" "$RUN/h1-$alg.md" >>"$ROWS"
   cut -f1 "$ROWS" | grep -qx -- "$alg" || die "no figures for $alg in $RUN/h1-$alg.md"
   [[ ${BENCH_IPR:-1} == 0 || $(awk -F'\t' -v a="$alg" '$1 == a {print $5}' "$ROWS") != "–" ]] ||
     log "no instruction count for $alg (callgrind failed; see $RUN/h1-$alg.log)"

@@ -109,6 +109,13 @@ cpu_ticks() {
   for p in $(proxy_pids "$1"); do sum=$((sum + $(awk "{print $field}" "/proc/$p/stat"))); done
   echo "$sum"
 }
+# parapet_row LABEL MARKDOWN : from a bench/paths.sh report, Parapet's row as
+# "LABEL req/s p99 CPU-µs instructions errors" (tab-separated), for the scripts that run it.
+# Columns: | proxy | per second | p50 | p99 | CPU µs | kernel µs | vs best | instructions |
+# system calls | errors |
+parapet_row() {
+  awk -F'|' -v l="$1" '$2 ~ /^ parapet / { gsub(/ /, ""); print l "\t" $3 "\t" $5 "\t" $6 "\t" $9 "\t" $11 }' "$2"
+}
 # Ticks used so far by the backends in BACKEND_PIDS (still running: their own /proc/PID/stat).
 backend_ticks() {
   local sum=0 p

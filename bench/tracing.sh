@@ -36,9 +36,7 @@ for ratio in "${RATIOS[@]}"; do
   BENCH_PATHS=h1 BENCH_PROXIES=parapet BENCH_SKIP_BUILD=1 BENCH_PARAPET_FLAGS="$flags" \
     BENCH_OUT="$RUN/h1-$ratio.md" BENCH_IPR_PATHS=h1 ./bench/paths.sh >"$RUN/h1-$ratio.log" 2>&1 ||
     die "paths.sh failed for ratio $ratio; see $RUN/h1-$ratio.log"
-  # | parapet | per second | p50 | p99 | CPU µs | kernel µs | vs best | instructions | system calls | errors |
-  awk -F'|' -v r="$ratio" '$2 ~ /^ parapet / { gsub(/ /, ""); print r "\t" $3 "\t" $5 "\t" $6 "\t" $9 "\t" $11 }' \
-    "$RUN/h1-$ratio.md" >>"$ROWS"
+  parapet_row "$ratio" "$RUN/h1-$ratio.md" >>"$ROWS"
 done
 
 {
