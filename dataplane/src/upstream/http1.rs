@@ -64,8 +64,16 @@ const MAX_HEAD_READ: usize = MAX_READ + MIN_READ;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per endpoint and thread.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
-/// How often a thread's idle connections are checked for age and closed peers.
+/// How often a thread's idle connections are checked for age and closed peers (a system
+/// call each).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// A connection unused this long gives its buffers back (up to a head and 64 KiB to read,
+/// 16 KiB to write), as nginx and HAProxy keep none for an idle upstream connection: a
+/// pool that grew in a burst would otherwise hold them all for as long as it stays idle.
+/// Checked this often too, so a buffer goes between one and two periods after its last
+/// use. Giving them back at every return instead made each 64 KiB answer fault its buffer
+/// in again (11 page faults per request).
+const RELEASE_AFTER: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -939,15 +947,16 @@ fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, HeaderMap)>, Error> {
     }
 }
 
-/// Closes this thread's idle connections that are too old or that their peer closed, every
-/// `SWEEP_EVERY`, for as long as the runtime runs. Each traffic worker runs one, so a worker
-/// without traffic does not keep sockets to endpoints that have left the table.
+/// Takes the buffers of this thread's connections idle for `RELEASE_AFTER`, and closes
+/// those too old or that their peer closed every `SWEEP_EVERY`, for as long as the runtime
+/// runs. Each traffic worker runs one, so a worker without traffic neither keeps buffers
+/// nor sockets to endpoints that have left the table.
 pub async fn sweep_idle() {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    let mut tick = tokio::time::interval(RELEASE_AFTER);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        idle::sweep_now();
+        idle::sweep_due();
     }
 }
 
@@ -964,30 +973,37 @@ mod idle {
         /// input, so a keyed hash buys nothing; SipHash over an `Authority` (which hashes
         /// byte by byte) cost about 900 instructions per lookup, two lookups per request.
         by_endpoint: HashMap<Authority, Vec<Conn>, BuildHasherDefault<Fnv1a>>,
+        /// When buffers were last taken back, and connections last checked.
+        released: Option<Instant>,
         swept: Option<Instant>,
     }
 
     impl Pool {
-        /// Closes connections idle too long or closed by their peer, at most every
-        /// `SWEEP_EVERY`, so endpoints that left the table do not keep sockets open.
+        /// At most every `RELEASE_AFTER`, takes the buffers of connections idle that long;
+        /// at most every `SWEEP_EVERY`, also closes those idle too long or closed by their
+        /// peer, so endpoints that left the table do not keep sockets open.
         fn sweep(&mut self, now: Instant) {
-            if self
-                .swept
-                .is_some_and(|t| now.duration_since(t) < SWEEP_EVERY)
-            {
+            let due =
+                |last: Option<Instant>, every| last.is_none_or(|t| now.duration_since(t) >= every);
+            if !due(self.released, RELEASE_AFTER) {
                 return;
             }
-            self.swept = Some(now);
+            self.released = Some(now);
+            let close = due(self.swept, SWEEP_EVERY);
+            if close {
+                self.swept = Some(now);
+            }
             self.by_endpoint.retain(|_, list| {
                 list.retain_mut(|c| {
                     let idle = now.duration_since(c.idle_since);
-                    // A connection that waited a whole sweep gives its read buffer back (up
-                    // to a head and 64 KiB). Giving it back at every return made each 64 KiB
-                    // answer fault its buffer in again: 11 page faults per request.
-                    if idle >= SWEEP_EVERY && c.buf.is_empty() {
-                        c.buf = BytesMut::new();
+                    if idle >= RELEASE_AFTER {
+                        // What was read ahead (nothing, unless the peer sent unasked) stays.
+                        if c.buf.is_empty() {
+                            c.buf = BytesMut::new();
+                        }
+                        c.wbuf = Vec::new();
                     }
-                    idle < IDLE_TIMEOUT && c.idle_usable()
+                    !close || (idle < IDLE_TIMEOUT && c.idle_usable())
                 });
                 !list.is_empty()
             });
@@ -1012,9 +1028,16 @@ mod idle {
         })
     }
 
+    /// Gives back buffers and closes connections as far as each is due.
+    pub(super) fn sweep_due() {
+        let _ = IDLE.try_with(|pool| pool.borrow_mut().sweep(Instant::now()));
+    }
+
+    /// Both, now (for tests).
+    #[cfg(test)]
     pub(super) fn sweep_now() {
-        let _ = IDLE.try_with(|pool| {
-            let mut pool = pool.borrow_mut();
+        IDLE.with_borrow_mut(|pool| {
+            pool.released = None;
             pool.swept = None;
             pool.sweep(Instant::now());
         });

@@ -418,6 +418,37 @@ async fn an_idle_connection_the_upstream_closed_is_replaced() {
 }
 
 #[tokio::test]
+async fn idle_connections_give_their_buffers_back_long_before_they_are_closed() {
+    let hi = || reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi");
+    let u = upstream(vec![hi(), hi()]).await;
+    let (parts, path) = get("/");
+    send(&u, &parts, &path, b"").await.unwrap();
+    let rooms = |c: &Conn| (c.buf.capacity(), c.wbuf.capacity());
+    idle::sweep_now();
+    let (read, write) = idle::last(&u.authority, rooms).unwrap();
+    assert!(read > 0 && write > 0, "just used: kept ({read}, {write})");
+    tokio::time::pause();
+    tokio::time::advance(RELEASE_AFTER / 2).await;
+    idle::sweep_due();
+    assert_eq!(
+        idle::last(&u.authority, rooms),
+        Some((read, write)),
+        "not yet"
+    );
+    tokio::time::advance(RELEASE_AFTER / 2).await;
+    idle::sweep_due();
+    assert_eq!(
+        idle::last(&u.authority, rooms),
+        Some((0, 0)),
+        "idle for RELEASE_AFTER: given back, and the connection kept"
+    );
+    tokio::time::resume();
+    let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
+    assert_eq!(&body[..], b"hi");
+    assert_eq!(u.accepted.load(Ordering::SeqCst), 1, "the same connection");
+}
+
+#[tokio::test]
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let u = upstream(vec![reply(
         b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
