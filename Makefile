@@ -27,8 +27,13 @@ deps: ## Install what tests need: openssl/curl (apt-get) and a hosts entry for $
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq $$missing; fi; \
 	fi
 
+# Every crate and target, as one selection: the tiers that need debug binaries build with
+# exactly this (h2spec through `build`, e2e in its recipe), because any other selection of
+# packages or targets resolves other features for the crates they share and rebuilds them.
+WORKSPACE_BUILD = $(CARGO) build --workspace --all-targets
+
 build: ## Build every crate and binary
-	$(CARGO) build --workspace --all-targets
+	$(WORKSPACE_BUILD)
 
 crds: ## Regenerate the CRD YAML (and the chart's copy) from the Rust types
 	$(CARGO) run -q -p parapet-crds --features kube --bin crdgen -- --out crds $(wildcard charts/parapet/crds)
@@ -67,8 +72,7 @@ fmt:
 unit: ## Unit and integration tests (no Kubernetes)
 	$(CARGO) test --workspace --exclude parapet-e2e
 
-# The data plane as the workspace builds it: built alone it would get other features than
-# `make build` gives the crates it shares (kube's), and so a second build of them.
+# The data plane as the workspace builds it (WORKSPACE_BUILD).
 h2spec: build ## HTTP/2 conformance (h2spec from the Go module proxy) against the data plane
 	./scripts/h2spec.sh
 

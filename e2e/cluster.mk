@@ -49,9 +49,9 @@ cluster-status: ## Say whether the local test control plane runs
 	@PARAPET_CLUSTER_DIR='$(PARAPET_CLUSTER_DIR)' $(CLUSTER_SH) status
 
 # The tests start the operator and data-plane binaries, which `cargo test -p parapet-e2e`
-# does not build: they are built first, with what `make build` builds, so that both commands
-# reuse its artifacts (any other selection of packages or targets resolves other features
-# for the crates they share, and rebuilds them). One shell for the whole recipe. The cluster goes
+# does not build: they are built first, as `make build` builds them (WORKSPACE_BUILD, in
+# the root Makefile), so that both commands reuse its artifacts. One shell for the whole
+# recipe. The cluster goes
 # down on every way out: normal exit, test failure, Ctrl-C (the INT/TERM trap), and, should
 # make itself be killed, the --owner-pid watchdog, which notices that this shell is gone. A
 # failed `up` has cleaned up already and kept its logs for the error message, so it is not
@@ -62,7 +62,7 @@ e2e: ## Tests against a fresh real control plane (always torn down)
 	trap 'down; exit 130' INT TERM; \
 	$(CLUSTER_SH) up --owner-pid $$$$ >/dev/null || exit $$?; \
 	status=0; \
-	$(CARGO) build --workspace --all-targets $(filter --release,$(E2E_CARGO_FLAGS)) || status=$$?; \
+	$(WORKSPACE_BUILD) $(filter --release,$(E2E_CARGO_FLAGS)) || status=$$?; \
 	[ $$status -ne 0 ] || KUBECONFIG="$$PARAPET_CLUSTER_DIR/kubeconfig" $(CARGO) test -p parapet-e2e $(E2E_CARGO_FLAGS) -- $(E2E_TEST_ARGS) || status=$$?; \
 	trap - INT TERM; \
 	down; \
