@@ -51,7 +51,7 @@ IDLE=${BENCH_IDLE:-10000}
 IPR=${BENCH_IPR:-1}
 N1=${BENCH_IPR_N1:-1000}
 N2=${BENCH_IPR_N2:-6000}
-read -r -a IPR_SHAPES <<<"${BENCH_IPR_PATHS:-h1 h1-tls h2-tls post-4k post-256k routes-10 routes-10k}"
+read -r -a IPR_SHAPES <<<"${BENCH_IPR_PATHS:-h1 h1-tls h2-tls post-4k post-256k conn tls-new tls-resumed routes-10 routes-10k}"
 BASE=${BENCH_PORT_BASE:-18600}
 OUT=${BENCH_OUT:-bench/results/latest-paths.md}
 NOISY_PCT=${BENCH_NOISY_PCT:-20}
@@ -239,6 +239,18 @@ load() {
   post-256k) h2+=(--h1 -d "$RUN/body-256k") ;;
   esac
   case $shape in
+  conn | tls-new | tls-resumed) if [[ -n $n ]]; then
+    # A fixed count (instructions): wrk and s_time only run for a time.
+    local tls=()
+    [[ $shape == conn ]] || tls=(--tls)
+    [[ $shape == tls-resumed ]] && tls+=(--resume)
+    timeout --kill-after=5 1800 python3 bench/conn_client.py --port "$port" --count "$n" \
+      --concurrency 8 "${tls[@]}" >"$out" 2>&1 || true
+    tail -n 1 "$out"
+    return
+  fi ;;
+  esac
+  case $shape in
   conn)
     timeout --kill-after=5 $((secs + 60)) wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 5s --latency \
       -H "Connection: close" "${extra[@]}" "http://127.0.0.1:$port/1k" >"$out" 2>&1
@@ -414,13 +426,17 @@ for shape in "${SHAPES[@]}"; do
   if [[ $shape == idle-* ]]; then idle; else measure "$shape"; fi
   for proxy in "${PROXIES[@]}"; do stop_proxy "$proxy" "${PROXY_PORT[$proxy]}"; done
   if ((IPR)) && [[ " ${IPR_SHAPES[*]} " == *" $shape "* ]]; then
+    # A TLS handshake costs a hundred requests' instructions: a tenth of the count does.
+    n1=$N1 n2=$N2
+    [[ $shape == tls-* ]] && n1=$(((N1 + 9) / 10)) n2=$(((N2 + 9) / 10))
+    ((n2 > n1)) || n2=$((n1 + 1))
     for proxy in "${PROXIES[@]}"; do
-      a=$(instructions "$shape" "$proxy" "$N1")
+      a=$(instructions "$shape" "$proxy" "$n1")
       [[ -n $a ]] || continue # (the second count would be left out too)
-      b=$(instructions "$shape" "$proxy" "$N2")
+      b=$(instructions "$shape" "$proxy" "$n2")
       [[ -n $b ]] || continue
-      ipr=$(((b - a) / (N2 - N1)))
-      log "$shape $proxy: $ipr instructions per request"
+      ipr=$(((b - a) / (n2 - n1)))
+      log "$shape $proxy: $ipr instructions per request (or connection)"
       printf '%s\t%s\t%s\n' "$shape" "$proxy" "$ipr" >>"$IPR_TSV"
     done
   fi
@@ -502,7 +518,10 @@ report() {
   if [[ -s $IPR_TSV ]]; then
     echo
     echo "Instructions: per request under callgrind (user space only), one worker, h2load -c 8 asking"
-    echo "$N1 and then $N2 times on fresh processes, differenced over $((N2 - N1)) requests."
+    echo "$N1 and then $N2 times on fresh processes, differenced over $((N2 - N1)) requests; for the"
+    echo "connection shapes per connection, bench/conn_client.py opening $N1 and then $N2 (TLS: a"
+    echo "tenth of that) 8 at a time, one request each (tls-resumed: each client resumes the session"
+    echo "its previous connection was given)."
   fi
   if [[ -s $SYSCALL_TSV ]]; then
     echo
