@@ -245,7 +245,6 @@ async fn accept(
             tracing::debug!(%peer, port = socket.port, "connection closed: the table has no listener on this port");
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let signal = connections.signal();
         // A TLS connection's session is set once its handshake is done (`serve_tls`).
@@ -260,6 +259,7 @@ async fn accept(
         // copies per connection), where a box is one pointer.
         let conn = downstream::boxed!(async move {
             match tls {
+                // Nagle's algorithm goes off before its second write (`nodelay.rs`).
                 None if shared.own_http1 => {
                     let conn = downstream::idle::Parked {
                         io: stream,
@@ -269,9 +269,13 @@ async fn accept(
                     };
                     downstream::serve_plain(conn, shared).await;
                 }
-                None => downstream::serve(stream, shared, info, signal, Protocol::Sniff).await,
+                None => {
+                    let _ = stream.set_nodelay(true);
+                    downstream::serve(stream, shared, info, signal, Protocol::Sniff).await;
+                }
                 // Boxed, so a plain connection's task does not have the size of a TLS one.
                 Some(acceptor) => {
+                    let _ = stream.set_nodelay(true);
                     let conn = downstream::boxed!(serve_tls(
                         stream,
                         acceptor,

@@ -58,6 +58,7 @@ mod batch;
 pub mod drain;
 pub mod http1;
 pub mod idle;
+mod nodelay;
 pub(crate) mod rewind;
 
 use std::{
@@ -185,6 +186,12 @@ pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
         }
         resume.ready = true;
     }
+    // A connection back from parking has answered before, and had the option set then.
+    let io = if resume.served == 0 {
+        nodelay::Lazy::fresh(io)
+    } else {
+        nodelay::Lazy::no_delay(io)
+    };
     let proxy = &shared.proxy;
     let handle = |req| proxy.clone().handle(req, info.clone());
     let ended = http1::serve_until_idle(
@@ -203,7 +210,8 @@ pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
             if let Some(parking) = &shared.parking {
                 // Refused only once the listener drains: the connection closes then.
                 let _ = parking.park(idle::Parked {
-                    io,
+                    // Its next answer is a second write.
+                    io: io.into_no_delay(),
                     info,
                     resume: http1::Resume {
                         served,
@@ -221,7 +229,7 @@ pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
             http2,
         } => {
             let handoff = Handoff {
-                io: Rewind::new(io, read),
+                io: Rewind::new(io.into_no_delay(), read),
                 served,
                 protocol: if http2 {
                     Protocol::Http2
