@@ -27,8 +27,9 @@ def one(args, ctx, session):
     try:
         if ctx is not None:
             sock = ctx.wrap_socket(raw, server_hostname=args.sni, session=session)
+        extra = "".join(f"{h}\r\n" for h in args.header)
         request = (
-            f"GET {args.path} HTTP/1.1\r\nHost: {args.authority}\r\n"
+            f"GET {args.path} HTTP/1.1\r\nHost: {args.authority}\r\n{extra}"
             "Connection: close\r\n\r\n"
         )
         sock.sendall(request.encode())
@@ -55,6 +56,7 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--path", default="/1k")
     p.add_argument("--authority", default="127.0.0.1")
+    p.add_argument("--header", action="append", default=[], help="'Name: value', sent too")
     p.add_argument("--size", type=int, default=1024, help="the body length a good answer has")
     p.add_argument("--count", type=int, required=True, help="connections, in all")
     p.add_argument("--concurrency", type=int, default=8)

@@ -28,9 +28,10 @@
 #   BENCH_PARAPET_RULE_YAML="auth: {...}"   a field added to every rule of Parapet's config,
 #   BENCH_PARAPET_EXTRA_YAML="..."          documents appended to it, and
 #   BENCH_EXTRA_HEADER="Name: value"        a header sent with every request to Parapet
-#                              (h2load, wrk and curl; bench/jwt.sh: a JWT rule, its key set,
-#                              the token), and BENCH_EXTRA_HEADER_REFUSED=401 the status
-#                              Parapet must answer without that header
+#                              (h2load, wrk, curl and conn_client.py; bench/jwt.sh: a JWT
+#                              rule, its key set, the token), and
+#                              BENCH_EXTRA_HEADER_REFUSED=401 the status Parapet must
+#                              answer without that header
 #   CADDY=/path/to/caddy       else Caddy v2.11.9 is built with `go install` from the Go
 #                              module proxy into ~/.cache/parapet-bench (outside the repository)
 set -euo pipefail
@@ -238,18 +239,17 @@ load() {
   post-4k) h2+=(--h1 -d "$RUN/body-4k") ;;
   post-256k) h2+=(--h1 -d "$RUN/body-256k") ;;
   esac
-  case $shape in
-  conn | tls-new | tls-resumed) if [[ -n $n ]]; then
+  if [[ -n $n && $shape =~ ^(conn|tls-new|tls-resumed)$ ]]; then
     # A fixed count (instructions): wrk and s_time only run for a time.
-    local tls=()
-    [[ $shape == conn ]] || tls=(--tls)
-    [[ $shape == tls-resumed ]] && tls+=(--resume)
+    local flags=()
+    [[ $shape == conn ]] || flags+=(--tls)
+    [[ $shape == tls-resumed ]] && flags+=(--resume)
+    [[ $proxy == parapet && -n $EXTRA_HEADER ]] && flags+=(--header "$EXTRA_HEADER")
     timeout --kill-after=5 1800 python3 bench/conn_client.py --port "$port" --count "$n" \
-      --concurrency 8 "${tls[@]}" >"$out" 2>&1 || true
+      --concurrency 8 "${flags[@]}" >"$out" 2>&1 || true
     tail -n 1 "$out"
     return
-  fi ;;
-  esac
+  fi
   case $shape in
   conn)
     timeout --kill-after=5 $((secs + 60)) wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 5s --latency \
