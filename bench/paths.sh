@@ -20,6 +20,9 @@
 #   BENCH_IDLE=10000           connections held open by idle-10k (1% of them busy)
 #   BENCH_IPR=1                also count instructions per request (BENCH_IPR_N1=1000,
 #                              BENCH_IPR_N2=6000 requests; BENCH_IPR_PATHS limits the shapes)
+#   BENCH_PIN=1               the proxy measured on a core of its own (the last), the
+#                              backends and load generators on the others; 0: the
+#                              scheduler places everything
 #   BENCH_PORT_BASE=18600      +1/+2 backends, +10/+11 Parapet, +20 nginx, +30 HAProxy, +40 Caddy
 #   BENCH_OUT=bench/results/latest-paths.md
 #   BENCH_SKIP_BUILD=1         use the release binaries already built
@@ -55,6 +58,7 @@ N2=${BENCH_IPR_N2:-6000}
 read -r -a IPR_SHAPES <<<"${BENCH_IPR_PATHS:-h1 h1-tls h2-tls post-4k post-256k conn tls-new tls-resumed routes-10 routes-10k}"
 BASE=${BENCH_PORT_BASE:-18600}
 OUT=${BENCH_OUT:-bench/results/latest-paths.md}
+PIN=${BENCH_PIN:-1}
 NOISY_PCT=${BENCH_NOISY_PCT:-20}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-300}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -83,6 +87,16 @@ for s in "${SHAPES[@]}"; do
 done
 
 make_run_dir parapet-paths
+# Placement. A gateway pod has its cores to itself; here the load generators and backends
+# would otherwise share the proxy's core, preempting it at every wake-up (half a context
+# switch per request on h1) and charging that to whichever proxy is being measured. The
+# proxy gets the last core; this shell, and so the backends and load generators it starts,
+# the others. Every proxy is placed alike.
+PIN_CMD=()
+if [[ $PIN == 1 ]] && (($(nproc) >= 2)) && command -v taskset >/dev/null; then
+  taskset -p -c "0-$(($(nproc) - 2))" $$ >/dev/null
+  PIN_CMD=(taskset -c "$(($(nproc) - 1))")
+fi
 # idle-10k holds $IDLE connections in this shell's children and in every proxy.
 ulimit -n "$(ulimit -Hn)"
 (($(ulimit -n) >= 2 * IDLE)) || [[ " ${SHAPES[*]} " != *" idle-"* ]] ||
@@ -165,20 +179,20 @@ start_proxy() {
     fi
     local flags=()
     tls_of "$shape" && flags=(--tls-cert "$RUN/cert.pem" --tls-key "$RUN/key.pem")
-    start "$name" "$@" "$BIN/dataplane" --config "$conf" --listen "127.0.0.1:$port" \
+    start "$name" "${PIN_CMD[@]}" "$@" "$BIN/dataplane" --config "$conf" --listen "127.0.0.1:$port" \
       --admin-listen "127.0.0.1:$ADMIN" --workers 1 --log-format text "${flags[@]}" "${PARAPET_FLAGS[@]}"
     ;;
   nginx)
     nginx -t -q -c "$conf" -p "$RUN" 2>"$RUN/nginx-t.err" || die "nginx -t failed: $(cat "$RUN/nginx-t.err")"
-    if (($#)); then start "$name" "$@" "$(command -v nginx)" -c "$conf" -p "$RUN" -g 'master_process off;'
-    else start "$name" "$(command -v nginx)" -c "$conf" -p "$RUN"; fi
+    if (($#)); then start "$name" "${PIN_CMD[@]}" "$@" "$(command -v nginx)" -c "$conf" -p "$RUN" -g 'master_process off;'
+    else start "$name" "${PIN_CMD[@]}" "$(command -v nginx)" -c "$conf" -p "$RUN"; fi
     ;;
   haproxy)
     haproxy -c -q -f "$conf" 2>"$RUN/haproxy-c.err" || die "haproxy -c failed: $(cat "$RUN/haproxy-c.err")"
-    start "$name" "$@" "$(command -v haproxy)" -db -f "$conf"
+    start "$name" "${PIN_CMD[@]}" "$@" "$(command -v haproxy)" -db -f "$conf"
     ;;
   caddy)
-    GOMAXPROCS=1 start "$name" "$@" "$CADDY" run --config "$conf"
+    GOMAXPROCS=1 start "$name" "${PIN_CMD[@]}" "$@" "$CADDY" run --config "$conf"
     ;;
   esac
 }
