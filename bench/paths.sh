@@ -92,10 +92,11 @@ make_run_dir parapet-paths
 # switch per request on h1) and charging that to whichever proxy is being measured. The
 # proxy gets the last core; this shell, and so the backends and load generators it starts,
 # the others. Every proxy is placed alike.
+CPUS=$(nproc)
 PIN_CMD=()
-if [[ $PIN == 1 ]] && (($(nproc) >= 2)) && command -v taskset >/dev/null; then
-  taskset -p -c "0-$(($(nproc) - 2))" $$ >/dev/null
-  PIN_CMD=(taskset -c "$(($(nproc) - 1))")
+if [[ $PIN == 1 ]] && ((CPUS >= 2)) && command -v taskset >/dev/null; then
+  taskset -p -c "0-$((CPUS - 2))" $$ >/dev/null
+  PIN_CMD=(taskset -c "$((CPUS - 1))")
 fi
 # idle-10k holds $IDLE connections in this shell's children and in every proxy.
 ulimit -n "$(ulimit -Hn)"
@@ -490,8 +491,13 @@ describe() {
 report() {
   echo "# Every path: Parapet, nginx, HAProxy and Caddy"
   echo
-  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$commit\`$dirty; $(nproc) × $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), Linux $(uname -r)."
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit \`$commit\`$dirty; $CPUS × $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), Linux $(uname -r)."
   echo "nginx $(nginx -v 2>&1 | sed 's|.*/||'), HAProxy $(haproxy -v | awk 'NR==1{print $3}'), Caddy $CADDY_VERSION (GOMAXPROCS=1), h2load $(h2load --version | awk '{print $2}'), $(openssl version | awk '{print $1, $2}')."
+  if ((${#PIN_CMD[@]})); then
+    echo "The proxy measured on core $((CPUS - 1)) alone; backends and load generators on the others."
+  else
+    echo "Placed by the scheduler (BENCH_PIN=0, or one core): backends and load generators share the proxy's cores."
+  fi
   echo "One worker each; two sample backends, 1 KiB answers; $CONNS client connections; $ROUNDS"
   echo "alternating rounds of ${DURATION}s after a ${WARMUP}s warm-up, medians. CPU µs is the proxy's own CPU time"
   echo "(user + system, from /proc) per request, or per connection for the connection shapes:"
