@@ -20,7 +20,7 @@
 #   BENCH_IDLE=10000           connections held open by idle-10k (1% of them busy)
 #   BENCH_IPR=1                also count instructions per request (BENCH_IPR_N1=1000,
 #                              BENCH_IPR_N2=6000 requests; BENCH_IPR_PATHS limits the shapes)
-#   BENCH_PIN=1               the proxy measured on a core of its own (the last), the
+#   BENCH_PIN=1                the proxy measured on a core of its own (the last), the
 #                              backends and load generators on the others; 0: the
 #                              scheduler places everything
 #   BENCH_PORT_BASE=18600      +1/+2 backends, +10/+11 Parapet, +20 nginx, +30 HAProxy, +40 Caddy
