@@ -164,6 +164,9 @@ uris_of() {
 start_proxy() {
   local shape=$1 proxy=$2 name=${3:-$2}
   shift 3 2>/dev/null || shift $#
+  # The rest is a wrapper (valgrind); the proxy runs under it, on its own core (PIN_CMD).
+  local wrapped=$#
+  set -- "${PIN_CMD[@]}" "$@"
   local port=${PROXY_PORT[$proxy]} conf tls=() routes
   routes=$(routes_of "$shape")
   tls_of "$shape" && tls=(--tls "$RUN/cert.pem,$RUN/key.pem")
@@ -180,20 +183,20 @@ start_proxy() {
     fi
     local flags=()
     tls_of "$shape" && flags=(--tls-cert "$RUN/cert.pem" --tls-key "$RUN/key.pem")
-    start "$name" "${PIN_CMD[@]}" "$@" "$BIN/dataplane" --config "$conf" --listen "127.0.0.1:$port" \
+    start "$name" "$@" "$BIN/dataplane" --config "$conf" --listen "127.0.0.1:$port" \
       --admin-listen "127.0.0.1:$ADMIN" --workers 1 --log-format text "${flags[@]}" "${PARAPET_FLAGS[@]}"
     ;;
   nginx)
     nginx -t -q -c "$conf" -p "$RUN" 2>"$RUN/nginx-t.err" || die "nginx -t failed: $(cat "$RUN/nginx-t.err")"
-    if (($#)); then start "$name" "${PIN_CMD[@]}" "$@" "$(command -v nginx)" -c "$conf" -p "$RUN" -g 'master_process off;'
-    else start "$name" "${PIN_CMD[@]}" "$(command -v nginx)" -c "$conf" -p "$RUN"; fi
+    if ((wrapped)); then start "$name" "$@" "$(command -v nginx)" -c "$conf" -p "$RUN" -g 'master_process off;'
+    else start "$name" "$@" "$(command -v nginx)" -c "$conf" -p "$RUN"; fi
     ;;
   haproxy)
     haproxy -c -q -f "$conf" 2>"$RUN/haproxy-c.err" || die "haproxy -c failed: $(cat "$RUN/haproxy-c.err")"
-    start "$name" "${PIN_CMD[@]}" "$@" "$(command -v haproxy)" -db -f "$conf"
+    start "$name" "$@" "$(command -v haproxy)" -db -f "$conf"
     ;;
   caddy)
-    GOMAXPROCS=1 start "$name" "${PIN_CMD[@]}" "$@" "$CADDY" run --config "$conf"
+    GOMAXPROCS=1 start "$name" "$@" "$CADDY" run --config "$conf"
     ;;
   esac
 }
