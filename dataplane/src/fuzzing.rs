@@ -125,7 +125,8 @@ pub async fn parapet_server(input: &[u8], cfg: &ListenerConfig) -> Served {
     let draining = Drain::default();
     let server = async {
         let mut signal = draining.signal();
-        let codec = |req| handle(seen.clone(), req).map(|r| r.unwrap_or_else(|e| match e {}));
+        let codec =
+            |req: Box<_>| handle(seen.clone(), *req).map(|r| r.unwrap_or_else(|e| match e {}));
         let ended = http1::serve(server_io, codec, &metrics, &settings, &mut signal).await;
         let http1::Ended::Handoff {
             io, read, http2, ..

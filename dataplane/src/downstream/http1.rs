@@ -168,7 +168,7 @@ pub async fn serve<IO, H, F>(
 ) -> Ended<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Request<DownstreamBody>) -> F,
+    H: Fn(Box<Request<DownstreamBody>>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
     serve_with(io, handle, metrics, settings, drain, Resume::fresh(), false).await
@@ -188,7 +188,7 @@ pub async fn serve_until_idle<IO, H, F>(
 ) -> Ended<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Request<DownstreamBody>) -> F,
+    H: Fn(Box<Request<DownstreamBody>>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
     serve_with(io, handle, metrics, settings, drain, resume, park).await
@@ -205,7 +205,7 @@ async fn serve_with<IO, H, F>(
 ) -> Ended<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Request<DownstreamBody>) -> F,
+    H: Fn(Box<Request<DownstreamBody>>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
     let mut served = resume.served;
@@ -274,7 +274,7 @@ async fn serve_busy<IO, H, F>(
 ) -> Busy
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    H: Fn(Request<DownstreamBody>) -> F,
+    H: Fn(Box<Request<DownstreamBody>>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
     let mut conn = Conn {
@@ -770,7 +770,9 @@ impl Conn {
 
     /// The request for a parsed head, whose bytes it takes off the read buffer; `None` when
     /// its target or a header value is not valid.
-    fn request(&mut self, head: &Head) -> Option<Request<DownstreamBody>> {
+    /// Boxed: the request passes through several stages by value, and a box moves as a
+    /// pointer where the request itself (264 bytes) would be copied at each.
+    fn request(&mut self, head: &Head) -> Option<Box<Request<DownstreamBody>>> {
         let bytes = self.read.split_to(head.len).freeze();
         let uri = Uri::from_maybe_shared(bytes.slice(head.target.clone())).ok()?;
         // Room for what the proxy adds (x-request-id, forwarding) without a regrow.
@@ -785,7 +787,7 @@ impl Conn {
             0 => DownstreamBody::Empty,
             n => DownstreamBody::Full(Some(self.read.split_to(n).freeze())),
         };
-        let mut req = Request::new(body);
+        let mut req = Box::new(Request::new(body));
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
@@ -1215,7 +1217,7 @@ pub(crate) fn parse_one(
         Ok(Parse::Head(h)) if buf.len() < h.len + h.body => None,
         Ok(Parse::Head(h)) => Some(
             conn.request(&h)
-                .map(|r| Some((h.len + h.body, r)))
+                .map(|r| Some((h.len + h.body, *r)))
                 .ok_or(()),
         ),
         Err(_) => Some(Err(())),

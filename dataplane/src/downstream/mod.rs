@@ -377,7 +377,7 @@ fn hyper_service(
             // Boxed: the request's future is several KiB, and hyper moves the service
             // future more than once before polling it; a pointer is cheaper to move (about
             // 2k fewer instructions per request, counted).
-            let handle = boxed!(proxy.handle(req.map(DownstreamBody::Hyper), info));
+            let handle = boxed!(proxy.handle(Box::new(req.map(DownstreamBody::Hyper)), info));
             let mut resp = handle.await;
             let n = served.fetch_add(1, Ordering::Relaxed) + 1;
             if http1 && limit > 0 && n >= limit {

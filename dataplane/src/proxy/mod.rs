@@ -217,7 +217,7 @@ struct Prepared<'a> {
 impl Proxy {
     pub async fn handle(
         self: Arc<Self>,
-        mut req: Request<DownstreamBody>,
+        mut req: Box<Request<DownstreamBody>>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -259,7 +259,7 @@ impl Proxy {
     /// counted for the access log, when it is on.
     async fn serve<'t>(
         &self,
-        mut req: Request<DownstreamBody>,
+        mut req: Box<Request<DownstreamBody>>,
         at: &Arrival,
         table: Option<&'t Arc<Runtime>>,
         trail: &mut Trail<'t>,
@@ -749,7 +749,7 @@ impl Proxy {
     /// deadline, and what the attempts share. The body is returned as it came.
     fn prepare<'a>(
         &'a self,
-        mut req: Request<DownstreamBody>,
+        mut req: Box<Request<DownstreamBody>>,
         at: &'a Arrival,
         routed: &Routed<'a>,
         authority: Option<&'a str>,
@@ -780,8 +780,8 @@ impl Proxy {
             )));
         };
         let deadline = prepare::deadline(req.headers_mut(), routed.forward.timeout_ms, at.started);
-        let upgrade = routed.upgrade().then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
+        let upgrade = routed.upgrade().then(|| hyper::upgrade::on(&mut *req));
+        let (parts, body) = (*req).into_parts();
         let policy = routed.forward.retry.as_ref();
         let repeatable = upgrade.is_none()
             && (idempotent(&parts.method) || policy.is_some_and(|p| p.non_idempotent));

@@ -54,7 +54,7 @@ where
     let (s, m) = (seen.clone(), metrics.clone());
     let ended = tokio::spawn(async move {
         let answer = Arc::new(answer);
-        let handle = |req: Request<DownstreamBody>| {
+        let handle = |req: Box<Request<DownstreamBody>>| {
             let (s, answer) = (s.clone(), answer.clone());
             async move {
                 let resp = answer(&req);
@@ -92,6 +92,7 @@ where
     let mut signal = drain.signal();
     let task = tokio::spawn(async move {
         let metrics = Metrics::new();
+        let handle = move |req: Box<Request<DownstreamBody>>| handle(*req);
         serve(conn, handle, &metrics, &settings(), &mut signal).await
     });
     (client, task)
