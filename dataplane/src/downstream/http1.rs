@@ -607,8 +607,11 @@ impl Conn {
                 self.read.reserve(h.len + h.body - self.read.len());
             } else if self.read.len() > settings.max_head_bytes {
                 return Err(Refusal::TooLarge);
-            } else if self.read.capacity() - self.read.len() < READ_CHUNK / 8 {
-                // Reuses the buffer in place once the last request's head is dropped.
+            } else if self.read.capacity() - self.read.len() < READ_CHUNK {
+                // A whole chunk free for every head read: a request that fits one (a
+                // 4 KiB POST) is read in one call, not split where the last one ended.
+                // Reuses the buffer in place, from its start, once the last request is
+                // dropped, as it is by the time the next is read.
                 self.read.reserve(READ_CHUNK);
             }
             // Blank lines between requests are allowed (and skipped by the parser): a

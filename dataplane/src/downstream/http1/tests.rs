@@ -750,3 +750,82 @@ fn the_body_budget_refuses_what_would_pass_its_limit_and_gets_permits_back() {
     assert!(budget.take(usize::MAX).is_none(), "an overflow is refused");
     assert!(budget.take(100).is_some());
 }
+
+/// The codec's side of a pipe, counting the reads that return bytes.
+struct CountingReads {
+    io: DuplexStream,
+    reads: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsyncRead for CountingReads {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for CountingReads {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Each request of a keep-alive connection that fits a read chunk (a 4 KiB POST) is read
+/// with one read, not split where the one before it ended in the buffer.
+#[tokio::test]
+async fn each_request_that_fits_a_chunk_is_read_in_one_read() {
+    let (mut client, conn) = tokio::io::duplex(1 << 16);
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let io = CountingReads {
+        io: conn,
+        reads: reads.clone(),
+    };
+    let drain = Drain::default();
+    let mut signal = drain.signal();
+    let task = tokio::spawn(async move {
+        let metrics = Metrics::new();
+        let handle = |_req: Box<Request<DownstreamBody>>| async { text("ok") };
+        serve(io, handle, &metrics, &settings(), &mut signal).await
+    });
+    let body = "b".repeat(4096);
+    let request = format!("POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 4096\r\n\r\n{body}");
+    // The first request also has the idle wait's one-byte read.
+    let mut before = 1;
+    for n in 1..=3 {
+        client.write_all(request.as_bytes()).await.unwrap();
+        let out = read_until(&mut client, |o| o.ends_with("ok")).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        let now = reads.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(now - before, 1, "reads for request {n}");
+        before = now;
+    }
+    drop(client);
+    let _ = task.await;
+}
