@@ -1,4 +1,7 @@
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
@@ -354,7 +357,7 @@ async fn a_client_that_goes_away_cancels_its_request() {
     struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
     impl Drop for OnDrop {
         fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.0.store(true, Ordering::SeqCst);
         }
     }
     let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -380,7 +383,7 @@ async fn a_client_that_goes_away_cancels_its_request() {
         .expect("the request was not cancelled")
         .unwrap();
     assert!(matches!(ended, Ended::Closed));
-    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(dropped.load(Ordering::SeqCst));
 }
 
 #[tokio::test]
@@ -754,7 +757,7 @@ fn the_body_budget_refuses_what_would_pass_its_limit_and_gets_permits_back() {
 /// The codec's side of a pipe, counting the reads that return bytes.
 struct CountingReads {
     io: DuplexStream,
-    reads: Arc<std::sync::atomic::AtomicUsize>,
+    reads: Arc<AtomicUsize>,
 }
 
 impl AsyncRead for CountingReads {
@@ -766,8 +769,7 @@ impl AsyncRead for CountingReads {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.reads
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.reads.fetch_add(1, Ordering::Relaxed);
         }
         polled
     }
@@ -802,7 +804,7 @@ impl AsyncWrite for CountingReads {
 #[tokio::test]
 async fn each_request_that_fits_a_chunk_is_read_in_one_read() {
     let (mut client, conn) = tokio::io::duplex(1 << 16);
-    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
     let io = CountingReads {
         io: conn,
         reads: reads.clone(),
@@ -822,7 +824,7 @@ async fn each_request_that_fits_a_chunk_is_read_in_one_read() {
         client.write_all(request.as_bytes()).await.unwrap();
         let out = read_until(&mut client, |o| o.ends_with("ok")).await;
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-        let now = reads.load(std::sync::atomic::Ordering::Relaxed);
+        let now = reads.load(Ordering::Relaxed);
         assert_eq!(now - before, 1, "reads for request {n}");
         before = now;
     }
