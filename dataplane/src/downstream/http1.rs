@@ -313,11 +313,15 @@ where
             return Busy::Closed;
         };
         *served += 1;
-        let answer = std::pin::pin!(handle(req));
-        // The relay's scope holds the pinned answer by reference: moving the request's
-        // future (kilobytes) into it would cost a copy per request.
-        let answer = std::pin::pin!(interim.relay_for(u64::from(*served), answer));
-        let watched = answer_watching(io, &mut conn, answer, settings, &interim).await;
+        // In a block of its own, so the request's future (kilobytes) and the answer's
+        // writing share their place in this state instead of lying side by side.
+        let watched = {
+            let answer = std::pin::pin!(handle(req));
+            // The relay's scope holds the pinned answer by reference: moving the request's
+            // future into it would cost a copy per request.
+            let answer = std::pin::pin!(interim.relay_for(u64::from(*served), answer));
+            answer_watching(io, &mut conn, answer, settings, &interim).await
+        };
         interim.close();
         let Some(resp) = watched else {
             return Busy::Closed;
@@ -985,7 +989,7 @@ fn framing(
             None => None,
         };
         if let Some(n) = n {
-            let _ = write!(out, "content-length: {n}\r\n");
+            crate::codec::push_content_length(out, n);
         }
         return Ok(Framing::None);
     }
@@ -997,7 +1001,7 @@ fn framing(
             Err("the response's content-length is not valid")
         }
         (Some(n), _) | (None, Some(Some(n))) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            crate::codec::push_content_length(out, n);
             Ok(Framing::Length(n))
         }
         (None, None) => {

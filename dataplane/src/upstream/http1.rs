@@ -15,7 +15,7 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
-    io::{self, Write as _},
+    io,
     mem::MaybeUninit,
     net::IpAddr,
     pin::Pin,
@@ -444,8 +444,7 @@ fn encode<'b>(
         || head.headers.contains_key(header::CONTENT_LENGTH)
         || matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
     {
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "content-length: {}\r\n", body.len());
+        crate::codec::push_content_length(out, body.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     if body.len() > COPY_BODY_UP_TO {
@@ -664,6 +663,15 @@ impl FramingHeaders {
 
 /// A Content-Length value: digits, or a list of the same digits repeated.
 pub(crate) fn content_length(v: &[u8]) -> Option<u64> {
+    // Nearly always digits alone, read in one pass; 19 digits always fit a u64.
+    if !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit) {
+        return Some(v.iter().fold(0, |n: u64, d| n * 10 + u64::from(d - b'0')));
+    }
+    content_length_list(v)
+}
+
+/// `content_length` for any value: a list, blanks, more than 19 digits.
+fn content_length_list(v: &[u8]) -> Option<u64> {
     let mut found: Option<u64> = None;
     for part in v.split(|b| *b == b',') {
         let part = part.trim_ascii();

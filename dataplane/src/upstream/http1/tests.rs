@@ -635,6 +635,16 @@ fn both_length_and_coding_is_read_chunked_and_closed() {
 }
 
 proptest::proptest! {
+    /// The one-pass reading of a length agrees with the list reading wherever it applies.
+    #[test]
+    fn lengths_read_in_one_pass_as_in_a_list(
+        digits in "[0-9]{0,22}",
+        other in proptest::collection::vec(proptest::sample::select(&b"0123456789 ,-+x\t"[..]), 0..24),
+    ) {
+        proptest::prop_assert_eq!(content_length(digits.as_bytes()), content_length_list(digits.as_bytes()));
+        proptest::prop_assert_eq!(content_length(&other), content_length_list(&other));
+    }
+
     /// Whatever an upstream sends, parsing a head answers or refuses; it never panics.
     #[test]
     fn head_parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
