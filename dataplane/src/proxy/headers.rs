@@ -230,40 +230,52 @@ impl crate::upstream::http1::HeadExtras for Forwarding<'_> {
             || (!self.trusted && (name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST))
     }
 
-    /// The same fields `apply` sets, as header lines.
+    /// The same fields `apply` sets, as header lines. Each line's end is written with the
+    /// next one's name: fewer, longer copies.
     fn write(&self, out: &mut Vec<u8>, headers: &HeaderMap) {
-        let line = |out: &mut Vec<u8>, name: &[u8]| {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-        };
-        line(out, b"x-forwarded-for");
-        write_xff(out, self.previous(headers, &X_FORWARDED_FOR), self.client);
-        out.extend_from_slice(b"\r\n");
+        let (prev_xff, prev_fwd) = (
+            self.previous(headers, &X_FORWARDED_FOR),
+            self.previous(headers, &header::FORWARDED),
+        );
+        let host = self.host.map_or(0, str::len);
+        out.reserve(
+            160 + 2 * host
+                + prev_xff.map_or(0, |p| p.len() + 2)
+                + prev_fwd.map_or(0, |p| p.len() + 2),
+        );
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = prev_xff {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        // The client's address is written once, and copied into `Forwarded` below.
+        let ip = out.len();
+        push_ip(out, self.client);
+        let ip = ip..out.len();
         if !self.keeps(headers, &X_FORWARDED_PROTO) {
-            line(out, b"x-forwarded-proto");
+            out.extend_from_slice(b"\r\nx-forwarded-proto: ");
             out.extend_from_slice(self.proto.as_bytes());
-            out.extend_from_slice(b"\r\n");
         }
         if !self.keeps(headers, &X_FORWARDED_HOST)
             && let Some(host) = self.host
-            && HeaderValue::from_str(host).is_ok()
+            && valid_value(host.as_bytes())
         {
-            line(out, b"x-forwarded-host");
+            out.extend_from_slice(b"\r\nx-forwarded-host: ");
             out.extend_from_slice(host.as_bytes());
-            out.extend_from_slice(b"\r\n");
         }
-        line(out, b"forwarded");
-        write_forwarding(
-            out,
-            self.previous(headers, &header::FORWARDED),
-            self.client,
-            self.proto,
-            self.host,
-        );
-        out.extend_from_slice(b"\r\n");
-        line(out, b"via");
-        out.extend_from_slice(VIA_VALUE.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(b"\r\nforwarded: ");
+        if let Some(prev) = prev_fwd {
+            out.extend_from_slice(prev.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        let v6 = self.client.is_ipv6();
+        out.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
+        out.extend_from_within(ip);
+        if v6 {
+            out.extend_from_slice(b"]\"");
+        }
+        write_proto_host(out, self.proto, self.host);
+        out.extend_from_slice(b"\r\nvia: 1.1 parapet\r\n");
     }
 }
 
@@ -307,15 +319,26 @@ fn write_forwarding(
             out.extend_from_slice(b"]\"");
         }
     }
+    write_proto_host(out, proto, host);
+}
+
+/// The end of a `Forwarded` element: `;proto=`, and `;host=` when the host is a token.
+fn write_proto_host(out: &mut Vec<u8>, proto: &str, host: Option<&str>) {
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_bytes());
     if let Some(h) = host.filter(|h| {
         h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
     }) {
         out.extend_from_slice(b";host=");
         out.extend_from_slice(h.as_bytes());
     }
+}
+
+/// Whether `bytes` make a valid header value, as `HeaderValue::from_bytes` decides, without
+/// making one (which copies them).
+fn valid_value(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
 }
 
 /// A header value that owns `bytes` (no copy); `None` if they are not a valid value.
@@ -327,18 +350,27 @@ fn owned_value(bytes: Vec<u8>) -> Option<HeaderValue> {
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Into a buffer on the stack, then one copy: a push per digit checked the
+            // vector's capacity each time.
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            out.extend_from_slice(&text[..n]);
         }
         IpAddr::V6(v6) => {
             use std::io::Write as _;
@@ -359,14 +391,28 @@ pub fn append_via(headers: &mut HeaderMap) {
 /// result; an IPv6 literal keeps its brackets, and an unclosed `[` is kept as it is (it then
 /// matches no domain).
 pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
-    let without_port = if raw.starts_with('[') {
-        raw.find(']')
-            .map_or(raw.trim_end_matches('.'), |end| &raw[..=end])
+    // One pass over the bytes, then slices: `str`'s searches cost several times as much on
+    // names this short. A colon, a dot and a bracket are ASCII, so every slice below ends on
+    // a character boundary.
+    let b = raw.as_bytes();
+    let (mut first_colon, mut last_colon, mut upper) = (None, 0, false);
+    for (i, &c) in b.iter().enumerate() {
+        if c == b':' {
+            first_colon.get_or_insert(i);
+            last_colon = i;
+        }
+        upper |= c.is_ascii_uppercase();
+    }
+    let without_port = if b.first() == Some(&b'[') {
+        match b.iter().position(|&c| c == b']') {
+            Some(end) => &raw[..=end],
+            None => trim_dots(raw),
+        }
     } else {
-        match raw.rsplit_once(':') {
-            None => raw.trim_end_matches('.'),
-            Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => {
-                h.trim_end_matches('.')
+        match first_colon {
+            None => trim_dots(raw),
+            Some(i) if i == last_colon && b[i + 1..].iter().all(u8::is_ascii_digit) => {
+                trim_dots(&raw[..i])
             }
             // Not a name with a port: kept whole, dots included (trimming `0:.` to `0:`
             // would make a second reading strip a port the first one kept). It matches no
@@ -374,11 +420,17 @@ pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
             Some(_) => raw,
         }
     };
-    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+    if upper && without_port.bytes().any(|b| b.is_ascii_uppercase()) {
         without_port.to_ascii_lowercase().into()
     } else {
         without_port.into()
     }
+}
+
+/// `s` without its trailing dots.
+fn trim_dots(s: &str) -> &str {
+    let end = s.bytes().rposition(|c| c != b'.').map_or(0, |i| i + 1);
+    &s[..end]
 }
 
 /// A fresh request id: 128 random bits in hex.
@@ -483,6 +535,86 @@ mod tests {
     }
 
     #[test]
+    fn the_written_lines_are_what_apply_sets() {
+        let chains = [
+            None,
+            Some((
+                "10.9.9.9",
+                "for=10.9.9.9;host=keyed.example",
+                "https",
+                "keyed.example",
+            )),
+        ];
+        for (client, host, trusted, chain) in cases() {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, "api.example".parse().unwrap());
+            if let Some((xff, fwd, proto, xfh)) = chains[chain] {
+                h.insert(X_FORWARDED_FOR, xff.parse().unwrap());
+                h.insert(header::FORWARDED, fwd.parse().unwrap());
+                h.insert(X_FORWARDED_PROTO, proto.parse().unwrap());
+                h.insert(X_FORWARDED_HOST, xfh.parse().unwrap());
+            }
+            let fwd = Forwarding {
+                client: client.parse().unwrap(),
+                proto: "http",
+                host,
+                trusted,
+            };
+            let mut written = Vec::new();
+            crate::upstream::http1::HeadExtras::write(&fwd, &mut written, &h);
+            // What is written, as a map: the fields of `h` it does not replace, then its lines.
+            let mut got = HeaderMap::new();
+            for (n, v) in &h {
+                if !crate::upstream::http1::HeadExtras::replaces(&fwd, n) {
+                    got.append(n, v.clone());
+                }
+            }
+            for line in std::str::from_utf8(&written)
+                .unwrap()
+                .split_terminator("\r\n")
+            {
+                let (n, v) = line.split_once(": ").unwrap();
+                got.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            let mut want = h.clone();
+            fwd.apply(&mut want);
+            assert_eq!(
+                got, want,
+                "{client} {host:?} trusted={trusted} chain={chain}"
+            );
+        }
+
+        fn cases() -> Vec<(&'static str, Option<&'static str>, bool, usize)> {
+            let mut all = Vec::new();
+            for client in ["192.0.2.1", "9.10.99.100", "2001:db8::1"] {
+                for host in [None, Some("api.example"), Some("[::1]"), Some("a b")] {
+                    for trusted in [false, true] {
+                        for chain in 0..2 {
+                            all.push((client, host, trusted, chain));
+                        }
+                    }
+                }
+            }
+            all
+        }
+    }
+
+    #[test]
+    fn valid_values_are_those_header_value_takes() {
+        for b in 0..=255u8 {
+            let bytes = [b'a', b, b'z'];
+            assert_eq!(
+                valid_value(&bytes),
+                HeaderValue::from_bytes(&bytes).is_ok(),
+                "{b}"
+            );
+        }
+    }
+
+    #[test]
     fn ip_addresses_are_written_as_display_writes_them() {
         let mut rng = rand::rng();
         let mut addrs: Vec<IpAddr> = [
@@ -574,6 +706,35 @@ mod tests {
         let mut h6 = HeaderMap::new();
         add_forwarding(&mut h6, "::1".parse().unwrap(), "https", None);
         assert_eq!(h6.get("forwarded").unwrap(), "for=\"[::1]\";proto=https");
+    }
+
+    #[test]
+    fn hosts_are_normalised_as_the_str_searches_did() {
+        // What `normalise_host` was written with first, kept as its reference.
+        fn reference(raw: &str) -> String {
+            let without_port = if raw.starts_with('[') {
+                raw.find(']')
+                    .map_or(raw.trim_end_matches('.'), |end| &raw[..=end])
+            } else {
+                match raw.rsplit_once(':') {
+                    None => raw.trim_end_matches('.'),
+                    Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => {
+                        h.trim_end_matches('.')
+                    }
+                    Some(_) => raw,
+                }
+            };
+            without_port.to_ascii_lowercase()
+        }
+        let alphabet = ['a', 'Z', '.', ':', '[', ']', '0', '9', 'é', '-'];
+        let mut rng = rand::rng();
+        for _ in 0..20_000 {
+            let len = rand::Rng::random_range(&mut rng, 0..9);
+            let raw: String = (0..len)
+                .map(|_| alphabet[rand::Rng::random_range(&mut rng, 0..alphabet.len())])
+                .collect();
+            assert_eq!(normalise_host(&raw), reference(&raw), "{raw:?}");
+        }
     }
 
     #[test]

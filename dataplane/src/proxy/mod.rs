@@ -272,7 +272,7 @@ impl Proxy {
         let host = host_norm.as_deref().unwrap_or("");
         let routed = self.route(table, &req, (host, authority_str), at, trail)?;
         self.check_address(&req, at, &routed)?;
-        self.client_cert(&mut req, at, &routed, host)?;
+        let certified = self.client_cert(&mut req, at, &routed, host)?;
         trail.key_id = self.authenticate(&mut req, routed.route, at)?;
         self.verify_token(&mut req, routed.route, at).await?;
         if let Some(wait) = self.rate_limit(req.headers(), at, &routed, trail)? {
@@ -284,11 +284,7 @@ impl Proxy {
         // service) may be sent answers made for it alone, and the credential that would
         // tell the cache so is gone from the request by now: such requests never use the
         // shared cache.
-        let personal = routed.route.jwt.is_some()
-            || routed.route.ext_auth.is_some()
-            || req
-                .headers()
-                .contains_key(crate::tls::X_FORWARDED_CLIENT_CERT);
+        let personal = routed.route.jwt.is_some() || routed.route.ext_auth.is_some() || certified;
         if !personal && let Err(hit) = self.fresh_hit(&req, at, &routed, host) {
             trail.cache = CacheUse::Answered;
             return Err(hit);
@@ -486,28 +482,28 @@ impl Proxy {
 
     /// Stage 3, then the client certificate the host asks for (`tls`), checked on every
     /// request: a resumed session, or a revocation list changed since the handshake, is not
-    /// taken on trust.
+    /// taken on trust. Whether the request now carries the certificate to the upstream.
     fn client_cert(
         &self,
         req: &mut Request<DownstreamBody>,
         at: &Arrival,
         routed: &Routed<'_>,
         host: &str,
-    ) -> Result<(), Early> {
+    ) -> Result<bool, Early> {
         use crate::tls::X_FORWARDED_CLIENT_CERT;
         // Only the gateway says which certificate a client presented, on every host.
         req.headers_mut().remove(X_FORWARDED_CLIENT_CERT);
         // The request's host decides, not the server name its connection was made for.
         let port = routed.table.has_listeners().then_some(at.conn.port);
         let Some(policy) = routed.table.certs.client_policy(port, host) else {
-            return Ok(());
+            return Ok(false);
         };
         match policy.check(at.conn.is_tls(), at.conn.client_cert.as_deref()) {
             Ok(Some(xfcc)) => {
                 req.headers_mut().insert(X_FORWARDED_CLIENT_CERT, xfcc);
-                Ok(())
+                Ok(true)
             }
-            Ok(None) => Ok(()),
+            Ok(None) => Ok(false),
             Err(why) => Err(Early::rejected(
                 why.label(),
                 problem(why.status(), why.detail(), at.rid()),
@@ -1041,19 +1037,26 @@ impl Proxy {
 /// value that differs on every message gains nothing from an HPACK table, and each one
 /// added would push fields that do repeat out of it (and cost the insertion).
 fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
-    match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if !v.is_empty() && v.len() <= 128 => {
-            let mut id = v.clone();
-            id.set_sensitive(true);
-            id
+    // Through an entry: the name is hashed once whether the id is kept or made.
+    let entry = req.headers_mut().entry(X_REQUEST_ID);
+    if let header::Entry::Occupied(e) = &entry
+        && (1..=128).contains(&e.get().len())
+    {
+        let mut id = e.get().clone();
+        id.set_sensitive(true);
+        return id;
+    }
+    let mut id = new_request_id();
+    id.set_sensitive(true);
+    match entry {
+        header::Entry::Occupied(mut e) => {
+            e.insert(id.clone());
         }
-        _ => {
-            let mut id = new_request_id();
-            id.set_sensitive(true);
-            req.headers_mut().insert(X_REQUEST_ID, id.clone());
-            id
+        header::Entry::Vacant(e) => {
+            e.insert(id.clone());
         }
     }
+    id
 }
 
 /// 401 with `WWW-Authenticate` for a missing key, 403 for a wrong one.
