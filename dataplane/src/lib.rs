@@ -19,6 +19,7 @@ pub mod downstream;
 pub mod endpoint;
 pub mod extauth;
 pub mod failover;
+pub mod fields;
 pub mod fnv;
 #[doc(hidden)]
 pub mod fuzzing;

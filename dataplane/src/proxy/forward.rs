@@ -30,7 +30,7 @@ use http::{
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use parapet_crds::snapshot::RetryPolicy;
-use tokio::time::{Instant, error::Elapsed};
+use tokio::time::Instant;
 
 use super::{
     body::{Pace, ProxyBody},
@@ -43,6 +43,7 @@ use crate::{
     breaker::{Overflow, Permit},
     endpoint::EndpointHandle,
     failover::{self, Picked},
+    fields::has_field,
     hedge::Hedges,
     outlier::Verdict,
     retry::{self, Denied, Failure},
@@ -175,7 +176,12 @@ pub(super) enum Outcome {
 pub(super) struct Answer {
     pub response: Response<UpstreamBody>,
     pub permit: Permit,
+    /// When its head arrived.
+    pub at: Instant,
 }
+
+/// The attempt's deadline passed before the response head arrived.
+struct TimedOut;
 
 /// What one attempt came to.
 enum Tried {
@@ -552,7 +558,7 @@ async fn attempt(
     }
     let sent = Instant::now();
     let guard = endpoint.stats.start_at(sent);
-    let result = send(ex, &cluster, &endpoint, &mut head, body, until).await;
+    let result = send(ex, &cluster, &endpoint, &mut head, body, sent, until).await;
     let now = Instant::now();
     let (tried, verdict) = match result {
         // Held up by the client, not the endpoint: no latency sample, no verdict.
@@ -582,7 +588,11 @@ async fn attempt(
             cluster.metrics.duration.observe(took.as_secs_f64());
             ex.route.live.latency.record(took, now);
             let status = response.status().as_u16();
-            let answer = Answer { response, permit };
+            let answer = Answer {
+                response,
+                permit,
+                at: now,
+            };
             let tried = match retry::status_failure(ex.policy, status) {
                 Some(failure) => Tried::Failed {
                     failure,
@@ -645,33 +655,40 @@ async fn enter(cluster: &ClusterRuntime, until: Instant) -> Result<Permit, Overf
         })
 }
 
-/// Sends the attempt's request and waits for the response head, until `until`.
+/// Sends the attempt's request (at `sent`) and waits for the response head, until `until`.
 async fn send(
     ex: &Exchange<'_>,
     cluster: &ClusterRuntime,
     endpoint: &EndpointHandle,
     head: &mut Parts,
     body: Outgoing,
+    sent: Instant,
     until: Instant,
-) -> Result<Result<Response<UpstreamBody>, SendError>, Elapsed> {
+) -> Result<Result<Response<UpstreamBody>, SendError>, TimedOut> {
     match (&cluster.http1, body) {
         // Plain HTTP/1.1 with the body in memory: sent from this task (`upstream::http1`).
-        (Some(client), Outgoing::Bytes(bytes)) if !head.headers.contains_key(header::UPGRADE) => {
+        (Some(client), Outgoing::Bytes(bytes)) if !has_field(&head.headers, &header::UPGRADE) => {
             let send = client.send(
                 endpoint.authority(),
                 head,
                 &ex.path_and_query,
                 &bytes,
                 &ex.forwarding,
-                // Sent again on a new connection only when the method may be repeated
-                // whatever the route says: this is outside its retry policy and budget.
-                idempotent(&head.method),
+                http1::Terms {
+                    // Sent again on a new connection only when the method may be repeated
+                    // whatever the route says: this is outside its retry policy and budget.
+                    retry_stale: idempotent(&head.method),
+                    now: sent,
+                    // The client keeps the deadline's timer with the connection.
+                    until,
+                },
             );
-            let sent = tokio::time::timeout_at(until, send).await;
-            sent.map(|r| {
-                r.map(|resp| resp.map(UpstreamBody::Http1))
-                    .map_err(SendError::Http1)
-            })
+            match send.await {
+                Err(http1::Error::Deadline) => Err(TimedOut),
+                r => Ok(r
+                    .map(|resp| resp.map(UpstreamBody::Http1))
+                    .map_err(SendError::Http1)),
+            }
         }
         (_, body) => {
             ex.forwarding.apply(&mut head.headers);
@@ -697,7 +714,7 @@ async fn send(
                 });
             }
             let sent = tokio::time::timeout_at(until, cluster.client.request(req)).await;
-            sent.map(|r| {
+            sent.map_err(|_| TimedOut).map(|r| {
                 r.map(|resp| resp.map(UpstreamBody::Hyper))
                     .map_err(SendError::Hyper)
             })

@@ -52,11 +52,17 @@ pub const X_PARAPET_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-parapet-
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 parapet");
+/// This hop's `Via` value, spelt once for the header map and the own codec's line.
+macro_rules! via {
+    () => {
+        "1.1 parapet"
+    };
+}
+const VIA_VALUE: HeaderValue = HeaderValue::from_static(via!());
 
 /// Whether the request asks to switch protocols (WebSocket and friends).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    crate::fields::has_field(headers, &header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -200,7 +206,7 @@ impl Forwarding<'_> {
         let mut fwd = Vec::with_capacity(
             prev_fwd.map_or(0, |p| p.len() + 2) + 64 + self.host.map_or(0, str::len),
         );
-        write_forwarding(&mut fwd, prev_fwd, self.client, self.proto, self.host);
+        write_forwarding(&mut fwd, prev_fwd, |o| push_ip(o, self.client), self);
         if let Some(v) = owned_value(fwd) {
             headers.insert(header::FORWARDED, v);
         }
@@ -244,10 +250,7 @@ impl crate::upstream::http1::HeadExtras for Forwarding<'_> {
                 + prev_fwd.map_or(0, |p| p.len() + 2),
         );
         out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prev) = prev_xff {
-            out.extend_from_slice(prev.as_bytes());
-            out.extend_from_slice(b", ");
-        }
+        push_chain(out, prev_xff);
         // The client's address is written once, and copied into `Forwarded` below.
         let ip = out.len();
         push_ip(out, self.client);
@@ -264,18 +267,8 @@ impl crate::upstream::http1::HeadExtras for Forwarding<'_> {
             out.extend_from_slice(host.as_bytes());
         }
         out.extend_from_slice(b"\r\nforwarded: ");
-        if let Some(prev) = prev_fwd {
-            out.extend_from_slice(prev.as_bytes());
-            out.extend_from_slice(b", ");
-        }
-        let v6 = self.client.is_ipv6();
-        out.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
-        out.extend_from_within(ip);
-        if v6 {
-            out.extend_from_slice(b"]\"");
-        }
-        write_proto_host(out, self.proto, self.host);
-        out.extend_from_slice(b"\r\nvia: 1.1 parapet\r\n");
+        write_forwarding(out, prev_fwd, |o| o.extend_from_within(ip), self);
+        out.extend_from_slice(concat!("\r\nvia: ", via!(), "\r\n").as_bytes());
     }
 }
 
@@ -287,46 +280,39 @@ fn first_visible<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h st
         .filter(|v| !v.is_empty())
 }
 
-/// An X-Forwarded-For value: the earlier chain, then the client.
-fn write_xff(out: &mut Vec<u8>, prev: Option<&str>, client: IpAddr) {
+/// The earlier chain a value extends, and its separator.
+fn push_chain(out: &mut Vec<u8>, prev: Option<&str>) {
     if let Some(prev) = prev {
         out.extend_from_slice(prev.as_bytes());
         out.extend_from_slice(b", ");
     }
+}
+
+/// An X-Forwarded-For value: the earlier chain, then the client.
+fn write_xff(out: &mut Vec<u8>, prev: Option<&str>, client: IpAddr) {
+    push_chain(out, prev);
     push_ip(out, client);
 }
 
-/// A Forwarded value (RFC 7239): the earlier elements, then this hop's.
+/// A Forwarded value (RFC 7239): the earlier elements, then this hop's: the client's address
+/// as `ip` writes it (bare for IPv4, quoted in brackets for IPv6), `;proto=`, and `;host=`
+/// when the host is a token.
 fn write_forwarding(
     out: &mut Vec<u8>,
     prev: Option<&str>,
-    client: IpAddr,
-    proto: &str,
-    host: Option<&str>,
+    ip: impl FnOnce(&mut Vec<u8>),
+    hop: &Forwarding<'_>,
 ) {
-    if let Some(prev) = prev {
-        out.extend_from_slice(prev.as_bytes());
-        out.extend_from_slice(b", ");
+    push_chain(out, prev);
+    let v6 = hop.client.is_ipv6();
+    out.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
+    ip(out);
+    if v6 {
+        out.extend_from_slice(b"]\"");
     }
-    match client {
-        IpAddr::V4(_) => {
-            out.extend_from_slice(b"for=");
-            push_ip(out, client);
-        }
-        IpAddr::V6(_) => {
-            out.extend_from_slice(b"for=\"[");
-            push_ip(out, client);
-            out.extend_from_slice(b"]\"");
-        }
-    }
-    write_proto_host(out, proto, host);
-}
-
-/// The end of a `Forwarded` element: `;proto=`, and `;host=` when the host is a token.
-fn write_proto_host(out: &mut Vec<u8>, proto: &str, host: Option<&str>) {
     out.extend_from_slice(b";proto=");
-    out.extend_from_slice(proto.as_bytes());
-    if let Some(h) = host.filter(|h| {
+    out.extend_from_slice(hop.proto.as_bytes());
+    if let Some(h) = hop.host.filter(|h| {
         h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
     }) {

@@ -76,6 +76,7 @@ use crate::{
     auth::{Refusal, Source},
     cache::CacheStatus,
     extauth::{self, Decision as AuthDecision},
+    fields::take_field,
     lanes::{LaneGuard, Lanes},
     metrics::Metrics,
     ratelimit::{self, Decision},
@@ -492,7 +493,7 @@ impl Proxy {
     ) -> Result<bool, Early> {
         use crate::tls::X_FORWARDED_CLIENT_CERT;
         // Only the gateway says which certificate a client presented, on every host.
-        req.headers_mut().remove(X_FORWARDED_CLIENT_CERT);
+        take_field(req.headers_mut(), &X_FORWARDED_CLIENT_CERT);
         // The request's host decides, not the server name its connection was made for.
         let port = routed.table.has_listeners().then_some(at.conn.port);
         let Some(policy) = routed.table.certs.client_policy(port, host) else {
@@ -926,7 +927,11 @@ impl Proxy {
         upgrade_to: Option<HeaderValue>,
         at: &Arrival,
     ) -> Answered {
-        let answered = Instant::now();
+        // An answer's head arrived a moment ago, when its attempt read the clock.
+        let answered = match &result {
+            Ok(answer) => answer.at,
+            Err(_) => Instant::now(),
+        };
         lane.finish_at(answered);
         let response = match result {
             Ok(mut answer) => {

@@ -22,7 +22,9 @@ use super::{
     headers::X_PARAPET_TIMEOUT_MS,
     headers::{Forwarding, strip_hop_by_hop},
 };
-use crate::{accesslog::Tally, metrics::Metrics, proxy::body::BoxError, router::Matched};
+use crate::{
+    accesslog::Tally, fields::take_field, metrics::Metrics, proxy::body::BoxError, router::Matched,
+};
 
 /// Request limits, with defaults in line with Envoy's and nginx's.
 #[derive(Clone, Debug)]
@@ -87,8 +89,7 @@ pub(super) fn rewrite_prefix(path: &str, prefix_len: usize, new_prefix: &str) ->
 /// client's `x-parapet-timeout-ms` when shorter (the header is consumed).
 pub(super) fn deadline(headers: &mut HeaderMap, timeout_ms: u64, started: Instant) -> Instant {
     let mut timeout = Duration::from_millis(timeout_ms.max(1));
-    if let Some(ms) = headers
-        .remove(X_PARAPET_TIMEOUT_MS)
+    if let Some(ms) = take_field(headers, &X_PARAPET_TIMEOUT_MS)
         .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
     {
         timeout = timeout.min(Duration::from_millis(ms));
@@ -120,7 +121,7 @@ pub(super) fn upstream_head(
     upgrade: bool,
 ) {
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    parts.headers.remove(header::EXPECT);
+    take_field(&mut parts.headers, &header::EXPECT);
     // `Host` is already the authority the router read (the head check set it, for HTTP/2
     // from :authority); only a rewrite changes it.
     if let Some(h) = forward.rewrite.as_ref().and_then(|r| r.hostname.as_deref())

@@ -26,7 +26,9 @@ pub(super) fn upstream(
     counter: &Counter,
     deadline: Option<Instant>,
 ) -> Response<ProxyBody> {
-    let Answer { response, permit } = answer;
+    let Answer {
+        response, permit, ..
+    } = answer;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let asked = upgrade.as_ref().and_then(|(_, p)| upgrade_name(p));
         let answered = response

@@ -15,6 +15,7 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
+    future::poll_fn,
     io,
     mem::MaybeUninit,
     net::IpAddr,
@@ -33,10 +34,10 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    time::Instant,
+    time::{Instant, Sleep},
 };
 
-use crate::proxy::interim;
+use crate::{fields::has_field, proxy::interim};
 
 /// Response headers accepted at most (as the downstream listener's default).
 const MAX_HEADERS: usize = 100;
@@ -88,6 +89,8 @@ pub enum Error {
     Closed,
     #[error("the upstream sent an invalid response: {0}")]
     Protocol(&'static str),
+    #[error("the upstream did not answer before the request's deadline")]
+    Deadline,
 }
 
 impl Error {
@@ -114,6 +117,20 @@ impl HeadExtras for () {
     fn write(&self, _: &mut Vec<u8>, _: &HeaderMap) {}
 }
 
+/// How one request is sent: when, until when, and whether it may be sent twice.
+#[derive(Clone, Copy, Debug)]
+pub struct Terms {
+    /// A reused connection the upstream had closed while it was idle is replaced by a new
+    /// one and the request sent again (nothing of a response was read, so the upstream
+    /// most likely never saw it).
+    pub retry_stale: bool,
+    /// The attempt's start, read once by the caller: the idle pool's clock for this request.
+    pub now: Instant,
+    /// The response head must have come by then, or the send ends with
+    /// [`Error::Deadline`] (the connection, if any, is closed).
+    pub until: Instant,
+}
+
 /// The client of one pool's settings. Cheap to clone; connections live in the per-thread
 /// idle pool, keyed by endpoint.
 #[derive(Clone, Debug)]
@@ -127,11 +144,7 @@ impl Http1Client {
     }
 
     /// Sends `head` with `body` and the `extras` lines to `authority`, and reads the
-    /// response head.
-    ///
-    /// A reused connection the upstream had closed while it was idle is replaced by a new
-    /// one and the request sent again, when `retry_stale` says the request may be sent twice
-    /// (nothing of a response was read, so the upstream most likely never saw it).
+    /// response head, on the `terms` of this attempt.
     pub async fn send(
         &self,
         authority: &Authority,
@@ -139,7 +152,7 @@ impl Http1Client {
         path: &PathAndQuery,
         body: &Bytes,
         extras: &(dyn HeadExtras + Sync),
-        retry_stale: bool,
+        terms: Terms,
     ) -> Result<Response<Http1Body>, Error> {
         let head_only = head.method == Method::HEAD;
         let mut fresh_only = false;
@@ -147,18 +160,25 @@ impl Http1Client {
             let idle = if fresh_only {
                 None
             } else {
-                idle::take(authority)
+                idle::take(authority, terms.now)
             };
             let (mut conn, reused) = match idle {
                 Some(c) => (c, true),
                 // Boxed: rare, and it would otherwise make every request's future larger.
-                None => (Box::pin(self.connect(authority)).await?, false),
+                None => {
+                    match tokio::time::timeout_at(terms.until, Box::pin(self.connect(authority)))
+                        .await
+                    {
+                        Ok(c) => (c?, false),
+                        Err(_) => return Err(Error::Deadline),
+                    }
+                }
             };
             conn.wbuf.clear();
             let rest = encode(&mut conn.wbuf, head, authority, path, body, extras);
-            match exchange(conn, rest, head_only).await {
+            match exchange(conn, rest, head_only, terms.until).await {
                 Ok(r) => return Ok(r),
-                Err(f) if reused && f.nothing_read && retry_stale => {
+                Err(f) if reused && f.nothing_read && terms.retry_stale => {
                     tracing::debug!(endpoint = %authority, error = %f.error, "idle upstream connection was closed; sending on a new one");
                     fresh_only = true;
                 }
@@ -218,6 +238,7 @@ impl Http1Client {
             authority: authority.clone(),
             idle_since: Instant::now(),
             head_read: MIN_READ,
+            deadline: None,
         }))
     }
 }
@@ -237,6 +258,12 @@ struct Conn {
     /// Room to read the next head with: the last announced length plus room for its head,
     /// within `MIN_READ..=MAX_HEAD_READ` (so small answers keep small buffers).
     head_read: usize,
+    /// The deadline of the exchange under way, kept from one request to the next: moving a
+    /// registered timer to a later deadline is a compare-and-swap, where a timer per
+    /// request is registered in the runtime's wheel and taken out again (about 500
+    /// instructions). Dropped with the buffers when the connection has idled
+    /// `RELEASE_AFTER`, so the task it last woke is not held longer.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -304,7 +331,69 @@ async fn exchange(
     mut conn: Box<Conn>,
     body: &[u8],
     head_only: bool,
+    until: Instant,
 ) -> Result<Response<Http1Body>, Failed> {
+    let mut deadline = match conn.deadline.take() {
+        Some(mut d) => {
+            if d.deadline() != until {
+                d.as_mut().reset(until);
+            }
+            d
+        }
+        None => Box::pin(tokio::time::sleep_until(until)),
+    };
+    let sent = {
+        let mut io = std::pin::pin!(write_and_read_head(&mut conn, body, head_only));
+        poll_fn(|cx| match io.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
+        })
+        .await
+    };
+    let (head, write_failed) = match sent {
+        Some(r) => r?,
+        None => {
+            return Err(Failed {
+                error: Error::Deadline,
+                nothing_read: false,
+            });
+        }
+    };
+    conn.deadline = Some(deadline);
+    let Head {
+        status,
+        version,
+        headers,
+        framing,
+        reusable,
+    } = head;
+    if let Framing::Length(n) = framing {
+        conn.head_read = usize::try_from(n)
+            .map_or(MAX_HEAD_READ, |n| n.saturating_add(MIN_READ))
+            .min(MAX_HEAD_READ);
+    }
+    let mut body = Http1Body {
+        conn: Some(conn),
+        framing,
+        reusable: reusable && !write_failed,
+    };
+    if body.is_end_stream() {
+        body.finish();
+    }
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// [`exchange`]'s part on the wire: the request written, its response head read. Also
+/// says whether the write failed (the connection is then not kept).
+async fn write_and_read_head(
+    conn: &mut Conn,
+    body: &[u8],
+    head_only: bool,
+) -> Result<(Head, bool), Failed> {
     // An upstream may answer before it has read the whole request (413, 401) and close;
     // what it sent is still read and passed on, on a connection that is not kept.
     let mut write_error = if body.is_empty() {
@@ -358,31 +447,7 @@ async fn exchange(
             nothing_read: !read_any,
         });
     };
-    let Head {
-        status,
-        version,
-        headers,
-        framing,
-        reusable,
-    } = head;
-    if let Framing::Length(n) = framing {
-        conn.head_read = usize::try_from(n)
-            .map_or(MAX_HEAD_READ, |n| n.saturating_add(MIN_READ))
-            .min(MAX_HEAD_READ);
-    }
-    let mut body = Http1Body {
-        conn: Some(conn),
-        framing,
-        reusable: reusable && write_error.is_none(),
-    };
-    if body.is_end_stream() {
-        body.finish();
-    }
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    *resp.version_mut() = version;
-    *resp.headers_mut() = headers;
-    Ok(resp)
+    Ok((head, write_error.is_some()))
 }
 
 /// Reads the response to a request already sent on `stream`, whose first bytes `buf` holds
@@ -399,8 +464,12 @@ pub(crate) async fn read_response(
         authority: Authority::from_static("fuzzing.invalid"),
         idle_since: Instant::now(),
         head_read: MIN_READ,
+        deadline: None,
     });
-    exchange(conn, &[], head_only).await.map_err(|f| f.error)
+    let until = Instant::now() + Duration::from_secs(3600);
+    exchange(conn, &[], head_only, until)
+        .await
+        .map_err(|f| f.error)
 }
 
 /// The request line and headers as they go on the wire, framed for `body`; a body up to
@@ -419,17 +488,19 @@ fn encode<'b>(
     out.push(b' ');
     out.extend_from_slice(path.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !head.headers.contains_key(header::HOST) {
+    if !has_field(&head.headers, &header::HOST) {
         out.extend_from_slice(b"host: ");
         out.extend_from_slice(authority.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    let mut had_length = false;
     for (name, value) in &head.headers {
         // The body is in memory: its length is written below, never a coding.
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || extras.replaces(name)
-        {
+        if name == header::CONTENT_LENGTH {
+            had_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING || extras.replaces(name) {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -441,7 +512,7 @@ fn encode<'b>(
     // A length when there is a body, when the client sent one, or when the method usually
     // carries one (servers may answer 411 to a POST without it).
     if !body.is_empty()
-        || head.headers.contains_key(header::CONTENT_LENGTH)
+        || had_length
         || matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
     {
         crate::codec::push_content_length(out, body.len() as u64);
@@ -1016,6 +1087,7 @@ mod idle {
                             c.buf = BytesMut::new();
                         }
                         c.wbuf = Vec::new();
+                        c.deadline = None;
                     }
                     !close || (idle < IDLE_TIMEOUT && c.idle_usable())
                 });
@@ -1028,8 +1100,8 @@ mod idle {
         static IDLE: RefCell<Pool> = RefCell::new(Pool::default());
     }
 
-    pub(super) fn take(authority: &Authority) -> Option<Box<Conn>> {
-        let now = Instant::now();
+    /// An idle connection to `authority` that is still usable; `now` is the caller's clock.
+    pub(super) fn take(authority: &Authority, now: Instant) -> Option<Box<Conn>> {
         IDLE.with_borrow_mut(|pool| {
             pool.sweep(now);
             let list = pool.by_endpoint.get_mut(authority)?;

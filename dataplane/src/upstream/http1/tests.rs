@@ -118,6 +118,16 @@ fn client() -> Http1Client {
     Http1Client::new(Duration::from_secs(2))
 }
 
+/// A send that may be repeated on a new connection, with `within` to answer.
+fn terms(within: Duration) -> Terms {
+    let now = Instant::now();
+    Terms {
+        retry_stale: true,
+        now,
+        until: now + within,
+    }
+}
+
 async fn send(
     u: &Upstream,
     parts: &Parts,
@@ -131,7 +141,7 @@ async fn send(
             path,
             &Bytes::copy_from_slice(body),
             &(),
-            true,
+            terms(Duration::from_secs(30)),
         )
         .await?;
     let (p, body) = resp.into_parts();
@@ -424,9 +434,15 @@ async fn idle_connections_give_their_buffers_back_long_before_they_are_closed() 
     let (parts, path) = get("/");
     send(&u, &parts, &path, b"").await.unwrap();
     let rooms = |c: &Conn| (c.buf.capacity(), c.wbuf.capacity());
+    let timed = |c: &Conn| c.deadline.is_some();
     idle::sweep_now();
     let (read, write) = idle::last(&u.authority, rooms).unwrap();
     assert!(read > 0 && write > 0, "just used: kept ({read}, {write})");
+    assert_eq!(
+        idle::last(&u.authority, timed),
+        Some(true),
+        "the deadline's timer kept"
+    );
     tokio::time::pause();
     tokio::time::advance(RELEASE_AFTER / 2).await;
     idle::sweep_due();
@@ -442,10 +458,99 @@ async fn idle_connections_give_their_buffers_back_long_before_they_are_closed() 
         Some((0, 0)),
         "idle for RELEASE_AFTER: given back, and the connection kept"
     );
+    assert_eq!(
+        idle::last(&u.authority, timed),
+        Some(false),
+        "the timer goes with the buffers"
+    );
     tokio::time::resume();
     let (_, _, body, _) = send(&u, &parts, &path, b"").await.unwrap();
     assert_eq!(&body[..], b"hi");
     assert_eq!(u.accepted.load(Ordering::SeqCst), 1, "the same connection");
+}
+
+/// A loopback upstream that answers each request on its one connection after the delay
+/// given for it (`None`: never; the connection is held open).
+async fn slow_upstream(delays: Vec<Option<Duration>>) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        acc.fetch_add(1, Ordering::SeqCst);
+        let mut buf = Vec::new();
+        for delay in delays {
+            if read_request(&mut s, &mut buf).await.is_none() {
+                return;
+            }
+            let Some(delay) = delay else {
+                // Held, unanswered, until the client closes it.
+                let _ = read_request(&mut s, &mut buf).await;
+                return;
+            };
+            tokio::time::sleep(delay).await;
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if s.write_all(ok).await.is_err() {
+                return;
+            }
+        }
+    });
+    Upstream {
+        authority,
+        accepted,
+        requests: Arc::default(),
+    }
+}
+
+/// Sends a GET to `u` that must be answered `within`; the body read whole.
+async fn get_within(u: &Upstream, within: Duration) -> Result<Bytes, Error> {
+    let (parts, path) = get("/");
+    let (client, empty) = (client(), Bytes::new());
+    let send = client.send(&u.authority, &parts, &path, &empty, &(), terms(within));
+    // The test's own bound: a deadline that never fires fails here, not by hanging.
+    let resp = tokio::time::timeout(Duration::from_secs(10), send)
+        .await
+        .expect("the send ended within 10 s")?;
+    Ok(resp.into_body().collect().await?.to_bytes())
+}
+
+#[tokio::test]
+async fn an_upstream_silent_past_the_deadline_ends_the_send_and_its_connection() {
+    let u = slow_upstream(vec![None]).await;
+    let started = Instant::now();
+    let err = get_within(&u, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Deadline), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(
+        idle::count(&u.authority),
+        0,
+        "a connection that timed out is not kept"
+    );
+}
+
+#[tokio::test]
+async fn the_kept_timer_follows_each_requests_deadline_later_or_sooner() {
+    let (ms, fast) = (Duration::from_millis, Some(Duration::ZERO));
+    let u = slow_upstream(vec![fast, Some(ms(400)), fast, None]).await;
+    // A short deadline met; the next, longer one is not cut short at the first's instant
+    // (the timer is moved on, not replaced).
+    assert_eq!(&get_within(&u, ms(150)).await.unwrap()[..], b"ok");
+    assert_eq!(&get_within(&u, ms(5_000)).await.unwrap()[..], b"ok");
+    // A long deadline met; a shorter one after it still fires on time.
+    assert_eq!(&get_within(&u, ms(60_000)).await.unwrap()[..], b"ok");
+    let started = Instant::now();
+    let err = get_within(&u, ms(150)).await.unwrap_err();
+    assert!(matches!(err, Error::Deadline), "{err}");
+    let waited = started.elapsed();
+    assert!(waited >= ms(150) && waited < ms(5_000), "{waited:?}");
+    assert_eq!(
+        u.accepted.load(Ordering::SeqCst),
+        1,
+        "all on one connection"
+    );
 }
 
 #[tokio::test]
@@ -519,7 +624,14 @@ async fn refused_connection_is_a_connect_error() {
     let authority: Authority = format!("127.0.0.1:{port}").parse().unwrap();
     let (parts, path) = get("/");
     let Err(err) = client()
-        .send(&authority, &parts, &path, &Bytes::new(), &(), true)
+        .send(
+            &authority,
+            &parts,
+            &path,
+            &Bytes::new(),
+            &(),
+            terms(Duration::from_secs(30)),
+        )
         .await
     else {
         panic!("a closed port answered");
