@@ -174,14 +174,15 @@ impl ClusterBalancer {
             return None;
         }
         let ok = |pos: usize| usable(self.at(pos));
-        let mut rng = rand::rng();
+        // The thread's generator is fetched only by the algorithms that draw (a
+        // thread-local lookup and a reference count, per request, otherwise).
         let picked = match (&self.picker, hash) {
             (Picker::RoundRobin(rr), _) => rr.pick(ok),
-            (Picker::LeastRequest, _) => return self.least_request(&mut rng, &usable),
+            (Picker::LeastRequest, _) => return self.least_request(&mut rand::rng(), &usable),
             (Picker::RingHash(ring), Some(h)) => ring.pick(h, ok),
             (Picker::Maglev(table), Some(h)) => table.pick(h, ok),
             (Picker::Random | Picker::RingHash(_) | Picker::Maglev(_), _) => {
-                self.random(&mut rng, ok)
+                self.random(&mut rand::rng(), ok)
             }
         };
         let pos = match picked {
@@ -192,7 +193,7 @@ impl ClusterBalancer {
                 let n = self.routable.len();
                 let start = match hash {
                     Some(h) => (h % n as u64) as usize,
-                    None => rng.random_range(0..n),
+                    None => rand::rng().random_range(0..n),
                 };
                 (0..n).map(|k| (start + k) % n).find(|&p| ok(p))?
             }
