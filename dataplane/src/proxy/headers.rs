@@ -107,23 +107,23 @@ pub fn upgrade_name(value: &HeaderValue) -> Option<&[u8]> {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names finds which are here (most messages carry none of them, and
     // `Connection: close` only itself): a removal is a hash and a probe, paid only for the
-    // names present.
-    let mut present = [false; 8];
+    // names present. One bit per `HOP_BY_HOP` name: none set, nothing more is walked.
+    let mut present = 0u8;
     let (mut settings, mut upgrade) = (false, false);
     for n in headers.keys() {
         if !may_be_sought(n) {
             continue;
         }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == n) {
-            present[i] = true;
+            present |= 1 << i;
         } else if n == HTTP2_SETTINGS {
             settings = true;
         } else if n == header::UPGRADE {
             upgrade = true;
         }
     }
-    let connection = present[0]; // HOP_BY_HOP[0]
-    if connection {
+    if present & 1 != 0 {
+        // HOP_BY_HOP[0]: Connection.
         // The fields the Connection header names. `close` is an option, not a field (the
         // field name is reserved so that it never is one); the hop-by-hop ones go below.
         let named: Vec<HeaderName> = headers
@@ -144,8 +144,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(n);
         }
     }
-    for (h, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
-        headers.remove(h);
+    while present != 0 {
+        let i = present.trailing_zeros() as usize;
+        present &= present - 1;
+        headers.remove(&HOP_BY_HOP[i]);
     }
     if settings {
         headers.remove(HTTP2_SETTINGS);
