@@ -534,13 +534,18 @@ async fn an_upstream_silent_past_the_deadline_ends_the_send_and_its_connection()
 #[tokio::test]
 async fn the_kept_timer_follows_each_requests_deadline_later_or_sooner() {
     let (ms, fast) = (Duration::from_millis, Some(Duration::ZERO));
-    let u = slow_upstream(vec![fast, Some(ms(400)), fast, None]).await;
+    let u = slow_upstream(vec![fast, Some(ms(400)), fast, fast, Some(ms(300)), None]).await;
     // A short deadline met; the next, longer one is not cut short at the first's instant
     // (the timer is moved on, not replaced).
     assert_eq!(&get_within(&u, ms(150)).await.unwrap()[..], b"ok");
     assert_eq!(&get_within(&u, ms(5_000)).await.unwrap()[..], b"ok");
-    // A long deadline met; a shorter one after it still fires on time.
+    // A long deadline met.
     assert_eq!(&get_within(&u, ms(60_000)).await.unwrap()[..], b"ok");
+    // A timer that fired while its connection was idle is armed again for the next request.
+    assert_eq!(&get_within(&u, ms(100)).await.unwrap()[..], b"ok");
+    tokio::time::sleep(ms(250)).await;
+    assert_eq!(&get_within(&u, ms(5_000)).await.unwrap()[..], b"ok");
+    // A shorter deadline after a long one still fires on time.
     let started = Instant::now();
     let err = get_within(&u, ms(150)).await.unwrap_err();
     assert!(matches!(err, Error::Deadline), "{err}");
