@@ -111,10 +111,10 @@ cpu_ticks() {
 }
 # parapet_row LABEL MARKDOWN : from a bench/paths.sh report, Parapet's row as
 # "LABEL req/s p99 CPU-µs instructions errors" (tab-separated), for the scripts that run it.
-# Columns: | proxy | per second | p50 | p99 | CPU µs | kernel µs | vs best | instructions |
-# system calls | errors |
+# Columns: | proxy | per second | p50 | p99 | p99 over the rounds | CPU µs | kernel µs | vs best |
+# instructions | system calls | errors |
 parapet_row() {
-  awk -F'|' -v l="$1" '$2 ~ /^ parapet / { gsub(/ /, ""); print l "\t" $3 "\t" $5 "\t" $6 "\t" $9 "\t" $11 }' "$2"
+  awk -F'|' -v l="$1" '$2 ~ /^ parapet / { gsub(/ /, ""); print l "\t" $3 "\t" $5 "\t" $7 "\t" $10 "\t" $12 }' "$2"
 }
 # Ticks used so far by the backends in BACKEND_PIDS (still running: their own /proc/PID/stat).
 backend_ticks() {

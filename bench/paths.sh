@@ -471,11 +471,14 @@ awk -F'\t' '
     return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
   }
   { k = $1 SUBSEP $3; n[k]++; rate[k, n[k]] = $4; p50[k, n[k]] = $5; p99[k, n[k]] = $6; us[k, n[k]] = $9; err[k] += $7
-    kus[k, n[k]] = $11 }
+    kus[k, n[k]] = $11
+    if ($6 != "-") { if (!(k in lo) || $6 + 0 < lo[k]) lo[k] = $6 + 0; if (!(k in hi) || $6 + 0 > hi[k]) hi[k] = $6 + 0 } }
+  # The p99 range over the rounds goes beside the median: on a shared machine p99s a few
+  # percent apart often change order from round to round.
   END { for (k in n) { split(k, p, SUBSEP); m = n[k]
-    printf "%s\t%s\t%.0f\t%s\t%s\t%.1f\t%d\t%.1f\n", p[1], p[2], median(rate, k, m),
+    printf "%s\t%s\t%.0f\t%s\t%s\t%.1f\t%d\t%.1f\t%s\n", p[1], p[2], median(rate, k, m),
       (p50[k, 1] == "-" ? "-" : median(p50, k, m)), (p99[k, 1] == "-" ? "-" : median(p99, k, m)), median(us, k, m), err[k],
-      median(kus, k, m) } }' "$RAW" >"$SUMMARY"
+      median(kus, k, m), (m > 1 && (k in lo) ? sprintf("%.3f–%.3f", lo[k], hi[k]) : "-") } }' "$RAW" >"$SUMMARY"
 
 describe() {
   case $1 in
@@ -513,17 +516,17 @@ report() {
     echo
     echo "## $shape: $(describe "$shape")"
     echo
-    echo "| proxy | per second | p50 ms | p99 ms | CPU µs | kernel µs | CPU vs best peer | instructions | system calls | errors |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| proxy | per second | p50 ms | p99 ms | p99 over the rounds | CPU µs | kernel µs | CPU vs best peer | instructions | system calls | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' -v s="$shape" -v order="${PROXIES[*]}" '
       FILENAME ~ /ipr/ { if ($1 == s) ipr[$2] = $3; next }
       FILENAME ~ /syscalls/ { if ($1 == s) sc[$2] = $3; next }
-      $1 == s { rate[$2] = $3; p50[$2] = $4; p99[$2] = $5; us[$2] = $6; err[$2] = $7; kus[$2] = $8 }
+      $1 == s { rate[$2] = $3; p50[$2] = $4; p99[$2] = $5; us[$2] = $6; err[$2] = $7; kus[$2] = $8; spread[$2] = $9 }
       END {
         m = split(order, o, " "); best = 0
         for (i = 1; i <= m; i++) if (o[i] != "parapet" && (o[i] in us) && (best == 0 || us[o[i]] < best)) best = us[o[i]]
         for (i = 1; i <= m; i++) { p = o[i]; if (!(p in rate)) continue
-          printf "| %s | %d | %s | %s | %.1f | %.1f | %s | %s | %s | %d |\n", p, rate[p], p50[p], p99[p], us[p], kus[p],
+          printf "| %s | %d | %s | %s | %s | %.1f | %.1f | %s | %s | %s | %d |\n", p, rate[p], p50[p], p99[p], spread[p], us[p], kus[p],
             (best > 0 ? sprintf("%.2f×", us[p] / best) : "–"), ((p in ipr) ? ipr[p] : "–"), ((p in sc) ? sc[p] : "–"), err[p] }
       }' "$IPR_TSV" "$SYSCALL_TSV" "$SUMMARY"
   done
