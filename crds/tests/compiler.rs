@@ -54,6 +54,41 @@ spec:
 }
 
 #[test]
+fn a_regex_that_compiles_only_inside_the_anchoring_group_is_refused() {
+    // Wrapped as `^(?:/a)|(?:/b)$` it would compile, and match any path ending in `/b`.
+    let yaml = format!(
+        "{POOL}{}",
+        route(
+            "escape",
+            "2026-01-01T00:00:00Z",
+            "[a.example]",
+            r#"
+    - name: path
+      matches: [{path: {type: RegularExpression, value: "/a)|(?:/b"}}]
+      backends: [{pool: web}]
+    - name: header
+      matches: [{path: {type: Exact, value: /h}, headers: [{name: x, value: "a)|(?:.*", type: RegularExpression}]}]
+      backends: [{pool: web}]
+    - name: fine
+      matches: [{path: {type: RegularExpression, value: "/(a|b)"}}]
+      backends: [{pool: web}]
+"#
+        )
+    );
+    let out = compile_yaml(&yaml);
+    let reasons: Vec<Reason> = out
+        .diagnostics
+        .for_object("ApiRoute", "default", "escape")
+        .map(|d| d.reason)
+        .collect();
+    assert_eq!(reasons, vec![Reason::InvalidRegex, Reason::InvalidRegex]);
+    assert_eq!(
+        paths(&out.table, "a.example"),
+        vec!["~^(?:/(a|b))$".to_string()]
+    );
+}
+
+#[test]
 fn orders_exact_then_regex_then_longer_prefixes() {
     let yaml = format!(
         "{POOL}{}",

@@ -8,6 +8,7 @@
 //! the two), unless it says `# parapet: allowEmpty` on a line of its own.
 
 use std::{
+    hash::BuildHasher,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -140,11 +141,14 @@ pub fn next_version(last: u64) -> u64 {
 fn fingerprint(path: &Path) -> Option<(SystemTime, u64, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     let content = std::fs::read(path).ok()?;
-    // Content too, since editors may keep mtime and size on a quick save.
+    // Content too, since editors may keep mtime and size on a quick save. Hashed with
+    // foldhash, not FNV: the file is read every poll, and FNV's byte-at-a-time loop took
+    // about 2 ms a second for a table of 10,000 routes (1.3 MB); the hash is only compared
+    // within this process.
     Some((
         meta.modified().ok()?,
         meta.len(),
-        crate::fnv::fnv1a(&content),
+        foldhash::fast::FixedState::default().hash_one(&content[..]),
     ))
 }
 

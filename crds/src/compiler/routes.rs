@@ -487,12 +487,13 @@ fn valid_host(h: &str) -> bool {
 }
 
 /// Anchors a user's regex so it must match the whole value, and checks that it compiles.
+/// The regex must compile on its own too: one that compiles only inside the group, such as
+/// `/a)|(?:/b`, would close it early and leave its alternatives unanchored.
 pub(super) fn anchored(re: &str) -> Result<String, regex::Error> {
+    let compile = |p: &str| regex::RegexBuilder::new(p).size_limit(1 << 20).build();
+    compile(re)?;
     let anchored = format!("^(?:{re})$");
-    regex::RegexBuilder::new(&anchored)
-        .size_limit(1 << 20)
-        .build()
-        .map(|_| anchored)
+    compile(&anchored).map(|_| anchored)
 }
 
 fn matcher(

@@ -45,28 +45,28 @@ enum Value {
 pub(super) struct RegexCache(HashMap<String, Regex>);
 
 impl RegexCache {
-    pub(super) fn get(&mut self, pattern: &str) -> Result<Regex, regex::Error> {
+    /// The compiled, anchored regex, or why `pattern` does not compile.
+    pub(super) fn get(&mut self, pattern: &str) -> Result<Regex, String> {
         if let Some(re) = self.0.get(pattern) {
             return Ok(re.clone());
         }
-        let re = Regex::new(&anchor(pattern))?;
+        let re = Regex::new(&anchor(pattern)?).map_err(|e| summary(&e))?;
         self.0.insert(pattern.to_string(), re.clone());
         Ok(re)
     }
 }
 
-/// The snapshot's regexes come anchored (`^(?:…)$`); one that does not is anchored here so
-/// a hand-written table still means "the whole value".
-pub(super) fn anchor(pattern: &str) -> std::borrow::Cow<'_, str> {
-    if pattern.starts_with("^(?:") && pattern.ends_with(")$") {
-        pattern.into()
-    } else {
-        format!("^(?:{pattern})$").into()
-    }
+/// `pattern` anchored so that it matches only a whole value: `^(?:pattern)$`, or why it does
+/// not parse. The snapshot's regexes come anchored already and are wrapped once more all the
+/// same: a pattern stays inside the group only if it parses on its own, which is checked here
+/// (`/a)|(?:/b` would read `^(?:/a)|(?:/b)$` wrapped, and match any path ending in `/b`).
+pub(super) fn anchor(pattern: &str) -> Result<String, String> {
+    regex_automata::util::syntax::parse(pattern).map_err(|e| summary(&e))?;
+    Ok(format!("^(?:{pattern})$"))
 }
 
 /// A regex error as one line: the last line of its message says what is wrong.
-pub(super) fn summary(e: &regex::Error) -> String {
+pub(super) fn summary(e: &impl std::fmt::Display) -> String {
     e.to_string()
         .lines()
         .rev()
@@ -93,7 +93,7 @@ impl Conditions {
                         route: route.to_string(),
                         what,
                         name: v.name.clone(),
-                        reason: summary(&e),
+                        reason: e,
                     })
             }
         };

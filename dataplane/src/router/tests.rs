@@ -570,6 +570,104 @@ fn empty_table_matches_nothing() {
 }
 
 #[test]
+fn the_first_matching_regex_route_that_does_not_hold_gives_way_to_the_next() {
+    let t = table(vec![(
+        H,
+        vec![
+            methods(regex("posts", "/r/[0-9]+"), &["POST"]),
+            header(regex("tenant", "/r/.*"), "x-tenant", is("a")),
+            regex("any", "/r/[0-9]+"),
+            regex("other", "/s/[0-9]+"),
+            prefix("root", "/"),
+        ],
+    )]);
+    check(
+        &t,
+        &[
+            (req("POST api.bank.example /r/1"), Some("posts")),
+            (
+                req("GET api.bank.example /r/1").header("x-tenant", b"a"),
+                Some("tenant"),
+            ),
+            (req("GET api.bank.example /r/1"), Some("any")),
+            (
+                req("GET api.bank.example /r/x").header("x-tenant", b"a"),
+                Some("tenant"),
+            ),
+            (req("GET api.bank.example /r/x"), Some("root")),
+            (req("GET api.bank.example /s/2"), Some("other")),
+            (req("GET api.bank.example /r/1/2"), Some("root")),
+        ],
+    );
+}
+
+#[test]
+fn a_stored_regex_matches_only_whole_paths_even_if_its_anchoring_does_not_hold() {
+    // `^(?:/a)|(?:/b)$` alone means "starts with /a, or ends with /b"; the router anchors
+    // what it is given once more, so the route matches `/a` and `/b` and nothing else.
+    let t = table(vec![(
+        H,
+        vec![
+            route("loose", PathMatch::Regex("^(?:/a)|(?:/b)$".into())),
+            prefix("root", "/"),
+        ],
+    )]);
+    check(
+        &t,
+        &[
+            (req("GET api.bank.example /a"), Some("loose")),
+            (req("GET api.bank.example /b"), Some("loose")),
+            (req("GET api.bank.example /ax"), Some("root")),
+            (req("GET api.bank.example /x/b"), Some("root")),
+        ],
+    );
+    // A pattern that parses only inside the anchoring group is refused.
+    let t = table(vec![(
+        H,
+        vec![route("ns/r/2", PathMatch::Regex("/a)|(?:/b".into()))],
+    )]);
+    let err = Router::new(&t).unwrap_err().to_string();
+    assert!(
+        err.starts_with("route ns/r/2 has a path regex that does not compile:"),
+        "{err}"
+    );
+    let t = table(vec![(
+        H,
+        vec![header(
+            prefix("ns/r/3", "/"),
+            "x",
+            StringMatch::Regex("a)|(?:.*".into()),
+        )],
+    )]);
+    let err = Router::new(&t).unwrap_err().to_string();
+    assert!(
+        err.starts_with("route ns/r/3 matches header x with a regex"),
+        "{err}"
+    );
+}
+
+#[test]
+fn many_regex_routes_pick_the_first_in_order() {
+    // The shape of the benchmark's large tables: thousands of regexes on one host, where
+    // the one a request needs is the last.
+    let mut routes: Vec<Route> = (0..2000)
+        .map(|i| regex(&format!("re{i}"), &format!("/re{i}/[0-9]+")))
+        .collect();
+    routes.push(regex("late-duplicate", "/re1999/[0-9]+"));
+    routes.push(prefix("root", "/"));
+    let t = table(vec![(H, routes)]);
+    check(
+        &t,
+        &[
+            (req("GET api.bank.example /re1999/12345"), Some("re1999")),
+            (req("GET api.bank.example /re0/1"), Some("re0")),
+            (req("GET api.bank.example /re1999/x"), Some("root")),
+            (req("GET api.bank.example /re2000/1"), Some("root")),
+        ],
+    );
+}
+
+#[test]
 fn invalid_path_regex_is_an_error_naming_the_route() {
     let t = table(vec![(
         H,
