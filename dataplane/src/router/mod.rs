@@ -342,7 +342,8 @@ impl RegexRoutes {
                 }
                 too_large(matcher::summary(&set_error))
             })?;
-        // The limits `RegexSetBuilder` gives the same engine; captures are not needed.
+        // The set's NFA size limit (the lazy DFA keeps the engine's default cache); only
+        // where the match ends and which pattern it is are needed, no capture groups.
         let first = meta::Regex::builder()
             .configure(
                 meta::Config::new()
