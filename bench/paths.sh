@@ -23,7 +23,12 @@
 #   BENCH_PIN=1                the proxy measured on a core of its own (the last), the
 #                              backends and load generators on the others; 0: the
 #                              scheduler places everything
-#   BENCH_PORT_BASE=18600      +1/+2 backends, +10/+11 Parapet, +20 nginx, +30 HAProxy, +40 Caddy
+#   BENCH_PAIR_ROUNDS=5        rounds of the routes pair: with routes-10 and routes-10k both
+#                              in BENCH_PATHS, Parapet with each table runs at once and the
+#                              rounds alternate between them (their rates compared round by
+#                              round, not minutes apart); 0: no pair
+#   BENCH_PORT_BASE=18600      +1/+2 backends, +10/+11 Parapet (+12…+15 the routes pair), +20
+#                              nginx, +30 HAProxy, +40 Caddy
 #   BENCH_OUT=bench/results/latest-paths.md
 #   BENCH_SKIP_BUILD=1         use the release binaries already built
 #   BENCH_KEEP=1               keep the run directory
@@ -48,6 +53,7 @@ EXTRA_YAML=${BENCH_PARAPET_EXTRA_YAML:-}
 EXTRA_HEADER=${BENCH_EXTRA_HEADER:-}
 REFUSED=${BENCH_EXTRA_HEADER_REFUSED:-}
 ROUNDS=${BENCH_ROUNDS:-3}
+PAIR_ROUNDS=${BENCH_PAIR_ROUNDS:-5}
 DURATION=${BENCH_DURATION:-5}
 WARMUP=${BENCH_WARMUP:-2}
 CONNS=${BENCH_CONNECTIONS:-32}
@@ -70,14 +76,23 @@ source bench/lib.sh
 for v in ROUNDS DURATION WARMUP CONNS IDLE N1 N2 BASE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
+[[ $PAIR_ROUNDS =~ ^[0-9]+$ ]] || die "BENCH_PAIR_ROUNDS must be a whole number (got '$PAIR_ROUNDS')"
 ((N2 > N1)) || die "BENCH_IPR_N2 ($N2) must be larger than BENCH_IPR_N1 ($N1)"
 declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30))
   [caddy]=$((BASE + 40)))
-ADMIN=$((BASE + 11))
 BACKENDS=($((BASE + 1)) $((BASE + 2)))
 for p in "${PROXIES[@]}"; do
   [[ -n ${PROXY_PORT[$p]:-} ]] || die "unknown proxy '$p' in BENCH_PROXIES (parapet, nginx, haproxy, caddy)"
 done
+# Every Parapet's admin port is the one after its own.
+ADMIN_PORTS=($((BASE + 11)))
+# The routes pair: two more Parapets, parapet-routes-10 and parapet-routes-10k.
+PAIR=()
+if ((PAIR_ROUNDS)) && [[ " ${PROXIES[*]} " == *" parapet "* && " ${SHAPES[*]} " == *" routes-10 "* && " ${SHAPES[*]} " == *" routes-10k "* ]]; then
+  PAIR=(routes-10 routes-10k)
+  PROXY_PORT[parapet-routes-10]=$((BASE + 12)) PROXY_PORT[parapet-routes-10k]=$((BASE + 14))
+  ADMIN_PORTS+=($((BASE + 13)) $((BASE + 15)))
+fi
 for s in "${SHAPES[@]}"; do
   case $s in
   h1 | h1-tls | h2-tls | post-4k | post-256k | conn | tls-new | tls-resumed | idle-10k | routes-[0-9]*) ;;
@@ -122,7 +137,7 @@ if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   cargo build --release -q -p parapet-tests --bin sample-backend
 fi
 for b in dataplane sample-backend; do [[ -x $BIN/$b ]] || die "$BIN/$b is missing"; done
-for p in "${BACKENDS[@]}" "${PROXY_PORT[@]}" "$ADMIN"; do
+for p in "${BACKENDS[@]}" "${PROXY_PORT[@]}" "${ADMIN_PORTS[@]}"; do
   port_free "$p" || die "port $p on 127.0.0.1 is in use; pick another BENCH_PORT_BASE"
 done
 
@@ -170,12 +185,13 @@ start_proxy() {
   local port=${PROXY_PORT[$proxy]} conf tls=() routes
   routes=$(routes_of "$shape")
   tls_of "$shape" && tls=(--tls "$RUN/cert.pem,$RUN/key.pem")
-  case $proxy in parapet) conf=$RUN/parapet.yaml ;; nginx) conf=$RUN/nginx.conf ;;
+  # Each Parapet its own file: the data plane reloads it when it changes.
+  case $proxy in parapet*) conf=$RUN/$name.yaml ;; nginx) conf=$RUN/nginx.conf ;;
   haproxy) conf=$RUN/haproxy.cfg ;; caddy) conf=$RUN/caddy.json ;; esac
-  python3 bench/proxy_config.py "$proxy" --out "$conf" --run "$RUN" --port "$port" \
+  python3 bench/proxy_config.py "${proxy%%-*}" --out "$conf" --run "$RUN" --port "$port" \
     --backends "${BACKENDS[0]},${BACKENDS[1]}" --routes "$routes" "${tls[@]}"
   case $proxy in
-  parapet)
+  parapet*)
     if [[ -n $RULE_YAML || -n $EXTRA_YAML ]]; then # every rule ends with its backends line
       awk -v y="$RULE_YAML" '{ print } y != "" && /backends: \[\{pool: body-1k\}\]$/ { print "      " y }' "$conf" >"$conf.tmp"
       [[ -z $EXTRA_YAML ]] || printf -- '---\n%s\n' "$EXTRA_YAML" >>"$conf.tmp"
@@ -184,7 +200,7 @@ start_proxy() {
     local flags=()
     tls_of "$shape" && flags=(--tls-cert "$RUN/cert.pem" --tls-key "$RUN/key.pem")
     start "$name" "$@" "$BIN/dataplane" --config "$conf" --listen "127.0.0.1:$port" \
-      --admin-listen "127.0.0.1:$ADMIN" --workers 1 --log-format text "${flags[@]}" "${PARAPET_FLAGS[@]}"
+      --admin-listen "127.0.0.1:$((port + 1))" --workers 1 --log-format text "${flags[@]}" "${PARAPET_FLAGS[@]}"
     ;;
   nginx)
     nginx -t -q -c "$conf" -p "$RUN" 2>"$RUN/nginx-t.err" || die "nginx -t failed: $(cat "$RUN/nginx-t.err")"
@@ -206,7 +222,7 @@ check_proxy() {
   local shape=$1 proxy=$2 uri host=() tries=${3:-100}
   (($(routes_of "$shape"))) && host=(-H "Host: api.bench")
   local extra=()
-  [[ $proxy == parapet && -n $EXTRA_HEADER ]] && extra=(-H "$EXTRA_HEADER")
+  [[ $proxy == parapet* && -n $EXTRA_HEADER ]] && extra=(-H "$EXTRA_HEADER")
   while read -r uri; do
     local ok=
     for _ in $(seq "$tries"); do
@@ -250,7 +266,7 @@ load() {
   if [[ -n $n ]]; then h2+=(-n "$n" -c 8); else h2+=(-D "$secs" -c "$CONNS"); fi
   (($(routes_of "$shape"))) && h2+=(-H ":authority: api.bench")
   local extra=()
-  [[ $proxy == parapet && -n $EXTRA_HEADER ]] && extra=(-H "$EXTRA_HEADER") && h2+=("${extra[@]}")
+  [[ $proxy == parapet* && -n $EXTRA_HEADER ]] && extra=(-H "$EXTRA_HEADER") && h2+=("${extra[@]}")
   case $shape in
   h1 | h1-tls | routes-*) h2+=(--h1) ;;
   h2-tls) h2+=(-m 4) ;;
@@ -262,7 +278,7 @@ load() {
     local flags=()
     [[ $shape == conn ]] || flags+=(--tls)
     [[ $shape == tls-resumed ]] && flags+=(--resume)
-    [[ $proxy == parapet && -n $EXTRA_HEADER ]] && flags+=(--header "$EXTRA_HEADER")
+    [[ $proxy == parapet* && -n $EXTRA_HEADER ]] && flags+=(--header "$EXTRA_HEADER")
     timeout --kill-after=5 1800 python3 bench/conn_client.py --port "$port" --count "$n" \
       --concurrency 8 "${flags[@]}" >"$out" 2>&1 || true
     tail -n 1 "$out"
@@ -437,6 +453,38 @@ instructions() {
 IPR_TSV="$RUN/ipr.tsv"
 : >"$IPR_TSV"
 
+# routes_pair : Parapet through 10,000 routes against 10 routes, both running, in alternating
+# rounds (one order, then the other, so a steady drift cancels). Measured as shapes of their
+# own they are minutes apart, and over minutes this machine drifts by more than the difference.
+PAIR_TSV="$RUN/pair.tsv"
+: >"$PAIR_TSV"
+routes_pair() {
+  local shape name round order
+  log "== the routes pair (${PAIR[*]}): $PAIR_ROUNDS alternating rounds"
+  for shape in "${PAIR[@]}"; do start_proxy "$shape" "parapet-$shape"; done
+  for shape in "${PAIR[@]}"; do check_proxy "$shape" "parapet-$shape"; done
+  for shape in "${PAIR[@]}"; do
+    load "$shape" "parapet-$shape" "$WARMUP" "$RUN/pair-warmup-$shape.txt" >/dev/null
+  done
+  for round in $(seq "$PAIR_ROUNDS"); do
+    order=("${PAIR[@]}")
+    ((round % 2)) || order=("${PAIR[1]}" "${PAIR[0]}")
+    for shape in "${order[@]}"; do
+      name=parapet-$shape
+      wait_quiet
+      local t0 t1 s0 s1 count p50 p99 err rate us
+      t0=$(cpu_ticks "$name") s0=$(date +%s.%N)
+      read -r count p50 p99 err < <(load "$shape" "$name" "$DURATION" "$RUN/pair-$shape-$round.txt")
+      s1=$(date +%s.%N) t1=$(cpu_ticks "$name")
+      rate=$(awk -v c="$count" -v a="$s0" -v b="$s1" 'BEGIN{printf "%.0f", c / (b - a)}')
+      us=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v c="$count" 'BEGIN{printf "%.1f", (c > 0 ? t * 1e6 / hz / c : 0)}')
+      log "routes pair round $round $shape: $rate/s, p99 $p99 ms, $us µs each, errors $err"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$shape" "$rate" "$us" "$p99" "$err" >>"$PAIR_TSV"
+    done
+  done
+  for shape in "${PAIR[@]}"; do stop_proxy "parapet-$shape" "${PROXY_PORT[parapet-$shape]}"; done
+}
+
 for shape in "${SHAPES[@]}"; do
   log "== $shape"
   for proxy in "${PROXIES[@]}"; do start_proxy "$shape" "$proxy"; done
@@ -459,6 +507,8 @@ for shape in "${SHAPES[@]}"; do
     done
   fi
 done
+
+((${#PAIR[@]})) && routes_pair
 
 # ---------------------------------------------------------------- report
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -540,6 +590,33 @@ report() {
     echo
     echo "nginx figures are its master plus its worker. A process may open at most $(ulimit -n) files"
     echo "here and HAProxy reserves two per connection, so it holds 9,800 at most."
+  fi
+  if [[ -s $PAIR_TSV ]]; then
+    echo
+    echo "## ${PAIR[1]} against ${PAIR[0]}: Parapet with each table, in alternating rounds"
+    echo
+    echo "Both running at once; $PAIR_ROUNDS rounds of ${DURATION}s each, one order then the other; medians."
+    echo
+    awk -F'\t' -v small="${PAIR[0]}" -v big="${PAIR[1]}" '
+      function median(a, m,   i, j, t, v) {
+        for (i = 1; i <= m; i++) v[i] = a[i]
+        for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+        return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+      }
+      { n[$2]++; rate[$2, $1] = $3; us[$2, $1] = $4; p99[$2, $1] = $5; err[$2] += $6; rounds[$1] = 1 }
+      END {
+        print "| table | per second | CPU µs | p99 ms | errors |"
+        print "|---|---:|---:|---:|---:|"
+        for (k = 0; k < 2; k++) { s = k ? big : small; m = 0
+          for (r in rounds) if ((s, r) in rate) { m++; a[m] = rate[s, r]; b[m] = us[s, r]; c[m] = p99[s, r] }
+          mr[s] = median(a, m); mu[s] = median(b, m)
+          printf "| %s | %d | %.1f | %.3f | %d |\n", s, mr[s], mu[s], median(c, m), err[s] }
+        m = 0; list = ""
+        for (r = 1; (r in rounds); r++) if ((small, r) in rate && (big, r) in rate && rate[small, r] > 0) {
+          m++; q[m] = rate[big, r] / rate[small, r]; list = list (m > 1 ? ", " : "") sprintf("%+.1f%%", 100 * (q[m] - 1)) }
+        printf "\nThroughput through %s against %s: %+.1f%% (the median of the rounds'"'"' ratios: %s); CPU per request %+.1f%%.\n",
+          big, small, 100 * (median(q, m) - 1), list, (mu[small] > 0 ? 100 * (mu[big] / mu[small] - 1) : 0)
+      }' "$PAIR_TSV"
   fi
   if [[ -s $IPR_TSV ]]; then
     echo

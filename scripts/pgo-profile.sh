@@ -45,7 +45,8 @@ cp "$TARGET/release/sample-backend" "$TARGET/release/jwt-fixture" "$GEN/release/
 rm -rf "$BUILT_IN"
 export LLVM_PROFILE_FILE="$RAW/dataplane-%p-%m.profraw"
 export CARGO_TARGET_DIR=$GEN BENCH_SKIP_BUILD=1 BENCH_PROXIES=parapet BENCH_ROUNDS=1 \
-  BENCH_DURATION=$SECONDS_PER_SHAPE BENCH_WARMUP=1 BENCH_IPR=0 BENCH_QUIET_WAIT=0 BENCH_IDLE=2000
+  BENCH_DURATION=$SECONDS_PER_SHAPE BENCH_WARMUP=1 BENCH_IPR=0 BENCH_QUIET_WAIT=0 BENCH_IDLE=2000 \
+  BENCH_PAIR_ROUNDS=0
 log "training: every path"
 BENCH_OUT=$DATA/paths.md ./bench/paths.sh >"$DATA/paths.log" 2>&1 || { cat "$DATA/paths.log" >&2; die "bench/paths.sh failed"; }
 log "training: cache hits and coalesced misses"
