@@ -135,6 +135,12 @@ impl ClusterBalancer {
         self.algorithm
     }
 
+    /// Whether picking reads the endpoints' latency estimates (LeastRequest alone does):
+    /// the attempts sample latency into them only then.
+    pub fn reads_latency(&self) -> bool {
+        self.algorithm == Algorithm::LeastRequest
+    }
+
     pub fn hash_on(&self) -> Option<&HashOn> {
         self.hash_on.as_ref()
     }

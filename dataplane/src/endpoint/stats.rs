@@ -97,16 +97,18 @@ impl EndpointStats {
 
     /// Counts a request in flight until the returned guard is finished or dropped.
     pub fn start(self: &Arc<Self>) -> RequestGuard {
-        self.start_at(Instant::now())
+        self.start_at(Instant::now(), true)
     }
 
     /// [`start`](Self::start) with the clock already read (one read less per request).
-    pub fn start_at(self: &Arc<Self>, now: Instant) -> RequestGuard {
+    /// `sample`: whether the request's latency goes into the estimate, which only
+    /// LeastRequest reads (sampling it costs two clock subtractions and an `exp`).
+    pub fn start_at(self: &Arc<Self>, now: Instant, sample: bool) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard {
             stats: Arc::clone(self),
             started: now,
-            record: true,
+            record: sample,
         }
     }
 
@@ -231,11 +233,13 @@ impl RequestGuard {
     /// Ends the request and records how long it took.
     pub fn finish(self) {}
 
-    /// Ends the request at `now` (the clock already read) and records how long it took.
+    /// Ends the request at `now` (the clock already read) and records how long it took,
+    /// if it was started to be sampled.
     pub fn finish_at(mut self, now: Instant) {
-        self.record = false;
-        self.stats
-            .observe_at(now.saturating_duration_since(self.started), now);
+        if std::mem::take(&mut self.record) {
+            self.stats
+                .observe_at(now.saturating_duration_since(self.started), now);
+        }
     }
 
     /// Ends the request without a latency sample: for failures that say nothing about the
@@ -334,6 +338,23 @@ mod tests {
         // Two near-instant samples after the 30 ms default: the estimate came down a bit
         // or stayed, never up.
         assert!(s.rtt_estimate() <= 30 * MS);
+    }
+
+    #[test]
+    fn unsampled_guard_counts_in_flight_but_records_nothing() {
+        let t0 = Instant::now();
+        let s = Arc::new(stats(t0));
+        let before = s.rtt.load(Ordering::Relaxed);
+        let a = s.start_at(t0, false);
+        let b = s.start_at(t0, false);
+        assert_eq!(s.in_flight(), 2);
+        a.finish_at(t0 + Duration::from_secs(1));
+        drop(b);
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.rtt.load(Ordering::Relaxed), before);
+        // A sampled one does move it.
+        s.start_at(t0, true).finish_at(t0 + Duration::from_secs(1));
+        assert_ne!(s.rtt.load(Ordering::Relaxed), before);
     }
 
     #[test]

@@ -70,6 +70,12 @@ impl HedgePlan {
         }
     }
 
+    /// Whether the delay follows the route's recent latency (a percentile): only then do the
+    /// attempts record it.
+    pub fn follows_latency(&self) -> bool {
+        matches!(self.delay, HedgeDelay::Percentile(_))
+    }
+
     /// The delay before each hedge now: fixed, or the route's percentile once it has enough
     /// samples (`None` until then: no hedge).
     pub fn delay(&self, latency: &LatencyWindow, now: Instant) -> Option<Duration> {
@@ -186,6 +192,16 @@ mod tests {
             HedgePlan::resolve("default/b/0", None, &HedgeConfig::default()),
             None
         );
+    }
+
+    #[test]
+    fn only_a_percentile_follows_latency() {
+        let plan = |delay| HedgePlan {
+            delay,
+            max_extra: 1,
+        };
+        assert!(plan(HedgeDelay::Percentile(95)).follows_latency());
+        assert!(!plan(HedgeDelay::Fixed(Duration::from_millis(20))).follows_latency());
     }
 
     #[tokio::test(start_paused = true)]

@@ -557,7 +557,9 @@ async fn attempt(
         t.attempt(&cluster, &endpoint);
     }
     let sent = Instant::now();
-    let guard = endpoint.stats.start_at(sent);
+    let guard = endpoint
+        .stats
+        .start_at(sent, cluster.balancer.reads_latency());
     let result = send(ex, &cluster, &endpoint, &mut head, body, sent, until).await;
     let now = Instant::now();
     let (tried, verdict) = match result {
@@ -586,7 +588,7 @@ async fn attempt(
             }
             let took = now.saturating_duration_since(sent);
             cluster.metrics.duration.observe(took.as_secs_f64());
-            ex.route.live.latency.record(took, now);
+            ex.route.record_latency(took, now);
             let status = response.status().as_u16();
             let answer = Answer {
                 response,

@@ -416,10 +416,12 @@ fn trim_dots(s: &str) -> &str {
 /// A fresh request id: 128 random bits in hex.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id: u128 = rand::random();
+    let id: [u8; 16] = rand::random();
     let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    // Byte by byte: shifting a u128 for each digit cost five times as many instructions.
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(id) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     // Owned by a shared `Bytes` from the start: the request and the response both carry the
     // id, and cloning a copied-in value would allocate again.
@@ -638,6 +640,15 @@ mod tests {
             );
             assert!(u128::from_str_radix(s, 16).is_ok());
         }
+        // Both digits of every byte are random: over many ids, every position takes all 16.
+        let mut seen = [0u16; 32];
+        for _ in 0..2000 {
+            let id = new_request_id();
+            for (i, c) in id.as_bytes().iter().enumerate() {
+                seen[i] |= 1 << (*c as char).to_digit(16).unwrap();
+            }
+        }
+        assert!(seen.iter().all(|&m| m == u16::MAX), "{seen:?}");
     }
 
     #[test]

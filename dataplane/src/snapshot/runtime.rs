@@ -376,6 +376,14 @@ impl RouteRuntime {
         self.hedge.as_ref()?.delay(&self.live.latency, now)
     }
 
+    /// Records an answer's latency for the hedge delay, when it is a percentile (nothing
+    /// else reads the route's latency window).
+    pub fn record_latency(&self, took: std::time::Duration, now: tokio::time::Instant) {
+        if self.hedge.as_ref().is_some_and(HedgePlan::follows_latency) {
+            self.live.latency.record(took, now);
+        }
+    }
+
     /// Picks a backend cluster by weight; `roll` is uniform in `0..total_weight`.
     pub fn pick_cluster(&self, roll: u64) -> Option<&Arc<ClusterRuntime>> {
         if self.backends.len() == 1 {

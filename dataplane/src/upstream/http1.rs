@@ -333,9 +333,12 @@ async fn exchange(
     head_only: bool,
     until: Instant,
 ) -> Result<Response<Http1Body>, Failed> {
+    // The timer is left at an earlier request's deadline when this one's is later (each
+    // request's usually is): moving it costs more than letting it fire once a timeout
+    // and then moving it on. Moved now only when this deadline is the earlier.
     let mut deadline = match conn.deadline.take() {
         Some(mut d) => {
-            if d.deadline() != until {
+            if d.deadline() > until {
                 d.as_mut().reset(until);
             }
             d
@@ -346,7 +349,14 @@ async fn exchange(
         let mut io = std::pin::pin!(write_and_read_head(&mut conn, body, head_only));
         poll_fn(|cx| match io.as_mut().poll(cx) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
-            Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
+            Poll::Pending => loop {
+                ready!(deadline.as_mut().poll(cx));
+                if deadline.deadline() >= until {
+                    return Poll::Ready(None);
+                }
+                // An earlier request's deadline passed, not this one's.
+                deadline.as_mut().reset(until);
+            },
         })
         .await
     };
