@@ -29,6 +29,8 @@ cleanup() {
     kill -9 "${PIDS[i]}" 2>/dev/null || true
     wait "${PIDS[i]}" 2>/dev/null || true
   done
+  # The CPU quota's cgroup (bench/paths.sh, BENCH_QUOTA), empty once its processes are gone.
+  [[ -z ${QUOTA_CGROUP:-} ]] || rmdir "$QUOTA_CGROUP" 2>/dev/null || true
   if [[ $rc -ne 0 || -n ${BENCH_KEEP:-} ]]; then
     echo "bench: configs, logs and raw wrk output kept in $RUN" >&2
   else

@@ -27,6 +27,10 @@
 #                              in BENCH_PATHS, Parapet with each table runs at once and the
 #                              rounds alternate between them (their rates compared round by
 #                              round, not minutes apart); 0: no pair
+#   BENCH_QUOTA=50             each proxy held to this share (%) of its core by a CPU quota
+#                              (cgroup cpu.max or cpu.cfs_quota_us, 20 ms periods; root), so
+#                              the proxy rather than the client sets the rate: CPU µs per
+#                              request at saturation (latencies then include the quota's waits)
 #   BENCH_PORT_BASE=18600      +1/+2 backends, +10/+11 Parapet (+12…+15 the routes pair), +20
 #                              nginx, +30 HAProxy, +40 Caddy
 #   BENCH_OUT=bench/results/latest-paths.md
@@ -54,6 +58,7 @@ EXTRA_HEADER=${BENCH_EXTRA_HEADER:-}
 REFUSED=${BENCH_EXTRA_HEADER_REFUSED:-}
 ROUNDS=${BENCH_ROUNDS:-3}
 PAIR_ROUNDS=${BENCH_PAIR_ROUNDS:-5}
+QUOTA=${BENCH_QUOTA:-}
 DURATION=${BENCH_DURATION:-5}
 WARMUP=${BENCH_WARMUP:-2}
 CONNS=${BENCH_CONNECTIONS:-32}
@@ -76,6 +81,7 @@ source bench/lib.sh
 for v in ROUNDS DURATION WARMUP CONNS IDLE N1 N2 BASE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
+[[ -z $QUOTA || $QUOTA =~ ^[1-9][0-9]?$ ]] || die "BENCH_QUOTA must be a share of one core from 1 to 99 (got '$QUOTA')"
 [[ $PAIR_ROUNDS =~ ^[0-9]+$ ]] || die "BENCH_PAIR_ROUNDS must be a whole number (got '$PAIR_ROUNDS')"
 ((N2 > N1)) || die "BENCH_IPR_N2 ($N2) must be larger than BENCH_IPR_N1 ($N1)"
 declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30))
@@ -113,6 +119,28 @@ if [[ $PIN == 1 ]] && ((CPUS >= 2)) && command -v taskset >/dev/null; then
   taskset -p -c "0-$((CPUS - 2))" $$ >/dev/null
   PIN_CMD=(taskset -c "$((CPUS - 1))")
 fi
+# BENCH_QUOTA: one cgroup for the measured proxies (one is loaded at a time), its quota a share
+# of one core per 20 ms; removed by the exit trap once they are stopped.
+QUOTA_CGROUP=
+if [[ -n $QUOTA ]]; then
+  period=20000
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then # cgroup v2
+    QUOTA_CGROUP=/sys/fs/cgroup/parapet-bench-$$
+    { grep -qw cpu /sys/fs/cgroup/cgroup.controllers &&
+      { grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control; } &&
+      mkdir "$QUOTA_CGROUP" && echo "$((QUOTA * period / 100)) $period" >"$QUOTA_CGROUP/cpu.max"; } 2>/dev/null
+  else # cgroup v1
+    QUOTA_CGROUP=/sys/fs/cgroup/cpu/parapet-bench-$$
+    { mkdir "$QUOTA_CGROUP" && echo "$period" >"$QUOTA_CGROUP/cpu.cfs_period_us" &&
+      echo "$((QUOTA * period / 100))" >"$QUOTA_CGROUP/cpu.cfs_quota_us"; } 2>/dev/null
+  fi || die "BENCH_QUOTA needs root and the cgroup cpu controller: could not set a quota in $QUOTA_CGROUP"
+fi
+# held PROXY : the proxy's processes into the quota's cgroup (nothing without BENCH_QUOTA)
+held() {
+  [[ -n $QUOTA_CGROUP ]] || return 0
+  local p
+  for p in $(proxy_pids "$1"); do echo "$p" >"$QUOTA_CGROUP/cgroup.procs"; done
+}
 # idle-10k holds $IDLE connections in this shell's children and in every proxy.
 ulimit -n "$(ulimit -Hn)"
 (($(ulimit -n) >= 2 * IDLE)) || [[ " ${SHAPES[*]} " != *" idle-"* ]] ||
@@ -462,7 +490,7 @@ routes_pair() {
   local shape name round order
   log "== the routes pair (${PAIR[*]}): $PAIR_ROUNDS alternating rounds"
   for shape in "${PAIR[@]}"; do start_proxy "$shape" "parapet-$shape"; done
-  for shape in "${PAIR[@]}"; do check_proxy "$shape" "parapet-$shape"; done
+  for shape in "${PAIR[@]}"; do check_proxy "$shape" "parapet-$shape" && held "parapet-$shape"; done
   for shape in "${PAIR[@]}"; do
     load "$shape" "parapet-$shape" "$WARMUP" "$RUN/pair-warmup-$shape.txt" >/dev/null
   done
@@ -488,7 +516,7 @@ routes_pair() {
 for shape in "${SHAPES[@]}"; do
   log "== $shape"
   for proxy in "${PROXIES[@]}"; do start_proxy "$shape" "$proxy"; done
-  for proxy in "${PROXIES[@]}"; do check_proxy "$shape" "$proxy"; done
+  for proxy in "${PROXIES[@]}"; do check_proxy "$shape" "$proxy" && held "$proxy"; done
   if [[ $shape == idle-* ]]; then idle; else measure "$shape"; fi
   for proxy in "${PROXIES[@]}"; do stop_proxy "$proxy" "${PROXY_PORT[$proxy]}"; done
   if ((IPR)) && [[ " ${IPR_SHAPES[*]} " == *" $shape "* ]]; then
@@ -553,6 +581,10 @@ report() {
     echo "The proxy measured on core $((CPUS - 1)) alone; backends and load generators on the others."
   else
     echo "Placed by the scheduler (BENCH_PIN=0, or one core): backends and load generators share the proxy's cores."
+  fi
+  if [[ -n $QUOTA ]]; then
+    echo "Each proxy held to $QUOTA% of one core by a CPU quota (20 ms periods): the proxy, not the client, sets the"
+    echo "rate, and CPU µs are its cost at saturation; latencies include the waits the quota imposes."
   fi
   echo "One worker each; two sample backends, 1 KiB answers; $CONNS client connections; $ROUNDS"
   echo "alternating rounds of ${DURATION}s after a ${WARMUP}s warm-up, medians. CPU µs is the proxy's own CPU time"
