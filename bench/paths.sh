@@ -360,6 +360,10 @@ if command -v perf >/dev/null && perf stat -x, -e raw_syscalls:sys_enter -- true
 else
   log "perf cannot count system calls here (install linux-perf and run as root); that column stays empty"
 fi
+# per_second COUNT START END : a rate over a wall-clock interval (date +%s.%N)
+per_second() { awk -v c="$1" -v a="$2" -v b="$3" 'BEGIN{printf "%.0f", c / (b - a)}'; }
+# us_each TICKS COUNT : CPU clock ticks as µs per request (0 without requests)
+us_each() { awk -v t="$1" -v hz="$CLK_TCK" -v c="$2" 'BEGIN{printf "%.1f", (c > 0 ? t * 1e6 / hz / c : 0)}'; }
 # measure SHAPE : all proxies, warm-up then ROUNDS alternating rounds
 measure() {
   local shape=$1 proxy round
@@ -393,9 +397,9 @@ measure() {
         s1=$(date +%s.%N) t1=$(cpu_ticks "$proxy") k1=$(cpu_ticks "$proxy" system) m1=$(machine_ticks) b1=$(backend_ticks)
         local cpu rate us kus
         cpu=$(pct $((t1 - t0)) "$s0" "$s1")
-        rate=$(awk -v c="$count" -v a="$s0" -v b="$s1" 'BEGIN{printf "%.0f", c / (b - a)}')
-        us=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v c="$count" 'BEGIN{printf "%.1f", (c > 0 ? t * 1e6 / hz / c : 0)}')
-        kus=$(awk -v t=$((k1 - k0)) -v hz="$CLK_TCK" -v c="$count" 'BEGIN{printf "%.1f", (c > 0 ? t * 1e6 / hz / c : 0)}')
+        rate=$(per_second "$count" "$s0" "$s1")
+        us=$(us_each $((t1 - t0)) "$count")
+        kus=$(us_each $((k1 - k0)) "$count")
         # Machine CPU not used by this proxy or the backends: the client plus other work.
         local rest
         rest=$(pct $(((m1 - m0) - (t1 - t0) - (b1 - b0))) "$s0" "$s1")
@@ -504,8 +508,8 @@ routes_pair() {
       t0=$(cpu_ticks "$name") s0=$(date +%s.%N)
       read -r count p50 p99 err < <(load "$shape" "$name" "$DURATION" "$RUN/pair-$shape-$round.txt")
       s1=$(date +%s.%N) t1=$(cpu_ticks "$name")
-      rate=$(awk -v c="$count" -v a="$s0" -v b="$s1" 'BEGIN{printf "%.0f", c / (b - a)}')
-      us=$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v c="$count" 'BEGIN{printf "%.1f", (c > 0 ? t * 1e6 / hz / c : 0)}')
+      rate=$(per_second "$count" "$s0" "$s1")
+      us=$(us_each $((t1 - t0)) "$count")
       log "routes pair round $round $shape: $rate/s, p99 $p99 ms, $us µs each, errors $err"
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$shape" "$rate" "$us" "$p99" "$err" >>"$PAIR_TSV"
     done
