@@ -15,7 +15,8 @@
 #   BENCH_PATHS="h1 h1-tls h2-tls post-4k post-256k conn tls-new tls-resumed idle-10k
 #                routes-10 routes-1k routes-10k"
 #   BENCH_PROXIES="parapet nginx haproxy caddy"
-#   BENCH_ROUNDS=3 BENCH_DURATION=5 (s) BENCH_WARMUP=2 (s)   alternating rounds per shape
+#   BENCH_ROUNDS=5 BENCH_DURATION=5 (s) BENCH_WARMUP=2 (s)   rounds per shape; each round
+#                              starts with the next proxy in turn
 #   BENCH_CONNECTIONS=32       client connections (h2-tls: 4 streams on each)
 #   BENCH_IDLE=10000           connections held open by idle-10k (1% of them busy)
 #   BENCH_IPR=1                also count instructions per request (BENCH_IPR_N1=1000,
@@ -56,7 +57,7 @@ RULE_YAML=${BENCH_PARAPET_RULE_YAML:-}
 EXTRA_YAML=${BENCH_PARAPET_EXTRA_YAML:-}
 EXTRA_HEADER=${BENCH_EXTRA_HEADER:-}
 REFUSED=${BENCH_EXTRA_HEADER_REFUSED:-}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 PAIR_ROUNDS=${BENCH_PAIR_ROUNDS:-5}
 QUOTA=${BENCH_QUOTA:-}
 DURATION=${BENCH_DURATION:-5}
@@ -385,8 +386,13 @@ measure() {
         printf "%s\t%s\t%.2f\n", s, p, $1 / c }' "$RUN/syscalls-$shape-$proxy.txt" >>"$SYSCALL_TSV"
     fi
   done
+  local order i
   for round in $(seq "$ROUNDS"); do
-    for proxy in "${PROXIES[@]}"; do
+    # Each round starts with the next proxy, so none is always measured first or last in a
+    # round (the host drifts over seconds, and p99 follows it).
+    order=()
+    for i in "${!PROXIES[@]}"; do order+=("${PROXIES[(i + round - 1) % ${#PROXIES[@]}]}"); done
+    for proxy in "${order[@]}"; do
       local tries=0
       while :; do
         wait_quiet
@@ -591,7 +597,7 @@ report() {
     echo "rate, and CPU µs are its cost at saturation; latencies include the waits the quota imposes."
   fi
   echo "One worker each; two sample backends, 1 KiB answers; $CONNS client connections; $ROUNDS"
-  echo "alternating rounds of ${DURATION}s after a ${WARMUP}s warm-up, medians. CPU µs is the proxy's own CPU time"
+  echo "rounds of ${DURATION}s (each starting with the next proxy) after a ${WARMUP}s warm-up, medians. CPU µs is the proxy's own CPU time"
   echo "(user + system, from /proc) per request, or per connection for the connection shapes:"
   echo "it holds on a shared machine where the rate does not. Kernel µs is the system part of it (system"
   echo "calls, and TCP over loopback: a send also runs the receiver's side of it), much the same work"
