@@ -25,9 +25,9 @@
 #                              backends and load generators on the others; 0: the
 #                              scheduler places everything
 #   BENCH_PAIR_ROUNDS=5        rounds of the routes pair: with routes-10 and routes-10k both
-#                              in BENCH_PATHS, Parapet with each table runs at once and the
-#                              rounds alternate between them (their rates compared round by
-#                              round, not minutes apart); 0: no pair
+#                              in BENCH_PATHS, Parapet with each table is loaded at the same
+#                              time, on the same core (their rates compared in the same
+#                              seconds, not minutes apart); 0: no pair
 #   BENCH_QUOTA=50             each proxy held to this share (%) of its core by a CPU quota
 #                              (cgroup cpu.max or cpu.cfs_quota_us, 20 ms periods; root), so
 #                              the proxy rather than the client sets the rate: CPU µs per
@@ -365,7 +365,7 @@ fi
 per_second() { awk -v c="$1" -v a="$2" -v b="$3" 'BEGIN{printf "%.0f", c / (b - a)}'; }
 # us_each TICKS COUNT : CPU clock ticks as µs per request (0 without requests)
 us_each() { awk -v t="$1" -v hz="$CLK_TCK" -v c="$2" 'BEGIN{printf "%.1f", (c > 0 ? t * 1e6 / hz / c : 0)}'; }
-# measure SHAPE : all proxies, warm-up then ROUNDS alternating rounds
+# measure SHAPE : all proxies, warm-up then ROUNDS rounds, the proxies one after another
 measure() {
   local shape=$1 proxy round
   for proxy in "${PROXIES[@]}"; do
@@ -491,31 +491,38 @@ instructions() {
 IPR_TSV="$RUN/ipr.tsv"
 : >"$IPR_TSV"
 
-# routes_pair : Parapet through 10,000 routes against 10 routes, both running, in alternating
-# rounds (one order, then the other, so a steady drift cancels). Measured as shapes of their
-# own they are minutes apart, and over minutes this machine drifts by more than the difference.
+# routes_pair : Parapet through 10,000 routes against 10 routes, both loaded at once. Measured
+# as shapes of their own they are minutes apart, and over minutes (even seconds) this machine
+# drifts by more than the difference; loaded at the same time, on the same core, every stall of
+# the host hits both. Both instances together want more than their core, so each gets about
+# half of it and the rates compare what a request costs through each table.
 PAIR_TSV="$RUN/pair.tsv"
 : >"$PAIR_TSV"
 routes_pair() {
-  local shape name round order
-  log "== the routes pair (${PAIR[*]}): $PAIR_ROUNDS alternating rounds"
+  local shape name round
+  log "== the routes pair (${PAIR[*]}): $PAIR_ROUNDS rounds, both loaded at once"
   for shape in "${PAIR[@]}"; do start_proxy "$shape" "parapet-$shape"; done
   for shape in "${PAIR[@]}"; do check_proxy "$shape" "parapet-$shape" && held "parapet-$shape"; done
   for shape in "${PAIR[@]}"; do
     load "$shape" "parapet-$shape" "$WARMUP" "$RUN/pair-warmup-$shape.txt" >/dev/null
   done
   for round in $(seq "$PAIR_ROUNDS"); do
-    order=("${PAIR[@]}")
-    ((round % 2)) || order=("${PAIR[1]}" "${PAIR[0]}")
-    for shape in "${order[@]}"; do
-      name=parapet-$shape
-      wait_quiet
-      local t0 t1 s0 s1 count p50 p99 err rate us
-      t0=$(cpu_ticks "$name") s0=$(date +%s.%N)
-      read -r count p50 p99 err < <(load "$shape" "$name" "$DURATION" "$RUN/pair-$shape-$round.txt")
-      s1=$(date +%s.%N) t1=$(cpu_ticks "$name")
+    wait_quiet
+    local -A t0=() t1=()
+    local s0 s1 count p50 p99 err rate us pids=()
+    for shape in "${PAIR[@]}"; do t0[$shape]=$(cpu_ticks "parapet-$shape"); done
+    s0=$(date +%s.%N)
+    for shape in "${PAIR[@]}"; do
+      load "$shape" "parapet-$shape" "$DURATION" "$RUN/pair-$shape-$round.txt" >"$RUN/pair-$shape-$round.count" &
+      pids+=($!)
+    done
+    wait "${pids[@]}"
+    s1=$(date +%s.%N)
+    for shape in "${PAIR[@]}"; do t1[$shape]=$(cpu_ticks "parapet-$shape"); done
+    for shape in "${PAIR[@]}"; do
+      read -r count p50 p99 err <"$RUN/pair-$shape-$round.count"
       rate=$(per_second "$count" "$s0" "$s1")
-      us=$(us_each $((t1 - t0)) "$count")
+      us=$(us_each $((t1[$shape] - t0[$shape])) "$count")
       log "routes pair round $round $shape: $rate/s, p99 $p99 ms, $us µs each, errors $err"
       printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$shape" "$rate" "$us" "$p99" "$err" >>"$PAIR_TSV"
     done
@@ -567,6 +574,25 @@ awk -F'\t' '
     printf "%s\t%s\t%.0f\t%s\t%s\t%.1f\t%d\t%.1f\t%s\n", p[1], p[2], median(rate, k, m),
       (p50[k, 1] == "-" ? "-" : median(p50, k, m)), (p99[k, 1] == "-" ? "-" : median(p99, k, m)), median(us, k, m), err[k],
       median(kus, k, m), (m > 1 && (k in lo) ? sprintf("%.3f–%.3f", lo[k], hi[k]) : "-") } }' "$RAW" >"$SUMMARY"
+
+# Parapet's p99 over the best peer's in the same round, per shape: "median lo hi rounds". The
+# rounds of one shape are seconds apart and share the host's state, so the ratios cancel the
+# drift that moves every proxy's p99 together and that medians taken apart keep.
+P99_PAIRED="$RUN/p99-paired.tsv"
+awk -F'\t' '
+  function median(v, m,   i, j, t) {
+    for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+    return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+  }
+  $6 != "-" { p99[$1, $2, $3] = $6 + 0; seen[$1, $2] = 1; proxies[$3] = 1 }
+  END {
+    for (sr in seen) { split(sr, a, SUBSEP); best = 0
+      for (p in proxies) if (p != "parapet" && ((a[1], a[2], p) in p99) && (best == 0 || p99[a[1], a[2], p] < best)) best = p99[a[1], a[2], p]
+      if (best > 0 && ((a[1], a[2], "parapet") in p99)) { n[a[1]]++; q[a[1], n[a[1]]] = p99[a[1], a[2], "parapet"] / best } }
+    for (s in n) { m = n[s]; lo = hi = q[s, 1]
+      for (i = 1; i <= m; i++) { v[i] = q[s, i]; if (v[i] < lo) lo = v[i]; if (v[i] > hi) hi = v[i] }
+      printf "%s\t%.2f\t%.2f\t%.2f\t%d\n", s, median(v, m), lo, hi, m }
+  }' "$RAW" >"$P99_PAIRED"
 
 describe() {
   case $1 in
@@ -621,6 +647,7 @@ report() {
           printf "| %s | %d | %s | %s | %s | %.1f | %.1f | %s | %s | %s | %d |\n", p, rate[p], p50[p], p99[p], spread[p], us[p], kus[p],
             (best > 0 ? sprintf("%.2f×", us[p] / best) : "–"), ((p in ipr) ? ipr[p] : "–"), ((p in sc) ? sc[p] : "–"), err[p] }
       }' "$IPR_TSV" "$SYSCALL_TSV" "$SUMMARY"
+    awk -F'\t' -v s="$shape" '$1 == s && $5 > 1 { printf "\nParapet'"'"'s p99 over the best peer'"'"'s in the same round: %.2f× (median; %.2f–%.2f over %d rounds).\n", $2, $3, $4, $5 }' "$P99_PAIRED"
   done
   if [[ -s $IDLE_TSV ]]; then
     echo
@@ -635,9 +662,10 @@ report() {
   fi
   if [[ -s $PAIR_TSV ]]; then
     echo
-    echo "## ${PAIR[1]} against ${PAIR[0]}: Parapet with each table, in alternating rounds"
+    echo "## ${PAIR[1]} against ${PAIR[0]}: Parapet with each table, loaded at once"
     echo
-    echo "Both running at once; $PAIR_ROUNDS rounds of ${DURATION}s each, one order then the other; medians."
+    echo "Both loaded at once, on the same core ($CONNS client connections each, so each gets about half"
+    echo "of the core); $PAIR_ROUNDS rounds of ${DURATION}s; medians."
     echo
     awk -F'\t' -v small="${PAIR[0]}" -v big="${PAIR[1]}" '
       function median(a, m,   i, j, t, v) {
