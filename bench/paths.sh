@@ -575,24 +575,36 @@ awk -F'\t' '
       (p50[k, 1] == "-" ? "-" : median(p50, k, m)), (p99[k, 1] == "-" ? "-" : median(p99, k, m)), median(us, k, m), err[k],
       median(kus, k, m), (m > 1 && (k in lo) ? sprintf("%.3f–%.3f", lo[k], hi[k]) : "-") } }' "$RAW" >"$SUMMARY"
 
-# Parapet's p99 over the best peer's in the same round, per shape: "median lo hi rounds". The
-# rounds of one shape are seconds apart and share the host's state, so the ratios cancel the
-# drift that moves every proxy's p99 together and that medians taken apart keep.
-P99_PAIRED="$RUN/p99-paired.tsv"
+# Parapet over the best peer in the same round, per shape, for p99 and CPU µs (and CPU µs over
+# nginx's): "shape median lo hi ..." then the round count. A shape's rounds are seconds apart
+# and share the host's state, so these ratios cancel the drift that moves every proxy's figures
+# together and that medians taken apart keep.
+PAIRED="$RUN/paired.tsv"
 awk -F'\t' '
   function median(v, m,   i, j, t) {
     for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
     return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
   }
-  $6 != "-" { p99[$1, $2, $3] = $6 + 0; seen[$1, $2] = 1; proxies[$3] = 1 }
+  function stat(s, name,   m, i, lo, hi, v) {
+    m = n[s, name]; if (!m) return "\t-\t-\t-"
+    lo = hi = q[s, name, 1]
+    for (i = 1; i <= m; i++) { v[i] = q[s, name, i]; if (v[i] < lo) lo = v[i]; if (v[i] > hi) hi = v[i] }
+    return sprintf("\t%.2f\t%.2f\t%.2f", median(v, m), lo, hi)
+  }
+  function add(s, name, x) { n[s, name]++; q[s, name, n[s, name]] = x }
+  { if ($6 != "-") p99[$1, $2, $3] = $6 + 0; us[$1, $2, $3] = $9 + 0; seen[$1, $2] = 1; proxies[$3] = 1 }
   END {
-    for (sr in seen) { split(sr, a, SUBSEP); best = 0
-      for (p in proxies) if (p != "parapet" && ((a[1], a[2], p) in p99) && (best == 0 || p99[a[1], a[2], p] < best)) best = p99[a[1], a[2], p]
-      if (best > 0 && ((a[1], a[2], "parapet") in p99)) { n[a[1]]++; q[a[1], n[a[1]]] = p99[a[1], a[2], "parapet"] / best } }
-    for (s in n) { m = n[s]; lo = hi = q[s, 1]
-      for (i = 1; i <= m; i++) { v[i] = q[s, i]; if (v[i] < lo) lo = v[i]; if (v[i] > hi) hi = v[i] }
-      printf "%s\t%.2f\t%.2f\t%.2f\t%d\n", s, median(v, m), lo, hi, m }
-  }' "$RAW" >"$P99_PAIRED"
+    for (sr in seen) { split(sr, a, SUBSEP); s = a[1]; r = a[2]; bp = bu = 0
+      if (!((s, r, "parapet") in us)) continue
+      for (p in proxies) if (p != "parapet") {
+        if (((s, r, p) in p99) && (bp == 0 || p99[s, r, p] < bp)) bp = p99[s, r, p]
+        if (((s, r, p) in us) && us[s, r, p] > 0 && (bu == 0 || us[s, r, p] < bu)) bu = us[s, r, p] }
+      rounds[s]++
+      if (bp > 0 && ((s, r, "parapet") in p99)) add(s, "p99", p99[s, r, "parapet"] / bp)
+      if (bu > 0) add(s, "us", us[s, r, "parapet"] / bu)
+      if (us[s, r, "nginx"] > 0) add(s, "nginx", us[s, r, "parapet"] / us[s, r, "nginx"]) }
+    for (s in rounds) print s stat(s, "p99") stat(s, "us") stat(s, "nginx") "\t" rounds[s]
+  }' "$RAW" >"$PAIRED"
 
 describe() {
   case $1 in
@@ -647,7 +659,12 @@ report() {
           printf "| %s | %d | %s | %s | %s | %.1f | %.1f | %s | %s | %s | %d |\n", p, rate[p], p50[p], p99[p], spread[p], us[p], kus[p],
             (best > 0 ? sprintf("%.2f×", us[p] / best) : "–"), ((p in ipr) ? ipr[p] : "–"), ((p in sc) ? sc[p] : "–"), err[p] }
       }' "$IPR_TSV" "$SYSCALL_TSV" "$SUMMARY"
-    awk -F'\t' -v s="$shape" '$1 == s && $5 > 1 { printf "\nParapet'"'"'s p99 over the best peer'"'"'s in the same round: %.2f× (median; %.2f–%.2f over %d rounds).\n", $2, $3, $4, $5 }' "$P99_PAIRED"
+    awk -F'\t' -v s="$shape" '$1 == s && $11 > 1 {
+      line = ""
+      if ($2 != "-") line = sprintf("p99 %.2f× (%.2f–%.2f)", $2, $3, $4)
+      if ($5 != "-") line = line (line == "" ? "" : ", ") sprintf("CPU µs %.2f× (%.2f–%.2f)", $5, $6, $7)
+      if ($8 != "-") line = line sprintf(", CPU µs over nginx'"'"'s %.2f× (%.2f–%.2f)", $8, $9, $10)
+      printf "\nRound by round, Parapet over the best peer in the same round (median, and the range over %d rounds): %s.\n", $11, line }' "$PAIRED"
   done
   if [[ -s $IDLE_TSV ]]; then
     echo
