@@ -558,33 +558,31 @@ done
 # ---------------------------------------------------------------- report
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain -- dataplane crds 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
+# median(a, m): the median of a[1..m], a left as it is; shared by the report's awk programs.
+AWK_MEDIAN='function median(a, m,   i, j, t, v) {
+  for (i = 1; i <= m; i++) v[i] = a[i]
+  for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+  return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+}'
 SUMMARY="$RUN/summary.tsv"
-awk -F'\t' '
-  function median(a, k, m,   i, j, t, v) {
-    for (i = 1; i <= m; i++) v[i] = a[k, i]
-    for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-    return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
-  }
+awk -F'\t' "$AWK_MEDIAN"'
+  function median_at(a, k, m,   i, v) { for (i = 1; i <= m; i++) v[i] = a[k, i]; return median(v, m) }
   { k = $1 SUBSEP $3; n[k]++; rate[k, n[k]] = $4; p50[k, n[k]] = $5; p99[k, n[k]] = $6; us[k, n[k]] = $9; err[k] += $7
     kus[k, n[k]] = $11
     if ($6 != "-") { if (!(k in lo) || $6 + 0 < lo[k]) lo[k] = $6 + 0; if (!(k in hi) || $6 + 0 > hi[k]) hi[k] = $6 + 0 } }
   # The p99 range over the rounds goes beside the median: on a shared machine p99s a few
   # percent apart often change order from round to round.
   END { for (k in n) { split(k, p, SUBSEP); m = n[k]
-    printf "%s\t%s\t%.0f\t%s\t%s\t%.1f\t%d\t%.1f\t%s\n", p[1], p[2], median(rate, k, m),
-      (p50[k, 1] == "-" ? "-" : median(p50, k, m)), (p99[k, 1] == "-" ? "-" : median(p99, k, m)), median(us, k, m), err[k],
-      median(kus, k, m), (m > 1 && (k in lo) ? sprintf("%.3f–%.3f", lo[k], hi[k]) : "-") } }' "$RAW" >"$SUMMARY"
+    printf "%s\t%s\t%.0f\t%s\t%s\t%.1f\t%d\t%.1f\t%s\n", p[1], p[2], median_at(rate, k, m),
+      (p50[k, 1] == "-" ? "-" : median_at(p50, k, m)), (p99[k, 1] == "-" ? "-" : median_at(p99, k, m)), median_at(us, k, m), err[k],
+      median_at(kus, k, m), (m > 1 && (k in lo) ? sprintf("%.3f–%.3f", lo[k], hi[k]) : "-") } }' "$RAW" >"$SUMMARY"
 
 # Parapet over the best peer in the same round, per shape, for p99 and CPU µs (and CPU µs over
 # nginx's): "shape median lo hi ..." then the round count. A shape's rounds are seconds apart
 # and share the host's state, so these ratios cancel the drift that moves every proxy's figures
 # together and that medians taken apart keep.
 PAIRED="$RUN/paired.tsv"
-awk -F'\t' '
-  function median(v, m,   i, j, t) {
-    for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-    return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
-  }
+awk -F'\t' "$AWK_MEDIAN"'
   function stat(s, name,   m, i, lo, hi, v) {
     m = n[s, name]; if (!m) return "\t-\t-\t-"
     lo = hi = q[s, name, 1]
@@ -684,12 +682,7 @@ report() {
     echo "Both loaded at once, on the same core ($CONNS client connections each, so each gets about half"
     echo "of the core); $PAIR_ROUNDS rounds of ${DURATION}s; medians."
     echo
-    awk -F'\t' -v small="${PAIR[0]}" -v big="${PAIR[1]}" '
-      function median(a, m,   i, j, t, v) {
-        for (i = 1; i <= m; i++) v[i] = a[i]
-        for (i = 2; i <= m; i++) for (j = i; j > 1 && v[j - 1] > v[j]; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-        return m % 2 ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
-      }
+    awk -F'\t' -v small="${PAIR[0]}" -v big="${PAIR[1]}" "$AWK_MEDIAN"'
       { n[$2]++; rate[$2, $1] = $3; us[$2, $1] = $4; p99[$2, $1] = $5; err[$2] += $6; rounds[$1] = 1 }
       END {
         print "| table | per second | CPU µs | p99 ms | errors |"
