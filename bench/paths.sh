@@ -494,12 +494,12 @@ IPR_TSV="$RUN/ipr.tsv"
 # routes_pair : Parapet through 10,000 routes against 10 routes, both loaded at once. Measured
 # as shapes of their own they are minutes apart, and over minutes (even seconds) this machine
 # drifts by more than the difference; loaded at the same time, on the same core, every stall of
-# the host hits both. Both instances together want more than their core, so each gets about
-# half of it and the rates compare what a request costs through each table.
+# the host hits both. They share the core (together about 85% of it on this machine, the client
+# being the limit), so the rates are partly the client's; CPU µs is each table's own cost.
 PAIR_TSV="$RUN/pair.tsv"
 : >"$PAIR_TSV"
 routes_pair() {
-  local shape name round
+  local shape round
   log "== the routes pair (${PAIR[*]}): $PAIR_ROUNDS rounds, both loaded at once"
   for shape in "${PAIR[@]}"; do start_proxy "$shape" "parapet-$shape"; done
   for shape in "${PAIR[@]}"; do check_proxy "$shape" "parapet-$shape" && held "parapet-$shape"; done
@@ -679,8 +679,8 @@ report() {
     echo
     echo "## ${PAIR[1]} against ${PAIR[0]}: Parapet with each table, loaded at once"
     echo
-    echo "Both loaded at once, on the same core ($CONNS client connections each, so each gets about half"
-    echo "of the core); $PAIR_ROUNDS rounds of ${DURATION}s; medians."
+    echo "Both loaded at once, on the same core, $CONNS client connections each; $PAIR_ROUNDS rounds of ${DURATION}s;"
+    echo "medians. Where the two together leave the core idle the rates are partly the client's; CPU µs is each table's own."
     echo
     awk -F'\t' -v small="${PAIR[0]}" -v big="${PAIR[1]}" "$AWK_MEDIAN"'
       { n[$2]++; rate[$2, $1] = $3; us[$2, $1] = $4; p99[$2, $1] = $5; err[$2] += $6; rounds[$1] = 1 }
