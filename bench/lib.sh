@@ -31,6 +31,8 @@ cleanup() {
   done
   # The CPU quota's cgroup (bench/paths.sh, BENCH_QUOTA), empty once its processes are gone.
   [[ -z ${QUOTA_CGROUP:-} ]] || rmdir "$QUOTA_CGROUP" 2>/dev/null || true
+  # The idle vCPUs' halt polling as it was (bench/paths.sh, BENCH_HALT_POLL_NS).
+  [[ -z ${HALT_POLL_WAS:-} ]] || echo "$HALT_POLL_WAS" >"$HALT_POLL_FILE" 2>/dev/null || true
   if [[ $rc -ne 0 || -n ${BENCH_KEEP:-} ]]; then
     echo "bench: configs, logs and raw wrk output kept in $RUN" >&2
   else

@@ -32,6 +32,9 @@
 #                              (cgroup cpu.max or cpu.cfs_quota_us, 20 ms periods; root), so
 #                              the proxy rather than the client sets the rate: CPU µs per
 #                              request at saturation (latencies then include the quota's waits)
+#   BENCH_HALT_POLL_NS=200000  on a virtual machine whose idle CPUs use the haltpoll driver: how
+#                              long an idle vCPU polls before it halts, set for the run and
+#                              restored after (root). The report names the setting either way
 #   BENCH_PORT_BASE=18600      +1/+2 backends, +10/+11 Parapet (+12…+15 the routes pair), +20
 #                              nginx, +30 HAProxy, +40 Caddy
 #   BENCH_OUT=bench/results/latest-paths.md
@@ -60,6 +63,7 @@ REFUSED=${BENCH_EXTRA_HEADER_REFUSED:-}
 ROUNDS=${BENCH_ROUNDS:-5}
 PAIR_ROUNDS=${BENCH_PAIR_ROUNDS:-5}
 QUOTA=${BENCH_QUOTA:-}
+HALT_POLL=${BENCH_HALT_POLL_NS:-}
 DURATION=${BENCH_DURATION:-5}
 WARMUP=${BENCH_WARMUP:-2}
 CONNS=${BENCH_CONNECTIONS:-32}
@@ -83,6 +87,7 @@ for v in ROUNDS DURATION WARMUP CONNS IDLE N1 N2 BASE; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 [[ -z $QUOTA || $QUOTA =~ ^[1-9][0-9]?$ ]] || die "BENCH_QUOTA must be a share of one core from 1 to 99 (got '$QUOTA')"
+[[ -z $HALT_POLL || $HALT_POLL =~ ^[0-9]+$ ]] || die "BENCH_HALT_POLL_NS must be a whole number of nanoseconds (got '$HALT_POLL')"
 [[ $PAIR_ROUNDS =~ ^[0-9]+$ ]] || die "BENCH_PAIR_ROUNDS must be a whole number (got '$PAIR_ROUNDS')"
 ((N2 > N1)) || die "BENCH_IPR_N2 ($N2) must be larger than BENCH_IPR_N1 ($N1)"
 declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30))
@@ -135,6 +140,21 @@ if [[ -n $QUOTA ]]; then
     { mkdir "$QUOTA_CGROUP" && echo "$period" >"$QUOTA_CGROUP/cpu.cfs_period_us" &&
       echo "$((QUOTA * period / 100))" >"$QUOTA_CGROUP/cpu.cfs_quota_us"; } 2>/dev/null
   fi || die "BENCH_QUOTA needs root and the cgroup cpu controller: could not set a quota in $QUOTA_CGROUP"
+fi
+# Idle CPUs. A KVM guest's haltpoll driver lets an idle vCPU poll for up to guest_halt_poll_ns
+# before it halts; a halted vCPU's wake-up goes through the host (tens of µs). A proxy that
+# finishes its work before the next request arrives sleeps, and on the next request meets
+# that wait; one that is always busy rarely does, so the setting moves the leaner proxy's
+# latency most. The report names it; BENCH_HALT_POLL_NS sets it for the run (restored by the
+# exit trap).
+IDLE_DRIVER=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)
+HALT_POLL_FILE=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HALT_POLL_WAS=
+if [[ -n $HALT_POLL ]]; then
+  [[ $IDLE_DRIVER == haltpoll && -w $HALT_POLL_FILE ]] ||
+    die "BENCH_HALT_POLL_NS needs the haltpoll cpuidle driver and root (this machine's idle driver: $IDLE_DRIVER)"
+  HALT_POLL_WAS=$(cat "$HALT_POLL_FILE")
+  echo "$HALT_POLL" >"$HALT_POLL_FILE"
 fi
 # held PROXY : the proxy's processes into the quota's cgroup (nothing without BENCH_QUOTA)
 held() {
@@ -631,6 +651,13 @@ report() {
   if [[ -n $QUOTA ]]; then
     echo "Each proxy held to $QUOTA% of one core by a CPU quota (20 ms periods): the proxy, not the client, sets the"
     echo "rate, and CPU µs are its cost at saturation; latencies include the waits the quota imposes."
+  fi
+  if [[ $IDLE_DRIVER == haltpoll && -r $HALT_POLL_FILE ]]; then
+    local how="as the machine has it"
+    [[ -n $HALT_POLL ]] && how="set for this run (BENCH_HALT_POLL_NS; the machine's own: $HALT_POLL_WAS ns)"
+    echo "Idle vCPUs (haltpoll driver) poll $(cat "$HALT_POLL_FILE") ns before they halt, $how."
+  else
+    echo "Idle CPUs: cpuidle driver $IDLE_DRIVER."
   fi
   echo "One worker each; two sample backends, 1 KiB answers; $CONNS client connections; $ROUNDS"
   echo "rounds of ${DURATION}s (each starting with the next proxy) after a ${WARMUP}s warm-up, medians. CPU µs is the proxy's own CPU time"
