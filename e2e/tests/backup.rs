@@ -89,7 +89,8 @@ async fn status(ops: &str, ns: &str) -> Result<Value> {
 /// What the fleet view says of the default fleet.
 #[derive(Debug)]
 struct Fleet {
-    /// The desired table's configuration hash.
+    /// The desired table's version and configuration hash.
+    version: u64,
     config_hash: String,
     /// Routes in the desired table.
     routes: u64,
@@ -115,11 +116,21 @@ async fn fleet_view(ops: &str) -> Result<Option<Fleet>> {
         .filter(|p| p["version"] == d["version"] && p["hash"] == d["hash"])
         .count();
     Ok(Some(Fleet {
+        version: d["version"].as_u64().unwrap_or(0),
         config_hash: d["configHash"].as_str().unwrap_or("").to_string(),
         routes: d["routes"].as_u64().unwrap_or(0),
         synced,
         pods: pods.len(),
     }))
+}
+
+/// The table version a data plane says it serves (`GET /v1/snapshot/status`).
+async fn served_version(http: &Http, dp: &Dataplane) -> Result<u64> {
+    let r = http.get(dp.admin, "admin", "/v1/snapshot/status").await?;
+    let v: Value = serde_json::from_slice(&r.body)?;
+    v["version"]
+        .as_u64()
+        .context("a data plane serving no table")
 }
 
 /// An ApiRoute's line in `parapet status -n NS -o json`.
@@ -316,7 +327,12 @@ async fn a_backup_restores_the_same_configuration_after_its_namespaces_are_delet
     .await?;
     // The final table: the answers above can come from one compiled while the routes were
     // still arriving. r7's second generation was applied last, so pods serving it serve
-    // every route.
+    // every route. The fleet view is written after the pushes and can still describe an
+    // earlier table with as many routes (one compiled before the bank's pool arrived), so it
+    // must describe the table the data planes answered from, or a later one.
+    let answered_from = served_version(&http, &dp1)
+        .await?
+        .min(served_version(&http, &dp2).await?);
     let config_hash = wait_for(
         "both pods to serve r7's second generation, in sync in the fleet view",
         Duration::from_secs(60),
@@ -327,7 +343,12 @@ async fn a_backup_restores_the_same_configuration_after_its_namespaces_are_delet
             }
             Ok(fleet_view(&ops)
                 .await?
-                .filter(|f| f.synced == 2 && f.pods == 2 && f.routes == ROUTES as u64 + 1)
+                .filter(|f| {
+                    f.version >= answered_from
+                        && f.synced == 2
+                        && f.pods == 2
+                        && f.routes == ROUTES as u64 + 1
+                })
                 .map(|f| f.config_hash))
         },
     )
