@@ -124,13 +124,12 @@ async fn fleet_view(ops: &str) -> Result<Option<Fleet>> {
     }))
 }
 
-/// The table version a data plane says it serves (`GET /v1/snapshot/status`).
+/// The table version a data plane says it serves.
 async fn served_version(http: &Http, dp: &Dataplane) -> Result<u64> {
-    let r = http.get(dp.admin, "admin", "/v1/snapshot/status").await?;
-    let v: Value = serde_json::from_slice(&r.body)?;
-    v["version"]
-        .as_u64()
-        .context("a data plane serving no table")
+    dp.snapshot_status(http)
+        .await
+        .and_then(|v| v["version"].as_u64())
+        .context("a data plane that answers no table version")
 }
 
 /// An ApiRoute's line in `parapet status -n NS -o json`.

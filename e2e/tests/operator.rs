@@ -374,18 +374,9 @@ async fn wait_serving(
     Ok(())
 }
 
-/// The (version, hash) a data plane says it serves (`GET /v1/snapshot/status`).
-/// A data plane's `GET /v1/snapshot/status`.
-async fn snapshot_status(http: &Http, dp: &Dataplane) -> Option<Value> {
-    let r = http
-        .get(dp.admin, "admin", "/v1/snapshot/status")
-        .await
-        .ok()?;
-    serde_json::from_slice(&r.body).ok()
-}
-
+/// The (version, hash) a data plane says it serves.
 async fn snapshot_of(http: &Http, dp: &Dataplane) -> Option<(u64, String)> {
-    let v = snapshot_status(http, dp).await?;
+    let v = dp.snapshot_status(http).await?;
     Some((v["version"].as_u64()?, v["hash"].as_str()?.to_string()))
 }
 
@@ -506,7 +497,7 @@ async fn tables_reach_every_dataplane_and_status_says_so() -> Result<()> {
 
 /// The zone a data plane's balancers prefer, as its status says.
 async fn zone_of(http: &Http, dp: &Dataplane) -> Option<String> {
-    snapshot_status(http, dp).await?["zone"]
+    dp.snapshot_status(http).await?["zone"]
         .as_str()
         .map(str::to_string)
 }
@@ -621,7 +612,7 @@ async fn zones_from_slices_and_hints_decide_where_a_pod_sends() -> Result<()> {
 
 /// The pods a data plane divides fleet-wide rate limits among, as its status says.
 async fn fleet_pods_of(http: &Http, dp: &Dataplane) -> Option<u64> {
-    snapshot_status(http, dp).await?["fleetPods"].as_u64()
+    dp.snapshot_status(http).await?["fleetPods"].as_u64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

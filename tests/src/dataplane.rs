@@ -112,6 +112,16 @@ impl Dataplane {
         }
     }
 
+    /// What it says it serves (`GET /v1/snapshot/status` on the admin listener: version,
+    /// hash, routes, clusters, fleetPods, zone); `None` when it does not answer.
+    pub async fn snapshot_status(&self, http: &crate::client::Client) -> Option<serde_json::Value> {
+        let r = http
+            .get(self.admin, "admin", "/v1/snapshot/status")
+            .await
+            .ok()?;
+        serde_json::from_slice(&r.body).ok()
+    }
+
     /// The lines the process wrote to stderr so far (the first 100 000).
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
