@@ -38,6 +38,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod router;
 pub mod snapshot;
+pub mod splice;
 pub mod standalone;
 pub mod tls;
 pub mod trace;

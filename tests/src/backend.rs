@@ -66,6 +66,7 @@ pub struct Backend {
     last_headers: Arc<Mutex<Option<http::HeaderMap>>>,
     last_uri: Arc<Mutex<Option<String>>>,
     body_bytes: Arc<AtomicU64>,
+    last_body: Arc<Mutex<Option<Bytes>>>,
     phase: watch::Sender<Phase>,
     /// Held by the accept loop and every open connection: closed once all are gone.
     open: watch::Sender<()>,
@@ -94,9 +95,10 @@ impl Backend {
         let last_headers = Arc::new(Mutex::new(None));
         let last_uri = Arc::new(Mutex::new(None));
         let body_bytes = Arc::new(AtomicU64::new(0));
+        let last_body = Arc::new(Mutex::new(None));
         let (phase, mut stopped) = watch::channel(Phase::Serving);
         let (open, open_guard) = watch::channel(());
-        let hh = health_hits.clone();
+        let (hh, lb) = (health_hits.clone(), last_body.clone());
         let (n, h, b, lh, lu, bb) = (
             name.to_string(),
             hits.clone(),
@@ -121,7 +123,7 @@ impl Backend {
                     lu.clone(),
                     bb.clone(),
                 );
-                let hh = hh.clone();
+                let (hh, lb) = (hh.clone(), lb.clone());
                 let mut conn_stop = stopped.clone();
                 let conn_guard = open_guard.clone();
                 tokio::spawn(async move {
@@ -134,7 +136,7 @@ impl Backend {
                             lu.clone(),
                             bb.clone(),
                         );
-                        let hh = hh.clone();
+                        let (hh, lb) = (hh.clone(), lb.clone());
                         async move {
                             if req.uri().path() == HEALTH_PATH {
                                 hh.fetch_add(1, Ordering::SeqCst);
@@ -154,6 +156,7 @@ impl Backend {
                                 .map(|c| c.to_bytes())
                                 .unwrap_or_default();
                             bb.fetch_add(body.len() as u64, Ordering::SeqCst);
+                            *lb.lock().unwrap() = Some(body.clone());
                             let mut delay = beh.delay;
                             if let Some((every, extra)) = beh.slow_every
                                 && every > 0
@@ -216,6 +219,7 @@ impl Backend {
             last_headers,
             last_uri,
             body_bytes,
+            last_body,
             phase,
             open,
         })
@@ -248,6 +252,11 @@ impl Backend {
 
     pub fn last_uri(&self) -> Option<String> {
         self.last_uri.lock().unwrap().clone()
+    }
+
+    /// The body of the last request (health checks aside).
+    pub fn last_body(&self) -> Option<Bytes> {
+        self.last_body.lock().unwrap().clone()
     }
 
     /// Stops accepting and closes open connections.

@@ -46,6 +46,7 @@ mod head;
 pub mod headers;
 pub mod interim;
 mod mirror;
+pub mod pace;
 mod prepare;
 pub mod problem;
 mod redirect;
