@@ -25,7 +25,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -249,7 +249,8 @@ impl Body for SocketBody {
         loop {
             self.pace(Pace::waiting);
             ready!(self.socket.poll_read_ready(cx))?;
-            match self.socket.try_read_buf(&mut buf) {
+            // Never past the body: what follows it is the client's next request.
+            match self.socket.try_read_buf(&mut (&mut buf).limit(want)) {
                 Ok(0) => {
                     self.pace(Pace::failed);
                     let e = io::Error::new(

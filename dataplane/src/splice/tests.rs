@@ -164,6 +164,27 @@ async fn an_upstream_that_closes_fails_the_upstream_side() {
 }
 
 #[tokio::test]
+async fn read_as_a_stream_it_takes_no_byte_past_the_body() {
+    let (client, server) = pair().await;
+    let all = pattern(200_000);
+    let mut sent = all.clone();
+    sent.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+    let (body, unread) = socket_body(&server, &[], all.len());
+    let _sender = send_slowly(client, sent, false);
+    let got = tokio::time::timeout(Duration::from_secs(20), body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert!(got == all);
+    assert!(unread.done());
+    let mut server = server;
+    let mut next = vec![0u8; 22];
+    server.read_exact(&mut next).await.unwrap();
+    assert_eq!(next, b"GET /next HTTP/1.1\r\n\r\n");
+}
+
+#[tokio::test]
 async fn reads_as_a_stream_where_it_is_not_spliced() {
     let (client, server) = pair().await;
     let all = pattern(700_000);
