@@ -12,6 +12,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod balancer;
+pub mod bodies;
 pub mod breaker;
 pub mod cache;
 pub mod codec;

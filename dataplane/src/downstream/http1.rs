@@ -16,7 +16,7 @@
 //! Framing follows RFC 9112: a request this codec serves has no Transfer-Encoding and at
 //! most one Content-Length, of at most `MAX_BODY_BUFFERED` bytes, whose body was read whole
 //! behind its head before the proxy sees the request, as nginx and HAProxy buffer request
-//! bodies (a body not all here within `BODY_WAIT`, or when `BODIES_WAITING` is spent, goes
+//! bodies (a body not all here within `bodies::WAIT`, or when `bodies::WAITING` is spent, goes
 //! to hyper with the bytes read so far, to stream); a response is sent with its
 //! Content-Length, the body's exact size, or chunked.
 
@@ -27,7 +27,6 @@ use std::{
     mem::MaybeUninit,
     ops::Range,
     pin::Pin,
-    sync::atomic::{AtomicUsize, Ordering},
     task::Poll,
     time::{Duration, SystemTime},
 };
@@ -47,6 +46,7 @@ use tokio::{
 
 use super::DrainSignal;
 use crate::{
+    bodies,
     codec::write_all,
     metrics::Metrics,
     proxy::{
@@ -81,19 +81,13 @@ pub const HEADER_SLOTS: usize = 128;
 const READ_CHUNK: usize = 8 * 1024;
 /// Request bodies of a known length up to this size are read whole and forwarded from
 /// memory, in one write with their head and without a task hop; larger ones, slower ones
-/// (see `BODY_WAIT`) and chunked ones stream through hyper.
+/// (see `bodies::WAIT`) and chunked ones stream through hyper.
 pub const MAX_BODY_BUFFERED: usize = 1024 * 1024;
 /// On a plain connection, a body of a known length larger than this that is not all read
 /// with its head stays in the socket and is spliced to the upstream's (`crate::splice`):
 /// read into memory and written out again, it would cost twice the copies. Bodies up to
 /// here are the ones a route keeps for a replay by default (`max_replay_bytes`).
 const SPLICE_OVER: usize = 64 * 1024;
-/// A body not all read this long after the socket first ran dry streams instead, with
-/// what was read: a slow upload holds its buffer no longer than this.
-const BODY_WAIT: Duration = Duration::from_secs(1);
-/// Bytes all connections may hold in buffers for bodies still arriving: beyond it a body
-/// that is not all here streams at once, so slow clients cannot make the process hold more.
-static BODIES_WAITING: Budget = Budget::new(64 * 1024 * 1024);
 /// A keep-alive connection that has sent nothing for this long after an answer gives back
 /// its busy state (read buffer, request state: about 22 KB). nginx frees its buffers at
 /// once; waiting a little keeps a connection under load from allocating them again between
@@ -515,43 +509,6 @@ async fn send<IO: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A byte count shared by all connections, taken in permits that give their share back
-/// when dropped.
-struct Budget {
-    used: AtomicUsize,
-    limit: usize,
-}
-
-impl Budget {
-    const fn new(limit: usize) -> Self {
-        Self {
-            used: AtomicUsize::new(0),
-            limit,
-        }
-    }
-
-    /// `n` bytes of the budget, if that many are left.
-    fn take(&self, n: usize) -> Option<Permit<'_>> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(n).filter(|&u| u <= self.limit)
-            })
-            .ok()
-            .map(|_| Permit { budget: self, n })
-    }
-}
-
-struct Permit<'a> {
-    budget: &'a Budget,
-    n: usize,
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.n, Ordering::AcqRel);
-    }
-}
-
 struct Conn {
     read: BytesMut,
     /// The response head (and chunk framing), reused.
@@ -623,8 +580,8 @@ impl Conn {
         // A head parsed whose body is not all here yet: more is read while the socket has
         // it (the head is not parsed again for each read).
         let mut parsed: Option<Head> = None;
-        // Its body's share of `BODIES_WAITING` while the rest arrives, and until when.
-        let mut _permit: Option<Permit<'static>> = None;
+        // Its body's share of `bodies::WAITING` while the rest arrives, and until when.
+        let mut _permit: Option<bodies::Permit<'static>> = None;
         let mut body_until: Option<Instant> = None;
         loop {
             if let Some(h) = parsed.take_if(|h| self.read.len() >= h.len + h.body) {
@@ -656,7 +613,7 @@ impl Conn {
                         if h.body > MAX_BODY_BUFFERED {
                             return Ok(Read::Handoff { http2: false });
                         }
-                        let Some(p) = BODIES_WAITING.take(h.len + h.body - self.read.len()) else {
+                        let Some(p) = bodies::WAITING.take(h.len + h.body - self.read.len()) else {
                             return Ok(Read::Handoff { http2: false });
                         };
                         _permit = Some(p);
@@ -690,7 +647,8 @@ impl Conn {
                     // then streams through hyper, under the route's timeout (it has every
                     // byte read so far).
                     Poll::Pending if parsed.is_some() => {
-                        let until = *body_until.get_or_insert_with(|| Instant::now() + BODY_WAIT);
+                        let until =
+                            *body_until.get_or_insert_with(|| Instant::now() + bodies::WAIT);
                         tokio::select! {
                             biased;
                             r = read => r,
