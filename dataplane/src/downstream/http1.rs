@@ -16,7 +16,7 @@
 //! Framing follows RFC 9112: a request this codec serves has no Transfer-Encoding and at
 //! most one Content-Length, of at most `MAX_BODY_BUFFERED` bytes, whose body was read whole
 //! behind its head before the proxy sees the request, as nginx and HAProxy buffer request
-//! bodies (a body not all here within `bodies::WAIT`, or when `bodies::WAITING` is spent, goes
+//! bodies (a body not all here within `BODY_WAIT`, or when `BODIES_WAITING` is spent, goes
 //! to hyper with the bytes read so far, to stream); a response is sent with its
 //! Content-Length, the body's exact size, or chunked.
 
@@ -27,6 +27,7 @@ use std::{
     mem::MaybeUninit,
     ops::Range,
     pin::Pin,
+    sync::atomic::{AtomicUsize, Ordering},
     task::Poll,
     time::{Duration, SystemTime},
 };
@@ -40,13 +41,11 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
     time::{Instant, Sleep},
 };
 
 use super::DrainSignal;
 use crate::{
-    bodies,
     codec::write_all,
     metrics::Metrics,
     proxy::{
@@ -55,7 +54,6 @@ use crate::{
         interim,
         problem::problem,
     },
-    splice::{SocketBody, Unread},
     upstream::http1::content_length,
 };
 
@@ -81,13 +79,14 @@ pub const HEADER_SLOTS: usize = 128;
 const READ_CHUNK: usize = 8 * 1024;
 /// Request bodies of a known length up to this size are read whole and forwarded from
 /// memory, in one write with their head and without a task hop; larger ones, slower ones
-/// (see `bodies::WAIT`) and chunked ones stream through hyper.
+/// (see `BODY_WAIT`) and chunked ones stream through hyper.
 pub const MAX_BODY_BUFFERED: usize = 1024 * 1024;
-/// On a plain connection, a body of a known length larger than this that is not all read
-/// with its head stays in the socket and is spliced to the upstream's (`crate::splice`):
-/// read into memory and written out again, it would cost twice the copies. Bodies up to
-/// here are the ones a route keeps for a replay by default (`max_replay_bytes`).
-const SPLICE_OVER: usize = 64 * 1024;
+/// A body not all read this long after the socket first ran dry streams instead, with
+/// what was read: a slow upload holds its buffer no longer than this.
+const BODY_WAIT: Duration = Duration::from_secs(1);
+/// Bytes all connections may hold in buffers for bodies still arriving: beyond it a body
+/// that is not all here streams at once, so slow clients cannot make the process hold more.
+static BODIES_WAITING: Budget = Budget::new(64 * 1024 * 1024);
 /// A keep-alive connection that has sent nothing for this long after an answer gives back
 /// its busy state (read buffer, request state: about 22 KB). nginx frees its buffers at
 /// once; waiting a little keeps a connection under load from allocating them again between
@@ -100,15 +99,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 /// (as nginx's lingering close).
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
-
-/// The plain socket under a connection, when it has one: a large request body is spliced
-/// from it (`crate::splice`).
-pub type SocketOf<IO> = fn(&IO) -> Option<&TcpStream>;
-
-/// For connections with no plain socket to splice from (TLS, tests' pipes).
-pub fn no_socket<IO>(_: &IO) -> Option<&TcpStream> {
-    None
-}
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -181,27 +171,14 @@ where
     H: Fn(Box<Request<DownstreamBody>>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
-    serve_with(
-        io,
-        no_socket,
-        handle,
-        metrics,
-        settings,
-        drain,
-        Resume::fresh(),
-        false,
-    )
-    .await
+    serve_with(io, handle, metrics, settings, drain, Resume::fresh(), false).await
 }
 
 /// [`serve`], from `resume`; with `park`, until the connection has been idle for
 /// `IDLE_RELEASE` after an answer: then it ends [`Ended::Idle`], so the caller can wait for
 /// the next byte with less than a task (see `downstream::idle`).
-// (The connection's own parts and what every connection shares, kept apart as in `serve`.)
-#[allow(clippy::too_many_arguments)]
 pub async fn serve_until_idle<IO, H, F>(
     io: IO,
-    socket: SocketOf<IO>,
     handle: H,
     metrics: &Metrics,
     settings: &Settings,
@@ -214,13 +191,11 @@ where
     H: Fn(Box<Request<DownstreamBody>>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
-    serve_with(io, socket, handle, metrics, settings, drain, resume, park).await
+    serve_with(io, handle, metrics, settings, drain, resume, park).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_with<IO, H, F>(
     mut io: IO,
-    socket: SocketOf<IO>,
     handle: H,
     metrics: &Metrics,
     settings: &Settings,
@@ -248,7 +223,6 @@ where
         };
         let busy = boxed!(serve_busy(
             &mut io,
-            socket,
             &handle,
             metrics,
             settings,
@@ -289,10 +263,8 @@ enum Busy {
 
 /// Serves requests until the connection closes, needs hyper, or goes idle. `first` is the
 /// byte the idle wait read (none when the socket was known to be readable).
-#[allow(clippy::too_many_arguments)]
 async fn serve_busy<IO, H, F>(
     io: &mut IO,
-    socket: SocketOf<IO>,
     handle: &H,
     metrics: &Metrics,
     settings: &Settings,
@@ -318,12 +290,11 @@ where
     // Where the upstream's 1xx for the request being answered go (one per connection).
     let interim = interim::Sink::default();
     loop {
-        let (head, dup) = match conn
-            .read_head(io, socket, settings, draining.as_mut(), *served == 0)
+        let head = match conn
+            .read_head(io, settings, draining.as_mut(), *served == 0)
             .await
         {
-            Ok(Read::Head(h)) => (h, None),
-            Ok(Read::Spliced(h, dup)) => (h, Some(dup)),
+            Ok(Read::Head(h)) => h,
             Ok(Read::Handoff { http2 }) => {
                 return Busy::Handoff {
                     read: conn.read.freeze(),
@@ -337,7 +308,7 @@ where
                 return Busy::Closed;
             }
         };
-        let Some((req, unread)) = conn.request(&head, dup) else {
+        let Some(req) = conn.request(&head) else {
             refuse(io, &mut conn, metrics, Refusal::Invalid).await;
             return Busy::Closed;
         };
@@ -349,20 +320,16 @@ where
             // The relay's scope holds the pinned answer by reference: moving the request's
             // future into it would cost a copy per request.
             let answer = std::pin::pin!(interim.relay_for(u64::from(*served), answer));
-            answer_watching(io, &mut conn, answer, settings, &interim, unread.as_ref()).await
+            answer_watching(io, &mut conn, answer, settings, &interim).await
         };
         interim.close();
         let Some(resp) = watched else {
             return Busy::Closed;
         };
-        // A body not all taken from the socket (answered without it, or the upstream stopped
-        // reading it) leaves bytes no request can be parsed from: the connection closes.
-        let unread = unread.is_some_and(|u| !u.done());
         let close = head.close
-            || unread
             || (settings.max_requests > 0 && *served >= settings.max_requests)
             || drain.is_draining();
-        if !send(io, &mut conn.write, resp, &head, close, unread).await {
+        if !send(io, &mut conn.write, resp, &head, close).await {
             return Busy::Closed;
         }
     }
@@ -397,7 +364,6 @@ async fn answer_watching<IO, F>(
     mut answer: Pin<&mut F>,
     settings: &Settings,
     interim: &interim::Sink,
-    unread: Option<&Unread>,
 ) -> Option<Response<ProxyBody>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -409,8 +375,7 @@ where
         Read(io::Result<usize>),
     }
     loop {
-        // Not while the request's body is still being taken from the socket.
-        let watch = conn.read.len() < settings.max_head_bytes && unread.is_none_or(Unread::done);
+        let watch = conn.read.len() < settings.max_head_bytes;
         // The answer first, then a 1xx it queued (an atomic load when none did), then the
         // client's side.
         let event = poll_fn(|cx| {
@@ -480,7 +445,6 @@ async fn send<IO: AsyncRead + AsyncWrite + Unpin>(
     mut resp: Response<ProxyBody>,
     head: &Head,
     close: bool,
-    unread: bool,
 ) -> bool {
     if resp.status().is_informational() {
         // A 1xx as the final answer would leave the client waiting for the real one, and
@@ -495,7 +459,7 @@ async fn send<IO: AsyncRead + AsyncWrite + Unpin>(
         Ok(false) => true,
         // The client asked to close, so sends nothing more, and the whole request has been
         // read: closing sends the FIN with no `shutdown` before it.
-        Ok(true) if head.close && !unread => false,
+        Ok(true) if head.close => false,
         // Closed by the gateway (a drain, the request limit, an answer that closes): the
         // client may already be sending its next request.
         Ok(true) => {
@@ -506,6 +470,43 @@ async fn send<IO: AsyncRead + AsyncWrite + Unpin>(
             tracing::debug!(error = %e, "response not sent in full");
             false
         }
+    }
+}
+
+/// A byte count shared by all connections, taken in permits that give their share back
+/// when dropped.
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    const fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// `n` bytes of the budget, if that many are left.
+    fn take(&self, n: usize) -> Option<Permit<'_>> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&u| u <= self.limit)
+            })
+            .ok()
+            .map(|_| Permit { budget: self, n })
+    }
+}
+
+struct Permit<'a> {
+    budget: &'a Budget,
+    n: usize,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.n, Ordering::AcqRel);
     }
 }
 
@@ -522,8 +523,6 @@ struct Conn {
 
 enum Read {
     Head(Head),
-    /// A head whose body stays in the socket, and a duplicate of the socket to read it from.
-    Spliced(Head, TcpStream),
     Handoff {
         http2: bool,
     },
@@ -538,8 +537,7 @@ enum Read {
 /// buffer.
 struct Head {
     len: usize,
-    /// The body's length (`Content-Length`); it follows the head in the read buffer (or,
-    /// spliced, part of it does).
+    /// The body's length (`Content-Length`); it follows the head in the read buffer.
     body: usize,
     method: Method,
     target: Range<usize>,
@@ -570,7 +568,6 @@ impl Conn {
     async fn read_head<IO: AsyncRead + Unpin, D: Future<Output = ()>>(
         &mut self,
         io: &mut IO,
-        socket: SocketOf<IO>,
         settings: &Settings,
         mut draining: Pin<&mut Fuse<D>>,
         first: bool,
@@ -580,8 +577,8 @@ impl Conn {
         // A head parsed whose body is not all here yet: more is read while the socket has
         // it (the head is not parsed again for each read).
         let mut parsed: Option<Head> = None;
-        // Its body's share of `bodies::WAITING` while the rest arrives, and until when.
-        let mut _permit: Option<bodies::Permit<'static>> = None;
+        // Its body's share of `BODIES_WAITING` while the rest arrives, and until when.
+        let mut _permit: Option<Permit<'static>> = None;
         let mut body_until: Option<Instant> = None;
         loop {
             if let Some(h) = parsed.take_if(|h| self.read.len() >= h.len + h.body) {
@@ -594,26 +591,12 @@ impl Conn {
             }
             // (A start of the preface: not enough to tell yet.)
             if parsed.is_none() && !preface && !self.read.is_empty() {
-                match self.parse(settings, socket(io).is_some())? {
+                match self.parse(settings)? {
                     Parse::Head(h) if self.read.len() >= h.len + h.body => {
                         return Ok(Read::Head(h));
                     }
                     Parse::Head(h) => {
-                        if h.body > SPLICE_OVER
-                            && let Some(socket) = socket(io)
-                        {
-                            match crate::splice::duplicate(socket) {
-                                Ok(dup) => return Ok(Read::Spliced(h, dup)),
-                                Err(e) => {
-                                    tracing::debug!(error = %e, "could not duplicate the client's socket to splice its body");
-                                }
-                            }
-                        }
-                        // (Larger than the buffer only to be spliced.)
-                        if h.body > MAX_BODY_BUFFERED {
-                            return Ok(Read::Handoff { http2: false });
-                        }
-                        let Some(p) = bodies::WAITING.take(h.len + h.body - self.read.len()) else {
+                        let Some(p) = BODIES_WAITING.take(h.len + h.body - self.read.len()) else {
                             return Ok(Read::Handoff { http2: false });
                         };
                         _permit = Some(p);
@@ -647,8 +630,7 @@ impl Conn {
                     // then streams through hyper, under the route's timeout (it has every
                     // byte read so far).
                     Poll::Pending if parsed.is_some() => {
-                        let until =
-                            *body_until.get_or_insert_with(|| Instant::now() + bodies::WAIT);
+                        let until = *body_until.get_or_insert_with(|| Instant::now() + BODY_WAIT);
                         tokio::select! {
                             biased;
                             r = read => r,
@@ -704,8 +686,7 @@ impl Conn {
         }
     }
 
-    /// `splice`: a body larger than the buffer can stay in the socket.
-    fn parse(&mut self, settings: &Settings, splice: bool) -> Result<Parse, Refusal> {
+    fn parse(&mut self, settings: &Settings) -> Result<Parse, Refusal> {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_SLOTS];
         let mut req = httparse::Request::new(&mut []);
         let buf = &self.read[..];
@@ -756,12 +737,10 @@ impl Conn {
                 // One valid length that fits the buffer is read here, with the head; any
                 // other (repeated, invalid, larger) is hyper's to frame or refuse.
                 // (A list, even of equal lengths, is hyper's to refuse.)
-                let n = content_length(h.value)
-                    .filter(|_| !h.value.contains(&b','))
-                    .filter(|&n| splice || n <= MAX_BODY_BUFFERED as u64)
-                    .and_then(|n| usize::try_from(n).ok());
-                match n {
-                    Some(n) if body.is_none() => body = Some(n),
+                match content_length(h.value).filter(|_| !h.value.contains(&b',')) {
+                    Some(n) if body.is_none() && n <= MAX_BODY_BUFFERED as u64 => {
+                        body = Some(n as usize);
+                    }
                     _ => return Ok(Parse::Other),
                 }
             } else if name == header::TRANSFER_ENCODING
@@ -800,14 +779,7 @@ impl Conn {
     /// its target or a header value is not valid.
     /// Boxed: the request passes through several stages by value, and a box moves as a
     /// pointer where the request itself (264 bytes) would be copied at each.
-    /// `socket`: the duplicate the rest of the body is read from (the body then takes what
-    /// the buffer holds of it); its view of what is left unread is returned with the
-    /// request.
-    fn request(
-        &mut self,
-        head: &Head,
-        socket: Option<TcpStream>,
-    ) -> Option<(Box<Request<DownstreamBody>>, Option<Unread>)> {
+    fn request(&mut self, head: &Head) -> Option<Box<Request<DownstreamBody>>> {
         let bytes = self.read.split_to(head.len).freeze();
         let uri = Uri::from_maybe_shared(bytes.slice(head.target.clone())).ok()?;
         // Room for what the proxy adds (x-request-id, forwarding) without a regrow.
@@ -818,24 +790,16 @@ impl Conn {
                 HeaderValue::from_maybe_shared(bytes.slice(value)).ok()?,
             );
         }
-        let mut unread = None;
-        let body = match (head.body, socket) {
-            (0, _) => DownstreamBody::Empty,
-            (n, Some(socket)) => {
-                let read = self.read.split_to(self.read.len().min(n)).freeze();
-                let left = (n - read.len()) as u64;
-                let (body, u) = SocketBody::new(socket, read, left);
-                unread = Some(u);
-                DownstreamBody::Socket(body)
-            }
-            (n, None) => DownstreamBody::Full(Some(self.read.split_to(n).freeze())),
+        let body = match head.body {
+            0 => DownstreamBody::Empty,
+            n => DownstreamBody::Full(Some(self.read.split_to(n).freeze())),
         };
         let mut req = Box::new(Request::new(body));
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
-        Some((req, unread))
+        Some(req)
     }
 }
 
@@ -1254,13 +1218,13 @@ pub(crate) fn parse_one(
         names: Vec::new(),
         timer: None,
     };
-    match conn.parse(settings, false) {
+    match conn.parse(settings) {
         Ok(Parse::Partial) => None,
         Ok(Parse::Other) => Some(Ok(None)),
         Ok(Parse::Head(h)) if buf.len() < h.len + h.body => None,
         Ok(Parse::Head(h)) => Some(
-            conn.request(&h, None)
-                .map(|(r, _)| Some((h.len + h.body, *r)))
+            conn.request(&h)
+                .map(|r| Some((h.len + h.body, *r)))
                 .ok_or(()),
         ),
         Err(_) => Some(Err(())),

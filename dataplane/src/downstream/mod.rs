@@ -196,7 +196,6 @@ pub async fn serve_plain(conn: idle::Parked, shared: Arc<Shared>) {
     let handle = |req| proxy.clone().handle(req, info.clone());
     let ended = http1::serve_until_idle(
         io,
-        |io| Some(io.socket()),
         handle,
         &proxy.metrics,
         &shared.settings,

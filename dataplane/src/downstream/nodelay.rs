@@ -52,11 +52,6 @@ impl Lazy {
         }
     }
 
-    /// The socket, to read from beside this wrapper (a request body spliced from it).
-    pub fn socket(&self) -> &TcpStream {
-        &self.io
-    }
-
     /// The socket with `TCP_NODELAY` set, for whoever writes to it next without this
     /// wrapper (hyper, or the connection's next busy period after parking).
     pub fn into_no_delay(self) -> TcpStream {

@@ -14,9 +14,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use prometheus_client::metrics::counter::Counter;
 
-use super::pace::Pace;
-use crate::splice::SocketBody;
-
 /// What a body's failure is, whichever side it came from.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -150,6 +147,31 @@ where
     }
 }
 
+/// Where a streamed request body stands, as the upstream side last saw it: so a timeout or
+/// a broken send can be put down to the client when the client is the one holding it up.
+#[derive(Clone, Debug, Default)]
+pub struct Pace(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl Pace {
+    const FLOWING: u8 = 0;
+    const WAITING: u8 = 1;
+    const FAILED: u8 = 2;
+
+    /// The upstream side is waiting for the client's next bytes.
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) == Self::WAITING
+    }
+
+    /// The client's body broke (reset, truncated, badly framed).
+    pub fn client_failed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) == Self::FAILED
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A request body that keeps its [`Pace`] up to date as it is polled.
 pub struct Paced<B> {
     inner: B,
@@ -174,11 +196,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Pending => self.pace.waiting(),
-            Poll::Ready(Some(Err(_))) => self.pace.failed(),
-            Poll::Ready(_) => self.pace.flowing(),
-        }
+        self.pace.set(match &polled {
+            Poll::Pending => Pace::WAITING,
+            Poll::Ready(Some(Err(_))) => Pace::FAILED,
+            Poll::Ready(_) => Pace::FLOWING,
+        });
         polled
     }
 
@@ -234,24 +256,20 @@ where
 pub enum DownstreamBody {
     Hyper(hyper::body::Incoming),
     Full(Option<Bytes>),
-    /// Still in the client's socket (a large body on a plain connection): spliced to the
-    /// upstream's where it can be (`crate::splice`).
-    Socket(Box<SocketBody>),
     Empty,
 }
 
 impl Body for DownstreamBody {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = hyper::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx),
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Socket(b) => Pin::new(&mut **b).poll_frame(cx),
             Self::Empty => Poll::Ready(None),
         }
     }
@@ -260,7 +278,6 @@ impl Body for DownstreamBody {
         match self {
             Self::Hyper(b) => b.is_end_stream(),
             Self::Full(b) => b.is_none(),
-            Self::Socket(b) => b.is_end_stream(),
             Self::Empty => true,
         }
     }
@@ -269,7 +286,6 @@ impl Body for DownstreamBody {
         match self {
             Self::Hyper(b) => b.size_hint(),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Socket(b) => b.size_hint(),
             Self::Empty => SizeHint::with_exact(0),
         }
     }

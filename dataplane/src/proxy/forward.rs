@@ -32,9 +32,12 @@ use hyper::body::Body;
 use parapet_crds::snapshot::RetryPolicy;
 use tokio::time::Instant;
 
-use crate::splice::SocketBody;
-
-use super::{body::ProxyBody, headers::Forwarding, interim, pace::Pace, problem::full};
+use super::{
+    body::{Pace, ProxyBody},
+    headers::Forwarding,
+    interim,
+    problem::full,
+};
 use crate::{
     accesslog::Tally,
     breaker::{Overflow, Permit},
@@ -89,8 +92,6 @@ pub(super) enum RequestBody {
     Replayable(Bytes),
     OnceInMemory(Option<Bytes>),
     Once(Option<ProxyBody>),
-    /// Still in the client's socket, sent once (spliced when the upstream's client can).
-    Socket(Option<Box<SocketBody>>),
 }
 
 impl RequestBody {
@@ -108,7 +109,6 @@ impl RequestBody {
             Self::Replayable(b) => Some(Outgoing::Bytes(b.clone())),
             Self::OnceInMemory(b) => b.take().map(Outgoing::Bytes),
             Self::Once(b) => b.take().map(Outgoing::Stream),
-            Self::Socket(b) => b.take().map(Outgoing::Socket),
         }
     }
 }
@@ -117,7 +117,6 @@ impl RequestBody {
 enum Outgoing {
     Bytes(Bytes),
     Stream(ProxyBody),
-    Socket(Box<SocketBody>),
 }
 
 impl Outgoing {
@@ -126,16 +125,6 @@ impl Outgoing {
             Self::Bytes(b) if b.is_empty() => super::problem::empty(),
             Self::Bytes(b) => full(b),
             Self::Stream(s) => s,
-            Self::Socket(s) => BodyExt::boxed(*s),
-        }
-    }
-
-    /// What Parapet's own HTTP/1.1 client sends: anything but a stream.
-    fn into_payload(self) -> Result<http1::Payload, Self> {
-        match self {
-            Self::Bytes(b) => Ok(http1::Payload::Bytes(b)),
-            Self::Socket(s) => Ok(http1::Payload::Socket(s)),
-            stream @ Self::Stream(_) => Err(stream),
         }
     }
 }
@@ -678,23 +667,14 @@ async fn send(
     sent: Instant,
     until: Instant,
 ) -> Result<Result<Response<UpstreamBody>, SendError>, TimedOut> {
-    let own = cluster
-        .http1
-        .as_ref()
-        .filter(|_| !has_field(&head.headers, &header::UPGRADE));
-    // Plain HTTP/1.1 with the body in memory or in the client's socket: sent from this task
-    // (`upstream::http1`).
-    let payload = match own {
-        Some(client) => body.into_payload().map(|p| (client, p)),
-        None => Err(body),
-    };
-    let body = match payload {
-        Ok((client, payload)) => {
+    match (&cluster.http1, body) {
+        // Plain HTTP/1.1 with the body in memory: sent from this task (`upstream::http1`).
+        (Some(client), Outgoing::Bytes(bytes)) if !has_field(&head.headers, &header::UPGRADE) => {
             let send = client.send(
                 endpoint.authority(),
                 head,
                 &ex.path_and_query,
-                payload,
+                &bytes,
                 &ex.forwarding,
                 http1::Terms {
                     // Sent again on a new connection only when the method may be repeated
@@ -705,40 +685,43 @@ async fn send(
                     until,
                 },
             );
-            return match send.await {
+            match send.await {
                 Err(http1::Error::Deadline) => Err(TimedOut),
                 r => Ok(r
                     .map(|resp| resp.map(UpstreamBody::Http1))
                     .map_err(SendError::Http1)),
-            };
+            }
         }
-        Err(body) => body,
-    };
-    ex.forwarding.apply(&mut head.headers);
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(if cluster.spec.tls.is_some() {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    });
-    uri.authority = Some(endpoint.authority().clone());
-    uri.path_and_query = Some(ex.path_and_query.clone());
-    let Ok(uri) = Uri::from_parts(uri) else {
-        return Ok(Err(SendError::Uri));
-    };
-    let head = std::mem::replace(head, Request::new(()).into_parts().0);
-    let mut req = Request::from_parts(head, body.into_body());
-    *req.uri_mut() = uri;
-    if let Some(relay) = interim::current() {
-        // HTTP/1 upstreams only: hyper's HTTP/2 client does not report 1xx.
-        relay.arm().await;
-        hyper::ext::on_informational(&mut req, move |r| relay.push(r.status(), r.headers()));
+        (_, body) => {
+            ex.forwarding.apply(&mut head.headers);
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(if cluster.spec.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
+            uri.authority = Some(endpoint.authority().clone());
+            uri.path_and_query = Some(ex.path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
+                return Ok(Err(SendError::Uri));
+            };
+            let head = std::mem::replace(head, Request::new(()).into_parts().0);
+            let mut req = Request::from_parts(head, body.into_body());
+            *req.uri_mut() = uri;
+            if let Some(relay) = interim::current() {
+                // HTTP/1 upstreams only: hyper's HTTP/2 client does not report 1xx.
+                relay.arm().await;
+                hyper::ext::on_informational(&mut req, move |r| {
+                    relay.push(r.status(), r.headers())
+                });
+            }
+            let sent = tokio::time::timeout_at(until, cluster.client.request(req)).await;
+            sent.map_err(|_| TimedOut).map(|r| {
+                r.map(|resp| resp.map(UpstreamBody::Hyper))
+                    .map_err(SendError::Hyper)
+            })
+        }
     }
-    let sent = tokio::time::timeout_at(until, cluster.client.request(req)).await;
-    sent.map_err(|_| TimedOut).map(|r| {
-        r.map(|resp| resp.map(UpstreamBody::Hyper))
-            .map_err(SendError::Hyper)
-    })
 }
 
 /// What a failed send comes to, and the endpoint's verdict (none when the client's body was

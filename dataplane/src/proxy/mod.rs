@@ -46,7 +46,6 @@ mod head;
 pub mod headers;
 pub mod interim;
 mod mirror;
-pub mod pace;
 mod prepare;
 pub mod problem;
 mod redirect;

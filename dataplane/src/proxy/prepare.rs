@@ -15,13 +15,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    body::{Counted, Paced, Prefixed},
+    body::{Counted, Pace, Paced, Prefixed},
     conn::ConnInfo,
     edits::HeaderEdits,
     forward::RequestBody,
     headers::X_PARAPET_TIMEOUT_MS,
     headers::{Forwarding, strip_hop_by_hop},
-    pace::Pace,
 };
 use crate::{
     accesslog::Tally, fields::take_field, metrics::Metrics, proxy::body::BoxError, router::Matched,
@@ -160,19 +159,6 @@ pub(super) async fn request_body(
     let body = match body {
         super::body::DownstreamBody::Full(full) => {
             return from_memory(full, limits, metrics, tally);
-        }
-        // Too large to keep for a replay: left in the socket, to be spliced (its length is
-        // within `max_body_bytes`, checked with the head).
-        super::body::DownstreamBody::Socket(mut socket)
-            if !replay || socket.len() > limits.max_replay_bytes =>
-        {
-            let pace = Pace::default();
-            socket.count(
-                metrics.request_bytes.clone(),
-                tally.map(Tally::streamed),
-                pace.clone(),
-            );
-            return Ok((RequestBody::Socket(Some(socket)), Some(pace)));
         }
         other => other,
     };

@@ -9,9 +9,8 @@
 //! no channel, no lock. Idle connections are kept per thread (every traffic worker is a
 //! single-threaded runtime, so a connection stays on the thread that opened it).
 //!
-//! Scope: requests whose body is in memory (none, or buffered for replay) or still in a
-//! plain client socket (spliced, `crate::splice`), and that do not upgrade. TLS and HTTP/2
-//! pools, streamed request bodies and upgrades go through hyper.
+//! Scope: requests whose body is in memory (none, or buffered for replay) and that do not
+//! upgrade. TLS and HTTP/2 pools, streamed request bodies and upgrades go through hyper.
 
 use std::{
     cell::RefCell,
@@ -38,11 +37,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use crate::{
-    fields::has_field,
-    proxy::interim,
-    splice::{Relay, SocketBody},
-};
+use crate::{fields::has_field, proxy::interim};
 
 /// Response headers accepted at most (as the downstream listener's default).
 const MAX_HEADERS: usize = 100;
@@ -96,8 +91,6 @@ pub enum Error {
     Protocol(&'static str),
     #[error("the upstream did not answer before the request's deadline")]
     Deadline,
-    #[error("the client's request body broke off: {0}")]
-    ClientBody(io::Error),
 }
 
 impl Error {
@@ -122,14 +115,6 @@ impl HeadExtras for () {
     }
 
     fn write(&self, _: &mut Vec<u8>, _: &HeaderMap) {}
-}
-
-/// A request's body as this client sends it.
-pub enum Payload {
-    Bytes(Bytes),
-    /// Still in the client's socket: what was read with its head goes with the request's
-    /// head, the rest is spliced from socket to socket.
-    Socket(Box<SocketBody>),
 }
 
 /// How one request is sent: when, until when, and whether it may be sent twice.
@@ -165,16 +150,11 @@ impl Http1Client {
         authority: &Authority,
         head: &Parts,
         path: &PathAndQuery,
-        body: Payload,
+        body: &Bytes,
         extras: &(dyn HeadExtras + Sync),
         terms: Terms,
     ) -> Result<Response<Http1Body>, Error> {
         let head_only = head.method == Method::HEAD;
-        let (body, mut socket) = match body {
-            Payload::Bytes(b) => (b, None),
-            Payload::Socket(mut s) => (s.take_read(), Some(s)),
-        };
-        let length = body.len() as u64 + socket.as_ref().map_or(0, |s| s.len());
         let mut fresh_only = false;
         loop {
             let idle = if fresh_only {
@@ -195,17 +175,10 @@ impl Http1Client {
                 }
             };
             conn.wbuf.clear();
-            let rest = encode(&mut conn.wbuf, head, authority, path, &body, length, extras);
-            // Sent again only if nothing was taken from the client's socket.
-            let left = socket.as_ref().map(|s| s.len());
-            match exchange(conn, rest, socket.as_deref_mut(), head_only, terms.until).await {
+            let rest = encode(&mut conn.wbuf, head, authority, path, body, extras);
+            match exchange(conn, rest, head_only, terms.until).await {
                 Ok(r) => return Ok(r),
-                Err(f)
-                    if reused
-                        && f.nothing_read
-                        && terms.retry_stale
-                        && socket.as_ref().map(|s| s.len()) == left =>
-                {
+                Err(f) if reused && f.nothing_read && terms.retry_stale => {
                     tracing::debug!(endpoint = %authority, error = %f.error, "idle upstream connection was closed; sending on a new one");
                     fresh_only = true;
                 }
@@ -357,7 +330,6 @@ struct Failed {
 async fn exchange(
     mut conn: Box<Conn>,
     body: &[u8],
-    socket: Option<&mut SocketBody>,
     head_only: bool,
     until: Instant,
 ) -> Result<Response<Http1Body>, Failed> {
@@ -374,7 +346,7 @@ async fn exchange(
         None => Box::pin(tokio::time::sleep_until(until)),
     };
     let sent = {
-        let mut io = std::pin::pin!(write_and_read_head(&mut conn, body, socket, head_only));
+        let mut io = std::pin::pin!(write_and_read_head(&mut conn, body, head_only));
         poll_fn(|cx| match io.as_mut().poll(cx) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
             Poll::Pending => loop {
@@ -430,7 +402,6 @@ async fn exchange(
 async fn write_and_read_head(
     conn: &mut Conn,
     body: &[u8],
-    socket: Option<&mut SocketBody>,
     head_only: bool,
 ) -> Result<(Head, bool), Failed> {
     // An upstream may answer before it has read the whole request (413, 401) and close;
@@ -443,18 +414,6 @@ async fn write_and_read_head(
             .await
             .err()
     };
-    if let Some(socket) = socket.filter(|_| write_error.is_none()) {
-        match socket.relay(&conn.stream).await {
-            Ok(()) => {}
-            Err(Relay::Upstream(e)) => write_error = Some(e),
-            Err(Relay::Client(e)) => {
-                return Err(Failed {
-                    error: Error::ClientBody(e),
-                    nothing_read: false,
-                });
-            }
-        }
-    }
     let mut read_any = !conn.buf.is_empty();
     let head = loop {
         if !conn.buf.is_empty() {
@@ -518,14 +477,13 @@ pub(crate) async fn read_response(
         deadline: None,
     });
     let until = Instant::now() + Duration::from_secs(3600);
-    exchange(conn, &[], None, head_only, until)
+    exchange(conn, &[], head_only, until)
         .await
         .map_err(|f| f.error)
 }
 
-/// The request line and headers as they go on the wire, framed for a body of `length`
-/// bytes of which `body` is in memory (the rest follows from the client's socket); a body
-/// up to `COPY_BODY_UP_TO` follows them in `out`. Returns what of the body is left to write
+/// The request line and headers as they go on the wire, framed for `body`; a body up to
+/// `COPY_BODY_UP_TO` follows them in `out`. Returns what of the body is left to write
 /// beside `out` (a larger body goes from where it is: no copy, and no write buffer kept
 /// that large).
 fn encode<'b>(
@@ -534,7 +492,6 @@ fn encode<'b>(
     authority: &Authority,
     path: &PathAndQuery,
     body: &'b [u8],
-    length: u64,
     extras: &(dyn HeadExtras + Sync),
 ) -> &'b [u8] {
     out.extend_from_slice(head.method.as_str().as_bytes());
@@ -564,9 +521,11 @@ fn encode<'b>(
     extras.write(out, &head.headers);
     // A length when there is a body, when the client sent one, or when the method usually
     // carries one (servers may answer 411 to a POST without it).
-    if length > 0 || had_length || matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
+    if !body.is_empty()
+        || had_length
+        || matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
     {
-        crate::codec::push_content_length(out, length);
+        crate::codec::push_content_length(out, body.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     if body.len() > COPY_BODY_UP_TO {

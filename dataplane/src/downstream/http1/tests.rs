@@ -710,7 +710,7 @@ async fn a_body_that_arrives_in_pieces_within_the_wait_is_read_here() {
         .write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhello")
         .await
         .unwrap();
-    tokio::time::sleep(crate::bodies::WAIT / 2).await;
+    tokio::time::sleep(BODY_WAIT / 2).await;
     s.client.write_all(b" world").await.unwrap();
     let out = read_until(&mut s.client, |o| o.ends_with("got hello world")).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -725,9 +725,9 @@ async fn a_body_still_arriving_after_the_wait_streams_with_what_was_read() {
         .write_all(b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhel")
         .await
         .unwrap();
-    tokio::time::sleep(crate::bodies::WAIT / 2).await;
+    tokio::time::sleep(BODY_WAIT / 2).await;
     client.write_all(b"lo").await.unwrap();
-    let (read, served) = tokio::time::timeout(crate::bodies::WAIT * 2, s.ended)
+    let (read, served) = tokio::time::timeout(BODY_WAIT * 2, s.ended)
         .await
         .expect("no hand-over after the body wait")
         .unwrap()
@@ -738,6 +738,20 @@ async fn a_body_still_arriving_after_the_wait_streams_with_what_was_read() {
     );
     assert_eq!(served, 0);
     assert!(s.seen.lock().unwrap().is_empty());
+}
+
+#[test]
+fn the_body_budget_refuses_what_would_pass_its_limit_and_gets_permits_back() {
+    let budget = Budget::new(100);
+    let a = budget.take(60).expect("60 of 100");
+    assert!(budget.take(41).is_none(), "101 of 100");
+    let b = budget.take(40).expect("100 of 100");
+    assert!(budget.take(1).is_none());
+    drop(a);
+    assert!(budget.take(60).is_some());
+    drop(b);
+    assert!(budget.take(usize::MAX).is_none(), "an overflow is refused");
+    assert!(budget.take(100).is_some());
 }
 
 /// The codec's side of a pipe, counting the reads that return bytes.

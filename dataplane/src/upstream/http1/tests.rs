@@ -139,7 +139,7 @@ async fn send(
             &u.authority,
             parts,
             path,
-            Payload::Bytes(Bytes::copy_from_slice(body)),
+            &Bytes::copy_from_slice(body),
             &(),
             terms(Duration::from_secs(30)),
         )
@@ -506,15 +506,8 @@ async fn slow_upstream(delays: Vec<Option<Duration>>) -> Upstream {
 /// Sends a GET to `u` that must be answered `within`; the body read whole.
 async fn get_within(u: &Upstream, within: Duration) -> Result<Bytes, Error> {
     let (parts, path) = get("/");
-    let client = client();
-    let send = client.send(
-        &u.authority,
-        &parts,
-        &path,
-        Payload::Bytes(Bytes::new()),
-        &(),
-        terms(within),
-    );
+    let (client, empty) = (client(), Bytes::new());
+    let send = client.send(&u.authority, &parts, &path, &empty, &(), terms(within));
     // The test's own bound: a deadline that never fires fails here, not by hanging.
     let resp = tokio::time::timeout(Duration::from_secs(10), send)
         .await
@@ -640,7 +633,7 @@ async fn refused_connection_is_a_connect_error() {
             &authority,
             &parts,
             &path,
-            Payload::Bytes(Bytes::new()),
+            &Bytes::new(),
             &(),
             terms(Duration::from_secs(30)),
         )
