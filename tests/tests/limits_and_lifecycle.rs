@@ -556,10 +556,9 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
-/// Large bodies of a known length on a plain connection stay in the client's socket and are
-/// spliced to the upstream's: a body over the 1 MiB the codec buffers and one under it,
-/// each sent in pieces, arrive whole, and the request pipelined behind each is served on
-/// the same connection.
+/// Large bodies of a known length, sent in pieces: one over the 1 MiB the codec reads whole
+/// (hyper streams it) and one under it arrive whole, and the request pipelined behind each
+/// is served on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_arrive_whole_and_the_connection_goes_on() {
     let b = Backend::start("b").await;
