@@ -540,15 +540,7 @@ async fn a_connection_closed_while_the_client_sends_is_not_reset() {
             .await
             .unwrap_or_else(|e| panic!("write {i} after the answer: {e}"));
     }
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out))
-        .await
-        .expect("the connection closed within 5 s");
-    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
-    assert!(
-        read.is_ok() && text.starts_with("http/1.1 200") && text.contains("connection: close"),
-        "{read:?}, {text:?}"
-    );
+    answered_then_closed(&mut rd, "http/1.1 200").await;
 }
 
 /// `n` bytes that differ from their neighbours, so a byte lost or out of place shows.
@@ -634,14 +626,20 @@ async fn a_large_body_answered_unread_closes_the_connection_cleanly() {
         .await
         .unwrap();
     s.write_all(&pattern(100_000)).await.unwrap();
+    answered_then_closed(&mut s, "http/1.1 413").await;
+    assert_eq!(b.hits(), 0);
+}
+
+/// Reads until the gateway closes the connection (within 5 s), with no reset on the way:
+/// one answer starting with `status` that says it closes.
+async fn answered_then_closed<R: tokio::io::AsyncRead + Unpin>(from: &mut R, status: &str) {
     let mut out = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+    let read = tokio::time::timeout(Duration::from_secs(5), from.read_to_end(&mut out))
         .await
         .expect("the connection closed within 5 s");
     let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
     assert!(
-        read.is_ok() && text.starts_with("http/1.1 413") && text.contains("connection: close"),
+        read.is_ok() && text.starts_with(status) && text.contains("connection: close"),
         "{read:?}, {text:?}"
     );
-    assert_eq!(b.hits(), 0);
 }
