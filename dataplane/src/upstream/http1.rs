@@ -54,6 +54,11 @@ thread_local! {
 /// A request body up to this size is copied behind its head into the write buffer (one
 /// contiguous write); a larger one is written from its own memory beside it.
 const COPY_BODY_UP_TO: usize = 16 * 1024;
+/// A request body larger than this is written in pieces of this size. Measured on loopback
+/// with a 256 KiB body (same binary, alternating rounds), the data plane spent 93–98 µs of
+/// CPU per request in 64 KiB writes, 102–105 in one write of the whole body and 103–107 in
+/// 16 KiB writes.
+const MAX_BODY_WRITE: usize = 64 * 1024;
 /// Reads ask for at least this much room, and at most `MAX_READ` when more is expected.
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 64 * 1024;
@@ -409,8 +414,7 @@ async fn write_and_read_head(
     let mut write_error = if body.is_empty() {
         conn.stream.write_all(&conn.wbuf).await.err()
     } else {
-        let mut slices = [io::IoSlice::new(&conn.wbuf), io::IoSlice::new(body)];
-        crate::codec::write_all(&mut conn.stream, &mut slices)
+        write_request(&mut conn.stream, &conn.wbuf, body)
             .await
             .err()
     };
@@ -458,6 +462,18 @@ async fn write_and_read_head(
         });
     };
     Ok((head, write_error.is_some()))
+}
+
+/// Writes a request's head and its body beside it: the body's first `MAX_BODY_WRITE` bytes
+/// in one write with the head, the rest in writes of `MAX_BODY_WRITE`.
+async fn write_request(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let (first, rest) = body.split_at(body.len().min(MAX_BODY_WRITE));
+    let mut slices = [io::IoSlice::new(head), io::IoSlice::new(first)];
+    crate::codec::write_all(stream, &mut slices).await?;
+    for piece in rest.chunks(MAX_BODY_WRITE) {
+        stream.write_all(piece).await?;
+    }
+    Ok(())
 }
 
 /// Reads the response to a request already sent on `stream`, whose first bytes `buf` holds
