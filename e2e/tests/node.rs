@@ -421,6 +421,18 @@ async fn requests_reach_the_right_backends(f: &Fleet) -> Result<()> {
         .trim()
         .parse()
         .with_context(|| format!("ClusterIP {svc:?}"))?;
+    // kube-proxy programs the Service's rules once its EndpointSlice lists the pods as ready,
+    // which can come after the pods themselves answer (until then the VIP refuses).
+    wait_for(
+        &format!("ClusterIP {vip} answers"),
+        Duration::from_secs(30),
+        || async {
+            f.get(SocketAddr::new(vip, 80), HOST, "/accounts/9/activity")
+                .await
+                .map(Some)
+        },
+    )
+    .await?;
     let mut seen = BTreeSet::new();
     for _ in 0..20 {
         let (status, backend) = f
