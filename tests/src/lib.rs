@@ -14,6 +14,12 @@ pub mod script_origin;
 
 use std::time::{Duration, Instant};
 
+/// `n` bytes that differ from their neighbours (a cycle of 251, prime to every buffer size),
+/// so a byte lost, repeated or out of place shows when a body is compared.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
 /// Polls `check` until it returns `Some`, or fails the test after `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where

@@ -271,10 +271,7 @@ async fn http2_streams_answered_together_each_arrive_whole() {
         ..Default::default()
     });
     let big = Backend::start("big").await;
-    let large: Bytes = (0..150 * 1024)
-        .map(|i| (i % 251) as u8)
-        .collect::<Vec<_>>()
-        .into();
+    let large = Bytes::from(parapet_tests::pattern(150 * 1024));
     big.set(parapet_tests::backend::Behaviour {
         body: Some(large.clone()),
         ..Default::default()
