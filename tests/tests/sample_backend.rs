@@ -123,7 +123,14 @@ async fn sigterm_serves_through_the_delay_then_drains_requests_in_flight() -> Re
 
     let refused_after = loop {
         match tokio::net::TcpStream::connect(addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            // A reset rather than a refusal when the listener closes while this
+            // connection's handshake is still in its queue: closed all the same.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
                 break signalled.elapsed();
             }
             Err(e) => bail!("unexpected connect error: {e}"),
