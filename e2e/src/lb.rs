@@ -299,7 +299,7 @@ impl LoadConfig {
 /// How a request failed without an HTTP answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ErrorKind {
-    /// Nothing listens on the endpoint.
+    /// Nothing listens on the endpoint (refused, or reset while the listener closed).
     ConnectRefused,
     /// Connecting failed otherwise (unreachable, ...).
     Connect,
@@ -797,7 +797,12 @@ async fn exchange(
         None => match connect(endpoint).await {
             Ok(c) => c,
             Err(e) => {
-                let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                // A listener that closes while this connection's handshake is still in its
+                // queue resets it instead of refusing it: nothing listens either way.
+                let kind = if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) {
                     ErrorKind::ConnectRefused
                 } else {
                     ErrorKind::Connect
