@@ -797,12 +797,7 @@ async fn exchange(
         None => match connect(endpoint).await {
             Ok(c) => c,
             Err(e) => {
-                // A listener that closes while this connection's handshake is still in its
-                // queue resets it instead of refusing it: nothing listens either way.
-                let kind = if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
-                ) {
+                let kind = if parapet_tests::client::nothing_listens(&e) {
                     ErrorKind::ConnectRefused
                 } else {
                     ErrorKind::Connect

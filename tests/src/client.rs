@@ -10,6 +10,15 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
+/// Whether a failed connect means nothing listens at the address: refused, or reset because
+/// the listener closed while this connection's handshake was still in its queue.
+pub fn nothing_listens(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+    )
+}
+
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,

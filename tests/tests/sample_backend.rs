@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use parapet_tests::client::Client;
+use parapet_tests::client::{Client, nothing_listens};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -123,16 +123,7 @@ async fn sigterm_serves_through_the_delay_then_drains_requests_in_flight() -> Re
 
     let refused_after = loop {
         match tokio::net::TcpStream::connect(addr).await {
-            // A reset rather than a refusal when the listener closes while this
-            // connection's handshake is still in its queue: closed all the same.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                break signalled.elapsed();
-            }
+            Err(e) if nothing_listens(&e) => break signalled.elapsed(),
             Err(e) => bail!("unexpected connect error: {e}"),
             Ok(_) if signalled.elapsed() > DEADLINE => bail!("still accepting after {DEADLINE:?}"),
             Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
