@@ -14,7 +14,10 @@
 # Knobs (environment):
 #   BENCH_PATHS="h1 h1-tls h2-tls post-4k post-256k conn tls-new tls-resumed idle-10k
 #                routes-10 routes-1k routes-10k"
-#   BENCH_PROXIES="parapet nginx haproxy caddy"
+#   BENCH_PROXIES="parapet nginx haproxy caddy relay"
+#                              relay: HAProxy in TCP mode, no HTTP work at all; not a peer
+#                              but the floor (h1, post-4k and post-256k only): what
+#                              the kernel and a lean event loop cost for the same traffic
 #   BENCH_ROUNDS=5 BENCH_DURATION=5 (s) BENCH_WARMUP=2 (s)   rounds per shape; each round
 #                              starts with the next proxy in turn
 #   BENCH_CONNECTIONS=32       client connections (h2-tls: 4 streams on each)
@@ -36,7 +39,7 @@
 #                              long an idle vCPU polls before it halts, set for the run and
 #                              restored after (root). The report names the setting either way
 #   BENCH_PORT_BASE=18600      +1/+2 backends, +10/+11 Parapet (+12…+15 the routes pair), +20
-#                              nginx, +30 HAProxy, +40 Caddy
+#                              nginx, +30 HAProxy, +35 the relay, +40 Caddy
 #   BENCH_OUT=bench/results/latest-paths.md
 #   BENCH_SKIP_BUILD=1         use the release binaries already built
 #   BENCH_KEEP=1               keep the run directory
@@ -54,7 +57,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 read -r -a SHAPES <<<"${BENCH_PATHS:-h1 h1-tls h2-tls post-4k post-256k conn tls-new tls-resumed idle-10k routes-10 routes-1k routes-10k}"
-read -r -a PROXIES <<<"${BENCH_PROXIES:-parapet nginx haproxy caddy}"
+read -r -a PROXIES <<<"${BENCH_PROXIES:-parapet nginx haproxy caddy relay}"
 read -r -a PARAPET_FLAGS <<<"${BENCH_PARAPET_FLAGS:-}"
 RULE_YAML=${BENCH_PARAPET_RULE_YAML:-}
 EXTRA_YAML=${BENCH_PARAPET_EXTRA_YAML:-}
@@ -91,10 +94,10 @@ done
 [[ $PAIR_ROUNDS =~ ^[0-9]+$ ]] || die "BENCH_PAIR_ROUNDS must be a whole number (got '$PAIR_ROUNDS')"
 ((N2 > N1)) || die "BENCH_IPR_N2 ($N2) must be larger than BENCH_IPR_N1 ($N1)"
 declare -A PROXY_PORT=([parapet]=$((BASE + 10)) [nginx]=$((BASE + 20)) [haproxy]=$((BASE + 30))
-  [caddy]=$((BASE + 40)))
+  [caddy]=$((BASE + 40)) [relay]=$((BASE + 35)))
 BACKENDS=($((BASE + 1)) $((BASE + 2)))
 for p in "${PROXIES[@]}"; do
-  [[ -n ${PROXY_PORT[$p]:-} ]] || die "unknown proxy '$p' in BENCH_PROXIES (parapet, nginx, haproxy, caddy)"
+  [[ -n ${PROXY_PORT[$p]:-} ]] || die "unknown proxy '$p' in BENCH_PROXIES (parapet, nginx, haproxy, caddy, relay)"
 done
 # Every Parapet's admin port is the one after its own.
 ADMIN_PORTS=($((BASE + 11)))
@@ -112,6 +115,9 @@ for s in "${SHAPES[@]}"; do
   *) die "unknown shape '$s' in BENCH_PATHS" ;;
   esac
 done
+
+# in_shape SHAPE PROXY : whether the proxy runs in the shape (the relay: plain HTTP, one route)
+in_shape() { [[ $2 != relay ]] || [[ $1 =~ ^(h1|post-4k|post-256k)$ ]]; }
 
 make_run_dir parapet-paths
 # Placement. A gateway pod has its cores to itself; here the load generators and backends
@@ -236,7 +242,7 @@ start_proxy() {
   tls_of "$shape" && tls=(--tls "$RUN/cert.pem,$RUN/key.pem")
   # Each Parapet its own file: the data plane reloads it when it changes.
   case $proxy in parapet*) conf=$RUN/$name.yaml ;; nginx) conf=$RUN/nginx.conf ;;
-  haproxy) conf=$RUN/haproxy.cfg ;; caddy) conf=$RUN/caddy.json ;; esac
+  haproxy) conf=$RUN/haproxy.cfg ;; relay) conf=$RUN/relay.cfg ;; caddy) conf=$RUN/caddy.json ;; esac
   python3 bench/proxy_config.py "${proxy%%-*}" --out "$conf" --run "$RUN" --port "$port" \
     --backends "${BACKENDS[0]},${BACKENDS[1]}" --routes "$routes" "${tls[@]}"
   case $proxy in
@@ -256,8 +262,8 @@ start_proxy() {
     if ((wrapped)); then start "$name" "$@" "$(command -v nginx)" -c "$conf" -p "$RUN" -g 'master_process off;'
     else start "$name" "$@" "$(command -v nginx)" -c "$conf" -p "$RUN"; fi
     ;;
-  haproxy)
-    haproxy -c -q -f "$conf" 2>"$RUN/haproxy-c.err" || die "haproxy -c failed: $(cat "$RUN/haproxy-c.err")"
+  haproxy | relay)
+    haproxy -c -q -f "$conf" 2>"$RUN/$proxy-c.err" || die "haproxy -c failed for $proxy: $(cat "$RUN/$proxy-c.err")"
     start "$name" "$@" "$(command -v haproxy)" -db -f "$conf"
     ;;
   caddy)
@@ -388,7 +394,7 @@ us_each() { awk -v t="$1" -v hz="$CLK_TCK" -v c="$2" 'BEGIN{printf "%.1f", (c > 
 # measure SHAPE : all proxies, warm-up then ROUNDS rounds, the proxies one after another
 measure() {
   local shape=$1 proxy round
-  for proxy in "${PROXIES[@]}"; do
+  for proxy in "${ACTIVE[@]}"; do
     [[ $shape == tls-* ]] && continue
     log "warm-up $proxy $shape (${WARMUP}s)"
     local perf_pid= count
@@ -411,7 +417,7 @@ measure() {
     # Each round starts with the next proxy, so none is always measured first or last in a
     # round (the host drifts over seconds, and p99 follows it).
     order=()
-    for i in "${!PROXIES[@]}"; do order+=("${PROXIES[(i + round - 1) % ${#PROXIES[@]}]}"); done
+    for i in "${!ACTIVE[@]}"; do order+=("${ACTIVE[(i + round - 1) % ${#ACTIVE[@]}]}"); done
     for proxy in "${order[@]}"; do
       local tries=0
       while :; do
@@ -449,7 +455,7 @@ IDLE_TSV="$RUN/idle.tsv"
 : >"$IDLE_TSV"
 idle() {
   local proxy
-  for proxy in "${PROXIES[@]}"; do
+  for proxy in "${ACTIVE[@]}"; do
     local before n=$IDLE
     # HAProxy counts two files per connection against its limit (see proxy_config.py).
     [[ $proxy == haproxy ]] && ((n > 9800)) && n=9800
@@ -552,16 +558,18 @@ routes_pair() {
 
 for shape in "${SHAPES[@]}"; do
   log "== $shape"
-  for proxy in "${PROXIES[@]}"; do start_proxy "$shape" "$proxy"; done
-  for proxy in "${PROXIES[@]}"; do check_proxy "$shape" "$proxy" && held "$proxy"; done
+  ACTIVE=()
+  for proxy in "${PROXIES[@]}"; do in_shape "$shape" "$proxy" && ACTIVE+=("$proxy"); done
+  for proxy in "${ACTIVE[@]}"; do start_proxy "$shape" "$proxy"; done
+  for proxy in "${ACTIVE[@]}"; do check_proxy "$shape" "$proxy" && held "$proxy"; done
   if [[ $shape == idle-* ]]; then idle; else measure "$shape"; fi
-  for proxy in "${PROXIES[@]}"; do stop_proxy "$proxy" "${PROXY_PORT[$proxy]}"; done
+  for proxy in "${ACTIVE[@]}"; do stop_proxy "$proxy" "${PROXY_PORT[$proxy]}"; done
   if ((IPR)) && [[ " ${IPR_SHAPES[*]} " == *" $shape "* ]]; then
     # A TLS handshake costs a hundred requests' instructions: a tenth of the count does.
     n1=$N1 n2=$N2
     [[ $shape == tls-* ]] && n1=$(((N1 + 9) / 10)) n2=$(((N2 + 9) / 10))
     ((n2 > n1)) || n2=$((n1 + 1))
-    for proxy in "${PROXIES[@]}"; do
+    for proxy in "${ACTIVE[@]}"; do
       a=$(instructions "$shape" "$proxy" "$n1")
       [[ -n $a ]] || continue # (the second count would be left out too)
       b=$(instructions "$shape" "$proxy" "$n2")
@@ -614,14 +622,15 @@ awk -F'\t' "$AWK_MEDIAN"'
   END {
     for (sr in seen) { split(sr, a, SUBSEP); s = a[1]; r = a[2]; bp = bu = 0
       if (!((s, r, "parapet") in us)) continue
-      for (p in proxies) if (p != "parapet") {
+      for (p in proxies) if (p != "parapet" && p != "relay") {
         if (((s, r, p) in p99) && (bp == 0 || p99[s, r, p] < bp)) bp = p99[s, r, p]
         if (((s, r, p) in us) && us[s, r, p] > 0 && (bu == 0 || us[s, r, p] < bu)) bu = us[s, r, p] }
       rounds[s]++
       if (bp > 0 && ((s, r, "parapet") in p99)) add(s, "p99", p99[s, r, "parapet"] / bp)
       if (bu > 0) add(s, "us", us[s, r, "parapet"] / bu)
-      if (us[s, r, "nginx"] > 0) add(s, "nginx", us[s, r, "parapet"] / us[s, r, "nginx"]) }
-    for (s in rounds) print s stat(s, "p99") stat(s, "us") stat(s, "nginx") "\t" rounds[s]
+      if (us[s, r, "nginx"] > 0) add(s, "nginx", us[s, r, "parapet"] / us[s, r, "nginx"])
+      if (us[s, r, "nginx"] > 0 && ((s, r, "relay") in us)) add(s, "relay", us[s, r, "relay"] / us[s, r, "nginx"]) }
+    for (s in rounds) print s stat(s, "p99") stat(s, "us") stat(s, "nginx") stat(s, "relay") "\t" rounds[s]
   }' "$RAW" >"$PAIRED"
 
 describe() {
@@ -665,6 +674,13 @@ report() {
   echo "it holds on a shared machine where the rate does not. Kernel µs is the system part of it (system"
   echo "calls, and TCP over loopback: a send also runs the receiver's side of it), much the same work"
   echo "for every proxy. Ratios are to the best peer."
+  if [[ " ${PROXIES[*]} " == *" relay "* ]]; then
+    echo
+    echo "The relay is HAProxy in TCP mode: it passes bytes between each client connection and a backend"
+    echo "connection of its own and does no HTTP work (no parsing, no headers added, no routing). It is"
+    echo "not a peer and not in the ratios; it shows the floor, what this machine's kernel and a lean"
+    echo "event loop cost for the same traffic, on the plain HTTP/1.1 keep-alive shapes."
+  fi
   local shape
   for shape in "${SHAPES[@]}"; do
     [[ $shape == idle-* ]] && continue
@@ -679,17 +695,18 @@ report() {
       $1 == s { rate[$2] = $3; p50[$2] = $4; p99[$2] = $5; us[$2] = $6; err[$2] = $7; kus[$2] = $8; spread[$2] = $9 }
       END {
         m = split(order, o, " "); best = 0
-        for (i = 1; i <= m; i++) if (o[i] != "parapet" && (o[i] in us) && (best == 0 || us[o[i]] < best)) best = us[o[i]]
+        for (i = 1; i <= m; i++) if (o[i] != "parapet" && o[i] != "relay" && (o[i] in us) && (best == 0 || us[o[i]] < best)) best = us[o[i]]
         for (i = 1; i <= m; i++) { p = o[i]; if (!(p in rate)) continue
           printf "| %s | %d | %s | %s | %s | %.1f | %.1f | %s | %s | %s | %d |\n", p, rate[p], p50[p], p99[p], spread[p], us[p], kus[p],
             (best > 0 ? sprintf("%.2f×", us[p] / best) : "–"), ((p in ipr) ? ipr[p] : "–"), ((p in sc) ? sc[p] : "–"), err[p] }
       }' "$IPR_TSV" "$SYSCALL_TSV" "$SUMMARY"
-    awk -F'\t' -v s="$shape" '$1 == s && $11 > 1 {
+    awk -F'\t' -v s="$shape" '$1 == s && $14 > 1 {
       line = ""
       if ($2 != "-") line = sprintf("p99 %.2f× (%.2f–%.2f)", $2, $3, $4)
       if ($5 != "-") line = line (line == "" ? "" : ", ") sprintf("CPU µs %.2f× (%.2f–%.2f)", $5, $6, $7)
       if ($8 != "-") line = line sprintf(", CPU µs over nginx'"'"'s %.2f× (%.2f–%.2f)", $8, $9, $10)
-      printf "\nRound by round, Parapet over the best peer in the same round (median, and the range over %d rounds): %s.\n", $11, line }' "$PAIRED"
+      printf "\nRound by round, Parapet over the best peer in the same round (median, and the range over %d rounds): %s.\n", $14, line
+      if ($11 != "-") printf "The relay'"'"'s CPU µs over nginx'"'"'s, round by round: %.2f× (%.2f–%.2f).\n", $11, $12, $13 }' "$PAIRED"
   done
   if [[ -s $IDLE_TSV ]]; then
     echo

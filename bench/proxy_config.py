@@ -24,7 +24,7 @@ import json
 import os
 import sys
 
-PROXIES = ("parapet", "nginx", "haproxy", "caddy")
+PROXIES = ("parapet", "nginx", "haproxy", "caddy", "relay")
 
 
 def route_table(n):
@@ -271,6 +271,37 @@ backend none
 """
 
 
+def relay(a, table):
+    """HAProxy in TCP mode: not a peer but the floor. It passes bytes between each client
+    connection and a backend connection of its own and does no HTTP work at all (no parsing,
+    no headers added, no routing), so its CPU per request is what this machine's kernel and a
+    lean event loop cost for the same traffic."""
+    if a.tls or table:
+        sys.exit("the relay serves plain HTTP through one route only (no --tls, no --routes)")
+    ba, bb = a.backends
+    return f"""# HAProxy in TCP mode, written by bench/proxy_config.py for bench/paths.sh.
+global
+    nbthread 1
+    maxconn 9900
+    pidfile {a.run}/relay.pid
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+
+frontend relay
+    bind 127.0.0.1:{a.port}
+    default_backend body_1k
+
+backend body_1k
+    balance roundrobin
+    server a 127.0.0.1:{ba}
+    server b 127.0.0.1:{bb}
+"""
+
+
 def caddy(a, table):
     ba, bb = a.backends
     proxy = {
@@ -326,7 +357,8 @@ def main():
         sys.exit("--backends takes two ports, A,B")
     a.tls = a.tls.split(",") if a.tls else None
     table = route_table(a.routes) if a.routes else []
-    text = {"parapet": parapet, "nginx": nginx, "haproxy": haproxy, "caddy": caddy}[a.proxy](a, table)
+    text = {"parapet": parapet, "nginx": nginx, "haproxy": haproxy, "caddy": caddy,
+            "relay": relay}[a.proxy](a, table)
     with open(a.out, "w") as f:
         f.write(text)
 
