@@ -674,14 +674,15 @@ report() {
   echo "it holds on a shared machine where the rate does not. Kernel µs is the system part of it (system"
   echo "calls, and TCP over loopback: a send also runs the receiver's side of it), much the same work"
   echo "for every proxy. Ratios are to the best peer."
-  if [[ " ${PROXIES[*]} " == *" relay "* ]]; then
+  local shape relay=
+  for shape in "${SHAPES[@]}"; do [[ " ${PROXIES[*]} " == *" relay "* ]] && in_shape "$shape" relay && relay=1; done
+  if [[ -n $relay ]]; then
     echo
     echo "The relay is HAProxy in TCP mode: it passes bytes between each client connection and a backend"
     echo "connection of its own and does no HTTP work (no parsing, no headers added, no routing). It is"
     echo "not a peer and not in the ratios; it shows the floor, what this machine's kernel and a lean"
     echo "event loop cost for the same traffic, on the plain HTTP/1.1 keep-alive shapes."
   fi
-  local shape
   for shape in "${SHAPES[@]}"; do
     [[ $shape == idle-* ]] && continue
     echo
