@@ -275,7 +275,9 @@ def relay(a, table):
     """HAProxy in TCP mode: not a peer but the floor. It passes bytes between each client
     connection and a backend connection of its own and does no HTTP work at all (no parsing,
     no headers added, no routing), so its CPU per request is what this machine's kernel and a
-    lean event loop cost for the same traffic."""
+    lean event loop cost for the same traffic. bench/run.sh's ceiling (haproxy-tcp.cfg.tmpl)
+    is the same relay for wrk's two pools; this one has one pool and HAProxy's default
+    buffers, as the HTTP peer above has."""
     if a.tls or table:
         sys.exit("the relay serves plain HTTP through one route only (no --tls, no --routes)")
     ba, bb = a.backends
